@@ -1,0 +1,48 @@
+"""Shared test fixtures.
+
+Kernels in d7y.ext are tested against both implementations, the compiled extension and
+its pure-Python twin (aiohttp's pattern). ``kernel_backends("crc32")`` gives pytest
+params for both; the compiled one is skipped when it was not built, unless
+``D7Y_REQUIRE_EXTENSIONS=1`` (set by .ci/run), where a missing build is a failure.
+"""
+
+import importlib
+import os
+
+import pytest
+
+REQUIRE_EXTENSIONS = os.environ.get("D7Y_REQUIRE_EXTENSIONS", "") not in ("", "0")
+
+
+def _compiled(name: str):
+    try:
+        return importlib.import_module(f"d7y.ext._{name}")
+    except ImportError as exc:
+        if REQUIRE_EXTENSIONS:
+            raise AssertionError(
+                f"d7y.ext._{name} is not built but D7Y_REQUIRE_EXTENSIONS is set: {exc}"
+            ) from exc
+        pytest.skip(f"d7y.ext._{name} not built: {exc}")
+
+
+def kernel_backends(name: str) -> list:
+    """pytest params yielding the compiled module and the twin for kernel ``name``."""
+    return [
+        pytest.param(lambda: _compiled(name), id="c"),
+        pytest.param(lambda: importlib.import_module(f"d7y.ext._{name}_py"), id="py"),
+    ]
+
+
+def make_backend_fixture(name: str):
+    """Build a fixture ``<name>_impl`` parametrized over both implementations."""
+
+    @pytest.fixture(params=kernel_backends(name))
+    def _fixture(request):
+        return request.param()
+
+    return _fixture
+
+
+crc32_impl = make_backend_fixture("crc32")
+bitmap_impl = make_backend_fixture("bitmap")
+transfer_impl = make_backend_fixture("transfer")
