@@ -63,15 +63,19 @@ class OptionalBuildExt(build_ext):
         try:
             super().run()
         except Exception as exc:  # no compiler: the twins take over at run time
-            print(f"d7y: building the C extensions failed ({exc}); using the pure-Python twins",
-                  file=sys.stderr)
+            print(
+                f"d7y: building the C extensions failed ({exc}); using the pure-Python twins",
+                file=sys.stderr,
+            )
 
     def build_extension(self, ext):
         try:
             super().build_extension(ext)
         except Exception as exc:
-            print(f"d7y: building {ext.name} failed ({exc}); its pure-Python twin will be used",
-                  file=sys.stderr)
+            print(
+                f"d7y: building {ext.name} failed ({exc}); its pure-Python twin will be used",
+                file=sys.stderr,
+            )
 
 
 setup(
