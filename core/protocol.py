@@ -1,0 +1,516 @@
+"""Framing and codec of the d7y daemon protocol, sans-IO (as h11: it never touches a socket).
+
+A frame is a fixed 12-byte header and a msgpack body (the spec is docs/protocol.md)::
+
+    offset  size  field
+    0       2     magic b"D7"
+    2       1     protocol major version (1)
+    3       1     message type code (d7y.core.messages.REGISTRY)
+    4       4     stream id, uint32 big-endian (0 = the connection itself)
+    8       4     body length, uint32 big-endian
+
+A :class:`~d7y.core.messages.Piece` frame is followed by exactly ``Piece.length`` raw
+payload bytes that are not part of the body, so a sender can ``sendfile(2)`` them from
+the content file and a receiver can ``recv_into`` a reused buffer.
+
+Two ways to read:
+
+* Fixed-size reads (daemons): read :data:`HEADER_LENGTH` bytes, :func:`decode_header`,
+  read ``body_length`` bytes, :func:`decode_body`, then read :func:`payload_length` bytes
+  of payload into your own buffer.
+* Arbitrary chunks (tests, fuzzing, slow paths): :class:`FrameDecoder` -- ``feed()`` what
+  arrived, then take events (:class:`Frame`, :class:`PiecePayload`) until ``None``.
+
+Every failure is a :class:`ProtocolError` (a ValueError) carrying an ``error_code`` to
+send back in an :class:`~d7y.core.messages.Error` and ``fatal``: whether the framing is
+lost and the connection must close (otherwise the bad frame was consumed whole and the
+next frame can be read).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from typing import ClassVar, NamedTuple, TypeAlias
+
+import msgspec
+from d7y.core.messages import CODES, REGISTRY, Error, ErrorCode, Message
+
+#: What the decoding functions accept (collections.abc.Buffer needs Python 3.12).
+Buffer: TypeAlias = bytes | bytearray | memoryview
+
+MAGIC = b"D7"
+#: The major version in every header. A change here is wire-incompatible.
+PROTOCOL_VERSION = 1
+#: The minor revision sent in Hello: additions that old peers can ignore.
+PROTOCOL_MINOR_VERSION = 0
+HEADER_LENGTH = 12
+#: Default cap on a frame body. Piece payloads do not count: they are bounded by
+#: ``Piece.length``'s own limit (1 GiB, the largest piece a user may choose).
+DEFAULT_MAX_BODY_LENGTH = 1024 * 1024
+MAX_STREAM_ID = 0xFFFFFFFF
+#: Largest body the header can describe.
+MAX_BODY_LENGTH_LIMIT = 0xFFFFFFFF
+
+_HEADER = struct.Struct(">2sBBII")
+_HEADER_PLACEHOLDER = bytes(HEADER_LENGTH)
+
+# One encoder for everything and one typed decoder per message class, built once: msgspec
+# compiles the type's schema when a Decoder is made, which is the expensive part.
+_ENCODER = msgspec.msgpack.Encoder()
+_DECODERS: dict[int, msgspec.msgpack.Decoder] = {
+    code: msgspec.msgpack.Decoder(cls) for code, cls in REGISTRY.items()
+}
+
+
+# --- errors ---------------------------------------------------------------------------
+
+
+def _on_stream(stream_id: int | None) -> str:
+    return "" if stream_id is None else f" on stream {stream_id}"
+
+
+class ProtocolError(ValueError):
+    """A peer broke the protocol.
+
+    ``error_code`` is the :class:`~d7y.messages.ErrorCode` to report; ``stream_id`` the
+    stream of the bad frame when the header got that far (else None); ``fatal`` tells
+    whether the byte stream is no longer framed (send the Error on stream 0, close).
+    """
+
+    error_code: ClassVar[ErrorCode] = ErrorCode.PROTOCOL_ERROR
+
+    def __init__(self, message: str, *, stream_id: int | None = None, fatal: bool = True):
+        super().__init__(message)
+        self.stream_id = stream_id
+        self.fatal = fatal
+
+    def to_message(self) -> Error:
+        """The Error message to send to the peer about this failure."""
+        return Error(code=self.error_code.value, message=str(self)[:8192])
+
+
+class TruncatedFrame(ProtocolError):
+    """Fewer bytes than a header, or the connection ended in the middle of a frame."""
+
+
+class BadMagic(ProtocolError):
+    """The first two bytes are not b"D7": the peer does not speak this protocol."""
+
+
+class UnsupportedVersion(ProtocolError):
+    """The header's major version is not :data:`PROTOCOL_VERSION`."""
+
+    error_code = ErrorCode.UNSUPPORTED_VERSION
+
+
+class FrameTooLarge(ProtocolError):
+    """The body length is above the receiver's limit (checked before reading the body)."""
+
+    error_code = ErrorCode.FRAME_TOO_LARGE
+
+
+class UnknownMessageType(ProtocolError):
+    """No message is registered for the type code.
+
+    Not fatal: only Piece carries a payload, so the frame ends after ``body_length``
+    bytes and a reader can skip it (new types are only sent to peers that announced the
+    matching feature in Hello, so this is a peer bug, reported with an Error).
+    """
+
+    error_code = ErrorCode.UNKNOWN_MESSAGE_TYPE
+
+    def __init__(
+        self, type_code: int, *, stream_id: int | None = None, body_length: int | None = None
+    ) -> None:
+        super().__init__(
+            f"unknown message type 0x{type_code:02x}{_on_stream(stream_id)}: this daemon "
+            f"speaks protocol {PROTOCOL_VERSION}.{PROTOCOL_MINOR_VERSION}; "
+            f"is the peer newer or misbehaving?",
+            stream_id=stream_id,
+            fatal=False,
+        )
+        self.type_code = type_code
+        self.body_length = body_length
+
+
+class MalformedFrame(ProtocolError):
+    """The body is not valid msgpack, or does not validate against its message type.
+
+    Fatal only for a message with a payload (Piece): without a valid ``length`` nobody
+    knows where the next frame starts.
+    """
+
+    error_code = ErrorCode.BAD_REQUEST
+
+    def __init__(self, message_type: type[Message], problem: str, *, stream_id: int | None):
+        super().__init__(
+            f"malformed {message_type.__name__} frame (type 0x{message_type.type_code:02x}"
+            f"{_on_stream(stream_id)}): {problem}",
+            stream_id=stream_id,
+            fatal=message_type.has_payload,
+        )
+        self.message_type = message_type
+
+
+# --- header ---------------------------------------------------------------------------
+
+
+class FrameHeader(NamedTuple):
+    """A decoded frame header. ``type`` is the message type code."""
+
+    type: int
+    stream_id: int
+    body_length: int
+
+    @property
+    def message_class(self) -> type[Message] | None:
+        return REGISTRY.get(self.type)
+
+
+def _unpack_header(buf: Buffer, offset: int, max_body_length: int) -> FrameHeader:
+    """Decode the header at ``offset`` without checking the type code."""
+    magic, version, type_code, stream_id, body_length = _HEADER.unpack_from(buf, offset)
+    if magic != MAGIC:
+        raise BadMagic(
+            f"bad magic {magic!r} at the start of a frame, expected {MAGIC!r}: the peer "
+            f"does not speak the d7y protocol, or the stream lost its framing"
+        )
+    if version != PROTOCOL_VERSION:
+        raise UnsupportedVersion(
+            f"unsupported protocol version {version} (stream {stream_id}), this daemon "
+            f"speaks {PROTOCOL_VERSION}: upgrade the older side",
+            stream_id=stream_id,
+        )
+    if body_length > max_body_length:
+        raise FrameTooLarge(
+            f"frame body of {body_length} bytes (type 0x{type_code:02x}, stream "
+            f"{stream_id}) is above the limit of {max_body_length} bytes",
+            stream_id=stream_id,
+        )
+    return FrameHeader(type_code, stream_id, body_length)
+
+
+def _check_limit(max_body_length: int) -> None:
+    if (
+        isinstance(max_body_length, bool)
+        or not isinstance(max_body_length, int)
+        or not 0 <= max_body_length <= MAX_BODY_LENGTH_LIMIT
+    ):
+        raise ValueError(
+            f"max_body_length must be an int in 0..{MAX_BODY_LENGTH_LIMIT}, got {max_body_length!r}"
+        )
+
+
+def decode_header(buf: Buffer, max_body_length: int = DEFAULT_MAX_BODY_LENGTH) -> FrameHeader:
+    """Decode and check the frame header in the first 12 bytes of ``buf``.
+
+    Raises TruncatedFrame (fewer than 12 bytes), BadMagic, UnsupportedVersion,
+    FrameTooLarge (body above ``max_body_length``) or UnknownMessageType, in that order
+    of precedence: a fatal problem wins over the recoverable unknown type.
+    """
+    try:
+        header = _unpack_header(buf, 0, max_body_length)
+    except struct.error:
+        raise TruncatedFrame(
+            f"truncated frame header: {len(buf)} bytes, a header is {HEADER_LENGTH}: "
+            f"read the whole header before decoding it"
+        ) from None
+    if header.type not in REGISTRY:
+        raise UnknownMessageType(
+            header.type, stream_id=header.stream_id, body_length=header.body_length
+        )
+    return header
+
+
+# --- body -----------------------------------------------------------------------------
+
+
+def _decode(code: int, body: Buffer, stream_id: int | None) -> Message:
+    decoder = _DECODERS.get(code)
+    if decoder is None:
+        raise UnknownMessageType(code, stream_id=stream_id, body_length=len(body))
+    try:
+        return decoder.decode(body)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise MalformedFrame(REGISTRY[code], str(exc), stream_id=stream_id) from exc
+    except RecursionError:
+        # An unknown field may hold arbitrarily nested msgpack; msgspec stops at its
+        # depth limit by raising RecursionError, which is still just a bad frame.
+        raise MalformedFrame(REGISTRY[code], "nested too deeply", stream_id=stream_id) from None
+
+
+def decode_body(header: FrameHeader | int | type[Message], body: Buffer) -> Message:
+    """Decode a frame body into its message.
+
+    ``header`` is the frame's :class:`FrameHeader` (then ``body`` must be exactly
+    ``body_length`` bytes), a type code, or a message class. Invalid msgpack, a wrong
+    field type, a missing required field or a broken constraint raise MalformedFrame
+    naming the message type and the field.
+    """
+    if type(header) is FrameHeader:
+        size = len(body)
+        if size != header.body_length:
+            raise ValueError(
+                f"body is {size} bytes but the header announced {header.body_length}: "
+                f"read exactly body_length bytes after the header"
+            )
+        return _decode(header.type, body, header.stream_id)
+    if isinstance(header, type) and issubclass(header, Message):
+        code = CODES.get(header)
+        if code is None:
+            raise TypeError(f"{header.__name__} is not a registered message type")
+        return _decode(code, body, None)
+    if isinstance(header, int) and not isinstance(header, bool):
+        return _decode(header, body, None)
+    raise TypeError(
+        f"decode_body() takes a FrameHeader, a type code or a message class, got {header!r}"
+    )
+
+
+def payload_length(message: Message) -> int:
+    """Raw bytes that follow ``message``'s frame on the wire: ``length`` for Piece, else 0."""
+    if not isinstance(message, Message):
+        raise TypeError(f"expected a protocol message, got {type(message).__name__}")
+    return message.length if message.has_payload else 0  # type: ignore[attr-defined]
+
+
+# --- encoding -------------------------------------------------------------------------
+
+
+def _code_of(message: Message) -> int:
+    code = CODES.get(type(message))
+    if code is None:
+        raise TypeError(
+            f"cannot encode {type(message).__name__}: not a registered message type "
+            f"(see d7y.core.messages.REGISTRY)"
+        )
+    return code
+
+
+def _stream_error(stream_id: object) -> ValueError:
+    return ValueError(f"stream_id must be an int in 0..{MAX_STREAM_ID}, got {stream_id!r}")
+
+
+def encode_frame_into(
+    buffer: bytearray,
+    message: Message,
+    stream_id: int = 0,
+    *,
+    max_body_length: int = DEFAULT_MAX_BODY_LENGTH,
+) -> int:
+    """Append the frame of ``message`` to ``buffer``; return the bytes appended.
+
+    Lets a sender batch many frames (e.g. piece reports) into one write without an
+    intermediate bytes object per frame. On error ``buffer`` is left as it was.
+    A Piece's payload is not included: write ``payload_length(message)`` bytes next.
+    """
+    code = _code_of(message)
+    if type(stream_id) is not int or not 0 <= stream_id <= MAX_STREAM_ID:
+        raise _stream_error(stream_id)
+    start = len(buffer)
+    buffer += _HEADER_PLACEHOLDER
+    _ENCODER.encode_into(message, buffer, start + HEADER_LENGTH)
+    body_length = len(buffer) - start - HEADER_LENGTH
+    if body_length > max_body_length:
+        del buffer[start:]
+        raise FrameTooLarge(
+            f"{type(message).__name__} encodes to {body_length} bytes, above the body "
+            f"limit of {max_body_length}: split it or raise the limit on both sides",
+            stream_id=stream_id,
+        )
+    _HEADER.pack_into(buffer, start, MAGIC, PROTOCOL_VERSION, code, stream_id, body_length)
+    return len(buffer) - start
+
+
+def encode_frame(
+    message: Message, stream_id: int = 0, *, max_body_length: int = DEFAULT_MAX_BODY_LENGTH
+) -> bytes:
+    """The frame (header + body) of ``message`` on ``stream_id``.
+
+    A Piece's payload is not included: send ``payload_length(message)`` bytes after it.
+    Raises TypeError for an unregistered type, ValueError for a bad stream id and
+    FrameTooLarge when the body exceeds ``max_body_length`` (the receiver's limit).
+    """
+    code = _code_of(message)
+    if type(stream_id) is not int or not 0 <= stream_id <= MAX_STREAM_ID:
+        raise _stream_error(stream_id)
+    body = _ENCODER.encode(message)
+    if len(body) > max_body_length:
+        raise FrameTooLarge(
+            f"{type(message).__name__} encodes to {len(body)} bytes, above the body "
+            f"limit of {max_body_length}: split it or raise the limit on both sides",
+            stream_id=stream_id,
+        )
+    return _HEADER.pack(MAGIC, PROTOCOL_VERSION, code, stream_id, len(body)) + body
+
+
+# --- incremental decoder --------------------------------------------------------------
+
+
+class Frame(NamedTuple):
+    """Event: a complete message received on ``stream_id``."""
+
+    stream_id: int
+    message: Message
+
+
+class PiecePayload(NamedTuple):
+    """Event: the next chunk of the payload after a Piece frame on ``stream_id``.
+
+    Chunks arrive in order and add up to ``Piece.length``; ``last`` marks the final one.
+    """
+
+    stream_id: int
+    data: bytes
+    last: bool
+
+
+class FrameDecoder:
+    """Buffering decoder for bytes that arrive in arbitrary chunks.
+
+    ``feed()`` received bytes, then call ``next_event()`` (or iterate) until it returns
+    None, which means "feed me more". Events are :class:`Frame` and, after a Piece
+    frame, :class:`PiecePayload` chunks. ``feed_eof()`` when the peer closed: a frame
+    cut short then raises TruncatedFrame.
+
+    Memory: a frame is only buffered up to its header plus ``max_body_length``; payload
+    bytes are handed out as they arrive and never accumulated. After a fatal error the
+    decoder raises that error again on every call; after a non-fatal one (see
+    :class:`ProtocolError`) the bad frame is gone and decoding goes on.
+    """
+
+    __slots__ = ("_buf", "_eof", "_error", "_header", "_max", "_payload_left", "_payload_stream")
+
+    def __init__(self, max_body_length: int = DEFAULT_MAX_BODY_LENGTH) -> None:
+        _check_limit(max_body_length)
+        self._max = max_body_length
+        # Consumed bytes are deleted from the front: CPython's bytearray does that in
+        # O(1) by moving its start pointer, so no read offset is needed.
+        self._buf = bytearray()
+        self._header: FrameHeader | None = None
+        self._payload_left = 0
+        self._payload_stream = 0
+        self._eof = False
+        self._error: ProtocolError | None = None
+
+    @property
+    def max_body_length(self) -> int:
+        return self._max
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet handed out as events."""
+        return len(self._buf)
+
+    @property
+    def error(self) -> ProtocolError | None:
+        """The fatal error that stopped this decoder, if any."""
+        return self._error
+
+    @property
+    def in_payload(self) -> bool:
+        """True between a Piece frame and the last chunk of its payload."""
+        return self._payload_left > 0
+
+    def feed(self, data: Buffer) -> None:
+        """Add received bytes (any bytes-like object; it is copied)."""
+        if self._eof:
+            raise RuntimeError("feed() after feed_eof(): the connection is already closed")
+        self._buf += data
+
+    def feed_eof(self) -> None:
+        """The peer closed the connection; no more data will come."""
+        self._eof = True
+
+    def __iter__(self) -> Iterator[Frame | PiecePayload]:
+        while (event := self.next_event()) is not None:
+            yield event
+
+    def next_event(self) -> Frame | PiecePayload | None:
+        """The next event, or None when more bytes are needed."""
+        if self._error is not None:
+            raise self._error.with_traceback(None)
+        buf = self._buf
+        if self._payload_left:
+            size = min(len(buf), self._payload_left)
+            if not size:
+                return self._need_data()
+            chunk = bytes(buf) if size == len(buf) else bytes(memoryview(buf)[:size])
+            del buf[:size]
+            self._payload_left -= size
+            return PiecePayload(self._payload_stream, chunk, not self._payload_left)
+
+        header = self._header
+        if header is None:
+            if len(buf) < HEADER_LENGTH:
+                return self._need_data()
+            try:
+                header = _unpack_header(buf, 0, self._max)
+            except ProtocolError as exc:
+                self._error = exc
+                raise
+            del buf[:HEADER_LENGTH]
+            self._header = header
+        if len(buf) < header.body_length:
+            return self._need_data()
+
+        # The frame is complete: consume it whatever the outcome, so that a non-fatal
+        # error leaves the decoder at the next frame boundary.
+        self._header = None
+        view = memoryview(buf)
+        body = view[: header.body_length]
+        try:
+            message = _decode(header.type, body, header.stream_id)
+        except ProtocolError as exc:
+            if exc.fatal:
+                self._error = exc
+            raise
+        finally:
+            body.release()
+            view.release()
+            del buf[: header.body_length]
+        if message.has_payload:
+            self._payload_left = message.length  # type: ignore[attr-defined]
+            self._payload_stream = header.stream_id
+        return Frame(header.stream_id, message)
+
+    def _need_data(self) -> None:
+        if self._eof and (self._buf or self._header is not None or self._payload_left):
+            if self._payload_left:
+                what = f"{self._payload_left} more piece payload bytes"
+            elif self._header is not None:
+                what = f"the body of a {self._header.body_length}-byte frame, got {len(self._buf)}"
+            else:
+                what = f"a {HEADER_LENGTH}-byte header, got {len(self._buf)}"
+            self._error = TruncatedFrame(
+                f"connection closed in the middle of a frame: expected {what}"
+            )
+            raise self._error
+        return None
+
+
+__all__ = [
+    "DEFAULT_MAX_BODY_LENGTH",
+    "HEADER_LENGTH",
+    "MAGIC",
+    "MAX_STREAM_ID",
+    "PROTOCOL_MINOR_VERSION",
+    "PROTOCOL_VERSION",
+    "BadMagic",
+    "Frame",
+    "FrameDecoder",
+    "FrameHeader",
+    "FrameTooLarge",
+    "MalformedFrame",
+    "PiecePayload",
+    "ProtocolError",
+    "TruncatedFrame",
+    "UnknownMessageType",
+    "UnsupportedVersion",
+    "decode_body",
+    "decode_header",
+    "encode_frame",
+    "encode_frame_into",
+    "payload_length",
+]

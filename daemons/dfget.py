@@ -1,0 +1,304 @@
+"""dfget: download a URL through the local dfdaemon (P2P when peers have it).
+
+    dfget https://example.com/model.bin -O model.bin --digest sha256:<hex>
+    dfget https://example.com/file -O -        # to stdout, pieces streamed in order
+
+Exit status: 0 success; 1 other error; 2 bad usage; 3 dfdaemon not running; 4 the origin
+failed (4xx/5xx or broken transfer); 5 timeout; 6 digest mismatch; 7 disk full;
+8 back-to-source disabled and no peer had the task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+from d7y.core.pieces import validate_piece_length
+from d7y.daemons.config import ConfigError, parse_duration, parse_size
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_NO_DAEMON = 3
+EXIT_ORIGIN = 4
+EXIT_TIMEOUT = 5
+EXIT_DIGEST = 6
+EXIT_NO_SPACE = 7
+EXIT_NO_SOURCE = 8
+
+_EXIT_BY_KIND = {
+    "origin": EXIT_ORIGIN,
+    "digest": EXIT_DIGEST,
+    "no_space": EXIT_NO_SPACE,
+    "timeout": EXIT_TIMEOUT,
+    "no_source": EXIT_NO_SOURCE,
+    "bad_request": EXIT_USAGE,
+}
+
+
+class Failure(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dfget",
+        description="Download a URL through the local dfdaemon (P2P when peers have it).",
+        epilog="Exit status: 0 ok, 1 error, 2 usage, 3 dfdaemon not running, 4 origin "
+        "error, 5 timeout, 6 digest mismatch, 7 disk full, 8 no source.",
+    )
+    p.add_argument("url", help="http(s) URL to download")
+    p.add_argument("-O", "--output", required=True, help="output file path, or - for stdout")
+    p.add_argument("--digest", default="", help="expected sha256:<hex>, sha512:<hex> or crc32:<n>")
+    p.add_argument("--tag", default="", help="tag: different tags make different tasks")
+    p.add_argument("--application", default="", help="application name (part of the task ID)")
+    p.add_argument(
+        "-H",
+        "--header",
+        action="append",
+        default=[],
+        metavar="'Name: value'",
+        help="request header for the origin (repeatable)",
+    )
+    p.add_argument(
+        "--filtered-query-param",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="query parameter left out of the task ID (repeatable; replaces the default "
+        "S3/GCS/OSS signature list)",
+    )
+    p.add_argument("--piece-length", default=None, help="fixed piece length (>= 4MiB)")
+    p.add_argument("--timeout", default=None, help="give up after this long (e.g. 30s, 10m)")
+    p.add_argument(
+        "--disable-back-to-source",
+        action="store_true",
+        help="never fetch from the origin; fail if no peer has the task",
+    )
+    p.add_argument("--priority", type=int, default=0, help="scheduling priority (0-6)")
+    p.add_argument("--no-progress", action="store_true", help="no progress output")
+    p.add_argument("--daemon-socket", default=None, help="dfdaemon's local API socket")
+    return p
+
+
+def _parse_header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip():
+        raise Failure(EXIT_USAGE, f"dfget: header {text!r} is not 'Name: value'")
+    return name.strip(), value.strip()
+
+
+def build_request(args: argparse.Namespace) -> dict:
+    body: dict = {
+        "url": args.url,
+        "headers": dict(_parse_header(h) for h in args.header),
+        "tag": args.tag,
+        "application": args.application,
+        "digest": args.digest,
+        "disable_back_to_source": args.disable_back_to_source,
+        "priority": args.priority,
+    }
+    if args.filtered_query_param is not None:
+        body["filtered_query_params"] = args.filtered_query_param
+    if args.piece_length is not None:
+        try:
+            body["piece_length"] = validate_piece_length(int(parse_size(args.piece_length)))
+        except (ValueError, TypeError) as exc:
+            raise Failure(EXIT_USAGE, f"dfget: --piece-length: {exc}") from None
+    if args.output != "-":
+        output = Path(args.output).expanduser().absolute()
+        if output.is_dir():
+            raise Failure(EXIT_USAGE, f"dfget: output {str(output)!r} is a directory")
+        body["output"] = str(output)
+    else:
+        body["content"] = True
+    return body
+
+
+def default_socket() -> Path:
+    from d7y.daemons.peer.config import load_peer_config
+
+    try:
+        return load_peer_config().socket_path
+    except ConfigError:
+        from d7y.daemons.peer.config import PeerConfig
+
+        return PeerConfig().socket_path
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n} B"
+
+
+class Progress:
+    """A one-line progress bar on a terminal, plain periodic lines otherwise."""
+
+    def __init__(self, enabled: bool, stream=sys.stderr) -> None:
+        self.enabled = enabled
+        self.stream = stream
+        self.tty = stream.isatty()
+        self._last_line = 0.0
+
+    def update(self, snap: dict) -> None:
+        if not self.enabled or (not snap.get("completed_bytes") and not self.tty):
+            return
+        now = time.monotonic()
+        if not self.tty and now - self._last_line < 2.0:
+            return
+        self._last_line = now
+        done = snap.get("completed_bytes", 0)
+        total = snap.get("content_length")
+        elapsed = max(snap.get("elapsed", 0.0), 1e-6)
+        rate = done / elapsed
+        pct = f"{100 * done / total:5.1f}%" if total else "  ?  "
+        eta = f"{(total - done) / rate:.0f}s" if total and rate > 0 else "-"
+        line = (
+            f"{pct} {_human(done)}/{_human(total) if total is not None else '?'} "
+            f"{_human(rate)}/s ETA {eta} origin {_human(snap.get('bytes_from_origin', 0))} "
+            f"peers {_human(snap.get('bytes_from_peers', 0))}"
+        )
+        if self.tty:
+            self.stream.write("\r\x1b[K" + line)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def finish(self, snap: dict) -> None:
+        if not self.enabled:
+            return
+        if self.tty:
+            self.stream.write("\r\x1b[K")
+        total = snap.get("content_length") or 0
+        elapsed = max(snap.get("elapsed", 0.0), 1e-6)
+        source = (
+            "local cache"
+            if snap.get("from_cache")
+            else (
+                f"origin {_human(snap.get('bytes_from_origin', 0))}, "
+                f"peers {_human(snap.get('bytes_from_peers', 0))}"
+            )
+        )
+        self.stream.write(
+            f"done: {_human(total)} in {elapsed:.2f}s ({_human(total / elapsed)}/s) from {source}\n"
+        )
+        self.stream.flush()
+
+
+def _failure_from(snapshot: dict) -> Failure:
+    error = snapshot.get("error") or {}
+    kind = error.get("kind", "internal")
+    message = error.get("message", "download failed")
+    return Failure(_EXIT_BY_KIND.get(kind, EXIT_ERROR), f"dfget: {message}")
+
+
+async def _run(args: argparse.Namespace) -> int:
+    body = build_request(args)
+    socket_path = Path(args.daemon_socket) if args.daemon_socket else default_socket()
+    if not socket_path.exists():
+        raise Failure(
+            EXIT_NO_DAEMON,
+            f"dfget: dfdaemon is not running (no socket at {socket_path}); start it with "
+            f"'dfdaemon' (or 'dfdaemon --config FILE'), or pass --daemon-socket",
+        )
+    connector = aiohttp.UnixConnector(path=str(socket_path))
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
+    progress = Progress(enabled=not args.no_progress)
+    try:
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            if body.get("content"):
+                return await _to_stdout(session, body)
+            return await _to_file(session, body, progress)
+    except aiohttp.ClientConnectorError as exc:
+        raise Failure(
+            EXIT_NO_DAEMON,
+            f"dfget: cannot reach dfdaemon at {socket_path} ({exc.os_error.strerror or exc}); "
+            f"is it running? start it with 'dfdaemon'",
+        ) from None
+
+
+async def _to_file(session: aiohttp.ClientSession, body: dict, progress: Progress) -> int:
+    last: dict = {}
+    async with session.post("http://dfdaemon/v1/tasks", json=body) as resp:
+        if resp.status != 200:
+            raise _failure_from(await resp.json())
+        async for line in resp.content:
+            if not line.strip():
+                continue
+            last = json.loads(line)
+            progress.update(last)
+    if last.get("state") != "succeeded":
+        if not last:
+            raise Failure(EXIT_ERROR, "dfget: dfdaemon closed the connection without an answer")
+        raise _failure_from(last)
+    progress.finish(last)
+    return EXIT_OK
+
+
+async def _to_stdout(session: aiohttp.ClientSession, body: dict) -> int:
+    out = sys.stdout.buffer
+    async with session.post("http://dfdaemon/v1/tasks", json=body) as resp:
+        if resp.status != 200:
+            raise _failure_from(await resp.json())
+        try:
+            async for chunk in resp.content.iter_chunked(1024 * 1024):
+                out.write(chunk)
+        except aiohttp.ClientPayloadError:
+            pass  # the daemon cut the stream: ask it why below
+        else:
+            out.flush()
+            return EXIT_OK
+    from d7y.core.ids import task_id as make_task_id
+
+    tid = make_task_id(
+        body["url"],
+        tag=body["tag"] or None,
+        application=body["application"] or None,
+        piece_length=body.get("piece_length"),
+        filtered_query_params=body.get("filtered_query_params"),
+    )
+    async with session.get(f"http://dfdaemon/v1/tasks/{tid}") as resp:
+        raise _failure_from(await resp.json())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    deadline = None
+    if args.timeout is not None:
+        try:
+            deadline = float(parse_duration(args.timeout))
+        except ValueError as exc:
+            print(f"dfget: --timeout: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    try:
+        return asyncio.run(asyncio.wait_for(_run(args), deadline))
+    except Failure as exc:
+        print(str(exc), file=sys.stderr)
+        return exc.code
+    except TimeoutError:
+        print(
+            f"dfget: timed out after {args.timeout} (the download goes on in dfdaemon; "
+            f"run dfget again to pick it up)",
+            file=sys.stderr,
+        )
+        return EXIT_TIMEOUT
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The peer daemon (dfdaemon): download, verify, store, and serve tasks."""

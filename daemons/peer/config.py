@@ -1,0 +1,143 @@
+"""dfdaemon configuration: every key, its default and what it does.
+
+Loaded by :func:`load_peer_config` from YAML (``--config``, default
+``/etc/d7y/dfdaemon.yaml`` when it exists) with environment overrides
+``D7Y_DFDAEMON_<SECTION>__<KEY>`` (for example ``D7Y_DFDAEMON_DOWNLOAD__CONCURRENCY=8``).
+docs/configuration.md is generated from these definitions (``d7y config-docs dfdaemon``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Literal
+
+from d7y.core.pieces import MIN_PIECE_LENGTH
+from d7y.daemons.config import ConfigError, Duration, Size, field, load, section
+
+DEFAULT_CONFIG_PATH = Path("/etc/d7y/dfdaemon.yaml")
+ENV_PREFIX = "D7Y_DFDAEMON"
+
+
+def default_data_dir() -> Path:
+    """``$XDG_DATA_HOME/d7y/dfdaemon`` or ``~/.local/share/d7y/dfdaemon``."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return Path(base) / "d7y" / "dfdaemon"
+
+
+@dataclasses.dataclass
+class HostConfig:
+    ip: str = field("127.0.0.1", "address other peers and the scheduler use to reach this host")
+    hostname: str = field("", "host name in IDs; empty means the machine's hostname")
+    idc: str = field("", "data centre name, used by the scheduler to prefer near parents")
+    location: str = field("", "'|'-separated location, e.g. 'cn|hz|zone-a'")
+
+
+@dataclasses.dataclass
+class StorageConfig:
+    data_dir: Path = field(default_data_dir(), "where content and metadata.db live")
+    task_ttl: Duration = field(Duration(6 * 3600), "a task unused this long is removed by GC")
+    gc_interval: Duration = field(Duration(60), "how often GC runs")
+    disk_high_watermark: float = field(
+        0.8, "GC starts when the data dir's filesystem is fuller than this fraction"
+    )
+    disk_low_watermark: float = field(0.6, "GC evicts least recently used tasks down to this")
+    quota: Size = field(
+        Size(0), "absolute limit for stored content (0 = use the filesystem watermarks)"
+    )
+
+
+@dataclasses.dataclass
+class DownloadConfig:
+    concurrency: int = field(16, "pieces fetched at once per task")
+    max_concurrent_tasks: int = field(16, "tasks downloading at once; more wait in line")
+    rate_limit: Size = field(Size(0), "download bytes/s for the whole daemon (0 = unlimited)")
+    piece_timeout: Duration = field(Duration(60), "give up on one piece request after this")
+    origin_retries: int = field(5, "attempts per origin request (connection errors, 5xx)")
+    origin_backoff: Duration = field(Duration(0.1), "first retry delay; doubles per attempt")
+    origin_backoff_max: Duration = field(Duration(5), "longest retry delay")
+
+
+@dataclasses.dataclass
+class UploadConfig:
+    listen: str = field("0.0.0.0", "address of the upload servers (piece protocol and HTTP)")
+    port: int = field(4000, "HTTP read-only endpoint serving task bytes with Range")
+    piece_port: int = field(4005, "framed piece protocol for other peers")
+    rate_limit: Size = field(Size(0), "upload bytes/s for the whole daemon (0 = unlimited)")
+    max_concurrent: int = field(64, "pieces served at once; more get a 'busy' error")
+    max_frame: Size = field(Size(1024 * 1024), "largest protocol frame body accepted")
+
+
+@dataclasses.dataclass
+class APIConfig:
+    socket: Path | None = field(
+        None, "unix socket of the local API (default <data_dir>/dfdaemon.sock)"
+    )
+
+
+@dataclasses.dataclass
+class MetricsConfig:
+    listen: str = field("127.0.0.1", "address of /metrics and /healthy")
+    port: int = field(4002, "port of /metrics and /healthy (0 disables)")
+
+
+@dataclasses.dataclass
+class LogConfig:
+    level: Literal["debug", "info", "warning", "error"] = field("info", "log level")
+    format: Literal["text", "json"] = field("text", "key=value text or one JSON object a line")
+
+
+@dataclasses.dataclass
+class PeerConfig:
+    seed_peer: bool = field(False, "run as a seed peer (root of the swarm)")
+    host: HostConfig = section(HostConfig, "how this host is named and placed")
+    storage: StorageConfig = section(StorageConfig, "content, metadata and garbage collection")
+    download: DownloadConfig = section(DownloadConfig, "fetching pieces")
+    upload: UploadConfig = section(UploadConfig, "serving pieces to peers and tools")
+    api: APIConfig = section(APIConfig, "local API for dfget")
+    metrics: MetricsConfig = section(MetricsConfig, "Prometheus metrics and health")
+    log: LogConfig = section(LogConfig, "logging")
+
+    @property
+    def socket_path(self) -> Path:
+        return self.api.socket or self.storage.data_dir / "dfdaemon.sock"
+
+    def validate(self) -> None:
+        """Cross-field checks the types cannot express; ConfigError names the key."""
+
+        def positive(key: str, value: float) -> None:
+            if value <= 0:
+                raise ConfigError(f"config key {key!r} must be > 0, got {value}")
+
+        positive("download.concurrency", self.download.concurrency)
+        positive("download.max_concurrent_tasks", self.download.max_concurrent_tasks)
+        positive("download.piece_timeout", self.download.piece_timeout)
+        positive("download.origin_retries", self.download.origin_retries)
+        positive("upload.max_concurrent", self.upload.max_concurrent)
+        if self.upload.max_frame < 4096:
+            raise ConfigError(f"config key 'upload.max_frame' must be >= 4KiB, got "
+                              f"{int(self.upload.max_frame)}")  # fmt: skip
+        for key in ("upload.port", "upload.piece_port", "metrics.port"):
+            section_name, name = key.split(".")
+            port = getattr(getattr(self, section_name), name)
+            if not 0 <= port <= 65535:
+                raise ConfigError(f"config key {key!r} must be a port in 0..65535, got {port}")
+        low, high = self.storage.disk_low_watermark, self.storage.disk_high_watermark
+        if not 0 < low < high <= 1:
+            raise ConfigError(
+                f"config keys 'storage.disk_low_watermark' ({low}) and "
+                f"'storage.disk_high_watermark' ({high}) need 0 < low < high <= 1"
+            )
+        if 0 < self.storage.quota < MIN_PIECE_LENGTH:
+            raise ConfigError(f"config key 'storage.quota' must be 0 or >= 4MiB, got "
+                              f"{int(self.storage.quota)}")  # fmt: skip
+
+
+def load_peer_config(
+    path: str | os.PathLike | None = None, *, env=None, overrides=None
+) -> PeerConfig:
+    """Load the dfdaemon config; the default path is used only when it exists."""
+    if path is None and DEFAULT_CONFIG_PATH.exists():
+        path = DEFAULT_CONFIG_PATH
+    return load(PeerConfig, path, env=env, env_prefix=ENV_PREFIX, overrides=overrides)

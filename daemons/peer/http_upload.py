@@ -1,0 +1,232 @@
+"""The upload server's read-only HTTP endpoint: a stored task's bytes, with Range.
+
+    GET|HEAD /download/<task_id>     200 with the whole content, or 206 for one range
+
+Only finished (verified) tasks are served; an unknown or unfinished task is a 404 with a
+one-line reason. Requests are parsed with h11 (sans-IO) and bodies leave with
+sendfile(2) through :func:`d7y.ext.transfer.send_file`: the bytes go from the page cache
+to the socket without entering Python, which is what lets this endpoint keep pace with
+nginx. Keep-alive is supported; each connection serves one request at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+
+import h11
+from d7y.core.http_range import RangeError, parse_range
+from d7y.daemons.peer.limits import TokenBucket
+from d7y.daemons.peer.metrics import PeerMetrics
+from d7y.daemons.peer.storage import TASK_SUCCEEDED, Storage
+from d7y.ext.transfer import send_file
+
+log = logging.getLogger("d7y.dfdaemon.http")
+
+RECV_SIZE = 64 * 1024
+#: With a rate limit, the body goes out in slices of this size, each paid for first.
+LIMITED_SLICE = 1024 * 1024
+SERVER = b"d7y-dfdaemon"
+
+
+class _SendfileBody:
+    """Stands in for body bytes in h11 (which only needs their length) while the real
+    bytes travel by sendfile."""
+
+    __slots__ = ("length",)
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+
+class HTTPUploadServer:
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        limiter: TokenBucket | None = None,
+        metrics: PeerMetrics | None = None,
+        max_concurrent: int = 64,
+        pin=None,
+    ) -> None:
+        self.storage = storage
+        self.limiter = limiter or TokenBucket(0)
+        self.metrics = metrics or PeerMetrics()
+        self._slots = asyncio.Semaphore(max_concurrent)
+        self._pin = pin or (lambda _task_id: contextlib.nullcontext())
+        self._listener: socket.socket | None = None
+        self._accept_task: asyncio.Task | None = None
+        self._connections: set[asyncio.Task] = set()
+        self.port = 0
+
+    async def start(self, host: str, port: int) -> None:
+        listener = socket.create_server((host, port), reuse_port=False, backlog=1024)
+        listener.setblocking(False)
+        self._listener = listener
+        self.port = listener.getsockname()[1]
+        self._accept_task = asyncio.get_running_loop().create_task(self._accept_loop())
+
+    async def stop(self) -> None:
+        if self._accept_task is not None:
+            self._accept_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._accept_task
+        if self._listener is not None:
+            self._listener.close()
+        for task in list(self._connections):
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+
+    async def _accept_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._listener is not None
+        while True:
+            try:
+                conn, _addr = await loop.sock_accept(self._listener)
+            except OSError as exc:  # EMFILE and friends: back off, keep serving
+                log.warning("accept failed error=%s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            conn.setblocking(False)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            task = loop.create_task(self._serve(conn))
+            self._connections.add(task)
+            task.add_done_callback(self._connections.discard)
+
+    async def _serve(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        http = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
+        try:
+            while True:
+                event = http.next_event()
+                if event is h11.NEED_DATA:
+                    data = await loop.sock_recv(sock, RECV_SIZE)
+                    http.receive_data(data)
+                    continue
+                if isinstance(event, h11.Request):
+                    await self._handle(sock, http, event)
+                elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+                    if http.our_state is h11.DONE and http.their_state is h11.DONE:
+                        http.start_next_cycle()
+                        continue
+                    return
+                if http.our_state is h11.MUST_CLOSE or http.their_state is h11.MUST_CLOSE:
+                    return
+        except h11.RemoteProtocolError as exc:
+            with contextlib.suppress(Exception):
+                await self._simple(sock, http, exc.error_status_hint, f"bad request: {exc}")
+        except (ConnectionError, OSError, EOFError):
+            pass  # the client went away; nothing to tell it
+        except Exception:
+            log.exception("http upload connection crashed")
+        finally:
+            sock.close()
+
+    async def _simple(
+        self,
+        sock: socket.socket,
+        http: h11.Connection,
+        status: int,
+        message: str,
+        extra_headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        """A short text answer (errors), with the reason on one line."""
+        body = message.encode() + b"\n"
+        headers = [
+            *(extra_headers or []),
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(body)).encode()),
+            (b"server", SERVER),
+        ]
+        data = http.send(h11.Response(status_code=status, headers=headers))
+        data += http.send(h11.Data(data=body)) + http.send(h11.EndOfMessage())
+        await asyncio.get_running_loop().sock_sendall(sock, data)
+
+    async def _drain_request_body(self, sock: socket.socket, http: h11.Connection) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            event = http.next_event()
+            if event is h11.NEED_DATA:
+                http.receive_data(await loop.sock_recv(sock, RECV_SIZE))
+            elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                return
+
+    async def _handle(self, sock: socket.socket, http: h11.Connection, req: h11.Request) -> None:
+        await self._drain_request_body(sock, http)
+        method = req.method.upper()
+        path = req.target.decode("latin-1").split("?", 1)[0]
+        if method not in (b"GET", b"HEAD"):
+            await self._simple(sock, http, 405, f"method {method.decode()} not allowed: use GET")
+            return
+        prefix = "/download/"
+        if not path.startswith(prefix):
+            await self._simple(sock, http, 404, f"no such path {path}: use /download/<task_id>")
+            return
+        task_id = path[len(prefix) :]
+        record = await self.storage.run(self.storage.meta.get_task, task_id) if task_id else None
+        if record is None or record.state != TASK_SUCCEEDED or record.content_length is None:
+            state = "unknown" if record is None else record.state
+            await self._simple(sock, http, 404, f"task {task_id!r} is not available ({state})")
+            return
+        length = record.content_length
+        range_header = next((v for k, v in req.headers if k == b"range"), None)
+        status, start, count = 200, 0, length
+        headers = [(b"server", SERVER), (b"accept-ranges", b"bytes")]
+        if range_header is not None:
+            try:
+                selected = parse_range(range_header.decode("latin-1"), length)
+            except RangeError as exc:
+                extra = [(b"content-range", f"bytes */{length}".encode())]
+                if exc.unsatisfiable:
+                    await self._simple(sock, http, 416, str(exc), extra)
+                else:
+                    await self._simple(sock, http, 400, str(exc))
+                return
+            status, start, count = 206, selected.start, selected.length
+            headers.append((b"content-range", selected.content_range(length).encode()))
+        headers += [
+            (b"content-type", b"application/octet-stream"),
+            (b"content-length", str(count).encode()),
+        ]
+        loop = asyncio.get_running_loop()
+        async with self._slots:
+            with self._pin(task_id):
+                try:
+                    fd = os.open(self.storage.content_path(task_id), os.O_RDONLY | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    await self._simple(sock, http, 404, f"task {task_id!r} content is gone")
+                    return
+                try:
+                    await loop.sock_sendall(
+                        sock, http.send(h11.Response(status_code=status, headers=headers))
+                    )
+                    if method == b"GET" and count:
+                        # h11 tracks the body length; the bytes themselves go by sendfile.
+                        http.send_with_data_passthrough(h11.Data(data=_SendfileBody(count)))
+                        self.metrics.active_uploads.inc()
+                        try:
+                            await self._send_body(sock, fd, start, count)
+                        finally:
+                            self.metrics.active_uploads.dec()
+                    await loop.sock_sendall(sock, http.send(h11.EndOfMessage()))
+                finally:
+                    os.close(fd)
+
+    async def _send_body(self, sock: socket.socket, fd: int, start: int, count: int) -> None:
+        if self.limiter.unlimited:
+            await send_file(sock, fd, start, count)
+            self.metrics.bytes_uploaded.inc(count)
+            return
+        sent = 0
+        while sent < count:
+            step = min(LIMITED_SLICE, count - sent)
+            await self.limiter.take(step)
+            await send_file(sock, fd, start + sent, step)
+            sent += step
+            self.metrics.bytes_uploaded.inc(step)

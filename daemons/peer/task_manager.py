@@ -1,0 +1,653 @@
+"""The download engine of the peer daemon: one task, one fetch.
+
+A :class:`TaskManager` turns download requests into tasks. Requests for the same task
+ID share one :class:`Task`; each task runs once, fetching its missing pieces from a
+piece source (the origin here; other peers join in the P2P path) with a bounded number
+of pieces in flight, computing every piece's CRC-32, writing it with pwrite at its
+offset, and recording it in the metadata only after the bytes are in the file.
+
+A finished task is answered from local storage without contacting the origin. A task
+that was interrupted (daemon killed, origin failure) keeps its verified pieces; the next
+request re-checks them against their recorded digests and fetches only what is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import enum
+import logging
+import os
+import time
+from collections import Counter as Multiset
+from collections.abc import AsyncIterator
+from typing import Any
+
+from d7y.core.digest import Digest, DigestMismatch
+from d7y.core.ids import task_id as make_task_id
+from d7y.core.pieces import Piece, compute_piece_length, iter_pieces, piece_count
+from d7y.daemons.peer.limits import TokenBucket
+from d7y.daemons.peer.metrics import PeerMetrics
+from d7y.daemons.peer.origin import OriginClient, OriginError, OriginInfo
+from d7y.daemons.peer.storage import (
+    TASK_FAILED,
+    TASK_RUNNING,
+    TASK_SUCCEEDED,
+    NoSpaceError,
+    Storage,
+    StorageError,
+    TaskRecord,
+    now,
+)
+from d7y.ext.bitmap import Bitmap
+from d7y.ext.crc32 import crc32
+
+log = logging.getLogger("d7y.dfdaemon.task")
+
+#: Piece buffers held at once by one task: concurrency is lowered for big pieces so a
+#: task never holds more than this in memory (16 x 4 MiB fits exactly).
+PIECE_BUFFER_BUDGET = 64 * 1024 * 1024
+HASH_BLOCK = 1024 * 1024
+SUPPORTED_SCHEMES = ("http", "https")
+
+
+class FailureKind(enum.Enum):
+    """Why a task failed; dfget maps each to its own exit code and message."""
+
+    ORIGIN = "origin"  # the origin answered an error status or broke the transfer
+    DIGEST = "digest"  # the content does not match the requested digest
+    NO_SPACE = "no_space"  # the data dir is full (or the quota is reached)
+    BAD_REQUEST = "bad_request"  # unsupported scheme, bad digest string, ...
+    TIMEOUT = "timeout"
+    NO_SOURCE = "no_source"  # back-to-source disabled and nothing else can serve
+    INTERNAL = "internal"
+
+
+class DownloadError(Exception):
+    def __init__(self, kind: FailureKind, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.status = status
+
+
+@dataclasses.dataclass
+class DownloadRequest:
+    """What dfget (or the proxy) asks for; the task ID is derived from it."""
+
+    url: str
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+    tag: str = ""
+    application: str = ""
+    filtered_query_params: list[str] | None = None
+    piece_length: int | None = None
+    digest: str = ""
+    disable_back_to_source: bool = False
+    priority: int = 0
+
+    def task_id(self) -> str:
+        return make_task_id(
+            self.url,
+            tag=self.tag or None,
+            application=self.application or None,
+            piece_length=self.piece_length,
+            filtered_query_params=self.filtered_query_params,
+        )
+
+
+class Task:
+    """A task being downloaded (or served from storage) and the people waiting on it."""
+
+    def __init__(self, task_id: str, request: DownloadRequest) -> None:
+        self.id = task_id
+        self.request = request
+        self.content_length: int | None = None
+        self.piece_length = 0
+        self.bitmap: Bitmap | None = None
+        self.digests: dict[int, str] = {}
+        self.completed_bytes = 0
+        self.bytes_from_origin = 0
+        self.bytes_from_peers = 0
+        self.from_cache = False
+        self.started = time.monotonic()
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._changed = asyncio.Event()
+
+    # -- progress notification -------------------------------------------------------
+
+    def _notify(self) -> None:
+        """Wake everyone waiting in :meth:`wait_change` (progress bars, stdout streams)."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_change(self, timeout: float | None = None) -> None:
+        """Return after the next piece lands or the task ends (or ``timeout``)."""
+        if self.done.done():
+            return
+        event = self._changed
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+
+    def has_piece(self, number: int) -> bool:
+        return self.bitmap is not None and self.bitmap.test(number)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Progress as plain data for the local API."""
+        state = "running"
+        error = None
+        if self.done.done():
+            exc = self.done.exception() if not self.done.cancelled() else None
+            state = "failed" if exc or self.done.cancelled() else "succeeded"
+            if isinstance(exc, DownloadError):
+                error = {"kind": exc.kind.value, "message": str(exc), "status": exc.status}
+            elif self.done.cancelled():
+                error = {"kind": "internal", "message": "download cancelled", "status": None}
+        return {
+            "task_id": self.id,
+            "state": state,
+            "content_length": self.content_length,
+            "piece_length": self.piece_length,
+            "completed_bytes": self.completed_bytes,
+            "bytes_from_origin": self.bytes_from_origin,
+            "bytes_from_peers": self.bytes_from_peers,
+            "from_cache": self.from_cache,
+            "elapsed": time.monotonic() - self.started,
+            "error": error,
+        }
+
+
+class TaskManager:
+    """Runs tasks: at most one download per task ID, many readers."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        origin: OriginClient,
+        *,
+        concurrency: int = 16,
+        max_concurrent_tasks: int = 16,
+        download_limiter: TokenBucket | None = None,
+        metrics: PeerMetrics | None = None,
+    ) -> None:
+        self.storage = storage
+        self.origin = origin
+        self.concurrency = concurrency
+        self.limiter = download_limiter or TokenBucket(0)
+        self.metrics = metrics or PeerMetrics()
+        self._task_slots = asyncio.Semaphore(max_concurrent_tasks)
+        self._running: dict[str, Task] = {}
+        self._runners: set[asyncio.Task[None]] = set()
+        self._pins: Multiset[str] = Multiset()
+        self._closing = False
+
+    # -- pins: what GC must not touch --------------------------------------------------
+
+    @contextlib.contextmanager
+    def pin(self, task_id: str):
+        """Mark a task busy (uploading, exporting) while the block runs."""
+        self._pins[task_id] += 1
+        try:
+            yield
+        finally:
+            self._pins[task_id] -= 1
+            if self._pins[task_id] <= 0:
+                del self._pins[task_id]
+
+    def busy_task_ids(self) -> set[str]:
+        return set(self._running) | set(self._pins)
+
+    def running(self, task_id: str) -> Task | None:
+        return self._running.get(task_id)
+
+    # -- starting and joining ----------------------------------------------------------
+
+    def start(self, request: DownloadRequest) -> Task:
+        """Start the task for ``request`` or join the one already running."""
+        if self._closing:
+            raise DownloadError(FailureKind.INTERNAL, "dfdaemon is shutting down")
+        try:
+            tid = request.task_id()
+        except (TypeError, ValueError) as exc:
+            raise DownloadError(FailureKind.BAD_REQUEST, str(exc)) from None
+        scheme = request.url.split(":", 1)[0].lower()
+        if scheme not in SUPPORTED_SCHEMES:
+            raise DownloadError(
+                FailureKind.BAD_REQUEST,
+                f"unsupported URL scheme {scheme!r} in {request.url}: use "
+                f"{' or '.join(SUPPORTED_SCHEMES)}",
+            )
+        task = self._running.get(tid)
+        if task is not None:
+            return task
+        task = Task(tid, request)
+        self._running[tid] = task
+        runner = asyncio.get_running_loop().create_task(self._run(task), name=f"task-{tid[:12]}")
+        self._runners.add(runner)
+        runner.add_done_callback(self._runners.discard)
+        return task
+
+    async def close(self) -> None:
+        """Stop all downloads: in-flight pieces are dropped, recorded ones stay valid."""
+        self._closing = True
+        for runner in list(self._runners):
+            runner.cancel()
+        await asyncio.gather(*self._runners, return_exceptions=True)
+
+    async def _run(self, task: Task) -> None:
+        self.metrics.active_tasks.inc()
+        try:
+            async with self._task_slots:
+                await self._download(task)
+        except asyncio.CancelledError:
+            if not task.done.done():
+                task.done.set_exception(
+                    DownloadError(FailureKind.INTERNAL, "download interrupted: dfdaemon stopping")
+                )
+            self._mark_consumed(task)
+            raise
+        except DownloadError as exc:
+            log.warning("task failed task=%s kind=%s error=%s", task.id, exc.kind.value, exc)
+            await self._record_failure(task, exc)
+            task.done.set_exception(exc)
+        except Exception as exc:  # a bug: fail this task, keep the daemon serving others
+            log.exception("task crashed task=%s", task.id)
+            err = DownloadError(FailureKind.INTERNAL, f"internal error: {exc!r}")
+            await self._record_failure(task, err)
+            task.done.set_exception(err)
+        else:
+            task.done.set_result(None)
+            self.metrics.tasks.labels("succeeded").inc()
+            self.metrics.task_duration.observe(time.monotonic() - task.started)
+        finally:
+            self.metrics.active_tasks.dec()
+            self._running.pop(task.id, None)
+            task._notify()
+        self._mark_consumed(task)
+
+    @staticmethod
+    def _mark_consumed(task: Task) -> None:
+        # Nobody may be awaiting the future (dfget gone): read the exception so asyncio
+        # does not log "exception was never retrieved" for an expected failure.
+        if task.done.done() and not task.done.cancelled():
+            task.done.exception()
+
+    async def _record_failure(self, task: Task, exc: DownloadError) -> None:
+        self.metrics.tasks.labels("failed").inc()
+        with contextlib.suppress(Exception):
+            if exc.kind in (FailureKind.DIGEST, FailureKind.NO_SPACE):
+                # Wrong bytes must never be served, and a task that cannot fit frees
+                # what it took; both start from scratch next time.
+                await self.storage.run(self.storage.delete_task, task.id)
+            elif await self.storage.run(self.storage.meta.get_task, task.id):
+                await self.storage.run(
+                    lambda: self.storage.meta.update_task(
+                        task.id, state=TASK_FAILED, error=str(exc), updated_at=now()
+                    )
+                )
+
+    # -- the download ----------------------------------------------------------------
+
+    async def _download(self, task: Task) -> None:
+        request = task.request
+        expected = self._parse_digest(request.digest)
+        record = await self.storage.run(self.storage.meta.get_task, task.id)
+        finished = record is not None and record.state == TASK_SUCCEEDED
+        if finished and await self._serve_from_storage(task, record, expected):
+            return
+
+        if request.disable_back_to_source:
+            raise DownloadError(
+                FailureKind.NO_SOURCE,
+                f"task {task.id} is not stored here and back-to-source is disabled; "
+                f"no peer can serve it",
+            )
+        try:
+            info = await self.origin.probe(request.url, request.headers)
+        except OriginError as exc:
+            raise DownloadError(FailureKind.ORIGIN, str(exc), status=exc.status) from None
+
+        piece_length = compute_piece_length(info.content_length, request.piece_length)
+        task.content_length = info.content_length
+        task.piece_length = piece_length
+        record = await self._prepare_record(task, record, info, piece_length, expected)
+        fd = await self.storage.run(self._open, task, info.content_length)
+        try:
+            if info.content_length is not None and info.supports_range:
+                await self._resume_pieces(task, fd)
+                await self._fetch_ranges(task, fd, info)
+            else:
+                await self._fetch_stream(task, fd, info)
+            if expected is not None:
+                await self._verify_whole(task, fd, expected)
+        finally:
+            os.close(fd)
+        await self.storage.run(
+            lambda: self.storage.meta.update_task(
+                task.id,
+                state=TASK_SUCCEEDED,
+                content_length=task.content_length,
+                error="",
+                updated_at=now(),
+                last_access=now(),
+            )
+        )
+
+    @staticmethod
+    def _parse_digest(text: str) -> Digest | None:
+        if not text:
+            return None
+        try:
+            return Digest.parse(text)
+        except ValueError as exc:
+            raise DownloadError(FailureKind.BAD_REQUEST, str(exc)) from None
+
+    def _open(self, task: Task, content_length: int | None) -> int:
+        try:
+            return self.storage.open_for_write(task.id, content_length)
+        except NoSpaceError as exc:
+            raise DownloadError(FailureKind.NO_SPACE, exc.strerror or str(exc)) from None
+        except OSError as exc:
+            raise DownloadError(
+                FailureKind.INTERNAL, f"cannot open content file for task {task.id}: {exc}"
+            ) from None
+
+    async def _serve_from_storage(
+        self, task: Task, record: TaskRecord, expected: Digest | None
+    ) -> bool:
+        """Answer a finished task locally; False if its bytes went missing."""
+        path = self.storage.content_path(task.id)
+        if record.content_length is None or not path.exists():
+            await self.storage.run(self.storage.delete_task, task.id)
+            return False
+        task.content_length = record.content_length
+        task.piece_length = record.piece_length
+        count = piece_count(record.content_length, record.piece_length)
+        stored = await self.storage.run(self.storage.meta.pieces, task.id)
+        task.bitmap = Bitmap(count)
+        for number, (digest, _source) in stored.items():
+            if number < count:
+                task.bitmap.set(number)
+                task.digests[number] = digest
+        task.completed_bytes = record.content_length
+        task.from_cache = True
+        if expected is not None:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                await self._verify_whole(task, fd, expected)
+            finally:
+                os.close(fd)
+        await self.storage.run(lambda: self.storage.meta.update_task(task.id, last_access=now()))
+        return True
+
+    async def _prepare_record(
+        self,
+        task: Task,
+        record: TaskRecord | None,
+        info: OriginInfo,
+        piece_length: int,
+        expected: Digest | None,
+    ) -> TaskRecord:
+        """Create the task row, or reuse the old one if the origin's content is the same."""
+        same_content = (
+            record is not None
+            and record.content_length == info.content_length
+            and record.piece_length == piece_length
+            and record.etag == (info.etag or "")
+            and record.last_modified == (info.last_modified or "")
+            and info.content_length is not None
+        )
+        if record is not None and not same_content:
+            log.info("task content changed at origin, starting over task=%s", task.id)
+            await self.storage.run(self.storage.delete_task, task.id)
+            record = None
+        stamp = now()
+        fresh = TaskRecord(
+            id=task.id,
+            url=task.request.url,
+            content_length=info.content_length,
+            piece_length=piece_length,
+            state=TASK_RUNNING,
+            expected_digest=str(expected) if expected else "",
+            etag=info.etag or "",
+            last_modified=info.last_modified or "",
+            created_at=record.created_at if record else stamp,
+            updated_at=stamp,
+            last_access=stamp,
+        )
+        await self.storage.run(self.storage.meta.put_task, fresh)
+        return fresh
+
+    async def _resume_pieces(self, task: Task, fd: int) -> None:
+        """Load recorded pieces, keeping only those whose bytes still match their CRC."""
+        assert task.content_length is not None
+        count = piece_count(task.content_length, task.piece_length)
+        task.bitmap = Bitmap(count)
+        stored = await self.storage.run(self.storage.meta.pieces, task.id)
+        if not stored:
+            return
+        pieces = {p.number: p for p in iter_pieces(task.content_length, task.piece_length)}
+        bad: list[int] = []
+        buffer = bytearray(task.piece_length)
+        for number, (digest, _source) in sorted(stored.items()):
+            piece = pieces.get(number)
+            view = memoryview(buffer)[: piece.length] if piece else None
+            if piece is None or (
+                await self.storage.run(self.storage.read_into, fd, piece.offset, view)
+                != piece.length
+                or f"crc32:{crc32(view)}" != digest
+            ):
+                bad.append(number)
+                continue
+            task.bitmap.set(number)
+            task.digests[number] = digest
+            task.completed_bytes += piece.length
+        if bad:
+            log.warning("dropping pieces that fail their digest task=%s pieces=%s", task.id, bad)
+            await self.storage.run(self.storage.meta.forget_pieces, task.id, bad)
+        log.info(
+            "resuming task=%s pieces_present=%d pieces_total=%d",
+            task.id,
+            task.bitmap.count(),
+            count,
+        )
+
+    async def _land_piece(
+        self, task: Task, fd: int, piece: Piece, data: memoryview, source: str
+    ) -> None:
+        """Write a piece, then record it: the order that keeps metadata truthful."""
+        digest = f"crc32:{crc32(data)}"
+        try:
+            await self.storage.run(self.storage.write_piece, fd, piece.offset, data)
+        except NoSpaceError as exc:
+            raise DownloadError(FailureKind.NO_SPACE, exc.strerror or str(exc)) from None
+        except OSError as exc:
+            raise DownloadError(
+                FailureKind.INTERNAL, f"cannot write piece {piece.number}: {exc}"
+            ) from None
+        await self.storage.run(
+            self.storage.meta.record_piece, task.id, piece.number, digest, source
+        )
+        if task.bitmap is not None:
+            task.bitmap.set(piece.number)
+        task.digests[piece.number] = digest
+        task.completed_bytes += piece.length
+        if source == "origin":
+            task.bytes_from_origin += piece.length
+            self.metrics.bytes_from_origin.inc(piece.length)
+        else:
+            task.bytes_from_peers += piece.length
+            self.metrics.bytes_from_peers.inc(piece.length)
+        self.metrics.pieces.labels("origin" if source == "origin" else "peer").inc()
+        task._notify()
+
+    async def _fetch_ranges(self, task: Task, fd: int, info: OriginInfo) -> None:
+        """Fetch every missing piece with Range requests, ``concurrency`` at a time."""
+        assert task.content_length is not None and task.bitmap is not None
+        missing = [
+            p
+            for p in iter_pieces(task.content_length, task.piece_length)
+            if not task.bitmap.test(p.number)
+        ]
+        if not missing:
+            return
+        workers = max(1, min(self.concurrency, PIECE_BUFFER_BUDGET // task.piece_length))
+        queue: asyncio.Queue[Piece] = asyncio.Queue()
+        for piece in missing:
+            queue.put_nowait(piece)
+
+        async def worker() -> None:
+            buffer = bytearray(task.piece_length)  # reused for every piece of this worker
+            while True:
+                try:
+                    piece = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                view = memoryview(buffer)[: piece.length]
+                await self.limiter.take(piece.length)
+                try:
+                    await self.origin.fetch_range(
+                        info.final_url,
+                        task.request.headers,
+                        piece.offset,
+                        piece.length,
+                        view,
+                        info=info,
+                    )
+                except OriginError as exc:
+                    self.metrics.piece_failures.inc()
+                    raise DownloadError(FailureKind.ORIGIN, str(exc), status=exc.status) from None
+                await self._land_piece(task, fd, piece, view, "origin")
+
+        async with asyncio.TaskGroup() as group:
+            for _ in range(min(workers, len(missing))):
+                group.create_task(worker())
+
+    async def _fetch_stream(self, task: Task, fd: int, info: OriginInfo) -> None:
+        """One GET for origins without Range (or length): cut the stream into pieces."""
+        if task.bitmap is None and task.content_length is not None:
+            task.bitmap = Bitmap(piece_count(task.content_length, task.piece_length))
+        # A stream cannot skip what we already have: start the task over.
+        await self.storage.run(self.storage.meta.forget_pieces, task.id)
+        task.digests.clear()
+        task.completed_bytes = 0
+        buffer = bytearray(task.piece_length)
+        filled = 0
+        number = 0
+        try:
+            async with self.origin.stream(info.final_url, task.request.headers) as body:
+                async for chunk in body:
+                    view = memoryview(chunk)
+                    while view:
+                        take = min(len(view), task.piece_length - filled)
+                        buffer[filled : filled + take] = view[:take]
+                        filled += take
+                        view = view[take:]
+                        if filled == task.piece_length:
+                            await self._land_streamed(task, fd, number, buffer, filled)
+                            number += 1
+                            filled = 0
+        except OriginError as exc:
+            raise DownloadError(FailureKind.ORIGIN, str(exc), status=exc.status) from None
+        if filled:
+            await self._land_streamed(task, fd, number, buffer, filled)
+            number += 1
+        total = task.completed_bytes
+        if task.content_length is not None and total != task.content_length:
+            raise DownloadError(
+                FailureKind.ORIGIN,
+                f"origin sent {total} bytes but announced {task.content_length}",
+            )
+        task.content_length = total
+        if task.bitmap is None or len(task.bitmap) != number:
+            bitmap = Bitmap(number)
+            for n in range(number):
+                bitmap.set(n)
+            task.bitmap = bitmap
+        await self.storage.run(lambda: os.ftruncate(fd, total))
+
+    async def _land_streamed(
+        self, task: Task, fd: int, number: int, buffer: bytearray, length: int
+    ) -> None:
+        if task.bitmap is not None and number >= len(task.bitmap):
+            raise DownloadError(
+                FailureKind.ORIGIN,
+                f"origin sent more than the {task.content_length} bytes it announced",
+            )
+        await self.limiter.take(length)
+        piece = Piece(number, number * task.piece_length, length)
+        await self._land_piece(task, fd, piece, memoryview(buffer)[:length], "origin")
+
+    async def _verify_whole(self, task: Task, fd: int, expected: Digest) -> None:
+        """Hash the stored content and fail the task on a mismatch."""
+
+        def compute() -> Digest:
+            hasher = expected.hasher()
+            buffer = bytearray(HASH_BLOCK)
+            offset = 0
+            while True:
+                n = self.storage.read_into(fd, offset, memoryview(buffer))
+                if n == 0:
+                    break
+                hasher.update(memoryview(buffer)[:n])
+                offset += n
+            return hasher.digest()
+
+        actual = await self.storage.run(compute)
+        try:
+            expected.verify(actual, what=f"task {task.id}")
+        except DigestMismatch as exc:
+            raise DownloadError(FailureKind.DIGEST, str(exc)) from None
+
+    # -- reading stored tasks ----------------------------------------------------------
+
+    async def read_in_order(self, task: Task, block: int = 1024 * 1024) -> AsyncIterator[bytes]:
+        """Yield a task's bytes from the start, each piece as soon as it has landed.
+
+        Used for ``dfget -O -`` (stdout) and HTTP clients of a running task. Raises the
+        task's DownloadError if it fails before the bytes are all out.
+        """
+        path = self.storage.content_path(task.id)
+        number = 0
+        offset = 0
+        with self.pin(task.id):
+            fd = None
+            try:
+                while True:
+                    if task.content_length is not None and offset >= task.content_length:
+                        return
+                    if task.has_piece(number):
+                        if fd is None:
+                            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                        end = min((number + 1) * task.piece_length, task.content_length or 0)
+                        while offset < end:
+                            buffer = bytearray(min(block, end - offset))
+                            n = await self.storage.run(
+                                self.storage.read_into, fd, offset, memoryview(buffer)
+                            )
+                            if n == 0:
+                                raise DownloadError(
+                                    FailureKind.INTERNAL, f"content of task {task.id} shrank"
+                                )
+                            offset += n
+                            yield bytes(buffer[:n]) if n < len(buffer) else bytes(buffer)
+                        number += 1
+                        continue
+                    if task.done.done():
+                        task.done.result()  # raises the failure
+                        if task.content_length is None or not task.has_piece(number):
+                            return
+                        continue
+                    await task.wait_change(timeout=1.0)
+            finally:
+                if fd is not None:
+                    os.close(fd)
+
+
+__all__ = [
+    "DownloadError",
+    "DownloadRequest",
+    "FailureKind",
+    "StorageError",
+    "Task",
+    "TaskManager",
+]
