@@ -34,7 +34,11 @@ for folder, sub in FOLDERS.items():
 no_ext = os.environ.get("D7Y_NO_EXTENSIONS", "") not in ("", "0")
 
 EXTENSIONS = {
-    "_crc32": dict(sources=["ext/_crc32.pyx", "ext/src/crc32_fold.c"], include_dirs=["ext/src"]),
+    "_crc32": dict(
+        sources=["ext/_crc32.pyx", "ext/src/crc32_fold.c"],
+        include_dirs=["ext/src"],
+        depends=["ext/src/crc32_fold.h"],
+    ),
     "_bitmap": dict(sources=["ext/_bitmap.pyx"]),
     "_transfer": dict(sources=["ext/_transfer.pyx"]),
 }

@@ -1,0 +1,173 @@
+"""Run dfdaemon as a real process and dfget as a real command, for end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+PYTHON = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PeerProcess:
+    """A dfdaemon subprocess with its own data dir, ports and config file."""
+
+    def __init__(self, workdir: Path, name: str = "peer", **config_overrides) -> None:
+        self.workdir = Path(workdir)
+        self.name = name
+        self.data_dir = self.workdir / f"{name}-data"
+        self.upload_port = free_port()
+        self.metrics_port = free_port()
+        self.config: dict = {
+            "storage": {"data_dir": str(self.data_dir), "gc_interval": "1h"},
+            "upload": {"listen": "127.0.0.1", "port": self.upload_port,
+                       "piece_port": free_port()},
+            "metrics": {"listen": "127.0.0.1", "port": self.metrics_port},
+            "download": {"origin_backoff": "10ms", "origin_backoff_max": "50ms"},
+            "log": {"level": "debug"},
+        }  # fmt: skip
+        for section, values in config_overrides.items():
+            if isinstance(values, dict):
+                self.config.setdefault(section, {}).update(values)
+            else:
+                self.config[section] = values
+        self.config_path = self.workdir / f"{name}.yaml"
+        self.log_path = self.workdir / f"{name}.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def socket_path(self) -> Path:
+        return Path(self.config["storage"]["data_dir"]) / "dfdaemon.sock"
+
+    def start(self, timeout: float = 20.0) -> PeerProcess:
+        self.config_path.write_text(yaml.safe_dump(self.config))
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
+        self.proc = subprocess.Popen(
+            [PYTHON, "-m", "d7y.daemons.cli", "dfdaemon", "--config", str(self.config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"dfdaemon exited early:\n{self.log()}")
+            if self.healthy():
+                return self
+            time.sleep(0.05)
+        raise RuntimeError(f"dfdaemon did not become ready:\n{self.log()}")
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.metrics_port}/healthy", timeout=1
+            ) as resp:
+                return resp.status == 200 and self.socket_path.exists()
+        except OSError:
+            return False
+
+    def metrics(self) -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics") as resp:
+            text = resp.read().decode()
+        values = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                values[name] = float(value)
+        return values
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise AssertionError(f"dfdaemon ignored signal {sig}:\n{self.log()}") from None
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def dfget(self, url: str, output: str | Path, *args: str, timeout: float = 120.0,
+              **popen) -> subprocess.CompletedProcess:  # fmt: skip
+        return dfget(url, output, "--daemon-socket", str(self.socket_path), *args,
+                     timeout=timeout, **popen)  # fmt: skip
+
+    def dfget_popen(self, url: str, output: str | Path, *args: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            dfget_command(url, output, "--daemon-socket", str(self.socket_path), *args),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+
+    def api(self, method: str, path: str) -> tuple[int, dict]:
+        """Call the local API over the unix socket (stdlib only, no event loop)."""
+        import http.client
+
+        class UnixConnection(http.client.HTTPConnection):
+            def __init__(self, sock_path: str) -> None:
+                super().__init__("localhost", timeout=10)
+                self.sock_path = sock_path
+
+            def connect(self) -> None:
+                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                self.sock.connect(self.sock_path)
+
+        conn = UnixConnection(str(self.socket_path))
+        try:
+            conn.request(method, path)
+            resp = conn.getresponse()
+            return resp.status, json.loads(resp.read() or b"{}")
+        finally:
+            conn.close()
+
+    def http_get(self, task_id: str, range_header: str | None = None) -> tuple[int, bytes]:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.upload_port}/download/{task_id}")
+        if range_header:
+            req.add_header("Range", range_header)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def __enter__(self) -> PeerProcess:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.stop()
+
+
+def dfget_command(url: str, output: str | Path, *args: str) -> list[str]:
+    return [PYTHON, "-m", "d7y.daemons.cli", "dfget", url, "-O", str(output), *args]
+
+
+def dfget(url: str, output: str | Path, *args: str, timeout: float = 120.0,
+          **popen) -> subprocess.CompletedProcess:  # fmt: skip
+    env = dict(os.environ, **popen.pop("env", {}))
+    return subprocess.run(
+        dfget_command(url, output, *args),
+        capture_output=True,
+        timeout=timeout,
+        env=env,
+        **popen,
+    )

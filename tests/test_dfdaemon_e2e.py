@@ -1,0 +1,341 @@
+"""dfdaemon + dfget end to end: real processes, a real HTTP origin, loopback only."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from d7y.core.ids import task_id
+from d7y.core.pieces import MiB
+
+from tests.origin_server import ThreadedOriginServer
+from tests.peer_harness import PYTHON, PeerProcess, dfget
+
+PIECE = 4 * MiB
+
+
+@pytest.fixture(scope="module")
+def origin():
+    with ThreadedOriginServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def peer(tmp_path_factory):
+    with PeerProcess(tmp_path_factory.mktemp("peer")) as process:
+        yield process
+
+
+@pytest.fixture(autouse=True)
+def _clean_origin(origin):
+    origin.reset()
+    yield
+
+
+def ranged_requests(origin, name: str) -> list[str]:
+    return [r for r in origin.stats(f"/{name}")["ranges"] if r is not None]
+
+
+def piece_requests(origin, name: str) -> list[str]:
+    """Ranged requests after the probe (the first request, ``bytes=0-0``)."""
+    ranges = origin.stats(f"/{name}")["ranges"]
+    assert ranges and ranges[0] == "bytes=0-0", ranges
+    return [r for r in ranges[1:] if r is not None]
+
+
+def piece_ranges(size: int) -> set[str]:
+    return {f"bytes={o}-{min(o + PIECE, size) - 1}" for o in range(0, size, PIECE)}
+
+
+@pytest.mark.parametrize(
+    "size",
+    [0, 1, 128, PIECE, 2 * PIECE + 12345],
+    ids=["empty", "1B", "128B", "one-piece", "short-last-piece"],
+)
+def test_sizes_byte_exact(origin, peer, tmp_path, size):
+    name = f"size-{size}.bin"
+    url = origin.add_file(name, size=size, seed=size)
+    out = tmp_path / "out.bin"
+    result = peer.dfget(url, out, "--no-progress")
+    assert result.returncode == 0, result.stderr.decode()
+    assert out.read_bytes() == origin.content(name)
+    if size > 0:
+        assert sorted(piece_requests(origin, name)) == sorted(piece_ranges(size))
+
+
+@pytest.mark.parametrize("mode", ["no-range", "no-length"])
+def test_origin_without_range_or_length_is_streamed_once(origin, peer, tmp_path, mode):
+    name = f"stream-{mode}.bin"
+    url = origin.add_file(name, size=3 * PIECE + 777, seed=3)
+    if mode == "no-range":
+        origin.set_faults(f"/{name}", range=False)
+    else:
+        origin.set_faults(f"/{name}", range=False, content_length=False)
+    out = tmp_path / "out.bin"
+    result = peer.dfget(url, out, "--no-progress")
+    assert result.returncode == 0, result.stderr.decode()
+    assert out.read_bytes() == origin.content(name)
+    # One probe, one streaming GET: the body was read once, not once per piece.
+    assert origin.stats(f"/{name}")["requests"] == 2
+    status, body = peer.http_get(task_id(url))
+    assert status == 200 and body == origin.content(name)
+
+
+def test_concurrent_dfget_share_one_download(origin, peer, tmp_path):
+    name = "shared.bin"
+    size = 6 * PIECE + 1
+    url = origin.add_file(name, size=size, seed=11)
+    origin.set_faults(f"/{name}", delay={"seconds": 0.2, "count": -1})
+    procs = [peer.dfget_popen(url, tmp_path / f"out{i}.bin", "--no-progress") for i in range(4)]
+    for proc in procs:
+        assert proc.wait(120) == 0, proc.stderr.read().decode()
+    expected = origin.content(name)
+    for i in range(4):
+        assert (tmp_path / f"out{i}.bin").read_bytes() == expected
+    pieces = piece_requests(origin, name)
+    assert sorted(pieces) == sorted(piece_ranges(size)), "each piece fetched exactly once"
+
+
+def test_cached_task_served_with_origin_down(tmp_path):
+    with ThreadedOriginServer() as origin, PeerProcess(tmp_path) as peer:
+        url = origin.add_file("cached.bin", size=PIECE + 5, seed=5)
+        expected = origin.content("cached.bin")
+        assert peer.dfget(url, tmp_path / "a", "--no-progress").returncode == 0
+    # The origin is gone now; the daemon restarts and still has the task.
+    with PeerProcess(tmp_path) as peer:
+        result = peer.dfget(url, tmp_path / "b", "--no-progress")
+        assert result.returncode == 0, result.stderr.decode()
+        assert (tmp_path / "b").read_bytes() == expected
+
+
+def test_stdout_streams_the_content(origin, peer):
+    url = origin.add_file("stdout.bin", size=3 * PIECE + 3, seed=8)
+    result = peer.dfget(url, "-")
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout == origin.content("stdout.bin")
+
+
+def test_http_endpoint_serves_ranges(origin, peer, tmp_path):
+    url = origin.add_file("ranged.bin", size=PIECE + 100, seed=9)
+    assert peer.dfget(url, tmp_path / "x", "--no-progress").returncode == 0
+    data = origin.content("ranged.bin")
+    tid = task_id(url)
+    assert peer.http_get(tid) == (200, data)
+    assert peer.http_get(tid, "bytes=10-19") == (206, data[10:20])
+    assert peer.http_get(tid, "bytes=-7") == (206, data[-7:])
+    status, _ = peer.http_get(tid, f"bytes={len(data)}-")
+    assert status == 416
+    status, body = peer.http_get("0" * 64)
+    assert status == 404 and b"not available" in body
+
+
+def test_digest_verified_and_mismatch_fails(origin, peer, tmp_path):
+    url = origin.add_file("digest.bin", size=PIECE + 1, seed=4)
+    good = "sha256:" + hashlib.sha256(origin.content("digest.bin")).hexdigest()
+    bad = "sha256:" + "0" * 64
+    out = tmp_path / "bad.bin"
+    result = peer.dfget(url, out, "--digest", bad, "--tag", "mismatch", "--no-progress")
+    assert result.returncode == 6
+    message = result.stderr.decode()
+    assert "digest mismatch" in message and bad in message and good in message
+    assert not out.exists()
+    # The wrong content is never served.
+    assert peer.http_get(task_id(url, tag="mismatch"))[0] == 404
+    ok = peer.dfget(url, tmp_path / "good.bin", "--digest", good, "--no-progress")
+    assert ok.returncode == 0, ok.stderr.decode()
+
+
+def test_origin_404(origin, peer, tmp_path):
+    result = peer.dfget(origin.url("missing.bin"), tmp_path / "x", "--no-progress")
+    assert result.returncode == 4
+    assert "404" in result.stderr.decode()
+    assert not (tmp_path / "x").exists()
+
+
+def test_unsupported_scheme(peer, tmp_path):
+    result = peer.dfget("ftp://example.com/file", tmp_path / "x", "--no-progress")
+    assert result.returncode == 2
+    assert "unsupported URL scheme 'ftp'" in result.stderr.decode()
+
+
+def test_origin_500_then_200_is_retried(origin, peer, tmp_path):
+    url = origin.add_file("flaky.bin", size=2 * PIECE, seed=12)
+    origin.set_faults("/flaky.bin", fail={"status": 500, "count": 2})
+    result = peer.dfget(url, tmp_path / "x", "--no-progress")
+    assert result.returncode == 0, result.stderr.decode()
+    assert (tmp_path / "x").read_bytes() == origin.content("flaky.bin")
+    assert 500 in origin.stats("/flaky.bin")["statuses"]
+
+
+def test_origin_closing_mid_piece_is_retried(origin, peer, tmp_path):
+    url = origin.add_file("cut.bin", size=3 * PIECE, seed=13)
+    # The probe takes one request; the next two are cut after 1 MiB of body.
+    origin.set_faults("/cut.bin", close_after={"bytes": MiB, "count": 3})
+    result = peer.dfget(url, tmp_path / "x", "--no-progress")
+    assert result.returncode == 0, result.stderr.decode()
+    assert (tmp_path / "x").read_bytes() == origin.content("cut.bin")
+
+
+def test_truncated_origin_response_fails_and_keeps_nothing_bad(origin, peer, tmp_path):
+    url = origin.add_file("short.bin", size=2 * PIECE, seed=14)
+    origin.set_faults("/short.bin", range=False, truncate={"missing": 1000, "count": -1})
+    out = tmp_path / "x"
+    result = peer.dfget(url, out, "--no-progress")
+    assert result.returncode == 4
+    assert "origin" in result.stderr.decode()
+    assert not out.exists()
+    assert peer.http_get(task_id(url))[0] == 404
+    # The same task succeeds once the origin behaves.
+    origin.reset()
+    assert peer.dfget(url, out, "--no-progress").returncode == 0
+    assert out.read_bytes() == origin.content("short.bin")
+
+
+def test_daemon_not_running(tmp_path):
+    result = dfget("http://127.0.0.1:9/x", tmp_path / "x", "--daemon-socket",
+                   str(tmp_path / "none.sock"))  # fmt: skip
+    assert result.returncode == 3
+    assert "dfdaemon is not running" in result.stderr.decode()
+    assert "start it with 'dfdaemon'" in result.stderr.decode()
+
+
+def test_config_typo_is_reported(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("download:\n  concurency: 4\n")
+    proc = subprocess.run(
+        [PYTHON, "-m", "d7y.daemons.cli", "dfdaemon", "--config", str(config)],
+        capture_output=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2
+    assert "unknown config key 'download.concurency'" in proc.stderr.decode()
+    assert "did you mean 'download.concurrency'" in proc.stderr.decode()
+
+
+def test_dfget_killed_mid_download_daemon_stays_healthy(origin, peer, tmp_path):
+    url = origin.add_file("killed.bin", size=4 * PIECE, seed=15)
+    origin.set_faults("/killed.bin", delay={"seconds": 0.3, "count": -1})
+    proc = peer.dfget_popen(url, tmp_path / "x", "--no-progress")
+    time.sleep(0.5)
+    proc.kill()
+    proc.wait()
+    assert peer.healthy()
+    result = peer.dfget(url, tmp_path / "y", "--no-progress")
+    assert result.returncode == 0, result.stderr.decode()
+    assert (tmp_path / "y").read_bytes() == origin.content("killed.bin")
+    assert not (tmp_path / "x").exists()
+
+
+def test_restart_resumes_only_missing_pieces(tmp_path):
+    size = 10 * PIECE
+    with ThreadedOriginServer() as origin:
+        url = origin.add_file("resume.bin", size=size, seed=16)
+        origin.set_faults("/resume.bin", delay={"seconds": 0.15, "count": -1})
+        peer = PeerProcess(tmp_path, download={"concurrency": 1}).start()
+        proc = peer.dfget_popen(url, tmp_path / "x", "--no-progress")
+        deadline = time.monotonic() + 30
+        tid = task_id(url)
+        stored = 0
+        while time.monotonic() < deadline and stored < 3:
+            status, info = peer.api("GET", f"/v1/tasks/{tid}")
+            stored = info.get("completed_bytes", 0) // PIECE if status == 200 else 0
+            time.sleep(0.05)
+        assert stored >= 3, "download made no progress"
+        peer.kill()
+        proc.wait(30)
+        before = set(ranged_requests(origin, "resume.bin"))
+        origin.reset(faults=False)
+
+        with PeerProcess(tmp_path, download={"concurrency": 1}) as again:
+            result = again.dfget(url, tmp_path / "y", "--no-progress")
+            assert result.returncode == 0, result.stderr.decode()
+            assert (tmp_path / "y").read_bytes() == origin.content("resume.bin")
+        after = set(ranged_requests(origin, "resume.bin")) - {"bytes=0-0"}
+        # Only the pieces that were not stored before the kill were fetched again; a
+        # piece in flight at the kill may be fetched twice, never a stored one.
+        fetched_before = before - {"bytes=0-0"}
+        assert after | fetched_before == piece_ranges(size)
+        assert len(after) <= 10 - stored
+
+
+def test_sigterm_mid_download_leaves_consistent_metadata(tmp_path):
+    with ThreadedOriginServer() as origin:
+        url = origin.add_file("term.bin", size=6 * PIECE, seed=17)
+        origin.set_faults("/term.bin", delay={"seconds": 0.2, "count": -1})
+        peer = PeerProcess(tmp_path, download={"concurrency": 2}).start()
+        proc = peer.dfget_popen(url, tmp_path / "x", "--no-progress")
+        time.sleep(0.8)
+        assert peer.stop(signal.SIGTERM) == 0
+        proc.wait(30)
+        assert "dfdaemon stopped" in peer.log()
+        origin.reset()
+        with PeerProcess(tmp_path) as again:
+            result = again.dfget(url, tmp_path / "y", "--no-progress")
+            assert result.returncode == 0, result.stderr.decode()
+            assert (tmp_path / "y").read_bytes() == origin.content("term.bin")
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mount)], capture_output=True
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_disk_full_fails_clearly_and_daemon_keeps_serving(origin, tmp_path, small_tmpfs):
+    big = origin.add_file("big.bin", size=4 * PIECE, seed=18)  # 16 MiB > 12 MiB tmpfs
+    small = origin.add_file("small.bin", size=MiB, seed=19)
+    with PeerProcess(tmp_path, storage={"data_dir": str(small_tmpfs / "data")}) as peer:
+        result = peer.dfget(big, tmp_path / "big", "--no-progress")
+        assert result.returncode == 7, result.stderr.decode()
+        assert "no space left" in result.stderr.decode()
+        assert not (tmp_path / "big").exists()
+        ok = peer.dfget(small, tmp_path / "small", "--no-progress")
+        assert ok.returncode == 0, ok.stderr.decode()
+        assert (tmp_path / "small").read_bytes() == origin.content("small.bin")
+
+
+def test_garbage_on_http_upload_port(peer):
+    import socket
+
+    with socket.create_connection(("127.0.0.1", peer.upload_port), timeout=5) as s:
+        s.sendall(b"\x00\xffNOT HTTP AT ALL\r\n\r\n")
+        reply = s.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 400")
+    assert peer.healthy()
+
+
+def test_list_and_delete_tasks(origin, peer, tmp_path):
+    url = origin.add_file("listed.bin", size=10, seed=20)
+    assert peer.dfget(url, tmp_path / "x", "--no-progress").returncode == 0
+    tid = task_id(url)
+    status, listing = peer.api("GET", "/v1/tasks")
+    assert status == 200 and tid in {t["task_id"] for t in listing["tasks"]}
+    assert peer.api("DELETE", f"/v1/tasks/{tid}")[0] == 200
+    assert peer.api("GET", f"/v1/tasks/{tid}")[0] == 404
+    assert peer.http_get(tid)[0] == 404
+    with contextlib.suppress(FileNotFoundError):
+        assert not os.listdir(peer.data_dir / "content" / "tasks" / tid[:3])
+
+
+def test_metrics_count_origin_bytes(origin, peer, tmp_path):
+    before = peer.metrics().get("d7y_peer_download_origin_bytes_total", 0)
+    url = origin.add_file("metered.bin", size=PIECE + 10, seed=21)
+    assert peer.dfget(url, tmp_path / "x", "--no-progress").returncode == 0
+    after = peer.metrics()["d7y_peer_download_origin_bytes_total"]
+    assert after - before == PIECE + 10
+    assert Path(tmp_path / "x").stat().st_size == PIECE + 10
