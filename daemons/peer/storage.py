@@ -253,7 +253,7 @@ class Storage:
         at once with a clear error instead of after gigabytes of transfer.
         """
         path = self.content_path(task_id)
-        path.parent.mkdir(exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             if content_length:

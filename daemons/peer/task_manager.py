@@ -27,6 +27,7 @@ from typing import Any
 from d7y.core.digest import Digest, DigestMismatch
 from d7y.core.ids import task_id as make_task_id
 from d7y.core.pieces import Piece, compute_piece_length, iter_pieces, piece_count
+from d7y.daemons.peer.fast_range import FastPathUnavailable, FastRangeFetcher
 from d7y.daemons.peer.limits import TokenBucket
 from d7y.daemons.peer.metrics import PeerMetrics
 from d7y.daemons.peer.origin import OriginClient, OriginError, OriginInfo
@@ -171,6 +172,7 @@ class TaskManager:
     ) -> None:
         self.storage = storage
         self.origin = origin
+        self.fast_range = FastRangeFetcher()
         self.concurrency = concurrency
         self.limiter = download_limiter or TokenBucket(0)
         self.metrics = metrics or PeerMetrics()
@@ -232,6 +234,7 @@ class TaskManager:
         for runner in list(self._runners):
             runner.cancel()
         await asyncio.gather(*self._runners, return_exceptions=True)
+        self.fast_range.close()
 
     async def _run(self, task: Task) -> None:
         self.metrics.active_tasks.inc()
@@ -504,6 +507,20 @@ class TaskManager:
                     return
                 view = memoryview(buffer)[: piece.length]
                 await self.limiter.take(piece.length)
+                try:
+                    await self.fast_range.fetch(
+                        info.final_url,
+                        task.request.headers,
+                        piece.offset,
+                        piece.length,
+                        view,
+                        if_range=info.if_range,
+                    )
+                except FastPathUnavailable as why:
+                    log.debug("fast path unavailable task=%s reason=%s", task.id, why)
+                else:
+                    await self._land_piece(task, fd, piece, view, "origin")
+                    continue
                 try:
                     await self.origin.fetch_range(
                         info.final_url,
