@@ -23,8 +23,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 
 class ConfigError(ValueError):
     """A configuration problem; the message names the key, the value and the fix."""
@@ -207,6 +205,8 @@ def load(
             text = Path(path).read_text()
         except OSError as exc:
             raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}") from None
+        import yaml  # here, not at import: dfget parses sizes without needing YAML
+
         try:
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:

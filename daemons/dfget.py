@@ -11,14 +11,14 @@ failed (4xx/5xx or broken transfer); 5 timeout; 6 digest mismatch; 7 disk full;
 from __future__ import annotations
 
 import argparse
-import asyncio
+import http.client
 import json
 import os
+import socket
 import sys
 import time
 from pathlib import Path
 
-import aiohttp
 from d7y.core.pieces import validate_piece_length
 from d7y.daemons.config import ConfigError, parse_duration, parse_size
 
@@ -203,7 +203,44 @@ def _failure_from(snapshot: dict) -> Failure:
     return Failure(_EXIT_BY_KIND.get(kind, EXIT_ERROR), f"dfget: {message}")
 
 
-async def _run(args: argparse.Namespace) -> int:
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over dfdaemon's unix socket, with the stdlib (dfget starts in ~50 ms)."""
+
+    def __init__(self, path: Path, timeout: float | None) -> None:
+        super().__init__("dfdaemon", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(str(self._path))
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class _Deadline:
+    def __init__(self, seconds: float | None, label: str | None) -> None:
+        self.end = None if seconds is None else time.monotonic() + seconds
+        self.label = label
+
+    def remaining(self) -> float | None:
+        if self.end is None:
+            return None
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        return left
+
+    def arm(self, conn: http.client.HTTPConnection) -> None:
+        """Bound the next socket operation by the time left."""
+        if conn.sock is not None:
+            conn.sock.settimeout(self.remaining())
+
+
+def _run(args: argparse.Namespace, deadline: _Deadline) -> int:
     body = build_request(args)
     socket_path = Path(args.daemon_socket) if args.daemon_socket else default_socket()
     if not socket_path.exists():
@@ -212,30 +249,34 @@ async def _run(args: argparse.Namespace) -> int:
             f"dfget: dfdaemon is not running (no socket at {socket_path}); start it with "
             f"'dfdaemon' (or 'dfdaemon --config FILE'), or pass --daemon-socket",
         )
-    connector = aiohttp.UnixConnector(path=str(socket_path))
-    timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
-    progress = Progress(enabled=not args.no_progress)
+    conn = _UnixHTTPConnection(socket_path, deadline.remaining())
     try:
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-            if body.get("content"):
-                return await _to_stdout(session, body)
-            return await _to_file(session, body, progress)
-    except aiohttp.ClientConnectorError as exc:
+        conn.request("POST", "/v1/tasks", json.dumps(body), {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+    except (ConnectionRefusedError, FileNotFoundError) as exc:
         raise Failure(
             EXIT_NO_DAEMON,
-            f"dfget: cannot reach dfdaemon at {socket_path} ({exc.os_error.strerror or exc}); "
-            f"is it running? start it with 'dfdaemon'",
+            f"dfget: cannot reach dfdaemon at {socket_path} ({exc.strerror}); is it running? "
+            f"start it with 'dfdaemon'",
         ) from None
-
-
-async def _to_file(session: aiohttp.ClientSession, body: dict, progress: Progress) -> int:
-    last: dict = {}
-    async with session.post("http://dfdaemon/v1/tasks", json=body) as resp:
+    try:
         if resp.status != 200:
-            raise _failure_from(await resp.json())
-        async for line in resp.content:
-            if not line.strip():
-                continue
+            raise _failure_from(json.loads(resp.read() or b"{}"))
+        if body.get("content"):
+            return _to_stdout(conn, resp, body, socket_path, deadline)
+        return _to_file(conn, resp, Progress(enabled=not args.no_progress), deadline)
+    finally:
+        conn.close()
+
+
+def _to_file(conn, resp, progress: Progress, deadline: _Deadline) -> int:
+    last: dict = {}
+    while True:
+        deadline.arm(conn)
+        line = resp.readline()
+        if not line:
+            break
+        if line.strip():
             last = json.loads(line)
             progress.update(last)
     if last.get("state") != "succeeded":
@@ -246,19 +287,19 @@ async def _to_file(session: aiohttp.ClientSession, body: dict, progress: Progres
     return EXIT_OK
 
 
-async def _to_stdout(session: aiohttp.ClientSession, body: dict) -> int:
+def _to_stdout(conn, resp, body: dict, socket_path: Path, deadline: _Deadline) -> int:
     out = sys.stdout.buffer
-    async with session.post("http://dfdaemon/v1/tasks", json=body) as resp:
-        if resp.status != 200:
-            raise _failure_from(await resp.json())
-        try:
-            async for chunk in resp.content.iter_chunked(1024 * 1024):
-                out.write(chunk)
-        except aiohttp.ClientPayloadError:
-            pass  # the daemon cut the stream: ask it why below
-        else:
-            out.flush()
-            return EXIT_OK
+    try:
+        while True:
+            deadline.arm(conn)
+            chunk = resp.read1(1024 * 1024)
+            if not chunk:
+                break
+            out.write(chunk)
+        out.flush()
+        return EXIT_OK
+    except http.client.IncompleteRead:
+        pass  # the daemon cut the stream: ask it why below
     from d7y.core.ids import task_id as make_task_id
 
     tid = make_task_id(
@@ -268,8 +309,12 @@ async def _to_stdout(session: aiohttp.ClientSession, body: dict) -> int:
         piece_length=body.get("piece_length"),
         filtered_query_params=body.get("filtered_query_params"),
     )
-    async with session.get(f"http://dfdaemon/v1/tasks/{tid}") as resp:
-        raise _failure_from(await resp.json())
+    status = _UnixHTTPConnection(socket_path, deadline.remaining())
+    try:
+        status.request("GET", f"/v1/tasks/{tid}")
+        raise _failure_from(json.loads(status.getresponse().read() or b"{}"))
+    finally:
+        status.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -282,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"dfget: --timeout: {exc}", file=sys.stderr)
             return EXIT_USAGE
     try:
-        return asyncio.run(asyncio.wait_for(_run(args), deadline))
+        return _run(args, _Deadline(deadline, args.timeout))
     except Failure as exc:
         print(str(exc), file=sys.stderr)
         return exc.code

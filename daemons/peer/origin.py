@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
+import os
 import random
 import re
 import ssl as ssl_module
@@ -126,14 +127,6 @@ class OriginError(Exception):
         self.retry_after = retry_after
         self.attempts = attempts
 
-    def _after(self, attempts: int) -> OriginError:
-        """This error as the final one of ``attempts`` requests (message says so)."""
-        final = _copy_error(self)
-        final.message = f"{self.message} (after {attempts} attempts)"
-        final.args = (final.message,)
-        final.attempts = attempts
-        return final
-
     def __str__(self) -> str:
         return self.message
 
@@ -150,14 +143,6 @@ class ShortRead(OriginError):
         super().__init__(message, url=url, **kw)
         self.received = received
         self.expected = expected
-
-
-def _copy_error(error: OriginError) -> OriginError:
-    clone = error.__class__.__new__(error.__class__)
-    clone.__dict__.update(error.__dict__)
-    clone.args = error.args
-    clone.__cause__ = error.__cause__
-    return clone
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,6 +277,7 @@ class OriginClient:
         self._user_agent = user_agent
         self._rng = rng if rng is not None else random.Random()
         self._sleep = sleep
+        self._closed = False
         self.bytes_received = 0
         self.requests = 0
 
@@ -309,7 +295,9 @@ class OriginClient:
         await self.close()
 
     async def close(self) -> None:
-        """Close the session if this client created it (idempotent)."""
+        """Close the session if this client created it (idempotent). Later requests
+        raise RuntimeError."""
+        self._closed = True
         if self._owns_session and self._session is not None:
             session, self._session = self._session, None
             await session.close()
@@ -317,6 +305,8 @@ class OriginClient:
     def _get_session(self) -> aiohttp.ClientSession:
         # Created lazily: a ClientSession binds to the running loop, and the client may be
         # constructed before the loop starts (config parsing).
+        if self._closed:
+            raise RuntimeError("OriginClient is closed")
         if self._session is None:
             connector = aiohttp.TCPConnector(
                 limit=self._limit, limit_per_host=self._limit_per_host, ssl=self._ssl
@@ -325,7 +315,7 @@ class OriginClient:
                 connector=connector, auto_decompress=False, trust_env=False
             )
         elif self._session.closed:
-            raise RuntimeError("OriginClient is closed")
+            raise RuntimeError("the aiohttp session given to OriginClient is closed")
         return self._session
 
     # -- public operations ---------------------------------------------------------
@@ -438,8 +428,10 @@ class OriginClient:
         return self._get_session().get(
             url,
             headers=headers,
-            allow_redirects=True,
-            max_redirects=self.max_redirects,
+            # aiohttp stops at its max_redirects-th redirect (and 0 means no limit);
+            # ours is the number of redirects followed, as curl's --max-redirs.
+            allow_redirects=self.max_redirects > 0,
+            max_redirects=self.max_redirects + 1,
             timeout=timeout,
             auto_decompress=False,
             read_bufsize=self._read_bufsize,
@@ -451,16 +443,25 @@ class OriginClient:
             try:
                 try:
                     return await attempt()
+                except TimeoutError as exc:  # first: aiohttp's timeouts are ClientErrors too
+                    what = (
+                        "connecting to"
+                        if isinstance(exc, aiohttp.ConnectionTimeoutError)
+                        else "waiting for"
+                    )
+                    raise OriginError(
+                        f"origin timed out: {what} {_display(url)}", url=url, retryable=True
+                    ) from exc
                 except aiohttp.ClientError as exc:
                     raise _translate(url, exc) from exc
-                except TimeoutError as exc:
-                    raise OriginError(
-                        f"origin timed out on {_display(url)}", url=url, retryable=True
-                    ) from exc
             except OriginError as error:
                 failures += 1
                 if not error.retryable or failures >= self.retry.attempts:
-                    raise (error._after(failures) if failures > 1 else error) from (error.__cause__)
+                    if failures > 1:
+                        error.message = f"{error.message} (after {failures} attempts)"
+                        error.args = (error.message,)
+                        error.attempts = failures
+                    raise
                 wait = self.retry.delay(failures, self._rng, error.retry_after)
                 log.info(
                     "origin request failed, retrying in %.2fs (attempt %d of %d): %s",
@@ -624,10 +625,10 @@ class OriginClient:
                     )
                 view[pos : pos + n] = chunk
                 pos += n
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-            raise short(f"origin closed the connection ({_reason(exc)})") from exc
         except TimeoutError as exc:
             raise short("origin stopped sending (timed out)") from exc
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+            raise short("origin closed the connection") from exc
         if pos < length:
             raise short("origin ended the body")
         return pos - done
@@ -698,17 +699,16 @@ class OriginStream:
         while True:
             try:
                 chunk = await resp.content.readany()
-            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-                raise OriginError(
-                    f"origin closed the connection after {self.received}{of} bytes of "
-                    f"{_display(self.url)} ({_reason(exc)}); without Range support the "
-                    f"download cannot resume",
-                    url=self.url,
-                    status=resp.status,
-                ) from exc
             except TimeoutError as exc:
                 raise OriginError(
                     f"origin stopped sending (timed out) after {self.received}{of} bytes of "
+                    f"{_display(self.url)}; without Range support the download cannot resume",
+                    url=self.url,
+                    status=resp.status,
+                ) from exc
+            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+                raise OriginError(
+                    f"origin closed the connection after {self.received}{of} bytes of "
                     f"{_display(self.url)}; without Range support the download cannot resume",
                     url=self.url,
                     status=resp.status,
@@ -739,12 +739,14 @@ def _check_url(url: str) -> None:
     except ValueError as exc:
         raise OriginError(f"invalid URL {url!r}: {exc}", url=url) from exc
     scheme = parsed.scheme.lower()
-    if scheme not in SUPPORTED_SCHEMES:
-        shown = f"{scheme!r}" if scheme else "no scheme"
+    supported = f"only {' and '.join(SUPPORTED_SCHEMES)} are supported"
+    if not scheme:
         raise OriginError(
-            f"unsupported URL scheme {shown} in {_display(url)}: only "
-            f"{' and '.join(SUPPORTED_SCHEMES)} are supported",
-            url=url,
+            f"URL {url!r} has no scheme: {supported} (e.g. http://host/path)", url=url
+        )
+    if scheme not in SUPPORTED_SCHEMES:
+        raise OriginError(
+            f"unsupported URL scheme {scheme!r} in {_display(url)}: {supported}", url=url
         )
     if not parsed.host:
         raise OriginError(f"invalid URL {_display(url)}: no host", url=url)
@@ -837,7 +839,7 @@ def _raise_for_status(url: str, resp: aiohttp.ClientResponse, *, ok: tuple[int, 
     retryable = status >= 500 or status in _RETRYABLE_4XX
     text = f"origin returned {status} {phrase}".rstrip() + f" for {_display(url)}"
     if 300 <= status < 400:
-        text += " (a redirect without a usable Location)"
+        text += " (redirect not followed)"
     raise OriginError(
         text,
         url=url,
@@ -871,7 +873,10 @@ def _translate(url: str, exc: aiohttp.ClientError) -> OriginError:
 
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return exc.os_error.strerror or str(exc.os_error) or type(exc).__name__
+        os_error = exc.os_error
+        if isinstance(os_error.errno, int) and os_error.errno > 0:
+            return os.strerror(os_error.errno)  # "Connection refused", not asyncio's text
+        return os_error.strerror or str(os_error) or type(exc).__name__
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
 
