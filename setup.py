@@ -55,8 +55,20 @@ if not no_ext:
         if (not only or name in only) and all(os.path.exists(p) for p in spec["sources"])
     ]
     if wanted:
+        # Cython finds a module's own .pxd, and resolves `cimport d7y.ext.X`, through the
+        # package layout d7y/ext/X.pxd, which this tree lacks (ext/ is mapped to d7y.ext).
+        # Give it that layout: build/cython-include/d7y/ext -> ext/.
+        cy_include = os.path.join("build", "cython-include")
+        ext_link = os.path.join(cy_include, "d7y", "ext")
+        if os.path.realpath(ext_link) != os.path.realpath("ext"):  # missing or stale
+            os.makedirs(os.path.dirname(ext_link), exist_ok=True)
+            if os.path.lexists(ext_link):
+                os.remove(ext_link)
+            os.symlink(os.path.abspath("ext"), ext_link)
         ext_modules = cythonize(
-            wanted, compiler_directives={"language_level": "3", "embedsignature": True}
+            wanted,
+            include_path=[cy_include],
+            compiler_directives={"language_level": "3", "embedsignature": True},
         )
 
 

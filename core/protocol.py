@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from typing import ClassVar, NamedTuple, TypeAlias
+from typing import ClassVar, NamedTuple, NoReturn, TypeAlias
 
 import msgspec
 from d7y.core.messages import CODES, REGISTRY, Error, ErrorCode, Message
@@ -73,7 +73,7 @@ def _on_stream(stream_id: int | None) -> str:
 class ProtocolError(ValueError):
     """A peer broke the protocol.
 
-    ``error_code`` is the :class:`~d7y.messages.ErrorCode` to report; ``stream_id`` the
+    ``error_code`` is the :class:`~d7y.core.messages.ErrorCode` to report; ``stream_id`` the
     stream of the bad frame when the header got that far (else None); ``fatal`` tells
     whether the byte stream is no longer framed (send the Error on stream 0, close).
     """
@@ -185,7 +185,8 @@ def _unpack_header(buf: Buffer, offset: int, max_body_length: int) -> FrameHeade
     if body_length > max_body_length:
         raise FrameTooLarge(
             f"frame body of {body_length} bytes (type 0x{type_code:02x}, stream "
-            f"{stream_id}) is above the limit of {max_body_length} bytes",
+            f"{stream_id}) is above the limit of {max_body_length} bytes: if the peer is "
+            f"legitimate, raise max_body_length on both sides",
             stream_id=stream_id,
         )
     return FrameHeader(type_code, stream_id, body_length)
@@ -232,7 +233,9 @@ def _decode(code: int, body: Buffer, stream_id: int | None) -> Message:
         raise UnknownMessageType(code, stream_id=stream_id, body_length=len(body))
     try:
         return decoder.decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except (msgspec.MsgspecError, UnicodeDecodeError) as exc:
+        # DecodeError: not msgpack; ValidationError: wrong type, missing field, broken
+        # constraint or __post_init__ rule; UnicodeDecodeError: a str that is not UTF-8.
         raise MalformedFrame(REGISTRY[code], str(exc), stream_id=stream_id) from exc
     except RecursionError:
         # An unknown field may hold arbitrarily nested msgpack; msgspec stops at its
@@ -278,14 +281,11 @@ def payload_length(message: Message) -> int:
 # --- encoding -------------------------------------------------------------------------
 
 
-def _code_of(message: Message) -> int:
-    code = CODES.get(type(message))
-    if code is None:
-        raise TypeError(
-            f"cannot encode {type(message).__name__}: not a registered message type "
-            f"(see d7y.core.messages.REGISTRY)"
-        )
-    return code
+def _unregistered(message: object) -> TypeError:
+    return TypeError(
+        f"cannot encode {type(message).__name__}: not a registered message type "
+        f"(see d7y.core.messages.REGISTRY)"
+    )
 
 
 def _stream_error(stream_id: object) -> ValueError:
@@ -302,15 +302,22 @@ def encode_frame_into(
     """Append the frame of ``message`` to ``buffer``; return the bytes appended.
 
     Lets a sender batch many frames (e.g. piece reports) into one write without an
-    intermediate bytes object per frame. On error ``buffer`` is left as it was.
+    intermediate bytes object per frame. Raises as :func:`encode_frame`; on error
+    ``buffer`` is left as it was.
     A Piece's payload is not included: write ``payload_length(message)`` bytes next.
     """
-    code = _code_of(message)
+    code = CODES.get(type(message))
+    if code is None:
+        raise _unregistered(message)
     if type(stream_id) is not int or not 0 <= stream_id <= MAX_STREAM_ID:
         raise _stream_error(stream_id)
     start = len(buffer)
     buffer += _HEADER_PLACEHOLDER
-    _ENCODER.encode_into(message, buffer, start + HEADER_LENGTH)
+    try:
+        _ENCODER.encode_into(message, buffer, start + HEADER_LENGTH)
+    except BaseException:
+        del buffer[start:]
+        raise
     body_length = len(buffer) - start - HEADER_LENGTH
     if body_length > max_body_length:
         del buffer[start:]
@@ -329,10 +336,15 @@ def encode_frame(
     """The frame (header + body) of ``message`` on ``stream_id``.
 
     A Piece's payload is not included: send ``payload_length(message)`` bytes after it.
-    Raises TypeError for an unregistered type, ValueError for a bad stream id and
-    FrameTooLarge when the body exceeds ``max_body_length`` (the receiver's limit).
+    Raises TypeError for an unregistered type or a field value msgpack cannot hold,
+    ValueError for a bad stream id and FrameTooLarge when the body exceeds
+    ``max_body_length`` (the receiver's limit). Field constraints are not checked here
+    (msgspec checks them when decoding): the receiver rejects a message that breaks
+    them with a ``bad_request`` Error.
     """
-    code = _code_of(message)
+    code = CODES.get(type(message))
+    if code is None:
+        raise _unregistered(message)
     if type(stream_id) is not int or not 0 <= stream_id <= MAX_STREAM_ID:
         raise _stream_error(stream_id)
     body = _ENCODER.encode(message)
@@ -380,17 +392,34 @@ class FrameDecoder:
     :class:`ProtocolError`) the bad frame is gone and decoding goes on.
     """
 
-    __slots__ = ("_buf", "_eof", "_error", "_header", "_max", "_payload_left", "_payload_stream")
+    __slots__ = (
+        "_body_length",
+        "_buf",
+        "_code",
+        "_eof",
+        "_error",
+        "_max",
+        "_payload_left",
+        "_pos",
+        "_stream",
+        "_view",
+    )
 
     def __init__(self, max_body_length: int = DEFAULT_MAX_BODY_LENGTH) -> None:
         _check_limit(max_body_length)
         self._max = max_body_length
-        # Consumed bytes are deleted from the front: CPython's bytearray does that in
-        # O(1) by moving its start pointer, so no read offset is needed.
+        # Received bytes; [_pos:] is not consumed yet. Bodies are decoded straight from
+        # _view (no copy). The view is rebuilt once per feed() -- a bytearray cannot
+        # grow while a view of it exists -- rather than once per frame.
         self._buf = bytearray()
-        self._header: FrameHeader | None = None
+        self._view = memoryview(self._buf)
+        self._pos = 0
+        # Header of the frame whose body is awaited (_code -1: none), kept as plain
+        # ints so the per-frame path builds no header object.
+        self._code = -1
+        self._stream = 0
+        self._body_length = 0
         self._payload_left = 0
-        self._payload_stream = 0
         self._eof = False
         self._error: ProtocolError | None = None
 
@@ -401,7 +430,7 @@ class FrameDecoder:
     @property
     def buffered(self) -> int:
         """Bytes received and not yet handed out as events."""
-        return len(self._buf)
+        return len(self._buf) - self._pos
 
     @property
     def error(self) -> ProtocolError | None:
@@ -417,7 +446,14 @@ class FrameDecoder:
         """Add received bytes (any bytes-like object; it is copied)."""
         if self._eof:
             raise RuntimeError("feed() after feed_eof(): the connection is already closed")
+        self._view.release()
+        if self._pos:
+            # Drop what was consumed; only a partial frame (at most one header plus
+            # max_body_length) is ever moved.
+            del self._buf[: self._pos]
+            self._pos = 0
         self._buf += data
+        self._view = memoryview(self._buf)
 
     def feed_eof(self) -> None:
         """The peer closed the connection; no more data will come."""
@@ -431,58 +467,71 @@ class FrameDecoder:
         """The next event, or None when more bytes are needed."""
         if self._error is not None:
             raise self._error.with_traceback(None)
-        buf = self._buf
         if self._payload_left:
-            size = min(len(buf), self._payload_left)
-            if not size:
+            return self._next_chunk()
+        pos = self._pos
+        available = len(self._buf) - pos
+        code = self._code
+        if code < 0:
+            if available < HEADER_LENGTH:
                 return self._need_data()
-            chunk = bytes(buf) if size == len(buf) else bytes(memoryview(buf)[:size])
-            del buf[:size]
-            self._payload_left -= size
-            return PiecePayload(self._payload_stream, chunk, not self._payload_left)
-
-        header = self._header
-        if header is None:
-            if len(buf) < HEADER_LENGTH:
-                return self._need_data()
-            try:
-                header = _unpack_header(buf, 0, self._max)
-            except ProtocolError as exc:
-                self._error = exc
-                raise
-            del buf[:HEADER_LENGTH]
-            self._header = header
-        if len(buf) < header.body_length:
+            magic, version, code, stream_id, body_length = _HEADER.unpack_from(self._buf, pos)
+            if magic != MAGIC or version != PROTOCOL_VERSION or body_length > self._max:
+                self._fail_header()
+            pos += HEADER_LENGTH
+            available -= HEADER_LENGTH
+            self._pos = pos
+            self._code, self._stream, self._body_length = code, stream_id, body_length
+        else:
+            stream_id, body_length = self._stream, self._body_length
+        if available < body_length:
             return self._need_data()
 
         # The frame is complete: consume it whatever the outcome, so that a non-fatal
         # error leaves the decoder at the next frame boundary.
-        self._header = None
-        view = memoryview(buf)
-        body = view[: header.body_length]
+        self._code = -1
+        self._pos = end = pos + body_length
+        body = self._view[pos:end]
         try:
-            message = _decode(header.type, body, header.stream_id)
+            message = _decode(code, body, stream_id)
         except ProtocolError as exc:
             if exc.fatal:
                 self._error = exc
             raise
         finally:
             body.release()
-            view.release()
-            del buf[: header.body_length]
         if message.has_payload:
             self._payload_left = message.length  # type: ignore[attr-defined]
-            self._payload_stream = header.stream_id
-        return Frame(header.stream_id, message)
+            self._stream = stream_id
+        return Frame(stream_id, message)
+
+    def _next_chunk(self) -> PiecePayload | None:
+        pos = self._pos
+        size = min(len(self._buf) - pos, self._payload_left)
+        if not size:
+            return self._need_data()
+        self._pos = pos + size
+        self._payload_left -= size
+        return PiecePayload(
+            self._stream, bytes(self._view[pos : pos + size]), not self._payload_left
+        )
+
+    def _fail_header(self) -> NoReturn:
+        try:
+            _unpack_header(self._buf, self._pos, self._max)
+        except ProtocolError as exc:
+            self._error = exc
+            raise
+        raise AssertionError("_fail_header called for a valid header")  # pragma: no cover
 
     def _need_data(self) -> None:
-        if self._eof and (self._buf or self._header is not None or self._payload_left):
+        if self._eof and (self.buffered or self._code >= 0 or self._payload_left):
             if self._payload_left:
                 what = f"{self._payload_left} more piece payload bytes"
-            elif self._header is not None:
-                what = f"the body of a {self._header.body_length}-byte frame, got {len(self._buf)}"
+            elif self._code >= 0:
+                what = f"the body of a {self._body_length}-byte frame, got {self.buffered}"
             else:
-                what = f"a {HEADER_LENGTH}-byte header, got {len(self._buf)}"
+                what = f"a {HEADER_LENGTH}-byte header, got {self.buffered}"
             self._error = TruncatedFrame(
                 f"connection closed in the middle of a frame: expected {what}"
             )

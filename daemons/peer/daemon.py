@@ -66,6 +66,7 @@ class PeerDaemon:
             max_concurrent_tasks=cfg.download.max_concurrent_tasks,
             download_limiter=download_limit,
             metrics=self.metrics,
+            make_room=self.collect_garbage,
         )
         self.http_upload = HTTPUploadServer(
             self.storage,
@@ -135,8 +136,12 @@ class PeerDaemon:
             except Exception:  # GC must never take the daemon down
                 log.exception("gc round failed")
 
-    async def collect_garbage(self) -> list[str]:
-        """One GC round; returns the evicted task IDs."""
+    async def collect_garbage(self, incoming: int = 0) -> list[str]:
+        """One GC round; returns the evicted task IDs.
+
+        ``incoming`` is the size of a task about to be stored: counting it as used makes
+        the round free room for it (watermarks and TTL rules otherwise unchanged).
+        """
         assert self.storage is not None and self.manager is not None
         storage, cfg = self.storage, self.config.storage
 
@@ -151,6 +156,7 @@ class PeerDaemon:
                 used, capacity = sum(t.size for t in stored), int(cfg.quota)
             else:
                 used, capacity = storage.disk_usage()
+            used += incoming
             return select_evictions(
                 stored,
                 now=time.time(),

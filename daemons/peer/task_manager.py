@@ -21,7 +21,7 @@ import logging
 import os
 import time
 from collections import Counter as Multiset
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from d7y.core.digest import Digest, DigestMismatch
@@ -169,6 +169,7 @@ class TaskManager:
         max_concurrent_tasks: int = 16,
         download_limiter: TokenBucket | None = None,
         metrics: PeerMetrics | None = None,
+        make_room: Callable[[int], Awaitable[object]] | None = None,
     ) -> None:
         self.storage = storage
         self.origin = origin
@@ -176,6 +177,8 @@ class TaskManager:
         self.concurrency = concurrency
         self.limiter = download_limiter or TokenBucket(0)
         self.metrics = metrics or PeerMetrics()
+        # Called once when a new task of n bytes does not fit: GC may free enough space.
+        self.make_room = make_room
         self._task_slots = asyncio.Semaphore(max_concurrent_tasks)
         self._running: dict[str, Task] = {}
         self._runners: set[asyncio.Task[None]] = set()
@@ -313,7 +316,13 @@ class TaskManager:
         task.content_length = info.content_length
         task.piece_length = piece_length
         record = await self._prepare_record(task, record, info, piece_length, expected)
-        fd = await self.storage.run(self._open, task, info.content_length)
+        try:
+            fd = await self.storage.run(self._open, task, info.content_length)
+        except DownloadError as exc:
+            if exc.kind is not FailureKind.NO_SPACE or self.make_room is None:
+                raise
+            await self.make_room(info.content_length or 0)
+            fd = await self.storage.run(self._open, task, info.content_length)
         try:
             if info.content_length is not None and info.supports_range:
                 await self._resume_pieces(task, fd)
