@@ -34,7 +34,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from d7y.core.ids import task_id
 from d7y.daemons.config import parse_size
-
 from tests.peer_harness import PeerProcess, free_port
 
 ROUNDS = 5

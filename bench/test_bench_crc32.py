@@ -13,6 +13,7 @@ import zlib
 from collections.abc import Callable
 
 import pytest
+
 from d7y.ext import crc32 as facade
 
 SIZE = 4 << 20

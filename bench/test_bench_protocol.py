@@ -18,6 +18,7 @@ import json
 
 import msgspec
 import pytest
+
 from d7y.core.messages import PieceFinished
 from d7y.core.protocol import (
     HEADER_LENGTH,

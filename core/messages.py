@@ -27,9 +27,10 @@ import enum
 from typing import Annotated, ClassVar, Literal
 
 import msgspec
+from msgspec import Meta
+
 from d7y.core.pieces import MAX_USER_PIECE_LENGTH, TINY_TASK_MAX_LENGTH
 from d7y.core.states import PeerState, TaskState
-from msgspec import Meta
 
 # --- field types ----------------------------------------------------------------------
 # Limits are generous for honest peers and small enough that one message cannot make

@@ -34,6 +34,7 @@ from collections.abc import Iterator
 from typing import ClassVar, NamedTuple, NoReturn, TypeAlias
 
 import msgspec
+
 from d7y.core.messages import CODES, REGISTRY, Error, ErrorCode, Message
 
 #: What the decoding functions accept (collections.abc.Buffer needs Python 3.12).

@@ -75,6 +75,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from aiohttp import web
+
 from d7y.core.http_range import RangeError, parse_range
 
 __all__ = [

@@ -17,10 +17,10 @@ import tracemalloc
 import zlib
 
 import pytest
-from d7y.ext import crc32 as facade
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from d7y.ext import crc32 as facade
 from tests.conftest import REQUIRE_EXTENSIONS
 
 ALL_PATHS = ("table", "pclmulqdq", "vpclmulqdq")

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
+
 from d7y.core.ids import task_id
 from d7y.core.pieces import MiB
-
 from tests.origin_server import ThreadedOriginServer
 from tests.peer_harness import PYTHON, PeerProcess, dfget
 

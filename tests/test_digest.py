@@ -3,9 +3,10 @@ import zlib
 from itertools import pairwise
 
 import pytest
-from d7y.core.digest import Digest, DigestMismatch, Hasher, digest_of_chunks, verify_chunks
 from hypothesis import given
 from hypothesis import strategies as st
+
+from d7y.core.digest import Digest, DigestMismatch, Hasher, digest_of_chunks, verify_chunks
 
 DATA = b"The quick brown fox jumps over the lazy dog"
 

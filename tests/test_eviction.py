@@ -35,5 +35,5 @@ def test_busy_tasks_are_never_evicted():
 
 
 def test_bad_watermarks():
-    with pytest.raises(ValueError, match="low=0.9 high=0.8"):
+    with pytest.raises(ValueError, match=r"low=0\.9 high=0\.8"):
         run([], low_watermark=0.9)

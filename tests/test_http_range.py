@@ -1,7 +1,8 @@
 import pytest
-from d7y.core.http_range import ByteRange, RangeError, parse_range
 from hypothesis import given
 from hypothesis import strategies as st
+
+from d7y.core.http_range import ByteRange, RangeError, parse_range
 
 
 @pytest.mark.parametrize(

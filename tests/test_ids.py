@@ -2,6 +2,7 @@ import hashlib
 import uuid
 
 import pytest
+
 from d7y.core import ids
 from d7y.core.pieces import MiB
 

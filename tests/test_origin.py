@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+
 from d7y.daemons.peer.origin import (
     OriginClient,
     OriginError,
@@ -29,7 +30,6 @@ from d7y.daemons.peer.origin import (
     RetryPolicy,
     ShortRead,
 )
-
 from tests.origin_server import (
     OriginServer,
     ThreadedOriginServer,

@@ -7,6 +7,7 @@ import errno
 import os
 
 import pytest
+
 from d7y.daemons.config import ConfigError, parse_duration, parse_size
 from d7y.daemons.peer.api import parse_download_request
 from d7y.daemons.peer.config import PeerConfig, load_peer_config

@@ -1,6 +1,9 @@
 from itertools import pairwise
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from d7y.core.pieces import (
     GiB,
     MiB,
@@ -14,8 +17,6 @@ from d7y.core.pieces import (
     size_scope,
     validate_piece_length,
 )
-from hypothesis import given
-from hypothesis import strategies as st
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from d7y.core import messages as m
 from d7y.core.protocol import (
     DEFAULT_MAX_BODY_LENGTH,
@@ -38,8 +41,6 @@ from d7y.core.protocol import (
     payload_length,
 )
 from d7y.core.states import PeerState, TaskState
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 TASK = "a3" * 32
 PEER = "10.0.0.1-node1-6f1c1a4e-5c53-4bb8-9f0e-3f0a4d2c9b11"

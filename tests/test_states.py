@@ -1,4 +1,5 @@
 import pytest
+
 from d7y.core.states import (
     PEER_TRANSITIONS,
     IllegalTransition,

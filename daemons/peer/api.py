@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+
 from d7y.daemons.peer.storage import NoSpaceError, StorageError
 from d7y.daemons.peer.task_manager import (
     DownloadError,

@@ -17,6 +17,7 @@ import socket
 import time
 
 from aiohttp import web
+
 from d7y.core.eviction import StoredTask, select_evictions
 from d7y.daemons.peer.api import LocalAPI
 from d7y.daemons.peer.config import PeerConfig

@@ -18,6 +18,7 @@ import os
 import socket
 
 import h11
+
 from d7y.core.http_range import RangeError, parse_range
 from d7y.daemons.peer.limits import TokenBucket
 from d7y.daemons.peer.metrics import PeerMetrics
