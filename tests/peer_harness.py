@@ -50,6 +50,10 @@ class PeerProcess:
         self.proc: subprocess.Popen | None = None
 
     @property
+    def piece_port(self) -> int:
+        return self.config["upload"]["piece_port"]
+
+    @property
     def socket_path(self) -> Path:
         return Path(self.config["storage"]["data_dir"]) / "dfdaemon.sock"
 

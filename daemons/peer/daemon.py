@@ -15,9 +15,11 @@ import logging
 import signal
 import socket
 import time
+import uuid
 
 from aiohttp import web
 
+from d7y.core import ids
 from d7y.core.eviction import StoredTask, select_evictions
 from d7y.daemons.peer.api import LocalAPI
 from d7y.daemons.peer.config import PeerConfig
@@ -25,6 +27,7 @@ from d7y.daemons.peer.http_upload import HTTPUploadServer
 from d7y.daemons.peer.limits import TokenBucket
 from d7y.daemons.peer.metrics import PeerMetrics
 from d7y.daemons.peer.origin import OriginClient, RetryPolicy
+from d7y.daemons.peer.piece_server import PieceServer
 from d7y.daemons.peer.storage import Storage
 from d7y.daemons.peer.task_manager import TaskManager
 
@@ -40,6 +43,9 @@ class PeerDaemon:
         self.manager: TaskManager | None = None
         self.api: LocalAPI | None = None
         self.http_upload: HTTPUploadServer | None = None
+        self.piece_server: PieceServer | None = None
+        self.host_id = ""
+        self.peer_id = ""
         self._metrics_runner: web.AppRunner | None = None
         self._gc_task: asyncio.Task | None = None
         self._stopped = asyncio.Event()
@@ -77,17 +83,33 @@ class PeerDaemon:
             pin=self.manager.pin,
         )
         await self.http_upload.start(cfg.upload.listen, cfg.upload.port)
+        hostname = cfg.host.hostname or socket.gethostname()
+        self.host_id = ids.host_id(cfg.host.ip, hostname, seed=cfg.seed_peer)
+        self.peer_id = ids.peer_id(cfg.host.ip, hostname, uuid.uuid4(), seed=cfg.seed_peer)
+        self.piece_server = PieceServer(
+            self.manager,
+            limiter=upload_limit,
+            metrics=self.metrics,
+            max_concurrent=cfg.upload.max_concurrent,
+            max_frame=int(cfg.upload.max_frame),
+            peer_id=self.peer_id,
+            host_id=self.host_id,
+        )
+        await self.piece_server.start(cfg.upload.listen, cfg.upload.piece_port)
         if cfg.metrics.port:
             await self._start_metrics(cfg.metrics.listen, cfg.metrics.port)
         self.api = LocalAPI(self.manager)
         await self.api.start(cfg.socket_path)
         self._gc_task = asyncio.get_running_loop().create_task(self._gc_loop())
         log.info(
-            "dfdaemon ready socket=%s upload_port=%d metrics_port=%s data_dir=%s",
+            "dfdaemon ready socket=%s upload_port=%d piece_port=%d metrics_port=%s data_dir=%s "
+            "host_id=%s",
             cfg.socket_path,
             self.http_upload.port,
+            self.piece_server.port,
             cfg.metrics.port or "off",
             cfg.storage.data_dir,
+            self.host_id,
         )
 
     async def _start_metrics(self, host: str, port: int) -> None:
@@ -114,6 +136,8 @@ class PeerDaemon:
             await self.api.stop()
         if self.http_upload is not None:
             await self.http_upload.stop()
+        if self.piece_server is not None:
+            await self.piece_server.stop()
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()
         if self.manager is not None:
@@ -188,7 +212,3 @@ class PeerDaemon:
         await self.start()
         await stop_requested.wait()
         await self.stop()
-
-
-def default_hostname() -> str:
-    return socket.gethostname()

@@ -1,0 +1,255 @@
+"""The upload server's piece protocol: verified pieces to other peers, zero copy.
+
+Speaks the framed protocol of docs/protocol.md on ``upload.piece_port``:
+
+    GetTaskInfo(task_id)       -> TaskInfo (which pieces this peer holds, their digests)
+    GetPiece(task_id, number)  -> Piece header + ``length`` raw bytes by sendfile(2)
+    Hello / Ping               -> Hello / Pong
+
+Anything this peer cannot answer gets an explicit Error frame (``not_found`` for an
+unknown task or a piece it does not hold, ``busy`` above ``upload.max_concurrent``),
+never silence. A malformed frame gets an Error too; when the framing itself is lost
+(bad magic, oversized or truncated frame) the connection is closed after it. Requests on
+one connection are answered in order; peers open several connections for parallelism.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+
+from d7y.core.messages import (
+    Error,
+    ErrorCode,
+    GetPiece,
+    GetTaskInfo,
+    Hello,
+    Piece,
+    Ping,
+    Pong,
+    TaskInfo,
+)
+from d7y.core.pieces import piece_at, piece_count
+from d7y.core.protocol import PROTOCOL_MINOR_VERSION, ProtocolError
+from d7y.core.states import TaskState
+from d7y.daemons.framing import FramedSocket
+from d7y.daemons.peer.limits import TokenBucket
+from d7y.daemons.peer.metrics import PeerMetrics
+from d7y.daemons.peer.storage import TASK_SUCCEEDED
+from d7y.daemons.peer.task_manager import TaskManager
+from d7y.ext.bitmap import Bitmap
+from d7y.ext.transfer import ShortFileError, send_file
+
+log = logging.getLogger("d7y.dfdaemon.pieces")
+
+
+class PieceServer:
+    def __init__(
+        self,
+        manager: TaskManager,
+        *,
+        limiter: TokenBucket | None = None,
+        metrics: PeerMetrics | None = None,
+        max_concurrent: int = 64,
+        max_frame: int = 1024 * 1024,
+        peer_id: str = "",
+        host_id: str = "",
+    ) -> None:
+        self.manager = manager
+        self.storage = manager.storage
+        self.limiter = limiter or TokenBucket(0)
+        self.metrics = metrics or PeerMetrics()
+        self.max_concurrent = max_concurrent
+        self.max_frame = max_frame
+        self.peer_id = peer_id
+        self.host_id = host_id
+        self._active = 0
+        self._listener: socket.socket | None = None
+        self._accept_task: asyncio.Task | None = None
+        self._connections: set[asyncio.Task] = set()
+        self.port = 0
+
+    async def start(self, host: str, port: int) -> None:
+        listener = socket.create_server((host, port), backlog=1024)
+        listener.setblocking(False)
+        self._listener = listener
+        self.port = listener.getsockname()[1]
+        self._accept_task = asyncio.get_running_loop().create_task(self._accept_loop())
+
+    async def stop(self) -> None:
+        if self._accept_task is not None:
+            self._accept_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._accept_task
+        if self._listener is not None:
+            self._listener.close()
+        for task in list(self._connections):
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+
+    async def _accept_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._listener is not None
+        while True:
+            try:
+                sock, _ = await loop.sock_accept(self._listener)
+            except OSError as exc:
+                log.warning("accept failed error=%s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = FramedSocket(sock, max_body_length=self.max_frame)
+            task = loop.create_task(self._serve(conn))
+            self._connections.add(task)
+            task.add_done_callback(self._connections.discard)
+
+    async def _serve(self, conn: FramedSocket) -> None:
+        try:
+            while True:
+                try:
+                    header, message = await conn.read()
+                except ProtocolError as exc:
+                    log.info("bad frame from peer error=%s fatal=%s", exc, exc.fatal)
+                    await conn.send_error(exc)
+                    if exc.fatal:
+                        return
+                    continue
+                await self._dispatch(conn, header.stream_id, message)
+        except (EOFError, ConnectionError, OSError):
+            pass  # the peer went away
+        except ShortFileError as exc:
+            # Bytes already left for a piece that turned out short: framing is lost.
+            log.error("content file shorter than its metadata error=%s", exc)
+        except Exception:
+            log.exception("piece connection crashed")
+        finally:
+            conn.close()
+
+    async def _dispatch(self, conn: FramedSocket, stream_id: int, message) -> None:
+        if isinstance(message, GetPiece):
+            await self._send_piece(conn, stream_id, message)
+        elif isinstance(message, GetTaskInfo):
+            await conn.send(await self._task_info(message.task_id), stream_id)
+        elif isinstance(message, Ping):
+            await conn.send(Pong(nonce=message.nonce), stream_id)
+        elif isinstance(message, Hello):
+            reply = Hello(
+                minor_version=PROTOCOL_MINOR_VERSION,
+                peer_id=self.peer_id,
+                host_id=self.host_id,
+                role="peer",
+                agent="d7y-dfdaemon",
+            )
+            await conn.send(reply, stream_id)
+        else:
+            name = type(message).__name__
+            await conn.send(
+                Error(code=ErrorCode.BAD_REQUEST, message=f"{name} is not served on this port"),
+                stream_id,
+            )
+
+    async def _held_pieces(self, task_id: str):
+        """(content_length, piece_length, state, {number: digest}) or None."""
+        running = self.manager.running(task_id)
+        if running is not None and running.bitmap is not None:
+            return (
+                running.content_length,
+                running.piece_length,
+                TaskState.RUNNING,
+                dict(running.digests),
+            )
+        record = await self.storage.run(self.storage.meta.get_task, task_id)
+        if record is None or record.content_length is None:
+            return None
+        pieces = await self.storage.run(self.storage.meta.pieces, task_id)
+        state = TaskState.SUCCEEDED if record.state == TASK_SUCCEEDED else TaskState.FAILED
+        digests = {n: d for n, (d, _source) in pieces.items()}
+        return record.content_length, record.piece_length, state, digests
+
+    async def _task_info(self, task_id: str):
+        held = await self._held_pieces(task_id)
+        if held is None:
+            return Error(code=ErrorCode.NOT_FOUND, message=f"no task {task_id}", task_id=task_id)
+        content_length, piece_length, state, digests = held
+        count = piece_count(content_length, piece_length)
+        bitmap = Bitmap(count)
+        for number in digests:
+            if number < count:
+                bitmap.set(number)
+        return TaskInfo(
+            task_id=task_id,
+            content_length=content_length,
+            piece_length=piece_length,
+            piece_count=count,
+            bitmap=bitmap.to_bytes(),
+            digests={n: d for n, d in digests.items() if n < count},
+            state=state,
+        )
+
+    async def _send_piece(self, conn: FramedSocket, stream_id: int, request: GetPiece) -> None:
+        held = await self._held_pieces(request.task_id)
+        digest = held[3].get(request.number) if held else None
+        if held is None or digest is None:
+            what = "task" if held is None else f"piece {request.number} of task"
+            await conn.send(
+                Error(
+                    code=ErrorCode.NOT_FOUND,
+                    message=f"{what} {request.task_id} is not held here",
+                    task_id=request.task_id,
+                    piece_number=request.number,
+                ),
+                stream_id,
+            )
+            return
+        if self._active >= self.max_concurrent:
+            await conn.send(
+                Error(
+                    code=ErrorCode.BUSY,
+                    message=f"serving {self._active} pieces already; retry elsewhere",
+                    task_id=request.task_id,
+                    piece_number=request.number,
+                ),
+                stream_id,
+            )
+            return
+        content_length, piece_length = held[0], held[1]
+        piece = piece_at(request.number, content_length, piece_length)
+        self._active += 1
+        self.metrics.active_uploads.inc()
+        try:
+            with self.manager.pin(request.task_id):
+                try:
+                    fd = os.open(
+                        self.storage.content_path(request.task_id), os.O_RDONLY | os.O_CLOEXEC
+                    )
+                except FileNotFoundError:  # deleted between the lookup and the open
+                    await conn.send(
+                        Error(
+                            code=ErrorCode.NOT_FOUND,
+                            message=f"task {request.task_id} was just removed",
+                            task_id=request.task_id,
+                            piece_number=request.number,
+                        ),
+                        stream_id,
+                    )
+                    return
+                try:
+                    await self.limiter.take(piece.length)
+                    header = Piece(
+                        task_id=request.task_id,
+                        number=piece.number,
+                        offset=piece.offset,
+                        length=piece.length,
+                        digest=digest,
+                    )
+                    await conn.send(header, stream_id)
+                    await send_file(conn.sock, fd, piece.offset, piece.length)
+                    self.metrics.bytes_uploaded.inc(piece.length)
+                finally:
+                    os.close(fd)
+        finally:
+            self._active -= 1
+            self.metrics.active_uploads.dec()

@@ -1,0 +1,140 @@
+"""The piece protocol of a real dfdaemon: task info, pieces by sendfile, errors, abuse."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import zlib
+
+import pytest
+
+from d7y.core.ids import task_id
+from d7y.core.messages import Error, GetPiece, GetTaskInfo, Hello, Piece, Ping, Pong, TaskInfo
+from d7y.core.pieces import MiB
+from d7y.core.protocol import HEADER_LENGTH, MAGIC, decode_body, decode_header, encode_frame
+from d7y.ext.bitmap import Bitmap
+from tests.origin_server import ThreadedOriginServer
+from tests.peer_harness import PeerProcess
+
+PIECE = 4 * MiB
+SIZE = 2 * PIECE + 1000
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A daemon that holds one 3-piece task fetched from a real origin."""
+    work = tmp_path_factory.mktemp("pieces")
+    with ThreadedOriginServer() as origin, PeerProcess(work) as peer:
+        url = origin.add_file("p.bin", size=SIZE, seed=31)
+        assert peer.dfget(url, work / "out", "--no-progress").returncode == 0
+        yield peer, task_id(url), origin.content("p.bin")
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    data = bytearray()
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise EOFError(f"closed after {len(data)} of {n} bytes")
+        data += chunk
+    return bytes(data)
+
+
+def read_frame(sock: socket.socket):
+    header = decode_header(recv_exact(sock, HEADER_LENGTH))
+    return header, decode_body(header, recv_exact(sock, header.body_length))
+
+
+def connect(peer) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", peer.piece_port), timeout=10)
+
+
+def test_task_info_lists_every_piece_and_digest(served):
+    peer, tid, data = served
+    with connect(peer) as s:
+        s.sendall(encode_frame(GetTaskInfo(task_id=tid), stream_id=1))
+        header, info = read_frame(s)
+    assert header.stream_id == 1 and isinstance(info, TaskInfo)
+    assert (info.content_length, info.piece_length, info.piece_count) == (SIZE, PIECE, 3)
+    assert Bitmap.from_bytes(info.bitmap, 3).all()
+    for n in range(3):
+        chunk = data[n * PIECE : (n + 1) * PIECE]
+        assert info.digests[n] == f"crc32:{zlib.crc32(chunk)}"
+
+
+def test_pieces_arrive_byte_exact_on_one_connection(served):
+    peer, tid, data = served
+    with connect(peer) as s:
+        for n in (2, 0, 1):  # out of order, keep-alive
+            s.sendall(encode_frame(GetPiece(task_id=tid, number=n), stream_id=7 + n))
+            header, piece = read_frame(s)
+            assert header.stream_id == 7 + n and isinstance(piece, Piece)
+            payload = recv_exact(s, piece.length)
+            assert payload == data[piece.offset : piece.offset + piece.length]
+            assert piece.digest == f"crc32:{zlib.crc32(payload)}"
+
+
+def test_unknown_task_and_missing_piece_get_not_found(served):
+    peer, tid, _ = served
+    with connect(peer) as s:
+        s.sendall(encode_frame(GetPiece(task_id="f" * 64, number=0), stream_id=3))
+        _, error = read_frame(s)
+        assert isinstance(error, Error) and error.code == "not_found"
+        s.sendall(encode_frame(GetPiece(task_id=tid, number=99), stream_id=5))
+        _, error = read_frame(s)
+        assert isinstance(error, Error) and error.code == "not_found"
+        assert error.piece_number == 99
+        s.sendall(encode_frame(Ping(nonce=42), stream_id=9))  # the connection still works
+        assert read_frame(s)[1] == Pong(nonce=42)
+
+
+def test_hello_is_answered(served):
+    peer, _, _ = served
+    with connect(peer) as s:
+        s.sendall(encode_frame(Hello(minor_version=0, role="peer", peer_id="a" * 10)))
+        _, hello = read_frame(s)
+    assert isinstance(hello, Hello) and hello.role == "peer" and hello.host_id
+
+
+def test_malformed_body_gets_error_and_connection_continues(served):
+    peer, _, _ = served
+    body = b"\x81\xa7task_id\x05"  # msgpack map with task_id = 5 (not a string)
+    frame = struct.pack(">2sBBII", MAGIC, 1, GetPiece.type_code, 11, len(body)) + body
+    with connect(peer) as s:
+        s.sendall(frame)
+        header, error = read_frame(s)
+        assert isinstance(error, Error) and error.code == "bad_request"
+        assert header.stream_id == 11
+        s.sendall(encode_frame(Ping(nonce=1)))
+        assert read_frame(s)[1] == Pong(nonce=1)
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (b"XX" + bytes(10), "protocol_error"),  # bad magic
+        (struct.pack(">2sBBII", MAGIC, 1, 0x12, 0, 0xFFFFFFF0), "frame_too_large"),
+        (struct.pack(">2sBBII", MAGIC, 9, 0x12, 0, 4), "unsupported_version"),
+    ],
+    ids=["bad-magic", "oversized", "bad-version"],
+)
+def test_fatal_frames_close_the_connection_daemon_keeps_serving(served, frame, code):
+    peer, tid, _ = served
+    with connect(peer) as s:
+        s.sendall(frame)
+        _, error = read_frame(s)
+        assert isinstance(error, Error) and error.code == code
+        assert s.recv(1) == b""  # closed after the error
+    with connect(peer) as s:  # others are still served
+        s.sendall(encode_frame(GetTaskInfo(task_id=tid)))
+        assert isinstance(read_frame(s)[1], TaskInfo)
+
+
+def test_truncated_frame_then_close_does_not_hurt(served):
+    peer, tid, _ = served
+    with connect(peer) as s:
+        s.sendall(encode_frame(GetTaskInfo(task_id=tid))[:7])
+    assert peer.healthy()
+    with connect(peer) as s:
+        s.sendall(encode_frame(GetTaskInfo(task_id=tid)))
+        assert isinstance(read_frame(s)[1], TaskInfo)
