@@ -231,7 +231,8 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
         if dataclasses.is_dataclass(value):
             rows.extend(describe(type(value), f"{prefix}{f.name}."))
         else:
-            rows.append((f"{prefix}{f.name}", _format_default(value), f.metadata.get("doc", "")))
+            shown = f.metadata.get("shown") or _format_default(value)
+            rows.append((f"{prefix}{f.name}", shown, f.metadata.get("doc", "")))
     return rows
 
 

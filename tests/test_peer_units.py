@@ -229,3 +229,15 @@ def test_parse_download_request():
 def test_parse_download_request_errors(body, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
         parse_download_request(body)
+
+
+def test_configuration_doc_is_current():
+    from pathlib import Path
+
+    from d7y.daemons.cli import config_docs
+    from d7y.daemons.config import describe
+
+    doc = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+    assert doc.read_text() == config_docs(describe(PeerConfig)), (
+        "docs/configuration.md is stale: run `d7y config-docs > docs/configuration.md`"
+    )

@@ -36,7 +36,11 @@ class HostConfig:
 
 @dataclasses.dataclass
 class StorageConfig:
-    data_dir: Path = field(default_data_dir(), "where content and metadata.db live")
+    data_dir: Path = field(
+        default_data_dir(),
+        "where content and metadata.db live",
+        shown="$XDG_DATA_HOME/d7y/dfdaemon or ~/.local/share/d7y/dfdaemon",
+    )
     task_ttl: Duration = field(Duration(6 * 3600), "a task unused this long is removed by GC")
     gc_interval: Duration = field(Duration(60), "how often GC runs")
     disk_high_watermark: float = field(
@@ -90,7 +94,9 @@ class LogConfig:
 
 @dataclasses.dataclass
 class PeerConfig:
-    seed_peer: bool = field(False, "run as a seed peer (root of the swarm)")
+    seed_peer: bool = field(
+        False, "run as a seed peer (host and peer IDs get -seed; scheduler role: issue 4)"
+    )
     host: HostConfig = section(HostConfig, "how this host is named and placed")
     storage: StorageConfig = section(StorageConfig, "content, metadata and garbage collection")
     download: DownloadConfig = section(DownloadConfig, "fetching pieces")
