@@ -339,3 +339,54 @@ def test_metrics_count_origin_bytes(origin, peer, tmp_path):
     after = peer.metrics()["d7y_peer_download_origin_bytes_total"]
     assert after - before == PIECE + 10
     assert Path(tmp_path / "x").stat().st_size == PIECE + 10
+
+
+def wait_until(predicate, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_gc_removes_tasks_past_their_ttl(origin, tmp_path):
+    url = origin.add_file("ttl.bin", size=1000, seed=40)
+    config = {"task_ttl": "1s", "gc_interval": "200ms"}
+    with PeerProcess(tmp_path, storage=config) as peer:
+        assert peer.dfget(url, tmp_path / "x", "--no-progress").returncode == 0
+        tid = task_id(url)
+        assert wait_until(lambda: peer.api("GET", f"/v1/tasks/{tid}")[0] == 404)
+        assert "gc evicted task=" + tid in peer.log()
+        assert (tmp_path / "x").read_bytes() == origin.content("ttl.bin")  # output kept
+
+
+def fetch_three_touching_the_first(origin, peer, tmp_path, prefix: str) -> list[str]:
+    urls = [origin.add_file(f"{prefix}{i}.bin", size=PIECE, seed=50 + i) for i in range(3)]
+    for i, url in enumerate(urls[:2]):
+        assert peer.dfget(url, tmp_path / f"o{i}", "--no-progress").returncode == 0
+    # Use the first again so the second is the least recently used.
+    assert peer.dfget(urls[0], tmp_path / "again", "--no-progress").returncode == 0
+    result = peer.dfget(urls[2], tmp_path / "o2", "--no-progress")
+    assert result.returncode == 0, result.stderr.decode()
+    assert (tmp_path / "o2").read_bytes() == origin.content(f"{prefix}2.bin")
+    return urls
+
+
+def test_watermark_gc_evicts_least_recently_used(origin, tmp_path):
+    # 12 MiB stored of a 14 MiB quota is above the 80 % high watermark; GC removes the
+    # least recently used task, which brings usage (8 MiB) under the 60 % low watermark.
+    with PeerProcess(tmp_path, storage={"quota": "14MiB", "gc_interval": "200ms"}) as peer:
+        urls = fetch_three_touching_the_first(origin, peer, tmp_path, "w")
+        status = lambda url: peer.api("GET", f"/v1/tasks/{task_id(url)}")[0]  # noqa: E731
+        assert wait_until(lambda: status(urls[1]) == 404)
+        assert status(urls[0]) == 200 and status(urls[2]) == 200
+
+
+def test_task_that_does_not_fit_makes_room_first(origin, tmp_path):
+    # A 10 MiB quota holds two 4 MiB tasks; the third fits only after a GC round, which
+    # runs at once (the periodic one is an hour away) instead of failing with ENOSPC.
+    with PeerProcess(tmp_path, storage={"quota": "10MiB"}) as peer:
+        urls = fetch_three_touching_the_first(origin, peer, tmp_path, "m")
+        assert peer.api("GET", f"/v1/tasks/{task_id(urls[1])}")[0] == 404
+        assert "gc evicted task=" + task_id(urls[1]) in peer.log()
