@@ -138,3 +138,78 @@ def test_truncated_frame_then_close_does_not_hurt(served):
     with connect(peer) as s:
         s.sendall(encode_frame(GetTaskInfo(task_id=tid)))
         assert isinstance(read_frame(s)[1], TaskInfo)
+
+
+# -- the client side: d7y.daemons.peer.piece_client ------------------------------------
+
+
+def run(coro):
+    import asyncio
+
+    return asyncio.run(coro)
+
+
+def test_piece_client_fetches_and_verifies(served):
+    from d7y.daemons.peer.piece_client import PieceClient
+
+    peer, tid, data = served
+    address = ("127.0.0.1", peer.piece_port)
+
+    async def scenario():
+        client = PieceClient()
+        try:
+            info = await client.task_info(address, tid)
+            buffer = bytearray(PIECE)
+            got = []
+            for n in range(info.piece_count):
+                length, digest = await client.fetch(
+                    address, tid, n, memoryview(buffer), info.digests
+                )
+                assert digest == info.digests[n]
+                got.append(bytes(buffer[:length]))
+            return b"".join(got)
+        finally:
+            client.close()
+
+    assert run(scenario()) == data
+
+
+def test_piece_client_catches_a_wrong_digest(served):
+    from d7y.daemons.peer.piece_client import PieceClient, PieceFetchError
+
+    peer, tid, _ = served
+
+    async def scenario():
+        client = PieceClient()
+        try:
+            await client.fetch(
+                ("127.0.0.1", peer.piece_port), tid, 0, memoryview(bytearray(PIECE)),
+                {0: "crc32:12345"},
+            )  # fmt: skip
+        finally:
+            client.close()
+
+    with pytest.raises(PieceFetchError) as info:
+        run(scenario())
+    assert info.value.kind == "corrupt" and "expected crc32:12345" in str(info.value)
+
+
+def test_piece_client_reports_missing_and_unreachable(served, tmp_path):
+    from d7y.daemons.peer.piece_client import PieceClient, PieceFetchError
+    from tests.peer_harness import free_port
+
+    peer, tid, _ = served
+
+    async def fetch(address, number):
+        client = PieceClient(timeout=5)
+        try:
+            await client.fetch(address, tid, number, memoryview(bytearray(PIECE)))
+        finally:
+            client.close()
+
+    with pytest.raises(PieceFetchError) as missing:
+        run(fetch(("127.0.0.1", peer.piece_port), 50))
+    assert missing.value.kind == "not_found"
+    with pytest.raises(PieceFetchError) as unreachable:
+        run(fetch(("127.0.0.1", free_port()), 0))
+    assert unreachable.value.kind == "connection"

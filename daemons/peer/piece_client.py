@@ -1,0 +1,134 @@
+"""Fetching pieces from other peers over the piece protocol.
+
+A :class:`PieceClient` keeps a few idle connections per parent (``host:port``) and asks
+for one piece per connection at a time: ``GetPiece`` out, a ``Piece`` header back, then
+the payload straight into the caller's piece buffer with ``recv_into`` (its CRC-32 comes
+back from the same call). A piece is returned only when its CRC equals the digest the
+caller expected — the digest recorded by whoever fetched it from the origin, not the
+one the parent claims — so a parent that serves wrong bytes, or lies about them, is
+caught here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+from d7y.core.messages import Error, GetPiece, GetTaskInfo, Piece, TaskInfo
+from d7y.core.protocol import ProtocolError
+from d7y.daemons.framing import FramedSocket
+from d7y.ext.transfer import recv_into_exact
+
+
+class PieceFetchError(Exception):
+    """A piece could not be fetched from a parent.
+
+    ``kind`` is ``corrupt`` (bytes did not match the expected digest: blocklist the
+    parent), ``not_found`` / ``busy`` (ask another parent), or ``connection`` /
+    ``protocol`` (the parent is unreachable or misbehaving).
+    """
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class PieceClient:
+    def __init__(self, *, max_idle_per_parent: int = 8, timeout: float = 30.0) -> None:
+        self._idle: dict[tuple[str, int], list[FramedSocket]] = {}
+        self._max_idle = max_idle_per_parent
+        self.timeout = timeout
+
+    def close(self) -> None:
+        for conns in self._idle.values():
+            for conn in conns:
+                conn.close()
+        self._idle.clear()
+
+    async def _checkout(self, address: tuple[str, int]) -> FramedSocket:
+        idle = self._idle.get(address)
+        if idle:
+            return idle.pop()
+        try:
+            return await FramedSocket.connect(*address, timeout=self.timeout)
+        except (OSError, TimeoutError) as exc:
+            raise PieceFetchError(
+                "connection", f"cannot connect to parent {address[0]}:{address[1]}: {exc}"
+            ) from None
+
+    def _checkin(self, address: tuple[str, int], conn: FramedSocket) -> None:
+        idle = self._idle.setdefault(address, [])
+        if len(idle) < self._max_idle:
+            idle.append(conn)
+        else:
+            conn.close()
+
+    async def task_info(self, address: tuple[str, int], task_id: str) -> TaskInfo:
+        """What a parent holds of a task (its bitmap and digests)."""
+        conn = await self._checkout(address)
+        ok = False
+        try:
+            async with asyncio.timeout(self.timeout):
+                await conn.send(GetTaskInfo(task_id=task_id), 1)
+                _, reply = await conn.read()
+            if isinstance(reply, Error):
+                raise PieceFetchError(reply.code, reply.message)
+            if not isinstance(reply, TaskInfo):
+                raise PieceFetchError("protocol", f"expected TaskInfo, got {type(reply).__name__}")
+            ok = True
+            return reply
+        except (EOFError, OSError, ProtocolError, TimeoutError) as exc:
+            raise PieceFetchError("connection", f"parent {address}: {exc!r}") from None
+        finally:
+            if ok:
+                self._checkin(address, conn)
+            else:
+                conn.close()
+
+    async def fetch(
+        self,
+        address: tuple[str, int],
+        task_id: str,
+        number: int,
+        into: memoryview,
+        expected_digests: Mapping[int, str] | None = None,
+    ) -> tuple[int, str]:
+        """Fetch piece ``number`` into ``into``; returns (length, digest).
+
+        When ``expected_digests`` has the piece, the received CRC must equal it;
+        otherwise (no recorded digest yet) the parent's header digest must match the
+        bytes. Raises :class:`PieceFetchError`.
+        """
+        conn = await self._checkout(address)
+        reusable = False
+        try:
+            async with asyncio.timeout(self.timeout):
+                await conn.send(GetPiece(task_id=task_id, number=number), 1)
+                _, reply = await conn.read()
+                if isinstance(reply, Error):
+                    reusable = True  # an answered error leaves the framing intact
+                    raise PieceFetchError(reply.code, reply.message)
+                if not isinstance(reply, Piece) or reply.number != number:
+                    raise PieceFetchError("protocol", f"unexpected reply {reply!r:.120}")
+                if reply.length > len(into):
+                    raise PieceFetchError(
+                        "protocol", f"piece {number} of {reply.length} bytes exceeds the buffer"
+                    )
+                crc = await recv_into_exact(conn.sock, into, reply.length)
+            reusable = True
+        except (EOFError, OSError, ProtocolError, TimeoutError) as exc:
+            raise PieceFetchError("connection", f"parent {address}: {exc!r}") from None
+        finally:
+            if reusable:
+                self._checkin(address, conn)
+            else:
+                conn.close()
+        actual = f"crc32:{crc}"
+        expected = (expected_digests or {}).get(number, reply.digest)
+        if actual != expected:
+            raise PieceFetchError(
+                "corrupt",
+                f"piece {number} of task {task_id} from {address[0]}:{address[1]} is corrupt: "
+                f"expected {expected}, got {actual}",
+            )
+        return reply.length, actual
