@@ -73,6 +73,8 @@ class PeerProcess:
             if self.healthy():
                 return self
             time.sleep(0.05)
+        self.proc.kill()  # never leave a half-started daemon behind
+        self.proc.wait()
         raise RuntimeError(f"dfdaemon did not become ready:\n{self.log()}")
 
     def healthy(self) -> bool:
