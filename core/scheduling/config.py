@@ -1,0 +1,129 @@
+"""Every limit and default of the scheduler in one frozen dataclass.
+
+Defaults follow Dragonfly v2's scheduler (``scheduler.yaml``) and DESIGN.md section 4:
+
+- candidate parents: sample ``filter_parent_limit`` (15) peers, return the best
+  ``candidate_parent_limit`` (3);
+- retries: a peer gets ``retry_limit`` (5) scheduling rounds, ``retry_interval`` (0.5 s,
+  with +-``retry_jitter`` relative jitter) apart; after ``retry_back_to_source_limit`` (4)
+  failed rounds it goes back to source if fewer than ``back_to_source_limit`` (200) peers
+  of the task already did;
+- GC (Dragonfly's ``gc`` section): ``piece_download_timeout`` 30 min (a downloading peer
+  that reported no piece for that long leaves), ``peer_ttl`` 24 h, ``host_ttl`` 1 h (a host
+  that did not announce for that long leaves with its peers), ``task_ttl`` 24 h (Dragonfly
+  reclaims a task once it has no peers; we also drop a task idle for ``task_ttl``, peers
+  and all, so a task whose peers never report cannot pin memory forever).
+
+Times are seconds (floats): core has no clock, callers pass ``now``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from d7y.core.pieces import MiB
+
+#: Names accepted by :attr:`SchedulerConfig.algorithm` (see ``evaluator.make_evaluator``).
+ALGORITHMS = ("load_aware", "base", "random")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    """Scheduler limits; ``dataclasses.replace(cfg, x=...)`` derives a variant."""
+
+    #: Evaluator ranking candidate parents: "load_aware" (default), "base", "random".
+    algorithm: str = "load_aware"
+    #: Peers of the task sampled per scheduling round before filtering.
+    filter_parent_limit: int = 15
+    #: Parents returned (and DAG edges added) per successful round.
+    candidate_parent_limit: int = 3
+    #: Failed rounds after which the peer is told scheduling failed.
+    retry_limit: int = 5
+    #: Failed rounds after which the peer goes back to source (when allowed).
+    retry_back_to_source_limit: int = 4
+    #: Seconds a peer waits between rounds (returned as ``retry_after``).
+    retry_interval: float = 0.5
+    #: Relative jitter on ``retry_interval``: the wait is uniform in interval*(1 +- jitter),
+    #: so peers that failed together do not come back together.
+    retry_jitter: float = 0.2
+    #: Normal peers of one task that may go back to source (seed peers are not counted).
+    back_to_source_limit: int = 200
+    #: Pieces a child downloads in parallel from one parent unless it registers its own
+    #: value; each DAG edge reserves this many upload slots on the parent's host.
+    concurrent_piece_count: int = 16
+    #: Piece length assumed for load reservation while a task's real one is unknown.
+    default_piece_length: int = 4 * MiB
+    #: Upload-slot limits used when a host announces none (Dragonfly's defaults).
+    peer_concurrent_upload_limit: int = 50
+    seed_peer_concurrent_upload_limit: int = 300
+    #: A running/back-to-source peer with no piece report for this long leaves at GC.
+    piece_download_timeout: float = 30 * 60.0
+    #: A peer not updated for this long leaves at GC.
+    peer_ttl: float = 24 * 3600.0
+    #: A host that has not announced for this long leaves (with its peers) at GC.
+    host_ttl: float = 3600.0
+    #: A task not updated for this long is removed at GC (a task without peers goes at
+    #: once, as in Dragonfly).
+    task_ttl: float = 24 * 3600.0
+    #: Piece costs kept per peer for bad-parent detection (Dragonfly's 2000).
+    piece_cost_window: int = 2000
+    #: Piece failures from one parent before the child blocklists it (Dragonfly: 1).
+    blocklist_after_piece_failures: int = 1
+    #: Seconds after which a seed peer trigger that produced no seed peer is re-issued.
+    seed_peer_trigger_timeout: float = 60.0
+    #: Virtual nodes per seed host on the consistent-hash ring.
+    hash_ring_vnodes: int = 100
+    #: Research knob, off by default (Dragonfly samples all peers of the task). When on,
+    #: the 15 peers are sampled among those able to serve, so a flash crowd in which
+    #: few peers hold pieces finds them instead of failing rounds and going to origin.
+    sample_servable_only: bool = False
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm {self.algorithm!r} is unknown: use one of {ALGORITHMS}")
+        for name in (
+            "filter_parent_limit",
+            "candidate_parent_limit",
+            "retry_limit",
+            "concurrent_piece_count",
+            "default_piece_length",
+            "peer_concurrent_upload_limit",
+            "seed_peer_concurrent_upload_limit",
+            "piece_cost_window",
+            "blocklist_after_piece_failures",
+            "hash_ring_vnodes",
+        ):
+            _check_int(name, getattr(self, name), minimum=1)
+        for name in ("retry_back_to_source_limit", "back_to_source_limit"):
+            _check_int(name, getattr(self, name), minimum=0)
+        for name in (
+            "retry_interval",
+            "piece_download_timeout",
+            "peer_ttl",
+            "host_ttl",
+            "task_ttl",
+            "seed_peer_trigger_timeout",
+        ):
+            _check_seconds(name, getattr(self, name))
+        _check_seconds("retry_jitter", self.retry_jitter)
+        if self.retry_jitter > 1:
+            raise ValueError(f"retry_jitter must be in [0, 1], got {self.retry_jitter}")
+        if not isinstance(self.sample_servable_only, bool):
+            raise TypeError(
+                f"sample_servable_only must be a bool, got {self.sample_servable_only!r}"
+            )
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}: {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _check_seconds(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")

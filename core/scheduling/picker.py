@@ -1,0 +1,451 @@
+"""The peer-side piece picker: which piece to request next, and from which parent.
+
+Sans-IO, one object per download, driven by the peer daemon's event loop or by the
+simulator. The caller tells it what happens (parents come and go, announce pieces and
+load; requests finish, fail or time out) and asks :meth:`PiecePicker.next_requests` what
+to start; every answer is a plain value the caller acts on.
+
+Policy (DESIGN.md section 4, "Peer side"):
+
+- At most ``max_in_flight`` (16) requests at once, duplicates included.
+- Piece order: rarest first among the pieces some parent holds and we lack (ties broken
+  from a random start so peers do not all chase the same piece). With ``streaming``
+  (a consumer reads the output in order: proxy, stdout), the missing pieces in the window
+  ``[lowest missing, lowest missing + streaming_window)`` go first, lowest first, then
+  rarest first for the remaining slots -- in-order where it matters, rarity elsewhere.
+- Parent per piece: weighted random among the parents holding it, weight
+  ``max(max_tx - tx, max_tx / 10)`` from the parent's announced load (spare bandwidth,
+  with a floor so a busy parent still gets some work). A parent announcing no capacity
+  (max_tx 0) weighs 0, so it gets pieces only when no holder has a known capacity; then
+  the choice is uniform.
+- Endgame: once the missing pieces fit in the in-flight capacity, free slots request
+  in-flight pieces again from a second parent; when one copy lands, :meth:`piece_done`
+  returns the other request to cancel.
+- Failures and timeouts: the piece is retried first, elsewhere (the failing parent is
+  avoided for that piece while another holder exists); a parent with ``failure_limit`` (3)
+  failures in a row is reported once (``PieceFailure.report_parent``) for the caller to
+  reschedule, and is not used again until it is removed and re-added.
+
+Deterministic for a seeded ``rng`` and a given sequence of calls.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterable
+from types import ModuleType
+from typing import Any, NamedTuple
+
+
+class PieceFailure(NamedTuple):
+    """A failed or timed-out request. ``report_parent``: this parent just reached the
+    failure limit; report it to the scheduler (reschedule with it as a bad parent)."""
+
+    piece: int
+    parent: str
+    report_parent: bool
+
+
+class _Parent:
+    __slots__ = (
+        "bitmap",
+        "cost_total",
+        "failures",
+        "id",
+        "max_tx",
+        "pieces_done",
+        "reported",
+        "tx",
+        "weight",
+    )
+
+    def __init__(self, parent_id: str, bitmap: Any, tx: int, max_tx: int) -> None:
+        self.id = parent_id
+        self.bitmap = bitmap
+        self.failures = 0
+        self.reported = False
+        self.pieces_done = 0
+        self.cost_total = 0.0
+        self.set_load(tx, max_tx)
+
+    def set_load(self, tx: int, max_tx: int) -> None:
+        self.tx = tx
+        self.max_tx = max_tx
+        self.weight = max(max_tx - tx, max_tx / 10, 0)
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}: {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _check_load(tx: object, max_tx: object) -> None:
+    for name, value in (("tx", tx), ("max_tx", max_tx)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+            raise ValueError(f"{name} must be a number >= 0 (bits/s), got {value!r}")
+
+
+class PiecePicker:
+    """Piece and parent choice for one download of ``piece_count`` pieces."""
+
+    __slots__ = (
+        "_bitmaps",
+        "_by_piece",
+        "_failed_for",
+        "_have",
+        "_have_count",
+        "_need",
+        "_parents",
+        "_rarity",
+        "_requests",
+        "_retry",
+        "endgame",
+        "failure_limit",
+        "max_in_flight",
+        "piece_timeout",
+        "rng",
+        "size",
+        "streaming",
+        "streaming_window",
+    )
+
+    def __init__(
+        self,
+        piece_count: int,
+        rng: random.Random,
+        *,
+        have: Any = None,
+        max_in_flight: int = 16,
+        streaming: bool = False,
+        streaming_window: int = 8,
+        piece_timeout: float = 30.0,
+        failure_limit: int = 3,
+        endgame: bool = True,
+        bitmaps: ModuleType | None = None,
+    ) -> None:
+        _check_int("piece_count", piece_count, 0)
+        if not isinstance(rng, random.Random):
+            raise TypeError(f"rng must be a random.Random, got {rng!r}")
+        _check_int("max_in_flight", max_in_flight, 1)
+        _check_int("streaming_window", streaming_window, 1)
+        _check_int("failure_limit", failure_limit, 1)
+        if (
+            isinstance(piece_timeout, bool)
+            or not isinstance(piece_timeout, int | float)
+            or not (piece_timeout > 0 and math.isfinite(piece_timeout))
+        ):
+            raise ValueError(
+                f"piece_timeout must be a finite number of seconds > 0, got {piece_timeout!r}"
+            )
+        if bitmaps is None:
+            from d7y.ext.bitmap import backend as bitmaps
+        self._bitmaps = bitmaps
+        self.size = piece_count
+        self.rng = rng
+        self.max_in_flight = max_in_flight
+        self.streaming = bool(streaming)
+        self.streaming_window = streaming_window
+        self.piece_timeout = float(piece_timeout)
+        self.failure_limit = failure_limit
+        self.endgame = bool(endgame)
+        self._have = self._bitmap(have, "have")
+        self._have_count = self._have.count()
+        need = bitmaps.Bitmap(piece_count)
+        for i in self._have.iter_clear():
+            need.set(i)
+        self._need = need  # pieces neither held nor requested
+        self._parents: dict[str, _Parent] = {}
+        self._rarity = bitmaps.RarityCounter(piece_count)
+        self._requests: dict[tuple[int, str], float] = {}  # (piece, parent) -> started at
+        self._by_piece: dict[int, list[str]] = {}  # piece -> parents it is requested from
+        self._failed_for: dict[int, set[str]] = {}  # piece -> parents that failed it
+        # Pieces whose request failed, timed out or lost its parent: retried first, in
+        # failure order, so a failure costs one round trip rather than a place in line.
+        self._retry: dict[int, None] = {}
+
+    def _bitmap(self, value: Any, what: str) -> Any:
+        """A private Bitmap from None, a Bitmap, a BitTorrent bitfield, or piece numbers."""
+        cls = self._bitmaps.Bitmap
+        if value is None:
+            return cls(self.size)
+        if isinstance(value, cls):
+            if len(value) != self.size:
+                raise ValueError(f"{what} bitmap has {len(value)} pieces, the task {self.size}")
+            return value.copy()
+        if isinstance(value, bytes | bytearray | memoryview):
+            return cls.from_bytes(value, self.size)
+        if isinstance(value, Iterable) and not isinstance(value, str):
+            bm = cls(self.size)
+            for i in value:
+                bm.set(i)
+            return bm
+        raise TypeError(
+            f"{what} must be None, a Bitmap of this backend, a bitfield (bytes) or piece "
+            f"numbers, got {type(value).__name__}"
+        )
+
+    # ---------------------------------------------------------------- state view --
+
+    @property
+    def done(self) -> bool:
+        return self._have_count == self.size
+
+    @property
+    def have_count(self) -> int:
+        return self._have_count
+
+    @property
+    def missing_count(self) -> int:
+        return self.size - self._have_count
+
+    def has(self, piece: int) -> bool:
+        return self._have.test(piece)
+
+    def have_bitmap(self) -> Any:
+        """A copy of the pieces held."""
+        return self._have.copy()
+
+    @property
+    def in_flight(self) -> tuple[tuple[int, str], ...]:
+        """Outstanding requests (piece, parent), oldest first."""
+        return tuple(self._requests)
+
+    @property
+    def parent_ids(self) -> tuple[str, ...]:
+        return tuple(self._parents)
+
+    def parent_failures(self, parent_id: str) -> int:
+        """Consecutive failures of a parent (0 after any success)."""
+        return self._parent(parent_id).failures
+
+    def is_reported(self, parent_id: str) -> bool:
+        return self._parent(parent_id).reported
+
+    def _parent(self, parent_id: str) -> _Parent:
+        try:
+            return self._parents[parent_id]
+        except KeyError:
+            raise KeyError(f"parent {parent_id!r} is unknown: parent_added first") from None
+
+    # ------------------------------------------------------------------- parents --
+
+    def parent_added(
+        self, parent_id: str, bitmap: Any = None, *, tx: int = 0, max_tx: int = 0
+    ) -> None:
+        """A parent to download from, with the pieces it holds and its announced load
+        (bits/s). Adding a known parent replaces its bitmap and load, keeping its
+        failure record."""
+        if not isinstance(parent_id, str) or not parent_id:
+            raise TypeError(f"parent_id must be a non-empty str, got {parent_id!r}")
+        _check_load(tx, max_tx)
+        bm = self._bitmap(bitmap, f"parent {parent_id}")
+        old = self._parents.get(parent_id)
+        if old is not None:
+            self._rarity.remove(old.bitmap)
+            old.bitmap = bm
+            old.set_load(tx, max_tx)
+        else:
+            self._parents[parent_id] = _Parent(parent_id, bm, tx, max_tx)
+        self._rarity.add(bm)
+
+    def parent_removed(self, parent_id: str) -> list[tuple[int, str]]:
+        """Forget a parent; returns its outstanding requests, which the caller cancels
+        (their pieces become wanted again). Unknown parents are ignored."""
+        state = self._parents.pop(parent_id, None)
+        if state is None:
+            return []
+        self._rarity.remove(state.bitmap)
+        orphaned = [key for key in self._requests if key[1] == parent_id]
+        for piece, parent in orphaned:
+            self._drop_request(piece, parent)
+        return orphaned
+
+    def parent_has(self, parent_id: str, piece: int) -> None:
+        """A parent announced it now holds ``piece``."""
+        state = self._parent(parent_id)
+        if not state.bitmap.test(piece):
+            state.bitmap.set(piece)
+            self._rarity.increment(piece)
+
+    def parent_load(self, parent_id: str, tx: int, max_tx: int) -> None:
+        """A parent's announced load changed (bits/s)."""
+        _check_load(tx, max_tx)
+        self._parent(parent_id).set_load(tx, max_tx)
+
+    # ----------------------------------------------------------------- requests --
+
+    def next_requests(self, now: float) -> list[tuple[int, str]]:
+        """Requests to start now, as (piece, parent); they count as in flight from ``now``."""
+        slots = self.max_in_flight - len(self._requests)
+        if slots <= 0 or self._have_count == self.size:
+            return []
+        if not any(not p.reported for p in self._parents.values()):
+            return []
+        started: list[tuple[int, str]] = []
+        retry = self._retry
+        if retry:
+            for piece in list(retry):
+                if slots == 0:
+                    break
+                if self._have.test(piece) or piece in self._by_piece:
+                    del retry[piece]
+                    continue
+                parent = self._choose_parent(piece, ())
+                if parent is None:
+                    continue  # nobody usable holds it now; keep it for later
+                del retry[piece]
+                self._start(piece, parent, now)
+                started.append((piece, parent))
+                slots -= 1
+        candidates = self._need.copy()
+        while slots > 0:
+            piece = self._choose_piece(candidates)
+            if piece < 0:
+                break
+            candidates.clear(piece)
+            parent = self._choose_parent(piece, ())
+            if parent is None:
+                continue
+            self._start(piece, parent, now)
+            started.append((piece, parent))
+            slots -= 1
+        if slots > 0 and self.endgame and self.size - self._have_count <= self.max_in_flight:
+            for piece, holders in list(self._by_piece.items()):
+                if len(holders) != 1:
+                    continue
+                parent = self._choose_parent(piece, holders)
+                if parent is None:
+                    continue
+                self._start(piece, parent, now)
+                started.append((piece, parent))
+                slots -= 1
+                if slots == 0:
+                    break
+        return started
+
+    def _choose_piece(self, candidates: Any) -> int:
+        rarity = self._rarity
+        if self.streaming:
+            low = self._have.first_clear()
+            if low >= 0:
+                end = low + self.streaming_window
+                i = candidates.first_set(low)
+                while 0 <= i < end:
+                    if rarity.count(i):
+                        return i
+                    i = candidates.first_set(i + 1) if i + 1 < self.size else -1
+        return rarity.rarest(candidates, self.rng.randrange(self.size))
+
+    def _choose_parent(self, piece: int, exclude: Iterable[str]) -> str | None:
+        failed = self._failed_for.get(piece)
+        holders = [
+            p
+            for p in self._parents.values()
+            if not p.reported and p.id not in exclude and p.bitmap.test(piece)
+        ]
+        if failed:
+            fresh = [p for p in holders if p.id not in failed]
+            if fresh:
+                holders = fresh
+            # else every holder failed this piece once already: try them again.
+        if not holders:
+            return None
+        if len(holders) == 1:
+            return holders[0].id
+        total = 0.0
+        for p in holders:
+            total += p.weight
+        if total <= 0:
+            return holders[self.rng.randrange(len(holders))].id
+        point = self.rng.random() * total
+        for p in holders:
+            point -= p.weight
+            if point < 0:
+                return p.id
+        return holders[-1].id  # rounding left a sliver at the top
+
+    def _start(self, piece: int, parent: str, now: float) -> None:
+        self._requests[(piece, parent)] = now
+        holders = self._by_piece.get(piece)
+        if holders is None:
+            self._by_piece[piece] = [parent]
+            self._need.clear(piece)
+        else:
+            holders.append(parent)
+
+    def _drop_request(self, piece: int, parent: str) -> bool:
+        """Remove one outstanding request; the piece is wanted again if nothing else
+        fetches it. False if there was no such request."""
+        if self._requests.pop((piece, parent), None) is None:
+            return False
+        holders = self._by_piece[piece]
+        holders.remove(parent)
+        if not holders:
+            del self._by_piece[piece]
+            if not self._have.test(piece):
+                self._need.set(piece)
+                self._retry[piece] = None
+        return True
+
+    # ------------------------------------------------------------------ outcomes --
+
+    def piece_done(
+        self, piece: int, parent: str | None, cost: float, now: float
+    ) -> list[tuple[int, str]]:
+        """``piece`` arrived (verified) from ``parent`` (None: from elsewhere, e.g. the
+        origin). Returns the other outstanding requests for it, to cancel (the endgame
+        duplicate that lost). A copy arriving after the piece is held changes nothing."""
+        if not self._have.test(piece):
+            self._have.set(piece)
+            self._have_count += 1
+            self._need.clear(piece)
+            self._failed_for.pop(piece, None)
+            self._retry.pop(piece, None)
+        cancels: list[tuple[int, str]] = []
+        holders = self._by_piece.pop(piece, None)
+        if holders:
+            for other in holders:
+                del self._requests[(piece, other)]
+                if other != parent:
+                    cancels.append((piece, other))
+        if parent is not None:
+            state = self._parents.get(parent)
+            if state is not None:
+                state.failures = 0
+                state.pieces_done += 1
+                state.cost_total += cost
+        return cancels
+
+    def piece_failed(self, piece: int, parent: str, now: float) -> PieceFailure:
+        """An outstanding request failed (bad digest, connection error, refusal). The
+        piece is wanted again, first, and this parent avoided for it; see
+        :class:`PieceFailure`. A report for a request that is not outstanding (it timed
+        out or was cancelled already) changes nothing."""
+        if not isinstance(parent, str):
+            raise TypeError(f"parent must be a str, got {parent!r}")
+        self._have.test(piece)  # validates the index
+        if not self._drop_request(piece, parent):
+            # Not outstanding: already timed out, cancelled or answered. Counting it
+            # would charge the parent twice for one request.
+            return PieceFailure(piece, parent, False)
+        if not self._have.test(piece):
+            self._failed_for.setdefault(piece, set()).add(parent)
+        report = False
+        state = self._parents.get(parent)
+        if state is not None:
+            state.failures += 1
+            if state.failures >= self.failure_limit and not state.reported:
+                state.reported = True
+                report = True
+        return PieceFailure(piece, parent, report)
+
+    def check_timeouts(self, now: float) -> list[PieceFailure]:
+        """Requests older than ``piece_timeout``, each handled as :meth:`piece_failed`
+        (the caller also cancels them)."""
+        limit = self.piece_timeout
+        expired = [key for key, started in self._requests.items() if now - started > limit]
+        return [self.piece_failed(piece, parent, now) for piece, parent in expired]

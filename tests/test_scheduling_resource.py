@@ -1,0 +1,187 @@
+"""Resources: the per-task DAG, the indexed set, the seed hash ring and the config."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from d7y.core.scheduling import DAG, HashRing, SchedulerConfig
+from d7y.core.scheduling.resource import IndexedSet
+
+# --- DAG ----------------------------------------------------------------------------------
+
+
+def dag_of(*vertices: str) -> DAG:
+    dag = DAG()
+    for v in vertices:
+        dag.add_vertex(v)
+    return dag
+
+
+def test_dag_refuses_cycles_self_loops_and_duplicates():
+    dag = dag_of("a", "b", "c", "d")
+    assert dag.add_edge("a", "b", 1)
+    assert dag.add_edge("b", "c", 2)
+    assert not dag.add_edge("c", "a")  # a -> b -> c -> a
+    assert not dag.add_edge("a", "a")
+    assert not dag.add_edge("a", "b")  # exists
+    assert dag.add_edge("a", "c")  # a shortcut is not a cycle
+    assert dag.add_edge("d", "a")
+    assert not dag.add_edge("c", "d")  # d -> a -> c -> d
+    assert dag.is_acyclic()
+    assert dag.edge_count() == 4
+    with pytest.raises(KeyError, match="add it first"):
+        dag.add_edge("a", "zz")
+
+
+def test_dag_degrees_descendants_and_deletion():
+    dag = dag_of("a", "b", "c", "d")
+    dag.add_edge("a", "b", "ab")
+    dag.add_edge("a", "c", "ac")
+    dag.add_edge("b", "d", "bd")
+    dag.add_edge("c", "d", "cd")
+    assert (dag.in_degree("d"), dag.out_degree("a")) == (2, 2)
+    assert dag.descendants("a") == {"b", "c", "d"}
+    assert dag.descendants("d") == set()
+    assert dag.delete_edge("a", "b") == "ab"
+    with pytest.raises(KeyError):
+        dag.delete_edge("a", "b")
+    assert sorted(dag.delete_in_edges("d")) == [("b", "d", "bd"), ("c", "d", "cd")]
+    assert dag.in_degree("d") == 0 and dag.out_degree("b") == 0
+    assert dag.delete_vertex("a") == [("a", "c", "ac")]
+    assert "a" not in dag and dag.in_degree("c") == 0
+    assert len(dag) == 3
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 11), st.integers(0, 11), st.booleans()), max_size=150))
+def test_dag_never_has_a_cycle(ops):
+    dag = dag_of(*(str(i) for i in range(12)))
+    edges: set[tuple[str, str]] = set()
+    for a, b, add in ops:
+        p, c = str(a), str(b)
+        if add:
+            if dag.add_edge(p, c):
+                edges.add((p, c))
+        elif (p, c) in edges:
+            dag.delete_edge(p, c)
+            edges.discard((p, c))
+        assert dag.is_acyclic()
+    assert {(p, c) for p, c, _ in dag.edges()} == edges
+    assert dag.is_consistent()  # the walk's child lists mirror the edges
+
+
+def test_indexed_set():
+    s: IndexedSet[str] = IndexedSet()
+    for x in "abcde":
+        s.add(x)
+    s.add("a")
+    s.discard("b")
+    s.discard("zz")
+    assert sorted(s) == ["a", "c", "d", "e"] and len(s) == 4 and "b" not in s
+    s.discard("e")  # the last one
+    assert sorted(s.items) == ["a", "c", "d"]
+    for x in "acd":
+        s.discard(x)
+    assert len(s) == 0
+
+
+# --- hash ring ------------------------------------------------------------------------------
+
+KEYS = [f"task-{i}" for i in range(4000)]
+
+
+def test_ring_basics():
+    ring = HashRing(vnodes=50)
+    assert ring.get("k") is None and list(ring.iter_nodes("k")) == []
+    ring.add("s1")
+    assert ring.get("k") == "s1"
+    ring.add("s2")
+    ring.add("s3")
+    order = list(ring.iter_nodes("k"))
+    assert sorted(order) == ["s1", "s2", "s3"] and order[0] == ring.get("k")
+    assert len(ring) == 3 and "s2" in ring
+    with pytest.raises(ValueError):
+        HashRing(vnodes=0)
+    with pytest.raises(TypeError):
+        ring.add(3)  # type: ignore[arg-type]
+
+
+def test_ring_is_independent_of_insertion_order():
+    nodes = [f"seed-{i}" for i in range(7)]
+    a = HashRing(nodes)
+    b = HashRing(reversed(nodes))
+    assert [a.get(k) for k in KEYS] == [b.get(k) for k in KEYS]
+
+
+def test_ring_balance():
+    ring = HashRing([f"seed-{i}" for i in range(5)], vnodes=100)
+    counts: dict[str, int] = {}
+    for k in KEYS:
+        node = ring.get(k)
+        counts[node] = counts.get(node, 0) + 1
+    # 800 keys each on average; 100 virtual nodes keep every share within +-35 %.
+    assert len(counts) == 5 and all(520 < c < 1080 for c in counts.values())
+
+
+def test_ring_is_stable_when_a_seed_is_added_or_removed():
+    nodes = [f"seed-{i}" for i in range(5)]
+    ring = HashRing(nodes)
+    before = {k: ring.get(k) for k in KEYS}
+    ring.add("seed-new")
+    after = {k: ring.get(k) for k in KEYS}
+    moved = [k for k in KEYS if before[k] != after[k]]
+    assert all(after[k] == "seed-new" for k in moved)  # keys only move to the new node
+    assert 0.08 < len(moved) / len(KEYS) < 0.26  # about 1/6 of them
+    ring.remove("seed-new")
+    assert {k: ring.get(k) for k in KEYS} == before
+    ring.remove("seed-2")
+    after = {k: ring.get(k) for k in KEYS}
+    moved = [k for k in KEYS if before[k] != after[k]]
+    assert {before[k] for k in moved} == {"seed-2"}  # only seed-2's keys move
+    assert all(after[k] == list(HashRing(nodes).iter_nodes(k))[1] for k in moved)
+
+
+# --- config --------------------------------------------------------------------------------
+
+
+def test_config_defaults_follow_dragonfly():
+    cfg = SchedulerConfig()
+    assert (cfg.filter_parent_limit, cfg.candidate_parent_limit) == (15, 3)
+    assert (cfg.retry_limit, cfg.retry_back_to_source_limit, cfg.retry_interval) == (5, 4, 0.5)
+    assert cfg.back_to_source_limit == 200
+    assert (cfg.piece_download_timeout, cfg.peer_ttl, cfg.host_ttl, cfg.task_ttl) == (
+        1800.0,
+        86400.0,
+        3600.0,
+        86400.0,
+    )
+    assert cfg.piece_cost_window == 2000
+
+
+@pytest.mark.parametrize(
+    "field, value, error",
+    [
+        ("filter_parent_limit", 0, ValueError),
+        ("candidate_parent_limit", 1.5, TypeError),
+        ("retry_interval", -1, ValueError),
+        ("retry_jitter", 2, ValueError),
+        ("peer_ttl", float("nan"), ValueError),
+        ("algorithm", "ml", ValueError),
+        ("sample_servable_only", 1, TypeError),
+        ("back_to_source_limit", True, TypeError),
+    ],
+)
+def test_config_validation(field, value, error):
+    with pytest.raises(error, match=field if field != "algorithm" else "unknown"):
+        SchedulerConfig(**{field: value})
+
+
+def test_config_is_frozen_and_replaceable():
+    cfg = SchedulerConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.retry_limit = 9  # type: ignore[misc]
+    assert dataclasses.replace(cfg, retry_limit=9).retry_limit == 9

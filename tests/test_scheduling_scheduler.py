@@ -1,0 +1,755 @@
+"""The Scheduler: registration answers, candidate filters and limits, load reservation,
+back-to-source and retry rules, seed peers through the ring, reports and GC.
+
+Every test runs against both bitmap backends (``bitmap_impl``)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from d7y.core.scheduling import (
+    DuplicatePeer,
+    EmptyTask,
+    HashRing,
+    LoadAwareEvaluator,
+    MetadataOnly,
+    NeedBackToSource,
+    NormalTask,
+    PeerStateError,
+    Retry,
+    ScheduleFailed,
+    Scheduler,
+    SchedulerConfig,
+    SmallTask,
+    TinyTask,
+    TriggerSeedPeer,
+    UnknownHost,
+    UnknownPeer,
+)
+from d7y.core.states import IllegalTransition, PeerState, TaskState
+
+MiB = 1024 * 1024
+GBIT = 1_000_000_000
+LENGTH = 100 * MiB  # 25 pieces of 4 MiB
+PIECE = 4 * MiB
+
+
+class SpyEvaluator(LoadAwareEvaluator):
+    """Records every (parent, score) it was asked for: which candidates passed the filters."""
+
+    def __init__(self) -> None:
+        self.scored: list[tuple[str, float]] = []
+
+    def score(self, parent, child, total_piece_count):
+        value = super().score(parent, child, total_piece_count)
+        self.scored.append((parent.id, value))
+        return value
+
+
+class SpyRandom(random.Random):
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed)
+        self.sample_sizes: list[tuple[int, int]] = []
+
+    def sample(self, population, k, **kw):
+        self.sample_sizes.append((len(population), k))
+        return super().sample(population, k, **kw)
+
+
+def make(bitmap_impl, seed: int = 1, evaluator=None, rng=None, **config) -> Scheduler:
+    return Scheduler(
+        SchedulerConfig(**config),
+        rng=rng or random.Random(seed),
+        evaluator=evaluator,
+        bitmaps=bitmap_impl,
+    )
+
+
+def add_host(s: Scheduler, name: str, *, seed: bool = False, now: float = 0.0, **kw) -> str:
+    kw.setdefault("upload_limit_bps", GBIT)
+    s.announce_host(
+        name, now, ip=f"ip-{name}", hostname=name, type="seed" if seed else "normal", **kw
+    )
+    return name
+
+
+def source_peer(s: Scheduler, pid: str, host: str, task: str = "t", pieces: int = 1, now=0.0):
+    """A peer fetching ``task`` from the origin, holding its first ``pieces`` pieces."""
+    result = s.register_peer(pid, task, host, "http://o/f", now, content_length=LENGTH)
+    if not isinstance(result, NeedBackToSource):
+        s.download_started(pid, now, back_to_source=True)
+    for i in range(pieces):
+        s.piece_finished(pid, i, None, 0.1, f"crc32:{i}", now)
+    return result
+
+
+def running_peer(s: Scheduler, pid: str, host: str, parent: str, pieces: int = 1, now=0.0):
+    """A peer downloading from ``parent`` (must be granted), holding ``pieces`` pieces."""
+    result = s.register_peer(pid, "t", host, "http://o/f", now, content_length=LENGTH)
+    s.download_started(pid, now)
+    for i in range(pieces):
+        s.piece_finished(pid, i, parent, 0.1, None, now)
+    return result
+
+
+# --- registration ---------------------------------------------------------------------
+
+
+def test_register_validates(bitmap_impl):
+    s = make(bitmap_impl)
+    with pytest.raises(UnknownHost, match="announce it first"):
+        s.register_peer("p", "t", "nohost", "u", 0)
+    add_host(s, "h")
+    s.register_peer("p", "t", "h", "u", 0, content_length=LENGTH)
+    with pytest.raises(DuplicatePeer):
+        s.register_peer("p", "t", "h", "u", 0)
+    with pytest.raises(TypeError):
+        s.register_peer("", "t", "h", "u", 0)
+    with pytest.raises(ValueError, match="contradicts"):
+        s.register_peer("q", "t", "h", "u", 0, content_length=LENGTH + 1)
+    with pytest.raises(UnknownPeer):
+        s.reschedule("ghost", (), 0)
+    with pytest.raises(ValueError, match="unknown"):
+        s.announce_host("x", 0, ip="1", hostname="x", type="super")
+
+
+def test_first_peer_without_seed_goes_back_to_source(bitmap_impl):
+    s = make(bitmap_impl)
+    add_host(s, "h1")
+    r = s.register_peer("p1", "t", "h1", "http://o/f", 0, content_length=LENGTH)
+    assert isinstance(r, NeedBackToSource)
+    assert r.task.piece_count == 25 and r.task.piece_length == PIECE
+    assert s.peer("p1").state is PeerState.BACK_TO_SOURCE
+    assert s.task("t").state is TaskState.RUNNING
+    assert s.task("t").back_to_source_peers == {"p1"}
+
+
+def test_back_to_source_peer_serves_the_next(bitmap_impl):
+    s = make(bitmap_impl)
+    add_host(s, "h1")
+    add_host(s, "h2")
+    source_peer(s, "p1", "h1", pieces=0)  # no piece yet: still a parent (it will have some)
+    r = s.register_peer("p2", "t", "h2", "http://o/f", 1, content_length=LENGTH)
+    assert isinstance(r, NormalTask)
+    assert [p.peer_id for p in r.parents] == ["p1"]
+    parent = r.parents[0]
+    assert (parent.host_id, parent.ip, parent.download_port) == ("h1", "ip-h1", 4005)
+    assert s.task("t").dag.parents("p2").keys() == {"p1"}
+    s.verify_invariants()
+
+
+def test_empty_tiny_small_and_metadata_only(bitmap_impl):
+    s = make(bitmap_impl)
+    for h in ("h1", "h2", "h3"):
+        add_host(s, h)
+    # EMPTY: answered inline.
+    r = s.register_peer("e1", "empty", "h1", "u", 0, content_length=0)
+    assert isinstance(r, EmptyTask) and s.peer("e1").state is PeerState.RECEIVED_EMPTY
+    # TINY: the first peer fetches it; once it reports the bytes, later peers get them.
+    r = s.register_peer("t1", "tiny", "h1", "u", 0, content_length=100)
+    assert isinstance(r, NeedBackToSource)
+    s.download_finished("t1", 1, content=b"x" * 100)
+    r = s.register_peer("t2", "tiny", "h2", "u", 2, content_length=100)
+    assert isinstance(r, TinyTask) and r.content == b"x" * 100
+    assert s.peer("t2").state is PeerState.RECEIVED_TINY
+    with pytest.raises(ValueError, match="bytes"):
+        s.download_finished("t2", 3, content=b"short")
+    # SMALL (one piece, > 128 B): a succeeded peer on another host is the one parent.
+    r = s.register_peer("s1", "small", "h1", "u", 0, content_length=MiB)
+    assert isinstance(r, NeedBackToSource)
+    s.piece_finished("s1", 0, None, 0.5, "crc32:7", 1)
+    s.download_finished("s1", 1)
+    r = s.register_peer("s2", "small", "h2", "u", 2)
+    assert isinstance(r, SmallTask) and r.parent.peer_id == "s1"
+    assert s.peer("s2").state is PeerState.RECEIVED_SMALL
+    assert s.task("small").dag.parents("s2").keys() == {"s1"}
+    # The same host already holds the task: metadata only, no new peer.
+    r = s.register_peer("s3", "small", "h1", "u", 3)
+    assert isinstance(r, MetadataOnly) and r.holder_peer_id == "s1"
+    with pytest.raises(UnknownPeer):
+        s.peer("s3")
+    s.verify_invariants()
+
+
+def test_small_task_without_succeeded_parent_is_normal(bitmap_impl):
+    s = make(bitmap_impl)
+    add_host(s, "h1")
+    add_host(s, "h2")
+    s.register_peer("s1", "small", "h1", "u", 0, content_length=MiB)  # back to source
+    r = s.register_peer("s2", "small", "h2", "u", 1, content_length=MiB)
+    assert isinstance(r, NormalTask)  # s1 is fetching it: a normal parent meanwhile
+    assert s.peer("s2").state is PeerState.RECEIVED_NORMAL
+
+
+# --- candidate filters (one test each) -------------------------------------------------
+
+
+def _filter_setup(bitmap_impl, **config):
+    """Child c on host hc and a control parent 'ok' on host hok (serving)."""
+    spy = SpyEvaluator()
+    s = make(bitmap_impl, evaluator=spy, **config)
+    for h in ("hc", "hok", "hx", "hy"):
+        add_host(s, h)
+    source_peer(s, "ok", "hok")
+    return s, spy
+
+
+def _scored_on_reschedule(s: Scheduler, spy: SpyEvaluator, peer: str, bad=()) -> set[str]:
+    spy.scored.clear()
+    s.reschedule(peer, bad, 5)
+    return {pid for pid, _ in spy.scored}
+
+
+def test_filter_drops_the_peer_itself(bitmap_impl):
+    s, spy = _filter_setup(bitmap_impl)
+    running_peer(s, "c", "hc", "ok")  # c holds a piece: it could serve, but not itself
+    assert _scored_on_reschedule(s, spy, "c") == {"ok"}
+
+
+def test_filter_drops_peers_on_the_same_host(bitmap_impl):
+    s, spy = _filter_setup(bitmap_impl)
+    source_peer(s, "same", "hc", task="t")  # serving, on the child's host
+    s.register_peer("c", "t", "hc", "u", 1)
+    assert _scored_on_reschedule(s, spy, "c") == {"ok"}
+
+
+def test_filter_drops_blocklisted_peers(bitmap_impl):
+    s, spy = _filter_setup(bitmap_impl)
+    source_peer(s, "bad", "hx")
+    s.register_peer("c", "t", "hc", "u", 1)
+    assert _scored_on_reschedule(s, spy, "c") == {"ok", "bad"}
+    assert _scored_on_reschedule(s, spy, "c", bad=["bad"]) == {"ok"}
+    assert _scored_on_reschedule(s, spy, "c") == {"ok"}  # the blocklist stays
+
+
+def test_filter_drops_peers_not_serving(bitmap_impl):
+    s, spy = _filter_setup(bitmap_impl)
+    add_host(s, "hseed", seed=True)
+    add_host(s, "hz")
+    s.register_peer("registered", "t", "hx", "u", 1)  # RECEIVED_NORMAL
+    s.register_peer("started", "t", "hy", "u", 1)
+    s.download_started("started", 1)  # RUNNING, no piece
+    s.register_peer("seed", "t", "hseed", "u", 1)
+    s.reschedule("seed", (), 1)
+    s.download_started("seed", 1)  # a running seed peer serves even before its 1st piece
+    running_peer(s, "holder", "hz", "ok")  # RUNNING with one piece
+    s.register_peer("c", "t", "hc", "u", 2)
+    assert _scored_on_reschedule(s, spy, "c") == {"ok", "seed", "holder"}
+
+
+def test_filter_drops_bad_parents(bitmap_impl):
+    s, spy = _filter_setup(bitmap_impl)
+    source_peer(s, "slow", "hx", pieces=2)  # costs 0.1, 0.1
+    s.piece_finished("slow", 2, None, 3.0, None, 1)  # 3.0 > 20 * 0.1: bad
+    s.register_peer("c", "t", "hc", "u", 1)
+    assert _scored_on_reschedule(s, spy, "c") == {"ok"}
+
+
+def test_filter_drops_edges_that_would_close_a_cycle(bitmap_impl):
+    s, spy = _filter_setup(bitmap_impl)
+    running_peer(s, "a", "hx", "ok")  # ok -> a
+    running_peer(s, "b", "hy", "a")
+    # b's parents are chosen among ok and a; force a -> b by blocklisting ok for b.
+    s.reschedule("b", ["ok"], 1)
+    assert s.task("t").dag.parents("b").keys() == {"a"}
+    # Rescheduling a: b (its descendant, serving) would close a -> b -> a.
+    assert _scored_on_reschedule(s, spy, "a") == {"ok"}
+    assert s.task("t").dag.is_acyclic()
+
+
+def test_filter_drops_hosts_without_free_upload_slots(bitmap_impl):
+    s, spy = _filter_setup(bitmap_impl)
+    add_host(s, "hfull", concurrent_upload_limit=1)
+    source_peer(s, "full", "hfull")
+    s.register_peer("c1", "t", "hx", "u", 1)
+    s.reschedule("c1", ["ok"], 1)  # c1 takes the only slot of hfull
+    assert s.host("hfull").concurrent_upload_count == 1
+    s.register_peer("c", "t", "hc", "u", 1)
+    assert _scored_on_reschedule(s, spy, "c") == {"ok"}
+
+
+# --- limits -----------------------------------------------------------------------------
+
+
+def test_samples_fifteen_and_returns_the_best_three(bitmap_impl):
+    spy = SpyEvaluator()
+    s = make(bitmap_impl, evaluator=spy)
+    for i in range(80):
+        # Different IDCs/locations so the scores differ.
+        add_host(s, f"h{i}", idc=f"idc{i % 3}", location=f"cn|r{i % 5}")
+        source_peer(s, f"p{i}", f"h{i}")
+    add_host(s, "hc", idc="idc0", location="cn|r0")
+    spy.scored.clear()
+    r = s.register_peer("c", "t", "hc", "u", 1)
+    scored_ids = [pid for pid, _ in spy.scored]
+    # 15 distinct peers drawn from 81 (c itself may be one of them: filtered out).
+    assert len(scored_ids) in (14, 15) and len(set(scored_ids)) == len(scored_ids)
+    assert "c" not in scored_ids
+    assert isinstance(r, NormalTask) and len(r.parents) == 3
+    best = sorted(spy.scored, key=lambda x: x[1], reverse=True)[:3]
+    assert [(p.peer_id, p.score) for p in r.parents] == best
+    assert s.task("t").dag.in_degree("c") == 3
+
+
+def test_sampling_is_uniform(bitmap_impl):
+    s = make(bitmap_impl, seed=8)
+    for i in range(100):
+        add_host(s, f"h{i}")
+        source_peer(s, f"p{i}", f"h{i}")
+    add_host(s, "hc")
+    s.register_peer("c", "t", "hc", "u", 1)
+    counts: dict[str, int] = {}
+    for _ in range(2000):
+        for peer in s._sample(s.peer("c")):
+            counts[peer.id] = counts.get(peer.id, 0) + 1
+    # 2000 draws of 15 among 101: 297 expected each; binomial sd ~16.
+    assert len(counts) == 101
+    assert all(220 < n < 380 for n in counts.values())
+
+
+def test_small_pools_use_random_sample(bitmap_impl):
+    rng = SpyRandom(11)
+    s = make(bitmap_impl, rng=rng)
+    for i in range(40):
+        add_host(s, f"h{i}")
+        source_peer(s, f"p{i}", f"h{i}")
+    add_host(s, "hc")
+    rng.sample_sizes.clear()
+    s.register_peer("c", "t", "hc", "u", 1)
+    assert rng.sample_sizes == [(41, 15)]  # 40 parents + c itself, 15 drawn
+
+
+def test_limits_are_configurable(bitmap_impl):
+    rng = SpyRandom(3)
+    s = make(bitmap_impl, rng=rng, filter_parent_limit=4, candidate_parent_limit=2)
+    for i in range(10):
+        add_host(s, f"h{i}")
+        source_peer(s, f"p{i}", f"h{i}")
+    add_host(s, "hc")
+    rng.sample_sizes.clear()
+    r = s.register_peer("c", "t", "hc", "u", 1)
+    assert rng.sample_sizes == [(11, 4)]
+    assert isinstance(r, NormalTask) and 1 <= len(r.parents) <= 2
+
+
+# --- load reservation -------------------------------------------------------------------
+
+
+def _loads(s: Scheduler, host: str) -> tuple[int, int, int, int]:
+    h = s.host(host)
+    return (
+        h.tx_bandwidth,
+        h.concurrent_upload_piece_count,
+        h.upload_content_length,
+        h.concurrent_upload_count,
+    )
+
+
+def test_edges_reserve_and_release_load(bitmap_impl):
+    s = make(bitmap_impl)
+    for h in ("h1", "h2", "hc"):
+        add_host(s, h)
+    source_peer(s, "p1", "h1")
+    source_peer(s, "p2", "h2")  # p1 was its parent until it went to source
+    assert _loads(s, "h1") == (0, 0, 0, 0)
+    r = s.register_peer("c", "t", "hc", "u", 1, concurrent_piece_count=4)
+    assert {p.peer_id for p in r.parents} == {"p1", "p2"}
+    # Each edge: 4 MiB pieces * 4 concurrent * 8 bits; 4 pieces; the task's 100 MiB.
+    expected = (PIECE * 4 * 8, 4, LENGTH, 1)
+    assert _loads(s, "h1") == expected and _loads(s, "h2") == expected
+    assert s.host("h1").upload_count == 2  # cumulative: p2's brief edge, then c's
+    s.verify_invariants()
+    # Rescheduling drops the in-edges first; the same parents are chosen again.
+    s.reschedule("c", (), 2)
+    assert _loads(s, "h1") == expected
+    s.download_started("c", 2)
+    s.download_finished("c", 3)
+    assert _loads(s, "h1") == (0, 0, 0, 0) and _loads(s, "h2") == (0, 0, 0, 0)
+    assert s.host("h1").upload_count == 3  # the reschedule added c's edge again
+    s.verify_invariants()
+
+
+def test_parent_leaving_releases_and_orphans(bitmap_impl):
+    s = make(bitmap_impl)
+    for h in ("h1", "hc", "hd"):
+        add_host(s, h)
+    source_peer(s, "p1", "h1")
+    s.register_peer("c", "t", "hc", "u", 1)
+    s.register_peer("d", "t", "hd", "u", 1)
+    assert _loads(s, "h1")[3] == 2
+    left = s.leave_peer("p1", 2)
+    assert left.peer_ids == ("p1",) and set(left.orphaned_children) == {"c", "d"}
+    assert _loads(s, "h1") == (0, 0, 0, 0)
+    left = s.leave_host("hc", 3)
+    assert left.peer_ids == ("c",)
+    s.verify_invariants()
+
+
+# --- back-to-source and retries -----------------------------------------------------------
+
+
+def _stranded(bitmap_impl, **config) -> Scheduler:
+    """Child c whose only possible parent gets blocklisted: every round fails."""
+    s = make(bitmap_impl, **config)
+    add_host(s, "h1")
+    add_host(s, "hc")
+    source_peer(s, "p1", "h1")
+    assert isinstance(s.register_peer("c", "t", "hc", "u", 1), NormalTask)
+    return s
+
+
+def test_failed_rounds_then_back_to_source(bitmap_impl):
+    s = _stranded(bitmap_impl)
+    results = [s.reschedule("c", ["p1"], 2)] + [s.reschedule("c", (), 3 + i) for i in range(3)]
+    assert [type(r) for r in results] == [Retry, Retry, Retry, NeedBackToSource]
+    assert [r.round for r in results[:3]] == [1, 2, 3]
+    for r in results[:3]:
+        assert 0.4 <= r.retry_after <= 0.6  # 0.5 s +- 20 % jitter
+    assert len({r.retry_after for r in results[:3]}) == 3  # jittered
+    assert "4 scheduling rounds" in results[3].reason
+    assert s.peer("c").state is PeerState.BACK_TO_SOURCE
+    assert s.task("t").back_to_source_peers == {"p1", "c"}
+    # Asking again changes nothing.
+    assert isinstance(s.reschedule("c", (), 9), NeedBackToSource)
+    s.verify_invariants()
+
+
+def test_retry_limit_when_back_to_source_is_exhausted(bitmap_impl):
+    s = _stranded(bitmap_impl, back_to_source_limit=1)  # p1 used the only slot
+    results = [s.reschedule("c", ["p1"], 2)] + [s.reschedule("c", (), 3 + i) for i in range(4)]
+    assert [type(r) for r in results] == [Retry, Retry, Retry, Retry, ScheduleFailed]
+    assert "retry_limit" in results[-1].reason
+    assert s.peer("c").state is PeerState.RECEIVED_NORMAL  # the daemon reports the failure
+    s.download_failed("c", 8)
+    assert s.peer("c").state is PeerState.FAILED
+
+
+def test_back_to_source_limit_counts_normal_peers(bitmap_impl):
+    s = make(bitmap_impl, back_to_source_limit=2)
+    for h in ("h1", "h2", "h3", "hs"):
+        add_host(s, h, seed=h == "hs")
+    for pid, h in (("a", "h1"), ("b", "h2")):
+        r = s.register_peer(pid, "t", h, "u", 0, content_length=LENGTH, need_back_to_source=True)
+        assert isinstance(r, NeedBackToSource) and "asked" in r.reason
+    r = s.register_peer("c", "t", "h3", "u", 0, need_back_to_source=True)
+    assert isinstance(r, NormalTask)  # the limit is reached: it must use peers
+    # A seed peer is never refused and not counted.
+    r = s.register_peer("s", "t", "hs", "u", 0, need_back_to_source=True)
+    assert isinstance(r, NeedBackToSource)
+    assert s.task("t").back_to_source_peers == {"a", "b"}
+
+
+def test_reschedule_state_errors(bitmap_impl):
+    s = make(bitmap_impl)
+    add_host(s, "h1")
+    source_peer(s, "p1", "h1")
+    s.download_finished("p1", 1)
+    with pytest.raises(PeerStateError, match="SUCCEEDED"):
+        s.reschedule("p1", (), 2)
+    with pytest.raises(TypeError):
+        s.reschedule("p1", "p2", 2)
+    assert isinstance(s.register_peer("q", "t", "h1", "u", 0), MetadataOnly)
+    with pytest.raises(UnknownPeer):  # metadata-only creates no peer
+        s.piece_finished("q", 0, None, 0.1, None, 0)
+    add_host(s, "h2")
+    s.register_peer("q2", "t", "h2", "u", 3)
+    with pytest.raises(PeerStateError, match="download_started"):
+        s.piece_finished("q2", 0, "p1", 0.1, None, 3)
+    s.download_started("q2", 3)
+    with pytest.raises(IllegalTransition):
+        s.download_started("q2", 3)
+    with pytest.raises(ValueError, match="cost"):
+        s.piece_finished("q2", 0, "p1", -1.0, None, 3)
+    with pytest.raises(IndexError):
+        s.piece_finished("q2", 25, "p1", 1.0, None, 3)
+
+
+# --- seed peers through the ring --------------------------------------------------------
+
+
+def test_seed_trigger_follows_the_ring(bitmap_impl):
+    s = make(bitmap_impl)
+    seeds = ["s0", "s1", "s2"]
+    for name in seeds:
+        add_host(s, name, seed=True)
+    add_host(s, "h1")
+    add_host(s, "h2")
+    add_host(s, "h3")
+    ring = HashRing(seeds, vnodes=100)
+    r = s.register_peer("p1", "task-a", "h1", "http://o/a", 0, content_length=LENGTH)
+    assert isinstance(r, TriggerSeedPeer)
+    assert r.seed_host_id == ring.get("task-a")
+    assert r.url == "http://o/a" and r.seed_ip == f"ip-{r.seed_host_id}"
+    assert 0.4 <= r.retry_after <= 0.6
+    assert s.peer("p1").state is PeerState.RECEIVED_NORMAL
+    # While the trigger is pending, others wait; nobody goes to the origin.
+    r2 = s.register_peer("p2", "task-a", "h2", "http://o/a", 0.1)
+    assert isinstance(r2, Retry)
+    assert not s.task("task-a").back_to_source_peers
+    # The seed peer arrives and fetches from the origin; p1 gets it as parent.
+    seed_host = ring.get("task-a")
+    r = s.register_peer("seed-a", "task-a", seed_host, "http://o/a", 0.2)
+    assert isinstance(r, NeedBackToSource)
+    r = s.reschedule("p1", (), 0.5)
+    assert isinstance(r, NormalTask) and r.parents[0].peer_id == "seed-a"
+    assert r.parents[0].is_seed
+    # The seed peer fails: the next peer triggers the next seed on the ring.
+    ended = s.download_failed("seed-a", 1)
+    assert ended.orphaned_children == ("p1",)
+    r = s.register_peer("p3", "task-a", "h3", "http://o/a", 1.1)
+    assert isinstance(r, TriggerSeedPeer)
+    second = [n for n in ring.iter_nodes("task-a")][1]
+    assert r.seed_host_id == second
+    s.verify_invariants()
+
+
+def test_seed_peer_leaving_unfinished_moves_the_task_to_the_next_seed(bitmap_impl):
+    s = make(bitmap_impl)
+    for name in ("s0", "s1"):
+        add_host(s, name, seed=True)
+    add_host(s, "h1")
+    add_host(s, "h2")
+    first = s.register_peer("p1", "t", "h1", "u", 0, content_length=LENGTH).seed_host_id
+    s.register_peer("seed-1", "t", first, "u", 0.1)
+    s.piece_finished("seed-1", 0, None, 0.1, "crc32:0", 0.2)
+    assert isinstance(s.reschedule("p1", (), 0.5), NormalTask)
+    left = s.leave_peer("seed-1", 1)  # stopped before it finished
+    assert left.orphaned_children == ("p1",)
+    r = s.register_peer("p2", "t", "h2", "u", 1.1)
+    assert isinstance(r, TriggerSeedPeer) and r.seed_host_id != first
+    # With every seed spent, peers go to the origin.
+    s.register_peer("seed-2", "t", r.seed_host_id, "u", 1.2)
+    s.download_failed("seed-2", 1.3)
+    add_host(s, "h3")
+    r = s.register_peer("p3", "t", "h3", "u", 1.4)
+    assert isinstance(r, NeedBackToSource)
+
+
+def test_seed_trigger_is_reissued_after_timeout(bitmap_impl):
+    s = make(bitmap_impl, seed_peer_trigger_timeout=10.0)
+    add_host(s, "s0", seed=True)
+    add_host(s, "h1")
+    add_host(s, "h2")
+    assert isinstance(
+        s.register_peer("p1", "t", "h1", "u", 0, content_length=LENGTH), TriggerSeedPeer
+    )
+    assert isinstance(s.register_peer("p2", "t", "h2", "u", 5), Retry)
+    s.leave_peer("p2", 6)
+    assert isinstance(s.register_peer("p2b", "t", "h2", "u", 10.5), TriggerSeedPeer)
+
+
+def test_without_usable_seed_the_peer_goes_to_source(bitmap_impl):
+    s = make(bitmap_impl)
+    add_host(s, "s0", seed=True)
+    add_host(s, "h1")
+    s.announce_host("s0", 1, ip="x", hostname="s0", type="normal")  # no longer a seed
+    assert s.seed_hosts == frozenset()
+    r = s.register_peer("p1", "t", "h1", "u", 2, content_length=LENGTH)
+    assert isinstance(r, NeedBackToSource)
+
+
+def test_restore_after_a_scheduler_restart(bitmap_impl):
+    s = make(bitmap_impl)
+    for h in ("h1", "h2", "h3"):
+        add_host(s, h)
+    s.restore_peer(
+        "p1",
+        "t",
+        "h1",
+        "u",
+        0,
+        content_length=LENGTH,
+        piece_length=PIECE,
+        finished=(),
+        succeeded=True,
+    )
+    s.restore_peer(
+        "p2",
+        "t",
+        "h2",
+        "u",
+        0,
+        content_length=LENGTH,
+        piece_length=PIECE,
+        finished=[0, 1, 2],
+        succeeded=False,
+    )
+    assert s.peer("p1").state is PeerState.SUCCEEDED and s.peer("p1").finished.all()
+    assert s.peer("p2").state is PeerState.RUNNING and s.peer("p2").finished_count == 3
+    assert s.task("t").state is TaskState.SUCCEEDED
+    r = s.register_peer("c", "t", "h3", "u", 1)
+    assert isinstance(r, NormalTask) and {p.peer_id for p in r.parents} == {"p1", "p2"}
+    assert isinstance(s.reschedule("p2", (), 1), NormalTask)  # p1 (c is not serving)
+    with pytest.raises(DuplicatePeer):
+        s.restore_peer(
+            "p2",
+            "t",
+            "h2",
+            "u",
+            0,
+            content_length=LENGTH,
+            piece_length=PIECE,
+            finished=b"",
+            succeeded=False,
+        )
+    s.verify_invariants()
+
+
+# --- piece reports ----------------------------------------------------------------------
+
+
+def test_piece_failed_blocklists_and_asks_for_reschedule(bitmap_impl):
+    s = make(bitmap_impl)
+    for h in ("h1", "h2", "hc"):
+        add_host(s, h)
+    source_peer(s, "p1", "h1")
+    source_peer(s, "p2", "h2")
+    s.register_peer("c", "t", "hc", "u", 1)
+    s.download_started("c", 1)
+    res = s.piece_failed("c", 3, "p1", 2)
+    assert res.blocklisted and not res.reschedule  # p2 is still there
+    assert "p1" in s.peer("c").blocklist
+    assert s.task("t").dag.parents("c").keys() == {"p2"}
+    assert s.host("h1").upload_failed_count == 1
+    assert _loads(s, "h1") == (0, 0, 0, 0)
+    res = s.piece_failed("c", 3, "p2", 3)
+    assert res.blocklisted and res.reschedule
+    assert s.piece_failed("c", 3, None, 3) == type(res)("c", None, False, False)
+    s.verify_invariants()
+
+
+def test_piece_failures_threshold(bitmap_impl):
+    s = make(bitmap_impl, blocklist_after_piece_failures=2)
+    for h in ("h1", "hc"):
+        add_host(s, h)
+    source_peer(s, "p1", "h1")
+    s.register_peer("c", "t", "hc", "u", 1)
+    s.download_started("c", 1)
+    assert not s.piece_failed("c", 1, "p1", 2).blocklisted
+    s.piece_finished("c", 2, "p1", 0.1, None, 2)  # a success resets the streak
+    assert not s.piece_failed("c", 1, "p1", 3).blocklisted
+    assert s.piece_failed("c", 1, "p1", 4).blocklisted
+
+
+def test_origin_digests_are_recorded(bitmap_impl):
+    s = make(bitmap_impl)
+    add_host(s, "h1")
+    add_host(s, "h2")
+    source_peer(s, "p1", "h1", pieces=3)
+    assert dict(s.piece_digests("t")) == {0: "crc32:0", 1: "crc32:1", 2: "crc32:2"}
+    running_peer(s, "p2", "h2", "p1", pieces=0)
+    s.piece_finished("p2", 5, "p1", 0.1, "crc32:999", 1)  # from a parent: not a record
+    assert 5 not in s.piece_digests("t")
+    s.piece_finished("p1", 0, None, 0.1, "crc32:other", 1)  # origin changed? counted
+    assert s.piece_digests("t")[0] == "crc32:0" and s.task("t").digest_conflicts == 1
+    with pytest.raises(TypeError):
+        s.piece_digests("t")[9] = "x"  # read-only view
+
+
+def test_unknown_length_grows_then_resizes(bitmap_impl):
+    s = make(bitmap_impl)
+    add_host(s, "h1")
+    add_host(s, "h2")
+    r = s.register_peer("p1", "t", "h1", "u", 0)  # no length known
+    assert isinstance(r, NeedBackToSource) and r.task.piece_count is None
+    for i in range(70):
+        s.piece_finished("p1", i, None, 0.1, None, 1)
+    assert len(s.peer("p1").finished) >= 70
+    with pytest.raises(ValueError, match="reported piece 69"):
+        s.download_finished("p1", 2, content_length=10 * PIECE)
+    s.download_finished("p1", 2, content_length=70 * PIECE - 5)
+    assert s.task("t").piece_count == 70 and s.task("t").piece_length == PIECE
+    assert len(s.peer("p1").finished) == 70 and s.peer("p1").finished.all()
+    r = s.register_peer("p2", "t", "h2", "u", 3)
+    assert isinstance(r, NormalTask) and r.task.piece_count == 70
+    assert len(s.peer("p2").finished) == 70
+
+
+def test_last_source_failure_fails_the_task(bitmap_impl):
+    s = make(bitmap_impl)
+    add_host(s, "h1")
+    add_host(s, "h2")
+    source_peer(s, "p1", "h1")
+    s.register_peer("c", "t", "h2", "u", 1)
+    ended = s.download_failed("p1", 2)
+    assert ended.orphaned_children == ("c",)
+    assert s.task("t").state is TaskState.FAILED
+    assert _loads(s, "h1") == (0, 0, 0, 0)
+    # A new registration starts the task again.
+    add_host(s, "h3")
+    s.register_peer("d", "t", "h3", "u", 3)
+    assert s.task("t").state is TaskState.RUNNING
+
+
+# --- GC -----------------------------------------------------------------------------------
+
+
+def test_gc_host_ttl(bitmap_impl):
+    s = make(bitmap_impl)
+    add_host(s, "old", now=0)
+    add_host(s, "fresh", now=0)
+    source_peer(s, "p1", "old")
+    s.register_peer("c", "t", "fresh", "u", 1)
+    s.announce_host("fresh", 3000, ip="x", hostname="fresh", upload_limit_bps=GBIT)
+    s.piece_finished("p1", 1, None, 0.1, None, 3000)  # peer activity does not keep a host
+    gc = s.gc(3601)
+    assert gc.hosts == ("old",) and "p1" in gc.peers and gc.orphaned_children == ("c",)
+    assert "old" not in s.hosts and "c" in s.peers
+    s.verify_invariants()
+
+
+def test_gc_peer_ttl_piece_timeout_failed_and_empty_tasks(bitmap_impl):
+    s = make(bitmap_impl, host_ttl=1e9)
+    for h in ("h1", "h2", "h3", "h4"):
+        add_host(s, h)
+    source_peer(s, "stalled", "h1")  # back-to-source, last piece at 0
+    s.register_peer("idle", "t2", "h2", "u", 0, content_length=0)  # EMPTY, never updated
+    source_peer(s, "done", "h3", task="t3")
+    s.download_finished("done", 0)
+    s.register_peer("failed", "t4", "h4", "u", 0, content_length=LENGTH)
+    s.download_failed("failed", 0)
+    gc = s.gc(10)
+    assert gc.peers == ("failed",) and gc.tasks == ("t4",)  # failed peers go at once
+    gc = s.gc(1801)  # piece_download_timeout: 30 min without a piece
+    assert gc.peers == ("stalled",) and gc.tasks == ("t",)
+    gc = s.gc(86401)  # peer TTL 24 h
+    assert set(gc.peers) == {"idle", "done"} and set(gc.tasks) == {"t2", "t3"}
+    assert not s.peers and not s.tasks and len(s.hosts) == 4
+    s.verify_invariants()
+
+
+def test_gc_task_ttl(bitmap_impl):
+    s = make(bitmap_impl, task_ttl=100.0, host_ttl=1e9, peer_ttl=1e9)
+    add_host(s, "h1")
+    source_peer(s, "p1", "h1")
+    s.download_finished("p1", 0)
+    assert s.gc(50) == type(s.gc(50))((), (), (), ())
+    gc = s.gc(101)
+    assert gc.tasks == ("t",) and gc.peers == ("p1",)
+
+
+# --- determinism ------------------------------------------------------------------------
+
+
+def _scenario(bitmap_impl, seed: int) -> list:
+    s = make(bitmap_impl, seed=seed)
+    add_host(s, "seed", seed=True)
+    out = []
+    for i in range(30):
+        add_host(s, f"h{i}", idc=f"i{i % 2}")
+    out.append(s.register_peer("p0", "t", "h0", "u", 0, content_length=LENGTH))
+    out.append(s.register_peer("sp", "t", "seed", "u", 0))
+    for i in range(1, 30):
+        r = s.register_peer(f"p{i}", "t", f"h{i}", "u", i)
+        out.append(r)
+        if isinstance(r, NormalTask):
+            s.download_started(f"p{i}", i)
+            s.piece_finished(f"p{i}", i % 25, r.parents[0].peer_id, 0.1, None, i)
+    return out
+
+
+def test_same_seed_same_decisions(bitmap_impl):
+    assert _scenario(bitmap_impl, 42) == _scenario(bitmap_impl, 42)
+    assert _scenario(bitmap_impl, 42) != _scenario(bitmap_impl, 43)
