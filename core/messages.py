@@ -452,6 +452,20 @@ class LeaveHost(Message, kw_only=True):
     host_id: Id
 
 
+@register
+class GetTaskDigests(Message, kw_only=True):
+    """Peer -> scheduler: the piece digests recorded so far for a task.
+
+    A child learns from its parents which pieces they hold, but verifies each piece
+    against the digest recorded by whoever fetched it from the origin, which only the
+    scheduler hands out; it asks again when a parent holds pieces it has no digest for.
+    """
+
+    type_code: ClassVar[int] = 0x3A
+    peer_id: Id
+    task_id: Id
+
+
 # --- scheduler -> peer (0x60-0x7F) ----------------------------------------------------
 
 
@@ -545,6 +559,22 @@ class TriggerSeed(Message, kw_only=True):
     range: Name = ""
 
 
+@register
+class TaskDigests(Message, kw_only=True):
+    """Scheduler -> peer: the answer to GetTaskDigests, on the same stream."""
+
+    type_code: ClassVar[int] = 0x66
+    task_id: Id
+    content_length: MaybeUnknown
+    piece_length: NonNegative
+    piece_count: MaybeUnknown
+    digests: PieceDigests = {}
+
+    def __post_init__(self) -> None:
+        _check_lengths("TaskDigests", self.content_length, self.piece_length, self.piece_count)
+        _check_digest_keys("TaskDigests", self.digests, self.piece_count)
+
+
 def message_class(code: int) -> type[Message] | None:
     """The class registered for ``code``, or None."""
     return REGISTRY.get(code)
@@ -563,6 +593,7 @@ __all__ = [
     "Error",
     "ErrorCode",
     "GetPiece",
+    "GetTaskDigests",
     "GetTaskInfo",
     "HavePieces",
     "Hello",
@@ -581,6 +612,7 @@ __all__ = [
     "Reschedule",
     "SmallTaskResponse",
     "Subscribe",
+    "TaskDigests",
     "TaskInfo",
     "TinyTaskResponse",
     "TriggerSeed",

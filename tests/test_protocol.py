@@ -197,6 +197,17 @@ SAMPLES: dict[type[m.Message], list[m.Message]] = {
     ],
     m.LeavePeer: [m.LeavePeer(peer_id=PEER, task_id=TASK)],
     m.LeaveHost: [m.LeaveHost(host_id=HOST)],
+    m.GetTaskDigests: [m.GetTaskDigests(peer_id=PEER, task_id=TASK)],
+    m.TaskDigests: [
+        m.TaskDigests(task_id=TASK, content_length=-1, piece_length=0, piece_count=-1),
+        m.TaskDigests(
+            task_id=TASK,
+            content_length=10 * 2**20,
+            piece_length=4 * 2**20,
+            piece_count=3,
+            digests={0: "crc32:1", 2: "crc32:4294967295"},
+        ),
+    ],
     m.NormalTaskResponse: [
         m.NormalTaskResponse(
             task_id=TASK,
