@@ -177,3 +177,87 @@ def dfget(url: str, output: str | Path, *args: str, timeout: float = 120.0,
         env=env,
         **popen,
     )
+
+
+class SchedulerProcess:
+    """A ``d7y scheduler`` subprocess on free ports."""
+
+    def __init__(self, workdir: Path, name: str = "scheduler", **config_overrides) -> None:
+        self.workdir = Path(workdir)
+        self.name = name
+        self.port = free_port()
+        self.metrics_port = free_port()
+        self.config: dict = {
+            "server": {"listen": "127.0.0.1", "port": self.port},
+            "metrics": {"listen": "127.0.0.1", "port": self.metrics_port},
+            "log": {"level": "debug"},
+        }
+        for section, values in config_overrides.items():
+            self.config.setdefault(section, {}).update(values)
+        self.config_path = self.workdir / f"{name}.yaml"
+        self.log_path = self.workdir / f"{name}.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> SchedulerProcess:
+        self.config_path.write_text(yaml.safe_dump(self.config))
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
+        self.proc = subprocess.Popen(
+            [PYTHON, "-m", "d7y.daemons.cli", "scheduler", "--config", str(self.config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"scheduler exited early:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{self.metrics_port}/healthy", timeout=1
+                ):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        self.proc.kill()
+        self.proc.wait()
+        raise RuntimeError(f"scheduler did not become ready:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise AssertionError(f"scheduler ignored signal {sig}:\n{self.log()}") from None
+
+    def __enter__(self) -> SchedulerProcess:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def peer_config(scheduler: SchedulerProcess | str | None, hostname: str, *, seed: bool = False,
+                **extra) -> dict:  # fmt: skip
+    """Config overrides for a PeerProcess in a cluster: its own host name, the scheduler."""
+    address = scheduler if isinstance(scheduler, str) or scheduler is None else scheduler.address
+    config: dict = {
+        "host": {"hostname": hostname},
+        "scheduler": {"address": address or "", "stall_timeout": "3s"},
+        "seed_peer": seed,
+    }
+    for section, values in extra.items():
+        if isinstance(values, dict):
+            config.setdefault(section, {}).update(values)
+        else:
+            config[section] = values
+    return config

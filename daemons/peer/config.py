@@ -32,6 +32,9 @@ class HostConfig:
     hostname: str = field("", "host name in IDs; empty means the machine's hostname")
     idc: str = field("", "data centre name, used by the scheduler to prefer near parents")
     location: str = field("", "'|'-separated location, e.g. 'cn|hz|zone-a'")
+    upload_bandwidth: int = field(
+        10_000_000_000, "upload capacity in bits/s announced to the scheduler (its max_tx)"
+    )
 
 
 @dataclasses.dataclass
@@ -87,6 +90,25 @@ class MetricsConfig:
 
 
 @dataclasses.dataclass
+class SchedulerClientConfig:
+    address: str = field("", "scheduler host:port; empty: no scheduler, always back to source")
+    announce_interval: Duration = field(Duration(30), "how often the host announces itself")
+    register_timeout: Duration = field(
+        Duration(30), "longest wait for the scheduler's answer to a registration"
+    )
+    stall_timeout: Duration = field(
+        Duration(10), "a P2P download with no progress this long falls back to the origin"
+    )
+
+
+@dataclasses.dataclass
+class TestingConfig:
+    corrupt_uploads: bool = field(
+        False, "TEST ONLY: flip a byte in every piece served to peers (fault injection)"
+    )
+
+
+@dataclasses.dataclass
 class LogConfig:
     level: Literal["debug", "info", "warning", "error"] = field("info", "log level")
     format: Literal["text", "json"] = field("text", "key=value text or one JSON object a line")
@@ -95,7 +117,7 @@ class LogConfig:
 @dataclasses.dataclass
 class PeerConfig:
     seed_peer: bool = field(
-        False, "run as a seed peer (host and peer IDs get -seed; scheduler role: issue 4)"
+        False, "run as a seed peer: the scheduler triggers it to fetch tasks from the origin"
     )
     host: HostConfig = section(HostConfig, "how this host is named and placed")
     storage: StorageConfig = section(StorageConfig, "content, metadata and garbage collection")
@@ -103,6 +125,8 @@ class PeerConfig:
     upload: UploadConfig = section(UploadConfig, "serving pieces to peers and tools")
     api: APIConfig = section(APIConfig, "local API for dfget")
     metrics: MetricsConfig = section(MetricsConfig, "Prometheus metrics and health")
+    scheduler: SchedulerClientConfig = section(SchedulerClientConfig, "the scheduler")
+    testing: TestingConfig = section(TestingConfig, "fault injection for tests")
     log: LogConfig = section(LogConfig, "logging")
 
     @property
@@ -135,6 +159,13 @@ class PeerConfig:
                 f"config keys 'storage.disk_low_watermark' ({low}) and "
                 f"'storage.disk_high_watermark' ({high}) need 0 < low < high <= 1"
             )
+        if self.scheduler.address:
+            host, sep, port = self.scheduler.address.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigError(
+                    f"config key 'scheduler.address' must be host:port, got "
+                    f"{self.scheduler.address!r}"
+                )
         if 0 < self.storage.quota < MIN_PIECE_LENGTH:
             raise ConfigError(f"config key 'storage.quota' must be 0 or >= 4MiB, got "
                               f"{int(self.storage.quota)}")  # fmt: skip

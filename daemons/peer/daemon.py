@@ -20,6 +20,7 @@ import uuid
 from aiohttp import web
 
 from d7y.core import ids
+from d7y.core import messages as m
 from d7y.core.eviction import StoredTask, select_evictions
 from d7y.daemons.peer.api import LocalAPI
 from d7y.daemons.peer.config import PeerConfig
@@ -27,9 +28,11 @@ from d7y.daemons.peer.http_upload import HTTPUploadServer
 from d7y.daemons.peer.limits import TokenBucket
 from d7y.daemons.peer.metrics import PeerMetrics
 from d7y.daemons.peer.origin import OriginClient, RetryPolicy
+from d7y.daemons.peer.p2p import P2PDownloader
 from d7y.daemons.peer.piece_server import PieceServer
+from d7y.daemons.peer.scheduler_client import SchedulerClient
 from d7y.daemons.peer.storage import Storage
-from d7y.daemons.peer.task_manager import TaskManager
+from d7y.daemons.peer.task_manager import DownloadError, DownloadRequest, TaskManager
 
 log = logging.getLogger("d7y.dfdaemon")
 
@@ -44,6 +47,7 @@ class PeerDaemon:
         self.api: LocalAPI | None = None
         self.http_upload: HTTPUploadServer | None = None
         self.piece_server: PieceServer | None = None
+        self.scheduler: SchedulerClient | None = None
         self.host_id = ""
         self.peer_id = ""
         self._metrics_runner: web.AppRunner | None = None
@@ -94,8 +98,13 @@ class PeerDaemon:
             max_frame=int(cfg.upload.max_frame),
             peer_id=self.peer_id,
             host_id=self.host_id,
+            corrupt=cfg.testing.corrupt_uploads,
         )
+        if cfg.testing.corrupt_uploads:
+            log.warning("testing.corrupt_uploads is on: every piece served is corrupted")
         await self.piece_server.start(cfg.upload.listen, cfg.upload.piece_port)
+        if cfg.scheduler.address:
+            self._connect_scheduler(hostname)
         if cfg.metrics.port:
             await self._start_metrics(cfg.metrics.listen, cfg.metrics.port)
         self.api = LocalAPI(self.manager)
@@ -103,14 +112,78 @@ class PeerDaemon:
         self._gc_task = asyncio.get_running_loop().create_task(self._gc_loop())
         log.info(
             "dfdaemon ready socket=%s upload_port=%d piece_port=%d metrics_port=%s data_dir=%s "
-            "host_id=%s",
+            "host_id=%s scheduler=%s",
             cfg.socket_path,
             self.http_upload.port,
             self.piece_server.port,
             cfg.metrics.port or "off",
             cfg.storage.data_dir,
             self.host_id,
+            cfg.scheduler.address or "none",
         )
+
+    def _connect_scheduler(self, hostname: str) -> None:
+        cfg = self.config
+        host, _, port = cfg.scheduler.address.rpartition(":")
+        self.scheduler = SchedulerClient(
+            host,
+            int(port),
+            announce=lambda: self._announcement(hostname),
+            on_trigger=self._on_trigger,
+            announce_interval=float(cfg.scheduler.announce_interval),
+            max_frame=int(cfg.upload.max_frame),
+        )
+        assert self.manager is not None
+        self.manager.p2p = P2PDownloader(
+            self.manager,
+            self.scheduler,
+            ip=cfg.host.ip,
+            hostname=hostname,
+            host_id=self.host_id,
+            seed=cfg.seed_peer,
+            register_timeout=float(cfg.scheduler.register_timeout),
+            stall_timeout=float(cfg.scheduler.stall_timeout),
+            piece_timeout=float(cfg.download.piece_timeout),
+        )
+        self.scheduler.start()
+
+    def _announcement(self, hostname: str) -> m.AnnounceHost:
+        cfg = self.config
+        assert self.http_upload is not None and self.piece_server is not None
+        return m.AnnounceHost(
+            host_id=self.host_id,
+            ip=cfg.host.ip,
+            hostname=hostname,
+            port=self.http_upload.port,
+            download_port=self.piece_server.port,
+            idc=cfg.host.idc,
+            location=cfg.host.location,
+            host_type="seed" if cfg.seed_peer else "normal",
+            upload_limit_bps=int(cfg.upload.rate_limit) * 8,
+            max_tx_bandwidth_bps=cfg.host.upload_bandwidth,
+            concurrent_upload_limit=cfg.upload.max_concurrent,
+            agent="d7y-dfdaemon",
+        )
+
+    def _on_trigger(self, trigger: m.TriggerSeed) -> None:
+        """The scheduler asks this seed peer to fetch a task from the origin."""
+        assert self.manager is not None
+        request = DownloadRequest(
+            url=trigger.url,
+            headers=dict(trigger.headers),
+            tag=trigger.tag,
+            application=trigger.application,
+            filtered_query_params=trigger.filtered_query_params,
+            piece_length=trigger.piece_length or None,
+        )
+        try:
+            task = self.manager.start(request, seed_trigger=True)
+        except DownloadError as exc:
+            log.warning("cannot start triggered task task=%s error=%s", trigger.task_id, exc)
+            return
+        if task.id != trigger.task_id:
+            log.warning("triggered task id mismatch expected=%s got=%s", trigger.task_id, task.id)
+        log.info("seed triggered task=%s url=%s", task.id, trigger.url)
 
     async def _start_metrics(self, host: str, port: int) -> None:
         app = web.Application()
@@ -140,6 +213,8 @@ class PeerDaemon:
             await self.piece_server.stop()
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()
+        if self.scheduler is not None:
+            await self.scheduler.close(leave_host=self.host_id)
         if self.manager is not None:
             await self.manager.close()
         if self.origin is not None:

@@ -57,6 +57,7 @@ class PieceServer:
         max_frame: int = 1024 * 1024,
         peer_id: str = "",
         host_id: str = "",
+        corrupt: bool = False,
     ) -> None:
         self.manager = manager
         self.storage = manager.storage
@@ -66,6 +67,9 @@ class PieceServer:
         self.max_frame = max_frame
         self.peer_id = peer_id
         self.host_id = host_id
+        # Test-only fault switch (testing.corrupt_uploads): serve every piece with one
+        # byte flipped, under its honest digest, so children must catch it.
+        self.corrupt = corrupt
         self._active = 0
         self._listener: socket.socket | None = None
         self._accept_task: asyncio.Task | None = None
@@ -189,6 +193,12 @@ class PieceServer:
             state=state,
         )
 
+    async def _send_corrupted(self, conn: FramedSocket, fd: int, piece) -> None:
+        data = bytearray(piece.length)
+        self.storage.read_into(fd, piece.offset, memoryview(data))
+        data[piece.length // 2] ^= 0xFF
+        await asyncio.get_running_loop().sock_sendall(conn.sock, data)
+
     async def _send_piece(self, conn: FramedSocket, stream_id: int, request: GetPiece) -> None:
         held = await self._held_pieces(request.task_id)
         digest = held[3].get(request.number) if held else None
@@ -246,7 +256,10 @@ class PieceServer:
                         digest=digest,
                     )
                     await conn.send(header, stream_id)
-                    await send_file(conn.sock, fd, piece.offset, piece.length)
+                    if self.corrupt:
+                        await self._send_corrupted(conn, fd, piece)
+                    else:
+                        await send_file(conn.sock, fd, piece.offset, piece.length)
                     self.metrics.bytes_uploaded.inc(piece.length)
                 finally:
                     os.close(fd)

@@ -24,6 +24,7 @@ from collections import Counter as Multiset
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from d7y.core import messages as m
 from d7y.core.digest import Digest, DigestMismatch
 from d7y.core.ids import task_id as make_task_id
 from d7y.core.pieces import Piece, compute_piece_length, iter_pieces, piece_count
@@ -110,6 +111,9 @@ class Task:
         self.bytes_from_origin = 0
         self.bytes_from_peers = 0
         self.from_cache = False
+        self.peer_id = ""  # this download's peer ID at the scheduler
+        self.stream = None  # its scheduler stream (a DownloadStream), when it has one
+        self.seed_trigger = False  # started by the scheduler's TriggerSeed
         self.started = time.monotonic()
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._changed = asyncio.Event()
@@ -170,6 +174,7 @@ class TaskManager:
         download_limiter: TokenBucket | None = None,
         metrics: PeerMetrics | None = None,
         make_room: Callable[[int], Awaitable[object]] | None = None,
+        p2p=None,
     ) -> None:
         self.storage = storage
         self.origin = origin
@@ -179,6 +184,8 @@ class TaskManager:
         self.metrics = metrics or PeerMetrics()
         # Called once when a new task of n bytes does not fit: GC may free enough space.
         self.make_room = make_room
+        # The P2P path (a d7y.daemons.peer.p2p.P2PDownloader) when a scheduler is set.
+        self.p2p = p2p
         self._task_slots = asyncio.Semaphore(max_concurrent_tasks)
         self._running: dict[str, Task] = {}
         self._runners: set[asyncio.Task[None]] = set()
@@ -206,8 +213,11 @@ class TaskManager:
 
     # -- starting and joining ----------------------------------------------------------
 
-    def start(self, request: DownloadRequest) -> Task:
-        """Start the task for ``request`` or join the one already running."""
+    def start(self, request: DownloadRequest, *, seed_trigger: bool = False) -> Task:
+        """Start the task for ``request`` or join the one already running.
+
+        ``seed_trigger``: the scheduler asked this seed peer to fetch the task from the
+        origin (it registers with need_back_to_source)."""
         if self._closing:
             raise DownloadError(FailureKind.INTERNAL, "dfdaemon is shutting down")
         try:
@@ -225,6 +235,7 @@ class TaskManager:
         if task is not None:
             return task
         task = Task(tid, request)
+        task.seed_trigger = seed_trigger
         self._running[tid] = task
         runner = asyncio.get_running_loop().create_task(self._run(task), name=f"task-{tid[:12]}")
         self._runners.add(runner)
@@ -238,6 +249,8 @@ class TaskManager:
             runner.cancel()
         await asyncio.gather(*self._runners, return_exceptions=True)
         self.fast_range.close()
+        if self.p2p is not None:
+            self.p2p.close()
 
     async def _run(self, task: Task) -> None:
         self.metrics.active_tasks.inc()
@@ -301,11 +314,72 @@ class TaskManager:
         if finished and await self._serve_from_storage(task, record, expected):
             return
 
+        stream, answer = None, None
+        if self.p2p is not None:
+            stream, answer = await self.p2p.register(task)
+        task.stream = stream
+        try:
+            if isinstance(answer, m.EmptyTaskResponse | m.TinyTaskResponse):
+                content = answer.content if isinstance(answer, m.TinyTaskResponse) else b""
+                await self._store_whole(task, record, content)
+            elif isinstance(answer, m.NormalTaskResponse | m.SmallTaskResponse):
+                assert self.p2p is not None and stream is not None
+                if not await self.p2p.download(task, stream, answer, record):
+                    await self._back_to_source(task, expected, stream, fallback=True)
+            else:
+                if self.p2p is not None and answer is not None:
+                    reason = getattr(answer, "reason", "") or getattr(answer, "message", "")
+                    log.info("back to source task=%s reason=%s", task.id, reason)
+                await self._back_to_source(task, expected, stream)
+            if expected is not None:
+                fd = os.open(self.storage.content_path(task.id), os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    await self._verify_whole(task, fd, expected)
+                finally:
+                    os.close(fd)
+            await self.storage.run(
+                lambda: self.storage.meta.update_task(
+                    task.id,
+                    state=TASK_SUCCEEDED,
+                    content_length=task.content_length,
+                    error="",
+                    updated_at=now(),
+                    last_access=now(),
+                )
+            )
+        except BaseException as exc:
+            if stream is not None and not isinstance(exc, asyncio.CancelledError):
+                await stream.report(
+                    m.DownloadFailed(peer_id=task.peer_id, task_id=task.id, reason=str(exc)[:4000])
+                )
+            if stream is not None:
+                stream.close()
+            raise
+        if stream is not None:
+            await stream.report(
+                m.DownloadFinished(
+                    peer_id=task.peer_id,
+                    task_id=task.id,
+                    content_length=task.content_length or 0,
+                    piece_count=piece_count(task.content_length or 0, task.piece_length),
+                )
+            )
+            stream.close()
+
+    async def _back_to_source(
+        self, task: Task, expected: Digest | None, stream, *, fallback: bool = False
+    ) -> None:
+        """Fetch the task (or, after a P2P attempt, its missing pieces) from the origin."""
+        request = task.request
         if request.disable_back_to_source:
             raise DownloadError(
                 FailureKind.NO_SOURCE,
-                f"task {task.id} is not stored here and back-to-source is disabled; "
-                f"no peer can serve it",
+                f"task {task.id} is not stored here, no peer could serve it, and "
+                f"back-to-source is disabled",
+            )
+        if stream is not None:
+            await stream.report(
+                m.DownloadStarted(peer_id=task.peer_id, task_id=task.id, back_to_source=True)
             )
         try:
             info = await self.origin.probe(request.url, request.headers)
@@ -313,36 +387,56 @@ class TaskManager:
             raise DownloadError(FailureKind.ORIGIN, str(exc), status=exc.status) from None
 
         piece_length = compute_piece_length(info.content_length, request.piece_length)
+        if fallback and task.piece_length and task.content_length == info.content_length:
+            piece_length = task.piece_length  # keep the pieces the P2P attempt stored
         task.content_length = info.content_length
         task.piece_length = piece_length
-        record = await self._prepare_record(task, record, info, piece_length, expected)
-        try:
-            fd = await self.storage.run(self._open, task, info.content_length)
-        except DownloadError as exc:
-            if exc.kind is not FailureKind.NO_SPACE or self.make_room is None:
-                raise
-            await self.make_room(info.content_length or 0)
-            fd = await self.storage.run(self._open, task, info.content_length)
+        record = await self.storage.run(self.storage.meta.get_task, task.id)
+        await self._prepare_record(task, record, info, piece_length, expected)
+        fd = await self._open_making_room(task, info.content_length)
         try:
             if info.content_length is not None and info.supports_range:
                 await self._resume_pieces(task, fd)
                 await self._fetch_ranges(task, fd, info)
             else:
                 await self._fetch_stream(task, fd, info)
-            if expected is not None:
-                await self._verify_whole(task, fd, expected)
         finally:
             os.close(fd)
+
+    async def _open_making_room(self, task: Task, content_length: int | None) -> int:
+        try:
+            return await self.storage.run(self._open, task, content_length)
+        except DownloadError as exc:
+            if exc.kind is not FailureKind.NO_SPACE or self.make_room is None:
+                raise
+            await self.make_room(content_length or 0)
+            return await self.storage.run(self._open, task, content_length)
+
+    async def _store_whole(self, task: Task, record: TaskRecord | None, content: bytes) -> None:
+        """An empty or tiny task, answered inline by the scheduler: one piece, no fetch."""
+        task.content_length = len(content)
+        task.piece_length = compute_piece_length(len(content), task.request.piece_length)
+        stamp = now()
         await self.storage.run(
-            lambda: self.storage.meta.update_task(
-                task.id,
-                state=TASK_SUCCEEDED,
-                content_length=task.content_length,
-                error="",
-                updated_at=now(),
-                last_access=now(),
-            )
+            self.storage.meta.put_task,
+            TaskRecord(
+                id=task.id,
+                url=task.request.url,
+                content_length=len(content),
+                piece_length=task.piece_length,
+                created_at=record.created_at if record else stamp,
+                updated_at=stamp,
+                last_access=stamp,
+            ),
         )
+        fd = await self._open_making_room(task, len(content))
+        try:
+            task.bitmap = Bitmap(piece_count(len(content), task.piece_length))
+            if content:
+                piece = Piece(0, 0, len(content))
+                await self._land_piece(task, fd, piece, memoryview(content), "scheduler")
+        finally:
+            os.close(fd)
 
     @staticmethod
     def _parse_digest(text: str) -> Digest | None:
@@ -400,12 +494,20 @@ class TaskManager:
         expected: Digest | None,
     ) -> TaskRecord:
         """Create the task row, or reuse the old one if the origin's content is the same."""
+        # A row made by a P2P download has no validators (peers do not know them); its
+        # pieces are verified against recorded digests, so only the geometry must agree.
+        from_peers = record is not None and not record.etag and not record.last_modified
         same_content = (
             record is not None
             and record.content_length == info.content_length
             and record.piece_length == piece_length
-            and record.etag == (info.etag or "")
-            and record.last_modified == (info.last_modified or "")
+            and (
+                from_peers
+                or (
+                    record.etag == (info.etag or "")
+                    and record.last_modified == (info.last_modified or "")
+                )
+            )
             and info.content_length is not None
         )
         if record is not None and not same_content:
@@ -464,9 +566,19 @@ class TaskManager:
         )
 
     async def _land_piece(
-        self, task: Task, fd: int, piece: Piece, data: memoryview, source: str
+        self,
+        task: Task,
+        fd: int,
+        piece: Piece,
+        data: memoryview,
+        source: str,
+        cost_ns: int = 0,
     ) -> None:
-        """Write a piece, then record it: the order that keeps metadata truthful."""
+        """Write a piece, then record it: the order that keeps metadata truthful.
+
+        ``source`` is ``origin``, ``scheduler`` (inline content) or the parent's peer ID;
+        ``cost_ns`` the time the fetch took, reported to the scheduler with the piece.
+        """
         digest = f"crc32:{crc32(data)}"
         try:
             await self.storage.run(self.storage.write_piece, fd, piece.offset, data)
@@ -486,11 +598,23 @@ class TaskManager:
         if source == "origin":
             task.bytes_from_origin += piece.length
             self.metrics.bytes_from_origin.inc(piece.length)
-        else:
+        elif source != "scheduler":
             task.bytes_from_peers += piece.length
             self.metrics.bytes_from_peers.inc(piece.length)
         self.metrics.pieces.labels("origin" if source == "origin" else "peer").inc()
         task._notify()
+        if task.stream is not None and source != "scheduler":
+            await task.stream.report(
+                m.PieceFinished(
+                    peer_id=task.peer_id,
+                    task_id=task.id,
+                    number=piece.number,
+                    parent_id="" if source == "origin" else source,
+                    cost_ns=cost_ns,
+                    length=piece.length,
+                    digest=digest,
+                )
+            )
 
     async def _fetch_ranges(self, task: Task, fd: int, info: OriginInfo) -> None:
         """Fetch every missing piece with Range requests, ``concurrency`` at a time."""
@@ -516,6 +640,7 @@ class TaskManager:
                     return
                 view = memoryview(buffer)[: piece.length]
                 await self.limiter.take(piece.length)
+                started = time.monotonic_ns()
                 try:
                     await self.fast_range.fetch(
                         info.final_url,
@@ -528,7 +653,8 @@ class TaskManager:
                 except FastPathUnavailable as why:
                     log.debug("fast path unavailable task=%s reason=%s", task.id, why)
                 else:
-                    await self._land_piece(task, fd, piece, view, "origin")
+                    cost = time.monotonic_ns() - started
+                    await self._land_piece(task, fd, piece, view, "origin", cost)
                     continue
                 try:
                     await self.origin.fetch_range(
@@ -542,7 +668,8 @@ class TaskManager:
                 except OriginError as exc:
                     self.metrics.piece_failures.inc()
                     raise DownloadError(FailureKind.ORIGIN, str(exc), status=exc.status) from None
-                await self._land_piece(task, fd, piece, view, "origin")
+                cost = time.monotonic_ns() - started
+                await self._land_piece(task, fd, piece, view, "origin", cost)
 
         async with asyncio.TaskGroup() as group:
             for _ in range(min(workers, len(missing))):

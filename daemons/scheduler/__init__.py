@@ -1,0 +1,1 @@
+"""The scheduler daemon: the framed protocol around d7y.core.scheduling."""

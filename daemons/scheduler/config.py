@@ -1,0 +1,86 @@
+"""Scheduler daemon configuration (YAML + ``D7Y_SCHEDULER_<SECTION>__<KEY>``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Literal
+
+from d7y.daemons.config import ConfigError, Duration, field, load, section
+
+ENV_PREFIX = "D7Y_SCHEDULER"
+
+
+@dataclasses.dataclass
+class ServerConfig:
+    listen: str = field("0.0.0.0", "address of the scheduler's protocol port")
+    port: int = field(8002, "protocol port (Dragonfly's scheduler port)")
+    max_frame: int = field(1024 * 1024, "largest frame body accepted, bytes")
+
+
+@dataclasses.dataclass
+class SchedulingConfig:
+    algorithm: Literal["load_aware", "base", "random"] = field(
+        "load_aware", "parent evaluator: Dragonfly's load-aware default, its older base, random"
+    )
+    filter_parent_limit: int = field(15, "peers sampled as candidate parents per round")
+    candidate_parent_limit: int = field(3, "parents handed to a peer per round")
+    retry_limit: int = field(5, "scheduling rounds before a peer gives up")
+    retry_back_to_source_limit: int = field(4, "failed rounds before back-to-source")
+    retry_interval: Duration = field(Duration(0.5), "wait between rounds (with jitter)")
+    back_to_source_limit: int = field(200, "peers of one task allowed back to source")
+    sample_servable_only: bool = field(
+        False, "sample candidates only among peers able to serve (departs from Dragonfly)"
+    )
+    seed: int = field(0, "random seed of the scheduler's decisions (0: from the OS)")
+
+
+@dataclasses.dataclass
+class GCConfig:
+    interval: Duration = field(Duration(60), "how often expired peers, tasks, hosts go")
+    peer_ttl: Duration = field(Duration(24 * 3600), "a peer is dropped after this long")
+    host_ttl: Duration = field(Duration(3600), "a host that stopped announcing is dropped")
+    task_ttl: Duration = field(Duration(24 * 3600), "an idle task is dropped")
+
+
+@dataclasses.dataclass
+class MetricsConfig:
+    listen: str = field("127.0.0.1", "address of /metrics and /healthy")
+    port: int = field(8000, "port of /metrics and /healthy (0 disables)")
+
+
+@dataclasses.dataclass
+class LogConfig:
+    level: Literal["debug", "info", "warning", "error"] = field(
+        "info", "log level; debug logs every scheduling decision"
+    )
+    format: Literal["text", "json"] = field("text", "key=value text or JSON lines")
+
+
+@dataclasses.dataclass
+class SchedulerDaemonConfig:
+    server: ServerConfig = section(ServerConfig, "protocol listener")
+    scheduling: SchedulingConfig = section(SchedulingConfig, "the algorithm's limits")
+    gc: GCConfig = section(GCConfig, "expiry of peers, tasks and hosts")
+    metrics: MetricsConfig = section(MetricsConfig, "Prometheus metrics and health")
+    log: LogConfig = section(LogConfig, "logging")
+
+    def validate(self) -> None:
+        for key, value in (
+            ("server.port", self.server.port),
+            ("metrics.port", self.metrics.port),
+        ):
+            if not 0 <= value <= 65535:
+                raise ConfigError(f"config key {key!r} must be a port in 0..65535, got {value}")
+        for key in ("filter_parent_limit", "candidate_parent_limit", "retry_limit"):
+            if getattr(self.scheduling, key) < 1:
+                raise ConfigError(f"config key 'scheduling.{key}' must be >= 1")
+        if self.scheduling.candidate_parent_limit > self.scheduling.filter_parent_limit:
+            raise ConfigError(
+                "config key 'scheduling.candidate_parent_limit' cannot exceed "
+                "'scheduling.filter_parent_limit'"
+            )
+
+
+def load_scheduler_config(path: str | os.PathLike | None = None, *, env=None, overrides=None):
+    return load(SchedulerDaemonConfig, path, env=env, env_prefix=ENV_PREFIX, overrides=overrides)

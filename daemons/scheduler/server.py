@@ -1,0 +1,520 @@
+"""The scheduler daemon: peers connect, announce their host, register downloads, report.
+
+One :class:`SchedulerService` owns the sans-IO :class:`~d7y.core.scheduling.Scheduler`
+and turns protocol messages into its calls and its results into answers. Everything a
+result asks for that takes time — waiting ``retry_after`` before another round,
+triggering a seed peer and waiting for it — happens here, on the download's stream, so
+a peer sees only final answers: parents, back-to-source, or the content itself.
+
+A peer's connection carries its host (AnnounceHost on stream 0) and one stream per
+download. When the connection goes, the host and its peers leave the scheduler and
+their children are rescheduled: a peer that cannot be reached cannot serve.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+from d7y.core import messages as m
+from d7y.core.protocol import ProtocolError
+from d7y.core.scheduling import results as r
+from d7y.core.scheduling.config import SchedulerConfig
+from d7y.core.scheduling.evaluator import make_evaluator
+from d7y.core.scheduling.scheduler import Scheduler, SchedulerError
+from d7y.daemons.framing import FramedSocket
+from d7y.daemons.scheduler.config import SchedulerDaemonConfig
+
+log = logging.getLogger("d7y.scheduler")
+
+
+@dataclass(eq=False)
+class Connection:
+    framed: FramedSocket
+    name: str
+    host_id: str | None = None
+    peers: set[str] = field(default_factory=set)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    next_stream: int = 2  # streams this side opens are even
+
+    async def send(self, message: m.Message, stream_id: int = 0) -> bool:
+        """Send a frame; False if the connection is gone (the caller moves on)."""
+        try:
+            async with self.lock:  # frames from concurrent answers must not interleave
+                await self.framed.send(message, stream_id)
+            return True
+        except (OSError, ConnectionError):
+            return False
+
+    def open_stream(self) -> int:
+        stream = self.next_stream
+        self.next_stream += 2
+        return stream
+
+
+@dataclass
+class Route:
+    """Where a peer's answers go: its connection and download stream."""
+
+    conn: Connection
+    stream_id: int
+    request: m.RegisterPeer
+
+
+class SchedulerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        reg = self.registry
+        self.decisions = Counter(
+            "d7y_scheduler_decisions", "Answers sent to peers, by kind", ["kind"], registry=reg
+        )
+        self.reports = Counter(
+            "d7y_scheduler_piece_reports", "Piece reports handled", ["result"], registry=reg
+        )
+        self.connections = Gauge("d7y_scheduler_connections", "Open connections", registry=reg)
+        self.peers = Gauge("d7y_scheduler_peers", "Peers known", registry=reg)
+        self.errors = Counter(
+            "d7y_scheduler_errors", "Requests answered with an error", ["code"], registry=reg
+        )
+
+
+class SchedulerService:
+    def __init__(self, config: SchedulerDaemonConfig) -> None:
+        self.config = config
+        s = config.scheduling
+        core_config = SchedulerConfig(
+            algorithm=s.algorithm,
+            filter_parent_limit=s.filter_parent_limit,
+            candidate_parent_limit=s.candidate_parent_limit,
+            retry_limit=s.retry_limit,
+            retry_back_to_source_limit=s.retry_back_to_source_limit,
+            retry_interval=float(s.retry_interval),
+            back_to_source_limit=s.back_to_source_limit,
+            sample_servable_only=s.sample_servable_only,
+            peer_ttl=float(config.gc.peer_ttl),
+            host_ttl=float(config.gc.host_ttl),
+            task_ttl=float(config.gc.task_ttl),
+        )
+        self.rng = random.Random(s.seed or None)
+        self.core = Scheduler(
+            core_config, rng=self.rng, evaluator=make_evaluator(s.algorithm, self.rng)
+        )
+        self.metrics = SchedulerMetrics()
+        self.routes: dict[str, Route] = {}
+        self.host_conns: dict[str, Connection] = {}
+        self._answers: dict[str, asyncio.Task] = {}
+        self._listener: socket.socket | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._metrics_runner: web.AppRunner | None = None
+        self.port = 0
+
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.config
+        listener = socket.create_server((cfg.server.listen, cfg.server.port), backlog=4096)
+        listener.setblocking(False)
+        self._listener = listener
+        self.port = listener.getsockname()[1]
+        self._spawn(self._accept_loop())
+        self._spawn(self._gc_loop())
+        if cfg.metrics.port:
+            await self._start_metrics(cfg.metrics.listen, cfg.metrics.port)
+        log.info("scheduler ready port=%d algorithm=%s", self.port, cfg.scheduling.algorithm)
+
+    async def stop(self) -> None:
+        log.info("scheduler stopping")
+        if self._listener is not None:
+            self._listener.close()
+        for task in list(self._tasks) + list(self._answers.values()):
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._answers.values(), return_exceptions=True)
+        if self._metrics_runner is not None:
+            await self._metrics_runner.cleanup()
+        log.info("scheduler stopped")
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _start_metrics(self, host: str, port: int) -> None:
+        app = web.Application()
+
+        async def metrics(_request: web.Request) -> web.Response:
+            self.metrics.peers.set(len(self.core.peers))
+            return web.Response(
+                body=generate_latest(self.metrics.registry),
+                content_type="text/plain",
+                charset="utf-8",
+            )
+
+        async def healthy(_request: web.Request) -> web.Response:
+            return web.Response(text="ok")
+
+        app.add_routes([web.get("/metrics", metrics), web.get("/healthy", healthy)])
+        self._metrics_runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._metrics_runner.setup()
+        await web.TCPSite(self._metrics_runner, host, port).start()
+
+    async def _accept_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._listener is not None
+        while True:
+            try:
+                sock, address = await loop.sock_accept(self._listener)
+            except OSError as exc:
+                log.warning("accept failed error=%s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            framed = FramedSocket(sock, max_body_length=self.config.server.max_frame)
+            self._spawn(self._serve(Connection(framed, f"{address[0]}:{address[1]}")))
+
+    async def _gc_loop(self) -> None:
+        while True:
+            await asyncio.sleep(float(self.config.gc.interval))
+            try:
+                result = self.core.gc(self.now())
+            except Exception:
+                log.exception("gc failed")
+                continue
+            for peer_id in result.peers:
+                self._forget(peer_id)
+            self._reschedule_orphans(result.orphaned_children)
+            if result.peers or result.tasks or result.hosts:
+                log.info(
+                    "gc peers=%d tasks=%d hosts=%d",
+                    len(result.peers),
+                    len(result.tasks),
+                    len(result.hosts),
+                )
+
+    # -- one connection ---------------------------------------------------------------
+
+    async def _serve(self, conn: Connection) -> None:
+        self.metrics.connections.inc()
+        try:
+            while True:
+                try:
+                    header, message = await conn.framed.read()
+                except ProtocolError as exc:
+                    log.info("bad frame conn=%s error=%s fatal=%s", conn.name, exc, exc.fatal)
+                    self.metrics.errors.labels(exc.error_code).inc()
+                    await conn.send(exc.to_message(), exc.stream_id or 0)
+                    if exc.fatal:
+                        return
+                    continue
+                try:
+                    await self._dispatch(conn, header.stream_id, message)
+                except (SchedulerError, ValueError, TypeError, KeyError) as exc:
+                    # A request that does not fit the scheduler's state (unknown peer,
+                    # illegal transition): answer it, keep the connection.
+                    log.info(
+                        "request refused conn=%s type=%s error=%s",
+                        conn.name,
+                        type(message).__name__,
+                        exc,
+                    )
+                    self.metrics.errors.labels("bad_request").inc()
+                    await conn.send(
+                        m.Error(code=m.ErrorCode.BAD_REQUEST, message=str(exc)[:4000]),
+                        header.stream_id,
+                    )
+        except (EOFError, ConnectionError, OSError, asyncio.IncompleteReadError):
+            pass
+        except Exception:
+            log.exception("connection crashed conn=%s", conn.name)
+        finally:
+            self.metrics.connections.dec()
+            conn.framed.close()
+            self._connection_lost(conn)
+
+    def _connection_lost(self, conn: Connection) -> None:
+        now = self.now()
+        orphans: list[str] = []
+        for peer_id in list(conn.peers):
+            with contextlib.suppress(SchedulerError):
+                orphans += self.core.leave_peer(peer_id, now).orphaned_children
+            self._forget(peer_id)
+        if conn.host_id and self.host_conns.get(conn.host_id) is conn:
+            del self.host_conns[conn.host_id]
+            with contextlib.suppress(SchedulerError):
+                left = self.core.leave_host(conn.host_id, now)
+                for peer_id in left.peer_ids:
+                    self._forget(peer_id)
+                orphans += left.orphaned_children
+            log.info("host left host=%s (connection closed)", conn.host_id)
+        self._reschedule_orphans(orphans)
+
+    def _forget(self, peer_id: str) -> None:
+        route = self.routes.pop(peer_id, None)
+        if route is not None:
+            route.conn.peers.discard(peer_id)
+        answer = self._answers.pop(peer_id, None)
+        if answer is not None and answer is not asyncio.current_task():
+            answer.cancel()
+
+    async def _dispatch(self, conn: Connection, stream: int, msg: m.Message) -> None:
+        now = self.now()
+        core = self.core
+        if isinstance(msg, m.PieceFinished):
+            core.piece_finished(
+                msg.peer_id, msg.number, msg.parent_id or None, msg.cost_ns / 1e9, msg.digest, now
+            )
+            self.metrics.reports.labels("finished").inc()
+        elif isinstance(msg, m.PieceFailed):
+            self.metrics.reports.labels("failed").inc()
+            result = core.piece_failed(msg.peer_id, msg.number, msg.parent_id or None, now)
+            if result.reschedule:
+                self._start_answer(
+                    msg.peer_id, lambda: core.reschedule(msg.peer_id, [], self.now())
+                )
+        elif isinstance(msg, m.RegisterPeer):
+            self._register(conn, stream, msg, now)
+        elif isinstance(msg, m.AnnounceHost):
+            self._announce(conn, msg, now)
+        elif isinstance(msg, m.DownloadStarted):
+            core.download_started(msg.peer_id, now, back_to_source=msg.back_to_source)
+        elif isinstance(msg, m.GetTaskDigests):
+            task = core.task(msg.task_id)
+            meta = core.task_meta(msg.task_id)
+            await conn.send(
+                m.TaskDigests(
+                    task_id=msg.task_id,
+                    content_length=_or(meta.content_length, -1),
+                    piece_length=_or(meta.piece_length, 0),
+                    piece_count=_or(meta.piece_count, -1),
+                    digests=dict(core.piece_digests(task.id)),
+                ),
+                stream,
+            )
+        elif isinstance(msg, m.Reschedule):
+            bad = list(msg.bad_parents)
+            self._start_answer(msg.peer_id, lambda: core.reschedule(msg.peer_id, bad, self.now()))
+        elif isinstance(msg, m.DownloadFinished):
+            core.download_finished(msg.peer_id, now, content_length=msg.content_length)
+            log.debug("download finished peer=%s task=%s", msg.peer_id, msg.task_id)
+        elif isinstance(msg, m.DownloadFailed):
+            ended = core.download_failed(msg.peer_id, now)
+            self._reschedule_orphans(ended.orphaned_children)
+        elif isinstance(msg, m.LeavePeer):
+            left = core.leave_peer(msg.peer_id, now)
+            self._forget(msg.peer_id)
+            self._reschedule_orphans(left.orphaned_children)
+        elif isinstance(msg, m.LeaveHost):
+            left = core.leave_host(msg.host_id, now)
+            for peer_id in left.peer_ids:
+                self._forget(peer_id)
+            self._reschedule_orphans(left.orphaned_children)
+        elif isinstance(msg, m.Hello):
+            await conn.send(
+                m.Hello(minor_version=0, role="scheduler", agent="d7y-scheduler"), stream
+            )
+        elif isinstance(msg, m.Ping):
+            await conn.send(m.Pong(nonce=msg.nonce), stream)
+        else:
+            await conn.send(
+                m.Error(
+                    code=m.ErrorCode.BAD_REQUEST,
+                    message=f"{type(msg).__name__} is not a scheduler request",
+                ),
+                stream,
+            )
+
+    def _announce(self, conn: Connection, msg: m.AnnounceHost, now: float) -> None:
+        self.core.announce_host(
+            msg.host_id,
+            now,
+            ip=msg.ip,
+            hostname=msg.hostname,
+            port=msg.port,
+            download_port=msg.download_port,
+            idc=msg.idc,
+            location=msg.location,
+            type=msg.host_type,
+            upload_limit_bps=msg.max_tx_bandwidth_bps or msg.upload_limit_bps,
+            concurrent_upload_limit=msg.concurrent_upload_limit or None,
+            tx_bandwidth=msg.tx_bandwidth_bps,
+        )
+        conn.host_id = msg.host_id
+        self.host_conns[msg.host_id] = conn
+
+    def _register(self, conn: Connection, stream: int, msg: m.RegisterPeer, now: float) -> None:
+        result = self.core.register_peer(
+            msg.peer_id,
+            msg.task_id,
+            msg.host_id,
+            msg.url,
+            now,
+            piece_length=msg.piece_length or None,
+            need_back_to_source=msg.need_back_to_source,
+        )
+        if not isinstance(result, r.MetadataOnly):
+            self.routes[msg.peer_id] = Route(conn, stream, msg)
+            conn.peers.add(msg.peer_id)
+        self._start_answer(msg.peer_id, lambda: result, route=Route(conn, stream, msg))
+
+    # -- answers -----------------------------------------------------------------------
+
+    def _start_answer(self, peer_id: str, decide, route: Route | None = None) -> None:
+        """Run ``decide()`` and follow its result to a final answer, on the peer's
+        stream. A newer request for the same peer replaces an answer still waiting."""
+        old = self._answers.pop(peer_id, None)
+        if old is not None:
+            old.cancel()
+        task = asyncio.get_running_loop().create_task(self._answer(peer_id, decide, route))
+        self._answers[peer_id] = task
+        task.add_done_callback(
+            lambda t: self._answers.pop(peer_id, None) if self._answers.get(peer_id) is t else None
+        )
+
+    async def _answer(self, peer_id: str, decide, route: Route | None) -> None:
+        route = route or self.routes.get(peer_id)
+        if route is None:
+            return
+        try:
+            result = decide()
+            while isinstance(result, r.Retry | r.TriggerSeedPeer):
+                if isinstance(result, r.TriggerSeedPeer):
+                    await self._trigger_seed(result, route.request)
+                log.debug("retry peer=%s after=%.3f", peer_id, result.retry_after)
+                await asyncio.sleep(result.retry_after)
+                if peer_id not in self.core.peers:
+                    return
+                result = self.core.reschedule(peer_id, [], self.now())
+        except SchedulerError as exc:
+            await route.conn.send(
+                m.Error(
+                    code=m.ErrorCode.BAD_REQUEST,
+                    message=str(exc)[:4000],
+                    task_id=route.request.task_id,
+                ),
+                route.stream_id,
+            )
+            return
+        answer = self._to_message(result)
+        kind = type(result).__name__
+        self.metrics.decisions.labels(kind).inc()
+        log.debug("decision peer=%s task=%s kind=%s", peer_id, route.request.task_id, kind)
+        await route.conn.send(answer, route.stream_id)
+
+    async def _trigger_seed(self, result: r.TriggerSeedPeer, request: m.RegisterPeer) -> None:
+        conn = self.host_conns.get(result.seed_host_id)
+        if conn is None:
+            return
+        log.info("trigger seed host=%s task=%s", result.seed_host_id, request.task_id)
+        trigger = m.TriggerSeed(
+            task_id=request.task_id,
+            url=request.url,
+            tag=request.tag,
+            application=request.application,
+            filtered_query_params=request.filtered_query_params,
+            headers=request.headers,
+            piece_length=request.piece_length,
+        )
+        await conn.send(trigger, conn.open_stream())
+
+    def _reschedule_orphans(self, peer_ids) -> None:
+        for peer_id in peer_ids:
+            if peer_id in self.routes and peer_id in self.core.peers:
+                self._start_answer(
+                    peer_id, lambda p=peer_id: self.core.reschedule(p, [], self.now())
+                )
+
+    def _to_message(self, result) -> m.Message:
+        task_id = result.task.task_id
+        if isinstance(result, r.NormalTask):
+            meta = result.task
+            return m.NormalTaskResponse(
+                task_id=task_id,
+                candidate_parents=[self._parent(p, meta) for p in result.parents],
+                content_length=_or(meta.content_length, -1),
+                piece_length=_or(meta.piece_length, 0),
+                piece_count=_or(meta.piece_count, -1),
+                digests=dict(self.core.piece_digests(task_id)),
+            )
+        if isinstance(result, r.NeedBackToSource):
+            return m.NeedBackToSource(task_id=task_id, reason=result.reason[:4000])
+        if isinstance(result, r.EmptyTask):
+            return m.EmptyTaskResponse(task_id=task_id)
+        if isinstance(result, r.TinyTask):
+            return m.TinyTaskResponse(task_id=task_id, content=result.content)
+        if isinstance(result, r.SmallTask):
+            digest = self.core.piece_digests(task_id).get(0)
+            meta = result.task
+            if digest is None or not meta.content_length:
+                return m.NormalTaskResponse(
+                    task_id=task_id,
+                    candidate_parents=[self._parent(result.parent, meta)],
+                    content_length=_or(meta.content_length, -1),
+                    piece_length=_or(meta.piece_length, 0),
+                    piece_count=_or(meta.piece_count, -1),
+                    digests=dict(self.core.piece_digests(task_id)),
+                )
+            return m.SmallTaskResponse(
+                task_id=task_id,
+                parent=self._parent(result.parent, meta),
+                content_length=meta.content_length,
+                piece_digest=digest,
+            )
+        if isinstance(result, r.MetadataOnly):
+            return m.NeedBackToSource(
+                task_id=task_id, reason="this host already holds the task; read it locally"
+            )
+        reason = getattr(result, "reason", "scheduling failed")
+        return m.Error(code=m.ErrorCode.UNAVAILABLE, message=reason[:4000], task_id=task_id)
+
+    def _parent(self, parent: r.ParentInfo, meta: r.TaskMeta) -> m.ParentInfo:
+        peer = self.core.peers.get(parent.peer_id)
+        bitmap = b""
+        state = m.PeerState.RUNNING
+        if peer is not None:
+            state = peer.fsm.state
+            if meta.piece_count:
+                with contextlib.suppress(Exception):
+                    bitmap = peer.finished.to_bytes()
+                    if (
+                        len(bitmap) * 8 < meta.piece_count
+                        or len(bitmap) != (meta.piece_count + 7) // 8
+                    ):
+                        bitmap = b""
+        return m.ParentInfo(
+            peer_id=parent.peer_id,
+            host_id=parent.host_id,
+            ip=parent.ip,
+            port=parent.port,
+            download_port=parent.download_port,
+            bitmap=bitmap,
+            state=state,
+            tx_bandwidth_bps=parent.tx_bandwidth,
+            max_tx_bandwidth_bps=parent.upload_limit_bps,
+        )
+
+
+def _or(value, default):
+    return default if value is None else value
+
+
+async def serve_forever(config: SchedulerDaemonConfig) -> None:
+    import signal
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    service = SchedulerService(config)
+    await service.start()
+    await stop.wait()
+    await service.stop()
