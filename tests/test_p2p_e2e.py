@@ -1,0 +1,231 @@
+"""The P2P path end to end: a real scheduler, a seed peer and peers, as processes.
+
+Every test runs on loopback with real daemons and a real HTTP origin, checks every
+output byte for byte, and reads the origin's own count of body bytes sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import struct
+import time
+from pathlib import Path
+
+import pytest
+
+from d7y.core.ids import task_id
+from d7y.core.messages import Error, Ping, Pong
+from d7y.core.pieces import MiB
+from d7y.core.protocol import HEADER_LENGTH, MAGIC, decode_body, decode_header, encode_frame
+from tests.origin_server import ThreadedOriginServer
+from tests.peer_harness import PeerProcess, SchedulerProcess, peer_config
+
+PIECE = 4 * MiB
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def bytes_by_source(peer: PeerProcess) -> tuple[float, float, float]:
+    metrics = peer.metrics()
+    return (
+        metrics.get("d7y_peer_download_origin_bytes_total", 0.0),
+        metrics.get("d7y_peer_download_peer_bytes_total", 0.0),
+        metrics.get("d7y_peer_upload_bytes_total", 0.0),
+    )
+
+
+class Cluster:
+    def __init__(self, work: Path, origin: ThreadedOriginServer, peers: int = 4,
+                 seed_extra: dict | None = None, scheduler_extra: dict | None = None):  # fmt: skip
+        self.work = work
+        self.origin = origin
+        self.scheduler = SchedulerProcess(work, **(scheduler_extra or {})).start()
+        self.seed = PeerProcess(
+            work, "seed", **peer_config(self.scheduler, "seed", seed=True, **(seed_extra or {}))
+        ).start()
+        self.peers = [
+            PeerProcess(work, f"peer{i}", **peer_config(self.scheduler, f"peer{i}")).start()
+            for i in range(peers)
+        ]
+        time.sleep(0.3)  # let every host announce itself
+
+    def add_peer(self, name: str, **extra) -> PeerProcess:
+        peer = PeerProcess(self.work, name, **peer_config(self.scheduler, name, **extra)).start()
+        self.peers.append(peer)
+        time.sleep(0.3)
+        return peer
+
+    def fetch_all(self, url: str, peers=None, *args: str) -> list[Path]:
+        peers = self.peers if peers is None else peers
+        outputs = [self.work / f"{p.name}.out" for p in peers]
+        procs = [
+            p.dfget_popen(url, out, "--no-progress", *args)
+            for p, out in zip(peers, outputs, strict=True)
+        ]
+        for proc, peer in zip(procs, peers, strict=True):
+            assert proc.wait(180) == 0, (
+                f"{peer.name}: {proc.stderr.read().decode()}\n{peer.log()[-3000:]}"
+            )
+        return outputs
+
+    def stop(self) -> None:
+        for peer in [*self.peers, self.seed]:
+            if peer.proc is not None and peer.proc.poll() is None:
+                peer.stop()
+        self.scheduler.stop()
+
+
+@pytest.fixture
+def origin():
+    with ThreadedOriginServer() as server:
+        yield server
+
+
+@pytest.fixture
+def cluster_factory(tmp_path, origin):
+    made = []
+
+    def make(**kwargs) -> Cluster:
+        cluster = Cluster(tmp_path, origin, **kwargs)
+        made.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in made:
+        cluster.stop()
+
+
+def test_swarm_serves_the_origin_once(cluster_factory, origin):
+    size = 64 * MiB
+    url = origin.add_file("swarm.bin", size=size, seed=61)
+    cluster = cluster_factory(peers=4)
+    outputs = cluster.fetch_all(url)
+    expected = hashlib.sha256(origin.content("swarm.bin")).hexdigest()
+    assert all(sha256(out) == expected for out in outputs)
+    assert origin.stats("/swarm.bin")["bytes_sent"] <= 1.05 * size
+    for peer in cluster.peers:
+        from_origin, from_peers, _ = bytes_by_source(peer)
+        assert from_peers > from_origin, f"{peer.name} got most bytes from the origin"
+    seed_origin, _, seed_up = bytes_by_source(cluster.seed)
+    assert seed_origin == size and seed_up > 0
+    assert "trigger seed" in cluster.scheduler.log()
+
+
+def test_corrupt_parent_is_caught_and_blocklisted(cluster_factory, origin):
+    size = 8 * PIECE
+    url = origin.add_file("corrupt.bin", size=size, seed=62)
+    cluster = cluster_factory(peers=0)
+    liar = cluster.add_peer("liar", testing={"corrupt_uploads": True})
+    cluster.fetch_all(url, [liar])  # the liar holds the task (its own copy is fine)
+    cluster.seed.stop()  # now the liar is the only peer that can serve it
+    honest = [cluster.add_peer(f"honest{i}") for i in range(3)]
+    outputs = cluster.fetch_all(url, honest)
+    expected = hashlib.sha256(origin.content("corrupt.bin")).hexdigest()
+    assert all(sha256(out) == expected for out in outputs)
+    logs = "".join(p.log() for p in honest)
+    assert "is corrupt: expected crc32:" in logs
+    assert "dropping parent" in logs
+    assert liar.metrics().get("d7y_peer_upload_bytes_total", 0) > 0
+    assert "type=PieceFailed" not in cluster.scheduler.log()  # handled, not refused
+
+
+def test_parent_killed_mid_transfer(cluster_factory, origin):
+    size = 16 * PIECE
+    url = origin.add_file("killed.bin", size=size, seed=63)
+    # A slow seed keeps the swarm busy long enough to kill a parent in the middle.
+    cluster = cluster_factory(peers=3, seed_extra={"upload": {"rate_limit": "24MiB"}})
+    victim, *survivors = cluster.peers
+    procs = [p.dfget_popen(url, cluster.work / f"{p.name}.out", "--no-progress")
+             for p in cluster.peers]  # fmt: skip
+    tid = task_id(url)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        status, info = victim.api("GET", f"/v1/tasks/{tid}")
+        if status == 200 and info.get("completed_bytes", 0) >= 3 * PIECE:
+            break
+        time.sleep(0.05)
+    victim.kill()
+    procs[0].wait(30)
+    expected = hashlib.sha256(origin.content("killed.bin")).hexdigest()
+    for proc, peer in zip(procs[1:], survivors, strict=True):
+        assert proc.wait(180) == 0, proc.stderr.read().decode() + peer.log()[-2000:]
+        assert sha256(cluster.work / f"{peer.name}.out") == expected
+
+
+def test_scheduler_stopped_then_restarted(cluster_factory, origin):
+    size = 6 * PIECE
+    first = origin.add_file("first.bin", size=size, seed=64)
+    second = origin.add_file("second.bin", size=size, seed=65)
+    cluster = cluster_factory(peers=2)
+    cluster.scheduler.stop()
+    # No scheduler: downloads still finish, from the origin, and the daemon says so.
+    outputs = cluster.fetch_all(first)
+    expected = hashlib.sha256(origin.content("first.bin")).hexdigest()
+    assert all(sha256(out) == expected for out in outputs)
+    assert all("back to source" in p.log() for p in cluster.peers)
+    # The scheduler comes back on the same port: new downloads use P2P again.
+    cluster.scheduler.start()
+    time.sleep(1.5)  # peers reconnect with backoff and announce
+    before = origin.stats("/second.bin")["bytes_sent"]
+    outputs = cluster.fetch_all(second)
+    expected = hashlib.sha256(origin.content("second.bin")).hexdigest()
+    assert all(sha256(out) == expected for out in outputs)
+    assert origin.stats("/second.bin")["bytes_sent"] - before <= 1.05 * size
+
+
+def test_seed_stopped_before_it_finished(cluster_factory, origin):
+    size = 12 * PIECE
+    url = origin.add_file("seedless.bin", size=size, seed=66)
+    origin.set_faults("/seedless.bin", delay={"seconds": 0.3, "count": -1})
+    cluster = cluster_factory(peers=2)
+    procs = [p.dfget_popen(url, cluster.work / f"{p.name}.out", "--no-progress")
+             for p in cluster.peers]  # fmt: skip
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and origin.stats("/seedless.bin")["requests"] < 3:
+        time.sleep(0.02)
+    cluster.seed.kill()
+    expected = hashlib.sha256(origin.content("seedless.bin")).hexdigest()
+    for proc, peer in zip(procs, cluster.peers, strict=True):
+        assert proc.wait(180) == 0, proc.stderr.read().decode() + peer.log()[-2000:]
+        assert sha256(cluster.work / f"{peer.name}.out") == expected
+
+
+def read_frame(sock: socket.socket):
+    def exact(n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = sock.recv(n - len(data))
+            if not chunk:
+                raise EOFError
+            data += chunk
+        return data
+
+    header = decode_header(exact(HEADER_LENGTH))
+    return decode_body(header, exact(header.body_length))
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (b"NO" + bytes(10), "protocol_error"),
+        (struct.pack(">2sBBII", MAGIC, 1, 0x31, 1, 0x7FFFFFFF), "frame_too_large"),
+        (struct.pack(">2sBBII", MAGIC, 1, 0x31, 1, 3) + b"\x81\xa1a", "bad_request"),
+    ],
+    ids=["bad-magic", "oversized", "malformed-register"],
+)
+def test_scheduler_survives_bad_frames(tmp_path, frame, code):
+    with SchedulerProcess(tmp_path) as scheduler:
+        with socket.create_connection(("127.0.0.1", scheduler.port), timeout=5) as s:
+            s.sendall(frame)
+            error = read_frame(s)
+            assert isinstance(error, Error) and error.code == code
+        with socket.create_connection(("127.0.0.1", scheduler.port), timeout=5) as s:
+            s.sendall(encode_frame(Ping(nonce=3)))  # a truncated frame next
+            assert read_frame(s) == Pong(nonce=3)
+            s.sendall(encode_frame(Ping(nonce=4))[:5])
+        with socket.create_connection(("127.0.0.1", scheduler.port), timeout=5) as s:
+            s.sendall(encode_frame(Ping(nonce=5)))
+            assert read_frame(s) == Pong(nonce=5)
