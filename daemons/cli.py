@@ -139,11 +139,21 @@ def main(argv: list[str] | None = None) -> int:
         return dfget_main(argv[1:])
     if argv and argv[0] == "scheduler":
         return scheduler_main(argv[1:])
+    if argv and argv[0] == "cluster":
+        from d7y.daemons.cluster import main as cluster_main
+
+        return cluster_main(argv[1:])
+    if argv and argv[0] == "origin":
+        from d7y.daemons.origin import main as origin_main
+
+        return origin_main(argv[1:])
     parser = argparse.ArgumentParser(prog="d7y", description="d7y: P2P data distribution")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("dfdaemon", help="run the peer daemon (see dfdaemon --help)")
     sub.add_parser("dfget", help="download through the daemon (see dfget --help)")
     sub.add_parser("scheduler", help="run the scheduler (see d7y scheduler --help)")
+    sub.add_parser("cluster", help="a local cluster: d7y cluster demo | up")
+    sub.add_parser("origin", help="serve a directory over HTTP with Range (demos)")
     pieces = sub.add_parser("pieces", help="hash a file into pieces and send them over loopback")
     pieces.add_argument("file", nargs="?", type=Path, help="file to use (default: generate one)")
     pieces.add_argument("--generate", default="256MiB", help="size of the generated sample")

@@ -1,0 +1,295 @@
+"""``d7y cluster``: a whole d7y deployment on loopback, in one command.
+
+    d7y cluster demo [--peers 4] [--size 256MiB | --url URL]
+    d7y cluster up   [--peers 4]            # leave it running; Ctrl-C stops it
+
+``demo`` starts an origin serving a generated file (or uses the URL given), a scheduler,
+one seed peer and N peers, each with its own data dir and ports, runs dfget on every
+peer at once, checks every output's SHA-256, prints who got what from where and how
+much the origin sent compared to the file size, then stops everything cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+PYTHON = sys.executable
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+class Service:
+    """One daemon process of the cluster, its config file and its log."""
+
+    def __init__(self, work: Path, name: str, argv: list[str], health_url: str | None):
+        self.name = name
+        self.argv = argv
+        self.health_url = health_url
+        self.log_path = work / f"{name}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited; see {self.log_path}")
+            if self.health_url is None or _http_ok(self.health_url):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.name} did not become ready; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class LocalCluster:
+    def __init__(self, work: Path, peers: int) -> None:
+        self.work = work
+        self.services: list[Service] = []
+        self.scheduler_port = _free_port()
+        self.peers: list[dict] = []
+        self.seed: dict | None = None
+        self.origin_url: str | None = None
+        self.origin_proc: subprocess.Popen | None = None
+        self.peer_count = peers
+
+    def _cli(self, *args: str) -> list[str]:
+        return [PYTHON, "-m", "d7y.daemons.cli", *args]
+
+    def start_origin(self, root: Path) -> str:
+        self.origin_proc = subprocess.Popen(
+            self._cli("origin", "--dir", str(root)), stdout=subprocess.PIPE, text=True
+        )
+        assert self.origin_proc.stdout is not None
+        self.origin_url = self.origin_proc.stdout.readline().strip()
+        if not self.origin_url.startswith("http"):
+            raise RuntimeError("the origin did not start")
+        return self.origin_url
+
+    def _peer(self, name: str, seed: bool) -> dict:
+        data_dir = self.work / name
+        metrics = _free_port()
+        config = {
+            "seed_peer": seed,
+            "host": {"hostname": name},
+            "storage": {"data_dir": str(data_dir)},
+            "upload": {"listen": "127.0.0.1", "port": _free_port(), "piece_port": _free_port()},
+            "metrics": {"listen": "127.0.0.1", "port": metrics},
+            "scheduler": {"address": f"127.0.0.1:{self.scheduler_port}"},
+        }
+        path = self.work / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        service = Service(
+            self.work, name, self._cli("dfdaemon", "--config", str(path)),
+            f"http://127.0.0.1:{metrics}/healthy",
+        )  # fmt: skip
+        self.services.append(service)
+        return {"name": name, "service": service, "socket": data_dir / "dfdaemon.sock",
+                "metrics": metrics, "config": path}  # fmt: skip
+
+    def start(self) -> None:
+        sched_metrics = _free_port()
+        config = {
+            "server": {"listen": "127.0.0.1", "port": self.scheduler_port},
+            "metrics": {"listen": "127.0.0.1", "port": sched_metrics},
+        }
+        path = self.work / "scheduler.yaml"
+        path.write_text(yaml.safe_dump(config))
+        scheduler = Service(self.work, "scheduler", self._cli("scheduler", "--config", str(path)),
+                            f"http://127.0.0.1:{sched_metrics}/healthy")  # fmt: skip
+        self.services.append(scheduler)
+        scheduler.start()
+        scheduler.wait_ready()
+        self.seed = self._peer("seed", True)
+        self.peers = [self._peer(f"peer{i}", False) for i in range(self.peer_count)]
+        for node in [self.seed, *self.peers]:
+            node["service"].start()
+        for node in [self.seed, *self.peers]:
+            node["service"].wait_ready()
+        time.sleep(0.5)  # every host announces itself to the scheduler
+
+    def stop(self) -> None:
+        for service in reversed(self.services):
+            service.stop()
+        if self.origin_proc is not None:
+            self.origin_proc.terminate()
+            self.origin_proc.wait(10)
+
+    def metrics(self, node: dict) -> dict[str, float]:
+        url = f"http://127.0.0.1:{node['metrics']}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            text = resp.read().decode()
+        values = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                values[name] = float(value)
+        return values
+
+    def dfget(self, node: dict, url: str, output: Path) -> tuple[int, float, str]:
+        start = time.perf_counter()
+        proc = subprocess.run(
+            self._cli("dfget", url, "-O", str(output), "--no-progress",
+                      "--daemon-socket", str(node["socket"])),
+            capture_output=True, text=True,
+        )  # fmt: skip
+        return proc.returncode, time.perf_counter() - start, proc.stderr.strip()
+
+
+def _generate(path: Path, size: int, seed: int = 1) -> None:
+    rng = random.Random(seed)
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, 4 << 20)
+            f.write(rng.randbytes(n))
+            left -= n
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:,.1f}"
+
+
+def demo(args: argparse.Namespace) -> int:
+    from d7y.daemons.config import parse_size
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="d7y-cluster-"))
+    work.mkdir(parents=True, exist_ok=True)
+    cluster = LocalCluster(work, args.peers)
+    try:
+        if args.url:
+            url, expected, size = args.url, None, None
+        else:
+            size = int(parse_size(args.size))
+            www = work / "www"
+            www.mkdir(exist_ok=True)
+            _generate(www / "demo.bin", size)
+            expected = hashlib.sha256((www / "demo.bin").read_bytes()).hexdigest()
+            url = cluster.start_origin(www) + "demo.bin"
+        print(f"d7y local cluster in {work}: scheduler, 1 seed peer, {args.peers} peers")
+        cluster.start()
+        print(f"downloading {url} on {args.peers} peers at once ...")
+        with concurrent.futures.ThreadPoolExecutor(args.peers) as pool:
+            runs = list(pool.map(
+                lambda node: cluster.dfget(node, url, work / f"{node['name']}.out"),
+                cluster.peers,
+            ))  # fmt: skip
+        failed = [(n["name"], err) for n, (rc, _, err) in zip(cluster.peers, runs, strict=True)
+                  if rc != 0]  # fmt: skip
+        for name, err in failed:
+            print(f"{name}: dfget failed: {err}")
+        outputs = [work / f"{n['name']}.out" for n in cluster.peers]
+        digests = [
+            hashlib.sha256(p.read_bytes()).hexdigest() if p.exists() else "" for p in outputs
+        ]
+        if expected is None:
+            expected = digests[0]
+        size = size or (outputs[0].stat().st_size if outputs[0].exists() else 0)
+        print(f"\n{'peer':<8} {'seconds':>8} {'origin MiB':>11} {'peers MiB':>10} "
+              f"{'uploaded MiB':>13}  sha256")  # fmt: skip
+        for node in [cluster.seed, *cluster.peers]:
+            m = cluster.metrics(node)
+            secs = "-"
+            ok = ""
+            if node is not cluster.seed:
+                i = cluster.peers.index(node)
+                secs = f"{runs[i][1]:.2f}"
+                ok = "ok" if digests[i] == expected else "MISMATCH"
+            print(f"{node['name']:<8} {secs:>8} "
+                  f"{_mib(m.get('d7y_peer_download_origin_bytes_total', 0)):>11} "
+                  f"{_mib(m.get('d7y_peer_download_peer_bytes_total', 0)):>10} "
+                  f"{_mib(m.get('d7y_peer_upload_bytes_total', 0)):>13}  {ok}")  # fmt: skip
+        if cluster.origin_url:
+            with urllib.request.urlopen(cluster.origin_url + "_stats") as resp:
+                sent = json.load(resp)["bytes_sent"]
+            print(f"\norigin egress: {_mib(sent)} MiB for a {_mib(size)} MiB file = "
+                  f"{sent / max(size, 1):.3f}x the file size")  # fmt: skip
+        all_ok = not failed and all(d == expected for d in digests)
+        print("all outputs match the origin's SHA-256" if all_ok else "SOME OUTPUTS ARE WRONG")
+        return 0 if all_ok else 1
+    finally:
+        cluster.stop()
+        if not args.keep and not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def up(args: argparse.Namespace) -> int:
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="d7y-cluster-"))
+    work.mkdir(parents=True, exist_ok=True)
+    cluster = LocalCluster(work, args.peers)
+    stop = False
+
+    def on_signal(*_):
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        cluster.start()
+        print(f"d7y cluster up in {work} (scheduler 127.0.0.1:{cluster.scheduler_port})")
+        for node in [cluster.seed, *cluster.peers]:
+            print(f"  {node['name']:<8} dfget URL -O FILE --daemon-socket {node['socket']}")
+        print("Ctrl-C stops the cluster.")
+        while not stop:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        cluster.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="d7y cluster", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="action", required=True)
+    for name in ("demo", "up"):
+        p = sub.add_parser(name)
+        p.add_argument("--peers", type=int, default=4, help="number of peers (default 4)")
+        p.add_argument("--workdir", default=None, help="keep data dirs and logs here")
+        if name == "demo":
+            p.add_argument("--size", default="256MiB", help="size of the generated file")
+            p.add_argument("--url", default=None, help="download this URL instead")
+            p.add_argument("--keep", action="store_true", help="keep the temporary workdir")
+    args = parser.parse_args(argv)
+    if args.peers < 1:
+        parser.error(f"--peers must be >= 1, got {args.peers}")
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    return demo(args) if args.action == "demo" else up(args)
