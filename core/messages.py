@@ -376,6 +376,10 @@ class DownloadStarted(Message, kw_only=True):
     peer_id: Id
     task_id: Id
     back_to_source: bool = False
+    #: What the origin told a back-to-source peer, so the scheduler can give children
+    #: the task's geometry before the first piece lands (-1 / 0: not known).
+    content_length: MaybeUnknown = -1
+    piece_length: NonNegative = 0
 
 
 @register

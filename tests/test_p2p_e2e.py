@@ -229,3 +229,19 @@ def test_scheduler_survives_bad_frames(tmp_path, frame, code):
         with socket.create_connection(("127.0.0.1", scheduler.port), timeout=5) as s:
             s.sendall(encode_frame(Ping(nonce=5)))
             assert read_frame(s) == Pong(nonce=5)
+
+
+def test_restarted_scheduler_learns_what_the_seed_already_holds(cluster_factory, origin):
+    size = 4 * PIECE
+    url = origin.add_file("held.bin", size=size, seed=67)
+    cluster = cluster_factory(peers=1)
+    cluster.fetch_all(url)  # the seed fetched it from the origin and still holds it
+    sent = origin.stats("/held.bin")["bytes_sent"]
+    cluster.scheduler.stop()
+    cluster.scheduler.start()  # a new scheduler knows no peers
+    time.sleep(1.5)
+    late = cluster.add_peer("late")
+    outputs = cluster.fetch_all(url, [late])
+    assert sha256(outputs[0]) == hashlib.sha256(origin.content("held.bin")).hexdigest()
+    assert origin.stats("/held.bin")["bytes_sent"] == sent  # served by the seed's copy
+    assert "announced stored task to the scheduler" in cluster.seed.log()

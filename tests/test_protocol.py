@@ -157,6 +157,13 @@ SAMPLES: dict[type[m.Message], list[m.Message]] = {
     m.DownloadStarted: [
         m.DownloadStarted(peer_id=PEER, task_id=TASK),
         m.DownloadStarted(peer_id=PEER, task_id=TASK, back_to_source=True),
+        m.DownloadStarted(
+            peer_id=PEER,
+            task_id=TASK,
+            back_to_source=True,
+            content_length=10 * 2**20,
+            piece_length=4 * 2**20,
+        ),
     ],
     m.PieceFinished: [
         m.PieceFinished(

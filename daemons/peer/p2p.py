@@ -113,6 +113,41 @@ class P2PDownloader:
                   type(answer).__name__)  # fmt: skip
         return stream, answer
 
+    async def announce_held(self, task) -> None:
+        """Tell the scheduler this peer holds a whole task it stored earlier.
+
+        A seed peer triggered for a task it already has (the scheduler restarted and
+        forgot it) registers as a back-to-source peer and reports every stored piece
+        with its recorded digest, so children can be scheduled to it at once.
+        """
+        task.seed_trigger = True
+        stream, answer = await self.register(task)
+        if stream is None:
+            return
+        try:
+            if not isinstance(answer, m.NeedBackToSource):
+                return  # the scheduler found another way; nothing to announce
+            await stream.report(
+                m.DownloadStarted(peer_id=task.peer_id, task_id=task.id, back_to_source=True,
+                                  content_length=task.content_length,
+                                  piece_length=task.piece_length)
+            )  # fmt: skip
+            count = piece_count(task.content_length, task.piece_length)
+            for number in range(count):
+                piece = piece_at(number, task.content_length, task.piece_length)
+                await stream.report(
+                    m.PieceFinished(peer_id=task.peer_id, task_id=task.id, number=number,
+                                    parent_id="", cost_ns=0, length=piece.length,
+                                    digest=task.digests[number])
+                )  # fmt: skip
+            await stream.report(
+                m.DownloadFinished(peer_id=task.peer_id, task_id=task.id,
+                                   content_length=task.content_length, piece_count=count)
+            )  # fmt: skip
+            log.info("announced stored task to the scheduler task=%s", task.id)
+        finally:
+            stream.close()
+
     # -- the parent path -------------------------------------------------------------------
 
     async def download(

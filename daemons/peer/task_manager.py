@@ -312,6 +312,9 @@ class TaskManager:
         record = await self.storage.run(self.storage.meta.get_task, task.id)
         finished = record is not None and record.state == TASK_SUCCEEDED
         if finished and await self._serve_from_storage(task, record, expected):
+            if task.seed_trigger and self.p2p is not None:
+                # The scheduler lost track of this copy (it restarted): tell it we hold it.
+                await self.p2p.announce_held(task)
             return
 
         stream, answer = None, None
@@ -377,10 +380,6 @@ class TaskManager:
                 f"task {task.id} is not stored here, no peer could serve it, and "
                 f"back-to-source is disabled",
             )
-        if stream is not None:
-            await stream.report(
-                m.DownloadStarted(peer_id=task.peer_id, task_id=task.id, back_to_source=True)
-            )
         try:
             info = await self.origin.probe(request.url, request.headers)
         except OriginError as exc:
@@ -389,6 +388,17 @@ class TaskManager:
         piece_length = compute_piece_length(info.content_length, request.piece_length)
         if fallback and task.piece_length and task.content_length == info.content_length:
             piece_length = task.piece_length  # keep the pieces the P2P attempt stored
+        if stream is not None:
+            known = info.content_length is not None
+            await stream.report(
+                m.DownloadStarted(
+                    peer_id=task.peer_id,
+                    task_id=task.id,
+                    back_to_source=True,
+                    content_length=info.content_length if known else -1,
+                    piece_length=piece_length if known else 0,
+                )
+            )
         task.content_length = info.content_length
         task.piece_length = piece_length
         record = await self.storage.run(self.storage.meta.get_task, task.id)

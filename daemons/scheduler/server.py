@@ -286,7 +286,13 @@ class SchedulerService:
         elif isinstance(msg, m.AnnounceHost):
             self._announce(conn, msg, now)
         elif isinstance(msg, m.DownloadStarted):
-            core.download_started(msg.peer_id, now, back_to_source=msg.back_to_source)
+            core.download_started(
+                msg.peer_id,
+                now,
+                back_to_source=msg.back_to_source,
+                content_length=msg.content_length if msg.content_length >= 0 else None,
+                piece_length=msg.piece_length or None,
+            )
         elif isinstance(msg, m.GetTaskDigests):
             task = core.task(msg.task_id)
             meta = core.task_meta(msg.task_id)
