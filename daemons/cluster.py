@@ -94,9 +94,11 @@ class LocalCluster:
     def _cli(self, *args: str) -> list[str]:
         return [PYTHON, "-m", "d7y.daemons.cli", *args]
 
-    def start_origin(self, root: Path) -> str:
+    def start_origin(self, root: Path, rate: str = "0") -> str:
         self.origin_proc = subprocess.Popen(
-            self._cli("origin", "--dir", str(root)), stdout=subprocess.PIPE, text=True
+            self._cli("origin", "--dir", str(root), "--rate", rate),
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert self.origin_proc.stdout is not None
         self.origin_url = self.origin_proc.stdout.readline().strip()
@@ -203,7 +205,7 @@ def demo(args: argparse.Namespace) -> int:
             www.mkdir(exist_ok=True)
             _generate(www / "demo.bin", size)
             expected = hashlib.sha256((www / "demo.bin").read_bytes()).hexdigest()
-            url = cluster.start_origin(www) + "demo.bin"
+            url = cluster.start_origin(www, args.origin_rate) + "demo.bin"
         print(f"d7y local cluster in {work}: scheduler, 1 seed peer, {args.peers} peers")
         cluster.start()
         print(f"downloading {url} on {args.peers} peers at once ...")
@@ -288,6 +290,11 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--size", default="256MiB", help="size of the generated file")
             p.add_argument("--url", default=None, help="download this URL instead")
             p.add_argument("--keep", action="store_true", help="keep the temporary workdir")
+            p.add_argument(
+                "--origin-rate",
+                default="0",
+                help="limit the origin's total egress, e.g. 100MiB (per second)",
+            )
     args = parser.parse_args(argv)
     if args.peers < 1:
         parser.error(f"--peers must be >= 1, got {args.peers}")

@@ -17,13 +17,17 @@ from pathlib import Path
 from aiohttp import web
 
 from d7y.core.http_range import RangeError, parse_range
+from d7y.daemons.peer.limits import TokenBucket
 
 CHUNK = 1024 * 1024
 
 
 class Origin:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, rate: int = 0) -> None:
         self.root = Path(root).resolve()
+        # Total egress limit in bytes/s shared by all clients (0: none), to play an
+        # origin whose uplink is the bottleneck, as in real deployments.
+        self.limiter = TokenBucket(rate, max(rate // 10, CHUNK)) if rate else None
         self.bytes_sent = 0
         self.requests = 0
         self.app = web.Application()
@@ -77,6 +81,8 @@ class Origin:
                 chunk = f.read(min(CHUNK, left))
                 if not chunk:
                     break
+                if self.limiter is not None:
+                    await self.limiter.take(len(chunk))
                 await response.write(chunk)
                 left -= len(chunk)
                 self.bytes_sent += len(chunk)
@@ -84,8 +90,8 @@ class Origin:
         return response
 
 
-async def _serve(root: Path, host: str, port: int) -> None:
-    origin = Origin(root)
+async def _serve(root: Path, host: str, port: int, rate: int) -> None:
+    origin = Origin(root, rate)
     url = await origin.start(host, port)
     print(url, flush=True)
     stop = asyncio.Event()
@@ -101,9 +107,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", required=True, type=Path, help="directory to serve")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--rate", default="0", help="total egress limit, e.g. 100MiB (per s)")
     args = parser.parse_args(argv)
+    from d7y.daemons.config import parse_size
+
+    try:
+        rate = int(parse_size(args.rate))
+    except ValueError as exc:
+        parser.error(f"--rate: {exc}")
     if not args.dir.is_dir():
         parser.error(f"--dir {str(args.dir)!r} is not a directory")
     os.chdir(args.dir)
-    asyncio.run(_serve(args.dir, args.host, args.port))
+    asyncio.run(_serve(args.dir, args.host, args.port, rate))
     return 0
