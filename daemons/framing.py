@@ -21,18 +21,29 @@ from d7y.core.protocol import (
     decode_header,
     encode_frame,
 )
+from d7y.ext.crc32 import crc32
 from d7y.ext.transfer import recv_into_exact
 
 
 class FramedSocket:
-    """One protocol connection: typed ``read()`` and ``send()`` of frames."""
+    """One protocol connection: typed ``read()`` and ``send()`` of frames.
+
+    Reads are buffered: one recv takes whatever the peer has sent (up to 256 KiB), and
+    frames are decoded from the buffer, so a burst of small reports costs one system
+    call, not two per frame. A Piece's payload is read with :meth:`read_payload`, which
+    drains the buffer first and then receives the rest straight into the caller's piece
+    buffer.
+    """
+
+    RECV_SIZE = 256 * 1024
 
     def __init__(self, sock: socket.socket, *, max_body_length: int = DEFAULT_MAX_BODY_LENGTH):
         sock.setblocking(False)
         self.sock = sock
         self.max_body_length = max_body_length
-        self._header = bytearray(HEADER_LENGTH)
-        self._body = bytearray(4096)
+        self._buf = bytearray(self.RECV_SIZE)
+        self._start = 0  # first unread byte in _buf
+        self._end = 0  # one past the last received byte
 
     @classmethod
     async def connect(
@@ -51,22 +62,49 @@ class FramedSocket:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return cls(sock, **kwargs)
 
+    async def _fill(self, need: int) -> None:
+        """Make at least ``need`` unread bytes available in the buffer."""
+        if self._end - self._start >= need:
+            return
+        if len(self._buf) - self._start < need:  # move the tail down, grow if needed
+            tail = self._buf[self._start : self._end]
+            if len(self._buf) < need:
+                self._buf = bytearray(max(need, self.RECV_SIZE))
+            self._buf[: len(tail)] = tail
+            self._start, self._end = 0, len(tail)
+        loop = asyncio.get_running_loop()
+        while self._end - self._start < need:
+            n = await loop.sock_recv_into(self.sock, memoryview(self._buf)[self._end :])
+            if n == 0:
+                partial = bytes(self._buf[self._start : self._end])
+                if not partial:
+                    raise EOFError("connection closed")
+                raise asyncio.IncompleteReadError(partial, need)
+            self._end += n
+
     async def read(self) -> tuple[FrameHeader, Message]:
         """The next frame. EOFError at a clean end between frames; ProtocolError for
         a bad frame (after a non-fatal one the connection stays usable)."""
-        try:
-            await recv_into_exact(self.sock, self._header, HEADER_LENGTH)
-        except asyncio.IncompleteReadError as exc:
-            if not exc.partial:
-                raise EOFError("connection closed") from None
-            raise
-        header = decode_header(self._header, self.max_body_length)
-        if len(self._body) < header.body_length:
-            self._body = bytearray(header.body_length)
-        body = memoryview(self._body)[: header.body_length]
-        if header.body_length:
-            await recv_into_exact(self.sock, body, header.body_length)
+        await self._fill(HEADER_LENGTH)
+        view = memoryview(self._buf)
+        header = decode_header(view[self._start : self._start + HEADER_LENGTH],
+                               self.max_body_length)  # fmt: skip
+        self._start += HEADER_LENGTH
+        await self._fill(header.body_length)
+        view = memoryview(self._buf)  # _fill may have replaced the buffer
+        body = view[self._start : self._start + header.body_length]
+        self._start += header.body_length
         return header, decode_body(header, body)
+
+    async def read_payload(self, into, n: int) -> int:
+        """Read a Piece's ``n`` payload bytes into ``into``; returns their CRC-32."""
+        view = memoryview(into)[:n]
+        buffered = min(self._end - self._start, n)
+        view[:buffered] = memoryview(self._buf)[self._start : self._start + buffered]
+        self._start += buffered
+        if buffered < n:
+            await recv_into_exact(self.sock, view[buffered:], n - buffered)
+        return crc32(view)
 
     async def send(self, message: Message, stream_id: int = 0) -> None:
         await asyncio.get_running_loop().sock_sendall(self.sock, encode_frame(message, stream_id))

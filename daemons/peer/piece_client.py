@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from d7y.core.messages import Error, GetPiece, GetTaskInfo, Piece, TaskInfo
 from d7y.core.protocol import ProtocolError
 from d7y.daemons.framing import FramedSocket
-from d7y.ext.transfer import recv_into_exact
 
 
 class PieceFetchError(Exception):
@@ -114,7 +113,7 @@ class PieceClient:
                     raise PieceFetchError(
                         "protocol", f"piece {number} of {reply.length} bytes exceeds the buffer"
                     )
-                crc = await recv_into_exact(conn.sock, into, reply.length)
+                crc = await conn.read_payload(into, reply.length)
             reusable = True
         except (EOFError, OSError, ProtocolError, TimeoutError) as exc:
             raise PieceFetchError("connection", f"parent {address}: {exc!r}") from None

@@ -221,7 +221,7 @@ class SchedulerService:
                 except (SchedulerError, ValueError, TypeError, KeyError) as exc:
                     # A request that does not fit the scheduler's state (unknown peer,
                     # illegal transition): answer it, keep the connection.
-                    log.info(
+                    log.debug(
                         "request refused conn=%s type=%s error=%s",
                         conn.name,
                         type(message).__name__,
