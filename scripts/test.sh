@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Set up a virtualenv in .venv, build d7y with its C extensions, and run the test suite.
-# Extra arguments go to pytest (e.g. scripts/test.sh -k crc32).
+# Set up a virtualenv in .venv, build d7y with its C extensions, lint, and run the tests.
+# Extra arguments go to pytest (e.g. scripts/test.sh -k crc32); without arguments the
+# daemons' end-to-end tests run a second time on the pure-Python kernel twins
+# (D7Y_NO_EXTENSIONS=1), since the kernel tests alone cannot show the daemons work there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
@@ -8,4 +10,10 @@ python3 -m venv .venv
 .venv/bin/python -m pip install --quiet -e '.[test]'
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-exec .venv/bin/python -m pytest "$@"
+if [ "$#" -gt 0 ]; then
+    exec .venv/bin/python -m pytest "$@"
+fi
+.venv/bin/python -m pytest
+echo "--- end-to-end again on the pure-Python twins (D7Y_NO_EXTENSIONS=1) ---"
+D7Y_NO_EXTENSIONS=1 .venv/bin/python -m pytest tests/test_dfdaemon_e2e.py \
+    tests/test_piece_server_e2e.py tests/test_p2p_e2e.py::test_swarm_serves_the_origin_once
