@@ -245,3 +245,15 @@ def test_restarted_scheduler_learns_what_the_seed_already_holds(cluster_factory,
     assert sha256(outputs[0]) == hashlib.sha256(origin.content("held.bin")).hexdigest()
     assert origin.stats("/held.bin")["bytes_sent"] == sent  # served by the seed's copy
     assert "announced stored task to the scheduler" in cluster.seed.log()
+
+
+def test_stdout_download_over_p2p_streams_in_order(cluster_factory, origin):
+    url = origin.add_file("stream.bin", size=6 * PIECE + 5, seed=68)
+    cluster = cluster_factory(peers=1)
+    cluster.fetch_all(url, [cluster.seed])  # the seed holds it
+    late = cluster.add_peer("reader")
+    result = late.dfget(url, "-")
+    assert result.returncode == 0, result.stderr.decode() + late.log()[-2000:]
+    assert result.stdout == origin.content("stream.bin")
+    from_origin, from_peers, _ = bytes_by_source(late)
+    assert from_origin == 0 and from_peers == 6 * PIECE + 5

@@ -116,7 +116,7 @@ class LocalAPI:
         try:
             body = await request.json()
             download, output, content = parse_download_request(body)
-            task = self.manager.start(download)
+            task = self.manager.start(download, streaming=content)
         except (ValueError, json.JSONDecodeError) as exc:
             return _bad_request(str(exc))
         except DownloadError as exc:

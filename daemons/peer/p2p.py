@@ -326,7 +326,7 @@ class _Run:
         task, manager = self.task, self.manager
         self.picker = PiecePicker(
             self.count, self.owner.rng, have=task.bitmap.copy(),
-            piece_timeout=self.owner.piece_timeout,
+            piece_timeout=self.owner.piece_timeout, streaming=task.streaming,
         )  # fmt: skip
         for parent in list(self.parents.values()):
             self.parents.pop(parent.peer_id)

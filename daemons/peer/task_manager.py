@@ -114,6 +114,7 @@ class Task:
         self.peer_id = ""  # this download's peer ID at the scheduler
         self.stream = None  # its scheduler stream (a DownloadStream), when it has one
         self.seed_trigger = False  # started by the scheduler's TriggerSeed
+        self.streaming = False  # someone reads the bytes in order while they land
         self.started = time.monotonic()
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._changed = asyncio.Event()
@@ -213,11 +214,15 @@ class TaskManager:
 
     # -- starting and joining ----------------------------------------------------------
 
-    def start(self, request: DownloadRequest, *, seed_trigger: bool = False) -> Task:
+    def start(
+        self, request: DownloadRequest, *, seed_trigger: bool = False, streaming: bool = False
+    ) -> Task:
         """Start the task for ``request`` or join the one already running.
 
         ``seed_trigger``: the scheduler asked this seed peer to fetch the task from the
-        origin (it registers with need_back_to_source)."""
+        origin (it registers with need_back_to_source). ``streaming``: a consumer reads
+        the bytes in order as they land (stdout, proxy), so the piece picker favours the
+        next pieces in order."""
         if self._closing:
             raise DownloadError(FailureKind.INTERNAL, "dfdaemon is shutting down")
         try:
@@ -233,9 +238,11 @@ class TaskManager:
             )
         task = self._running.get(tid)
         if task is not None:
+            task.streaming = task.streaming or streaming
             return task
         task = Task(tid, request)
         task.seed_trigger = seed_trigger
+        task.streaming = streaming
         self._running[tid] = task
         runner = asyncio.get_running_loop().create_task(self._run(task), name=f"task-{tid[:12]}")
         self._runners.add(runner)
