@@ -20,6 +20,7 @@ import socket
 import h11
 
 from d7y.core.http_range import RangeError, parse_range
+from d7y.daemons.listener import Listener
 from d7y.daemons.peer.limits import TokenBucket
 from d7y.daemons.peer.metrics import PeerMetrics
 from d7y.daemons.peer.storage import TASK_SUCCEEDED, Storage
@@ -61,44 +62,17 @@ class HTTPUploadServer:
         self.metrics = metrics or PeerMetrics()
         self._slots = asyncio.Semaphore(max_concurrent)
         self._pin = pin or (lambda _task_id: contextlib.nullcontext())
-        self._listener: socket.socket | None = None
-        self._accept_task: asyncio.Task | None = None
-        self._connections: set[asyncio.Task] = set()
-        self.port = 0
+        self._listener = Listener(lambda sock, _address: self._serve(sock))
+
+    @property
+    def port(self) -> int:
+        return self._listener.port
 
     async def start(self, host: str, port: int) -> None:
-        listener = socket.create_server((host, port), reuse_port=False, backlog=1024)
-        listener.setblocking(False)
-        self._listener = listener
-        self.port = listener.getsockname()[1]
-        self._accept_task = asyncio.get_running_loop().create_task(self._accept_loop())
+        await self._listener.start(host, port)
 
     async def stop(self) -> None:
-        if self._accept_task is not None:
-            self._accept_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._accept_task
-        if self._listener is not None:
-            self._listener.close()
-        for task in list(self._connections):
-            task.cancel()
-        await asyncio.gather(*self._connections, return_exceptions=True)
-
-    async def _accept_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        assert self._listener is not None
-        while True:
-            try:
-                conn, _addr = await loop.sock_accept(self._listener)
-            except OSError as exc:  # EMFILE and friends: back off, keep serving
-                log.warning("accept failed error=%s", exc)
-                await asyncio.sleep(0.1)
-                continue
-            conn.setblocking(False)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            task = loop.create_task(self._serve(conn))
-            self._connections.add(task)
-            task.add_done_callback(self._connections.discard)
+        await self._listener.stop()
 
     async def _serve(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()

@@ -16,10 +16,8 @@ one connection are answered in order; peers open several connections for paralle
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import socket
 
 from d7y.core.messages import (
     Error,
@@ -36,6 +34,7 @@ from d7y.core.pieces import piece_at, piece_count
 from d7y.core.protocol import PROTOCOL_MINOR_VERSION, ProtocolError
 from d7y.core.states import TaskState
 from d7y.daemons.framing import FramedSocket
+from d7y.daemons.listener import Listener
 from d7y.daemons.peer.limits import TokenBucket
 from d7y.daemons.peer.metrics import PeerMetrics
 from d7y.daemons.peer.storage import TASK_SUCCEEDED
@@ -71,44 +70,19 @@ class PieceServer:
         # byte flipped, under its honest digest, so children must catch it.
         self.corrupt = corrupt
         self._active = 0
-        self._listener: socket.socket | None = None
-        self._accept_task: asyncio.Task | None = None
-        self._connections: set[asyncio.Task] = set()
-        self.port = 0
+        self._listener = Listener(
+            lambda sock, _address: self._serve(FramedSocket(sock, max_body_length=max_frame))
+        )
+
+    @property
+    def port(self) -> int:
+        return self._listener.port
 
     async def start(self, host: str, port: int) -> None:
-        listener = socket.create_server((host, port), backlog=1024)
-        listener.setblocking(False)
-        self._listener = listener
-        self.port = listener.getsockname()[1]
-        self._accept_task = asyncio.get_running_loop().create_task(self._accept_loop())
+        await self._listener.start(host, port)
 
     async def stop(self) -> None:
-        if self._accept_task is not None:
-            self._accept_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._accept_task
-        if self._listener is not None:
-            self._listener.close()
-        for task in list(self._connections):
-            task.cancel()
-        await asyncio.gather(*self._connections, return_exceptions=True)
-
-    async def _accept_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        assert self._listener is not None
-        while True:
-            try:
-                sock, _ = await loop.sock_accept(self._listener)
-            except OSError as exc:
-                log.warning("accept failed error=%s", exc)
-                await asyncio.sleep(0.1)
-                continue
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = FramedSocket(sock, max_body_length=self.max_frame)
-            task = loop.create_task(self._serve(conn))
-            self._connections.add(task)
-            task.add_done_callback(self._connections.discard)
+        await self._listener.stop()
 
     async def _serve(self, conn: FramedSocket) -> None:
         try:

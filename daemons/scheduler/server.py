@@ -30,6 +30,7 @@ from d7y.core.scheduling.config import SchedulerConfig
 from d7y.core.scheduling.evaluator import make_evaluator
 from d7y.core.scheduling.scheduler import Scheduler, SchedulerError
 from d7y.daemons.framing import FramedSocket
+from d7y.daemons.listener import Listener
 from d7y.daemons.scheduler.config import SchedulerDaemonConfig
 
 log = logging.getLogger("d7y.scheduler")
@@ -110,7 +111,7 @@ class SchedulerService:
         self.routes: dict[str, Route] = {}
         self.host_conns: dict[str, Connection] = {}
         self._answers: dict[str, asyncio.Task] = {}
-        self._listener: socket.socket | None = None
+        self._listener = Listener(self._accept)
         self._tasks: set[asyncio.Task] = set()
         self._metrics_runner: web.AppRunner | None = None
         self.port = 0
@@ -122,11 +123,8 @@ class SchedulerService:
 
     async def start(self) -> None:
         cfg = self.config
-        listener = socket.create_server((cfg.server.listen, cfg.server.port), backlog=4096)
-        listener.setblocking(False)
-        self._listener = listener
-        self.port = listener.getsockname()[1]
-        self._spawn(self._accept_loop())
+        await self._listener.start(cfg.server.listen, cfg.server.port, backlog=4096)
+        self.port = self._listener.port
         self._spawn(self._gc_loop())
         if cfg.metrics.port:
             await self._start_metrics(cfg.metrics.listen, cfg.metrics.port)
@@ -134,8 +132,7 @@ class SchedulerService:
 
     async def stop(self) -> None:
         log.info("scheduler stopping")
-        if self._listener is not None:
-            self._listener.close()
+        await self._listener.stop()
         for task in list(self._tasks) + list(self._answers.values()):
             task.cancel()
         await asyncio.gather(*self._tasks, *self._answers.values(), return_exceptions=True)
@@ -168,19 +165,9 @@ class SchedulerService:
         await self._metrics_runner.setup()
         await web.TCPSite(self._metrics_runner, host, port).start()
 
-    async def _accept_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        assert self._listener is not None
-        while True:
-            try:
-                sock, address = await loop.sock_accept(self._listener)
-            except OSError as exc:
-                log.warning("accept failed error=%s", exc)
-                await asyncio.sleep(0.1)
-                continue
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            framed = FramedSocket(sock, max_body_length=self.config.server.max_frame)
-            self._spawn(self._serve(Connection(framed, f"{address[0]}:{address[1]}")))
+    async def _accept(self, sock: socket.socket, address: tuple) -> None:
+        framed = FramedSocket(sock, max_body_length=self.config.server.max_frame)
+        await self._serve(Connection(framed, f"{address[0]}:{address[1]}"))
 
     async def _gc_loop(self) -> None:
         while True:
