@@ -46,6 +46,18 @@ def _http_ok(url: str) -> bool:
         return False
 
 
+def read_metrics(url: str) -> dict[str, float]:
+    """A Prometheus text endpoint as {sample name with labels: value}."""
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        text = resp.read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
 class Service:
     """One daemon process of the cluster, its config file and its log."""
 
@@ -156,15 +168,7 @@ class LocalCluster:
             self.origin_proc.wait(10)
 
     def metrics(self, node: dict) -> dict[str, float]:
-        url = f"http://127.0.0.1:{node['metrics']}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            text = resp.read().decode()
-        values = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                values[name] = float(value)
-        return values
+        return read_metrics(f"http://127.0.0.1:{node['metrics']}/metrics")
 
     def dfget(self, node: dict, url: str, output: Path) -> tuple[int, float, str]:
         start = time.perf_counter()

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from d7y.daemons.cluster import read_metrics
+
 PYTHON = sys.executable
 
 
@@ -23,78 +25,53 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class PeerProcess:
-    """A dfdaemon subprocess with its own data dir, ports and config file."""
+class DaemonProcess:
+    """A d7y daemon run as a real process from a YAML config; ready when its /healthy
+    answers. Subclasses fill in ``config`` and name the command."""
 
-    def __init__(self, workdir: Path, name: str = "peer", **config_overrides) -> None:
+    command = ""  # the d7y subcommand: "dfdaemon" or "scheduler"
+
+    def __init__(self, workdir: Path, name: str) -> None:
         self.workdir = Path(workdir)
         self.name = name
-        self.data_dir = self.workdir / f"{name}-data"
-        self.upload_port = free_port()
         self.metrics_port = free_port()
-        self.config: dict = {
-            "storage": {"data_dir": str(self.data_dir), "gc_interval": "1h"},
-            "upload": {"listen": "127.0.0.1", "port": self.upload_port,
-                       "piece_port": free_port()},
-            "metrics": {"listen": "127.0.0.1", "port": self.metrics_port},
-            "download": {"origin_backoff": "10ms", "origin_backoff_max": "50ms"},
-            "log": {"level": "debug"},
-        }  # fmt: skip
-        for section, values in config_overrides.items():
-            if isinstance(values, dict):
-                self.config.setdefault(section, {}).update(values)
-            else:
-                self.config[section] = values
+        self.config: dict = {}
         self.config_path = self.workdir / f"{name}.yaml"
         self.log_path = self.workdir / f"{name}.log"
         self.proc: subprocess.Popen | None = None
 
-    @property
-    def piece_port(self) -> int:
-        return self.config["upload"]["piece_port"]
+    def _merge(self, overrides: dict) -> None:
+        for section, values in overrides.items():
+            if isinstance(values, dict):
+                self.config.setdefault(section, {}).update(values)
+            else:
+                self.config[section] = values
 
-    @property
-    def socket_path(self) -> Path:
-        return Path(self.config["storage"]["data_dir"]) / "dfdaemon.sock"
+    def ready(self) -> bool:
+        return _http_ok(f"http://127.0.0.1:{self.metrics_port}/healthy")
 
-    def start(self, timeout: float = 20.0) -> PeerProcess:
+    def start(self, timeout: float = 20.0):
         self.config_path.write_text(yaml.safe_dump(self.config))
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
-        self.proc = subprocess.Popen(
-            [PYTHON, "-m", "d7y.daemons.cli", "dfdaemon", "--config", str(self.config_path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [PYTHON, "-m", "d7y.daemons.cli", self.command, "--config",
+                 str(self.config_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"dfdaemon exited early:\n{self.log()}")
-            if self.healthy():
+                raise RuntimeError(f"{self.name} exited early:\n{self.log()}")
+            if self.ready():
                 return self
             time.sleep(0.05)
         self.proc.kill()  # never leave a half-started daemon behind
         self.proc.wait()
-        raise RuntimeError(f"dfdaemon did not become ready:\n{self.log()}")
-
-    def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(
-                f"http://127.0.0.1:{self.metrics_port}/healthy", timeout=1
-            ) as resp:
-                return resp.status == 200 and self.socket_path.exists()
-        except OSError:
-            return False
+        raise RuntimeError(f"{self.name} did not become ready:\n{self.log()}")
 
     def metrics(self) -> dict[str, float]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics") as resp:
-            text = resp.read().decode()
-        values = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                values[name] = float(value)
-        return values
+        return read_metrics(f"http://127.0.0.1:{self.metrics_port}/metrics")
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
@@ -107,10 +84,59 @@ class PeerProcess:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            raise AssertionError(f"dfdaemon ignored signal {sig}:\n{self.log()}") from None
+            raise AssertionError(f"{self.name} ignored signal {sig}:\n{self.log()}") from None
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.stop()
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+class PeerProcess(DaemonProcess):
+    """A dfdaemon subprocess with its own data dir, ports and config file."""
+
+    command = "dfdaemon"
+
+    def __init__(self, workdir: Path, name: str = "peer", **config_overrides) -> None:
+        super().__init__(workdir, name)
+        self.data_dir = self.workdir / f"{name}-data"
+        self.upload_port = free_port()
+        self.config: dict = {
+            "storage": {"data_dir": str(self.data_dir), "gc_interval": "1h"},
+            "upload": {"listen": "127.0.0.1", "port": self.upload_port,
+                       "piece_port": free_port()},
+            "metrics": {"listen": "127.0.0.1", "port": self.metrics_port},
+            "download": {"origin_backoff": "10ms", "origin_backoff_max": "50ms"},
+            "log": {"level": "debug"},
+        }  # fmt: skip
+        self._merge(config_overrides)
+
+    @property
+    def piece_port(self) -> int:
+        return self.config["upload"]["piece_port"]
+
+    @property
+    def socket_path(self) -> Path:
+        return Path(self.config["storage"]["data_dir"]) / "dfdaemon.sock"
+
+    def ready(self) -> bool:
+        return super().ready() and self.socket_path.exists()
+
+    def healthy(self) -> bool:
+        return self.ready()
 
     def dfget(self, url: str, output: str | Path, *args: str, timeout: float = 120.0,
               **popen) -> subprocess.CompletedProcess:  # fmt: skip
@@ -155,13 +181,6 @@ class PeerProcess:
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()
 
-    def __enter__(self) -> PeerProcess:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.stop()
-
 
 def dfget_command(url: str, output: str | Path, *args: str) -> list[str]:
     return [PYTHON, "-m", "d7y.daemons.cli", "dfget", url, "-O", str(output), *args]
@@ -179,71 +198,24 @@ def dfget(url: str, output: str | Path, *args: str, timeout: float = 120.0,
     )
 
 
-class SchedulerProcess:
+class SchedulerProcess(DaemonProcess):
     """A ``d7y scheduler`` subprocess on free ports."""
 
+    command = "scheduler"
+
     def __init__(self, workdir: Path, name: str = "scheduler", **config_overrides) -> None:
-        self.workdir = Path(workdir)
-        self.name = name
+        super().__init__(workdir, name)
         self.port = free_port()
-        self.metrics_port = free_port()
-        self.config: dict = {
+        self.config = {
             "server": {"listen": "127.0.0.1", "port": self.port},
             "metrics": {"listen": "127.0.0.1", "port": self.metrics_port},
             "log": {"level": "debug"},
         }
-        for section, values in config_overrides.items():
-            self.config.setdefault(section, {}).update(values)
-        self.config_path = self.workdir / f"{name}.yaml"
-        self.log_path = self.workdir / f"{name}.log"
-        self.proc: subprocess.Popen | None = None
+        self._merge(config_overrides)
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 20.0) -> SchedulerProcess:
-        self.config_path.write_text(yaml.safe_dump(self.config))
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
-        self.proc = subprocess.Popen(
-            [PYTHON, "-m", "d7y.daemons.cli", "scheduler", "--config", str(self.config_path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"scheduler exited early:\n{self.log()}")
-            try:
-                with urllib.request.urlopen(
-                    f"http://127.0.0.1:{self.metrics_port}/healthy", timeout=1
-                ):
-                    return self
-            except OSError:
-                time.sleep(0.05)
-        self.proc.kill()
-        self.proc.wait()
-        raise RuntimeError(f"scheduler did not become ready:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text() if self.log_path.exists() else ""
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            raise AssertionError(f"scheduler ignored signal {sig}:\n{self.log()}") from None
-
-    def __enter__(self) -> SchedulerProcess:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 def peer_config(scheduler: SchedulerProcess | str | None, hostname: str, *, seed: bool = False,
