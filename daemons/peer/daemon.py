@@ -48,6 +48,7 @@ class PeerDaemon:
         self.http_upload: HTTPUploadServer | None = None
         self.piece_server: PieceServer | None = None
         self.scheduler: SchedulerClient | None = None
+        self._last_upload = (0, time.monotonic())
         self.host_id = ""
         self.peer_id = ""
         self._metrics_runner: web.AppRunner | None = None
@@ -150,6 +151,13 @@ class PeerDaemon:
     def _announcement(self, hostname: str) -> m.AnnounceHost:
         cfg = self.config
         assert self.http_upload is not None and self.piece_server is not None
+        # Live load since the last announcement: the upload rate this host measured.
+        sample = self.metrics.registry.get_sample_value
+        uploaded = int(sample("d7y_peer_upload_bytes_total") or 0)
+        clock = time.monotonic()
+        last_bytes, last_clock = self._last_upload
+        self._last_upload = (uploaded, clock)
+        tx_bps = int((uploaded - last_bytes) * 8 / max(clock - last_clock, 1e-3))
         return m.AnnounceHost(
             host_id=self.host_id,
             ip=cfg.host.ip,
@@ -161,7 +169,9 @@ class PeerDaemon:
             host_type="seed" if cfg.seed_peer else "normal",
             upload_limit_bps=int(cfg.upload.rate_limit) * 8,
             max_tx_bandwidth_bps=cfg.host.upload_bandwidth,
+            tx_bandwidth_bps=tx_bps,
             concurrent_upload_limit=cfg.upload.max_concurrent,
+            concurrent_upload_count=int(sample("d7y_peer_active_uploads") or 0),
             agent="d7y-dfdaemon",
         )
 
