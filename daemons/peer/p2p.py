@@ -236,10 +236,17 @@ class _Run:
                     self.add_parent(parent)
             elif isinstance(answer, m.TaskDigests):
                 self.digests.update(answer.digests)
-            elif isinstance(answer, m.NeedBackToSource | m.Error):
+            elif isinstance(answer, m.NeedBackToSource) or (
+                isinstance(answer, m.Error) and answer.code == m.ErrorCode.UNAVAILABLE
+            ):
                 reason = getattr(answer, "reason", "") or getattr(answer, "message", "")
                 log.info("scheduler sends task to source task=%s reason=%s", self.task.id, reason)
                 self.fallback = True
+            elif isinstance(answer, m.Error):
+                # A refused report (e.g. after a scheduler restart forgot this peer) is
+                # no reason to stop downloading from the parents we have.
+                log.debug("scheduler refused a report task=%s code=%s message=%s",
+                          self.task.id, answer.code, answer.message)  # fmt: skip
         if self.stream.broken and not self.parents:
             self.fallback = True
 
