@@ -579,6 +579,28 @@ class TaskDigests(Message, kw_only=True):
         _check_digest_keys("TaskDigests", self.digests, self.piece_count)
 
 
+@register
+class RestorePeer(Message, kw_only=True):
+    """Peer -> scheduler: after (re)connecting, this peer already holds (part of) a task.
+
+    A scheduler keeps its state in memory; a restarted one learns which peers can serve
+    which tasks from these. ``digests`` are the digests the peer stored with its pieces
+    (each verified against the recorded digest when it arrived); the scheduler keeps the
+    first it hears for a piece, so children can verify against it again.
+    """
+
+    type_code: ClassVar[int] = 0x3B
+    peer_id: Id
+    task_id: Id
+    host_id: Id
+    url: Annotated[str, Meta(min_length=1, max_length=8192)]
+    content_length: NonNegative
+    piece_length: PieceSize
+    bitmap: Bitmap = b""
+    succeeded: bool = False
+    digests: PieceDigests = {}
+
+
 def message_class(code: int) -> type[Message] | None:
     """The class registered for ``code``, or None."""
     return REGISTRY.get(code)
@@ -613,6 +635,7 @@ __all__ = [
     "Ping",
     "Pong",
     "RegisterPeer",
+    "RestorePeer",
     "Reschedule",
     "SmallTaskResponse",
     "Subscribe",

@@ -243,8 +243,12 @@ def test_restarted_scheduler_learns_what_the_seed_already_holds(cluster_factory,
     late = cluster.add_peer("late")
     outputs = cluster.fetch_all(url, [late])
     assert sha256(outputs[0]) == hashlib.sha256(origin.content("held.bin")).hexdigest()
-    assert origin.stats("/held.bin")["bytes_sent"] == sent  # served by the seed's copy
-    assert "announced stored task to the scheduler" in cluster.seed.log()
+    assert origin.stats("/held.bin")["bytes_sent"] == sent  # served by the stored copies
+    # Both holders re-announced the task when they reconnected to the new scheduler.
+    assert "restored held tasks with the scheduler count=1" in cluster.seed.log()
+    assert "restored held tasks with the scheduler count=1" in cluster.peers[0].log()
+    from_origin, from_peers, _ = bytes_by_source(late)
+    assert from_origin == 0 and from_peers == size
 
 
 def test_stdout_download_over_p2p_streams_in_order(cluster_factory, origin):

@@ -205,6 +205,27 @@ SAMPLES: dict[type[m.Message], list[m.Message]] = {
     m.LeavePeer: [m.LeavePeer(peer_id=PEER, task_id=TASK)],
     m.LeaveHost: [m.LeaveHost(host_id=HOST)],
     m.GetTaskDigests: [m.GetTaskDigests(peer_id=PEER, task_id=TASK)],
+    m.RestorePeer: [
+        m.RestorePeer(
+            peer_id=PEER,
+            task_id=TASK,
+            host_id=HOST,
+            url="https://example.com/f",
+            content_length=0,
+            piece_length=4 * 2**20,
+        ),
+        m.RestorePeer(
+            peer_id=PEER,
+            task_id=TASK,
+            host_id=HOST,
+            url="https://example.com/f",
+            content_length=10 * 2**20,
+            piece_length=4 * 2**20,
+            bitmap=b"\xe0",
+            succeeded=True,
+            digests={0: "crc32:1", 1: "crc32:2", 2: "crc32:3"},
+        ),
+    ],
     m.TaskDigests: [
         m.TaskDigests(task_id=TASK, content_length=-1, piece_length=0, piece_count=-1),
         m.TaskDigests(

@@ -564,6 +564,7 @@ def test_restore_after_a_scheduler_restart(bitmap_impl):
         piece_length=PIECE,
         finished=(),
         succeeded=True,
+        digests={0: "crc32:7", 1: "crc32:8"},
     )
     s.restore_peer(
         "p2",
@@ -575,7 +576,10 @@ def test_restore_after_a_scheduler_restart(bitmap_impl):
         piece_length=PIECE,
         finished=[0, 1, 2],
         succeeded=False,
+        digests={1: "crc32:999", 2: "crc32:9"},
     )
+    # The first restored digest of a piece is kept, as the first origin report is.
+    assert dict(s.piece_digests("t")) == {0: "crc32:7", 1: "crc32:8", 2: "crc32:9"}
     assert s.peer("p1").state is PeerState.SUCCEEDED and s.peer("p1").finished.all()
     assert s.peer("p2").state is PeerState.RUNNING and s.peer("p2").finished_count == 3
     assert s.task("t").state is TaskState.SUCCEEDED

@@ -404,12 +404,18 @@ class Scheduler:
         piece_length: int,
         finished: Iterable[int] | bytes,
         succeeded: bool,
+        digests: Mapping[int, str] | None = None,
     ) -> None:
         """Re-create a peer a daemon still has after a scheduler restart (the scheduler
         keeps everything in memory and rebuilds from these re-announcements): RUNNING
         with ``finished`` (piece numbers, or a BitTorrent bitfield), or SUCCEEDED. No
         scheduling happens; the peer can serve at once. Running peers call
-        :meth:`reschedule` to get parents again."""
+        :meth:`reschedule` to get parents again.
+
+        ``digests`` are the piece digests the daemon stored (each checked against the
+        recorded digest when it was fetched); they become the task's recorded digests
+        where the restarted scheduler has none yet, the first report winning as for
+        origin fetches, so children can verify pieces again."""
         _check_id("peer_id", peer_id)
         _check_id("task_id", task_id)
         _check_time(now)
@@ -433,6 +439,10 @@ class Scheduler:
             peer_id, task, host, bitmap, self.config.concurrent_piece_count, False, now
         )
         peer.finished_count = bitmap.count()
+        for number, digest in (digests or {}).items():
+            if not isinstance(digest, str):
+                raise TypeError(f"digest must be a str like 'crc32:123', got {digest!r}")
+            task.piece_digests.setdefault(number, digest)
         peer.fsm.fire(PeerEvent.REGISTER_NORMAL)
         if succeeded:
             peer.fsm.fire(PeerEvent.DOWNLOAD_SUCCEEDED)

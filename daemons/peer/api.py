@@ -221,5 +221,5 @@ class LocalAPI:
             return web.json_response(
                 {"error": {"kind": "not_found", "message": f"no task {task_id}"}}, status=404
             )
-        await storage.run(storage.delete_task, task_id)
+        await self.manager.delete_task(task_id)
         return web.json_response({"deleted": task_id})

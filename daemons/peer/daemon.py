@@ -131,6 +131,7 @@ class PeerDaemon:
             int(port),
             announce=lambda: self._announcement(hostname),
             on_trigger=self._on_trigger,
+            on_connected=lambda: self.manager.p2p.restore_held(),
             announce_interval=float(cfg.scheduler.announce_interval),
             max_frame=int(cfg.upload.max_frame),
         )
@@ -282,7 +283,7 @@ class PeerDaemon:
         for task_id in evict:
             if task_id in self.manager.busy_task_ids():
                 continue  # became busy while we planned
-            await storage.run(storage.delete_task, task_id)
+            await self.manager.delete_task(task_id)
             self.metrics.gc_evictions.inc()
             log.info("gc evicted task=%s", task_id)
         return evict

@@ -36,7 +36,7 @@ from d7y.daemons.peer.scheduler_client import (
     SchedulerClient,
     SchedulerUnavailable,
 )
-from d7y.daemons.peer.storage import TaskRecord, now
+from d7y.daemons.peer.storage import TASK_SUCCEEDED, TaskRecord, now
 from d7y.ext.bitmap import Bitmap
 
 log = logging.getLogger("d7y.dfdaemon.p2p")
@@ -72,9 +72,56 @@ class P2PDownloader:
         self.piece_timeout = piece_timeout
         self.rng = rng or random.Random()
         self.client = PieceClient(timeout=piece_timeout)
+        # task_id -> the peer ID under which the scheduler knows this daemon holds it
+        # (after a finished download or a restore); LeavePeer goes out when it is evicted.
+        self.held: dict[str, str] = {}
 
     def close(self) -> None:
         self.client.close()
+
+    async def restore_held(self) -> None:
+        """After (re)connecting: tell the scheduler every task this daemon holds whole.
+
+        A restarted scheduler has forgotten them; without this, stored tasks would serve
+        nobody until downloaded again. One RestorePeer per task, on stream 0.
+        """
+        storage = self.manager.storage
+        self.held.clear()
+        records = await storage.run(storage.meta.list_tasks)
+        restored = 0
+        for record in records:
+            if record.state != TASK_SUCCEEDED or not record.content_length:
+                continue
+            pieces = await storage.run(storage.meta.pieces, record.id)
+            count = piece_count(record.content_length, record.piece_length)
+            if len(pieces) != count:
+                continue
+            peer_id = ids.peer_id(self.ip, self.hostname, uuid.uuid4(), seed=self.seed)
+            await self.scheduler.send_host_message(
+                m.RestorePeer(
+                    peer_id=peer_id,
+                    task_id=record.id,
+                    host_id=self.host_id,
+                    url=record.url,
+                    content_length=record.content_length,
+                    piece_length=record.piece_length,
+                    succeeded=True,
+                    digests={n: d for n, (d, _source) in pieces.items()},
+                )
+            )
+            self.held[record.id] = peer_id
+            restored += 1
+        if restored:
+            log.info("restored held tasks with the scheduler count=%d", restored)
+
+    async def leave(self, task_id: str) -> None:
+        """The task is gone from this daemon: the scheduler must stop sending children."""
+        peer_id = self.held.pop(task_id, None)
+        if peer_id is not None:
+            with contextlib.suppress(SchedulerUnavailable):
+                await self.scheduler.send_host_message(
+                    m.LeavePeer(peer_id=peer_id, task_id=task_id)
+                )
 
     # -- registration --------------------------------------------------------------------
 
@@ -144,6 +191,7 @@ class P2PDownloader:
                 m.DownloadFinished(peer_id=task.peer_id, task_id=task.id,
                                    content_length=task.content_length, piece_count=count)
             )  # fmt: skip
+            self.held[task.id] = task.peer_id
             log.info("announced stored task to the scheduler task=%s", task.id)
         finally:
             stream.close()

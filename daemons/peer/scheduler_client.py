@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from d7y.core import messages as m
 from d7y.core.protocol import ProtocolError
@@ -86,12 +86,14 @@ class SchedulerClient:
         *,
         announce: Callable[[], m.AnnounceHost],
         on_trigger: Callable[[m.TriggerSeed], None],
+        on_connected: Callable[[], Awaitable[None]] | None = None,
         announce_interval: float = 30.0,
         max_frame: int = 1024 * 1024,
     ) -> None:
         self.address = (host, port)
         self._announce = announce
         self._on_trigger = on_trigger
+        self._on_connected = on_connected
         self.announce_interval = announce_interval
         self.max_frame = max_frame
         self.connected = asyncio.Event()
@@ -181,10 +183,23 @@ class SchedulerClient:
                     )
 
     async def _announce_loop(self) -> None:
+        first = True
         while True:
             with contextlib.suppress(SchedulerUnavailable):
                 await self._send(self._announce(), 0)
+                if first and self._on_connected is not None:
+                    first = False
+                    try:
+                        await self._on_connected()
+                    except SchedulerUnavailable:
+                        pass
+                    except Exception:
+                        log.exception("re-announcing held tasks failed")
             await asyncio.sleep(self.announce_interval)
+
+    async def send_host_message(self, message: m.Message) -> None:
+        """A message on stream 0 (RestorePeer, LeavePeer for an evicted task)."""
+        await self._send(message, 0)
 
     async def _read_loop(self, conn: FramedSocket) -> None:
         while True:

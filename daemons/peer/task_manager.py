@@ -206,6 +206,12 @@ class TaskManager:
             if self._pins[task_id] <= 0:
                 del self._pins[task_id]
 
+    async def delete_task(self, task_id: str) -> None:
+        """Remove a stored task (GC, the API): bytes, metadata, and its scheduler peer."""
+        await self.storage.run(self.storage.delete_task, task_id)
+        if self.p2p is not None:
+            await self.p2p.leave(task_id)
+
     def busy_task_ids(self) -> set[str]:
         return set(self._running) | set(self._pins)
 
@@ -303,7 +309,7 @@ class TaskManager:
             if exc.kind in (FailureKind.DIGEST, FailureKind.NO_SPACE):
                 # Wrong bytes must never be served, and a task that cannot fit frees
                 # what it took; both start from scratch next time.
-                await self.storage.run(self.storage.delete_task, task.id)
+                await self.delete_task(task.id)
             elif await self.storage.run(self.storage.meta.get_task, task.id):
                 await self.storage.run(
                     lambda: self.storage.meta.update_task(
@@ -366,6 +372,7 @@ class TaskManager:
                 stream.close()
             raise
         if stream is not None:
+            self.p2p.held[task.id] = task.peer_id
             await stream.report(
                 m.DownloadFinished(
                     peer_id=task.peer_id,

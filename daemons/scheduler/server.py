@@ -272,6 +272,20 @@ class SchedulerService:
             self._register(conn, stream, msg, now)
         elif isinstance(msg, m.AnnounceHost):
             self._announce(conn, msg, now)
+        elif isinstance(msg, m.RestorePeer):
+            core.restore_peer(
+                msg.peer_id,
+                msg.task_id,
+                msg.host_id,
+                msg.url,
+                now,
+                content_length=msg.content_length,
+                piece_length=msg.piece_length,
+                finished=msg.bitmap,
+                succeeded=msg.succeeded,
+                digests=msg.digests,
+            )
+            conn.peers.add(msg.peer_id)  # it leaves with its connection
         elif isinstance(msg, m.DownloadStarted):
             core.download_started(
                 msg.peer_id,
