@@ -98,6 +98,48 @@ def config_docs() -> str:
     return "\n".join(lines) + "\n"
 
 
+def scheduler_main(argv: list[str] | None = None) -> int:
+    """Entry point of ``d7y scheduler``."""
+    from d7y.daemons.config import ConfigError
+    from d7y.daemons.logs import setup_logging
+    from d7y.daemons.scheduler.config import load_scheduler_config
+    from d7y.daemons.scheduler.server import serve_forever
+
+    parser = argparse.ArgumentParser(prog="d7y scheduler", description="d7y scheduler")
+    parser.add_argument("--config", default=None, help="YAML config file")
+    parser.add_argument("--port", type=int, default=None, help="override server.port")
+    parser.add_argument("--metrics-port", type=int, default=None, help="override metrics.port")
+    args = parser.parse_args(argv)
+    overrides: dict = {}
+    if args.port is not None:
+        overrides.setdefault("server", {})["port"] = args.port
+    if args.metrics_port is not None:
+        overrides.setdefault("metrics", {})["port"] = args.metrics_port
+    try:
+        config = load_scheduler_config(args.config, overrides=overrides)
+    except ConfigError as exc:
+        print(f"d7y scheduler: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.log.level, config.log.format)
+    try:
+        _run_loop(serve_forever(config))
+    except OSError as exc:
+        print(f"d7y scheduler: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_loop(coro) -> None:
+    try:
+        import uvloop
+
+        uvloop.run(coro)
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        import asyncio
+
+        asyncio.run(coro)
+
+
 def dfget_main(argv: list[str] | None = None) -> int:
     from d7y.daemons.dfget import main
 
