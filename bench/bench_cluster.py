@@ -63,9 +63,14 @@ def main() -> int:
         before = origin_sent(cluster)
         start = time.perf_counter()
         with concurrent.futures.ThreadPoolExecutor(args.peers) as pool:
-            list(pool.map(lambda i: subprocess.run(
-                ["curl", "-sS", "-f", "-o", str(work / f"curl{i}.out"), url], check=True),
-                range(args.peers)))  # fmt: skip
+            list(
+                pool.map(
+                    lambda i: subprocess.run(
+                        ["curl", "-sS", "-f", "-o", str(work / f"curl{i}.out"), url], check=True
+                    ),
+                    range(args.peers),
+                )
+            )
         direct_s = time.perf_counter() - start
         direct_egress = (origin_sent(cluster) - before) / size
         for i in range(args.peers):
@@ -74,8 +79,9 @@ def main() -> int:
         before = origin_sent(cluster)
         start = time.perf_counter()
         with concurrent.futures.ThreadPoolExecutor(args.peers) as pool:
-            runs = list(pool.map(lambda n: cluster.dfget(n, url, work / f"{n['name']}.out"),
-                                 cluster.peers))  # fmt: skip
+            runs = list(
+                pool.map(lambda n: cluster.dfget(n, url, work / f"{n['name']}.out"), cluster.peers)
+            )
         p2p_s = time.perf_counter() - start
         p2p_egress = (origin_sent(cluster) - before) / size
         assert all(rc == 0 for rc, _, _ in runs), runs
@@ -85,8 +91,10 @@ def main() -> int:
     finally:
         cluster.stop()
         shutil.rmtree(work, ignore_errors=True)
-    print(f"\nswarm of 1 seed + {args.peers} peers, {size / 2**20:.0f} MiB, origin rate "
-          f"{args.origin_rate}, {time.strftime('%Y-%m-%d')}")  # fmt: skip
+    print(
+        f"\nswarm of 1 seed + {args.peers} peers, {size / 2**20:.0f} MiB, origin rate "
+        f"{args.origin_rate}, {time.strftime('%Y-%m-%d')}"
+    )
     print(f"{'mode':<34} {'wall s':>7} {'origin egress / F':>18}")
     print(f"{'P2P (d7y cluster, dfget on all)':<34} {p2p_s:>7.2f} {p2p_egress:>18.3f}")
     print(f"{'direct (N x curl from the origin)':<34} {direct_s:>7.2f} {direct_egress:>18.3f}")

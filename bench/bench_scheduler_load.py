@@ -38,9 +38,16 @@ DIGEST = f"crc32:{zlib.crc32(b'x')}"
 async def run(port: int, peers: int, reports: int) -> None:
     conns = [await FramedSocket.connect("127.0.0.1", port) for _ in range(peers)]
     for i, conn in enumerate(conns):
-        await conn.send(m.AnnounceHost(host_id=f"10.0.{i // 250}.{i % 250}-h{i}", ip="127.0.0.1",
-                                       hostname=f"h{i}", port=4000, download_port=4005,
-                                       max_tx_bandwidth_bps=10**10))  # fmt: skip
+        await conn.send(
+            m.AnnounceHost(
+                host_id=f"10.0.{i // 250}.{i % 250}-h{i}",
+                ip="127.0.0.1",
+                hostname=f"h{i}",
+                port=4000,
+                download_port=4005,
+                max_tx_bandwidth_bps=10**10,
+            )
+        )
     # The first HOLDERS peers fetch from the origin (need_back_to_source) and finish, so
     # the crowd that follows finds parents with free upload slots at once: the latency
     # measured is the scheduler's, not the algorithm's retry_interval waits.
@@ -48,10 +55,16 @@ async def run(port: int, peers: int, reports: int) -> None:
 
     async def register(i: int, conn: FramedSocket, holder: bool = False) -> None:
         start = time.perf_counter()
-        await conn.send(m.RegisterPeer(peer_id=f"peer-{i}", task_id=TASK,
-                                       host_id=f"10.0.{i // 250}.{i % 250}-h{i}",
-                                       url="http://origin/f.bin",
-                                       need_back_to_source=holder), 1)  # fmt: skip
+        await conn.send(
+            m.RegisterPeer(
+                peer_id=f"peer-{i}",
+                task_id=TASK,
+                host_id=f"10.0.{i // 250}.{i % 250}-h{i}",
+                url="http://origin/f.bin",
+                need_back_to_source=holder,
+            ),
+            1,
+        )
         _, answer = await conn.read()
         if not holder:
             latencies.append(time.perf_counter() - start)
@@ -59,16 +72,40 @@ async def run(port: int, peers: int, reports: int) -> None:
             return
         assert isinstance(answer, m.NeedBackToSource), answer
         batch = bytearray()
-        encode_frame_into(batch, m.DownloadStarted(
-            peer_id=f"peer-{i}", task_id=TASK, back_to_source=True,
-            content_length=PIECES * 4 * 2**20, piece_length=4 * 2**20), 1)  # fmt: skip
+        encode_frame_into(
+            batch,
+            m.DownloadStarted(
+                peer_id=f"peer-{i}",
+                task_id=TASK,
+                back_to_source=True,
+                content_length=PIECES * 4 * 2**20,
+                piece_length=4 * 2**20,
+            ),
+            1,
+        )
         for n in range(PIECES):
-            encode_frame_into(batch, m.PieceFinished(
-                peer_id=f"peer-{i}", task_id=TASK, number=n, cost_ns=10**6,
-                length=4 * 2**20, digest=DIGEST), 1)  # fmt: skip
-        encode_frame_into(batch, m.DownloadFinished(
-            peer_id=f"peer-{i}", task_id=TASK, content_length=PIECES * 4 * 2**20,
-            piece_count=PIECES), 1)  # fmt: skip
+            encode_frame_into(
+                batch,
+                m.PieceFinished(
+                    peer_id=f"peer-{i}",
+                    task_id=TASK,
+                    number=n,
+                    cost_ns=10**6,
+                    length=4 * 2**20,
+                    digest=DIGEST,
+                ),
+                1,
+            )
+        encode_frame_into(
+            batch,
+            m.DownloadFinished(
+                peer_id=f"peer-{i}",
+                task_id=TASK,
+                content_length=PIECES * 4 * 2**20,
+                piece_count=PIECES,
+            ),
+            1,
+        )
         await asyncio.get_running_loop().sock_sendall(conn.sock, batch)
 
     for i in range(HOLDERS):
@@ -84,9 +121,19 @@ async def run(port: int, peers: int, reports: int) -> None:
             return
         batch = bytearray()
         for n in range(reports):
-            encode_frame_into(batch, m.PieceFinished(
-                peer_id=f"peer-{i}", task_id=TASK, number=n % PIECES,
-                parent_id="peer-0", cost_ns=10**6, length=4 * 2**20, digest=DIGEST), 1)  # fmt: skip
+            encode_frame_into(
+                batch,
+                m.PieceFinished(
+                    peer_id=f"peer-{i}",
+                    task_id=TASK,
+                    number=n % PIECES,
+                    parent_id="peer-0",
+                    cost_ns=10**6,
+                    length=4 * 2**20,
+                    digest=DIGEST,
+                ),
+                1,
+            )
         encode_frame_into(batch, m.Ping(nonce=i))
         await asyncio.get_running_loop().sock_sendall(conn.sock, batch)
         while True:
@@ -101,9 +148,11 @@ async def run(port: int, peers: int, reports: int) -> None:
         conn.close()
     q = statistics.quantiles(latencies, n=100)
     print(f"\nscheduler daemon, {peers} peer connections, one task, {time.strftime('%Y-%m-%d')}")
-    print(f"register -> answer latency: p50 {q[49] * 1e3:.2f} ms, p99 {q[98] * 1e3:.2f} ms "
-          f"({registered} concurrent registrations answered in {register_wall:.2f} s = "
-          f"{registered / register_wall:,.0f}/s)")  # fmt: skip
+    print(
+        f"register -> answer latency: p50 {q[49] * 1e3:.2f} ms, p99 {q[98] * 1e3:.2f} ms "
+        f"({registered} concurrent registrations answered in {register_wall:.2f} s = "
+        f"{registered / register_wall:,.0f}/s)"
+    )
     total = (peers - HOLDERS) * reports
     print(f"piece reports: {total:,} in {report_wall:.2f} s = {total / report_wall:,.0f}/s")
 
@@ -118,16 +167,20 @@ def main() -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4096)), hard))
     with tempfile.TemporaryDirectory() as work:
-        scheduler = SchedulerProcess(Path(work), log={"level": "info"},
-                                     scheduling={"sample_servable_only": True}).start()  # fmt: skip
+        scheduler = SchedulerProcess(
+            Path(work), log={"level": "info"}, scheduling={"sample_servable_only": True}
+        ).start()
         try:
             import uvloop
 
             uvloop.run(run(scheduler.port, args.peers, args.reports))
             url = f"http://127.0.0.1:{scheduler.metrics_port}/metrics"
             with urllib.request.urlopen(url) as resp:
-                errors = [line for line in resp.read().decode().splitlines()
-                          if line.startswith("d7y_scheduler_errors_total")]  # fmt: skip
+                errors = [
+                    line
+                    for line in resp.read().decode().splitlines()
+                    if line.startswith("d7y_scheduler_errors_total")
+                ]
             print("requests refused:", ", ".join(errors) or "none")
         finally:
             scheduler.stop()

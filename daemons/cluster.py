@@ -132,12 +132,19 @@ class LocalCluster:
         path = self.work / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config))
         service = Service(
-            self.work, name, self._cli("dfdaemon", "--config", str(path)),
+            self.work,
+            name,
+            self._cli("dfdaemon", "--config", str(path)),
             f"http://127.0.0.1:{metrics}/healthy",
-        )  # fmt: skip
+        )
         self.services.append(service)
-        return {"name": name, "service": service, "socket": data_dir / "dfdaemon.sock",
-                "metrics": metrics, "config": path}  # fmt: skip
+        return {
+            "name": name,
+            "service": service,
+            "socket": data_dir / "dfdaemon.sock",
+            "metrics": metrics,
+            "config": path,
+        }
 
     def start(self) -> None:
         sched_metrics = _free_port()
@@ -147,8 +154,12 @@ class LocalCluster:
         }
         path = self.work / "scheduler.yaml"
         path.write_text(yaml.safe_dump(config))
-        scheduler = Service(self.work, "scheduler", self._cli("scheduler", "--config", str(path)),
-                            f"http://127.0.0.1:{sched_metrics}/healthy")  # fmt: skip
+        scheduler = Service(
+            self.work,
+            "scheduler",
+            self._cli("scheduler", "--config", str(path)),
+            f"http://127.0.0.1:{sched_metrics}/healthy",
+        )
         self.services.append(scheduler)
         scheduler.start()
         scheduler.wait_ready()
@@ -173,10 +184,18 @@ class LocalCluster:
     def dfget(self, node: dict, url: str, output: Path) -> tuple[int, float, str]:
         start = time.perf_counter()
         proc = subprocess.run(
-            self._cli("dfget", url, "-O", str(output), "--no-progress",
-                      "--daemon-socket", str(node["socket"])),
-            capture_output=True, text=True,
-        )  # fmt: skip
+            self._cli(
+                "dfget",
+                url,
+                "-O",
+                str(output),
+                "--no-progress",
+                "--daemon-socket",
+                str(node["socket"]),
+            ),
+            capture_output=True,
+            text=True,
+        )
         return proc.returncode, time.perf_counter() - start, proc.stderr.strip()
 
 
@@ -214,12 +233,15 @@ def demo(args: argparse.Namespace) -> int:
         cluster.start()
         print(f"downloading {url} on {args.peers} peers at once ...")
         with concurrent.futures.ThreadPoolExecutor(args.peers) as pool:
-            runs = list(pool.map(
-                lambda node: cluster.dfget(node, url, work / f"{node['name']}.out"),
-                cluster.peers,
-            ))  # fmt: skip
-        failed = [(n["name"], err) for n, (rc, _, err) in zip(cluster.peers, runs, strict=True)
-                  if rc != 0]  # fmt: skip
+            runs = list(
+                pool.map(
+                    lambda node: cluster.dfget(node, url, work / f"{node['name']}.out"),
+                    cluster.peers,
+                )
+            )
+        failed = [
+            (n["name"], err) for n, (rc, _, err) in zip(cluster.peers, runs, strict=True) if rc != 0
+        ]
         for name, err in failed:
             print(f"{name}: dfget failed: {err}")
         outputs = [work / f"{n['name']}.out" for n in cluster.peers]
@@ -229,8 +251,10 @@ def demo(args: argparse.Namespace) -> int:
         if expected is None:
             expected = digests[0]
         size = size or (outputs[0].stat().st_size if outputs[0].exists() else 0)
-        print(f"\n{'peer':<8} {'seconds':>8} {'origin MiB':>11} {'peers MiB':>10} "
-              f"{'uploaded MiB':>13}  sha256")  # fmt: skip
+        print(
+            f"\n{'peer':<8} {'seconds':>8} {'origin MiB':>11} {'peers MiB':>10} "
+            f"{'uploaded MiB':>13}  sha256"
+        )
         for node in [cluster.seed, *cluster.peers]:
             m = cluster.metrics(node)
             secs = "-"
@@ -239,15 +263,19 @@ def demo(args: argparse.Namespace) -> int:
                 i = cluster.peers.index(node)
                 secs = f"{runs[i][1]:.2f}"
                 ok = "ok" if digests[i] == expected else "MISMATCH"
-            print(f"{node['name']:<8} {secs:>8} "
-                  f"{_mib(m.get('d7y_peer_download_origin_bytes_total', 0)):>11} "
-                  f"{_mib(m.get('d7y_peer_download_peer_bytes_total', 0)):>10} "
-                  f"{_mib(m.get('d7y_peer_upload_bytes_total', 0)):>13}  {ok}")  # fmt: skip
+            print(
+                f"{node['name']:<8} {secs:>8} "
+                f"{_mib(m.get('d7y_peer_download_origin_bytes_total', 0)):>11} "
+                f"{_mib(m.get('d7y_peer_download_peer_bytes_total', 0)):>10} "
+                f"{_mib(m.get('d7y_peer_upload_bytes_total', 0)):>13}  {ok}"
+            )
         if cluster.origin_url:
             with urllib.request.urlopen(cluster.origin_url + "_stats") as resp:
                 sent = json.load(resp)["bytes_sent"]
-            print(f"\norigin egress: {_mib(sent)} MiB for a {_mib(size)} MiB file = "
-                  f"{sent / max(size, 1):.3f}x the file size")  # fmt: skip
+            print(
+                f"\norigin egress: {_mib(sent)} MiB for a {_mib(size)} MiB file = "
+                f"{sent / max(size, 1):.3f}x the file size"
+            )
         all_ok = not failed and all(d == expected for d in digests)
         print("all outputs match the origin's SHA-256" if all_ok else "SOME OUTPUTS ARE WRONG")
         return 0 if all_ok else 1

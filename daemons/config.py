@@ -37,12 +37,21 @@ class Duration(float):
 
 
 _SIZE_UNITS = {
-    "": 1, "b": 1,
-    "k": 1024, "kb": 1000, "kib": 1024,
-    "m": 1024**2, "mb": 1000**2, "mib": 1024**2,
-    "g": 1024**3, "gb": 1000**3, "gib": 1024**3,
-    "t": 1024**4, "tb": 1000**4, "tib": 1024**4,
-}  # fmt: skip
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1024**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1024**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+    "t": 1024**4,
+    "tb": 1000**4,
+    "tib": 1024**4,
+}
 _DURATION_UNITS = {"": 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _NUMBER_UNIT = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
 
@@ -80,8 +89,9 @@ def parse_duration(value: object) -> Duration:
 def field(default: Any, doc: str, **kwargs: Any) -> Any:
     """A config field with its default and one line of documentation."""
     if isinstance(default, list | dict):
-        return dataclasses.field(default_factory=lambda: type(default)(default),
-                                 metadata={"doc": doc, **kwargs})  # fmt: skip
+        return dataclasses.field(
+            default_factory=lambda: type(default)(default), metadata={"doc": doc, **kwargs}
+        )
     return dataclasses.field(default=default, metadata={"doc": doc, **kwargs})
 
 
@@ -157,8 +167,9 @@ def _hints(cls: type) -> dict[str, Any]:
 
 def _apply(obj: Any, data: Mapping[str, Any], prefix: str = "") -> None:
     if not isinstance(data, Mapping):
-        raise ConfigError(f"config section {prefix.rstrip('.') or '(top)'!r} must be a mapping, "
-                          f"got {data!r}")  # fmt: skip
+        raise ConfigError(
+            f"config section {prefix.rstrip('.') or '(top)'!r} must be a mapping, got {data!r}"
+        )
     hints = _hints(type(obj))
     names = [f.name for f in dataclasses.fields(obj)]
     for key, value in data.items():
@@ -166,8 +177,9 @@ def _apply(obj: Any, data: Mapping[str, Any], prefix: str = "") -> None:
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f" (did you mean {prefix + close[0]!r}?)" if close else ""
-            raise ConfigError(f"unknown config key {path!r}{hint}; valid keys here: "
-                              f"{', '.join(names)}")  # fmt: skip
+            raise ConfigError(
+                f"unknown config key {path!r}{hint}; valid keys here: {', '.join(names)}"
+            )
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             _apply(current, value if value is not None else {}, f"{path}.")
@@ -182,7 +194,7 @@ def _env_overrides(obj: Any, env: Mapping[str, str], env_prefix: str) -> dict[st
     for name, value in env.items():
         if not name.startswith(marker):
             continue
-        parts = [p.lower() for p in name[len(marker):].split("__")]  # fmt: skip
+        parts = [p.lower() for p in name[len(marker) :].split("__")]
         node = tree
         for part in parts[:-1]:
             node = node.setdefault(part, {})
@@ -243,8 +255,13 @@ def _format_default(value: Any) -> str:
         return f"{float(value):g}s"
     if isinstance(value, Path):
         return str(value)
-    return repr(value) if isinstance(value, str) else str(value).lower() if isinstance(
-        value, bool) else str(value)  # fmt: skip
+    return (
+        repr(value)
+        if isinstance(value, str)
+        else str(value).lower()
+        if isinstance(value, bool)
+        else str(value)
+    )
 
 
 def _human_size(n: int) -> str:

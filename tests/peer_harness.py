@@ -54,11 +54,10 @@ class DaemonProcess:
         self.config_path.write_text(yaml.safe_dump(self.config))
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [PYTHON, "-m", "d7y.daemons.cli", self.command, "--config",
-                 str(self.config_path)],
+                [PYTHON, "-m", "d7y.daemons.cli", self.command, "--config", str(self.config_path)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-            )  # fmt: skip
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -116,12 +115,11 @@ class PeerProcess(DaemonProcess):
         self.upload_port = free_port()
         self.config: dict = {
             "storage": {"data_dir": str(self.data_dir), "gc_interval": "1h"},
-            "upload": {"listen": "127.0.0.1", "port": self.upload_port,
-                       "piece_port": free_port()},
+            "upload": {"listen": "127.0.0.1", "port": self.upload_port, "piece_port": free_port()},
             "metrics": {"listen": "127.0.0.1", "port": self.metrics_port},
             "download": {"origin_backoff": "10ms", "origin_backoff_max": "50ms"},
             "log": {"level": "debug"},
-        }  # fmt: skip
+        }
         self._merge(config_overrides)
 
     @property
@@ -138,10 +136,12 @@ class PeerProcess(DaemonProcess):
     def healthy(self) -> bool:
         return self.ready()
 
-    def dfget(self, url: str, output: str | Path, *args: str, timeout: float = 120.0,
-              **popen) -> subprocess.CompletedProcess:  # fmt: skip
-        return dfget(url, output, "--daemon-socket", str(self.socket_path), *args,
-                     timeout=timeout, **popen)  # fmt: skip
+    def dfget(
+        self, url: str, output: str | Path, *args: str, timeout: float = 120.0, **popen
+    ) -> subprocess.CompletedProcess:
+        return dfget(
+            url, output, "--daemon-socket", str(self.socket_path), *args, timeout=timeout, **popen
+        )
 
     def dfget_popen(self, url: str, output: str | Path, *args: str) -> subprocess.Popen:
         return subprocess.Popen(
@@ -186,8 +186,9 @@ def dfget_command(url: str, output: str | Path, *args: str) -> list[str]:
     return [PYTHON, "-m", "d7y.daemons.cli", "dfget", url, "-O", str(output), *args]
 
 
-def dfget(url: str, output: str | Path, *args: str, timeout: float = 120.0,
-          **popen) -> subprocess.CompletedProcess:  # fmt: skip
+def dfget(
+    url: str, output: str | Path, *args: str, timeout: float = 120.0, **popen
+) -> subprocess.CompletedProcess:
     env = dict(os.environ, **popen.pop("env", {}))
     return subprocess.run(
         dfget_command(url, output, *args),
@@ -218,8 +219,9 @@ class SchedulerProcess(DaemonProcess):
         return f"127.0.0.1:{self.port}"
 
 
-def peer_config(scheduler: SchedulerProcess | str | None, hostname: str, *, seed: bool = False,
-                **extra) -> dict:  # fmt: skip
+def peer_config(
+    scheduler: SchedulerProcess | str | None, hostname: str, *, seed: bool = False, **extra
+) -> dict:
     """Config overrides for a PeerProcess in a cluster: its own host name, the scheduler."""
     address = scheduler if isinstance(scheduler, str) or scheduler is None else scheduler.address
     config: dict = {

@@ -38,8 +38,14 @@ def bytes_by_source(peer: PeerProcess) -> tuple[float, float, float]:
 
 
 class Cluster:
-    def __init__(self, work: Path, origin: ThreadedOriginServer, peers: int = 4,
-                 seed_extra: dict | None = None, scheduler_extra: dict | None = None):  # fmt: skip
+    def __init__(
+        self,
+        work: Path,
+        origin: ThreadedOriginServer,
+        peers: int = 4,
+        seed_extra: dict | None = None,
+        scheduler_extra: dict | None = None,
+    ):
         self.work = work
         self.origin = origin
         self.scheduler = SchedulerProcess(work, **(scheduler_extra or {})).start()
@@ -138,8 +144,9 @@ def test_parent_killed_mid_transfer(cluster_factory, origin):
     # A slow seed keeps the swarm busy long enough to kill a parent in the middle.
     cluster = cluster_factory(peers=3, seed_extra={"upload": {"rate_limit": "24MiB"}})
     victim, *survivors = cluster.peers
-    procs = [p.dfget_popen(url, cluster.work / f"{p.name}.out", "--no-progress")
-             for p in cluster.peers]  # fmt: skip
+    procs = [
+        p.dfget_popen(url, cluster.work / f"{p.name}.out", "--no-progress") for p in cluster.peers
+    ]
     tid = task_id(url)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -181,8 +188,9 @@ def test_seed_stopped_before_it_finished(cluster_factory, origin):
     url = origin.add_file("seedless.bin", size=size, seed=66)
     origin.set_faults("/seedless.bin", delay={"seconds": 0.3, "count": -1})
     cluster = cluster_factory(peers=2)
-    procs = [p.dfget_popen(url, cluster.work / f"{p.name}.out", "--no-progress")
-             for p in cluster.peers]  # fmt: skip
+    procs = [
+        p.dfget_popen(url, cluster.work / f"{p.name}.out", "--no-progress") for p in cluster.peers
+    ]
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and origin.stats("/seedless.bin")["requests"] < 3:
         time.sleep(0.02)

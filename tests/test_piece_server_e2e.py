@@ -183,9 +183,12 @@ def test_piece_client_catches_a_wrong_digest(served):
         client = PieceClient()
         try:
             await client.fetch(
-                ("127.0.0.1", peer.piece_port), tid, 0, memoryview(bytearray(PIECE)),
+                ("127.0.0.1", peer.piece_port),
+                tid,
+                0,
+                memoryview(bytearray(PIECE)),
                 {0: "crc32:12345"},
-            )  # fmt: skip
+            )
         finally:
             client.close()
 

@@ -146,8 +146,9 @@ class PeerConfig:
         positive("download.origin_retries", self.download.origin_retries)
         positive("upload.max_concurrent", self.upload.max_concurrent)
         if self.upload.max_frame < 4096:
-            raise ConfigError(f"config key 'upload.max_frame' must be >= 4KiB, got "
-                              f"{int(self.upload.max_frame)}")  # fmt: skip
+            raise ConfigError(
+                f"config key 'upload.max_frame' must be >= 4KiB, got {int(self.upload.max_frame)}"
+            )
         for key in ("upload.port", "upload.piece_port", "metrics.port"):
             section_name, name = key.split(".")
             port = getattr(getattr(self, section_name), name)
@@ -167,8 +168,9 @@ class PeerConfig:
                     f"{self.scheduler.address!r}"
                 )
         if 0 < self.storage.quota < MIN_PIECE_LENGTH:
-            raise ConfigError(f"config key 'storage.quota' must be 0 or >= 4MiB, got "
-                              f"{int(self.storage.quota)}")  # fmt: skip
+            raise ConfigError(
+                f"config key 'storage.quota' must be 0 or >= 4MiB, got {int(self.storage.quota)}"
+            )
 
 
 def load_peer_config(

@@ -152,12 +152,16 @@ class P2PDownloader:
             )
             answer = await stream.next_answer(self.register_timeout)
         except SchedulerUnavailable as exc:
-            log.warning("scheduler lost while registering, going back to source task=%s "
-                        "reason=%s", task.id, exc)  # fmt: skip
+            log.warning(
+                "scheduler lost while registering, going back to source task=%s reason=%s",
+                task.id,
+                exc,
+            )
             stream.close()
             return None, None
-        log.debug("registered task=%s peer=%s answer=%s", task.id, task.peer_id,
-                  type(answer).__name__)  # fmt: skip
+        log.debug(
+            "registered task=%s peer=%s answer=%s", task.id, task.peer_id, type(answer).__name__
+        )
         return stream, answer
 
     async def announce_held(self, task) -> None:
@@ -175,22 +179,36 @@ class P2PDownloader:
             if not isinstance(answer, m.NeedBackToSource):
                 return  # the scheduler found another way; nothing to announce
             await stream.report(
-                m.DownloadStarted(peer_id=task.peer_id, task_id=task.id, back_to_source=True,
-                                  content_length=task.content_length,
-                                  piece_length=task.piece_length)
-            )  # fmt: skip
+                m.DownloadStarted(
+                    peer_id=task.peer_id,
+                    task_id=task.id,
+                    back_to_source=True,
+                    content_length=task.content_length,
+                    piece_length=task.piece_length,
+                )
+            )
             count = piece_count(task.content_length, task.piece_length)
             for number in range(count):
                 piece = piece_at(number, task.content_length, task.piece_length)
                 await stream.report(
-                    m.PieceFinished(peer_id=task.peer_id, task_id=task.id, number=number,
-                                    parent_id="", cost_ns=0, length=piece.length,
-                                    digest=task.digests[number])
-                )  # fmt: skip
+                    m.PieceFinished(
+                        peer_id=task.peer_id,
+                        task_id=task.id,
+                        number=number,
+                        parent_id="",
+                        cost_ns=0,
+                        length=piece.length,
+                        digest=task.digests[number],
+                    )
+                )
             await stream.report(
-                m.DownloadFinished(peer_id=task.peer_id, task_id=task.id,
-                                   content_length=task.content_length, piece_count=count)
-            )  # fmt: skip
+                m.DownloadFinished(
+                    peer_id=task.peer_id,
+                    task_id=task.id,
+                    content_length=task.content_length,
+                    piece_count=count,
+                )
+            )
             self.held[task.id] = task.peer_id
             log.info("announced stored task to the scheduler task=%s", task.id)
         finally:
@@ -247,9 +265,12 @@ class _Run:
             return
         self.parents[parent.peer_id] = parent
         if self.picker is not None and parent.peer_id not in self.picker.parent_ids:
-            self.picker.parent_added(parent.peer_id, Bitmap(self.count),
-                                     tx=parent.tx_bandwidth_bps,
-                                     max_tx=parent.max_tx_bandwidth_bps)  # fmt: skip
+            self.picker.parent_added(
+                parent.peer_id,
+                Bitmap(self.count),
+                tx=parent.tx_bandwidth_bps,
+                max_tx=parent.max_tx_bandwidth_bps,
+            )
             self.known[parent.peer_id] = Bitmap(self.count)
 
     def drop_parent(self, parent_id: str) -> list[tuple[int, str]]:
@@ -293,8 +314,12 @@ class _Run:
             elif isinstance(answer, m.Error):
                 # A refused report (e.g. after a scheduler restart forgot this peer) is
                 # no reason to stop downloading from the parents we have.
-                log.debug("scheduler refused a report task=%s code=%s message=%s",
-                          self.task.id, answer.code, answer.message)  # fmt: skip
+                log.debug(
+                    "scheduler refused a report task=%s code=%s message=%s",
+                    self.task.id,
+                    answer.code,
+                    answer.message,
+                )
         if self.stream.broken and not self.parents:
             self.fallback = True
 
@@ -302,16 +327,19 @@ class _Run:
         stamp = time.monotonic()
         if force or stamp - self.last_digest_ask >= DIGEST_REFRESH:
             self.last_digest_ask = stamp
-            await self.stream.report(m.GetTaskDigests(peer_id=self.task.peer_id,
-                                                      task_id=self.task.id))  # fmt: skip
+            await self.stream.report(
+                m.GetTaskDigests(peer_id=self.task.peer_id, task_id=self.task.id)
+            )
 
     async def reschedule(self, bad: list[str], reason: str) -> None:
         stamp = time.monotonic()
         if bad or stamp - self.last_reschedule >= RESCHEDULE_EVERY:
             self.last_reschedule = stamp
-            await self.stream.report(m.Reschedule(peer_id=self.task.peer_id,
-                                                  task_id=self.task.id, bad_parents=bad,
-                                                  reason=reason))  # fmt: skip
+            await self.stream.report(
+                m.Reschedule(
+                    peer_id=self.task.peer_id, task_id=self.task.id, bad_parents=bad, reason=reason
+                )
+            )
 
     async def poll_parents(self) -> None:
         """Ask every parent what it holds; feed new pieces (with known digests) to the
@@ -363,11 +391,16 @@ class _Run:
             record = None
         await manager.storage.run(
             manager.storage.meta.put_task,
-            TaskRecord(id=task.id, url=task.request.url, content_length=content_length,
-                       piece_length=piece_length,
-                       created_at=record.created_at if record else stamp,
-                       updated_at=stamp, last_access=stamp),
-        )  # fmt: skip
+            TaskRecord(
+                id=task.id,
+                url=task.request.url,
+                content_length=content_length,
+                piece_length=piece_length,
+                created_at=record.created_at if record else stamp,
+                updated_at=stamp,
+                last_access=stamp,
+            ),
+        )
         fd = await manager._open_making_room(task, content_length)
         try:
             await manager._resume_pieces(task, fd)
@@ -380,9 +413,12 @@ class _Run:
     async def _loop(self, fd: int) -> bool:
         task, manager = self.task, self.manager
         self.picker = PiecePicker(
-            self.count, self.owner.rng, have=task.bitmap.copy(),
-            piece_timeout=self.owner.piece_timeout, streaming=task.streaming,
-        )  # fmt: skip
+            self.count,
+            self.owner.rng,
+            have=task.bitmap.copy(),
+            piece_timeout=self.owner.piece_timeout,
+            streaming=task.streaming,
+        )
         for parent in list(self.parents.values()):
             self.parents.pop(parent.peer_id)
             self.add_parent(parent)
@@ -412,8 +448,7 @@ class _Run:
                     inflight[(number, parent_id)] = fetch
                 if not inflight:
                     if clock - last_progress > self.owner.stall_timeout:
-                        log.info("no parent can serve the rest, falling back task=%s",
-                                 task.id)  # fmt: skip
+                        log.info("no parent can serve the rest, falling back task=%s", task.id)
                         return False
                     await self.reschedule([], "waiting for pieces")
                     await asyncio.sleep(POLL_INTERVAL / 2)
@@ -436,12 +471,14 @@ class _Run:
                         buffers.append(buffer)
                         continue
                     piece = piece_at(number, task.content_length, task.piece_length)
-                    await manager._land_piece(task, fd, piece, memoryview(buffer)[:length],
-                                              parent_id, cost_ns)  # fmt: skip
+                    await manager._land_piece(
+                        task, fd, piece, memoryview(buffer)[:length], parent_id, cost_ns
+                    )
                     buffers.append(buffer)
                     last_progress = time.monotonic()
-                    for other in self.picker.piece_done(number, parent_id, cost_ns / 1e9,
-                                                        last_progress):  # fmt: skip
+                    for other in self.picker.piece_done(
+                        number, parent_id, cost_ns / 1e9, last_progress
+                    ):
                         inflight.pop(other, _Nothing).cancel()
             return True
         finally:
@@ -464,13 +501,24 @@ class _Run:
     async def _failed(self, number: int, parent_id: str, error: PieceFetchError) -> None:
         task = self.task
         self.manager.metrics.piece_failures.inc()
-        log.info("piece failed task=%s piece=%d parent=%s kind=%s error=%s", task.id, number,
-                 parent_id, error.kind, error)  # fmt: skip
+        log.info(
+            "piece failed task=%s piece=%d parent=%s kind=%s error=%s",
+            task.id,
+            number,
+            parent_id,
+            error.kind,
+            error,
+        )
         await self.stream.report(
-            m.PieceFailed(peer_id=task.peer_id, task_id=task.id, number=number,
-                          parent_id=parent_id, reason=str(error)[:4000],
-                          temporary=error.kind in ("busy", "connection"))
-        )  # fmt: skip
+            m.PieceFailed(
+                peer_id=task.peer_id,
+                task_id=task.id,
+                number=number,
+                parent_id=parent_id,
+                reason=str(error)[:4000],
+                temporary=error.kind in ("busy", "connection"),
+            )
+        )
         if self.picker is None:
             return
         if error.kind == "corrupt":
