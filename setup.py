@@ -97,7 +97,7 @@ class OptionalBuildExt(build_ext):
 setup(
     packages=sorted(package_dir),
     package_dir=package_dir,
-    package_data={"d7y.ext": ["*.pxd", "*.pyx"]},
+    package_data={"d7y.ext": ["*.pxd", "*.pyx"], "d7y.sim": ["scenarios/*.yaml"]},
     ext_modules=ext_modules,
     cmdclass={"build_ext": OptionalBuildExt},
 )

@@ -158,6 +158,17 @@ def main(argv: list[str] | None = None) -> int:
         from d7y.daemons.cluster import main as cluster_main
 
         return cluster_main(argv[1:])
+    if argv and argv[0] == "sim":
+        try:
+            from d7y.sim.cli import main as sim_main
+        except ImportError as exc:
+            print(
+                f"d7y sim: the simulator needs its extra packages ({exc.name} is missing): "
+                f"pip install 'd7y[sim]'",
+                file=sys.stderr,
+            )
+            return 2
+        return sim_main(argv[1:])
     if argv and argv[0] == "origin":
         from d7y.daemons.origin import main as origin_main
 
@@ -169,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("scheduler", help="run the scheduler (see d7y scheduler --help)")
     sub.add_parser("cluster", help="a local cluster: d7y cluster demo | up")
     sub.add_parser("origin", help="serve a directory over HTTP with Range (demos)")
+    sub.add_parser("sim", help="simulate scheduling policies at scale: d7y sim run FILE")
     pieces = sub.add_parser("pieces", help="hash a file into pieces and send them over loopback")
     pieces.add_argument("file", nargs="?", type=Path, help="file to use (default: generate one)")
     pieces.add_argument("--generate", default="256MiB", help="size of the generated sample")
