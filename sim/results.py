@@ -143,6 +143,7 @@ def collect(sim: Simulation, bounds: list[Bound], wall: float) -> PolicyResult:
                     "from_seeds": int(peer.from_seeds),
                     "from_peers": int(peer.from_peers),
                     "reschedules": peer.reschedules,
+                    "back_to_source": peer.bts_reason,
                 }
             )
         durations.extend(done)
@@ -210,6 +211,9 @@ def collect(sim: Simulation, bounds: list[Bound], wall: float) -> PolicyResult:
         "p50_completion": _pct(durations, 0.5),
         "p95_completion": _pct(durations, 0.95),
         "origin_over_size": sum(t.origin_bytes for t in sim.tasks) / total_size,
+        "back_to_source_scheduler": sim.fallbacks.get("scheduler", 0),
+        "back_to_source_schedule_failed": sim.fallbacks.get("schedule_failed", 0),
+        "back_to_source_stall": sim.fallbacks.get("stall", 0),
         "mean_upload_utilisation": statistics.fmean(utils) if utils else math.nan,
         "max_upload_utilisation": max(utils) if utils else math.nan,
         "simulated_seconds": sim.end_time,
@@ -314,7 +318,8 @@ def table(bounds: list[Bound], results: list[PolicyResult]) -> str:
         )
     head = (
         f"{'policy':<28} {'done':>11} {'T (s)':>9} {'T/T_min':>8} {'mean (s)':>9} "
-        f"{'p95 (s)':>9} {'origin/F':>9} {'upload util':>11} {'wall (s)':>9} {'events/s':>9}"
+        f"{'p95 (s)':>9} {'origin/F':>9} {'to origin':>9} {'upload util':>11} {'wall (s)':>9} "
+        f"{'events/s':>9}"
     )
     lines += ["", head, "-" * len(head)]
     for r in results:
@@ -323,10 +328,20 @@ def table(bounds: list[Bound], results: list[PolicyResult]) -> str:
             f"{r.label:<28} {s['done']:>5}/{s['downloads']:<5} {_f(s['makespan'], 2):>9} "
             f"{_f(s['t_over_t_min'], 3):>8} {_f(s['mean_completion'], 2):>9} "
             f"{_f(s['p95_completion'], 2):>9} {_f(s['origin_over_size'], 2):>9} "
+            f"{_to_origin(s):>9} "
             f"{_f(100 * s['mean_upload_utilisation'], 1) + ' %':>11} "
             f"{_f(s['wall_seconds'], 1):>9} {_f(s['events_per_second'], 0):>9}"
         )
     return "\n".join(lines)
+
+
+def _to_origin(s: dict[str, Any]) -> str:
+    """Downloads that went back to source (NeedBackToSource + ScheduleFailed + stall)."""
+    return str(
+        s["back_to_source_scheduler"]
+        + s["back_to_source_schedule_failed"]
+        + s["back_to_source_stall"]
+    )
 
 
 def _f(value: float, digits: int) -> str:

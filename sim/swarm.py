@@ -150,6 +150,7 @@ class Peer:
         "answer_token",
         "arrival",
         "bad",
+        "bts_reason",
         "children",
         "done_at",
         "end_at",
@@ -196,6 +197,7 @@ class Peer:
         self.idle_at = math.inf
         self.watchdog_at = math.inf
         self.answer_token = 0
+        self.bts_reason = ""
         self.reschedules = 0
         self.lifetime = math.inf
 
@@ -292,6 +294,7 @@ class Simulation:
         self.end_time = 0.0
         self.scheduler: Scheduler | None = None
         self.scheduler_calls = 0
+        self.fallbacks: dict[str, int] = {}  # back-to-source downloads by reason
         if policy.uses_scheduler:
             cfg = scenario.scheduler_config(policy)
             self.scheduler = Scheduler(cfg, rng=random.Random(f"{seed}:{label}:scheduler"))
@@ -583,7 +586,7 @@ class Simulation:
                 return
             stall_at = peer.last_progress + self.stall_timeout
             if now >= stall_at:
-                self.back_to_source(peer)
+                self.back_to_source(peer, "stall")
                 return
             self.request_reschedule(peer, [])  # rate-limited to reschedule_interval
             at = min(peer.last_reschedule + self.reschedule_interval, stall_at)
@@ -864,16 +867,27 @@ class Simulation:
                 if parent.state != DONE:
                     parent.children[peer] = None
             self.pump(peer)
-        elif isinstance(result, NeedBackToSource | ScheduleFailed | MetadataOnly):
-            self.back_to_source(peer)
-        elif isinstance(result, EmptyTask | TinyTask):
+        elif isinstance(result, NeedBackToSource):
+            self.back_to_source(peer, "scheduler")
+        elif isinstance(result, ScheduleFailed):
+            # the scheduler daemon answers it with an error; dfdaemon then goes to the
+            # origin by itself (unless back-to-source is disabled, which no scenario does)
+            self.back_to_source(peer, "schedule_failed")
+        elif isinstance(result, EmptyTask | TinyTask | MetadataOnly):
+            # (MetadataOnly needs a second download of the task on one host, which the
+            # workload never makes)
             peer.picker = None
             self.finish(peer)
 
-    def back_to_source(self, peer: Peer) -> None:
-        """Fetch the missing pieces from the origin (keeping what is held)."""
+    def back_to_source(self, peer: Peer, reason: str) -> None:
+        """Fetch the missing pieces from the origin (keeping what is held). ``reason``:
+        ``scheduler`` (NeedBackToSource), ``schedule_failed`` (the scheduler gave up:
+        retry_limit rounds failed with back_to_source_limit reached), ``stall``."""
         if peer.state not in (PENDING, RUNNING):
             return
+        peer.bts_reason = reason
+        if not peer.is_seed:
+            self.fallbacks[reason] = self.fallbacks.get(reason, 0) + 1
         now = self.env.now
         for tr in peer.inflight.values():
             self._cancel(tr)
