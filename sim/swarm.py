@@ -527,13 +527,9 @@ class Simulation:
             pid = peer.id
             for child in peer.children:
                 cp = child.picker
-                # A child holding the piece already is not told: no decision of its
-                # picker depends on who else holds a piece it has (only counts and
-                # holders of the pieces it lacks are read), and it saves a call.
-                if not cp.has(piece):  # type: ignore[union-attr]
-                    cp.parent_has(pid, piece)  # type: ignore[union-attr]
-                    if len(child.inflight) < max_in_flight:
-                        wake.append(child)
+                # True: the child lacks the piece, so a free slot may now start it.
+                if cp.parent_has(pid, piece) and len(child.inflight) < max_in_flight:  # type: ignore[union-attr]
+                    wake.append(child)
             for child in wake:
                 if child.picker is not None:
                     self.pump(child)

@@ -228,9 +228,13 @@ def test_parent_removed_and_parent_has(bitmap_impl):
     assert sorted(p.parent_removed("b")) == [(3, "b"), (4, "b")]
     assert p.parent_removed("b") == []
     assert p.in_flight == ((2, "a"),)
-    p.parent_has("a", 3)
+    assert p.parent_has("a", 3) is True  # news: 3 is missing here
     assert p.next_requests(1) == [(3, "a")]  # 3 is wanted again; 4 has no holder now
     p.parent_load("a", 1, 2)
+    p.piece_done(2, "a", 0.1, 2)
+    assert p.parent_has("a", 2) is False  # held already: nothing to act on
+    p.parent_added("c")
+    assert p.parent_has("c", 2) is False and p.parent_has("c", 5) is True
 
 
 def test_bitfield_bytes_and_have(bitmap_impl):

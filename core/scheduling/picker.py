@@ -264,12 +264,25 @@ class PiecePicker:
             self._drop_request(piece, parent)
         return orphaned
 
-    def parent_has(self, parent_id: str, piece: int) -> None:
-        """A parent announced it now holds ``piece``."""
-        state = self._parent(parent_id)
-        if not state.bitmap.test(piece):
-            state.bitmap.set(piece)
+    def parent_has(self, parent_id: str, piece: int) -> bool:
+        """A parent announced it now holds ``piece``. Returns whether this download
+        lacks the piece, i.e. whether the news may let it start a request.
+
+        A piece the download already holds is not recorded: no decision reads who
+        else holds such a piece (only the holders and counts of missing pieces), and
+        skipping it keeps this call cheap; a swarm announces every piece to every
+        neighbour.
+        """
+        state = self._parents.get(parent_id)
+        if state is None:
+            state = self._parent(parent_id)  # raises the KeyError naming it
+        if self._have.test(piece):
+            return False
+        bitmap = state.bitmap
+        if not bitmap.test(piece):
+            bitmap.set(piece)
             self._rarity.increment(piece)
+        return True
 
     def parent_load(self, parent_id: str, tx: int, max_tx: int) -> None:
         """A parent's announced load changed (bits/s)."""
