@@ -422,6 +422,16 @@ class DownloadFinished(Message, kw_only=True):
     task_id: Id
     content_length: NonNegative
     piece_count: NonNegative
+    #: The whole content of a TINY task (1-128 bytes), so the scheduler can answer
+    #: later peers inline; None otherwise.
+    content: Annotated[bytes, Meta(min_length=1, max_length=TINY_TASK_MAX_LENGTH)] | None = None
+
+    def __post_init__(self) -> None:
+        if self.content is not None and len(self.content) != self.content_length:
+            raise ValueError(
+                f"DownloadFinished.content has {len(self.content)} bytes but content_length "
+                f"is {self.content_length}"
+            )
 
 
 @register

@@ -269,3 +269,28 @@ def test_stdout_download_over_p2p_streams_in_order(cluster_factory, origin):
     assert result.stdout == origin.content("stream.bin")
     from_origin, from_peers, _ = bytes_by_source(late)
     assert from_origin == 0 and from_peers == 6 * PIECE + 5
+
+
+@pytest.mark.parametrize("size", [100, MiB + 7])
+def test_tiny_and_one_piece_tasks_come_from_the_swarm(cluster_factory, origin, size):
+    """A task of at most 128 B is answered inline by the scheduler (TinyTask); a
+    one-piece task is served by one parent (SmallTask). Either way the later peers do
+    not touch the origin and get the exact bytes."""
+    url = origin.add_file("small.bin", size=size, seed=63)
+    cluster = cluster_factory(peers=3)
+    first, *rest = cluster.peers
+    cluster.fetch_all(url, [first])
+    outputs = cluster.fetch_all(url, rest)
+    expected = hashlib.sha256(origin.content("small.bin")).hexdigest()
+    assert all(sha256(out) == expected for out in outputs)
+    # once, by the seed (after its 1-byte Range probe)
+    assert origin.stats("/small.bin")["bytes_sent"] == size + 1
+    kind = "TinyTask" if size <= 128 else "SmallTask"
+    decisions = cluster.scheduler.metrics()
+    assert decisions.get(f'd7y_scheduler_decisions_total{{kind="{kind}"}}', 0) >= len(rest), (
+        decisions
+    )
+    for peer in rest:
+        from_origin, from_peers, _ = bytes_by_source(peer)
+        assert from_origin == 0
+        assert from_peers == (0 if size <= 128 else size)

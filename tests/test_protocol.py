@@ -193,6 +193,9 @@ SAMPLES: dict[type[m.Message], list[m.Message]] = {
     m.DownloadFinished: [
         m.DownloadFinished(peer_id=PEER, task_id=TASK, content_length=0, piece_count=0),
         m.DownloadFinished(peer_id=PEER, task_id=TASK, content_length=2**40, piece_count=16384),
+        m.DownloadFinished(
+            peer_id=PEER, task_id=TASK, content_length=100, piece_count=1, content=bytes(100)
+        ),
     ],
     m.DownloadFailed: [
         m.DownloadFailed(peer_id=PEER, task_id=TASK),
@@ -643,6 +646,9 @@ def test_task_info_cross_field_rules(message, match):
         (m.NormalTaskResponse, {"digests": {-1: "crc32:1"}}, "digests"),
         (m.TinyTaskResponse, {"content": bytes(129)}, "content"),
         (m.TinyTaskResponse, {"content": b""}, "content"),
+        (m.DownloadFinished, {"content": bytes(129), "content_length": 129}, "content"),
+        (m.DownloadFinished, {"content": b""}, "content"),
+        (m.DownloadFinished, {"content": bytes(99)}, "content"),  # != content_length
         (m.Error, {"code": ""}, "code"),
         (m.Error, {"piece_number": -2}, "piece_number"),
         (m.HavePieces, {"numbers": [1, -1]}, "numbers"),

@@ -316,6 +316,18 @@ class Storage:
             view = view[n:]
         return total
 
+    def read_content(self, task_id: str, length: int) -> bytes:
+        """The first ``length`` bytes of a stored task (for tiny tasks: the scheduler
+        answers later peers with them inline). Short content is an error, not a
+        shorter answer: the caller asked for bytes the metadata says are there."""
+        with open(self.content_path(task_id), "rb") as f:
+            data = f.read(length)
+        if len(data) != length:
+            raise OSError(
+                f"task {task_id}: content file holds {len(data)} bytes, expected {length}"
+            )
+        return data
+
     def remove_content(self, task_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.content_path(task_id).unlink()

@@ -27,7 +27,13 @@ from typing import Any
 from d7y.core import messages as m
 from d7y.core.digest import Digest, DigestMismatch
 from d7y.core.ids import task_id as make_task_id
-from d7y.core.pieces import Piece, compute_piece_length, iter_pieces, piece_count
+from d7y.core.pieces import (
+    TINY_TASK_MAX_LENGTH,
+    Piece,
+    compute_piece_length,
+    iter_pieces,
+    piece_count,
+)
 from d7y.daemons.peer.fast_range import FastPathUnavailable, FastRangeFetcher
 from d7y.daemons.peer.limits import TokenBucket
 from d7y.daemons.peer.metrics import PeerMetrics
@@ -373,12 +379,21 @@ class TaskManager:
             raise
         if stream is not None:
             self.p2p.held[task.id] = task.peer_id
+            length = task.content_length or 0
+            content = None
+            if 0 < length <= TINY_TASK_MAX_LENGTH:
+                # Later peers get a tiny task inline from the scheduler (no fetch at all).
+                try:
+                    content = await self.storage.run(self.storage.read_content, task.id, length)
+                except OSError as exc:  # the download itself succeeded: report it anyway
+                    log.warning("tiny task content unreadable task=%s: %s", task.id, exc)
             await stream.report(
                 m.DownloadFinished(
                     peer_id=task.peer_id,
                     task_id=task.id,
-                    content_length=task.content_length or 0,
-                    piece_count=piece_count(task.content_length or 0, task.piece_length),
+                    content_length=length,
+                    piece_count=piece_count(length, task.piece_length),
+                    content=content,
                 )
             )
             stream.close()

@@ -311,7 +311,9 @@ class SchedulerService:
             bad = list(msg.bad_parents)
             self._start_answer(msg.peer_id, lambda: core.reschedule(msg.peer_id, bad, self.now()))
         elif isinstance(msg, m.DownloadFinished):
-            core.download_finished(msg.peer_id, now, content_length=msg.content_length)
+            core.download_finished(
+                msg.peer_id, now, content_length=msg.content_length, content=msg.content
+            )
             log.debug("download finished peer=%s task=%s", msg.peer_id, msg.task_id)
         elif isinstance(msg, m.DownloadFailed):
             ended = core.download_failed(msg.peer_id, now)
@@ -443,15 +445,7 @@ class SchedulerService:
     def _to_message(self, result) -> m.Message:
         task_id = result.task.task_id
         if isinstance(result, r.NormalTask):
-            meta = result.task
-            return m.NormalTaskResponse(
-                task_id=task_id,
-                candidate_parents=[self._parent(p, meta) for p in result.parents],
-                content_length=_or(meta.content_length, -1),
-                piece_length=_or(meta.piece_length, 0),
-                piece_count=_or(meta.piece_count, -1),
-                digests=dict(self.core.piece_digests(task_id)),
-            )
+            return self._normal_task(result.task, result.parents)
         if isinstance(result, r.NeedBackToSource):
             return m.NeedBackToSource(task_id=task_id, reason=result.reason[:4000])
         if isinstance(result, r.EmptyTask):
@@ -462,14 +456,9 @@ class SchedulerService:
             digest = self.core.piece_digests(task_id).get(0)
             meta = result.task
             if digest is None or not meta.content_length:
-                return m.NormalTaskResponse(
-                    task_id=task_id,
-                    candidate_parents=[self._parent(result.parent, meta)],
-                    content_length=_or(meta.content_length, -1),
-                    piece_length=_or(meta.piece_length, 0),
-                    piece_count=_or(meta.piece_count, -1),
-                    digests=dict(self.core.piece_digests(task_id)),
-                )
+                # Without the piece's digest or size the peer cannot take the one-piece
+                # shortcut: answer as for a normal task with that parent.
+                return self._normal_task(meta, (result.parent,))
             return m.SmallTaskResponse(
                 task_id=task_id,
                 parent=self._parent(result.parent, meta),
@@ -482,6 +471,16 @@ class SchedulerService:
             )
         reason = getattr(result, "reason", "scheduling failed")
         return m.Error(code=m.ErrorCode.UNAVAILABLE, message=reason[:4000], task_id=task_id)
+
+    def _normal_task(self, meta: r.TaskMeta, parents) -> m.NormalTaskResponse:
+        return m.NormalTaskResponse(
+            task_id=meta.task_id,
+            candidate_parents=[self._parent(p, meta) for p in parents],
+            content_length=_or(meta.content_length, -1),
+            piece_length=_or(meta.piece_length, 0),
+            piece_count=_or(meta.piece_count, -1),
+            digests=dict(self.core.piece_digests(meta.task_id)),
+        )
 
     def _parent(self, parent: r.ParentInfo, meta: r.TaskMeta) -> m.ParentInfo:
         peer = self.core.peers.get(parent.peer_id)
