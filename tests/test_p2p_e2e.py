@@ -255,6 +255,8 @@ def test_restarted_scheduler_learns_what_the_seed_already_holds(cluster_factory,
     # Both holders re-announced the task when they reconnected to the new scheduler.
     assert "restored held tasks with the scheduler count=1" in cluster.seed.log()
     assert "restored held tasks with the scheduler count=1" in cluster.peers[0].log()
+    for daemon in (cluster.seed, cluster.peers[0]):  # and the scheduler took it
+        assert "scheduler error" not in daemon.log(), daemon.log()[-3000:]
     from_origin, from_peers, _ = bytes_by_source(late)
     assert from_origin == 0 and from_peers == size
 
@@ -294,3 +296,36 @@ def test_tiny_and_one_piece_tasks_come_from_the_swarm(cluster_factory, origin, s
         from_origin, from_peers, _ = bytes_by_source(peer)
         assert from_origin == 0
         assert from_peers == (0 if size <= 128 else size)
+
+
+def test_download_that_outlives_its_scheduler_is_announced_to_the_new_one(cluster_factory, origin):
+    """The scheduler restarts while a download runs: the download finishes (from the
+    parents it has), and because its DownloadFinished has no stream to go to, the
+    daemon announces the task on the new connection, so the new scheduler sends later
+    peers to it instead of to the origin."""
+    size = 10 * PIECE
+    url = origin.add_file("outlive.bin", size=size, seed=68)
+    # The seed fetches one piece at a time, each after 0.3 s: the download takes >= 3 s.
+    origin.set_faults("/outlive.bin", delay={"seconds": 0.3, "count": -1})
+    cluster = cluster_factory(peers=1, seed_extra={"download": {"concurrency": 1}})
+    peer = cluster.peers[0]
+    proc = peer.dfget_popen(url, cluster.work / "first.out", "--no-progress")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and "answer=NormalTaskResponse" not in peer.log():
+        time.sleep(0.02)
+    cluster.scheduler.stop()
+    cluster.scheduler.start()  # knows nothing of the running download
+    assert proc.wait(180) == 0, proc.stderr.read().decode() + peer.log()[-3000:]
+    expected = hashlib.sha256(origin.content("outlive.bin")).hexdigest()
+    assert sha256(cluster.work / "first.out") == expected
+    announced = "announced a task finished after its scheduler stream was lost"
+    assert announced in peer.log(), peer.log()[-3000:]
+    assert "scheduler error" not in peer.log()  # the new scheduler took the announcement
+    origin.set_faults("/outlive.bin", clear=True)  # no more delay
+    sent = origin.stats("/outlive.bin")["bytes_sent"]
+    late = cluster.add_peer("late")
+    outputs = cluster.fetch_all(url, [late])
+    assert sha256(outputs[0]) == expected
+    assert origin.stats("/outlive.bin")["bytes_sent"] == sent
+    from_origin, from_peers, _ = bytes_by_source(late)
+    assert from_origin == 0 and from_peers == size

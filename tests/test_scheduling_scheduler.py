@@ -562,7 +562,7 @@ def test_restore_after_a_scheduler_restart(bitmap_impl):
         0,
         content_length=LENGTH,
         piece_length=PIECE,
-        finished=(),
+        finished=b"",  # what a daemon sends for a whole task: the bitfield says nothing
         succeeded=True,
         digests={0: "crc32:7", 1: "crc32:8"},
     )

@@ -429,7 +429,9 @@ class Scheduler:
             )
         self._set_geometry(task, content_length, piece_length)
         count = task.piece_count or 0
-        if isinstance(finished, bytes | bytearray | memoryview):
+        if succeeded:
+            bitmap = self._full(count)  # ``finished`` says nothing more (usually empty)
+        elif isinstance(finished, bytes | bytearray | memoryview):
             bitmap = self._bitmap_cls.from_bytes(finished, count)
         else:
             bitmap = self._bitmap_cls(count)
@@ -446,8 +448,6 @@ class Scheduler:
         peer.fsm.fire(PeerEvent.REGISTER_NORMAL)
         if succeeded:
             peer.fsm.fire(PeerEvent.DOWNLOAD_SUCCEEDED)
-            peer.finished = self._full(count)
-            peer.finished_count = count
             if task.fsm.state is TaskState.RUNNING:
                 task.fire(TaskEvent.DOWNLOAD_SUCCEEDED)
         else:

@@ -90,29 +90,49 @@ class P2PDownloader:
         records = await storage.run(storage.meta.list_tasks)
         restored = 0
         for record in records:
-            if record.state != TASK_SUCCEEDED or not record.content_length:
-                continue
-            pieces = await storage.run(storage.meta.pieces, record.id)
-            count = piece_count(record.content_length, record.piece_length)
-            if len(pieces) != count:
-                continue
-            peer_id = ids.peer_id(self.ip, self.hostname, uuid.uuid4(), seed=self.seed)
-            await self.scheduler.send_host_message(
-                m.RestorePeer(
-                    peer_id=peer_id,
-                    task_id=record.id,
-                    host_id=self.host_id,
-                    url=record.url,
-                    content_length=record.content_length,
-                    piece_length=record.piece_length,
-                    succeeded=True,
-                    digests={n: d for n, (d, _source) in pieces.items()},
-                )
-            )
-            self.held[record.id] = peer_id
-            restored += 1
+            restored += await self._restore_record(record)
         if restored:
             log.info("restored held tasks with the scheduler count=%d", restored)
+
+    async def restore(self, task_id: str) -> None:
+        """Announce one whole stored task (RestorePeer) on the current connection.
+
+        For a download that finished after the connection it registered on was lost
+        (its DownloadFinished had nowhere to go): without this, a scheduler that came
+        back in the meantime would never send children here for it. Not connected:
+        nothing to do, the next connection's :meth:`restore_held` announces it.
+        """
+        storage = self.manager.storage
+        record = await storage.run(storage.meta.get_task, task_id)
+        if record is None:
+            return
+        with contextlib.suppress(SchedulerUnavailable):
+            if await self._restore_record(record):
+                log.info("announced a task finished after its scheduler stream was lost task=%s",
+                         task_id)  # fmt: skip
+
+    async def _restore_record(self, record) -> bool:
+        if record.state != TASK_SUCCEEDED or not record.content_length:
+            return False
+        storage = self.manager.storage
+        pieces = await storage.run(storage.meta.pieces, record.id)
+        if len(pieces) != piece_count(record.content_length, record.piece_length):
+            return False
+        peer_id = ids.peer_id(self.ip, self.hostname, uuid.uuid4(), seed=self.seed)
+        await self.scheduler.send_host_message(
+            m.RestorePeer(
+                peer_id=peer_id,
+                task_id=record.id,
+                host_id=self.host_id,
+                url=record.url,
+                content_length=record.content_length,
+                piece_length=record.piece_length,
+                succeeded=True,
+                digests={n: d for n, (d, _source) in pieces.items()},
+            )
+        )
+        self.held[record.id] = peer_id
+        return True
 
     async def leave(self, task_id: str) -> None:
         """The task is gone from this daemon: the scheduler must stop sending children."""

@@ -38,6 +38,7 @@ from d7y.daemons.peer.fast_range import FastPathUnavailable, FastRangeFetcher
 from d7y.daemons.peer.limits import TokenBucket
 from d7y.daemons.peer.metrics import PeerMetrics
 from d7y.daemons.peer.origin import OriginClient, OriginError, OriginInfo
+from d7y.daemons.peer.scheduler_client import SchedulerUnavailable
 from d7y.daemons.peer.storage import (
     TASK_FAILED,
     TASK_RUNNING,
@@ -387,16 +388,25 @@ class TaskManager:
                     content = await self.storage.run(self.storage.read_content, task.id, length)
                 except OSError as exc:  # the download itself succeeded: report it anyway
                     log.warning("tiny task content unreadable task=%s: %s", task.id, exc)
-            await stream.report(
-                m.DownloadFinished(
-                    peer_id=task.peer_id,
-                    task_id=task.id,
-                    content_length=length,
-                    piece_count=piece_count(length, task.piece_length),
-                    content=content,
-                )
+            finished = m.DownloadFinished(
+                peer_id=task.peer_id,
+                task_id=task.id,
+                content_length=length,
+                piece_count=piece_count(length, task.piece_length),
+                content=content,
             )
-            stream.close()
+            try:
+                await stream.send(finished)
+            except SchedulerUnavailable:
+                # The connection this download registered on is gone (the scheduler
+                # restarted, or the link dropped): announce it on the current one.
+                await self.p2p.restore(task.id)
+            finally:
+                stream.close()
+        elif self.p2p is not None:
+            # Registered with no scheduler (it was unreachable): if one is connected by
+            # now, its restore pass ran before this task was whole; announce it.
+            await self.p2p.restore(task.id)
 
     async def _back_to_source(
         self, task: Task, expected: Digest | None, stream, *, fallback: bool = False
