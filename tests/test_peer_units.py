@@ -182,6 +182,10 @@ def test_write_read_and_export_by_link_and_copy(storage, tmp_path):
     assert storage.export(TID, copy, prefer_link=False) == "copy"
     assert copy.read_bytes() == b"12345678"
     assert not [p for p in tmp_path.iterdir() if ".d7y-" in p.name]  # no temp files left
+    assert storage.read_content(TID, 8) == b"12345678"
+    assert storage.read_content(TID, 3) == b"123"
+    with pytest.raises(OSError, match="holds 8 bytes, expected 9"):
+        storage.read_content(TID, 9)  # the metadata promised more than the file holds
 
 
 def test_export_to_missing_directory_fails_cleanly(storage, tmp_path):
