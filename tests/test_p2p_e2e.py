@@ -299,10 +299,12 @@ def test_tiny_and_one_piece_tasks_come_from_the_swarm(cluster_factory, origin, s
 
 
 def test_download_that_outlives_its_scheduler_is_announced_to_the_new_one(cluster_factory, origin):
-    """The scheduler restarts while a download runs: the download finishes (from the
-    parents it has), and because its DownloadFinished has no stream to go to, the
-    daemon announces the task on the new connection, so the new scheduler sends later
-    peers to it instead of to the origin."""
+    """The scheduler restarts while downloads run. The peer's P2P download goes on
+    from the parent it has and, once the new scheduler is up, continues on a new
+    stream opened with RestorePeer (its pieces so far), so its DownloadFinished
+    reaches the new scheduler. The seed's origin download has no stream left when it
+    finishes and announces the whole task with RestorePeer on stream 0. Either way the
+    new scheduler sends later peers to them instead of to the origin."""
     size = 10 * PIECE
     url = origin.add_file("outlive.bin", size=size, seed=68)
     # The seed fetches one piece at a time, each after 0.3 s: the download takes >= 3 s.
@@ -318,9 +320,12 @@ def test_download_that_outlives_its_scheduler_is_announced_to_the_new_one(cluste
     assert proc.wait(180) == 0, proc.stderr.read().decode() + peer.log()[-3000:]
     expected = hashlib.sha256(origin.content("outlive.bin")).hexdigest()
     assert sha256(cluster.work / "first.out") == expected
+    assert "restored a running download with the scheduler" in peer.log(), peer.log()[-3000:]
     announced = "announced a task finished after its scheduler stream was lost"
-    assert announced in peer.log(), peer.log()[-3000:]
-    assert "scheduler error" not in peer.log()  # the new scheduler took the announcement
+    assert announced in cluster.seed.log(), cluster.seed.log()[-3000:]
+    for daemon in (peer, cluster.seed):  # the new scheduler took both
+        assert "scheduler error" not in daemon.log(), daemon.log()[-3000:]
+        assert "scheduler refused a report" not in daemon.log(), daemon.log()[-3000:]
     origin.set_faults("/outlive.bin", clear=True)  # no more delay
     sent = origin.stats("/outlive.bin")["bytes_sent"]
     late = cluster.add_peer("late")

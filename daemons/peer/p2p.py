@@ -279,6 +279,7 @@ class _Run:
         self.last_digest_ask = 0.0
         self.last_reschedule = 0.0
         self.fallback = False
+        self.restoring: asyncio.Future | None = None
 
     def add_parent(self, parent: m.ParentInfo) -> None:
         if parent.peer_id in self.bad or parent.peer_id == self.task.peer_id:
@@ -340,8 +341,54 @@ class _Run:
                     answer.code,
                     answer.message,
                 )
-        if self.stream.broken and not self.parents:
-            self.fallback = True
+        if self.stream.broken:
+            if not self.parents:
+                self.fallback = True
+            elif (
+                self.picker is not None  # the geometry is known: the fetch loop runs
+                and self.restoring is None
+                and self.owner.scheduler.connected.is_set()
+            ):
+                self.restoring = asyncio.ensure_future(self._restore())
+
+    async def _restore(self) -> None:
+        """The scheduler connection this download registered on was lost and a new one
+        is up (the scheduler restarted, or the link dropped and it forgot the peer):
+        continue on a new stream that starts with RestorePeer and the pieces held so
+        far, so the scheduler can send children here, take the reports and answer
+        reschedules again. On failure the next loop turn tries again."""
+        task = self.task
+        try:
+            stream = self.owner.scheduler.open_download()
+        except SchedulerUnavailable:
+            self.restoring = None
+            return
+        held = task.bitmap
+        try:
+            await stream.send(
+                m.RestorePeer(
+                    peer_id=task.peer_id,
+                    task_id=task.id,
+                    host_id=self.owner.host_id,
+                    url=task.request.url,
+                    content_length=task.content_length,
+                    piece_length=task.piece_length,
+                    bitmap=held.to_bytes(),
+                    succeeded=False,
+                    digests={n: self.digests[n] for n in held.iter_set() if n in self.digests},
+                )
+            )
+        except SchedulerUnavailable:
+            stream.close()
+            self.restoring = None
+            return
+        old, self.stream = self.stream, stream
+        if task.stream is old:
+            task.stream = stream
+        old.close()
+        self.restoring = None
+        log.info("restored a running download with the scheduler task=%s pieces=%d",
+                 task.id, held.count())  # fmt: skip
 
     async def ask_digests(self, force: bool = False) -> None:
         stamp = time.monotonic()
@@ -505,6 +552,10 @@ class _Run:
             for fut in inflight.values():
                 fut.cancel()
             await asyncio.gather(*inflight.values(), return_exceptions=True)
+            if self.restoring is not None:
+                self.restoring.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self.restoring
 
     async def _fetch(self, number: int, parent: m.ParentInfo, buffer: bytearray):
         started = time.monotonic_ns()

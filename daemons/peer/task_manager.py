@@ -371,6 +371,7 @@ class TaskManager:
                 )
             )
         except BaseException as exc:
+            stream = task.stream  # a P2P run may have moved to a new connection's stream
             if stream is not None and not isinstance(exc, asyncio.CancelledError):
                 await stream.report(
                     m.DownloadFailed(peer_id=task.peer_id, task_id=task.id, reason=str(exc)[:4000])
@@ -378,6 +379,7 @@ class TaskManager:
             if stream is not None:
                 stream.close()
             raise
+        stream = task.stream  # a P2P run may have moved to a new connection's stream
         if stream is not None:
             self.p2p.held[task.id] = task.peer_id
             length = task.content_length or 0

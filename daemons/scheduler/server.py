@@ -286,6 +286,13 @@ class SchedulerService:
                 digests=msg.digests,
             )
             conn.peers.add(msg.peer_id)  # it leaves with its connection
+            if stream:
+                # A download that outlived its scheduler connection goes on on this new
+                # stream: its reports and reschedule answers use it as a registration's.
+                request = m.RegisterPeer(
+                    peer_id=msg.peer_id, task_id=msg.task_id, host_id=msg.host_id, url=msg.url
+                )
+                self.routes[msg.peer_id] = Route(conn, stream, request)
         elif isinstance(msg, m.DownloadStarted):
             core.download_started(
                 msg.peer_id,
