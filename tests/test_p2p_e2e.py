@@ -15,7 +15,15 @@ from pathlib import Path
 import pytest
 
 from d7y.core.ids import task_id
-from d7y.core.messages import Error, Ping, Pong
+from d7y.core.messages import (
+    AnnounceHost,
+    Error,
+    NeedBackToSource,
+    Ping,
+    Pong,
+    Reschedule,
+    RestorePeer,
+)
 from d7y.core.pieces import MiB
 from d7y.core.protocol import HEADER_LENGTH, MAGIC, decode_body, decode_header, encode_frame
 from tests.origin_server import ThreadedOriginServer
@@ -201,7 +209,9 @@ def test_seed_stopped_before_it_finished(cluster_factory, origin):
         assert sha256(cluster.work / f"{peer.name}.out") == expected
 
 
-def read_frame(sock: socket.socket):
+def read_frame_on(sock: socket.socket):
+    """(stream id, message) of the next frame."""
+
     def exact(n: int) -> bytes:
         data = b""
         while len(data) < n:
@@ -212,7 +222,11 @@ def read_frame(sock: socket.socket):
         return data
 
     header = decode_header(exact(HEADER_LENGTH))
-    return decode_body(header, exact(header.body_length))
+    return header.stream_id, decode_body(header, exact(header.body_length))
+
+
+def read_frame(sock: socket.socket):
+    return read_frame_on(sock)[1]
 
 
 @pytest.mark.parametrize(
@@ -334,3 +348,32 @@ def test_download_that_outlives_its_scheduler_is_announced_to_the_new_one(cluste
     assert origin.stats("/outlive.bin")["bytes_sent"] == sent
     from_origin, from_peers, _ = bytes_by_source(late)
     assert from_origin == 0 and from_peers == size
+
+
+def test_scheduler_answers_a_restored_running_peer_on_its_new_stream(tmp_path):
+    """RestorePeer on a download stream makes that stream the peer's route: a
+    Reschedule sent there is answered there (here: back to source, no other peer)."""
+    with (
+        SchedulerProcess(tmp_path) as scheduler,
+        socket.create_connection(("127.0.0.1", scheduler.port), timeout=15) as s,
+    ):
+        s.sendall(
+            encode_frame(
+                AnnounceHost(host_id="h1", ip="127.0.0.1", hostname="h1", port=1, download_port=2)
+            )
+        )
+        restore = RestorePeer(
+            peer_id="p1",
+            task_id=task_id("http://origin.invalid/a"),
+            host_id="h1",
+            url="http://origin.invalid/a",
+            content_length=2 * PIECE,
+            piece_length=PIECE,
+            bitmap=b"\x80",  # piece 0 held
+        )
+        s.sendall(encode_frame(restore, 5))
+        s.sendall(encode_frame(Reschedule(peer_id="p1", task_id=restore.task_id), 5))
+        stream, answer = read_frame_on(s)
+        assert stream == 5
+        assert isinstance(answer, NeedBackToSource), answer
+        assert answer.task_id == restore.task_id
