@@ -4,14 +4,28 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 import zlib
 
 import pytest
 
 from d7y.core.ids import task_id
-from d7y.core.messages import Error, GetPiece, GetTaskInfo, Hello, Piece, Ping, Pong, TaskInfo
+from d7y.core.messages import (
+    Error,
+    GetPiece,
+    GetTaskInfo,
+    HavePieces,
+    Hello,
+    Piece,
+    Ping,
+    Pong,
+    Subscribe,
+    TaskInfo,
+    Unsubscribe,
+)
 from d7y.core.pieces import MiB
 from d7y.core.protocol import HEADER_LENGTH, MAGIC, decode_body, decode_header, encode_frame
+from d7y.core.states import TaskState
 from d7y.ext.bitmap import Bitmap
 from tests.origin_server import ThreadedOriginServer
 from tests.peer_harness import PeerProcess
@@ -216,3 +230,69 @@ def test_piece_client_reports_missing_and_unreachable(served, tmp_path):
     with pytest.raises(PieceFetchError) as unreachable:
         run(fetch(("127.0.0.1", free_port()), 0))
     assert unreachable.value.kind == "connection"
+
+
+def test_subscribe_to_a_held_or_unknown_task(served):
+    peer, tid, _ = served
+    with connect(peer) as s:
+        s.sendall(encode_frame(Subscribe(task_id=tid), stream_id=3))
+        header, info = read_frame(s)
+        assert header.stream_id == 3 and isinstance(info, TaskInfo)
+        assert info.state is TaskState.SUCCEEDED and Bitmap.from_bytes(info.bitmap, 3).all()
+        s.sendall(encode_frame(Subscribe(task_id="f" * 64), stream_id=5))
+        header, error = read_frame(s)
+        assert header.stream_id == 5 and isinstance(error, Error) and error.code == "not_found"
+        s.sendall(encode_frame(Ping(nonce=8), stream_id=7))
+        assert read_frame(s)[1] == Pong(nonce=8)  # a whole task gets no pushes
+
+
+def test_subscriber_gets_every_piece_as_it_lands_between_other_answers(tmp_path):
+    """A child subscribed to a running task gets the snapshot, then HavePieces with
+    the right digests until it knows every piece; piece payloads requested on the same
+    connection meanwhile arrive intact (pushes never cut into them)."""
+    count = 12
+    with (
+        ThreadedOriginServer() as origin,
+        PeerProcess(tmp_path, download={"concurrency": 1}) as peer,
+    ):
+        url = origin.add_file("slow.bin", size=count * PIECE, seed=32)
+        origin.set_faults("/slow.bin", delay={"seconds": 0.25, "count": -1})
+        data = origin.content("slow.bin")
+        proc = peer.dfget_popen(url, tmp_path / "out", "--no-progress")
+        tid = task_id(url)
+        with connect(peer) as s:
+            known: dict[int, str] = {}
+            for _ in range(400):  # until the daemon runs the task and holds a piece
+                s.sendall(encode_frame(GetTaskInfo(task_id=tid), stream_id=1))
+                info = read_frame(s)[1]
+                if isinstance(info, TaskInfo) and info.state is TaskState.RUNNING and info.digests:
+                    break
+                time.sleep(0.02)
+            else:
+                pytest.fail("the task never ran")
+            s.sendall(encode_frame(Subscribe(task_id=tid), stream_id=9))
+            header, snapshot = read_frame(s)
+            assert header.stream_id == 9 and isinstance(snapshot, TaskInfo)
+            known.update(snapshot.digests)
+            pushes = 0
+            asked = False
+            while len(known) < count:
+                if not asked:  # a payload on the same connection, amid the pushes
+                    s.sendall(encode_frame(GetPiece(task_id=tid, number=0), stream_id=11))
+                    asked = True
+                header, message = read_frame(s)
+                if isinstance(message, Piece):
+                    assert header.stream_id == 11
+                    payload = recv_exact(s, message.length)
+                    assert payload == data[:PIECE]
+                    continue
+                assert header.stream_id == 9 and isinstance(message, HavePieces), message
+                assert sorted(message.numbers) == message.numbers
+                assert set(message.digests) == set(message.numbers)
+                known.update(message.digests)
+                pushes += 1
+            assert pushes >= 1
+            for n, digest in known.items():
+                assert digest == f"crc32:{zlib.crc32(data[n * PIECE : (n + 1) * PIECE])}"
+            s.sendall(encode_frame(Unsubscribe(task_id=tid), stream_id=9))
+        assert proc.wait(60) == 0

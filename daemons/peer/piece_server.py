@@ -3,6 +3,8 @@
 Speaks the framed protocol of docs/protocol.md on ``upload.piece_port``:
 
     GetTaskInfo(task_id)       -> TaskInfo (which pieces this peer holds, their digests)
+    Subscribe(task_id)         -> TaskInfo, then HavePieces as new pieces are stored,
+                                  on the same stream, until Unsubscribe or disconnect
     GetPiece(task_id, number)  -> Piece header + ``length`` raw bytes by sendfile(2)
     Hello / Ping               -> Hello / Pong
 
@@ -11,6 +13,8 @@ unknown task or a piece it does not hold, ``busy`` above ``upload.max_concurrent
 never silence. A malformed frame gets an Error too; when the framing itself is lost
 (bad magic, oversized or truncated frame) the connection is closed after it. Requests on
 one connection are answered in order; peers open several connections for parallelism.
+A push (HavePieces) waits for the answer being written on its connection, so frames and
+piece payloads never interleave; pieces stored meanwhile go out together in one frame.
 """
 
 from __future__ import annotations
@@ -24,11 +28,14 @@ from d7y.core.messages import (
     ErrorCode,
     GetPiece,
     GetTaskInfo,
+    HavePieces,
     Hello,
     Piece,
     Ping,
     Pong,
+    Subscribe,
     TaskInfo,
+    Unsubscribe,
 )
 from d7y.core.pieces import piece_at, piece_count
 from d7y.core.protocol import PROTOCOL_MINOR_VERSION, ProtocolError
@@ -43,6 +50,30 @@ from d7y.ext.bitmap import Bitmap
 from d7y.ext.transfer import ShortFileError, send_file
 
 log = logging.getLogger("d7y.dfdaemon.pieces")
+
+
+class _Connection:
+    """A child's connection: its socket, the lock every write takes, its subscriptions."""
+
+    __slots__ = ("framed", "subscriptions", "write_lock")
+
+    def __init__(self, framed: FramedSocket) -> None:
+        self.framed = framed
+        self.write_lock = asyncio.Lock()
+        self.subscriptions: dict[int, _Subscription] = {}  # stream id -> subscription
+
+
+class _Subscription:
+    """One Subscribe stream and the pieces stored since its last frame."""
+
+    __slots__ = ("conn", "flushing", "pending", "stream_id", "task_id")
+
+    def __init__(self, conn: _Connection, stream_id: int, task_id: str) -> None:
+        self.conn = conn
+        self.stream_id = stream_id
+        self.task_id = task_id
+        self.pending: dict[int, str] = {}  # piece number -> digest, not sent yet
+        self.flushing = False
 
 
 class PieceServer:
@@ -70,6 +101,9 @@ class PieceServer:
         # byte flipped, under its honest digest, so children must catch it.
         self.corrupt = corrupt
         self._active = 0
+        self._subscriptions: dict[str, dict[_Subscription, None]] = {}  # task id -> subs
+        self._flushes: set[asyncio.Task] = set()
+        manager.piece_listeners.append(self._piece_stored)
         self._listener = Listener(
             lambda sock, _address: self._serve(FramedSocket(sock, max_body_length=max_frame))
         )
@@ -82,20 +116,27 @@ class PieceServer:
         await self._listener.start(host, port)
 
     async def stop(self) -> None:
+        if self._piece_stored in self.manager.piece_listeners:
+            self.manager.piece_listeners.remove(self._piece_stored)
         await self._listener.stop()
+        for flush in list(self._flushes):
+            flush.cancel()
 
-    async def _serve(self, conn: FramedSocket) -> None:
+    async def _serve(self, framed: FramedSocket) -> None:
+        conn = _Connection(framed)
         try:
             while True:
                 try:
-                    header, message = await conn.read()
+                    header, message = await framed.read()
                 except ProtocolError as exc:
                     log.info("bad frame from peer error=%s fatal=%s", exc, exc.fatal)
-                    await conn.send_error(exc)
+                    async with conn.write_lock:
+                        await framed.send_error(exc)
                     if exc.fatal:
                         return
                     continue
-                await self._dispatch(conn, header.stream_id, message)
+                async with conn.write_lock:
+                    await self._dispatch(conn, header.stream_id, message)
         except (EOFError, ConnectionError, OSError):
             pass  # the peer went away
         except ShortFileError as exc:
@@ -104,15 +145,25 @@ class PieceServer:
         except Exception:
             log.exception("piece connection crashed")
         finally:
-            conn.close()
+            for sub in list(conn.subscriptions.values()):
+                self._unsubscribe(sub)
+            framed.close()
 
-    async def _dispatch(self, conn: FramedSocket, stream_id: int, message) -> None:
+    async def _dispatch(self, conn: _Connection, stream_id: int, message) -> None:
+        """Answer one request; the caller holds the connection's write lock."""
+        framed = conn.framed
         if isinstance(message, GetPiece):
-            await self._send_piece(conn, stream_id, message)
+            await self._send_piece(framed, stream_id, message)
         elif isinstance(message, GetTaskInfo):
-            await conn.send(await self._task_info(message.task_id), stream_id)
+            await framed.send(await self._task_info(message.task_id), stream_id)
+        elif isinstance(message, Subscribe):
+            await self._subscribe(conn, stream_id, message.task_id)
+        elif isinstance(message, Unsubscribe):
+            sub = conn.subscriptions.get(stream_id)
+            if sub is not None and sub.task_id == message.task_id:
+                self._unsubscribe(sub)
         elif isinstance(message, Ping):
-            await conn.send(Pong(nonce=message.nonce), stream_id)
+            await framed.send(Pong(nonce=message.nonce), stream_id)
         elif isinstance(message, Hello):
             reply = Hello(
                 minor_version=PROTOCOL_MINOR_VERSION,
@@ -121,13 +172,74 @@ class PieceServer:
                 role="peer",
                 agent="d7y-dfdaemon",
             )
-            await conn.send(reply, stream_id)
+            await framed.send(reply, stream_id)
         else:
             name = type(message).__name__
-            await conn.send(
+            await framed.send(
                 Error(code=ErrorCode.BAD_REQUEST, message=f"{name} is not served on this port"),
                 stream_id,
             )
+
+    # -- subscriptions -----------------------------------------------------------------
+
+    async def _subscribe(self, conn: _Connection, stream_id: int, task_id: str) -> None:
+        if stream_id in conn.subscriptions:
+            await conn.framed.send(
+                Error(
+                    code=ErrorCode.BAD_REQUEST,
+                    message=f"stream {stream_id} already has a subscription: open a new stream",
+                    task_id=task_id,
+                ),
+                stream_id,
+            )
+            return
+        sub = None
+        if self.manager.running(task_id) is not None:
+            # Registered before the snapshot is taken: a piece stored from here on is in
+            # the snapshot or pushed after it (the push waits for this write lock), or
+            # both (a child takes a piece twice without harm), never in neither.
+            sub = _Subscription(conn, stream_id, task_id)
+            conn.subscriptions[stream_id] = sub
+            self._subscriptions.setdefault(task_id, {})[sub] = None
+        info = await self._task_info(task_id)
+        if sub is not None and not (isinstance(info, TaskInfo) and info.state is TaskState.RUNNING):
+            self._unsubscribe(sub)  # it finished meanwhile: the snapshot says it all
+        # A task held whole (or failed, or unknown) gets its answer and no pushes.
+        await conn.framed.send(info, stream_id)
+
+    def _unsubscribe(self, sub: _Subscription) -> None:
+        sub.conn.subscriptions.pop(sub.stream_id, None)
+        subs = self._subscriptions.get(sub.task_id)
+        if subs is not None:
+            subs.pop(sub, None)
+            if not subs:
+                del self._subscriptions[sub.task_id]
+
+    def _piece_stored(self, task_id: str, number: int, digest: str) -> None:
+        for sub in self._subscriptions.get(task_id, ()):
+            sub.pending[number] = digest
+            if not sub.flushing:
+                sub.flushing = True
+                flush = asyncio.get_running_loop().create_task(self._flush(sub))
+                self._flushes.add(flush)
+                flush.add_done_callback(self._flushes.discard)
+
+    async def _flush(self, sub: _Subscription) -> None:
+        conn = sub.conn
+        try:
+            async with conn.write_lock:
+                sub.flushing = False  # pieces stored from now on start another flush
+                if not sub.pending or conn.subscriptions.get(sub.stream_id) is not sub:
+                    return
+                pending, sub.pending = sub.pending, {}
+                numbers = sorted(pending)
+                await conn.framed.send(
+                    HavePieces(task_id=sub.task_id, numbers=numbers, digests=pending),
+                    sub.stream_id,
+                )
+        except (ConnectionError, OSError) as exc:  # the serve loop sees it and cleans up
+            log.debug("push to a subscriber failed task=%s error=%s", sub.task_id, exc)
+            self._unsubscribe(sub)
 
     async def _held_pieces(self, task_id: str):
         """(content_length, piece_length, state, {number: digest}) or None."""

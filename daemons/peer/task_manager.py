@@ -194,6 +194,9 @@ class TaskManager:
         self.make_room = make_room
         # The P2P path (a d7y.daemons.peer.p2p.P2PDownloader) when a scheduler is set.
         self.p2p = p2p
+        # Called as (task_id, piece number, digest) after each piece is stored and
+        # recorded (the piece server pushes HavePieces to subscribed children).
+        self.piece_listeners: list[Callable[[str, int, str], None]] = []
         self._task_slots = asyncio.Semaphore(max_concurrent_tasks)
         self._running: dict[str, Task] = {}
         self._runners: set[asyncio.Task[None]] = set()
@@ -654,6 +657,11 @@ class TaskManager:
             self.metrics.bytes_from_peers.inc(piece.length)
         self.metrics.pieces.labels("origin" if source == "origin" else "peer").inc()
         task._notify()
+        for listener in self.piece_listeners:
+            try:
+                listener(task.id, piece.number, digest)
+            except Exception:  # a listener's bug must not fail the download
+                log.exception("piece listener failed task=%s piece=%d", task.id, piece.number)
         if task.stream is not None and source != "scheduler":
             await task.stream.report(
                 m.PieceFinished(
