@@ -126,6 +126,17 @@ def test_swarm_serves_the_origin_once(cluster_factory, origin):
     seed_origin, _, seed_up = bytes_by_source(cluster.seed)
     assert seed_origin == size and seed_up > 0
     assert "trigger seed" in cluster.scheduler.log()
+    # Children follow their parents by subscription (pushed HavePieces), not polling.
+    requests = {"Subscribe": 0.0, "GetTaskInfo": 0.0, "GetPiece": 0.0, "pushes": 0.0}
+    for daemon in [cluster.seed, *cluster.peers]:
+        metrics = daemon.metrics()
+        for kind in ("Subscribe", "GetTaskInfo", "GetPiece"):
+            requests[kind] += metrics.get(f'd7y_peer_piece_requests_total{{message="{kind}"}}', 0)
+        requests["pushes"] += metrics.get("d7y_peer_have_pieces_pushed_total", 0)
+    assert requests["Subscribe"] >= len(cluster.peers), requests
+    assert requests["pushes"] > 0, requests
+    # Polling every 100 ms instead would ask hundreds of times over the download.
+    assert requests["GetTaskInfo"] <= 5 * requests["Subscribe"], requests
 
 
 def test_corrupt_parent_is_caught_and_blocklisted(cluster_factory, origin):

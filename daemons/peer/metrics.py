@@ -36,6 +36,18 @@ class PeerMetrics:
         self.active_tasks = Gauge("d7y_peer_active_tasks", "Tasks downloading now", registry=r)
         self.active_uploads = Gauge("d7y_peer_active_uploads", "Uploads in progress", registry=r)
         self.gc_evictions = Counter("d7y_peer_gc_evictions", "Tasks removed by GC", registry=r)
+        self.piece_requests = Counter(
+            "d7y_peer_piece_requests",
+            "Requests on the piece port, by message type",
+            ["message"],
+            registry=r,
+        )
+        self.subscriptions = Gauge(
+            "d7y_peer_subscriptions", "Children subscribed to tasks running here", registry=r
+        )
+        self.pushes = Counter(
+            "d7y_peer_have_pieces_pushed", "HavePieces frames pushed to subscribers", registry=r
+        )
 
     def render(self) -> bytes:
         """The text exposition format for GET /metrics."""

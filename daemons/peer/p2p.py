@@ -9,7 +9,9 @@ a reused buffer; the bytes must match the digest the scheduler recorded from the
 that fetched the piece from the origin, never only the parent's own claim; then the
 piece is written, recorded and reported, and this peer serves it to others at once.
 
-Parents are polled for what they hold (GetTaskInfo) while pieces are missing; pieces a
+Each parent is followed with a subscription (Subscribe: its snapshot, then HavePieces
+pushed as it stores pieces); a parent that does not take subscriptions, or whose
+subscription breaks, is polled instead (GetTaskInfo every ``POLL_INTERVAL``). Pieces a
 parent holds whose digest is not known yet are held back until the scheduler has it
 (GetTaskDigests). A parent that fails or serves corrupt bytes is reported and replaced
 (Reschedule with it as a bad parent). When nothing moves for ``stall_timeout`` the
@@ -44,6 +46,7 @@ log = logging.getLogger("d7y.dfdaemon.p2p")
 POLL_INTERVAL = 0.1  # how often parents are asked what they hold while pieces are missing
 DIGEST_REFRESH = 0.1  # at most this often the scheduler is asked for new digests
 RESCHEDULE_EVERY = 1.0  # at most this often a stalled download asks for new parents
+RESUBSCRIBE_AFTER = 0.5  # a parent that does not hold the task yet: subscribe again then
 
 
 class P2PDownloader:
@@ -280,6 +283,13 @@ class _Run:
         self.last_reschedule = 0.0
         self.fallback = False
         self.restoring: asyncio.Future | None = None
+        # Subscriptions: parent ID -> the task reading its pushes. Parents in ``polled``
+        # are polled instead; ``held_back`` are pieces parents hold that wait for their
+        # digest from the scheduler; ``news`` wakes the fetch loop when a push arrives.
+        self.watches: dict[str, asyncio.Task] = {}
+        self.polled: set[str] = set()
+        self.held_back: dict[str, set[int]] = {}
+        self.news = asyncio.Event()
 
     def add_parent(self, parent: m.ParentInfo) -> None:
         if parent.peer_id in self.bad or parent.peer_id == self.task.peer_id:
@@ -293,10 +303,17 @@ class _Run:
                 max_tx=parent.max_tx_bandwidth_bps,
             )
             self.known[parent.peer_id] = Bitmap(self.count)
+            if parent.peer_id not in self.watches:
+                self.watches[parent.peer_id] = asyncio.ensure_future(self._follow(parent))
 
     def drop_parent(self, parent_id: str) -> list[tuple[int, str]]:
         self.parents.pop(parent_id, None)
         self.known.pop(parent_id, None)
+        self.polled.discard(parent_id)
+        self.held_back.pop(parent_id, None)
+        watch = self.watches.pop(parent_id, None)
+        if watch is not None:
+            watch.cancel()
         if self.picker is not None and parent_id in self.picker.parent_ids:
             return self.picker.parent_removed(parent_id)
         return []
@@ -408,9 +425,75 @@ class _Run:
                 )
             )
 
+    async def _follow(self, parent: m.ParentInfo) -> None:
+        """Feed a parent's pushed pieces to the picker until cancelled (the parent was
+        dropped, or the download ended). Without a subscription the parent is polled:
+        while it does not hold the task yet (``not_found``: a seed peer triggered a
+        moment ago) the subscription is tried again every ``RESUBSCRIBE_AFTER``; an
+        older parent (``bad_request``) or a broken connection leaves it polled for
+        good, and a parent that went away is found out (and reported) by the poll."""
+        parent_id = parent.peer_id
+        while parent_id in self.parents:
+            try:
+                async for numbers in self.owner.client.subscribe(
+                    _address(parent), self.task.id, self.count
+                ):
+                    self.polled.discard(parent_id)
+                    if self.holds(parent_id, numbers):
+                        self.news.set()
+                return
+            except PieceFetchError as exc:
+                log.debug(
+                    "polling parent task=%s parent=%s (subscription: %s %s)",
+                    self.task.id,
+                    parent_id,
+                    exc.kind,
+                    exc,
+                )
+                self.polled.add(parent_id)
+                self.news.set()
+                if exc.kind != "not_found":
+                    return
+            await asyncio.sleep(RESUBSCRIBE_AFTER)
+
+    def holds(self, parent_id: str, numbers) -> bool:
+        """A parent holds ``numbers``: the picker learns those with a known digest, the
+        rest wait in ``held_back``. True if the picker learned something."""
+        seen = self.known.get(parent_id)
+        if seen is None or self.picker is None or parent_id not in self.picker.parent_ids:
+            return False
+        learned = False
+        for number in numbers:
+            if seen.test(number):
+                continue
+            if number in self.digests:
+                seen.set(number)
+                self.picker.parent_has(parent_id, number)
+                learned = True
+            else:
+                self.held_back.setdefault(parent_id, set()).add(number)
+        return learned
+
+    async def release_held_back(self) -> None:
+        """Pieces whose digest arrived go to the picker; ask for the others."""
+        waiting = False
+        for parent_id, numbers in list(self.held_back.items()):
+            ready = [n for n in numbers if n in self.digests]
+            numbers.difference_update(ready)
+            self.holds(parent_id, ready)
+            waiting = waiting or bool(numbers)
+        if waiting:
+            await self.ask_digests()
+
+    async def wait_for_news(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.news.wait(), timeout)
+        self.news.clear()
+
     async def poll_parents(self) -> None:
-        """Ask every parent what it holds; feed new pieces (with known digests) to the
-        picker, and note pieces still waiting for a digest."""
+        """Ask every parent without a working subscription what it holds; feed new
+        pieces (with known digests) to the picker, and note pieces still waiting for a
+        digest."""
 
         async def one(parent_id: str, parent: m.ParentInfo) -> None:
             try:
@@ -435,7 +518,12 @@ class _Run:
             if waiting:
                 await self.ask_digests()
 
-        await asyncio.gather(*(one(pid, p) for pid, p in list(self.parents.items())))
+        polled = [
+            (pid, p)
+            for pid, p in list(self.parents.items())
+            if pid in self.polled or pid not in self.watches
+        ]
+        await asyncio.gather(*(one(pid, p) for pid, p in polled))
 
     async def parent_failed(self, parent_id: str, reason: str) -> None:
         if parent_id in self.bad:
@@ -502,6 +590,7 @@ class _Run:
                 if clock - last_poll >= POLL_INTERVAL:
                     last_poll = clock
                     await self.poll_parents()
+                await self.release_held_back()
                 for failure in self.picker.check_timeouts(clock):
                     inflight.pop((failure.piece, failure.parent), _Nothing).cancel()
                     if failure.report_parent:
@@ -518,11 +607,16 @@ class _Run:
                         log.info("no parent can serve the rest, falling back task=%s", task.id)
                         return False
                     await self.reschedule([], "waiting for pieces")
-                    await asyncio.sleep(POLL_INTERVAL / 2)
+                    await self.wait_for_news(POLL_INTERVAL / 2)
                     continue
+                news = asyncio.ensure_future(self.news.wait())
                 done, _ = await asyncio.wait(
-                    inflight.values(), timeout=POLL_INTERVAL, return_when=asyncio.FIRST_COMPLETED
+                    [*inflight.values(), news],
+                    timeout=POLL_INTERVAL,
+                    return_when=asyncio.FIRST_COMPLETED,
                 )
+                news.cancel()
+                self.news.clear()
                 for key in [k for k, f in inflight.items() if f in done]:
                     fut = inflight.pop(key, None)  # an earlier piece_done may have taken it
                     if fut is None or fut.cancelled():
@@ -556,6 +650,11 @@ class _Run:
                 self.restoring.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self.restoring
+            watches = list(self.watches.values())
+            self.watches.clear()
+            for watch in watches:
+                watch.cancel()
+            await asyncio.gather(*watches, return_exceptions=True)
 
     async def _fetch(self, number: int, parent: m.ParentInfo, buffer: bytearray):
         started = time.monotonic_ns()

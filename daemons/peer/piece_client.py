@@ -7,16 +7,28 @@ back from the same call). A piece is returned only when its CRC equals the diges
 caller expected — the digest recorded by whoever fetched it from the origin, not the
 one the parent claims — so a parent that serves wrong bytes, or lies about them, is
 caught here.
+
+:meth:`PieceClient.subscribe` follows what a parent holds on a connection of its own:
+the parent's snapshot, then the pieces it pushes as it stores them.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 
-from d7y.core.messages import Error, GetPiece, GetTaskInfo, Piece, TaskInfo
+from d7y.core.messages import (
+    Error,
+    GetPiece,
+    GetTaskInfo,
+    HavePieces,
+    Piece,
+    Subscribe,
+    TaskInfo,
+)
 from d7y.core.protocol import ProtocolError
 from d7y.daemons.framing import FramedSocket
+from d7y.ext.bitmap import Bitmap
 
 
 class PieceFetchError(Exception):
@@ -83,6 +95,41 @@ class PieceClient:
                 self._checkin(address, conn)
             else:
                 conn.close()
+
+    async def subscribe(
+        self, address: tuple[str, int], task_id: str, piece_count: int
+    ) -> AsyncIterator[list[int]]:
+        """Pieces a parent holds of a task of ``piece_count`` pieces: those of its
+        snapshot first (possibly none), then each batch it pushes, for as long as the
+        caller iterates. Raises PieceFetchError: the parent's error code (``not_found``;
+        ``bad_request`` from a parent that does not take subscriptions), ``protocol``,
+        or ``connection`` (unreachable, or it closed the subscription)."""
+        try:
+            conn = await FramedSocket.connect(*address, timeout=self.timeout)
+        except (OSError, TimeoutError) as exc:
+            raise PieceFetchError(
+                "connection", f"cannot connect to parent {address[0]}:{address[1]}: {exc}"
+            ) from None
+        try:
+            await conn.send(Subscribe(task_id=task_id), 1)
+            while True:
+                _, message = await conn.read()
+                if isinstance(message, TaskInfo):
+                    usable = message.piece_count == piece_count and message.bitmap
+                    held = Bitmap.from_bytes(message.bitmap, piece_count) if usable else None
+                    yield list(held.iter_set()) if held is not None else []
+                elif isinstance(message, HavePieces):
+                    yield [n for n in message.numbers if n < piece_count]
+                elif isinstance(message, Error):
+                    raise PieceFetchError(message.code, message.message)
+                else:
+                    raise PieceFetchError(
+                        "protocol", f"unexpected {type(message).__name__} on a subscription"
+                    )
+        except (EOFError, OSError, ProtocolError, asyncio.IncompleteReadError) as exc:
+            raise PieceFetchError("connection", f"parent {address}: {exc!r}") from None
+        finally:
+            conn.close()
 
     async def fetch(
         self,

@@ -152,6 +152,7 @@ class PieceServer:
     async def _dispatch(self, conn: _Connection, stream_id: int, message) -> None:
         """Answer one request; the caller holds the connection's write lock."""
         framed = conn.framed
+        self.metrics.piece_requests.labels(type(message).__name__).inc()
         if isinstance(message, GetPiece):
             await self._send_piece(framed, stream_id, message)
         elif isinstance(message, GetTaskInfo):
@@ -201,6 +202,7 @@ class PieceServer:
             sub = _Subscription(conn, stream_id, task_id)
             conn.subscriptions[stream_id] = sub
             self._subscriptions.setdefault(task_id, {})[sub] = None
+            self.metrics.subscriptions.inc()
         info = await self._task_info(task_id)
         if sub is not None and not (isinstance(info, TaskInfo) and info.state is TaskState.RUNNING):
             self._unsubscribe(sub)  # it finished meanwhile: the snapshot says it all
@@ -208,7 +210,8 @@ class PieceServer:
         await conn.framed.send(info, stream_id)
 
     def _unsubscribe(self, sub: _Subscription) -> None:
-        sub.conn.subscriptions.pop(sub.stream_id, None)
+        if sub.conn.subscriptions.pop(sub.stream_id, None) is not None:
+            self.metrics.subscriptions.dec()
         subs = self._subscriptions.get(sub.task_id)
         if subs is not None:
             subs.pop(sub, None)
@@ -237,6 +240,7 @@ class PieceServer:
                     HavePieces(task_id=sub.task_id, numbers=numbers, digests=pending),
                     sub.stream_id,
                 )
+                self.metrics.pushes.inc()
         except (ConnectionError, OSError) as exc:  # the serve loop sees it and cleans up
             log.debug("push to a subscriber failed task=%s error=%s", sub.task_id, exc)
             self._unsubscribe(sub)
