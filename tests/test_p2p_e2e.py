@@ -324,12 +324,11 @@ def test_tiny_and_one_piece_tasks_come_from_the_swarm(cluster_factory, origin, s
 
 
 def test_download_that_outlives_its_scheduler_is_announced_to_the_new_one(cluster_factory, origin):
-    """The scheduler restarts while downloads run. The peer's P2P download goes on
-    from the parent it has and, once the new scheduler is up, continues on a new
-    stream opened with RestorePeer (its pieces so far), so its DownloadFinished
-    reaches the new scheduler. The seed's origin download has no stream left when it
-    finishes and announces the whole task with RestorePeer on stream 0. Either way the
-    new scheduler sends later peers to them instead of to the origin."""
+    """The scheduler restarts while downloads run: the peer's from its parent (the
+    seed), the seed's from the origin. Both go on and, once the new scheduler is up,
+    continue on a new stream opened with RestorePeer (the pieces held so far), so their
+    reports and DownloadFinished reach the new scheduler, which then sends later peers
+    to them instead of to the origin."""
     size = 10 * PIECE
     url = origin.add_file("outlive.bin", size=size, seed=68)
     # The seed fetches one piece at a time, each after 0.3 s: the download takes >= 3 s.
@@ -345,10 +344,10 @@ def test_download_that_outlives_its_scheduler_is_announced_to_the_new_one(cluste
     assert proc.wait(180) == 0, proc.stderr.read().decode() + peer.log()[-3000:]
     expected = hashlib.sha256(origin.content("outlive.bin")).hexdigest()
     assert sha256(cluster.work / "first.out") == expected
-    assert "restored a running download with the scheduler" in peer.log(), peer.log()[-3000:]
-    announced = "announced a task finished after its scheduler stream was lost"
-    assert announced in cluster.seed.log(), cluster.seed.log()[-3000:]
     for daemon in (peer, cluster.seed):  # the new scheduler took both
+        assert "restored a running download with the scheduler" in daemon.log(), daemon.log()[
+            -3000:
+        ]
         assert "scheduler error" not in daemon.log(), daemon.log()[-3000:]
         assert "scheduler refused a report" not in daemon.log(), daemon.log()[-3000:]
     origin.set_faults("/outlive.bin", clear=True)  # no more delay
@@ -357,6 +356,39 @@ def test_download_that_outlives_its_scheduler_is_announced_to_the_new_one(cluste
     outputs = cluster.fetch_all(url, [late])
     assert sha256(outputs[0]) == expected
     assert origin.stats("/outlive.bin")["bytes_sent"] == sent
+    from_origin, from_peers, _ = bytes_by_source(late)
+    assert from_origin == 0 and from_peers == size
+
+
+def test_download_started_without_a_scheduler_is_announced_when_one_appears(
+    cluster_factory, origin
+):
+    """No scheduler when the download starts (so it goes to the origin without a
+    stream); the scheduler comes up meanwhile. The finished task is announced to it
+    with RestorePeer, so later peers are sent here, not to the origin."""
+    size = 10 * PIECE
+    url = origin.add_file("early.bin", size=size, seed=69)
+    origin.set_faults("/early.bin", delay={"seconds": 0.3, "count": -1})
+    cluster = cluster_factory(peers=0)
+    cluster.scheduler.stop()
+    peer = cluster.add_peer("early", download={"concurrency": 1})
+    proc = peer.dfget_popen(url, cluster.work / "early.out", "--no-progress")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and origin.stats("/early.bin")["requests"] < 3:
+        time.sleep(0.02)
+    cluster.scheduler.start()
+    assert proc.wait(180) == 0, proc.stderr.read().decode() + peer.log()[-3000:]
+    expected = hashlib.sha256(origin.content("early.bin")).hexdigest()
+    assert sha256(cluster.work / "early.out") == expected
+    log = peer.log()
+    assert "announced a task that finished without a scheduler stream" in log, log[-3000:]
+    assert "scheduler error" not in log, log[-3000:]
+    origin.set_faults("/early.bin", clear=True)
+    sent = origin.stats("/early.bin")["bytes_sent"]
+    late = cluster.add_peer("late")
+    outputs = cluster.fetch_all(url, [late])
+    assert sha256(outputs[0]) == expected
+    assert origin.stats("/early.bin")["bytes_sent"] == sent
     from_origin, from_peers, _ = bytes_by_source(late)
     assert from_origin == 0 and from_peers == size
 

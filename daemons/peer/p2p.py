@@ -111,8 +111,56 @@ class P2PDownloader:
             return
         with contextlib.suppress(SchedulerUnavailable):
             if await self._restore_record(record):
-                log.info("announced a task finished after its scheduler stream was lost task=%s",
+                log.info("announced a task that finished without a scheduler stream task=%s",
                          task_id)  # fmt: skip
+
+    def maybe_restore(self, task) -> None:
+        """A running download whose scheduler connection was lost: once a new one is
+        up, move it to a new stream (in the background; at most one move at a time)."""
+        if task.restoring is not None and not task.restoring.done():
+            return
+        if task.stream is None or not task.stream.broken or task.bitmap is None:
+            return
+        if not self.scheduler.connected.is_set() or not task.content_length:
+            return
+        task.restoring = asyncio.ensure_future(self._restore_running(task))
+
+    async def _restore_running(self, task) -> None:
+        """Open a new stream with RestorePeer (this download's own peer ID, the pieces
+        held so far and their digests): the scheduler (restarted, or one that dropped
+        this peer with the connection) can send children here, take the reports and
+        answer reschedules again; the download then reports on the new stream. On
+        failure the next piece or loop turn tries again."""
+        try:
+            stream = self.scheduler.open_download()
+        except SchedulerUnavailable:
+            return
+        held = task.bitmap
+        moved = False
+        try:
+            await stream.send(
+                m.RestorePeer(
+                    peer_id=task.peer_id,
+                    task_id=task.id,
+                    host_id=self.host_id,
+                    url=task.request.url,
+                    content_length=task.content_length,
+                    piece_length=task.piece_length,
+                    bitmap=held.to_bytes(),
+                    succeeded=False,
+                    digests={n: task.digests[n] for n in held.iter_set() if n in task.digests},
+                )
+            )
+            old, task.stream = task.stream, stream
+            old.close()
+            moved = True
+        except SchedulerUnavailable:
+            return
+        finally:
+            if not moved:  # failed or cancelled (the download ended): drop the new stream
+                stream.close()
+        log.info("restored a running download with the scheduler task=%s pieces=%d",
+                 task.id, held.count())  # fmt: skip
 
     async def _restore_record(self, record) -> bool:
         if record.state != TASK_SUCCEEDED or not record.content_length:
@@ -272,7 +320,7 @@ class _Run:
         self.owner = owner
         self.manager = owner.manager
         self.task = task
-        self.stream = stream
+        task.stream = stream
         self.digests: dict[int, str] = digests
         self.parents: dict[str, m.ParentInfo] = {}
         self.known: dict[str, Bitmap] = {}  # what each parent was last seen to hold
@@ -282,7 +330,6 @@ class _Run:
         self.last_digest_ask = 0.0
         self.last_reschedule = 0.0
         self.fallback = False
-        self.restoring: asyncio.Future | None = None
         # Subscriptions: parent ID -> the task reading its pushes. Parents in ``polled``
         # are polled instead; ``held_back`` are pieces parents hold that wait for their
         # digest from the scheduler; ``news`` wakes the fetch loop when a push arrives.
@@ -290,6 +337,11 @@ class _Run:
         self.polled: set[str] = set()
         self.held_back: dict[str, set[int]] = {}
         self.news = asyncio.Event()
+
+    @property
+    def stream(self) -> DownloadStream:
+        """The download's scheduler stream: a new one after :meth:`maybe_restore`."""
+        return self.task.stream
 
     def add_parent(self, parent: m.ParentInfo) -> None:
         if parent.peer_id in self.bad or parent.peer_id == self.task.peer_id:
@@ -361,51 +413,8 @@ class _Run:
         if self.stream.broken:
             if not self.parents:
                 self.fallback = True
-            elif (
-                self.picker is not None  # the geometry is known: the fetch loop runs
-                and self.restoring is None
-                and self.owner.scheduler.connected.is_set()
-            ):
-                self.restoring = asyncio.ensure_future(self._restore())
-
-    async def _restore(self) -> None:
-        """The scheduler connection this download registered on was lost and a new one
-        is up (the scheduler restarted, or the link dropped and it forgot the peer):
-        continue on a new stream that starts with RestorePeer and the pieces held so
-        far, so the scheduler can send children here, take the reports and answer
-        reschedules again. On failure the next loop turn tries again."""
-        task = self.task
-        try:
-            stream = self.owner.scheduler.open_download()
-        except SchedulerUnavailable:
-            self.restoring = None
-            return
-        held = task.bitmap
-        try:
-            await stream.send(
-                m.RestorePeer(
-                    peer_id=task.peer_id,
-                    task_id=task.id,
-                    host_id=self.owner.host_id,
-                    url=task.request.url,
-                    content_length=task.content_length,
-                    piece_length=task.piece_length,
-                    bitmap=held.to_bytes(),
-                    succeeded=False,
-                    digests={n: self.digests[n] for n in held.iter_set() if n in self.digests},
-                )
-            )
-        except SchedulerUnavailable:
-            stream.close()
-            self.restoring = None
-            return
-        old, self.stream = self.stream, stream
-        if task.stream is old:
-            task.stream = stream
-        old.close()
-        self.restoring = None
-        log.info("restored a running download with the scheduler task=%s pieces=%d",
-                 task.id, held.count())  # fmt: skip
+            elif self.picker is not None:  # the geometry is known: the fetch loop runs
+                self.owner.maybe_restore(self.task)
 
     async def ask_digests(self, force: bool = False) -> None:
         stamp = time.monotonic()
@@ -646,10 +655,6 @@ class _Run:
             for fut in inflight.values():
                 fut.cancel()
             await asyncio.gather(*inflight.values(), return_exceptions=True)
-            if self.restoring is not None:
-                self.restoring.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self.restoring
             watches = list(self.watches.values())
             self.watches.clear()
             for watch in watches:

@@ -120,6 +120,7 @@ class Task:
         self.from_cache = False
         self.peer_id = ""  # this download's peer ID at the scheduler
         self.stream = None  # its scheduler stream (a DownloadStream), when it has one
+        self.restoring: asyncio.Future | None = None  # moving to a new stream (p2p.py)
         self.seed_trigger = False  # started by the scheduler's TriggerSeed
         self.streaming = False  # someone reads the bytes in order while they land
         self.started = time.monotonic()
@@ -374,7 +375,9 @@ class TaskManager:
                 )
             )
         except BaseException as exc:
-            stream = task.stream  # a P2P run may have moved to a new connection's stream
+            if task.restoring is not None:
+                task.restoring.cancel()
+            stream = task.stream  # it may have moved to a new connection's stream
             if stream is not None and not isinstance(exc, asyncio.CancelledError):
                 await stream.report(
                     m.DownloadFailed(peer_id=task.peer_id, task_id=task.id, reason=str(exc)[:4000])
@@ -382,7 +385,8 @@ class TaskManager:
             if stream is not None:
                 stream.close()
             raise
-        stream = task.stream  # a P2P run may have moved to a new connection's stream
+        await self._settle_restore(task)
+        stream = task.stream  # it may have moved to a new connection's stream
         if stream is not None:
             self.p2p.held[task.id] = task.peer_id
             length = task.content_length or 0
@@ -412,6 +416,16 @@ class TaskManager:
             # Registered with no scheduler (it was unreachable): if one is connected by
             # now, its restore pass ran before this task was whole; announce it.
             await self.p2p.restore(task.id)
+
+    @staticmethod
+    async def _settle_restore(task: Task) -> None:
+        """Let a move to a new scheduler stream (RestorePeer) finish before the final
+        report, so the report goes where the scheduler now expects it."""
+        restoring = task.restoring
+        if restoring is not None and not restoring.done():
+            with contextlib.suppress(Exception):  # TimeoutError included: report anyway
+                await asyncio.wait_for(asyncio.shield(restoring), 5.0)
+            restoring.cancel()
 
     async def _back_to_source(
         self, task: Task, expected: Digest | None, stream, *, fallback: bool = False
@@ -663,6 +677,8 @@ class TaskManager:
             except Exception:  # a listener's bug must not fail the download
                 log.exception("piece listener failed task=%s piece=%d", task.id, piece.number)
         if task.stream is not None and source != "scheduler":
+            if task.stream.broken and self.p2p is not None:
+                self.p2p.maybe_restore(task)  # the scheduler connection was lost
             await task.stream.report(
                 m.PieceFinished(
                     peer_id=task.peer_id,
