@@ -92,6 +92,19 @@ class Cluster:
         self.scheduler.stop()
 
 
+def assert_a_late_peer_is_served_by_the_swarm(cluster, origin, url: str, name: str) -> None:
+    """A new peer fetches ``url`` (the origin's ``/name``): the exact bytes, all from
+    peers, nothing more from the origin: the holders are known to the scheduler."""
+    content = origin.content(name)
+    sent = origin.stats(f"/{name}")["bytes_sent"]
+    late = cluster.add_peer("late")
+    outputs = cluster.fetch_all(url, [late])
+    assert sha256(outputs[0]) == hashlib.sha256(content).hexdigest()
+    assert origin.stats(f"/{name}")["bytes_sent"] == sent
+    from_origin, from_peers, _ = bytes_by_source(late)
+    assert from_origin == 0 and from_peers == len(content)
+
+
 @pytest.fixture
 def origin():
     with ThreadedOriginServer() as server:
@@ -351,13 +364,7 @@ def test_download_that_outlives_its_scheduler_is_announced_to_the_new_one(cluste
         assert "scheduler error" not in daemon.log(), daemon.log()[-3000:]
         assert "scheduler refused a report" not in daemon.log(), daemon.log()[-3000:]
     origin.set_faults("/outlive.bin", clear=True)  # no more delay
-    sent = origin.stats("/outlive.bin")["bytes_sent"]
-    late = cluster.add_peer("late")
-    outputs = cluster.fetch_all(url, [late])
-    assert sha256(outputs[0]) == expected
-    assert origin.stats("/outlive.bin")["bytes_sent"] == sent
-    from_origin, from_peers, _ = bytes_by_source(late)
-    assert from_origin == 0 and from_peers == size
+    assert_a_late_peer_is_served_by_the_swarm(cluster, origin, url, "outlive.bin")
 
 
 def test_download_started_without_a_scheduler_is_announced_when_one_appears(
@@ -384,13 +391,7 @@ def test_download_started_without_a_scheduler_is_announced_when_one_appears(
     assert "announced a task that finished without a scheduler stream" in log, log[-3000:]
     assert "scheduler error" not in log, log[-3000:]
     origin.set_faults("/early.bin", clear=True)
-    sent = origin.stats("/early.bin")["bytes_sent"]
-    late = cluster.add_peer("late")
-    outputs = cluster.fetch_all(url, [late])
-    assert sha256(outputs[0]) == expected
-    assert origin.stats("/early.bin")["bytes_sent"] == sent
-    from_origin, from_peers, _ = bytes_by_source(late)
-    assert from_origin == 0 and from_peers == size
+    assert_a_late_peer_is_served_by_the_swarm(cluster, origin, url, "early.bin")
 
 
 def test_scheduler_answers_a_restored_running_peer_on_its_new_stream(tmp_path):
