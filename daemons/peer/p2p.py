@@ -83,10 +83,14 @@ class P2PDownloader:
         self.client.close()
 
     async def restore_held(self) -> None:
-        """After (re)connecting: tell the scheduler every task this daemon holds whole.
+        """After (re)connecting and announcing the host: tell the scheduler every task
+        this daemon holds whole, and move the downloads still running onto the new
+        connection.
 
-        A restarted scheduler has forgotten them; without this, stored tasks would serve
-        nobody until downloaded again. One RestorePeer per task, on stream 0.
+        A restarted scheduler has forgotten them (and one that saw the connection drop
+        has dropped them); without this, stored tasks would serve nobody until
+        downloaded again. One RestorePeer per whole task, on stream 0; one new stream
+        per running download (:meth:`maybe_restore`).
         """
         storage = self.manager.storage
         self.held.clear()
@@ -96,6 +100,8 @@ class P2PDownloader:
             restored += await self._restore_record(record)
         if restored:
             log.info("restored held tasks with the scheduler count=%d", restored)
+        for task in self.manager.running_tasks():
+            self.maybe_restore(task)
 
     async def restore(self, task_id: str) -> None:
         """Announce one whole stored task (RestorePeer) on the current connection.
@@ -115,8 +121,10 @@ class P2PDownloader:
                          task_id)  # fmt: skip
 
     def maybe_restore(self, task) -> None:
-        """A running download whose scheduler connection was lost: once a new one is
-        up, move it to a new stream (in the background; at most one move at a time)."""
+        """A running download whose scheduler connection was lost: move it to a new
+        stream on the current one (in the background; at most one move at a time).
+        Nothing to do for a download without a lost stream, or whose length is not
+        known yet (it is announced whole when it finishes)."""
         if task.restoring is not None and not task.restoring.done():
             return
         if task.stream is None or not task.stream.broken or task.bitmap is None:
@@ -130,7 +138,7 @@ class P2PDownloader:
         held so far and their digests): the scheduler (restarted, or one that dropped
         this peer with the connection) can send children here, take the reports and
         answer reschedules again; the download then reports on the new stream. On
-        failure the next piece or loop turn tries again."""
+        failure the next connection tries again."""
         try:
             stream = self.scheduler.open_download()
         except SchedulerUnavailable:
@@ -340,7 +348,8 @@ class _Run:
 
     @property
     def stream(self) -> DownloadStream:
-        """The download's scheduler stream: a new one after :meth:`maybe_restore`."""
+        """The download's scheduler stream: a new one after
+        :meth:`P2PDownloader.maybe_restore`."""
         return self.task.stream
 
     def add_parent(self, parent: m.ParentInfo) -> None:
@@ -410,11 +419,8 @@ class _Run:
                     answer.code,
                     answer.message,
                 )
-        if self.stream.broken:
-            if not self.parents:
-                self.fallback = True
-            elif self.picker is not None:  # the geometry is known: the fetch loop runs
-                self.owner.maybe_restore(self.task)
+        if self.stream.broken and not self.parents:
+            self.fallback = True
 
     async def ask_digests(self, force: bool = False) -> None:
         stamp = time.monotonic()
@@ -500,9 +506,8 @@ class _Run:
         self.news.clear()
 
     async def poll_parents(self) -> None:
-        """Ask every parent without a working subscription what it holds; feed new
-        pieces (with known digests) to the picker, and note pieces still waiting for a
-        digest."""
+        """Ask every parent without a working subscription what it holds; the new
+        pieces go through :meth:`holds`, as pushed ones do."""
 
         async def one(parent_id: str, parent: m.ParentInfo) -> None:
             try:
@@ -513,19 +518,10 @@ class _Run:
                 return
             if info.piece_count != self.count or not info.bitmap:
                 return
-            holds = Bitmap.from_bytes(info.bitmap, self.count)
             seen = self.known.get(parent_id)
-            if seen is None or self.picker is None or parent_id not in self.picker.parent_ids:
-                return
-            waiting = False
-            for number in seen.and_not(holds).iter_set():
-                if number in self.digests:
-                    seen.set(number)
-                    self.picker.parent_has(parent_id, number)
-                else:
-                    waiting = True
-            if waiting:
-                await self.ask_digests()
+            if seen is not None:
+                held = Bitmap.from_bytes(info.bitmap, self.count)
+                self.holds(parent_id, seen.and_not(held).iter_set())  # the new ones only
 
         polled = [
             (pid, p)

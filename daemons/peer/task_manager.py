@@ -229,6 +229,9 @@ class TaskManager:
     def running(self, task_id: str) -> Task | None:
         return self._running.get(task_id)
 
+    def running_tasks(self) -> list[Task]:
+        return list(self._running.values())
+
     # -- starting and joining ----------------------------------------------------------
 
     def start(
@@ -677,8 +680,6 @@ class TaskManager:
             except Exception:  # a listener's bug must not fail the download
                 log.exception("piece listener failed task=%s piece=%d", task.id, piece.number)
         if task.stream is not None and source != "scheduler":
-            if task.stream.broken and self.p2p is not None:
-                self.p2p.maybe_restore(task)  # the scheduler connection was lost
             await task.stream.report(
                 m.PieceFinished(
                     peer_id=task.peer_id,
