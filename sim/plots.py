@@ -23,7 +23,6 @@ def write_plots(
     out: Path, title: str, bounds: list[Bound], results: list[PolicyResult]
 ) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    written = []
     t_min = max((b.t_min for b in bounds), default=0.0)
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
@@ -36,38 +35,45 @@ def write_plots(
                 xs += [t, t]
                 ys += [i / n, (i + 1) / n]
             ax.plot(xs, ys, label=r.label, linewidth=1.5)
-    if t_min > 0:
-        ax.axvline(t_min, color="black", linestyle=":", linewidth=1, label="Kumar-Ross T_min")
-    ax.set_xlabel("completion time after arrival (s)")
-    ax.set_ylabel("fraction of downloads done")
-    ax.set_ylim(0, 1.02)
-    ax.set_xlim(left=0)
-    ax.set_title(f"{title}: completion time CDF")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    path = out / "completion_cdf.png"
-    fig.savefig(path)
-    plt.close(fig)
-    written.append(path)
+    cdf = _finish(
+        fig,
+        ax,
+        t_min,
+        xlabel="completion time after arrival (s)",
+        ylabel="fraction of downloads done",
+        title=f"{title}: completion time CDF",
+        path=out / "completion_cdf.png",
+    )
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     for r in results:
         times, fractions = r.progress
         if times:
             ax.plot(times, fractions, label=r.label, linewidth=1.5, drawstyle="steps-post")
+    progress = _finish(
+        fig,
+        ax,
+        t_min,
+        xlabel="simulated time (s)",
+        ylabel="fraction of pieces delivered",
+        title=f"{title}: swarm progress",
+        path=out / "swarm_progress.png",
+    )
+    return [cdf, progress]
+
+
+def _finish(fig, ax, t_min: float, *, xlabel: str, ylabel: str, title: str, path: Path) -> Path:
+    """The frame both plots share (T_min line, axes, legend), saved to ``path``."""
     if t_min > 0:
         ax.axvline(t_min, color="black", linestyle=":", linewidth=1, label="Kumar-Ross T_min")
-    ax.set_xlabel("simulated time (s)")
-    ax.set_ylabel("fraction of pieces delivered")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1.02)
     ax.set_xlim(left=0)
-    ax.set_title(f"{title}: swarm progress")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    path = out / "swarm_progress.png"
     fig.savefig(path)
     plt.close(fig)
-    written.append(path)
-    return written
+    return path

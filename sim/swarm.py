@@ -608,20 +608,24 @@ class Simulation:
         else:
             self.later(self.sched_latency, self._register, peer)
 
+    def _stop_fetching(self, peer: Peer) -> None:
+        """The peer downloads nothing more: its transfers stop, its parents stop
+        telling it of new pieces (it may stay a parent of its own children)."""
+        for tr in peer.inflight.values():
+            self._cancel(tr)
+        peer.inflight.clear()
+        for parent in peer.parents.values():
+            if parent is not None:
+                parent.children.pop(peer, None)
+        peer.picker = None
+
     def finish(self, peer: Peer) -> None:
         now = self.env.now
         peer.state = DONE
         peer.done_at = peer.end_at = now
-        for tr in peer.inflight.values():
-            self._cancel(tr)
-        peer.inflight.clear()
-        # it needs no more notifications; it stays a parent of its children
-        for parent in peer.parents.values():
-            if parent is not None:
-                parent.children.pop(peer, None)
+        self._stop_fetching(peer)
         for nb in peer.neighbours:
             nb.children.pop(peer, None)
-        peer.picker = None
         if self.scheduler is not None:
             self.scheduler_calls += 1
             self.scheduler.download_finished(peer.id, now)
@@ -644,14 +648,8 @@ class Simulation:
         now = self.env.now
         peer.state = LEFT
         peer.end_at = now
-        for tr in peer.inflight.values():
-            self._cancel(tr)
-        peer.inflight.clear()
-        for parent in peer.parents.values():
-            if parent is not None:
-                parent.children.pop(peer, None)
+        self._stop_fetching(peer)
         peer.parents.clear()
-        peer.picker = None
         if peer.host.peers.get(peer.task.name) is peer:
             del peer.host.peers[peer.task.name]
         orphans = ()
