@@ -4,10 +4,13 @@ A scenario is YAML; every key is optional and has the default shown in
 :data:`DEFAULTS` (docs/simulation.md explains each). Unknown keys are errors that name
 the key and list the valid ones, so a typo never silently falls back to a default.
 
-Policies are named ``load_aware``, ``base``, ``random`` (the scheduler with that
-evaluator), ``client_server`` and ``bittorrent``; a scheduler policy may override
-SchedulerConfig fields after a colon, e.g. ``load_aware:sample_servable_only=true`` or
-``random:back_to_source_limit=0,retry_interval=0.2``.
+Policies are named ``d7y`` (ours, the default), ``dragonfly`` (Dragonfly v2 as it
+ships, with its load-aware evaluator; ``load_aware`` is another name for it), ``base``
+and ``random`` (Dragonfly's rules with that evaluator), ``client_server`` and
+``bittorrent``. A scheduler policy may override SchedulerConfig fields after a colon,
+e.g. ``dragonfly:candidate_parent_limit=6`` or ``random:back_to_source_limit=0``, and the
+download loop's (DownloadConfig) fields the same way with a ``download.`` prefix, e.g.
+``d7y:download.per_parent_limit=2``.
 """
 
 from __future__ import annotations
@@ -24,11 +27,25 @@ import yaml
 
 from d7y.core.pieces import compute_piece_length
 from d7y.core.scheduling import SchedulerConfig
+from d7y.core.scheduling.download import DownloadConfig
 from d7y.sim import topology as topo
 from d7y.sim.units import parse_bandwidth, parse_duration, parse_size
 
-SCHEDULER_POLICIES = ("load_aware", "base", "random")
+SCHEDULER_POLICIES = ("d7y", "dragonfly", "load_aware", "base", "random")
 POLICIES = (*SCHEDULER_POLICIES, "client_server", "bittorrent")
+#: The policies a scenario runs when it names none.
+DEFAULT_POLICIES = ("d7y", "dragonfly", "base", "random", "client_server", "bittorrent")
+#: policy -> (SchedulerConfig.policy, evaluator, DownloadConfig.policy)
+POLICY_RULES = {
+    "d7y": ("d7y", "load_aware", "d7y"),
+    "dragonfly": ("dragonfly", "load_aware", "dragonfly"),
+    "load_aware": ("dragonfly", "load_aware", "dragonfly"),
+    "base": ("dragonfly", "base", "dragonfly"),
+    "random": ("dragonfly", "random", "dragonfly"),
+    "client_server": ("dragonfly", "load_aware", "dragonfly"),
+    "bittorrent": ("d7y", "load_aware", "d7y"),
+}
+_DOWNLOAD_FIELDS = {f.name for f in dataclasses.fields(DownloadConfig)} - {"policy"}
 MAX_DEPTH = 3
 
 #: Every key a scenario may set, with its default (None: "not set").
@@ -36,7 +53,7 @@ DEFAULTS: dict[str, Any] = {
     "name": None,  # default: the file name without .yaml
     "seed": 1,
     "until": "1d",
-    "policies": list(POLICIES),
+    "policies": list(DEFAULT_POLICIES),
     "topology": {
         "kind": "flat",  # flat | racks | multi_idc | file
         "file": None,  # kind file: path (relative to the scenario file)
@@ -71,14 +88,23 @@ DEFAULTS: dict[str, Any] = {
     "failures": [],  # [{at: 30s, host: seed0}, ...]
     "scheduler": {},  # SchedulerConfig fields (Dragonfly's defaults otherwise)
     "peer": {
-        "max_in_flight": 16,
-        "piece_timeout": "30s",
-        "stall_timeout": "10s",
-        "reschedule_interval": "1s",
+        # None: the policy's own value (core.scheduling.download.DOWNLOAD_POLICY_DEFAULTS)
+        "max_in_flight": None,
+        "piece_timeout": None,
+        "stall_timeout": None,
+        "reschedule_interval": None,
         "scheduler_latency": "1ms",
-        "endgame": True,
+        "endgame": None,
+        # d7y: concurrent piece uploads a host serves; more are answered "busy"
+        "upload_slots": 8,
+        "seed_upload_slots": 32,
     },
-    "bittorrent": {"neighbours": 20, "max_connections": 50, "reannounce": "5s"},
+    "bittorrent": {
+        "neighbours": 20,
+        "max_connections": 50,
+        "reannounce": "5s",
+        "unchoke_slots": 4,  # uploads each BitTorrent peer (and the seeder) serves at once
+    },
     "model": {"depth": 0, "hub_slack": 0.005},
 }
 
@@ -116,12 +142,16 @@ class Failure:
 
 @dataclass(frozen=True)
 class PeerSpec:
-    max_in_flight: int
-    piece_timeout: float
-    stall_timeout: float
-    reschedule_interval: float
+    """Download-loop settings every scheduler policy shares (None: the policy's own)."""
+
+    max_in_flight: int | None
+    piece_timeout: float | None
+    stall_timeout: float | None
+    reschedule_interval: float | None
     scheduler_latency: float
-    endgame: bool
+    endgame: bool | None
+    upload_slots: int
+    seed_upload_slots: int
 
 
 @dataclass(frozen=True)
@@ -129,6 +159,7 @@ class BitTorrentSpec:
     neighbours: int
     max_connections: int
     reannounce: float
+    unchoke_slots: int
 
 
 @dataclass(frozen=True)
@@ -169,13 +200,11 @@ class Scenario:
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def scheduler_config(self, policy: Policy) -> SchedulerConfig:
+        rules, evaluator, _ = POLICY_RULES[policy.name]
         fields = dict(self.scheduler)
-        fields.update(policy.overrides)
-        fields["algorithm"] = (
-            policy.name
-            if policy.name in SCHEDULER_POLICIES
-            else fields.get("algorithm", "load_aware")
-        )
+        fields.update((k, v) for k, v in policy.overrides if not k.startswith("download."))
+        fields["policy"] = rules
+        fields["algorithm"] = evaluator
         if policy.name == "client_server":
             # everyone from the origin: no limit on how many peers may go there
             fields["back_to_source_limit"] = 2**31 - 1
@@ -183,6 +212,50 @@ class Scenario:
             return SchedulerConfig(**fields)
         except (TypeError, ValueError) as exc:
             raise ScenarioError(f"scheduler settings for {policy.label}: {exc}") from None
+
+    def download_config(self, policy: Policy) -> DownloadConfig:
+        """The download loop's rules for ``policy``: the policy's defaults, then the
+        scenario's ``peer`` keys, then the policy's ``download.`` overrides."""
+        _, _, rules = POLICY_RULES[policy.name]
+        p = self.peer
+        fields: dict[str, Any] = {
+            name: getattr(p, name)
+            for name in (
+                "max_in_flight",
+                "piece_timeout",
+                "stall_timeout",
+                "reschedule_interval",
+                "endgame",
+            )
+            if getattr(p, name) is not None
+        }
+        if policy.name == "bittorrent":
+            # BitTorrent: no origin fallback and no scheduler; an idle peer re-announces
+            # to the tracker (AskParents), at most every ``reannounce``.
+            fields.update(
+                stall_timeout=math.inf,
+                reschedule_interval=self.bittorrent.reannounce,
+                per_parent_limit=0,
+            )
+        fields.update(
+            (k.removeprefix("download."), v)
+            for k, v in policy.overrides
+            if k.startswith("download.")
+        )
+        try:
+            return DownloadConfig(policy=rules, **fields)
+        except (TypeError, ValueError) as exc:
+            raise ScenarioError(f"download settings for {policy.label}: {exc}") from None
+
+    def upload_slots(self, policy: Policy) -> tuple[int, int]:
+        """(per peer host, per seed host) concurrent piece uploads; 0: no limit.
+        dragonfly and its variants use Dragonfly's limits; d7y the scenario's."""
+        if policy.name == "bittorrent":
+            return self.bittorrent.unchoke_slots, self.bittorrent.unchoke_slots
+        if policy.name == "d7y":
+            return self.peer.upload_slots, self.peer.seed_upload_slots
+        cfg = self.scheduler_config(policy)
+        return cfg.peer_concurrent_upload_limit, cfg.seed_peer_concurrent_upload_limit
 
     def build_topology(self) -> topo.Topology:
         t = self.topology
@@ -357,14 +430,16 @@ def parse(data: Any, *, name: str = "scenario", base_dir: Path = Path(".")) -> S
     p = merged["peer"]
     _check_keys(p, list(DEFAULTS["peer"]), "peer")
     peer = PeerSpec(
-        max_in_flight=_int(p["max_in_flight"], "peer.max_in_flight", 1),
-        piece_timeout=_dur(p["piece_timeout"], "peer.piece_timeout"),
-        stall_timeout=_dur(p["stall_timeout"], "peer.stall_timeout"),
-        reschedule_interval=_dur(p["reschedule_interval"], "peer.reschedule_interval"),
+        max_in_flight=_opt(_int, p["max_in_flight"], "peer.max_in_flight", 1),
+        piece_timeout=_opt(_dur, p["piece_timeout"], "peer.piece_timeout"),
+        stall_timeout=_opt(_dur, p["stall_timeout"], "peer.stall_timeout", allow_inf=True),
+        reschedule_interval=_opt(_dur, p["reschedule_interval"], "peer.reschedule_interval"),
         scheduler_latency=_dur(p["scheduler_latency"], "peer.scheduler_latency"),
-        endgame=_bool(p["endgame"], "peer.endgame"),
+        endgame=_opt(_bool, p["endgame"], "peer.endgame"),
+        upload_slots=_int(p["upload_slots"], "peer.upload_slots", 0),
+        seed_upload_slots=_int(p["seed_upload_slots"], "peer.seed_upload_slots", 0),
     )
-    if peer.piece_timeout <= 0:
+    if peer.piece_timeout is not None and peer.piece_timeout <= 0:
         raise ScenarioError("peer.piece_timeout must be > 0")
     bt = merged["bittorrent"]
     _check_keys(bt, list(DEFAULTS["bittorrent"]), "bittorrent")
@@ -372,6 +447,7 @@ def parse(data: Any, *, name: str = "scenario", base_dir: Path = Path(".")) -> S
         neighbours=_int(bt["neighbours"], "bittorrent.neighbours", 1),
         max_connections=_int(bt["max_connections"], "bittorrent.max_connections", 1),
         reannounce=_dur(bt["reannounce"], "bittorrent.reannounce"),
+        unchoke_slots=_int(bt["unchoke_slots"], "bittorrent.unchoke_slots", 1),
     )
     m = merged["model"]
     _check_keys(m, list(DEFAULTS["model"]), "model")
@@ -430,18 +506,23 @@ def parse_policy(text: object) -> Policy:
     if rest:
         if name == "bittorrent":
             raise ScenarioError("the bittorrent policy has no scheduler settings to override")
-        valid = {f.name for f in dataclasses.fields(SchedulerConfig)} - {"algorithm"}
+        valid = {f.name for f in dataclasses.fields(SchedulerConfig)} - {"algorithm", "policy"}
+        valid |= {f"download.{name}" for name in _DOWNLOAD_FIELDS}
         for part in rest.split(","):
             key, eq, value = part.partition("=")
             key = key.strip()
             if not eq or key not in valid:
                 raise ScenarioError(
                     f"policy {text!r}: {part!r} is not field=value with a SchedulerConfig "
-                    f"field ({sorted(valid)})"
+                    f"field or download.<DownloadConfig field> ({sorted(valid)})"
                 )
             overrides.append((key, yaml.safe_load(value.strip())))
+        rules, _, download_rules = POLICY_RULES[name]
+        sched = {k: v for k, v in overrides if not k.startswith("download.")}
+        down = {k.removeprefix("download."): v for k, v in overrides if k.startswith("download.")}
         try:
-            SchedulerConfig(**dict(overrides))
+            SchedulerConfig(policy=rules, **sched)
+            DownloadConfig(policy=download_rules, **down)
         except (TypeError, ValueError) as exc:
             raise ScenarioError(f"policy {text!r}: {exc}") from None
     return Policy(text.replace(" ", ""), name, tuple(overrides))
@@ -526,6 +607,11 @@ def _depth(value: Any) -> int:
             f"are the useful settings; see docs/simulation.md)"
         )
     return depth
+
+
+def _opt(check, value: Any, what: str, *args, **kw):
+    """None (the policy's own value) or the checked value."""
+    return None if value is None else check(value, what, *args, **kw)
 
 
 def _bool(value: Any, what: str) -> bool:

@@ -1,29 +1,21 @@
 """One simulated run: hosts, peers and one policy on a flow-level network.
 
-Simulated peers behave as dfdaemon does (daemons/peer/p2p.py and task_manager.py), and
-the simulated scheduler service as the scheduler daemon does (daemons/scheduler/
-server.py); both call the real :mod:`d7y.core.scheduling` objects -- the Scheduler, its
-evaluator and one PiecePicker per download. Only the transport is simulated:
+Simulated peers and the simulated scheduler service run the real :mod:`d7y.core`
+code, with nothing of it mirrored here: the Scheduler and its evaluator, the answer
+loop (:mod:`d7y.core.scheduling.answers`: retry, trigger the seed) and one
+:class:`~d7y.core.scheduling.download.Download` per download (piece choice, timeouts,
+busy parents, reschedules, the stall and back-to-source rules). This module only
+carries out their actions on a simulated transport:
 
 - a scheduler request/answer (register, reschedule) takes ``peer.scheduler_latency``
   each way; reports (download_started, piece_finished, piece_failed,
   download_finished, leave_peer) are applied when sent (nothing waits for them);
-- a piece request takes the path's one-way latency to reach the parent, then the piece
+- a piece request takes the path's one-way latency to reach the parent; a parent whose
+  upload slots are all taken answers "busy" (one more latency back); otherwise the piece
   is a flow on the network (:mod:`d7y.sim.network`), and its last byte takes the
   latency again to arrive;
-- a parent's new pieces reach its children's pickers at once (the daemon polls its
-  parents every 100 ms: see docs/simulation.md).
-
-Peer behaviour mirrored from dfdaemon: a register answer with parents starts a P2P
-download (parents are added, never replaced, by later answers); with nothing in flight
-the peer asks for a reschedule at most every ``reschedule_interval`` and falls back to
-the origin after ``stall_timeout`` without progress; a piece timing out is reported
-(piece_failed) and a parent failing ``failure_limit`` times is dropped and reported as a
-bad parent; NeedBackToSource or a scheduling error sends the download to the origin.
-Scheduler behaviour mirrored from the scheduler daemon: Retry and TriggerSeedPeer are
-followed server-side (sleep ``retry_after``, reschedule) until a final answer; a seed
-host is told to download the task (it registers with need_back_to_source); children of a
-peer that leaves are rescheduled.
+- a parent's new pieces reach the downloads following it at once (dfdaemon's children
+  subscribe to their parents and are pushed each new piece).
 """
 
 from __future__ import annotations
@@ -43,14 +35,24 @@ from d7y.core.scheduling import (
     MetadataOnly,
     NeedBackToSource,
     NormalTask,
-    PiecePicker,
-    Retry,
     ScheduleFailed,
     Scheduler,
     SchedulerError,
     SmallTask,
     TinyTask,
-    TriggerSeedPeer,
+    answers,
+)
+from d7y.core.scheduling.download import (
+    BUSY,
+    AskParents,
+    Cancel,
+    Download,
+    Fetch,
+    Finished,
+    Follow,
+    GoToOrigin,
+    ReportFailed,
+    Unfollow,
 )
 from d7y.ext.bitmap import backend as bitmaps
 from d7y.sim.network import Flow, Network, Resource
@@ -66,6 +68,7 @@ STATE_NAMES = ("pending", "running", "back_to_source", "done", "left", "failed")
 
 class Host:
     __slots__ = (
+        "active",
         "alive",
         "down",
         "download",
@@ -77,12 +80,15 @@ class Host:
         "location",
         "name",
         "peers",
+        "slots",
         "up",
         "upload",
         "uploaded",
     )
 
     def __init__(self, index: int, name: str, attrs: dict[str, Any], net: Network) -> None:
+        self.active = 0  # piece uploads being served
+        self.slots = 0  # upload slots (0: no limit); set by the policy
         self.index = index
         self.name = name
         self.kind = attrs["kind"]
@@ -152,6 +158,7 @@ class Peer:
         "bad",
         "bts_reason",
         "children",
+        "dl",
         "done_at",
         "end_at",
         "from_origin",
@@ -159,19 +166,16 @@ class Peer:
         "from_seeds",
         "host",
         "id",
-        "idle_at",
         "inflight",
         "is_seed",
-        "last_progress",
-        "last_reschedule",
+        "last_announce",
         "lifetime",
         "neighbours",
         "parents",
-        "picker",
         "reschedules",
         "state",
         "task",
-        "watchdog_at",
+        "timer_at",
     )
 
     def __init__(self, peer_id: str, host: Host, task: SimTask, arrival: float) -> None:
@@ -180,22 +184,19 @@ class Peer:
         self.task = task
         self.arrival = arrival
         self.state = PENDING
-        self.picker: PiecePicker | None = None
+        self.dl: Download | None = None  # the core download loop, from the first answer
         self.parents: dict[str, Peer | None] = {}  # parent id -> parent (None: origin)
         self.children: dict[Peer, None] = {}  # downloads that have this peer as parent
         self.neighbours: dict[Peer, None] = {}  # bittorrent connections
         self.inflight: dict[tuple[int, str], Transfer] = {}
-        self.bad: set[str] = set()
         self.is_seed = host.kind == "seed"
         self.done_at = math.nan
         self.end_at = math.nan
         self.from_origin = 0.0
         self.from_seeds = 0.0
         self.from_peers = 0.0
-        self.last_progress = arrival
-        self.last_reschedule = -math.inf
-        self.idle_at = math.inf
-        self.watchdog_at = math.inf
+        self.last_announce = -math.inf
+        self.timer_at = math.inf
         self.answer_token = 0
         self.bts_reason = ""
         self.reschedules = 0
@@ -203,9 +204,11 @@ class Peer:
 
     def bitmap(self) -> Any:
         """The pieces this peer holds (what a new child learns from it)."""
-        if self.picker is not None:
-            return self.picker.have_bitmap()
-        return self.task.full if self.state == DONE else bitmaps.Bitmap(self.task.count)
+        if self.state == DONE:
+            return self.task.full
+        if self.dl is not None:
+            return self.dl.picker.have_bitmap()
+        return bitmaps.Bitmap(self.task.count)
 
     def __repr__(self) -> str:
         return f"<Peer {self.host.name}/{self.task.name} {STATE_NAMES[self.state]}>"
@@ -219,15 +222,18 @@ class Transfer:
         "flow",
         "latency",
         "pair",
+        "parent",
         "parent_id",
         "peer",
         "piece",
         "size",
+        "slot",
         "src",
         "start",
     )
 
     def __init__(self, peer: Peer, piece: int, parent_id: str, src: Host, size: int, start: float):
+        self.parent: Peer | None = None  # the uploading peer (None: the origin)
         self.peer = peer
         self.piece = piece
         self.parent_id = parent_id
@@ -238,6 +244,7 @@ class Transfer:
         self.cancelled = False
         self.latency = 0.0
         self.pair = None
+        self.slot: Host | None = None  # the host whose upload slot this transfer holds
 
 
 class Simulation:
@@ -262,12 +269,8 @@ class Simulation:
         self.rng = random.Random(f"{seed}:{label}:peers")  # pickers, uuids
         self.tracker_rng = random.Random(f"{seed}:{label}:tracker")
         spec = scenario.peer
-        self.max_in_flight = spec.max_in_flight
-        self.piece_timeout = spec.piece_timeout
-        self.stall_timeout = spec.stall_timeout
-        self.reschedule_interval = spec.reschedule_interval
         self.sched_latency = spec.scheduler_latency
-        self.endgame = spec.endgame
+        self.download_config = scenario.download_config(policy)
         # hosts
         g = self.topology.graph
         self.hosts: dict[str, Host] = {}
@@ -294,6 +297,7 @@ class Simulation:
         self.end_time = 0.0
         self.scheduler: Scheduler | None = None
         self.scheduler_calls = 0
+        self.busy_answers = 0  # piece requests a parent refused (upload slots full)
         self.fallbacks: dict[str, int] = {}  # back-to-source downloads by reason
         if policy.uses_scheduler:
             cfg = scenario.scheduler_config(policy)
@@ -311,7 +315,13 @@ class Simulation:
                 )
         self.cs = policy.name == "client_server"
         self.bt = policy.name == "bittorrent"
+        peer_slots, seed_slots = scenario.upload_slots(policy)
+        for h in self.normal_hosts:
+            h.slots = peer_slots
+        for h in self.seed_hosts:
+            h.slots = seed_slots
         if self.bt:
+            self.origin.slots = seed_slots
             for task in self.tasks:
                 seeder = Peer(ORIGIN_ID, self.origin, task, 0.0)
                 seeder.state = DONE
@@ -434,27 +444,95 @@ class Simulation:
         if self.ended >= self.expected and self.arrivals_pending == 0:
             self.finished = True
 
-    # -------------------------------------------------------------- transfers --
+    # ------------------------------------------------------ the download loop --
 
-    def pump(self, peer: Peer) -> None:
-        """Start what the picker wants to start now."""
-        picker = peer.picker
-        if picker is None:
+    def run_actions(self, peer: Peer, actions: list) -> None:
+        """Carry out what the peer's core download loop asked for, then arm its timer."""
+        now = self.env.now
+        for action in actions:
+            kind = type(action)
+            if kind is Fetch:
+                self._request(peer, action.piece, action.parent, now)
+            elif kind is Cancel:
+                tr = peer.inflight.pop((action.piece, action.parent), None)
+                if tr is not None:
+                    self._cancel(tr)
+            elif kind is ReportFailed:
+                self._report_failed(peer, action)
+            elif kind is Follow:
+                parent = self.peers.get(action.parent)
+                if parent is not None:
+                    peer.parents[action.parent] = parent
+                    if parent.state != DONE:
+                        parent.children[peer] = None
+            elif kind is Unfollow:
+                parent = peer.parents.pop(action.parent, None)
+                if parent is not None:
+                    parent.children.pop(peer, None)
+                    if self.bt:
+                        self._bt_disconnect(peer, parent)
+            elif kind is AskParents:
+                if self.bt:
+                    self._bt_reannounce(peer)
+                else:
+                    self.request_reschedule(peer, list(action.bad))
+            elif kind is GoToOrigin:
+                self._went_to_origin(peer, action.reason)
+            elif kind is Finished:
+                self.finish(peer)
+                return
+        self._arm(peer)
+
+    def _arm(self, peer: Peer) -> None:
+        dl = peer.dl
+        if dl is None or peer.state not in (RUNNING, BTS):
             return
         now = self.env.now
-        reqs = picker.next_requests(now)
-        if reqs:
-            for piece, parent_id in reqs:
-                self._request(peer, piece, parent_id, now)
-            if peer.watchdog_at == math.inf and peer.state == RUNNING:
-                self._arm_watchdog(peer)
-        if not peer.inflight and (peer.state == RUNNING or peer.state == BTS):
-            self._idle(peer)
+        at = dl.next_timer(now)
+        if at == math.inf:
+            return
+        if at < now:
+            at = now
+        if at < peer.timer_at or peer.timer_at < now:
+            peer.timer_at = at
+            self.later(at - now, self._timer, peer, at)
+
+    def _timer(self, peer: Peer, at: float) -> None:
+        if peer.timer_at != at:
+            return
+        peer.timer_at = math.inf
+        if peer.dl is not None and peer.state in (RUNNING, BTS):
+            self.run_actions(peer, peer.dl.tick(self.env.now))
+
+    def pump(self, peer: Peer) -> None:
+        """Start what the download loop can start now."""
+        if peer.dl is not None and peer.state in (RUNNING, BTS):
+            self.run_actions(peer, peer.dl.pump(self.env.now))
+
+    def _report_failed(self, peer: Peer, action: ReportFailed) -> None:
+        """dfdaemon's PieceFailed report; the scheduler may answer with new parents."""
+        if self.scheduler is None or action.parent == ORIGIN_ID:
+            return
+        self.scheduler_calls += 1
+        try:
+            result = self.scheduler.piece_failed(peer.id, action.piece, action.parent, self.env.now)
+        except SchedulerError:
+            return
+        if result.reschedule:
+            self._server_reschedule(peer, [])
+
+    # -------------------------------------------------------------- transfers --
 
     def _request(self, peer: Peer, piece: int, parent_id: str, now: float) -> None:
-        # the picker only names parents this peer added (the origin included)
-        src = self.origin if parent_id == ORIGIN_ID else peer.parents[parent_id].host  # type: ignore[union-attr]
+        if parent_id == ORIGIN_ID:
+            src, parent = self.origin, None
+        else:
+            parent = peer.parents.get(parent_id)
+            if parent is None:
+                return
+            src = parent.host
         tr = Transfer(peer, piece, parent_id, src, peer.task.length(piece), now)
+        tr.parent = parent
         tr.pair, tr.latency = self._path(src, peer.host)
         peer.inflight[(piece, parent_id)] = tr
         if tr.latency > 0:
@@ -463,13 +541,46 @@ class Simulation:
             self._begin(tr)
 
     def _begin(self, tr: Transfer) -> None:
-        if not tr.cancelled:
-            tr.flow = self.net.start_flow(tr.pair, tr.size, self._flow_done, tr)
+        """The request reached the parent: it serves it, or answers busy when all its
+        upload slots are taken (or it no longer holds the task)."""
+        if tr.cancelled:
+            return
+        src = tr.src
+        parent = tr.parent
+        if (src.slots and src.active >= src.slots) or (
+            parent is not None and parent.state in (LEFT, FAILED)
+        ):
+            if tr.latency > 0:
+                self.later(tr.latency, self._busy, tr)
+            else:
+                self._busy(tr)
+            return
+        src.active += 1
+        tr.slot = src
+        tr.flow = self.net.start_flow(tr.pair, tr.size, self._flow_done, tr)
+
+    def _busy(self, tr: Transfer) -> None:
+        if tr.cancelled:
+            return
+        peer = tr.peer
+        key = (tr.piece, tr.parent_id)
+        if peer.inflight.get(key) is not tr or peer.dl is None:
+            return
+        del peer.inflight[key]
+        self.busy_answers += 1
+        self.run_actions(peer, peer.dl.piece_failed(tr.piece, tr.parent_id, BUSY, self.env.now))
+
+    def _free_slot(self, tr: Transfer) -> None:
+        host = tr.slot
+        if host is not None:
+            host.active -= 1
+            tr.slot = None
 
     def _flow_done(self, flow: Flow) -> None:
         tr: Transfer = flow.arg
         tr.flow = None
         tr.src.uploaded += tr.size
+        self._free_slot(tr)
         if tr.latency > 0:
             self.later(tr.latency, self._deliver, tr)
         else:
@@ -480,6 +591,7 @@ class Simulation:
         if tr.flow is not None:
             tr.src.uploaded += self.net.cancel(tr.flow)
             tr.flow = None
+        self._free_slot(tr)
 
     def _deliver(self, tr: Transfer) -> None:
         if tr.cancelled:
@@ -489,8 +601,8 @@ class Simulation:
         if peer.inflight.get(key) is not tr:
             return
         del peer.inflight[key]
-        picker = peer.picker
-        assert picker is not None
+        dl = peer.dl
+        assert dl is not None
         now = self.env.now
         piece = tr.piece
         size = tr.size
@@ -502,15 +614,11 @@ class Simulation:
             peer.from_seeds += size
         else:
             peer.from_peers += size
-        if picker.has(piece):  # an endgame duplicate that lost: nothing to record
+        if dl.picker.has(piece):  # an endgame duplicate that lost: nothing to record
             return
         cost = now - tr.start
         parent_id = tr.parent_id
-        for other in picker.piece_done(piece, parent_id, cost, now):
-            lost = peer.inflight.pop(other, None)
-            if lost is not None:
-                self._cancel(lost)
-        peer.last_progress = now
+        actions = dl.piece_done(piece, parent_id, cost, now)
         if not peer.is_seed:
             self.pieces_done += 1
             self.piece_times.append(now)
@@ -520,82 +628,23 @@ class Simulation:
                 self.scheduler.piece_finished(peer.id, piece, None, cost, f"crc32:{piece}", now)
             else:
                 self.scheduler.piece_finished(peer.id, piece, parent_id, cost, None, now)
-        # the children learn the new piece (dfdaemon: their next poll of this parent)
+        # the children learn the new piece (dfdaemon: pushed on their subscription)
         if peer.children:
-            max_in_flight = self.max_in_flight
+            max_in_flight = self.download_config.max_in_flight
             wake = []
             pid = peer.id
             for child in peer.children:
-                cp = child.picker
+                cdl = child.dl
                 # True: the child lacks the piece, so a free slot may now start it.
-                if cp.parent_has(pid, piece) and len(child.inflight) < max_in_flight:  # type: ignore[union-attr]
+                if (
+                    cdl is not None
+                    and cdl.parent_has(pid, piece, now)
+                    and len(child.inflight) < max_in_flight
+                ):
                     wake.append(child)
             for child in wake:
-                if child.picker is not None:
-                    self.pump(child)
-        if picker.done:
-            self.finish(peer)
-        else:
-            self.pump(peer)
-
-    # ----------------------------------------------------------- timers (daemon) --
-
-    def _arm_watchdog(self, peer: Peer) -> None:
-        if not peer.inflight:
-            peer.watchdog_at = math.inf
-            return
-        oldest = next(iter(peer.inflight.values())).start
-        peer.watchdog_at = at = oldest + self.piece_timeout + 1e-6
-        self.later(at - self.env.now, self._watchdog, peer, at)
-
-    def _watchdog(self, peer: Peer, at: float) -> None:
-        if peer.watchdog_at != at:
-            return
-        peer.watchdog_at = math.inf
-        if peer.picker is None or peer.state not in (RUNNING, BTS):
-            return
-        now = self.env.now
-        for failure in peer.picker.check_timeouts(now):
-            tr = peer.inflight.pop((failure.piece, failure.parent), None)
-            if tr is not None:
-                self._cancel(tr)
-            self.piece_failed(peer, failure.piece, failure.parent, failure.report_parent)
-        if peer.state in (RUNNING, BTS):
-            self._arm_watchdog(peer)
-            self.pump(peer)
-
-    def _idle(self, peer: Peer) -> None:
-        """Nothing in flight: dfdaemon's loop asks for new parents at most every
-        reschedule_interval and falls back to the origin after stall_timeout (the
-        comparisons are written as ``now >= deadline`` everywhere, so the next check is
-        always strictly later: no zero-delay loop on float rounding)."""
-        now = self.env.now
-        if self.bt:
-            due = peer.last_reschedule + self.scenario.bittorrent.reannounce
-            if now >= due:
-                peer.last_reschedule = now
-                self._bt_announce(peer)
-                due = now + self.scenario.bittorrent.reannounce
-            at = due
-        else:
-            if peer.state == BTS:
-                return
-            stall_at = peer.last_progress + self.stall_timeout
-            if now >= stall_at:
-                self.back_to_source(peer, "stall")
-                return
-            self.request_reschedule(peer, [])  # rate-limited to reschedule_interval
-            at = min(peer.last_reschedule + self.reschedule_interval, stall_at)
-        if at < peer.idle_at or peer.idle_at <= now:
-            peer.idle_at = at
-            self.later(at - now, self._idle_check, peer, at)
-
-    def _idle_check(self, peer: Peer, at: float) -> None:
-        if peer.idle_at != at:
-            return
-        peer.idle_at = math.inf
-        if peer.state in (RUNNING, BTS) and not peer.inflight and peer.picker is not None:
-            self.pump(peer)
+                self.pump(child)
+        self.run_actions(peer, actions)
 
     # ------------------------------------------------------------ life events --
 
@@ -617,13 +666,15 @@ class Simulation:
         for parent in peer.parents.values():
             if parent is not None:
                 parent.children.pop(peer, None)
-        peer.picker = None
+        peer.parents.clear()
+        peer.timer_at = math.inf
 
     def finish(self, peer: Peer) -> None:
         now = self.env.now
         peer.state = DONE
         peer.done_at = peer.end_at = now
         self._stop_fetching(peer)
+        peer.dl = None
         for nb in peer.neighbours:
             nb.children.pop(peer, None)
         if self.scheduler is not None:
@@ -649,7 +700,7 @@ class Simulation:
         peer.state = LEFT
         peer.end_at = now
         self._stop_fetching(peer)
-        peer.parents.clear()
+        peer.dl = None
         if peer.host.peers.get(peer.task.name) is peer:
             del peer.host.peers[peer.task.name]
         orphans = ()
@@ -693,58 +744,13 @@ class Simulation:
             self._server_reschedule_id(orphan, [])
 
     def _parent_lost(self, child: Peer, parent: Peer) -> None:
-        """``parent`` is gone: the child's fetches from it fail (dfdaemon reports each
-        and drops the parent as bad)."""
-        if child.picker is None or child.state not in (RUNNING, BTS):
+        """``parent`` is gone: the child's download loop drops it (its fetches from it
+        fail; dfdaemon's subscription to it ends)."""
+        parent.children.pop(child, None)
+        if child.dl is None or child.state not in (RUNNING, BTS):
             child.parents.pop(parent.id, None)
             return
-        failed = child.picker.parent_removed(parent.id)
-        child.parents.pop(parent.id, None)
-        for key in failed:
-            tr = child.inflight.pop(key, None)
-            if tr is not None:
-                self._cancel(tr)
-        if self.bt:
-            if len(child.neighbours) < self.scenario.bittorrent.neighbours // 2:
-                self._bt_announce(child)
-            self.pump(child)
-            return
-        if self.scheduler is not None:
-            now = self.env.now
-            for piece, _pid in failed:
-                self.scheduler_calls += 1
-                self.scheduler.piece_failed(child.id, piece, parent.id, now)
-        child.bad.add(parent.id)
-        self.request_reschedule(child, [parent.id])
-        self.pump(child)
-
-    def piece_failed(self, peer: Peer, piece: int, parent_id: str, report: bool) -> None:
-        """A piece request timed out (dfdaemon: PieceFailed; a parent at the failure
-        limit is dropped and reported as bad)."""
-        if self.scheduler is not None:
-            self.scheduler_calls += 1
-            result = self.scheduler.piece_failed(
-                peer.id, piece, None if parent_id == ORIGIN_ID else parent_id, self.env.now
-            )
-            if result.reschedule:
-                self._server_reschedule(peer, [])
-        if report and self.bt:
-            # drop the connection; a later announce may pick that peer again
-            other = peer.parents.get(parent_id)
-            if other is not None:
-                self._bt_disconnect(peer, other)
-            return
-        if report and parent_id != ORIGIN_ID:
-            parent = peer.parents.pop(parent_id, None)
-            if parent is not None:
-                parent.children.pop(peer, None)
-            if peer.picker is not None:
-                for key in peer.picker.parent_removed(parent_id):
-                    tr = peer.inflight.pop(key, None)
-                    if tr is not None:
-                        self._cancel(tr)
-            peer.bad.add(parent_id)
-            self.request_reschedule(peer, [parent_id])
+        self.run_actions(child, child.dl.parent_gone(parent.id, self.env.now))
 
     # ------------------------------------------------------- scheduler policies --
 
@@ -764,33 +770,29 @@ class Simulation:
             need_back_to_source=peer.is_seed or self.cs,
         )
         peer.answer_token += 1
-        self._server_answer(peer, result, peer.answer_token)
+        self._server_step(peer, answers.first_step(result), peer.answer_token)
 
-    def _server_answer(self, peer: Peer, result: Any, token: int) -> None:
-        """The scheduler daemon's answer loop: follow Retry/TriggerSeedPeer, then answer."""
-        if isinstance(result, Retry | TriggerSeedPeer):
-            if isinstance(result, TriggerSeedPeer):
-                self._trigger_seed(peer.task, result.seed_host_id)
-            self.later(result.retry_after, self._server_retry, peer, token)
+    def _server_step(self, peer: Peer, step: answers.Step | None, token: int) -> None:
+        """The scheduler daemon's answer loop (core.scheduling.answers): trigger the
+        seed, then answer or wait and run another round."""
+        if step is None:
             return
-        self.later(self.sched_latency, self._answer, peer, result)
+        if step.trigger is not None:
+            self._trigger_seed(peer.task, step.trigger.seed_host_id)
+        if step.final is not None:
+            self.later(self.sched_latency, self._answer, peer, step.final)
+        else:
+            self.later(step.wait, self._server_retry, peer, token)
 
     def _server_retry(self, peer: Peer, token: int) -> None:
         if peer.answer_token != token or peer.state not in (PENDING, RUNNING):
             return
         self.scheduler_calls += 1
-        try:
-            result = self.scheduler.reschedule(peer.id, [], self.env.now)  # type: ignore[union-attr]
-        except SchedulerError:
-            return
-        self._server_answer(peer, result, token)
+        step = answers.resume(self.scheduler, peer.id, self.env.now)  # type: ignore[arg-type]
+        self._server_step(peer, step, token)
 
     def request_reschedule(self, peer: Peer, bad: list[str]) -> None:
-        """dfdaemon's Reschedule report (rate-limited unless it names bad parents)."""
-        now = self.env.now
-        if not bad and now < peer.last_reschedule + self.reschedule_interval:
-            return
-        peer.last_reschedule = now
+        """dfdaemon's Reschedule report (the download loop rate-limits it)."""
         self.later(self.sched_latency, self._server_reschedule, peer, bad)
 
     def _server_reschedule_id(self, peer_id: str, bad: list[str]) -> None:
@@ -808,7 +810,7 @@ class Simulation:
             result = self.scheduler.reschedule(peer.id, bad, self.env.now)
         except SchedulerError:
             return
-        self._server_answer(peer, result, peer.answer_token)
+        self._server_step(peer, answers.first_step(result), peer.answer_token)
 
     def _trigger_seed(self, task: SimTask, seed_host_id: str) -> None:
         host = self.host_by_id.get(seed_host_id)
@@ -825,13 +827,9 @@ class Simulation:
         host.peers[task.name] = peer
         self.arrive(peer)
 
-    def _new_picker(self, peer: Peer) -> PiecePicker:
-        return PiecePicker(
-            peer.task.count,
-            self.rng,
-            max_in_flight=self.max_in_flight,
-            piece_timeout=self.piece_timeout,
-            endgame=self.endgame,
+    def _new_download(self, peer: Peer) -> Download:
+        return Download(
+            peer.task.count, self.rng, self.download_config, now=self.env.now, origin=ORIGIN_ID
         )
 
     def _answer(self, peer: Peer, result: Any) -> None:
@@ -839,28 +837,23 @@ class Simulation:
         state = peer.state
         if state not in (PENDING, RUNNING):
             return
+        now = self.env.now
         if isinstance(result, NormalTask | SmallTask):
             parents = result.parents if isinstance(result, NormalTask) else (result.parent,)
             if state == PENDING:
                 peer.state = RUNNING
-                peer.picker = self._new_picker(peer)
-                peer.last_progress = self.env.now
+                peer.dl = self._new_download(peer)
                 self.scheduler_calls += 1
-                self.scheduler.download_started(peer.id, self.env.now)  # type: ignore[union-attr]
+                self.scheduler.download_started(peer.id, now)  # type: ignore[union-attr]
+            offers = []
             for info in parents:
-                pid = info.peer_id
-                if pid in peer.parents or pid in peer.bad or pid == peer.id:
-                    continue
-                parent = self.peers.get(pid)
+                parent = self.peers.get(info.peer_id)
                 if parent is None or parent.state in (LEFT, FAILED, PENDING):
                     continue
-                peer.parents[pid] = parent
-                peer.picker.parent_added(  # type: ignore[union-attr]
-                    pid, parent.bitmap(), tx=info.tx_bandwidth, max_tx=info.upload_limit_bps
+                offers.append(
+                    (info.peer_id, parent.bitmap(), info.tx_bandwidth, info.upload_limit_bps)
                 )
-                if parent.state != DONE:
-                    parent.children[peer] = None
-            self.pump(peer)
+            self.run_actions(peer, peer.dl.add_parents(offers, now))  # type: ignore[union-attr]
         elif isinstance(result, NeedBackToSource):
             self.back_to_source(peer, "scheduler")
         elif isinstance(result, ScheduleFailed):
@@ -870,56 +863,36 @@ class Simulation:
         elif isinstance(result, EmptyTask | TinyTask | MetadataOnly):
             # (MetadataOnly needs a second download of the task on one host, which the
             # workload never makes)
-            peer.picker = None
             self.finish(peer)
 
     def back_to_source(self, peer: Peer, reason: str) -> None:
-        """Fetch the missing pieces from the origin (keeping what is held). ``reason``:
-        ``scheduler`` (NeedBackToSource), ``schedule_failed`` (the scheduler gave up:
-        retry_limit rounds failed with back_to_source_limit reached), ``stall``."""
+        """The scheduler sends the peer to the origin (``scheduler``: NeedBackToSource;
+        ``schedule_failed``: it gave up); the download loop keeps what is held."""
         if peer.state not in (PENDING, RUNNING):
             return
-        peer.bts_reason = reason
+        if peer.dl is None:
+            peer.dl = self._new_download(peer)
+        self.run_actions(peer, peer.dl.back_to_source(reason, self.env.now))
+
+    def _went_to_origin(self, peer: Peer, reason: str) -> None:
+        """The download loop went to the origin (told to, or on its own: ``stall``,
+        the reschedule limit): the scheduler hears of it, the reason is counted."""
         if not peer.is_seed:
-            self.fallbacks[reason] = self.fallbacks.get(reason, 0) + 1
-        now = self.env.now
-        for tr in peer.inflight.values():
-            self._cancel(tr)
-        peer.inflight.clear()
-        for parent in peer.parents.values():
-            if parent is not None:
-                parent.children.pop(peer, None)
-        peer.parents.clear()
-        # A fresh picker over what is held, with the origin as the only "parent" and no
-        # piece timeout: dfdaemon fetches from the origin with plain ranged GETs, not
-        # through the P2P picker and its 30 s piece timeout.
-        held = peer.picker.have_bitmap() if peer.picker is not None else None
-        peer.picker = PiecePicker(
-            peer.task.count,
-            self.rng,
-            have=held,
-            max_in_flight=self.max_in_flight,
-            piece_timeout=1e12,
-            endgame=False,
-        )
-        peer.watchdog_at = math.inf
+            key = reason if reason in ("scheduler", "schedule_failed") else reason.split(":")[0]
+            self.fallbacks[key] = self.fallbacks.get(key, 0) + 1
         peer.state = BTS
-        peer.last_progress = now
+        peer.bts_reason = reason
+        peer.parents = {ORIGIN_ID: None}
         if self.scheduler is not None:
             self.scheduler_calls += 1
             task = peer.task
             self.scheduler.download_started(
                 peer.id,
-                now,
+                self.env.now,
                 back_to_source=True,
                 content_length=task.size,
                 piece_length=task.piece_length,
             )
-        peer.parents[ORIGIN_ID] = None
-        peer.picker.parent_added(
-            ORIGIN_ID, peer.task.full, tx=0, max_tx=int(self.origin.upload * 8)
-        )
-        self.pump(peer)
 
     # ---------------------------------------------------------------- bittorrent --
 
@@ -938,10 +911,18 @@ class Simulation:
 
     def _bt_join(self, peer: Peer) -> None:
         peer.state = RUNNING
-        peer.picker = self._new_picker(peer)
-        self._bt_announce(peer)
+        peer.dl = Download(peer.task.count, self.rng, self.download_config, now=self.env.now)
         self._swarm_add(peer.task, peer)
-        self.pump(peer)
+        self._bt_reannounce(peer)
+
+    def _bt_reannounce(self, peer: Peer) -> None:
+        """The download has nothing to request (or lost a neighbour): ask the tracker
+        for more peers, at most once per ``reannounce``."""
+        now = self.env.now
+        if now < peer.last_announce + self.scenario.bittorrent.reannounce:
+            return
+        peer.last_announce = now
+        self._bt_announce(peer)
 
     def _bt_announce(self, peer: Peer) -> None:
         """Ask the tracker for random peers of the swarm and connect to them (both
@@ -967,24 +948,18 @@ class Simulation:
         b.neighbours.pop(a, None)
         for x, y in ((a, b), (b, a)):
             y.children.pop(x, None)
-            if x.parents.pop(y.id, None) is not None and x.picker is not None:
-                for key in x.picker.parent_removed(y.id):
-                    tr = x.inflight.pop(key, None)
-                    if tr is not None:
-                        self._cancel(tr)
+            x.parents.pop(y.id, None)
+            if x.dl is not None and x.state == RUNNING and y.id in x.dl.parents:
+                self.run_actions(x, x.dl.parent_gone(y.id, self.env.now, "disconnected"))
 
     def _bt_connect(self, a: Peer, b: Peer) -> None:
         a.neighbours[b] = None
         b.neighbours[a] = None
+        now = self.env.now
         for x, y in ((a, b), (b, a)):
-            # x downloads from y if x still needs pieces
-            if x.picker is not None and x.state == RUNNING:
-                x.parents[y.id] = y
-                # No announced load: the picker then chooses uniformly among the
-                # neighbours holding a piece (a fast neighbour still gets more pieces,
-                # as in BitTorrent: its requests finish sooner and free their slots).
-                x.picker.parent_added(y.id, y.bitmap(), tx=0, max_tx=0)
-                if y.state != DONE:
-                    y.children[x] = None
-        if b.picker is not None and b.state == RUNNING and len(b.inflight) < self.max_in_flight:
-            self.pump(b)
+            # x downloads from y if x still needs pieces. No announced load: the picker
+            # then chooses uniformly among the neighbours holding a piece (a fast
+            # neighbour still gets more pieces, as in BitTorrent: its requests finish
+            # sooner and free their slots).
+            if x.dl is not None and x.state == RUNNING:
+                self.run_actions(x, x.dl.add_parents([(y.id, y.bitmap(), 0, 0)], now))

@@ -26,18 +26,59 @@ from d7y.core.pieces import MiB
 
 #: Names accepted by :attr:`SchedulerConfig.algorithm` (see ``evaluator.make_evaluator``).
 ALGORITHMS = ("load_aware", "base", "random")
+#: Names accepted by :attr:`SchedulerConfig.policy`.
+POLICIES = ("d7y", "dragonfly")
+
+#: The fields whose default depends on the policy (a field left None takes it).
+#: ``dragonfly`` is Dragonfly v2 as it ships (DESIGN.md section 4); ``d7y`` is ours
+#: (docs/simulation.md, "The d7y policy", has the evidence for each value).
+POLICY_DEFAULTS: dict[str, dict[str, object]] = {
+    "dragonfly": {
+        "filter_parent_limit": 15,
+        "candidate_parent_limit": 3,
+        "max_parents": 3,
+        "concurrent_piece_count": 8,
+        "register_backoff_min": 0.03,
+        "register_backoff_max": 1.0,
+        "blocklist_previous_parents": True,
+        "sample_servable_only": False,
+    },
+    "d7y": {
+        "filter_parent_limit": 40,
+        "candidate_parent_limit": 4,
+        "max_parents": 12,
+        "concurrent_piece_count": 4,
+        "register_backoff_min": 0.0,
+        "register_backoff_max": 0.0,
+        "blocklist_previous_parents": False,
+        "sample_servable_only": True,
+    },
+}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SchedulerConfig:
     """Scheduler limits; ``dataclasses.replace(cfg, x=...)`` derives a variant."""
 
+    #: The rules around the evaluator: "d7y" (default) or "dragonfly" (Dragonfly v2 as it
+    #: ships). Fields below left at None take the policy's value (POLICY_DEFAULTS).
+    policy: str = "d7y"
     #: Evaluator ranking candidate parents: "load_aware" (default), "base", "random".
     algorithm: str = "load_aware"
-    #: Peers of the task sampled per scheduling round before filtering.
-    filter_parent_limit: int = 15
-    #: Parents returned (and DAG edges added) per successful round.
-    candidate_parent_limit: int = 3
+    #: Peers of the task sampled per scheduling round before filtering (dragonfly 15).
+    filter_parent_limit: int = None  # type: ignore[assignment]
+    #: Parents returned (and DAG edges added) per successful round (dragonfly 3).
+    candidate_parent_limit: int = None  # type: ignore[assignment]
+    #: Most parents a peer holds at once. dragonfly: a round replaces the peer's parents
+    #: (= candidate_parent_limit); d7y: a round keeps the parents that still serve and
+    #: adds up to candidate_parent_limit new ones while below this.
+    max_parents: int = None  # type: ignore[assignment]
+    #: A registration's first round waits a random time in [min, max] seconds
+    #: (dragonfly: 30 ms to 1 s per host registration; d7y: none).
+    register_backoff_min: float = None  # type: ignore[assignment]
+    register_backoff_max: float = None  # type: ignore[assignment]
+    #: dragonfly: a reschedule blocklists every parent the peer was ever given.
+    blocklist_previous_parents: bool = None  # type: ignore[assignment]
     #: Failed rounds after which the peer is told scheduling failed.
     retry_limit: int = 5
     #: Failed rounds after which the peer goes back to source (when allowed).
@@ -50,13 +91,14 @@ class SchedulerConfig:
     #: Normal peers of one task that may go back to source (seed peers are not counted).
     back_to_source_limit: int = 200
     #: Pieces a child downloads in parallel from one parent unless it registers its own
-    #: value; each DAG edge reserves this many upload slots on the parent's host.
-    concurrent_piece_count: int = 16
+    #: value; each DAG edge reserves this many upload slots on the parent's host
+    #: (dragonfly 8).
+    concurrent_piece_count: int = None  # type: ignore[assignment]
     #: Piece length assumed for load reservation while a task's real one is unknown.
     default_piece_length: int = 4 * MiB
     #: Upload-slot limits used when a host announces none (Dragonfly's defaults).
-    peer_concurrent_upload_limit: int = 50
-    seed_peer_concurrent_upload_limit: int = 300
+    peer_concurrent_upload_limit: int = 200
+    seed_peer_concurrent_upload_limit: int = 2000
     #: A running/back-to-source peer with no piece report for this long leaves at GC.
     piece_download_timeout: float = 30 * 60.0
     #: A peer not updated for this long leaves at GC.
@@ -74,17 +116,23 @@ class SchedulerConfig:
     seed_peer_trigger_timeout: float = 60.0
     #: Virtual nodes per seed host on the consistent-hash ring.
     hash_ring_vnodes: int = 100
-    #: Research knob, off by default (Dragonfly samples all peers of the task). When on,
-    #: the 15 peers are sampled among those able to serve, so a flash crowd in which
-    #: few peers hold pieces finds them instead of failing rounds and going to origin.
-    sample_servable_only: bool = False
+    #: Sample candidates among the peers able to serve only (d7y), not among all peers of
+    #: the task (dragonfly), so a round in a big swarm does not spend its sample on
+    #: peers that cannot be parents.
+    sample_servable_only: bool = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy {self.policy!r} is unknown: use one of {POLICIES}")
+        for name, value in POLICY_DEFAULTS[self.policy].items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm {self.algorithm!r} is unknown: use one of {ALGORITHMS}")
         for name in (
             "filter_parent_limit",
             "candidate_parent_limit",
+            "max_parents",
             "retry_limit",
             "concurrent_piece_count",
             "default_piece_length",
@@ -106,6 +154,23 @@ class SchedulerConfig:
             "seed_peer_trigger_timeout",
         ):
             _check_seconds(name, getattr(self, name))
+        _check_seconds("register_backoff_min", self.register_backoff_min)
+        _check_seconds("register_backoff_max", self.register_backoff_max)
+        if self.register_backoff_max < self.register_backoff_min:
+            raise ValueError(
+                f"register_backoff_max ({self.register_backoff_max}) must be >= "
+                f"register_backoff_min ({self.register_backoff_min})"
+            )
+        if self.max_parents < self.candidate_parent_limit:
+            raise ValueError(
+                f"max_parents ({self.max_parents}) must be >= candidate_parent_limit "
+                f"({self.candidate_parent_limit})"
+            )
+        if not isinstance(self.blocklist_previous_parents, bool):
+            raise TypeError(
+                "blocklist_previous_parents must be a bool, got "
+                f"{self.blocklist_previous_parents!r}"
+            )
         _check_seconds("retry_jitter", self.retry_jitter)
         if self.retry_jitter > 1:
             raise ValueError(f"retry_jitter must be in [0, 1], got {self.retry_jitter}")

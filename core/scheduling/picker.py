@@ -21,6 +21,13 @@ Policy (DESIGN.md section 4, "Peer side"):
 - Endgame: once the missing pieces fit in the in-flight capacity, free slots request
   in-flight pieces again from a second parent; when one copy lands, :meth:`piece_done`
   returns the other request to cancel.
+- ``per_parent_limit`` (0: none) caps the requests outstanding at one parent, so a
+  download spreads over its parents instead of queueing behind one; a parent that
+  answers "busy" (:meth:`piece_busy`) is skipped until its back-off ends, and the piece is
+  asked elsewhere at once: busy is not a failure.
+- ``order="announced"`` (Dragonfly's client): pieces are dispatched in the order parents
+  announced them, each once every parent announced it or ``dispatch_wait`` after the
+  first did; :meth:`wakeup` says when a waiting piece becomes due.
 - Failures and timeouts: the piece is retried first, elsewhere (the failing parent is
   avoided for that piece while another holder exists); a parent with ``failure_limit`` (3)
   failures in a row is reported once (``PieceFailure.report_parent``) for the caller to
@@ -49,7 +56,9 @@ class PieceFailure(NamedTuple):
 
 class _Parent:
     __slots__ = (
+        "active",
         "bitmap",
+        "busy_until",
         "cost_total",
         "failures",
         "id",
@@ -63,6 +72,8 @@ class _Parent:
     def __init__(self, parent_id: str, bitmap: Any, tx: int, max_tx: int) -> None:
         self.id = parent_id
         self.bitmap = bitmap
+        self.active = 0  # requests outstanding at this parent
+        self.busy_until = -math.inf  # answered "busy": not asked again before then
         self.failures = 0
         self.reported = False
         self.pieces_done = 0
@@ -93,6 +104,7 @@ class PiecePicker:
     """Piece and parent choice for one download of ``piece_count`` pieces."""
 
     __slots__ = (
+        "_announced",
         "_bitmaps",
         "_by_piece",
         "_failed_for",
@@ -103,9 +115,12 @@ class PiecePicker:
         "_rarity",
         "_requests",
         "_retry",
+        "dispatch_wait",
         "endgame",
         "failure_limit",
         "max_in_flight",
+        "order",
+        "per_parent_limit",
         "piece_timeout",
         "rng",
         "size",
@@ -125,6 +140,9 @@ class PiecePicker:
         piece_timeout: float = 30.0,
         failure_limit: int = 3,
         endgame: bool = True,
+        per_parent_limit: int = 0,
+        order: str = "rarest",
+        dispatch_wait: float = 0.0,
         bitmaps: ModuleType | None = None,
     ) -> None:
         _check_int("piece_count", piece_count, 0)
@@ -133,6 +151,11 @@ class PiecePicker:
         _check_int("max_in_flight", max_in_flight, 1)
         _check_int("streaming_window", streaming_window, 1)
         _check_int("failure_limit", failure_limit, 1)
+        _check_int("per_parent_limit", per_parent_limit, 0)
+        if order not in ("rarest", "announced"):
+            raise ValueError(f"order must be 'rarest' or 'announced', got {order!r}")
+        if not isinstance(dispatch_wait, int | float) or not 0 <= dispatch_wait < math.inf:
+            raise ValueError(f"dispatch_wait must be seconds >= 0, got {dispatch_wait!r}")
         if (
             isinstance(piece_timeout, bool)
             or not isinstance(piece_timeout, int | float)
@@ -152,6 +175,12 @@ class PiecePicker:
         self.piece_timeout = float(piece_timeout)
         self.failure_limit = failure_limit
         self.endgame = bool(endgame)
+        self.per_parent_limit = per_parent_limit
+        self.order = order
+        self.dispatch_wait = float(dispatch_wait)
+        # order="announced": missing pieces -> when a parent first announced them, in
+        # announcement order.
+        self._announced: dict[int, float] = {}
         self._have = self._bitmap(have, "have")
         self._have_count = self._have.count()
         need = bitmaps.Bitmap(piece_count)
@@ -234,11 +263,17 @@ class PiecePicker:
     # ------------------------------------------------------------------- parents --
 
     def parent_added(
-        self, parent_id: str, bitmap: Any = None, *, tx: int = 0, max_tx: int = 0
+        self,
+        parent_id: str,
+        bitmap: Any = None,
+        *,
+        tx: int = 0,
+        max_tx: int = 0,
+        now: float = 0.0,
     ) -> None:
         """A parent to download from, with the pieces it holds and its announced load
         (bits/s). Adding a known parent replaces its bitmap and load, keeping its
-        failure record."""
+        failure record. ``now``: when its pieces were announced (order="announced")."""
         if not isinstance(parent_id, str) or not parent_id:
             raise TypeError(f"parent_id must be a non-empty str, got {parent_id!r}")
         _check_load(tx, max_tx)
@@ -251,6 +286,11 @@ class PiecePicker:
         else:
             self._parents[parent_id] = _Parent(parent_id, bm, tx, max_tx)
         self._rarity.add(bm)
+        if self.order == "announced":
+            announced = self._announced
+            for piece in self._have.and_not(bm).iter_set():  # held by it, lacked here
+                if piece not in announced:
+                    announced[piece] = now
 
     def parent_removed(self, parent_id: str) -> list[tuple[int, str]]:
         """Forget a parent; returns its outstanding requests, which the caller cancels
@@ -264,7 +304,7 @@ class PiecePicker:
             self._drop_request(piece, parent)
         return orphaned
 
-    def parent_has(self, parent_id: str, piece: int) -> bool:
+    def parent_has(self, parent_id: str, piece: int, now: float = 0.0) -> bool:
         """A parent announced it now holds ``piece``. Returns whether this download
         lacks the piece, i.e. whether the news may let it start a request.
 
@@ -282,6 +322,8 @@ class PiecePicker:
         if not bitmap.test(piece):
             bitmap.set(piece)
             self._rarity.increment(piece)
+            if self.order == "announced" and piece not in self._announced:
+                self._announced[piece] = now
         return True
 
     def parent_load(self, parent_id: str, tx: int, max_tx: int) -> None:
@@ -307,30 +349,23 @@ class PiecePicker:
                 if self._have.test(piece) or piece in self._by_piece:
                     del retry[piece]
                     continue
-                parent = self._choose_parent(piece, ())
+                parent = self._choose_parent(piece, (), now)
                 if parent is None:
                     continue  # nobody usable holds it now; keep it for later
                 del retry[piece]
                 self._start(piece, parent, now)
                 started.append((piece, parent))
                 slots -= 1
-        candidates = self._need.copy()
-        while slots > 0:
-            piece = self._choose_piece(candidates)
-            if piece < 0:
-                break
-            candidates.clear(piece)
-            parent = self._choose_parent(piece, ())
-            if parent is None:
-                continue
-            self._start(piece, parent, now)
-            started.append((piece, parent))
-            slots -= 1
+        if slots > 0:
+            if self.order == "announced":
+                slots = self._start_announced(now, slots, started)
+            else:
+                slots = self._start_rarest(now, slots, started)
         if slots > 0 and self.endgame and self.size - self._have_count <= self.max_in_flight:
             for piece, holders in list(self._by_piece.items()):
                 if len(holders) != 1:
                     continue
-                parent = self._choose_parent(piece, holders)
+                parent = self._choose_parent(piece, holders, now)
                 if parent is None:
                     continue
                 self._start(piece, parent, now)
@@ -339,6 +374,74 @@ class PiecePicker:
                 if slots == 0:
                     break
         return started
+
+    def _start_rarest(self, now: float, slots: int, started: list) -> int:
+        # Only pieces some parent able to take a request now holds: with per-parent
+        # limits and busy parents, most pieces may be out of reach, and a download is
+        # pumped on every piece its parents announce.
+        limit = self.per_parent_limit or self.max_in_flight + 1
+        reachable = None
+        for p in self._parents.values():
+            if not p.reported and p.active < limit and p.busy_until <= now:
+                reachable = p.bitmap.copy() if reachable is None else reachable
+                reachable.update(p.bitmap)
+        if reachable is None:
+            return slots
+        need = self._need
+        # x.and_not(y) is y & ~x: (reachable - need) taken from reachable = the overlap
+        candidates = need.and_not(reachable).and_not(reachable)
+        while slots > 0:
+            piece = self._choose_piece(candidates)
+            if piece < 0:
+                break
+            candidates.clear(piece)
+            parent = self._choose_parent(piece, (), now)
+            if parent is None:
+                continue
+            self._start(piece, parent, now)
+            started.append((piece, parent))
+            slots -= 1
+        return slots
+
+    def _start_announced(self, now: float, slots: int, started: list) -> int:
+        """Dragonfly's dispatch: announcement order; a piece waits until every parent
+        announced it or ``dispatch_wait`` passed since the first did."""
+        need = self._need
+        wait = self.dispatch_wait
+        live = [p for p in self._parents.values() if not p.reported]
+        for piece, first in list(self._announced.items()):
+            if slots == 0:
+                break
+            if not need.test(piece):
+                if self._have.test(piece):
+                    del self._announced[piece]
+                continue
+            if now - first < wait and not all(p.bitmap.test(piece) for p in live):
+                continue
+            parent = self._choose_parent(piece, (), now)
+            if parent is None:
+                continue
+            self._start(piece, parent, now)
+            started.append((piece, parent))
+            slots -= 1
+        return slots
+
+    def wakeup(self, now: float) -> float:
+        """The earliest time after ``now`` at which :meth:`next_requests` may start
+        something it cannot start now without any new event: a busy parent's back-off
+        ending, or an announced piece's ``dispatch_wait`` running out (inf: none)."""
+        at = math.inf
+        for p in self._parents.values():
+            if now < p.busy_until < at:
+                at = p.busy_until
+        if self.order == "announced" and self.dispatch_wait > 0:
+            need = self._need
+            for piece, first in self._announced.items():
+                due = first + self.dispatch_wait
+                if now < due < at and need.test(piece):
+                    at = due
+                    break  # announcement order: the first waiting piece is due first
+        return at
 
     def _choose_piece(self, candidates: Any) -> int:
         rarity = self._rarity
@@ -353,12 +456,17 @@ class PiecePicker:
                     i = candidates.first_set(i + 1) if i + 1 < self.size else -1
         return rarity.rarest(candidates, self.rng.randrange(self.size))
 
-    def _choose_parent(self, piece: int, exclude: Iterable[str]) -> str | None:
+    def _choose_parent(self, piece: int, exclude: Iterable[str], now: float) -> str | None:
         failed = self._failed_for.get(piece)
+        limit = self.per_parent_limit or self.max_in_flight + 1
         holders = [
             p
             for p in self._parents.values()
-            if not p.reported and p.id not in exclude and p.bitmap.test(piece)
+            if not p.reported
+            and p.active < limit
+            and p.busy_until <= now
+            and p.id not in exclude
+            and p.bitmap.test(piece)
         ]
         if failed:
             fresh = [p for p in holders if p.id not in failed]
@@ -383,6 +491,7 @@ class PiecePicker:
 
     def _start(self, piece: int, parent: str, now: float) -> None:
         self._requests[(piece, parent)] = now
+        self._parents[parent].active += 1
         holders = self._by_piece.get(piece)
         if holders is None:
             self._by_piece[piece] = [parent]
@@ -395,6 +504,9 @@ class PiecePicker:
         fetches it. False if there was no such request."""
         if self._requests.pop((piece, parent), None) is None:
             return False
+        state = self._parents.get(parent)
+        if state is not None:
+            state.active -= 1
         holders = self._by_piece[piece]
         holders.remove(parent)
         if not holders:
@@ -418,11 +530,16 @@ class PiecePicker:
             self._need.clear(piece)
             self._failed_for.pop(piece, None)
             self._retry.pop(piece, None)
+            self._announced.pop(piece, None)
         cancels: list[tuple[int, str]] = []
         holders = self._by_piece.pop(piece, None)
         if holders:
+            parents = self._parents
             for other in holders:
                 del self._requests[(piece, other)]
+                state = parents.get(other)
+                if state is not None:
+                    state.active -= 1
                 if other != parent:
                     cancels.append((piece, other))
         if parent is not None:
@@ -432,6 +549,18 @@ class PiecePicker:
                 state.pieces_done += 1
                 state.cost_total += cost
         return cancels
+
+    def piece_busy(self, piece: int, parent: str, now: float, backoff: float) -> bool:
+        """The parent refused the request for now (all its upload slots taken): the
+        piece is wanted again at once, from another holder if there is one, and this
+        parent is not asked again for ``backoff`` seconds. Not a failure: the parent's
+        failure count is untouched. False if the request was not outstanding."""
+        if not self._drop_request(piece, parent):
+            return False
+        state = self._parents.get(parent)
+        if state is not None:
+            state.busy_until = now + backoff
+        return True
 
     def piece_failed(self, piece: int, parent: str, now: float) -> PieceFailure:
         """An outstanding request failed (bad digest, connection error, refusal). The

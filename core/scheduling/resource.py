@@ -176,6 +176,7 @@ class Peer:
         "finished",
         "finished_count",
         "fsm",
+        "given_parents",
         "host",
         "id",
         "need_back_to_source",
@@ -210,6 +211,9 @@ class Peer:
         self.cost_sq_sum = 0.0
         self._cost_appends = 0
         self.blocklist: set[str] = set()
+        # Every parent a round gave this peer (dragonfly blocklists them on reschedule);
+        # None until the first one, so a peer that never needs it costs nothing.
+        self.given_parents: set[str] | None = None
         self.piece_failures: dict[str, int] = {}
         self.need_back_to_source = need_back_to_source
         self.concurrent_piece_count = concurrent_piece_count

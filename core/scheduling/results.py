@@ -85,10 +85,11 @@ class NeedBackToSource:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TriggerSeedPeer:
-    """Nobody serves the task yet: the caller must tell seed host ``seed_host_id`` to
-    download ``url`` (task ``task``); the registering peer calls
-    :meth:`~d7y.core.scheduling.scheduler.Scheduler.reschedule` after ``retry_after``
-    seconds. Not counted as a failed scheduling round."""
+    """The task needs its seed peer: the caller tells seed host ``seed_host_id`` to
+    download ``url`` (task ``task``) in the background, and handles ``then``, the
+    registering peer's first round (parents, or a Retry), at once: nobody waits for the
+    seed (Dragonfly's behaviour). :func:`~d7y.core.scheduling.answers.first_step` does
+    both in order."""
 
     peer_id: str
     task: TaskMeta
@@ -96,7 +97,7 @@ class TriggerSeedPeer:
     seed_host_id: str
     seed_ip: str
     seed_port: int
-    retry_after: float
+    then: ScheduleResult
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -65,6 +65,7 @@ _RUNNING = PeerState.RUNNING
 _BTS = PeerState.BACK_TO_SOURCE
 _SUCCEEDED = PeerState.SUCCEEDED
 _SCHEDULABLE = (PeerState.RUNNING, PeerState.RECEIVED_NORMAL, PeerState.RECEIVED_SMALL)
+_NEEDS_SEED = (TaskState.PENDING, TaskState.FAILED, TaskState.LEAVE)
 
 
 class SchedulerError(Exception):
@@ -343,6 +344,7 @@ class Scheduler:
             )
         self._set_geometry(task, content_length, piece_length)
         task.updated_at = now
+        task_state = task.fsm.state
         on_host = task.peers_by_host.get(host_id)
         if on_host:
             for other in on_host.values():
@@ -372,25 +374,48 @@ class Scheduler:
                     return SmallTask(peer_id, self._meta(task), info)
 
         peer.fsm.fire(PeerEvent.REGISTER_NORMAL)
-        if not peer.need_back_to_source and not self._has_available_peer(peer):
+        trigger: Host | None = None
+        if not peer.need_back_to_source:
+            available = self._has_available_peer(peer)
             if host.is_seed:
-                return self._back_to_source(peer, "seed peer: no peer serves the task yet")
-            seed = self._seed_to_trigger(task, now)
-            if seed is not None:
-                return TriggerSeedPeer(
-                    peer_id,
-                    self._meta(task),
-                    task.url,
-                    seed.id,
-                    seed.ip,
-                    seed.port,
-                    self._retry_after(),
-                )
-            if not self._seed_pending(task, now) and self._can_back_to_source(peer):
-                return self._back_to_source(
-                    peer, "no peer serves the task and no seed peer is usable"
-                )
-        return self._schedule_round(peer, now)
+                if not available:
+                    return self._back_to_source(peer, "seed peer: no peer serves the task yet")
+            else:
+                # Dragonfly triggers the seed on the task's state as it was before this
+                # peer joined (Pending, Failed, Left; Succeeded with nobody able to
+                # serve), in the background: the peer goes straight into a round.
+                if task_state in _NEEDS_SEED or (
+                    task_state is TaskState.SUCCEEDED and not available
+                ):
+                    trigger = self._seed_to_trigger(task, now)
+                if (
+                    trigger is None
+                    and not available
+                    and not self._seed_pending(task, now)
+                    and self._can_back_to_source(peer)
+                ):
+                    return self._back_to_source(
+                        peer, "no peer serves the task and no seed peer is usable"
+                    )
+        cfg = self.config
+        if cfg.register_backoff_max > 0 and not peer.need_back_to_source:
+            backoff = self.rng.uniform(cfg.register_backoff_min, cfg.register_backoff_max)
+            first: ScheduleResult = Retry(
+                peer_id, self._meta(task), backoff, 0, "registration backoff"
+            )
+        else:
+            first = self._schedule_round(peer, now)
+        if trigger is None:
+            return first
+        return TriggerSeedPeer(
+            peer_id,
+            self._meta(task),
+            task.url,
+            trigger.id,
+            trigger.ip,
+            trigger.port,
+            first,
+        )
 
     def restore_peer(
         self,
@@ -518,6 +543,11 @@ class Scheduler:
             peer.blocklist.add(bad)
             if bad in in_edges:
                 self._release(peer.task, bad, dag.delete_edge(bad, peer_id))
+                self._refresh_servable(peer)
+        if self.config.blocklist_previous_parents and peer.given_parents:
+            # Dragonfly: a peer asks again only when all its parents' streams ended, and
+            # the scheduler never offers those parents again.
+            peer.blocklist.update(peer.given_parents)
         state = peer.fsm.state
         if state is _BTS:
             return NeedBackToSource(
@@ -528,18 +558,36 @@ class Scheduler:
         return self._schedule_round(peer, now)
 
     def _schedule_round(self, peer: Peer, now: float) -> ScheduleResult:
+        """One round. dragonfly: the peer's parents are replaced by the best
+        ``candidate_parent_limit`` candidates. d7y: parents that still serve are kept and
+        up to ``candidate_parent_limit`` new ones are added while the peer has fewer
+        than ``max_parents``; a round that adds nobody while the peer still has parents
+        is not a failed round (it has parents to download from)."""
         terminal = self._limit_decision(peer)
         if terminal is not None:
             return terminal
-        self._delete_in_edges(peer)
-        chosen = self._find_candidate_parents(peer)
+        cfg = self.config
         task = peer.task
-        if chosen:
+        additive = cfg.max_parents > cfg.candidate_parent_limit
+        if additive:
+            self._drop_unusable_parents(peer)
+            room = cfg.max_parents - task.dag.in_degree(peer.id)
+            limit = min(cfg.candidate_parent_limit, room)
+        else:
+            self._delete_in_edges(peer)
+            limit = cfg.candidate_parent_limit
+        chosen = self._find_candidate_parents(peer, limit) if limit > 0 else []
+        if chosen or (additive and task.dag.in_degree(peer.id)):
             peer.schedule_rounds = 0
             infos = []
+            given = peer.given_parents
+            if given is None and cfg.blocklist_previous_parents:
+                given = peer.given_parents = set()
             for parent, score in chosen:
                 infos.append(self._parent_info(parent, score))
                 self._add_edge(parent, peer)
+                if given is not None:
+                    given.add(parent.id)
             return NormalTask(peer.id, self._meta(task), tuple(infos))
         peer.schedule_rounds += 1
         terminal = self._limit_decision(peer)
@@ -552,6 +600,21 @@ class Scheduler:
             peer.schedule_rounds,
             "no candidate parent passed the filters",
         )
+
+    def _drop_unusable_parents(self, peer: Peer) -> None:
+        """Remove the in-edges from parents that can no longer serve (left the
+        servable set, became bad or blocklisted)."""
+        task = peer.task
+        in_edges = task.dag.parents(peer.id)
+        if not in_edges:
+            return
+        is_bad = self.evaluator.is_bad_parent
+        servable = task.servable._index
+        for pid in list(in_edges):
+            parent = task.peers[pid]
+            if pid in peer.blocklist or parent not in servable or is_bad(parent):
+                self._release(task, pid, task.dag.delete_edge(pid, peer.id))
+                self._refresh_servable(peer)
 
     def _limit_decision(self, peer: Peer) -> ScheduleResult | None:
         cfg = self.config
@@ -600,16 +663,20 @@ class Scheduler:
     def _can_serve(peer: Peer) -> bool:
         """Whether a peer may be offered as a parent at all (before the bad-parent test).
 
-        Succeeded and back-to-source peers (Dragonfly's rule: a peer fetching from the
-        origin will have pieces soon), a running peer holding at least one piece, and a
-        running seed peer. Pending or registered-only peers, failed and left peers do
-        not serve.
+        Dragonfly's filter: succeeded and back-to-source peers; a running peer that has
+        parents in the DAG (it will have pieces soon, even with none yet) or already
+        holds pieces; a running seed peer (seed hosts skip the in-degree check).
+        Pending or registered-only peers, failed and left peers do not serve.
         """
         state = peer.fsm.state
         if state is _SUCCEEDED or state is _BTS:
             return True
         if state is _RUNNING:
-            return peer.finished_count > 0 or peer.host.is_seed
+            return (
+                peer.finished_count > 0
+                or peer.host.is_seed
+                or bool(peer.task.dag._parents[peer.id])
+            )
         return False
 
     def _refresh_servable(self, peer: Peer) -> None:
@@ -677,8 +744,9 @@ class Scheduler:
 
     def _filter(self, peer: Peer, sample: list[Peer], succeeded_only: bool) -> list[Peer]:
         """DESIGN's filters, in order: the peer itself, its host, its blocklist, peers that
-        cannot serve, bad parents, hosts without a free upload slot (Dragonfly's), and
-        any edge that would close a cycle."""
+        cannot serve, bad parents, and any edge that would close a cycle (Dragonfly has
+        no upload-slot filter: the limits exist but the filter does not read them), and
+        for the d7y policy the peer's current parents."""
         host = peer.host
         blocklist = peer.blocklist
         task = peer.task
@@ -687,17 +755,15 @@ class Scheduler:
         is_bad = self.evaluator.is_bad_parent
         descendants: set[str] | None = None
         kept: list[Peer] = []
+        current = in_edges[peer.id]
         for cand in sample:
-            if cand is peer or cand.host is host or cand.id in blocklist:
+            if cand is peer or cand.host is host or cand.id in blocklist or cand.id in current:
                 continue
             if cand not in servable:
                 continue
             if succeeded_only and cand.fsm.state is not _SUCCEEDED:
                 continue
             if is_bad(cand):
-                continue
-            cand_host = cand.host
-            if cand_host.concurrent_upload_count >= cand_host.concurrent_upload_limit:
                 continue
             # A cycle needs a path peer -> ... -> cand, so cand must have a parent: roots
             # (succeeded, back-to-source and seed peers, usually) are safe without a walk.
@@ -721,11 +787,11 @@ class Scheduler:
         scored.sort(key=itemgetter(1), reverse=True)
         return scored[:limit]
 
-    def _find_candidate_parents(self, peer: Peer) -> list[tuple[Peer, float]]:
+    def _find_candidate_parents(self, peer: Peer, limit: int) -> list[tuple[Peer, float]]:
         candidates = self._filter(peer, self._sample(peer), succeeded_only=False)
         if not candidates:
             return []
-        return self._rank(peer, candidates, self.config.candidate_parent_limit)
+        return self._rank(peer, candidates, limit)
 
     def _find_success_parent(self, peer: Peer) -> tuple[Peer, float] | None:
         candidates = self._filter(peer, self._sample(peer), succeeded_only=True)
@@ -764,6 +830,8 @@ class Scheduler:
         host.upload_content_length += reservation.content_length
         host.concurrent_upload_count += 1
         host.upload_count += 1
+        if child.finished_count == 0:
+            self._refresh_servable(child)  # a running peer with a parent may serve
 
     def _release(self, task: Task, parent_id: str, reservation: Reservation) -> None:
         host = task.peers[parent_id].host
@@ -777,6 +845,8 @@ class Scheduler:
         if task.dag.in_degree(peer.id):
             for parent_id, _, reservation in task.dag.delete_in_edges(peer.id):
                 self._release(task, parent_id, reservation)
+            if peer.finished_count == 0:
+                self._refresh_servable(peer)
 
     def _delete_out_edges(self, peer: Peer) -> list[str]:
         task = peer.task
@@ -904,6 +974,7 @@ class Scheduler:
             blocklisted = True
             if parent_id in task.dag.parents(peer_id):
                 self._release(task, parent_id, task.dag.delete_edge(parent_id, peer_id))
+                self._refresh_servable(peer)
         usable = False
         if peer.fsm.state is not _BTS:
             is_bad = self.evaluator.is_bad_parent
@@ -944,6 +1015,9 @@ class Scheduler:
             if len(content) <= TINY_TASK_MAX_LENGTH:
                 task.direct_piece = content
         peer.fsm.fire(PeerEvent.DOWNLOAD_SUCCEEDED)
+        # back_to_source_limit caps concurrent origin downloads (Dragonfly): a peer
+        # whose back-to-source download succeeded no longer counts.
+        task.back_to_source_peers.discard(peer.id)
         if task.piece_count is not None and peer.finished_count != task.piece_count:
             peer.finished = self._full(task.piece_count)
             peer.finished_count = task.piece_count
@@ -966,6 +1040,7 @@ class Scheduler:
         was_bts = peer.fsm.state is _BTS
         peer.fsm.fire(PeerEvent.DOWNLOAD_FAILED)
         task = peer.task
+        task.back_to_source_peers.discard(peer.id)
         self._delete_in_edges(peer)
         orphans = self._delete_out_edges(peer)
         self._refresh_servable(peer)
@@ -1170,7 +1245,7 @@ class Scheduler:
         in-degree <= candidate_parent_limit; every host's load counters equal the sum of
         the reservations on its edges and are never negative."""
         expected: dict[str, list[int]] = {h: [0, 0, 0, 0] for h in self._hosts}
-        limit = self.config.candidate_parent_limit
+        limit = self.config.max_parents
         for task in self._tasks.values():
             dag = task.dag
             if not dag.is_acyclic():

@@ -20,17 +20,31 @@ class ServerConfig:
 
 @dataclasses.dataclass
 class SchedulingConfig:
+    policy: Literal["d7y", "dragonfly"] = field(
+        "d7y",
+        "scheduling rules: d7y (ours) or dragonfly (Dragonfly v2 as it ships); peers "
+        "should run the same download.policy",
+    )
     algorithm: Literal["load_aware", "base", "random"] = field(
         "load_aware", "parent evaluator: Dragonfly's load-aware default, its older base, random"
     )
-    filter_parent_limit: int = field(15, "peers sampled as candidate parents per round")
-    candidate_parent_limit: int = field(3, "parents handed to a peer per round")
+    filter_parent_limit: int = field(
+        0, "peers sampled as candidate parents per round (0: the policy's, 40 / dragonfly 15)"
+    )
+    candidate_parent_limit: int = field(
+        0, "parents handed to a peer per round (0: the policy's, 4 / dragonfly 3)"
+    )
+    max_parents: int = field(
+        0, "parents a peer holds at once (0: the policy's, 12 / dragonfly 3)"
+    )
     retry_limit: int = field(5, "scheduling rounds before a peer gives up")
     retry_back_to_source_limit: int = field(4, "failed rounds before back-to-source")
     retry_interval: Duration = field(Duration(0.5), "wait between rounds (with jitter)")
     back_to_source_limit: int = field(200, "peers of one task allowed back to source")
-    sample_servable_only: bool = field(
-        False, "sample candidates only among peers able to serve (departs from Dragonfly)"
+    sample_servable_only: Literal["policy", "on", "off"] = field(
+        "policy",
+        "sample candidates only among peers able to serve (policy: on for d7y, off for "
+        "dragonfly)",
     )
     seed: int = field(0, "random seed of the scheduler's decisions (0: from the OS)")
 
@@ -72,10 +86,17 @@ class SchedulerDaemonConfig:
         ):
             if not 0 <= value <= 65535:
                 raise ConfigError(f"config key {key!r} must be a port in 0..65535, got {value}")
-        for key in ("filter_parent_limit", "candidate_parent_limit", "retry_limit"):
-            if getattr(self.scheduling, key) < 1:
-                raise ConfigError(f"config key 'scheduling.{key}' must be >= 1")
-        if self.scheduling.candidate_parent_limit > self.scheduling.filter_parent_limit:
+        for key in ("filter_parent_limit", "candidate_parent_limit", "max_parents"):
+            if getattr(self.scheduling, key) < 0:
+                raise ConfigError(
+                    f"config key 'scheduling.{key}' must be >= 1, or 0 for the policy's value"
+                )
+        if self.scheduling.retry_limit < 1:
+            raise ConfigError("config key 'scheduling.retry_limit' must be >= 1")
+        if (
+            self.scheduling.filter_parent_limit
+            and self.scheduling.candidate_parent_limit > self.scheduling.filter_parent_limit
+        ):
             raise ConfigError(
                 "config key 'scheduling.candidate_parent_limit' cannot exceed "
                 "'scheduling.filter_parent_limit'"

@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from d7y.core import messages as m
 from d7y.core.protocol import ProtocolError
+from d7y.core.scheduling import answers
 from d7y.core.scheduling import results as r
 from d7y.core.scheduling.config import SchedulerConfig
 from d7y.core.scheduling.evaluator import make_evaluator
@@ -91,14 +92,18 @@ class SchedulerService:
         self.config = config
         s = config.scheduling
         core_config = SchedulerConfig(
+            policy=s.policy,
             algorithm=s.algorithm,
-            filter_parent_limit=s.filter_parent_limit,
-            candidate_parent_limit=s.candidate_parent_limit,
+            filter_parent_limit=s.filter_parent_limit or None,
+            candidate_parent_limit=s.candidate_parent_limit or None,
+            max_parents=s.max_parents or None,
             retry_limit=s.retry_limit,
             retry_back_to_source_limit=s.retry_back_to_source_limit,
             retry_interval=float(s.retry_interval),
             back_to_source_limit=s.back_to_source_limit,
-            sample_servable_only=s.sample_servable_only,
+            sample_servable_only=(
+                None if s.sample_servable_only == "policy" else s.sample_servable_only == "on"
+            ),
             peer_ttl=float(config.gc.peer_ttl),
             host_ttl=float(config.gc.host_ttl),
             task_ttl=float(config.gc.task_ttl),
@@ -397,19 +402,24 @@ class SchedulerService:
         )
 
     async def _answer(self, peer_id: str, decide, route: Route | None) -> None:
+        """Follow ``decide()``'s result to a final answer with the core's answer loop
+        (trigger the seed, wait, run another round), then send it."""
         route = route or self.routes.get(peer_id)
         if route is None:
             return
         try:
-            result = decide()
-            while isinstance(result, r.Retry | r.TriggerSeedPeer):
-                if isinstance(result, r.TriggerSeedPeer):
-                    await self._trigger_seed(result, route.request)
-                log.debug("retry peer=%s after=%.3f", peer_id, result.retry_after)
-                await asyncio.sleep(result.retry_after)
-                if peer_id not in self.core.peers:
-                    return
-                result = self.core.reschedule(peer_id, [], self.now())
+            step = answers.first_step(decide())
+            while step is not None:
+                if step.trigger is not None:
+                    await self._trigger_seed(step.trigger, route.request)
+                if step.final is not None:
+                    break
+                log.debug("retry peer=%s after=%.3f", peer_id, step.wait)
+                await asyncio.sleep(step.wait)
+                step = answers.resume(self.core, peer_id, self.now())
+            if step is None:
+                return  # the peer left or finished meanwhile
+            result = step.final
         except SchedulerError as exc:
             await route.conn.send(
                 m.Error(

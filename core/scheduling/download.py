@@ -1,0 +1,553 @@
+"""The peer's download loop, sans-IO: one state machine for dfdaemon and the simulator.
+
+One :class:`Download` per download. The driver (dfdaemon's P2P path, or a simulated
+peer) feeds it what happens -- parents given by the scheduler, pieces parents announce,
+pieces that arrive, fail or come back "busy", parents that go away, timers -- and carries
+out the actions it returns: fetch a piece from a parent, cancel a fetch, report a failed
+piece, follow or stop following a parent, ask the scheduler for parents, go to the
+origin. The piece and parent choice inside is the :class:`PiecePicker`'s.
+
+Everything that decides *when* is here and nowhere else: request timeouts (fixed, or
+scaled with the download's measured piece cost so that slow is not failed), the
+reschedule rules, the stall fallback to the origin, the limit on reschedules, the
+"busy" back-off. Two policies (DESIGN.md section 4):
+
+- ``dragonfly`` (Dragonfly's Rust client): 8 pieces in flight, dispatched in announcement
+  order once every parent announced a piece or 100 ms after the first did; a parent's
+  stream ends after 360 s without news; the peer asks for new parents only when all its
+  parents' streams have ended, at most 5 times, and then goes to the origin; no short
+  stall fallback.
+- ``d7y`` (ours): rarest first, at most ``per_parent_limit`` requests at one parent, busy
+  parents skipped for a moment, request timeouts that grow with the measured piece cost,
+  and more parents asked for whenever the download has nothing it can request.
+
+Times are seconds from the driver's clock (``now`` arguments); randomness comes from the
+injected ``random.Random``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from collections.abc import Iterable
+from types import ModuleType
+from typing import Any, NamedTuple
+
+from d7y.core.scheduling.picker import PiecePicker
+
+# --------------------------------------------------------------------- actions --
+
+
+class Fetch(NamedTuple):
+    """Request ``piece`` from ``parent`` (the origin's name when going to source)."""
+
+    piece: int
+    parent: str
+
+
+class Cancel(NamedTuple):
+    """Abandon the outstanding request (piece, parent); its answer is to be ignored."""
+
+    piece: int
+    parent: str
+
+
+class ReportFailed(NamedTuple):
+    """Tell the scheduler a piece failed from ``parent`` (PieceFailed)."""
+
+    piece: int
+    parent: str
+    temporary: bool
+    reason: str
+
+
+class Follow(NamedTuple):
+    """Subscribe to ``parent``'s piece announcements."""
+
+    parent: str
+
+
+class Unfollow(NamedTuple):
+    """Stop following ``parent`` (it was dropped)."""
+
+    parent: str
+
+
+class AskParents(NamedTuple):
+    """Ask the scheduler for parents (Reschedule), naming the ``bad`` ones."""
+
+    bad: tuple[str, ...]
+    reason: str
+
+
+class GoToOrigin(NamedTuple):
+    """The download falls back to the origin for the pieces it lacks."""
+
+    reason: str
+
+
+class Finished(NamedTuple):
+    """Every piece is held."""
+
+
+# Failure kinds a driver reports (the piece client's error kinds).
+BUSY = "busy"  # the parent's upload slots are full: ask elsewhere, not a failure
+NOT_FOUND = "not_found"  # the parent does not hold the piece (evicted, lied)
+CORRUPT = "corrupt"  # the bytes do not match the recorded digest
+CONNECTION = "connection"  # the parent cannot be reached / the connection broke
+ERROR = "error"  # anything else the parent answered
+KINDS = (BUSY, NOT_FOUND, CORRUPT, CONNECTION, ERROR)
+
+# States
+P2P = "p2p"
+ORIGIN = "origin"
+DONE = "done"
+
+
+# ---------------------------------------------------------------------- config --
+
+DOWNLOAD_POLICY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "dragonfly": {
+        "max_in_flight": 8,
+        "per_parent_limit": 0,
+        "order": "announced",
+        "dispatch_wait": 0.1,
+        "piece_timeout": 360.0,
+        "timeout_factor": 0.0,
+        "stall_timeout": math.inf,
+        "reschedule_when": "orphaned",
+        "max_reschedules": 5,
+        "parent_idle_timeout": 360.0,
+    },
+    "d7y": {
+        "max_in_flight": 16,
+        "per_parent_limit": 4,
+        "order": "rarest",
+        "dispatch_wait": 0.0,
+        "piece_timeout": 30.0,
+        "timeout_factor": 4.0,
+        "stall_timeout": 120.0,
+        "reschedule_when": "idle",
+        "max_reschedules": 0,
+        "parent_idle_timeout": math.inf,
+    },
+}
+DOWNLOAD_POLICIES = tuple(DOWNLOAD_POLICY_DEFAULTS)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DownloadConfig:
+    """The download loop's rules; fields left None take the policy's value."""
+
+    policy: str = "d7y"
+    #: Requests outstanding at once (dragonfly 8).
+    max_in_flight: int = None  # type: ignore[assignment]
+    #: Requests outstanding at one parent (0: no limit; dragonfly 0).
+    per_parent_limit: int = None  # type: ignore[assignment]
+    #: "rarest" first, or "announced" order (dragonfly).
+    order: str = None  # type: ignore[assignment]
+    #: order="announced": a piece waits this long for every parent to announce it.
+    dispatch_wait: float = None  # type: ignore[assignment]
+    #: Seconds after which a request times out at the least (dragonfly 360).
+    piece_timeout: float = None  # type: ignore[assignment]
+    #: > 0: a request times out after max(piece_timeout, factor x the download's mean
+    #: piece cost), so a download on slow links is not failed for being slow.
+    timeout_factor: float = None  # type: ignore[assignment]
+    #: Nothing in flight and no piece for this long: go to the origin (inf: never).
+    stall_timeout: float = None  # type: ignore[assignment]
+    #: "idle": ask for more parents whenever nothing can be requested; "orphaned":
+    #: only once every parent's stream ended (dragonfly).
+    reschedule_when: str = None  # type: ignore[assignment]
+    #: Reschedules before the download goes to the origin (0: no limit; dragonfly 5).
+    max_reschedules: int = None  # type: ignore[assignment]
+    #: A parent that announced and served nothing for this long is dropped (its stream
+    #: ended; dragonfly 360 s; inf: never).
+    parent_idle_timeout: float = None  # type: ignore[assignment]
+    #: At most one Reschedule per this many seconds unless it names bad parents.
+    reschedule_interval: float = 1.0
+    #: A parent that answered "busy" is not asked again for this long.
+    busy_backoff: float = 0.1
+    #: Failures in a row after which a parent is dropped as bad.
+    failure_limit: int = 3
+    #: Request a straggling piece from a second parent once the rest is in flight.
+    endgame: bool = True
+
+    def __post_init__(self) -> None:
+        if self.policy not in DOWNLOAD_POLICY_DEFAULTS:
+            raise ValueError(
+                f"download policy {self.policy!r} is unknown: use one of {DOWNLOAD_POLICIES}"
+            )
+        for name, value in DOWNLOAD_POLICY_DEFAULTS[self.policy].items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+        for name in ("max_in_flight", "failure_limit"):
+            _check_int(name, getattr(self, name), 1)
+        for name in ("per_parent_limit", "max_reschedules"):
+            _check_int(name, getattr(self, name), 0)
+        if self.order not in ("rarest", "announced"):
+            raise ValueError(f"order must be 'rarest' or 'announced', got {self.order!r}")
+        if self.reschedule_when not in ("idle", "orphaned"):
+            raise ValueError(
+                f"reschedule_when must be 'idle' or 'orphaned', got {self.reschedule_when!r}"
+            )
+        for name in ("dispatch_wait", "timeout_factor", "reschedule_interval", "busy_backoff"):
+            _check_seconds(name, getattr(self, name), allow_inf=False)
+        for name in ("piece_timeout", "stall_timeout", "parent_idle_timeout"):
+            _check_seconds(name, getattr(self, name), allow_inf=name != "piece_timeout")
+        if self.piece_timeout <= 0:
+            raise ValueError(f"piece_timeout must be > 0 seconds, got {self.piece_timeout}")
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}: {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _check_seconds(name: str, value: object, allow_inf: bool) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
+    if value < 0 or (not allow_inf and math.isinf(value)):
+        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value}")
+
+
+# ------------------------------------------------------------------ the machine --
+
+#: Weight of the newest piece cost in the running mean that scales timeouts.
+COST_EWMA = 0.2
+
+
+class Download:
+    """One download's loop. ``origin``: the name under which the driver fetches from
+    the origin through this same machine (the simulator), or None when the driver has
+    its own origin path and only needs the :class:`GoToOrigin` action (dfdaemon)."""
+
+    __slots__ = (
+        "_bitmaps",
+        "bad",
+        "config",
+        "last_progress",
+        "last_reschedule",
+        "mean_cost",
+        "origin",
+        "origin_reason",
+        "parents",
+        "picker",
+        "reschedules",
+        "rng",
+        "size",
+        "state",
+        "streaming",
+    )
+
+    def __init__(
+        self,
+        piece_count: int,
+        rng: random.Random,
+        config: DownloadConfig | None = None,
+        *,
+        now: float,
+        have: Any = None,
+        origin: str | None = None,
+        streaming: bool = False,
+        bitmaps: ModuleType | None = None,
+    ) -> None:
+        self.config = config if config is not None else DownloadConfig()
+        if not isinstance(self.config, DownloadConfig):
+            raise TypeError(f"config must be a DownloadConfig, got {config!r}")
+        if bitmaps is None:
+            from d7y.ext.bitmap import backend as bitmaps
+        self._bitmaps = bitmaps
+        cfg = self.config
+        self.size = piece_count
+        self.rng = rng
+        self.origin = origin
+        self.streaming = streaming
+        self.picker = PiecePicker(
+            piece_count,
+            rng,
+            have=have,
+            max_in_flight=cfg.max_in_flight,
+            streaming=streaming,
+            piece_timeout=cfg.piece_timeout,
+            failure_limit=cfg.failure_limit,
+            endgame=cfg.endgame,
+            per_parent_limit=cfg.per_parent_limit,
+            order=cfg.order,
+            dispatch_wait=cfg.dispatch_wait,
+            bitmaps=bitmaps,
+        )
+        self.state = DONE if self.picker.done else P2P
+        self.parents: dict[str, float] = {}  # parent -> last news from it (announce, piece)
+        self.bad: set[str] = set()
+        self.last_progress = now
+        self.last_reschedule = -math.inf
+        self.reschedules = 0
+        self.mean_cost = 0.0
+        self.origin_reason = ""
+
+    # ------------------------------------------------------------------- views --
+
+    @property
+    def done(self) -> bool:
+        return self.state is DONE
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.picker._requests)
+
+    # ------------------------------------------------------------------ events --
+
+    def add_parents(self, offers: Iterable[tuple[str, Any, int, int]], now: float) -> list:
+        """Parents from the scheduler, as (peer ID, pieces held or None, tx, max_tx).
+        Known and dropped parents are ignored; every new one is followed."""
+        actions: list = []
+        if self.state is not P2P:
+            return actions
+        picker = self.picker
+        for parent_id, bitmap, tx, max_tx in offers:
+            if parent_id in self.parents or parent_id in self.bad:
+                continue
+            self.parents[parent_id] = now
+            picker.parent_added(parent_id, bitmap, tx=tx, max_tx=max_tx, now=now)
+            actions.append(Follow(parent_id))
+        self._pump(now, actions)
+        return actions
+
+    def parent_has(self, parent_id: str, piece: int, now: float) -> bool:
+        """A followed parent announced ``piece``. True if the download lacks it (the
+        driver may then :meth:`pump`). Hot path: no actions, no allocation."""
+        if parent_id not in self.parents:
+            return False
+        self.parents[parent_id] = now
+        return self.picker.parent_has(parent_id, piece, now)
+
+    def parent_load(self, parent_id: str, tx: int, max_tx: int) -> None:
+        """A parent's live load (bits/s) changed."""
+        if parent_id in self.parents:
+            self.picker.parent_load(parent_id, tx, max_tx)
+
+    def pump(self, now: float) -> list:
+        """Start what can start now (after news, or when a timer fired)."""
+        actions: list = []
+        self._pump(now, actions)
+        return actions
+
+    def piece_done(self, piece: int, parent: str | None, cost: float, now: float) -> list:
+        """``piece`` arrived verified from ``parent`` after ``cost`` seconds."""
+        picker = self.picker
+        actions: list = [Cancel(*c) for c in picker.piece_done(piece, parent, cost, now)]
+        self.last_progress = now
+        if parent in self.parents:
+            self.parents[parent] = now
+        if cost > 0:
+            mean = self.mean_cost
+            self.mean_cost = cost if mean == 0 else mean + COST_EWMA * (cost - mean)
+            factor = self.config.timeout_factor
+            if factor > 0 and self.state is P2P:
+                picker.piece_timeout = max(self.config.piece_timeout, factor * self.mean_cost)
+        if picker.done:
+            if self.state is not DONE:
+                self.state = DONE
+                actions.append(Finished())
+            return actions
+        self._pump(now, actions)
+        return actions
+
+    def piece_failed(
+        self, piece: int, parent: str, kind: str, now: float, reason: str = ""
+    ) -> list:
+        """An outstanding request failed; ``kind`` is one of :data:`KINDS`."""
+        if kind not in KINDS:
+            raise ValueError(f"failure kind {kind!r} is unknown: use one of {KINDS}")
+        actions: list = []
+        picker = self.picker
+        if kind == BUSY:
+            picker.piece_busy(piece, parent, now, self.config.busy_backoff)
+            self._pump(now, actions)
+            return actions
+        if (piece, parent) not in picker._requests:
+            return actions  # cancelled or timed out already: counted then
+        actions.append(ReportFailed(piece, parent, kind in (CONNECTION, NOT_FOUND), reason))
+        if kind in (CORRUPT, CONNECTION) or parent == self.origin:
+            picker.piece_failed(piece, parent, now)
+            if parent != self.origin:
+                self._drop_parent(parent, now, reason or kind, actions)
+        elif picker.piece_failed(piece, parent, now).report_parent:
+            self._drop_parent(
+                parent, now, reason or f"{self.config.failure_limit} failures", actions
+            )
+        self._pump(now, actions)
+        return actions
+
+    def parent_gone(self, parent_id: str, now: float, reason: str = "parent gone") -> list:
+        """A parent left, or its connection or announcement stream ended."""
+        actions: list = []
+        if parent_id in self.parents:
+            self._drop_parent(parent_id, now, reason, actions)
+            self._pump(now, actions)
+        return actions
+
+    def back_to_source(self, reason: str, now: float) -> list:
+        """The scheduler (or the driver: no scheduler, scheduling failed) sends the
+        download to the origin for what it lacks."""
+        actions: list = []
+        if self.state is P2P:
+            self._to_origin(reason, now, actions)
+        return actions
+
+    def next_timer(self, now: float) -> float:
+        """When :meth:`tick` must run next (absolute time; inf: no timer needed)."""
+        if self.state is DONE:
+            return math.inf
+        picker = self.picker
+        cfg = self.config
+        at = picker.wakeup(now)
+        requests = picker._requests
+        if requests:
+            oldest = next(iter(requests.values()))
+            due = oldest + picker.piece_timeout
+            if due < at:
+                at = due
+        if self.state is not P2P:
+            return at
+        if not requests:
+            due = self.last_progress + cfg.stall_timeout
+            if due < at:
+                at = due
+            if cfg.reschedule_when == "idle" or not self.parents:
+                due = self.last_reschedule + cfg.reschedule_interval
+                if due < at:
+                    at = max(due, now)
+        if self.parents and cfg.parent_idle_timeout < math.inf:
+            due = min(self.parents.values()) + cfg.parent_idle_timeout
+            if due < at:
+                at = due
+        return at
+
+    def tick(self, now: float) -> list:
+        """Timers: requests that timed out, parents whose stream ended, the stall and
+        reschedule rules; then whatever can start."""
+        actions: list = []
+        if self.state is DONE:
+            return actions
+        picker = self.picker
+        for failure in picker.check_timeouts(now):
+            actions.append(Cancel(failure.piece, failure.parent))
+            if failure.parent == self.origin:
+                continue
+            actions.append(ReportFailed(failure.piece, failure.parent, True, "timed out"))
+            if failure.report_parent:
+                self._drop_parent(failure.parent, now, "piece timeouts", actions)
+        limit = self.config.parent_idle_timeout
+        if self.state is P2P and limit < math.inf:
+            busy = {parent for _piece, parent in picker._requests}
+            for parent_id, seen in list(self.parents.items()):
+                if now - seen >= limit and parent_id not in busy:
+                    self._drop_parent(parent_id, now, "no news from the parent", actions)
+        self._pump(now, actions)
+        return actions
+
+    # --------------------------------------------------------------- internals --
+
+    def _pump(self, now: float, actions: list) -> None:
+        state = self.state
+        if state is DONE or (state is ORIGIN and self.origin is None):
+            return
+        for piece, parent in self.picker.next_requests(now):
+            actions.append(Fetch(piece, parent))
+        if state is P2P and not self.picker._requests:
+            self._idle(now, actions)
+
+    def _idle(self, now: float, actions: list) -> None:
+        """Nothing in flight: fall back after the stall timeout, else ask for parents
+        (whenever idle for d7y; once every parent is gone for dragonfly)."""
+        cfg = self.config
+        if now - self.last_progress >= cfg.stall_timeout:
+            self._to_origin(f"stalled: no piece for {cfg.stall_timeout:g} s", now, actions)
+            return
+        if cfg.reschedule_when == "orphaned" and self.parents:
+            return
+        if now >= self.last_reschedule + cfg.reschedule_interval:
+            self._ask(now, (), "waiting for pieces", actions)
+
+    def _ask(self, now: float, bad: tuple[str, ...], reason: str, actions: list) -> None:
+        cfg = self.config
+        if cfg.max_reschedules and self.reschedules >= cfg.max_reschedules:
+            self._to_origin(f"{self.reschedules} reschedules did not finish it", now, actions)
+            return
+        self.reschedules += 1
+        self.last_reschedule = now
+        actions.append(AskParents(bad, reason))
+
+    def _drop_parent(self, parent_id: str, now: float, reason: str, actions: list) -> None:
+        if self.parents.pop(parent_id, None) is None:
+            return
+        self.bad.add(parent_id)
+        for key in self.picker.parent_removed(parent_id):
+            actions.append(Cancel(*key))
+        actions.append(Unfollow(parent_id))
+        if self.state is not P2P:
+            return
+        if self.config.reschedule_when == "idle":
+            self._ask(now, (parent_id,), reason[:200], actions)
+        elif not self.parents:
+            self._ask(now, tuple(self.bad), "every parent's stream ended", actions)
+
+    def _to_origin(self, reason: str, now: float, actions: list) -> None:
+        self.state = ORIGIN
+        self.origin_reason = reason
+        picker = self.picker
+        for key in picker.in_flight:
+            actions.append(Cancel(*key))
+        for parent_id in self.parents:
+            actions.append(Unfollow(parent_id))
+        self.parents.clear()
+        actions.append(GoToOrigin(reason))
+        if self.origin is None:
+            return
+        # A fresh picker over what is held, with the origin as the only parent: origin
+        # fetches are plain ranged GETs with no piece timeout and no endgame.
+        self.picker = PiecePicker(
+            self.size,
+            self.rng,
+            have=picker.have_bitmap(),
+            max_in_flight=self.config.max_in_flight,
+            piece_timeout=1e12,
+            endgame=False,
+            streaming=self.streaming,
+            bitmaps=self._bitmaps,
+        )
+        full = self._bitmaps.Bitmap(self.size)
+        for i in range(self.size):
+            full.set(i)
+        self.picker.parent_added(self.origin, full, now=now)
+        for piece, parent in self.picker.next_requests(now):
+            actions.append(Fetch(piece, parent))
+
+
+__all__ = [
+    "BUSY",
+    "CONNECTION",
+    "CORRUPT",
+    "DONE",
+    "DOWNLOAD_POLICIES",
+    "DOWNLOAD_POLICY_DEFAULTS",
+    "ERROR",
+    "KINDS",
+    "NOT_FOUND",
+    "ORIGIN",
+    "P2P",
+    "AskParents",
+    "Cancel",
+    "Download",
+    "DownloadConfig",
+    "Fetch",
+    "Finished",
+    "Follow",
+    "GoToOrigin",
+    "ReportFailed",
+    "Unfollow",
+]
