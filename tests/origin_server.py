@@ -660,7 +660,10 @@ class OriginServer:
             response.enable_chunked_encoding()
         if send < length:
             response.force_close()
-        await response.prepare(request)
+        try:
+            await response.prepare(request)
+        except ConnectionError:
+            return response  # the client hung up while this answer waited (delay, hold)
         if request.method == "HEAD":
             return response
 
