@@ -95,7 +95,38 @@ def config_docs() -> str:
         for key, default, doc in describe(cls):
             escaped = doc.replace("|", "\\|")  # a bare | would split the table cell
             lines.append(f"| `{key}` | `{default}` | {escaped} |")
+        lines += _NOTES.get(name, [])
     return "\n".join(lines) + "\n"
+
+
+#: Prose after a service's table, for keys whose meaning does not fit in one cell.
+_NOTES = {
+    "dfdaemon": [
+        "",
+        "### Outbound fetch policy (`source.allow`, `source.deny`)",
+        "",
+        "Any host that reaches the scheduler can register a download of any URL, and the",
+        "scheduler then makes a seed peer fetch it; the bytes become readable from the",
+        "seed's `/download`. A download caused that way (a `TriggerSeed`) is checked before",
+        "every request, at every connection and for every redirect, for the URL's host and",
+        "every address it resolves to:",
+        "",
+        "1. matched by `source.deny` (a CIDR holding the address, or a host pattern): refused;",
+        "2. matched by `source.allow`: allowed;",
+        "3. loopback, private (RFC 1918, fc00::/7), link-local, a cloud metadata address",
+        "   (169.254.169.254, fd00:ec2::254, 100.100.100.200, ...) or any other non-public",
+        "   address: refused;",
+        "4. any other (public) address: allowed.",
+        "",
+        "Entries are CIDRs (`10.0.0.0/8`), addresses (`::1`), host names (`origin.internal`,",
+        "which allows every address that name resolves to) or `*.suffix` patterns (names",
+        "below the suffix). Both lists are empty by default. A download asked for on the",
+        "machine itself (dfget over the local socket) is the user's own and is never",
+        "restricted. A seed peer whose origins are internal lists them in `source.allow`;",
+        "`d7y cluster demo` and the test harnesses allow `127.0.0.0/8` and `::1/128`,",
+        "because their origin is on loopback.",
+    ],
+}
 
 
 def scheduler_main(argv: list[str] | None = None) -> int:

@@ -128,6 +128,9 @@ class LocalCluster:
             "upload": {"listen": "127.0.0.1", "port": _free_port(), "piece_port": _free_port()},
             "metrics": {"listen": "127.0.0.1", "port": metrics},
             "scheduler": {"address": f"127.0.0.1:{self.scheduler_port}"},
+            # The demo's origin is on loopback and the seed fetches it for the peers: a
+            # download a remote party caused, refused on loopback unless allowed.
+            "source": {"allow": ["127.0.0.0/8", "::1/128"]},
         }
         path = self.work / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config))

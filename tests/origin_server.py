@@ -40,19 +40,27 @@ whole server; a per-path setting wins over the server-wide one)::
     headers          {"Name": "value"}   extra response headers (e.g. Content-Encoding)
     fail             {"status": 500, "count": 1, "retry_after": null}
     delay            {"seconds": 0.5, "count": 1}       before the response headers
-    close_after      {"bytes": K, "count": 1}           send K body bytes, then close
+    close_after      {"bytes": K, "count": 1, "reset": false}   send K body bytes, then
+                                                        close (reset: abort with a TCP RST)
     truncate         {"missing": M, "count": 1}         announce the full length, send M
                                                         fewer bytes, then close
     stall            {"after": K, "seconds": S, "count": 1}   pause S s after K bytes
+    mutate           {"count": 1}   the object changes before this answer: new bytes (same
+                                    size), new default ETag and Last-Modified; it stays
+                                    changed (generated and in-memory files only)
+    hold             {"count": -1}  the answer waits until the hold is lifted
+                                    (``hold=None``, ``clear`` or a reset)
     clear            true   forget this scope's earlier settings first
 
 ``count`` is how many of the next requests the fault hits; -1 means every request.
+Every counted fault also takes ``"skip": N``: the next N requests pass untouched before
+it starts hitting (e.g. let the probe through, change the object under the pieces).
 ``GET /_control/stats`` returns, per request path, ``requests``, ``ranges`` (the Range
 header of each request, null when absent), ``statuses``, ``headers`` (each request's
 headers as a dict) and ``bytes_sent`` (body bytes written). ``POST /_control/reset``
 forgets stats and faults; ``POST /_control/files`` with ``{"name", "size", "seed"}``
 adds generated content. ``/redirect/<name>`` answers 302 to ``/<name>`` (they chain),
-``/redirect-loop`` redirects to itself.
+``/redirect-loop`` redirects to itself, ``/redirect-to?url=U`` to any URL ``U``.
 """
 
 from __future__ import annotations
@@ -66,7 +74,9 @@ import hashlib
 import os
 import random
 import signal
+import socket
 import ssl
+import struct
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -96,15 +106,20 @@ _T = TypeVar("_T")
 _BLOCK = 1 << 20
 _DISK_CHUNK = 256 * 1024
 _FIXED_DATE = "Mon, 01 Jan 2024 00:00:00 GMT"
-_COUNTED = ("fail", "delay", "close_after", "truncate", "stall")
+_FIXED_EPOCH = 1704067200  # _FIXED_DATE as a Unix time
+_COUNTED = ("fail", "delay", "close_after", "truncate", "stall", "mutate", "hold")
 _FLAGS = ("range", "if_range", "content_length", "etag", "last_modified", "headers")
 _FAULT_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "fail": {"status": int, "count": int, "retry_after": (int, float, type(None))},
     "delay": {"seconds": (int, float), "count": int},
-    "close_after": {"bytes": int, "count": int},
+    "close_after": {"bytes": int, "count": int, "reset": bool},
     "truncate": {"missing": int, "count": int},
     "stall": {"after": int, "seconds": (int, float), "count": int},
+    "mutate": {"count": int},
+    "hold": {"count": int},
 }
+for _fields in _FAULT_FIELDS.values():
+    _fields["skip"] = int
 _REQUIRED = {"fail": "status", "delay": "seconds", "close_after": "bytes", "truncate": "missing"}
 
 
@@ -163,7 +178,12 @@ def generated_sha256(size: int, seed: int) -> str:
 
 
 class _Source:
-    """Something with a size, default validators, and chunked reads at any offset."""
+    """Something with a size, default validators, and chunked reads at any offset.
+
+    ``version`` counts the changes made by the ``mutate`` fault; each version has other
+    bytes and other default validators."""
+
+    version = 0
 
     def size(self) -> int:
         raise NotImplementedError
@@ -172,7 +192,15 @@ class _Source:
         raise NotImplementedError
 
     def default_last_modified(self) -> str:
+        if self.version:
+            return email.utils.formatdate(_FIXED_EPOCH + self.version, usegmt=True)
         return _FIXED_DATE
+
+    def mutated(self) -> _Source:
+        """The next version of this object (same size, other bytes and validators)."""
+        raise ValueError(
+            f"{type(self).__name__} cannot change: mutate works on generated and in-memory files"
+        )
 
     def chunks(self, offset: int, length: int) -> AsyncIterator[bytes | memoryview]:
         raise NotImplementedError
@@ -188,6 +216,12 @@ class _MemorySource(_Source):
 
     def default_etag(self) -> str:
         return self._etag
+
+    def mutated(self) -> _Source:
+        flip = (self.version % 255) + 1  # never 0: every byte changes
+        changed = _MemorySource(bytes(b ^ flip for b in self.data))
+        changed.version = self.version + 1
+        return changed
 
     async def chunks(self, offset: int, length: int) -> AsyncIterator[bytes | memoryview]:
         view = memoryview(self.data)
@@ -205,6 +239,11 @@ class _GeneratedSource(_Source):
 
     def default_etag(self) -> str:
         return f'"g-{self.seed}-{self._size}"'
+
+    def mutated(self) -> _Source:
+        changed = _GeneratedSource(self._size, self.seed + 1_000_003)
+        changed.version = self.version + 1
+        return changed
 
     async def chunks(self, offset: int, length: int) -> AsyncIterator[bytes | memoryview]:
         for chunk in generated_chunks(self._size, self.seed, offset, length):
@@ -321,12 +360,15 @@ def _validate_faults(options: dict[str, Any]) -> dict[str, Any]:
                 raise ValueError(f"{key} needs {required!r}")
             for name, kind in _FAULT_FIELDS[key].items():
                 if name in value and (
-                    isinstance(value[name], bool) or not isinstance(value[name], kind)
+                    (isinstance(value[name], bool) and kind is not bool)
+                    or not isinstance(value[name], kind)
                 ):
                     raise ValueError(f"{key}.{name} has the wrong type: {value[name]!r}")
             value = {"count": 1, **value}
             if value["count"] == 0 or value["count"] < -1:
                 raise ValueError(f"{key}.count must be >= 1 or -1 (always), got {value['count']}")
+            if value.get("skip", 0) < 0:
+                raise ValueError(f"{key}.skip must be >= 0, got {value['skip']}")
         else:
             raise ValueError(
                 f"unknown option {key!r}; known: {sorted((*_FLAGS, *_FAULT_FIELDS, 'clear'))}"
@@ -353,6 +395,8 @@ class OriginServer:
         self._files: dict[str, _Source] = {}
         self._scopes: dict[str | None, dict[str, Any]] = {}
         self._stats: dict[str, _PathStats] = {}
+        # Answers waiting on a ``hold`` fault, per scope: set when the hold is lifted.
+        self._gates: dict[str | None, asyncio.Event] = {}
         self._runner: web.AppRunner | None = None
         self.base_url = ""
 
@@ -449,10 +493,13 @@ class OriginServer:
         checked = _validate_faults(options)
         if checked.pop("clear", False):
             self._scopes.pop(scope, None)
+            self._open_gate(scope)
         current = self._scopes.setdefault(scope, {})
         for key, value in checked.items():
             if value is None:
                 current.pop(key, None)
+                if key == "hold":
+                    self._open_gate(scope)
             else:
                 current[key] = dict(value) if isinstance(value, dict) else value
 
@@ -470,6 +517,13 @@ class OriginServer:
             self._stats.clear()
         if faults:
             self._scopes.clear()
+            for scope in list(self._gates):
+                self._open_gate(scope)
+
+    def _open_gate(self, scope: str | None) -> None:
+        gate = self._gates.pop(scope, None)
+        if gate is not None:
+            gate.set()  # the answers held behind it go on
 
     # internals
 
@@ -487,6 +541,9 @@ class OriginServer:
             fault = options.get(key) if options else None
             if fault is None:
                 continue
+            if fault.get("skip", 0) > 0:
+                fault["skip"] -= 1  # not due yet: this request passes untouched
+                return None
             if fault["count"] > 0:
                 fault["count"] -= 1
                 if fault["count"] == 0:
@@ -532,12 +589,19 @@ class OriginServer:
 
         if path == "/redirect-loop":
             raise web.HTTPFound(location="/redirect-loop")
+        if path == "/redirect-to" and "url" in request.query:
+            raise web.HTTPFound(location=request.query["url"])
         if path.startswith("/redirect/"):
             target = path[len("/redirect") :]
             if request.query_string:
                 target += f"?{request.query_string}"
             raise web.HTTPFound(location=target)
 
+        scope = path if "hold" in self._scopes.get(path, {}) else None
+        if self._take(path, "hold") is not None:
+            await self._gates.setdefault(scope, asyncio.Event()).wait()
+        if self._take(path, "mutate") is not None and path in self._files:
+            self._files[path] = self._files[path].mutated()
         source = self._lookup(path)
         if source is None:
             return web.Response(status=404, text=f"no file at {path}\n")
@@ -596,7 +660,10 @@ class OriginServer:
             response.enable_chunked_encoding()
         if send < length:
             response.force_close()
-        await response.prepare(request)
+        try:
+            await response.prepare(request)
+        except ConnectionError:
+            return response  # the client hung up while this answer waited (delay, hold)
         if request.method == "HEAD":
             return response
 
@@ -622,7 +689,10 @@ class OriginServer:
             # aiohttp then skips write_eof on the closing transport.
             transport = request.transport
             if transport is not None:
-                transport.close()
+                if close_after is not None and close_after.get("reset"):
+                    _abort_with_reset(transport)
+                else:
+                    transport.close()
             return response
         await response.write_eof()
         return response
@@ -681,6 +751,14 @@ class OriginServer:
         except (ValueError, KeyError, TypeError) as exc:
             return web.json_response({"error": f"bad file spec: {exc}"}, status=400)
         return web.json_response({"url": url})
+
+
+def _abort_with_reset(transport: asyncio.BaseTransport) -> None:
+    """Drop the connection with a TCP RST (SO_LINGER 0), as a crashed server would."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 def _if_range_matches(value: str | None, etag: str | None, last_modified: str | None) -> bool:

@@ -17,6 +17,8 @@ import yaml
 from d7y.daemons.cluster import read_metrics
 
 PYTHON = sys.executable
+#: source.allow for daemons whose origins are on this machine (every test's).
+LOOPBACK = ["127.0.0.0/8", "::1/128"]
 
 
 def free_port() -> int:
@@ -118,6 +120,9 @@ class PeerProcess(DaemonProcess):
             "upload": {"listen": "127.0.0.1", "port": self.upload_port, "piece_port": free_port()},
             "metrics": {"listen": "127.0.0.1", "port": self.metrics_port},
             "download": {"origin_backoff": "10ms", "origin_backoff_max": "50ms"},
+            # Test origins listen on loopback, and seed peers fetch from them for others:
+            # loopback must be allowed explicitly (source.allow refuses it by default).
+            "source": {"allow": LOOPBACK},
             "log": {"level": "debug"},
         }
         self._merge(config_overrides)

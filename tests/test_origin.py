@@ -24,6 +24,7 @@ import pytest
 from aiohttp import web
 
 from d7y.daemons.peer.origin import (
+    ContentChanged,
     OriginClient,
     OriginError,
     OriginInfo,
@@ -394,13 +395,17 @@ def test_content_changed_detected_even_when_origin_ignores_if_range() -> None:
         url = origin.add_file("a.bin", size=1000, seed=9)
         info = await client.probe(url)
         origin.set_faults("a.bin", if_range=False, etag="v2")
-        with pytest.raises(OriginError, match=r'ETag is now "v2", was "g-9-1000"'):
+        with pytest.raises(ContentChanged, match=r'ETag was "g-9-1000", is now "v2"'):
+            await client.fetch_range(url, None, 0, 100, bytearray(100), info=info)
+        origin.set_faults("a.bin", etag=False, last_modified="Wed, 03 Jan 2024 00:00:00 GMT")
+        with pytest.raises(ContentChanged, match=r"Last-Modified was .*, is now Wed, 03 Jan"):
             await client.fetch_range(url, None, 0, 100, bytearray(100), info=info)
         origin.add_file("a.bin", size=2000, seed=9)  # the length changes too
-        origin.set_faults("a.bin", etag=False)
-        with pytest.raises(OriginError, match="length is now 2000, was 1000") as excinfo:
+        origin.set_faults("a.bin", last_modified=False)
+        with pytest.raises(ContentChanged, match="length was 1000 bytes, is now 2000") as excinfo:
             await client.fetch_range(url, None, 0, 100, bytearray(100), info=info)
         assert excinfo.value.retryable is False
+        assert excinfo.value.validator == "length"
 
     run(scenario)
 

@@ -15,6 +15,7 @@ from typing import Literal
 
 from d7y.core.pieces import MIN_PIECE_LENGTH
 from d7y.daemons.config import ConfigError, Duration, Size, field, load, section
+from d7y.daemons.peer.source_policy import SourcePolicy
 
 DEFAULT_CONFIG_PATH = Path("/etc/d7y/dfdaemon.yaml")
 ENV_PREFIX = "D7Y_DFDAEMON"
@@ -102,6 +103,23 @@ class SchedulerClientConfig:
 
 
 @dataclasses.dataclass
+class SourceConfig:
+    allow: list[str] = field(
+        [],
+        "origins a download caused by a remote party (a seed peer triggered by the "
+        "scheduler) may reach although they are internal: CIDRs (10.0.0.0/8), addresses, "
+        "host names or *.suffix patterns; loopback, private, link-local and cloud metadata "
+        "addresses are refused unless listed here. Downloads asked for on this machine "
+        "(dfget) are never restricted",
+    )
+    deny: list[str] = field(
+        [],
+        "origins a download caused by a remote party may never reach, public or not "
+        "(same forms as source.allow); deny wins over allow",
+    )
+
+
+@dataclasses.dataclass
 class TestingConfig:
     corrupt_uploads: bool = field(
         False, "TEST ONLY: flip a byte in every piece served to peers (fault injection)"
@@ -126,8 +144,16 @@ class PeerConfig:
     api: APIConfig = section(APIConfig, "local API for dfget")
     metrics: MetricsConfig = section(MetricsConfig, "Prometheus metrics and health")
     scheduler: SchedulerClientConfig = section(SchedulerClientConfig, "the scheduler")
+    source: SourceConfig = section(
+        SourceConfig, "outbound fetch policy for downloads a remote party caused (SSRF guard)"
+    )
     testing: TestingConfig = section(TestingConfig, "fault injection for tests")
     log: LogConfig = section(LogConfig, "logging")
+
+    def source_policy(self) -> SourcePolicy:
+        """The fetch policy of ``source.allow`` / ``source.deny`` (ValueError names a
+        bad entry)."""
+        return SourcePolicy(allow=self.source.allow, deny=self.source.deny)
 
     @property
     def socket_path(self) -> Path:
@@ -167,6 +193,10 @@ class PeerConfig:
                     f"config key 'scheduler.address' must be host:port, got "
                     f"{self.scheduler.address!r}"
                 )
+        try:
+            self.source_policy()
+        except ValueError as exc:
+            raise ConfigError(f"config key {exc}") from None
         if 0 < self.storage.quota < MIN_PIECE_LENGTH:
             raise ConfigError(
                 f"config key 'storage.quota' must be 0 or >= 4MiB, got {int(self.storage.quota)}"

@@ -58,13 +58,18 @@ class PeerDaemon:
     async def start(self) -> None:
         cfg = self.config
         self.storage = Storage(cfg.storage.data_dir, quota=int(cfg.storage.quota))
-        self.origin = OriginClient(
-            retry=RetryPolicy(
-                attempts=cfg.download.origin_retries,
-                base_delay=float(cfg.download.origin_backoff),
-                max_delay=float(cfg.download.origin_backoff_max),
-            ),
+        retry = RetryPolicy(
+            attempts=cfg.download.origin_retries,
+            base_delay=float(cfg.download.origin_backoff),
+            max_delay=float(cfg.download.origin_backoff_max),
+        )
+        # Two clients, two connection pools: the local user's downloads go anywhere,
+        # those a remote party caused (seed triggers) obey source.allow/deny.
+        self.origin = OriginClient(retry=retry, request_timeout=float(cfg.download.piece_timeout))
+        remote_origin = OriginClient(
+            retry=retry,
             request_timeout=float(cfg.download.piece_timeout),
+            policy=cfg.source_policy(),
         )
         piece_floor = 4 * 1024 * 1024
         download_limit = TokenBucket(
@@ -79,6 +84,7 @@ class PeerDaemon:
             download_limiter=download_limit,
             metrics=self.metrics,
             make_room=self.collect_garbage,
+            remote_origin=remote_origin,
         )
         self.http_upload = HTTPUploadServer(
             self.storage,
@@ -86,6 +92,7 @@ class PeerDaemon:
             metrics=self.metrics,
             max_concurrent=cfg.upload.max_concurrent,
             pin=self.manager.pin,
+            verify=self.manager.check_before_serving,
         )
         await self.http_upload.start(cfg.upload.listen, cfg.upload.port)
         hostname = cfg.host.hostname or socket.gethostname()

@@ -11,7 +11,10 @@ It is only an optimisation. Anything unusual — https, a status other than 206,
 encoding, a Content-Range that does not match, a connection that breaks — raises
 :class:`FastPathUnavailable`, and the caller repeats the piece through
 :class:`~d7y.daemons.peer.origin.OriginClient`, which owns retries, backoff and the
-error messages users see.
+error messages users see. Two answers are final here, as they are there: a 206 of
+another version of the object than the probe saw (ETag, Last-Modified or total length
+differ: :class:`~d7y.daemons.peer.origin.ContentChanged`), and an address the fetch
+policy refuses (:class:`~d7y.daemons.peer.source_policy.SourceRefused`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import socket
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
+from d7y.daemons.peer.origin import OriginInfo, check_same_version
+from d7y.daemons.peer.source_policy import SourcePolicy
 from d7y.ext.transfer import recv_into_exact
 
 MAX_HEAD = 64 * 1024
@@ -34,12 +39,25 @@ class FastPathUnavailable(Exception):
 
 
 class FastRangeFetcher:
-    """Pooled raw-socket ranged GETs for http:// origins."""
+    """Pooled raw-socket ranged GETs for http:// origins.
 
-    def __init__(self, *, max_idle_per_host: int = 32, user_agent: str = "d7y-dfdaemon/0.1"):
+    With a ``policy``, every address connected to is checked against it first (the
+    address actually used, so DNS cannot change in between); a fetcher's pool serves
+    one policy only, so a connection opened for the local user is never reused for a
+    remote party's download.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_idle_per_host: int = 32,
+        user_agent: str = "d7y-dfdaemon/0.1",
+        policy: SourcePolicy | None = None,
+    ):
         self._idle: dict[tuple[str, int], list[socket.socket]] = {}
         self._max_idle = max_idle_per_host
         self._user_agent = user_agent
+        self.policy = policy
         self.bytes_received = 0
 
     def close(self) -> None:
@@ -48,9 +66,12 @@ class FastRangeFetcher:
                 sock.close()
         self._idle.clear()
 
-    async def _connect(self, host: str, port: int) -> socket.socket:
+    async def _connect(self, host: str, port: int, url: str) -> socket.socket:
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        if self.policy is not None:
+            for info in infos:
+                self.policy.check_address(host, str(info[4][0]), url)
         family, kind, proto, _, address = infos[0]
         sock = socket.socket(family, kind, proto)
         sock.setblocking(False)
@@ -94,12 +115,16 @@ class FastRangeFetcher:
         length: int,
         into: memoryview,
         *,
-        if_range: str | None = None,
+        info: OriginInfo | None = None,
     ) -> None:
-        """Read bytes [offset, offset + length) of ``url`` into ``into[:length]``."""
+        """Read bytes [offset, offset + length) of ``url`` into ``into[:length]``.
+
+        ``info`` is the probe's answer: its validator goes out as If-Range and the 206
+        must describe the same version (else ContentChanged)."""
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname or length <= 0:
             raise FastPathUnavailable(f"not a plain http range: {parts.scheme}")
+        if_range = info.if_range if info is not None else None
         try:
             request = self._request(parts, headers, offset, offset + length - 1, if_range)
         except UnicodeEncodeError:
@@ -111,9 +136,9 @@ class FastRangeFetcher:
         for reused in (True, False):
             if reused and not idle:
                 continue
-            sock = idle.pop() if reused else await self._connect(*key)
+            sock = idle.pop() if reused else await self._connect(*key, url)
             try:
-                keep = await self._exchange(sock, request, offset, length, into)
+                keep = await self._exchange(sock, request, offset, length, into, url, info)
             except _StaleConnection:
                 sock.close()
                 continue
@@ -128,7 +153,14 @@ class FastRangeFetcher:
         raise FastPathUnavailable("origin closed the connection before answering")
 
     async def _exchange(
-        self, sock: socket.socket, request: bytes, offset: int, length: int, into: memoryview
+        self,
+        sock: socket.socket,
+        request: bytes,
+        offset: int,
+        length: int,
+        into: memoryview,
+        url: str,
+        info: OriginInfo | None,
     ) -> bool:
         """Send the request, read head and body; True if the connection can be reused."""
         loop = asyncio.get_running_loop()
@@ -163,6 +195,16 @@ class FastRangeFetcher:
             or len(body) > length
         ):
             raise FastPathUnavailable(f"unexpected response: status {status}")
+        if info is not None:
+            total = fields["content-range"][len(expected_range) :].strip()
+            check_same_version(
+                url,
+                info,
+                etag=fields.get("etag"),
+                last_modified=fields.get("last-modified"),
+                total=int(total) if total.isdigit() else None,
+                status=206,
+            )
         view = memoryview(into)
         view[: len(body)] = body
         if len(body) < length:

@@ -3,10 +3,13 @@
     GET|HEAD /download/<task_id>     200 with the whole content, or 206 for one range
 
 Only finished (verified) tasks are served; an unknown or unfinished task is a 404 with a
-one-line reason. Requests are parsed with h11 (sans-IO) and bodies leave with
-sendfile(2) through :func:`d7y.ext.transfer.send_file`: the bytes go from the page cache
-to the socket without entering Python, which is what lets this endpoint keep pace with
-nginx. Keep-alive is supported; each connection serves one request at a time.
+one-line reason. The stored pieces a response would carry are checked against their
+digests first (once per start of the daemon and change of the file, see verify.py); a
+damaged one is a 503 with the reason, never a corrupt byte. Requests are parsed with h11
+(sans-IO) and bodies leave with sendfile(2) through :func:`d7y.ext.transfer.send_file`:
+the bytes go from the page cache to the socket without entering Python, which is what
+lets this endpoint keep pace with nginx. Keep-alive is supported; each connection serves
+one request at a time.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import contextlib
 import logging
 import os
 import socket
+from collections.abc import Awaitable, Callable
 
 import h11
 
@@ -56,8 +60,12 @@ class HTTPUploadServer:
         metrics: PeerMetrics | None = None,
         max_concurrent: int = 64,
         pin=None,
+        verify: Callable[[str, int, int], Awaitable[str | None]] | None = None,
     ) -> None:
         self.storage = storage
+        # (task_id, offset, length) -> None when the stored bytes are good, else why
+        # not (TaskManager.check_before_serving).
+        self._verify = verify
         self.limiter = limiter or TokenBucket(0)
         self.metrics = metrics or PeerMetrics()
         self._slots = asyncio.Semaphore(max_concurrent)
@@ -172,6 +180,11 @@ class HTTPUploadServer:
         loop = asyncio.get_running_loop()
         async with self._slots:
             with self._pin(task_id):
+                if method == b"GET":
+                    problem = await self._check_stored(task_id, start, count)
+                    if problem is not None:
+                        await self._simple(sock, http, 503, problem)
+                        return
                 try:
                     fd = os.open(self.storage.content_path(task_id), os.O_RDONLY | os.O_CLOEXEC)
                 except FileNotFoundError:
@@ -192,6 +205,13 @@ class HTTPUploadServer:
                     await loop.sock_sendall(sock, http.send(h11.EndOfMessage()))
                 finally:
                     os.close(fd)
+
+    async def _check_stored(self, task_id: str, start: int, count: int) -> str | None:
+        """Whether the stored bytes [start, start + count) may be served: None when
+        their pieces match their digests, else a one-line reason."""
+        if self._verify is None or count == 0:
+            return None
+        return await self._verify(task_id, start, count)
 
     async def _send_body(self, sock: socket.socket, fd: int, start: int, count: int) -> None:
         if self.limiter.unlimited:

@@ -26,6 +26,12 @@ class PeerMetrics:
         self.piece_failures = Counter(
             "d7y_peer_piece_failures", "Piece fetch attempts that failed", registry=r
         )
+        self.corrupt_pieces = Counter(
+            "d7y_peer_corrupt_pieces",
+            "Stored pieces whose bytes failed their CRC-32 check when read back (each is "
+            "dropped and fetched again)",
+            registry=r,
+        )
         self.tasks = Counter("d7y_peer_tasks", "Finished tasks by result", ["result"], registry=r)
         self.task_duration = Histogram(
             "d7y_peer_task_duration_seconds",

@@ -37,13 +37,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from dataclasses import dataclass
 from http import HTTPStatus
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
+if TYPE_CHECKING:  # source_policy imports this module (OriginError)
+    from d7y.daemons.peer.source_policy import SourcePolicy
+
 __all__ = [
+    "ContentChanged",
     "HeadersLike",
     "OriginClient",
     "OriginError",
@@ -51,6 +55,7 @@ __all__ = [
     "OriginStream",
     "RetryPolicy",
     "ShortRead",
+    "check_same_version",
 ]
 
 log = logging.getLogger(__name__)
@@ -145,6 +150,18 @@ class ShortRead(OriginError):
         self.expected = expected
 
 
+class ContentChanged(OriginError):
+    """The object changed at the origin since the probe: an answer carries another
+    validator (ETag, Last-Modified) or length than the probe saw, or the origin answered
+    If-Range with the whole new object. Never retryable: pieces of two versions must not
+    be put together. ``validator`` names what changed (``ETag``, ``Last-Modified``,
+    ``length``)."""
+
+    def __init__(self, message: str, *, url: str, validator: str, **kw: Any) -> None:
+        super().__init__(message, url=url, **kw)
+        self.validator = validator
+
+
 @dataclass(frozen=True, slots=True)
 class OriginInfo:
     """What a probe learned about an origin object.
@@ -237,6 +254,7 @@ class OriginClient:
         user_agent: str = "d7y-dfdaemon/0.1",
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        policy: SourcePolicy | None = None,
     ) -> None:
         """Configure the client; no I/O happens here.
 
@@ -245,7 +263,10 @@ class OriginClient:
         one. ``limit``/``limit_per_host`` size the connection pool (at least 16 piece
         requests must run at once). ``ssl`` is passed to aiohttp (an SSLContext to trust a
         private CA, or False to skip verification). ``rng`` and ``sleep`` are injectable so
-        tests can make backoff deterministic and instant.
+        tests can make backoff deterministic and instant. ``policy`` (a
+        :class:`~d7y.daemons.peer.source_policy.SourcePolicy`) is checked for every
+        request, every address connected to and every redirect; a client with a policy
+        serves downloads that a remote party caused, one without serves the local user.
         """
         if max_redirects < 0:
             raise ValueError(f"max_redirects must be >= 0, got {max_redirects}")
@@ -277,6 +298,7 @@ class OriginClient:
         self._user_agent = user_agent
         self._rng = rng if rng is not None else random.Random()
         self._sleep = sleep
+        self.policy = policy
         self._closed = False
         self.bytes_received = 0
         self.requests = 0
@@ -308,11 +330,17 @@ class OriginClient:
         if self._closed:
             raise RuntimeError("OriginClient is closed")
         if self._session is None:
+            resolver, traces = (
+                self.policy.session_options() if self.policy is not None else (None, [])
+            )
             connector = aiohttp.TCPConnector(
-                limit=self._limit, limit_per_host=self._limit_per_host, ssl=self._ssl
+                limit=self._limit,
+                limit_per_host=self._limit_per_host,
+                ssl=self._ssl,
+                resolver=resolver,
             )
             self._session = aiohttp.ClientSession(
-                connector=connector, auto_decompress=False, trust_env=False
+                connector=connector, auto_decompress=False, trust_env=False, trace_configs=traces
             )
         elif self._session.closed:
             raise RuntimeError("the aiohttp session given to OriginClient is closed")
@@ -529,12 +557,24 @@ class OriginClient:
     ) -> None:
         asked = f"bytes={start}-{start + want - 1}"
         if resp.status == 200:
-            if validator is not None:
-                raise OriginError(
-                    f"content changed at {_display(url)}: origin answered 200 to {asked} "
-                    f"with If-Range {validator}",
+            if validator is not None and info is not None:
+                # If-Range did not match: the origin sent the whole new object instead.
+                check_same_version(
+                    url,
+                    info,
+                    etag=resp.headers.get("ETag"),
+                    last_modified=resp.headers.get("Last-Modified"),
+                    total=resp.content_length,
+                    status=200,
+                )
+                raise ContentChanged(
+                    f"content changed at {_display(url)}: the origin answered {asked} with "
+                    f"the whole object (200), so If-Range {validator} ("
+                    f"{'ETag' if validator == info.etag else 'Last-Modified'}) no longer "
+                    f"matches",
                     url=url,
                     status=200,
+                    validator="ETag" if validator == info.etag else "Last-Modified",
                 )
             if start == 0 and resp.content_length == want:
                 return  # the whole object was asked for and sent: same bytes
@@ -560,25 +600,14 @@ class OriginClient:
                 status=206,
             )
         if info is not None:
-            total = parsed[2]
-            if (
-                info.content_length is not None
-                and total is not None
-                and total != info.content_length
-            ):
-                raise OriginError(
-                    f"content changed at {_display(url)}: length is now {total}, "
-                    f"was {info.content_length}",
-                    url=url,
-                    status=206,
-                )
-            etag = resp.headers.get("ETag")
-            if info.etag and etag and etag != info.etag:
-                raise OriginError(
-                    f"content changed at {_display(url)}: ETag is now {etag}, was {info.etag}",
-                    url=url,
-                    status=206,
-                )
+            check_same_version(
+                url,
+                info,
+                etag=resp.headers.get("ETag"),
+                last_modified=resp.headers.get("Last-Modified"),
+                total=parsed[2],
+                status=206,
+            )
         if resp.content_length is not None and resp.content_length > want:
             raise OriginError(
                 f"origin announced {resp.content_length} bytes for {asked} ({want} bytes) "
@@ -728,6 +757,36 @@ class OriginStream:
 
 
 # -- helpers -------------------------------------------------------------------------
+
+
+def check_same_version(
+    url: str,
+    info: OriginInfo,
+    *,
+    etag: str | None,
+    last_modified: str | None,
+    total: int | None,
+    status: int,
+) -> None:
+    """Raise :class:`ContentChanged` when an answer describes another version of the
+    object than the probe ``info`` did: another length (the Content-Range total), ETag
+    or Last-Modified. A validator the answer leaves out is not compared (many servers
+    send them only sometimes); one it sends must be the probe's."""
+    changes = []
+    if info.content_length is not None and total is not None and total != info.content_length:
+        changes.append(("length", f"{info.content_length} bytes", f"{total} bytes"))
+    if info.etag and etag and etag != info.etag:
+        changes.append(("ETag", info.etag, etag))
+    if info.last_modified and last_modified and last_modified != info.last_modified:
+        changes.append(("Last-Modified", info.last_modified, last_modified))
+    if changes:
+        what = "; ".join(f"{name} was {was}, is now {now}" for name, was, now in changes)
+        raise ContentChanged(
+            f"content changed at {_display(url)} during the download: {what}",
+            url=url,
+            status=status,
+            validator=changes[0][0],
+        )
 
 
 def _check_url(url: str) -> None:

@@ -317,6 +317,21 @@ class PieceServer:
             return
         content_length, piece_length = held[0], held[1]
         piece = piece_at(request.number, content_length, piece_length)
+        # The stored bytes must still match the digest sent with them (verify.py).
+        problem = await self.manager.check_before_serving(
+            request.task_id, piece.offset, piece.length, (content_length, piece_length, held[3])
+        )
+        if problem is not None:
+            await conn.send(
+                Error(
+                    code=ErrorCode.NOT_FOUND,
+                    message=problem,
+                    task_id=request.task_id,
+                    piece_number=request.number,
+                ),
+                stream_id,
+            )
+            return
         self._active += 1
         self.metrics.active_uploads.inc()
         try:

@@ -127,6 +127,24 @@ class MetadataStore:
         with self._lock:
             self._db.close()
 
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Hold the lock for a write; a full disk becomes NoSpaceError with a sentence
+        for the user instead of SQLite's 'database or disk is full'."""
+        with self._lock:
+            try:
+                yield
+            except sqlite3.OperationalError as exc:
+                # SQLITE_FULL: the database or its write-ahead log could not grow.
+                if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
+                    raise
+                raise NoSpaceError(
+                    errno.ENOSPC,
+                    f"no space left on device: the metadata database {str(self.path)!r} "
+                    f"cannot grow; free disk space in its filesystem or lower "
+                    f"storage.disk_high_watermark",
+                ) from None
+
     def _row_to_task(self, row: tuple) -> TaskRecord:
         return TaskRecord(**dict(zip(_TASK_COLUMNS, row, strict=True)))
 
@@ -148,7 +166,7 @@ class MetadataStore:
         """Insert or replace the task row (its pieces stay)."""
         values = [getattr(task, c) for c in _TASK_COLUMNS]
         updates = ", ".join(f"{c} = excluded.{c}" for c in _TASK_COLUMNS[1:])
-        with self._lock:
+        with self._writing():
             self._db.execute(
                 f"INSERT INTO tasks ({', '.join(_TASK_COLUMNS)}) VALUES "
                 f"({', '.join('?' * len(_TASK_COLUMNS))}) ON CONFLICT(id) DO UPDATE SET {updates}",
@@ -160,13 +178,13 @@ class MetadataStore:
         if unknown:
             raise ValueError(f"unknown task fields {sorted(unknown)}")
         assignments = ", ".join(f"{k} = ?" for k in fields)
-        with self._lock:
+        with self._writing():
             self._db.execute(
                 f"UPDATE tasks SET {assignments} WHERE id = ?", [*fields.values(), task_id]
             )
 
     def record_piece(self, task_id: str, number: int, digest: str, source: str) -> None:
-        with self._lock:
+        with self._writing():
             self._db.execute(
                 "INSERT OR REPLACE INTO pieces (task_id, number, digest, source) "
                 "VALUES (?, ?, ?, ?)",
@@ -174,7 +192,7 @@ class MetadataStore:
             )
 
     def forget_pieces(self, task_id: str, numbers: list[int] | None = None) -> None:
-        with self._lock:
+        with self._writing():
             if numbers is None:
                 self._db.execute("DELETE FROM pieces WHERE task_id = ?", (task_id,))
             else:
@@ -192,7 +210,7 @@ class MetadataStore:
         return {n: (d, s) for n, d, s in rows}
 
     def delete_task(self, task_id: str) -> None:
-        with self._lock:
+        with self._writing():
             self._db.execute("DELETE FROM tasks WHERE id = ?", (task_id,))
 
 

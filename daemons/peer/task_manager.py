@@ -6,9 +6,18 @@ piece source (the origin here; other peers join in the P2P path) with a bounded 
 of pieces in flight, computing every piece's CRC-32, writing it with pwrite at its
 offset, and recording it in the metadata only after the bytes are in the file.
 
-A finished task is answered from local storage without contacting the origin. A task
-that was interrupted (daemon killed, origin failure) keeps its verified pieces; the next
-request re-checks them against their recorded digests and fetches only what is missing.
+A finished task is answered from local storage without contacting the origin, after
+its pieces are read back and checked against their recorded digests (once after each
+start of the daemon or change of the file; see verify.py): a damaged piece is dropped and
+fetched again, from peers or the origin. A task that was interrupted (daemon killed,
+origin failure) keeps its verified pieces; the next request re-checks them against their
+recorded digests and fetches only what is missing.
+
+Pieces fetched from the origin must all be of the version the probe saw: an answer with
+another ETag, Last-Modified or length (or a 200 to If-Range) restarts the task once from
+scratch with the new version, and fails it (an origin error) if it changes again. A
+download that a remote party caused (a seed peer triggered by the scheduler) fetches
+through clients that enforce the outbound fetch policy (source_policy.py).
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import asyncio
 import contextlib
 import dataclasses
 import enum
+import errno
 import logging
 import os
 import time
@@ -37,8 +47,9 @@ from d7y.core.pieces import (
 from d7y.daemons.peer.fast_range import FastPathUnavailable, FastRangeFetcher
 from d7y.daemons.peer.limits import TokenBucket
 from d7y.daemons.peer.metrics import PeerMetrics
-from d7y.daemons.peer.origin import OriginClient, OriginError, OriginInfo
+from d7y.daemons.peer.origin import ContentChanged, OriginClient, OriginError, OriginInfo
 from d7y.daemons.peer.scheduler_client import SchedulerUnavailable
+from d7y.daemons.peer.source_policy import SourcePolicy
 from d7y.daemons.peer.storage import (
     TASK_FAILED,
     TASK_RUNNING,
@@ -49,6 +60,7 @@ from d7y.daemons.peer.storage import (
     TaskRecord,
     now,
 )
+from d7y.daemons.peer.verify import PieceVerifier
 from d7y.ext.bitmap import Bitmap
 from d7y.ext.crc32 import crc32
 
@@ -78,6 +90,23 @@ class DownloadError(Exception):
         super().__init__(message)
         self.kind = kind
         self.status = status
+
+    @classmethod
+    def from_origin(cls, exc: OriginError) -> DownloadError:
+        if isinstance(exc, ContentChanged):
+            return ContentChangedError(str(exc), status=exc.status, validator=exc.validator)
+        return cls(FailureKind.ORIGIN, str(exc), status=exc.status)
+
+
+class ContentChangedError(DownloadError):
+    """The object changed at the origin under the download (an origin failure)."""
+
+    def __init__(self, message: str, *, status: int | None, validator: str) -> None:
+        super().__init__(FailureKind.ORIGIN, message, status=status)
+        self.validator = validator
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 @dataclasses.dataclass
@@ -184,10 +213,25 @@ class TaskManager:
         metrics: PeerMetrics | None = None,
         make_room: Callable[[int], Awaitable[object]] | None = None,
         p2p=None,
+        remote_origin: OriginClient | None = None,
     ) -> None:
+        """``origin`` fetches for the local user (dfget); ``remote_origin`` for
+        downloads a remote party caused (a seed peer triggered by the scheduler): it
+        must carry the outbound fetch policy (by default one that refuses every
+        internal address)."""
         self.storage = storage
         self.origin = origin
         self.fast_range = FastRangeFetcher()
+        if remote_origin is None:
+            remote_origin = OriginClient(
+                policy=SourcePolicy(), retry=origin.retry, request_timeout=origin.request_timeout
+            )
+        if remote_origin.policy is None:
+            raise ValueError("remote_origin must enforce a SourcePolicy")
+        self.remote_origin = remote_origin
+        self.remote_fast_range = FastRangeFetcher(policy=remote_origin.policy)
+        # Which stored pieces were read back and checked since start (verify.py).
+        self.verifier = PieceVerifier()
         self.concurrency = concurrency
         self.limiter = download_limiter or TokenBucket(0)
         self.metrics = metrics or PeerMetrics()
@@ -202,6 +246,7 @@ class TaskManager:
         self._running: dict[str, Task] = {}
         self._runners: set[asyncio.Task[None]] = set()
         self._pins: Multiset[str] = Multiset()
+        self._writing: set[str] = set()  # tasks whose content file a download writes
         self._closing = False
 
     # -- pins: what GC must not touch --------------------------------------------------
@@ -220,6 +265,7 @@ class TaskManager:
     async def delete_task(self, task_id: str) -> None:
         """Remove a stored task (GC, the API): bytes, metadata, and its scheduler peer."""
         await self.storage.run(self.storage.delete_task, task_id)
+        self.verifier.forget(task_id)
         if self.p2p is not None:
             await self.p2p.leave(task_id)
 
@@ -276,6 +322,8 @@ class TaskManager:
             runner.cancel()
         await asyncio.gather(*self._runners, return_exceptions=True)
         self.fast_range.close()
+        self.remote_fast_range.close()
+        await self.remote_origin.close()
         if self.p2p is not None:
             self.p2p.close()
 
@@ -295,6 +343,18 @@ class TaskManager:
             log.warning("task failed task=%s kind=%s error=%s", task.id, exc.kind.value, exc)
             await self._record_failure(task, exc)
             task.done.set_exception(exc)
+        except OSError as exc:
+            # A disk or storage fault outside a piece write (metadata.db, ftruncate...):
+            # a full disk is the user's to fix and says so; anything else is a failure
+            # of this daemon, named as such.
+            if exc.errno in _DISK_FULL:
+                err = DownloadError(FailureKind.NO_SPACE, self._no_space_message(exc))
+            else:
+                log.exception("task storage failure task=%s", task.id)
+                err = DownloadError(FailureKind.INTERNAL, f"storage error: {exc}")
+            log.warning("task failed task=%s kind=%s error=%s", task.id, err.kind.value, err)
+            await self._record_failure(task, err)
+            task.done.set_exception(err)
         except Exception as exc:  # a bug: fail this task, keep the daemon serving others
             log.exception("task crashed task=%s", task.id)
             err = DownloadError(FailureKind.INTERNAL, f"internal error: {exc!r}")
@@ -306,9 +366,25 @@ class TaskManager:
             self.metrics.task_duration.observe(time.monotonic() - task.started)
         finally:
             self.metrics.active_tasks.dec()
+            if task.id in self._writing:
+                # Done writing: from now on a change of the file means someone else.
+                self._writing.discard(task.id)
+                with contextlib.suppress(Exception):
+                    await self.storage.run(
+                        self.verifier.settle, task.id, self.storage.content_path(task.id)
+                    )
             self._running.pop(task.id, None)
             task._notify()
         self._mark_consumed(task)
+
+    def _no_space_message(self, exc: OSError) -> str:
+        if isinstance(exc, StorageError) and exc.strerror:
+            return exc.strerror
+        return (
+            f"no space left on device in the data dir {str(self.storage.data_dir)!r} "
+            f"({os.strerror(exc.errno or errno.ENOSPC)}); free disk space or lower "
+            f"storage.disk_high_watermark"
+        )
 
     @staticmethod
     def _mark_consumed(task: Task) -> None:
@@ -322,8 +398,13 @@ class TaskManager:
         with contextlib.suppress(Exception):
             if exc.kind in (FailureKind.DIGEST, FailureKind.NO_SPACE):
                 # Wrong bytes must never be served, and a task that cannot fit frees
-                # what it took; both start from scratch next time.
-                await self.delete_task(task.id)
+                # what it took; both start from scratch next time. On a full disk the
+                # metadata delete itself may fail: the bytes go anyway (a row without
+                # bytes is dropped by the checks of the next download).
+                try:
+                    await self.delete_task(task.id)
+                finally:
+                    await self.storage.run(self.storage.remove_content, task.id)
             elif await self.storage.run(self.storage.meta.get_task, task.id):
                 await self.storage.run(
                     lambda: self.storage.meta.update_task(
@@ -430,21 +511,77 @@ class TaskManager:
                 await asyncio.wait_for(asyncio.shield(restoring), 5.0)
             restoring.cancel()
 
+    def _origin_clients(self, task: Task) -> tuple[OriginClient, FastRangeFetcher]:
+        """The clients for this task's origin requests: a download the scheduler asked
+        for on behalf of another host goes through the fetch policy."""
+        if task.seed_trigger:
+            return self.remote_origin, self.remote_fast_range
+        return self.origin, self.fast_range
+
     async def _back_to_source(
         self, task: Task, expected: Digest | None, stream, *, fallback: bool = False
     ) -> None:
-        """Fetch the task (or, after a P2P attempt, its missing pieces) from the origin."""
-        request = task.request
-        if request.disable_back_to_source:
+        """Fetch the task (or, after a P2P attempt, its missing pieces) from the origin.
+
+        If the object changes at the origin under the download, start over once from
+        scratch with the new version, when nobody has seen a byte of the old one yet (no
+        scheduler stream that reported pieces to other peers, nobody reading in order);
+        otherwise, or if it changes again, fail the task: never mix two versions."""
+        if task.request.disable_back_to_source:
             raise DownloadError(
                 FailureKind.NO_SOURCE,
                 f"task {task.id} is not stored here, no peer could serve it, and "
                 f"back-to-source is disabled",
             )
         try:
-            info = await self.origin.probe(request.url, request.headers)
+            await self._fetch_from_origin(task, expected, stream, fallback=fallback)
+            return
+        except ContentChangedError as changed:
+            if stream is not None or task.streaming:
+                who = "other peers" if stream is not None else "the reader of the stream"
+                raise DownloadError(
+                    FailureKind.ORIGIN,
+                    f"{changed}; {who} already got pieces of the old version, so the "
+                    f"download stops here: run it again to fetch the new version",
+                    status=changed.status,
+                ) from None
+            log.warning(
+                "object changed at the origin, starting over once with the new version "
+                "task=%s changed=%s error=%s",
+                task.id,
+                changed.validator,
+                changed,
+            )
+        await self._start_over(task)
+        try:
+            await self._fetch_from_origin(task, expected, stream)
+        except ContentChangedError as again:
+            raise DownloadError(
+                FailureKind.ORIGIN,
+                f"{again}; it changed again after the download started over, so it is not "
+                f"stable enough to download in one piece: try again later",
+                status=again.status,
+            ) from None
+
+    async def _start_over(self, task: Task) -> None:
+        """Forget every piece of the task (bytes and metadata): a fresh download."""
+        await self.storage.run(self.storage.delete_task, task.id)
+        self.verifier.forget(task.id)
+        task.bitmap = None
+        task.digests.clear()
+        task.completed_bytes = 0
+        task.bytes_from_origin = 0
+        task._notify()
+
+    async def _fetch_from_origin(
+        self, task: Task, expected: Digest | None, stream, *, fallback: bool = False
+    ) -> None:
+        request = task.request
+        origin, _ = self._origin_clients(task)
+        try:
+            info = await origin.probe(request.url, request.headers)
         except OriginError as exc:
-            raise DownloadError(FailureKind.ORIGIN, str(exc), status=exc.status) from None
+            raise DownloadError.from_origin(exc) from None
 
         piece_length = compute_piece_length(info.content_length, request.piece_length)
         if fallback and task.piece_length and task.content_length == info.content_length:
@@ -475,13 +612,17 @@ class TaskManager:
             os.close(fd)
 
     async def _open_making_room(self, task: Task, content_length: int | None) -> int:
+        """Open the task's content file for writing (every download path does, the P2P
+        one included); until the task ends, its pieces are trusted as they land."""
         try:
-            return await self.storage.run(self._open, task, content_length)
+            fd = await self.storage.run(self._open, task, content_length)
         except DownloadError as exc:
             if exc.kind is not FailureKind.NO_SPACE or self.make_room is None:
                 raise
             await self.make_room(content_length or 0)
-            return await self.storage.run(self._open, task, content_length)
+            fd = await self.storage.run(self._open, task, content_length)
+        self._writing.add(task.id)
+        return fd
 
     async def _store_whole(self, task: Task, record: TaskRecord | None, content: bytes) -> None:
         """An empty or tiny task, answered inline by the scheduler: one piece, no fetch."""
@@ -536,23 +677,30 @@ class TaskManager:
         if record.content_length is None or not path.exists():
             await self.storage.run(self.storage.delete_task, task.id)
             return False
-        task.content_length = record.content_length
-        task.piece_length = record.piece_length
-        count = piece_count(record.content_length, record.piece_length)
         stored = await self.storage.run(self.storage.meta.pieces, task.id)
-        task.bitmap = Bitmap(count)
-        for number, (digest, _source) in stored.items():
-            if number < count:
+        digests = {number: digest for number, (digest, _source) in stored.items()}
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            # Read back and check every piece not checked since start or since the file
+            # changed (a piece with no row counts as damaged too): nothing unverified
+            # is output. Damaged pieces are dropped and the download fetches them again.
+            pieces = list(iter_pieces(record.content_length, record.piece_length))
+            bad = await self.storage.run(lambda: self.verifier.check(task.id, fd, pieces, digests))
+            if bad:
+                await self.drop_damaged(task.id, bad, finished=True)
+                return False
+            task.content_length = record.content_length
+            task.piece_length = record.piece_length
+            task.bitmap = Bitmap(len(pieces))
+            for number in range(len(pieces)):
                 task.bitmap.set(number)
-                task.digests[number] = digest
-        task.completed_bytes = record.content_length
-        task.from_cache = True
-        if expected is not None:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
+            task.digests.update(digests)
+            task.completed_bytes = record.content_length
+            task.from_cache = True
+            if expected is not None:
                 await self._verify_whole(task, fd, expected)
-            finally:
-                os.close(fd)
+        finally:
+            os.close(fd)
         await self.storage.run(lambda: self.storage.meta.update_task(task.id, last_access=now()))
         return True
 
@@ -584,6 +732,7 @@ class TaskManager:
         if record is not None and not same_content:
             log.info("task content changed at origin, starting over task=%s", task.id)
             await self.storage.run(self.storage.delete_task, task.id)
+            self.verifier.forget(task.id)
             record = None
         stamp = now()
         fresh = TaskRecord(
@@ -611,24 +760,25 @@ class TaskManager:
         if not stored:
             return
         pieces = {p.number: p for p in iter_pieces(task.content_length, task.piece_length)}
-        bad: list[int] = []
-        buffer = bytearray(task.piece_length)
-        for number, (digest, _source) in sorted(stored.items()):
-            piece = pieces.get(number)
-            view = memoryview(buffer)[: piece.length] if piece else None
-            if piece is None or (
-                await self.storage.run(self.storage.read_into, fd, piece.offset, view)
-                != piece.length
-                or f"crc32:{crc32(view)}" != digest
-            ):
-                bad.append(number)
+        digests = {number: digest for number, (digest, _source) in stored.items()}
+        recorded = [pieces[n] for n in sorted(digests) if n in pieces]
+        # Recorded is not verified: the bytes may have been torn by a crash or damaged
+        # on disk since. Every recorded piece is read back and checked (fresh: whatever
+        # was checked before this download started counts for nothing).
+        damaged = await self.storage.run(
+            lambda: self.verifier.check(task.id, fd, recorded, digests, fresh=True)
+        )
+        for piece in recorded:
+            if piece.number in damaged:
                 continue
-            task.bitmap.set(number)
-            task.digests[number] = digest
+            task.bitmap.set(piece.number)
+            task.digests[piece.number] = digests[piece.number]
             task.completed_bytes += piece.length
-        if bad:
-            log.warning("dropping pieces that fail their digest task=%s pieces=%s", task.id, bad)
-            await self.storage.run(self.storage.meta.forget_pieces, task.id, bad)
+        if damaged:
+            await self.drop_damaged(task.id, damaged, finished=False)
+        beyond = [n for n in digests if n not in pieces]
+        if beyond:  # rows of another geometry: nothing to check, nothing to keep
+            await self.storage.run(self.storage.meta.forget_pieces, task.id, beyond)
         log.info(
             "resuming task=%s pieces_present=%d pieces_total=%d",
             task.id,
@@ -659,9 +809,13 @@ class TaskManager:
             raise DownloadError(
                 FailureKind.INTERNAL, f"cannot write piece {piece.number}: {exc}"
             ) from None
-        await self.storage.run(
-            self.storage.meta.record_piece, task.id, piece.number, digest, source
-        )
+        self.verifier.landed(task.id, piece.number, digest)  # computed from the bytes written
+        try:
+            await self.storage.run(
+                self.storage.meta.record_piece, task.id, piece.number, digest, source
+            )
+        except NoSpaceError as exc:
+            raise DownloadError(FailureKind.NO_SPACE, exc.strerror or str(exc)) from None
         if task.bitmap is not None:
             task.bitmap.set(piece.number)
         task.digests[piece.number] = digest
@@ -707,6 +861,8 @@ class TaskManager:
         for piece in missing:
             queue.put_nowait(piece)
 
+        origin, fast_range = self._origin_clients(task)
+
         async def worker() -> None:
             buffer = bytearray(task.piece_length)  # reused for every piece of this worker
             while True:
@@ -718,38 +874,39 @@ class TaskManager:
                 await self.limiter.take(piece.length)
                 started = time.monotonic_ns()
                 try:
-                    await self.fast_range.fetch(
-                        info.final_url,
-                        task.request.headers,
-                        piece.offset,
-                        piece.length,
-                        view,
-                        if_range=info.if_range,
-                    )
-                except FastPathUnavailable as why:
-                    log.debug("fast path unavailable task=%s reason=%s", task.id, why)
-                else:
-                    cost = time.monotonic_ns() - started
-                    await self._land_piece(task, fd, piece, view, "origin", cost)
-                    continue
-                try:
-                    await self.origin.fetch_range(
-                        info.final_url,
-                        task.request.headers,
-                        piece.offset,
-                        piece.length,
-                        view,
-                        info=info,
-                    )
+                    try:
+                        await fast_range.fetch(
+                            info.final_url,
+                            task.request.headers,
+                            piece.offset,
+                            piece.length,
+                            view,
+                            info=info,
+                        )
+                    except FastPathUnavailable as why:
+                        log.debug("fast path unavailable task=%s reason=%s", task.id, why)
+                        await origin.fetch_range(
+                            info.final_url,
+                            task.request.headers,
+                            piece.offset,
+                            piece.length,
+                            view,
+                            info=info,
+                        )
                 except OriginError as exc:
                     self.metrics.piece_failures.inc()
-                    raise DownloadError(FailureKind.ORIGIN, str(exc), status=exc.status) from None
+                    raise DownloadError.from_origin(exc) from None
                 cost = time.monotonic_ns() - started
                 await self._land_piece(task, fd, piece, view, "origin", cost)
 
-        async with asyncio.TaskGroup() as group:
-            for _ in range(min(workers, len(missing))):
-                group.create_task(worker())
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(min(workers, len(missing))):
+                    group.create_task(worker())
+        except BaseExceptionGroup as failures:
+            # One worker's failure cancels the others; the task fails with its cause,
+            # not with the group (which would reach the user as "internal error").
+            raise _first_cause(failures) from None
 
     async def _fetch_stream(self, task: Task, fd: int, info: OriginInfo) -> None:
         """One GET for origins without Range (or length): cut the stream into pieces."""
@@ -762,8 +919,9 @@ class TaskManager:
         buffer = bytearray(task.piece_length)
         filled = 0
         number = 0
+        origin, _ = self._origin_clients(task)
         try:
-            async with self.origin.stream(info.final_url, task.request.headers) as body:
+            async with origin.stream(info.final_url, task.request.headers) as body:
                 async for chunk in body:
                     view = memoryview(chunk)
                     while view:
@@ -776,7 +934,7 @@ class TaskManager:
                             number += 1
                             filled = 0
         except OriginError as exc:
-            raise DownloadError(FailureKind.ORIGIN, str(exc), status=exc.status) from None
+            raise DownloadError.from_origin(exc) from None
         if filled:
             await self._land_streamed(task, fd, number, buffer, filled)
             number += 1
@@ -827,6 +985,90 @@ class TaskManager:
         except DigestMismatch as exc:
             raise DownloadError(FailureKind.DIGEST, str(exc)) from None
 
+    # -- checking stored pieces before they leave ------------------------------------
+
+    async def check_before_serving(
+        self,
+        task_id: str,
+        offset: int,
+        length: int,
+        held: tuple[int, int, dict[int, str]] | None = None,
+    ) -> str | None:
+        """Check the stored pieces that bytes [offset, offset + length) of a task touch,
+        before they are served (HTTP /download, the piece port). None when they are
+        good; otherwise a one-line reason, and the damaged pieces were dropped (the next
+        download of the task fetches them again).
+
+        ``held`` is (content_length, piece_length, {number: digest}) when the caller
+        already read them; else they come from the running task or the metadata.
+        """
+        if held is None:
+            running = self._running.get(task_id)
+            if running is not None and running.bitmap is not None and running.content_length:
+                held = (running.content_length, running.piece_length, dict(running.digests))
+            else:
+                record = await self.storage.run(self.storage.meta.get_task, task_id)
+                if record is None or record.content_length is None:
+                    return f"task {task_id} is not held here"
+                stored = await self.storage.run(self.storage.meta.pieces, task_id)
+                held = (
+                    record.content_length,
+                    record.piece_length,
+                    {n: d for n, (d, _source) in stored.items()},
+                )
+        content_length, piece_length, digests = held
+        if length <= 0 or content_length <= 0:
+            return None
+        first = offset // piece_length
+        last = (offset + length - 1) // piece_length
+        pieces = [p for p in iter_pieces(content_length, piece_length) if first <= p.number <= last]
+        writing = task_id in self._writing
+        try:
+            fd = os.open(self.storage.content_path(task_id), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return f"the content of task {task_id} is gone"
+        try:
+            bad = await self.storage.run(
+                lambda: self.verifier.check(task_id, fd, pieces, digests, writing=writing)
+            )
+        finally:
+            os.close(fd)
+        if not bad:
+            return None
+        await self.drop_damaged(task_id, bad, finished=task_id not in self._running)
+        return (
+            f"piece {', '.join(map(str, bad))} of task {task_id} failed its CRC-32 check on "
+            f"disk and was dropped; it is fetched again by the next download of the task"
+        )
+
+    async def drop_damaged(self, task_id: str, numbers: list[int], *, finished: bool) -> None:
+        """Pieces whose stored bytes do not match their digest: count them, forget them
+        (the next download fetches them again), and, for a task that was held whole,
+        stop offering it (state failed, and the scheduler is told this peer left)."""
+        self.metrics.corrupt_pieces.inc(len(numbers))
+        log.warning(
+            "stored pieces failed their CRC-32 check, dropped to be fetched again "
+            "task=%s pieces=%s",
+            task_id,
+            numbers,
+        )
+        await self.storage.run(self.storage.meta.forget_pieces, task_id, numbers)
+        running = self._running.get(task_id)
+        if running is not None and running.bitmap is not None:
+            for number in numbers:
+                if number < len(running.bitmap) and running.bitmap.test(number):
+                    # A running download would report it held: keep its claims true.
+                    running.digests.pop(number, None)
+        if finished:
+            reason = f"stored pieces {numbers} were damaged on disk and were dropped"
+            await self.storage.run(
+                lambda: self.storage.meta.update_task(
+                    task_id, state=TASK_FAILED, error=reason, updated_at=now()
+                )
+            )
+            if self.p2p is not None:
+                await self.p2p.leave(task_id)
+
     # -- reading stored tasks ----------------------------------------------------------
 
     async def read_in_order(self, task: Task, block: int = 1024 * 1024) -> AsyncIterator[bytes]:
@@ -872,7 +1114,31 @@ class TaskManager:
                     os.close(fd)
 
 
+def _first_cause(failures: BaseExceptionGroup) -> BaseException:
+    """The exception a failed worker group stands for: a bug (any exception that is not
+    a DownloadError) first, so it is logged as one; else a changed object (the cause of
+    the other workers' errors, if any); else the first DownloadError."""
+    leaves: list[BaseException] = []
+
+    def walk(group: BaseExceptionGroup) -> None:
+        for exc in group.exceptions:
+            if isinstance(exc, BaseExceptionGroup):
+                walk(exc)
+            else:
+                leaves.append(exc)
+
+    walk(failures)
+    for exc in leaves:
+        if not isinstance(exc, DownloadError | asyncio.CancelledError):
+            return exc
+    for exc in leaves:
+        if isinstance(exc, ContentChangedError):
+            return exc
+    return leaves[0]
+
+
 __all__ = [
+    "ContentChangedError",
     "DownloadError",
     "DownloadRequest",
     "FailureKind",
