@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from d7y.core.pieces import MIN_PIECE_LENGTH
+from d7y.core.scheduling.download import DownloadConfig as LoopConfig
 from d7y.daemons.config import ConfigError, Duration, Size, field, load, section
 from d7y.daemons.peer.source_policy import SourcePolicy
 
@@ -58,10 +59,21 @@ class StorageConfig:
 
 @dataclasses.dataclass
 class DownloadConfig:
+    policy: Literal["d7y", "dragonfly"] = field(
+        "d7y",
+        "the P2P download loop's rules: d7y (ours) or dragonfly (Dragonfly's client: 8 "
+        "pieces in flight, announcement order, 360 s stream timeout, new parents only once "
+        "every parent is gone); use the scheduler's scheduling.policy",
+    )
     concurrency: int = field(16, "pieces fetched at once per task")
     max_concurrent_tasks: int = field(16, "tasks downloading at once; more wait in line")
     rate_limit: Size = field(Size(0), "download bytes/s for the whole daemon (0 = unlimited)")
-    piece_timeout: Duration = field(Duration(60), "give up on one piece request after this")
+    piece_timeout: Duration = field(Duration(60), "give up on one origin request after this")
+    parent_piece_timeout: Duration = field(
+        Duration(0),
+        "a piece request to a parent times out after this at the least (0: the policy's, "
+        "30 s growing with the measured piece time / dragonfly 360 s)",
+    )
     origin_retries: int = field(5, "attempts per origin request (connection errors, 5xx)")
     origin_backoff: Duration = field(Duration(0.1), "first retry delay; doubles per attempt")
     origin_backoff_max: Duration = field(Duration(5), "longest retry delay")
@@ -98,7 +110,9 @@ class SchedulerClientConfig:
         Duration(30), "longest wait for the scheduler's answer to a registration"
     )
     stall_timeout: Duration = field(
-        Duration(10), "a P2P download with no progress this long falls back to the origin"
+        Duration(0),
+        "a P2P download with nothing in flight and no piece for this long falls back to "
+        "the origin (0: the policy's, 120 s / dragonfly never)",
     )
 
 
@@ -154,6 +168,16 @@ class PeerConfig:
         """The fetch policy of ``source.allow`` / ``source.deny`` (ValueError names a
         bad entry)."""
         return SourcePolicy(allow=self.source.allow, deny=self.source.deny)
+
+    def download_loop_config(self) -> LoopConfig:
+        """The core download loop's rules: ``download.policy`` with the timeouts this
+        config sets (0 keeps the policy's)."""
+        fields: dict[str, float] = {}
+        if self.download.parent_piece_timeout:
+            fields["piece_timeout"] = float(self.download.parent_piece_timeout)
+        if self.scheduler.stall_timeout:
+            fields["stall_timeout"] = float(self.scheduler.stall_timeout)
+        return LoopConfig(policy=self.download.policy, **fields)
 
     @property
     def socket_path(self) -> Path:

@@ -151,8 +151,7 @@ class PeerDaemon:
             host_id=self.host_id,
             seed=cfg.seed_peer,
             register_timeout=float(cfg.scheduler.register_timeout),
-            stall_timeout=float(cfg.scheduler.stall_timeout),
-            piece_timeout=float(cfg.download.piece_timeout),
+            download_config=cfg.download_loop_config(),
         )
         self.scheduler.start()
 

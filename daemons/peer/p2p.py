@@ -31,7 +31,19 @@ import uuid
 from d7y.core import ids
 from d7y.core import messages as m
 from d7y.core.pieces import compute_piece_length, piece_at, piece_count
-from d7y.core.scheduling.picker import PiecePicker
+from d7y.core.scheduling.download import (
+    ERROR,
+    KINDS,
+    AskParents,
+    Cancel,
+    Download,
+    DownloadConfig,
+    Fetch,
+    Follow,
+    GoToOrigin,
+    ReportFailed,
+    Unfollow,
+)
 from d7y.daemons.peer.piece_client import PieceClient, PieceFetchError
 from d7y.daemons.peer.scheduler_client import (
     DownloadStream,
@@ -45,7 +57,6 @@ log = logging.getLogger("d7y.dfdaemon.p2p")
 
 POLL_INTERVAL = 0.1  # how often parents are asked what they hold while pieces are missing
 DIGEST_REFRESH = 0.1  # at most this often the scheduler is asked for new digests
-RESCHEDULE_EVERY = 1.0  # at most this often a stalled download asks for new parents
 RESUBSCRIBE_AFTER = 0.5  # a parent that does not hold the task yet: subscribe again then
 
 
@@ -60,8 +71,8 @@ class P2PDownloader:
         host_id: str,
         seed: bool,
         register_timeout: float = 30.0,
-        stall_timeout: float = 10.0,
-        piece_timeout: float = 30.0,
+        download_config: DownloadConfig | None = None,
+        geometry_timeout: float = 10.0,
         rng: random.Random | None = None,
     ) -> None:
         self.manager = manager
@@ -71,10 +82,13 @@ class P2PDownloader:
         self.host_id = host_id
         self.seed = seed
         self.register_timeout = register_timeout
-        self.stall_timeout = stall_timeout
-        self.piece_timeout = piece_timeout
+        # The download loop's rules (core.scheduling.download): the policy, timeouts,
+        # in-flight limits, the stall fallback.
+        self.download_config = download_config or DownloadConfig()
+        self.geometry_timeout = geometry_timeout
         self.rng = rng or random.Random()
-        self.client = PieceClient(timeout=piece_timeout)
+        # The socket timeout is a backstop; the download loop times requests out itself.
+        self.client = PieceClient(timeout=max(self.download_config.piece_timeout, 30.0) * 4)
         # task_id -> the peer ID under which the scheduler knows this daemon holds it
         # (after a finished download or a restore); LeavePeer goes out when it is evicted.
         self.held: dict[str, str] = {}
@@ -312,7 +326,7 @@ class P2PDownloader:
         run = _Run(self, task, stream, digests)
         await stream.report(m.DownloadStarted(peer_id=task.peer_id, task_id=task.id))
         for parent in parents:
-            run.add_parent(parent)
+            run.add_parent(parent)  # kept until the loop starts
         if content_length is None or piece_length is None:
             geometry = await run.learn_geometry()
             if geometry is None:
@@ -322,7 +336,8 @@ class P2PDownloader:
 
 
 class _Run:
-    """The state of one P2P download (parents, picker, in-flight fetches)."""
+    """One P2P download: the core download loop (:class:`Download`) decides; this
+    carries out its actions -- fetches, subscriptions, reports -- on real sockets."""
 
     def __init__(self, owner: P2PDownloader, task, stream: DownloadStream, digests) -> None:
         self.owner = owner
@@ -332,12 +347,12 @@ class _Run:
         self.digests: dict[int, str] = digests
         self.parents: dict[str, m.ParentInfo] = {}
         self.known: dict[str, Bitmap] = {}  # what each parent was last seen to hold
-        self.bad: set[str] = set()
-        self.picker: PiecePicker | None = None
+        self.offered: list[m.ParentInfo] = []  # parents given before the loop started
+        self.dl: Download | None = None
         self.count = 0
         self.last_digest_ask = 0.0
-        self.last_reschedule = 0.0
         self.fallback = False
+        self.fallback_reason = ""
         # Subscriptions: parent ID -> the task reading its pushes. Parents in ``polled``
         # are polled instead; ``held_back`` are pieces parents hold that wait for their
         # digest from the scheduler; ``news`` wakes the fetch loop when a push arrives.
@@ -345,6 +360,10 @@ class _Run:
         self.polled: set[str] = set()
         self.held_back: dict[str, set[int]] = {}
         self.news = asyncio.Event()
+        # The loop's in-flight fetches and the actions waiting to be sent to the scheduler.
+        self.inflight: dict[tuple[int, str], asyncio.Future] = {}
+        self.buffers: list[bytearray] = []
+        self.outbox: list[m.Message] = []
 
     @property
     def stream(self) -> DownloadStream:
@@ -352,22 +371,36 @@ class _Run:
         :meth:`P2PDownloader.maybe_restore`."""
         return self.task.stream
 
-    def add_parent(self, parent: m.ParentInfo) -> None:
-        if parent.peer_id in self.bad or parent.peer_id == self.task.peer_id:
-            return
-        self.parents[parent.peer_id] = parent
-        if self.picker is not None and parent.peer_id not in self.picker.parent_ids:
-            self.picker.parent_added(
-                parent.peer_id,
-                Bitmap(self.count),
-                tx=parent.tx_bandwidth_bps,
-                max_tx=parent.max_tx_bandwidth_bps,
-            )
-            self.known[parent.peer_id] = Bitmap(self.count)
-            if parent.peer_id not in self.watches:
-                self.watches[parent.peer_id] = asyncio.ensure_future(self._follow(parent))
+    # -- parents -------------------------------------------------------------------------
 
-    def drop_parent(self, parent_id: str) -> list[tuple[int, str]]:
+    def add_parent(self, parent: m.ParentInfo) -> None:
+        """A parent from the scheduler; the download loop decides whether to use it."""
+        if parent.peer_id == self.task.peer_id:
+            return
+        if self.dl is None:
+            self.offered.append(parent)
+            return
+        if parent.peer_id in self.dl.bad:
+            return
+        if parent.peer_id not in self.dl.parents:
+            self.parents[parent.peer_id] = parent
+        self.run(
+            self.dl.add_parents(
+                [(parent.peer_id, None, parent.tx_bandwidth_bps, parent.max_tx_bandwidth_bps)],
+                time.monotonic(),
+            )
+        )
+
+    def follow(self, parent_id: str) -> None:
+        parent = self.parents.get(parent_id)
+        if parent is None:
+            return
+        self.known[parent_id] = Bitmap(self.count)
+        if parent_id not in self.watches:
+            self.watches[parent_id] = asyncio.ensure_future(self._follow(parent))
+
+    def unfollow(self, parent_id: str) -> None:
+        log.info("dropping parent task=%s parent=%s", self.task.id, parent_id)
         self.parents.pop(parent_id, None)
         self.known.pop(parent_id, None)
         self.polled.discard(parent_id)
@@ -375,19 +408,71 @@ class _Run:
         watch = self.watches.pop(parent_id, None)
         if watch is not None:
             watch.cancel()
-        if self.picker is not None and parent_id in self.picker.parent_ids:
-            return self.picker.parent_removed(parent_id)
-        return []
+
+    # -- the core loop's actions -------------------------------------------------------------
+
+    def run(self, actions: list) -> None:
+        """Carry out the download loop's actions: fetches start at once; reports and
+        reschedules queue in ``outbox`` for :meth:`flush` (sending may wait)."""
+        task = self.task
+        for action in actions:
+            kind = type(action)
+            if kind is Fetch:
+                parent = self.parents.get(action.parent)
+                if parent is None:
+                    continue
+                buffer = self.buffers.pop() if self.buffers else bytearray(task.piece_length)
+                self.inflight[(action.piece, action.parent)] = asyncio.ensure_future(
+                    self._fetch(action.piece, parent, buffer)
+                )
+            elif kind is Cancel:
+                self.inflight.pop((action.piece, action.parent), _Nothing).cancel()
+            elif kind is ReportFailed:
+                self.manager.metrics.piece_failures.inc()
+                self.outbox.append(
+                    m.PieceFailed(
+                        peer_id=task.peer_id,
+                        task_id=task.id,
+                        number=action.piece,
+                        parent_id=action.parent,
+                        reason=action.reason[:4000],
+                        temporary=action.temporary,
+                    )
+                )
+            elif kind is Follow:
+                self.follow(action.parent)
+            elif kind is Unfollow:
+                self.unfollow(action.parent)
+            elif kind is AskParents:
+                self.outbox.append(
+                    m.Reschedule(
+                        peer_id=task.peer_id,
+                        task_id=task.id,
+                        bad_parents=list(action.bad),
+                        reason=action.reason[:200],
+                    )
+                )
+            elif kind is GoToOrigin:
+                log.info("falling back to the origin task=%s reason=%s", task.id, action.reason)
+                self.fallback = True
+                self.fallback_reason = action.reason
+
+    async def flush(self) -> None:
+        outbox, self.outbox = self.outbox, []
+        for message in outbox:
+            await self.stream.report(message)
+
+    # -- scheduler answers and digests ---------------------------------------------------
 
     async def learn_geometry(self) -> tuple[int, int] | None:
         """The task's length when the scheduler did not know it yet: ask the parents
         (a seed peer learns it from the origin first) and the scheduler."""
-        deadline = time.monotonic() + self.owner.stall_timeout
+        deadline = time.monotonic() + self.owner.geometry_timeout
         while time.monotonic() < deadline:
             self.handle_answers()
             if self.fallback:
                 return None
-            for parent in list(self.parents.values()):
+            for parent in list(self.offered):
                 with contextlib.suppress(PieceFetchError):
                     info = await self.owner.client.task_info(_address(parent), self.task.id)
                     if info.content_length >= 0 and info.piece_length:
@@ -409,6 +494,8 @@ class _Run:
             ):
                 reason = getattr(answer, "reason", "") or getattr(answer, "message", "")
                 log.info("scheduler sends task to source task=%s reason=%s", self.task.id, reason)
+                if self.dl is not None:
+                    self.run(self.dl.back_to_source(reason, time.monotonic()))
                 self.fallback = True
             elif isinstance(answer, m.Error):
                 # A refused report (e.g. after a scheduler restart forgot this peer) is
@@ -419,7 +506,7 @@ class _Run:
                     answer.code,
                     answer.message,
                 )
-        if self.stream.broken and not self.parents:
+        if self.stream.broken and not self.parents and not self.offered:
             self.fallback = True
 
     async def ask_digests(self, force: bool = False) -> None:
@@ -430,23 +517,16 @@ class _Run:
                 m.GetTaskDigests(peer_id=self.task.peer_id, task_id=self.task.id)
             )
 
-    async def reschedule(self, bad: list[str], reason: str) -> None:
-        stamp = time.monotonic()
-        if bad or stamp - self.last_reschedule >= RESCHEDULE_EVERY:
-            self.last_reschedule = stamp
-            await self.stream.report(
-                m.Reschedule(
-                    peer_id=self.task.peer_id, task_id=self.task.id, bad_parents=bad, reason=reason
-                )
-            )
+    # -- following parents ------------------------------------------------------------------
 
     async def _follow(self, parent: m.ParentInfo) -> None:
-        """Feed a parent's pushed pieces to the picker until cancelled (the parent was
-        dropped, or the download ended). Without a subscription the parent is polled:
-        while it does not hold the task yet (``not_found``: a seed peer triggered a
-        moment ago) the subscription is tried again every ``RESUBSCRIBE_AFTER``; an
-        older parent (``bad_request``) or a broken connection leaves it polled for
-        good, and a parent that went away is found out (and reported) by the poll."""
+        """Feed a parent's pushed pieces to the download loop until cancelled (the
+        parent was dropped, or the download ended). Without a subscription the parent is
+        polled: while it does not hold the task yet (``not_found``: a seed peer
+        triggered a moment ago) the subscription is tried again every
+        ``RESUBSCRIBE_AFTER``; an older parent (``bad_request``) or a broken connection
+        leaves it polled for good, and a parent that went away is found out (and
+        reported) by the poll."""
         parent_id = parent.peer_id
         while parent_id in self.parents:
             try:
@@ -472,25 +552,26 @@ class _Run:
             await asyncio.sleep(RESUBSCRIBE_AFTER)
 
     def holds(self, parent_id: str, numbers) -> bool:
-        """A parent holds ``numbers``: the picker learns those with a known digest, the
-        rest wait in ``held_back``. True if the picker learned something."""
+        """A parent holds ``numbers``: the download loop learns those with a known
+        digest, the rest wait in ``held_back``. True if it learned something."""
         seen = self.known.get(parent_id)
-        if seen is None or self.picker is None or parent_id not in self.picker.parent_ids:
+        if seen is None or self.dl is None:
             return False
         learned = False
+        stamp = time.monotonic()
         for number in numbers:
             if seen.test(number):
                 continue
             if number in self.digests:
                 seen.set(number)
-                self.picker.parent_has(parent_id, number)
+                self.dl.parent_has(parent_id, number, stamp)
                 learned = True
             else:
                 self.held_back.setdefault(parent_id, set()).add(number)
         return learned
 
     async def release_held_back(self) -> None:
-        """Pieces whose digest arrived go to the picker; ask for the others."""
+        """Pieces whose digest arrived go to the download loop; ask for the others."""
         waiting = False
         for parent_id, numbers in list(self.held_back.items()):
             ready = [n for n in numbers if n in self.digests]
@@ -513,8 +594,9 @@ class _Run:
             try:
                 info = await self.owner.client.task_info(_address(parent), self.task.id)
             except PieceFetchError as exc:
-                if exc.kind in ("connection", "protocol"):
-                    await self.parent_failed(parent_id, f"unreachable: {exc}")
+                if exc.kind in ("connection", "protocol") and self.dl is not None:
+                    reason = f"unreachable: {exc}"
+                    self.run(self.dl.parent_gone(parent_id, time.monotonic(), reason))
                 return
             if info.piece_count != self.count or not info.bitmap:
                 return
@@ -530,13 +612,7 @@ class _Run:
         ]
         await asyncio.gather(*(one(pid, p) for pid, p in polled))
 
-    async def parent_failed(self, parent_id: str, reason: str) -> None:
-        if parent_id in self.bad:
-            return
-        self.bad.add(parent_id)
-        log.info("dropping parent task=%s parent=%s reason=%s", self.task.id, parent_id, reason)
-        self.drop_parent(parent_id)
-        await self.reschedule([parent_id], reason[:200])
+    # -- the download -------------------------------------------------------------------------
 
     async def fetch_all(
         self, content_length: int, piece_length: int, record: TaskRecord | None
@@ -572,85 +648,85 @@ class _Run:
 
     async def _loop(self, fd: int) -> bool:
         task, manager = self.task, self.manager
-        self.picker = PiecePicker(
+        self.dl = Download(
             self.count,
             self.owner.rng,
+            self.owner.download_config,
+            now=time.monotonic(),
             have=task.bitmap.copy(),
-            piece_timeout=self.owner.piece_timeout,
             streaming=task.streaming,
         )
-        for parent in list(self.parents.values()):
-            self.parents.pop(parent.peer_id)
+        offered, self.offered = self.offered, []
+        for parent in offered:
             self.add_parent(parent)
-        buffers = [bytearray(task.piece_length) for _ in range(4)]
-        inflight: dict[tuple[int, str], asyncio.Task] = {}
-        last_progress = time.monotonic()
+        self.buffers = [bytearray(task.piece_length) for _ in range(4)]
+        inflight = self.inflight
         last_poll = 0.0
         try:
             while not task.bitmap.all():
                 self.handle_answers()
-                if self.fallback:
-                    return False
                 clock = time.monotonic()
                 if clock - last_poll >= POLL_INTERVAL:
                     last_poll = clock
                     await self.poll_parents()
                 await self.release_held_back()
-                for failure in self.picker.check_timeouts(clock):
-                    inflight.pop((failure.piece, failure.parent), _Nothing).cancel()
-                    if failure.report_parent:
-                        await self.parent_failed(failure.parent, "piece timeouts")
-                for number, parent_id in self.picker.next_requests(clock):
-                    parent = self.parents.get(parent_id)
-                    if parent is None:
-                        continue
-                    buffer = buffers.pop() if buffers else bytearray(task.piece_length)
-                    fetch = asyncio.ensure_future(self._fetch(number, parent, buffer))
-                    inflight[(number, parent_id)] = fetch
+                self.run(self.dl.tick(time.monotonic()))
+                await self.flush()
+                if self.fallback:
+                    return False
+                wait = min(max(self.dl.next_timer(time.monotonic()) - time.monotonic(), 0.0),
+                           POLL_INTERVAL)  # fmt: skip
                 if not inflight:
-                    if clock - last_progress > self.owner.stall_timeout:
-                        log.info("no parent can serve the rest, falling back task=%s", task.id)
-                        return False
-                    await self.reschedule([], "waiting for pieces")
-                    await self.wait_for_news(POLL_INTERVAL / 2)
+                    await self.wait_for_news(wait)
                     continue
                 news = asyncio.ensure_future(self.news.wait())
                 done, _ = await asyncio.wait(
-                    [*inflight.values(), news],
-                    timeout=POLL_INTERVAL,
-                    return_when=asyncio.FIRST_COMPLETED,
+                    [*inflight.values(), news], timeout=wait, return_when=asyncio.FIRST_COMPLETED
                 )
                 news.cancel()
                 self.news.clear()
                 for key in [k for k, f in inflight.items() if f in done]:
-                    fut = inflight.pop(key, None)  # an earlier piece_done may have taken it
+                    fut = inflight.pop(key, None)  # an earlier action may have taken it
                     if fut is None or fut.cancelled():
                         continue
                     outcome = fut.result()
                     number, parent_id = key
                     if isinstance(outcome, PieceFetchError):
-                        buffers.append(outcome.buffer)  # type: ignore[attr-defined]
-                        await self._failed(number, parent_id, outcome)
+                        self.buffers.append(outcome.buffer)  # type: ignore[attr-defined]
+                        log.info(
+                            "piece failed task=%s piece=%d parent=%s kind=%s error=%s",
+                            task.id,
+                            number,
+                            parent_id,
+                            outcome.kind,
+                            outcome,
+                        )
+                        kind = outcome.kind if outcome.kind in KINDS else ERROR
+                        self.run(
+                            self.dl.piece_failed(
+                                number, parent_id, kind, time.monotonic(), str(outcome)
+                            )
+                        )
                         continue
                     length, _digest, cost_ns, buffer = outcome
                     if task.bitmap.test(number):  # an endgame duplicate that lost
-                        buffers.append(buffer)
+                        self.buffers.append(buffer)
                         continue
                     piece = piece_at(number, task.content_length, task.piece_length)
                     await manager._land_piece(
                         task, fd, piece, memoryview(buffer)[:length], parent_id, cost_ns
                     )
-                    buffers.append(buffer)
-                    last_progress = time.monotonic()
-                    for other in self.picker.piece_done(
-                        number, parent_id, cost_ns / 1e9, last_progress
-                    ):
-                        inflight.pop(other, _Nothing).cancel()
+                    self.buffers.append(buffer)
+                    self.run(
+                        self.dl.piece_done(number, parent_id, cost_ns / 1e9, time.monotonic())
+                    )
+                await self.flush()
             return True
         finally:
             for fut in inflight.values():
                 fut.cancel()
             await asyncio.gather(*inflight.values(), return_exceptions=True)
+            inflight.clear()
             watches = list(self.watches.values())
             self.watches.clear()
             for watch in watches:
@@ -668,36 +744,6 @@ class _Run:
             exc.buffer = buffer  # type: ignore[attr-defined]
             return exc
         return length, digest, time.monotonic_ns() - started, buffer
-
-    async def _failed(self, number: int, parent_id: str, error: PieceFetchError) -> None:
-        task = self.task
-        self.manager.metrics.piece_failures.inc()
-        log.info(
-            "piece failed task=%s piece=%d parent=%s kind=%s error=%s",
-            task.id,
-            number,
-            parent_id,
-            error.kind,
-            error,
-        )
-        await self.stream.report(
-            m.PieceFailed(
-                peer_id=task.peer_id,
-                task_id=task.id,
-                number=number,
-                parent_id=parent_id,
-                reason=str(error)[:4000],
-                temporary=error.kind in ("busy", "connection"),
-            )
-        )
-        if self.picker is None:
-            return
-        if error.kind == "corrupt":
-            await self.parent_failed(parent_id, str(error))
-            return
-        failure = self.picker.piece_failed(number, parent_id, time.monotonic())
-        if failure.report_parent or error.kind == "connection":
-            await self.parent_failed(parent_id, str(error))
 
 
 class _NothingType:

@@ -430,6 +430,11 @@ class SchedulerService:
                 route.stream_id,
             )
             return
+        if isinstance(result, r.NormalTask) and not result.parents:
+            # d7y: the peer keeps the parents it has and no new one passed the filters;
+            # it asks again later (the protocol's NormalTaskResponse names >= 1 parent).
+            self.metrics.decisions.labels("KeepParents").inc()
+            return
         answer = self._to_message(result)
         kind = type(result).__name__
         self.metrics.decisions.labels(kind).inc()
