@@ -127,16 +127,25 @@ def test_load_aware_hand_computed_normal_parent():
     assert ev.score(parent, child, 100) == pytest.approx(0.7394069671630859, rel=1e-12)
 
 
-def test_load_aware_hand_computed_idle_parent_and_serving_seed():
-    # An idle 10 Gbit/s seed that is fetching the task (BACK_TO_SOURCE: serving).
+@pytest.mark.parametrize(
+    "state, host_type",
+    [
+        (PeerState.RECEIVED_NORMAL, 1.0),  # received its task: the first download goes here
+        (PeerState.RUNNING, 1.0),  # running from a parent
+        (PeerState.BACK_TO_SOURCE, 0.0),  # fetching from the origin: Dragonfly scores 0
+        (PeerState.SUCCEEDED, 0.0),
+    ],
+)
+def test_load_aware_hand_computed_idle_seed_by_state(state, host_type):
     seed = make_host("s", type=HostType.SEED, upload_limit_bps=10 * GBIT, idc="x")
-    parent = make_peer(seed, PeerState.BACK_TO_SOURCE)
+    parent = make_peer(seed, state)
     child = make_peer(make_host("c", idc="y"))
     # peak 1, duration 1 (nothing queued), need = 1e10/134217728 = 74.5 > 1 and count 0
     # -> concurrency 1; load = 0.5 + 0.3 + 0.2 = 1
-    # idc x != y -> 0; location empty -> 0; host type serving seed -> 1
-    # total = 0.6*1 + 0 + 0 + 0.1*1 = 0.7
-    assert LoadAwareEvaluator().score(parent, child, 0) == pytest.approx(0.7)
+    # idc x != y -> 0; location empty -> 0; host type by state
+    # total = 0.6*1 + 0 + 0 + 0.1*host_type
+    assert host_type_score(parent) == host_type
+    assert LoadAwareEvaluator().score(parent, child, 0) == pytest.approx(0.6 + 0.1 * host_type)
 
 
 def test_load_aware_zero_and_saturated_capacity():

@@ -76,9 +76,14 @@ def announce(s: Scheduler, host: str, now: float) -> None:
     )
 
 
-def run(ops, seed: int, bitmaps, *, sample_servable_only: bool = False) -> list[str]:
+def run(
+    ops, seed: int, bitmaps, *, sample_servable_only: bool = False, policy: str = "dragonfly"
+) -> list[str]:
     """Apply ``ops``; check invariants after each; return the decisions as strings."""
     config = SchedulerConfig(
+        policy=policy,
+        register_backoff_max=0.0,
+        register_backoff_min=0.0,
         sample_servable_only=sample_servable_only,
         back_to_source_limit=3,
         seed_peer_trigger_timeout=5.0,

@@ -149,8 +149,14 @@ def test_ring_is_stable_when_a_seed_is_added_or_removed():
 
 
 def test_config_defaults_follow_dragonfly():
-    cfg = SchedulerConfig()
-    assert (cfg.filter_parent_limit, cfg.candidate_parent_limit) == (15, 3)
+    cfg = SchedulerConfig(policy="dragonfly")
+    assert (cfg.filter_parent_limit, cfg.candidate_parent_limit, cfg.max_parents) == (15, 3, 3)
+    assert (cfg.register_backoff_min, cfg.register_backoff_max) == (0.03, 1.0)
+    assert cfg.blocklist_previous_parents and not cfg.sample_servable_only
+    assert (cfg.peer_concurrent_upload_limit, cfg.seed_peer_concurrent_upload_limit) == (
+        200,
+        2000,
+    )
     assert (cfg.retry_limit, cfg.retry_back_to_source_limit, cfg.retry_interval) == (5, 4, 0.5)
     assert cfg.back_to_source_limit == 200
     assert (cfg.piece_download_timeout, cfg.peer_ttl, cfg.host_ttl, cfg.task_ttl) == (
@@ -178,6 +184,18 @@ def test_config_defaults_follow_dragonfly():
 def test_config_validation(field, value, error):
     with pytest.raises(error, match=field if field != "algorithm" else "unknown"):
         SchedulerConfig(**{field: value})
+
+
+def test_d7y_is_the_default_policy_and_fields_override_it():
+    cfg = SchedulerConfig()
+    assert cfg.policy == "d7y"
+    assert cfg.max_parents > cfg.candidate_parent_limit  # parents are topped up
+    assert cfg.register_backoff_max == 0 and not cfg.blocklist_previous_parents
+    assert SchedulerConfig(candidate_parent_limit=2).candidate_parent_limit == 2
+    with pytest.raises(ValueError, match="max_parents"):
+        SchedulerConfig(policy="dragonfly", max_parents=2)
+    with pytest.raises(ValueError, match="policy 'bittorrent' is unknown"):
+        SchedulerConfig(policy="bittorrent")
 
 
 def test_config_is_frozen_and_replaceable():

@@ -59,6 +59,11 @@ class SpyRandom(random.Random):
 
 
 def make(bitmap_impl, seed: int = 1, evaluator=None, rng=None, **config) -> Scheduler:
+    """A scheduler with Dragonfly's rules (these tests pin them), without the per-host
+    registration backoff unless a test asks for it (so a register answers at once)."""
+    config.setdefault("policy", "dragonfly")
+    config.setdefault("register_backoff_min", 0.0)
+    config.setdefault("register_backoff_max", 0.0)
     return Scheduler(
         SchedulerConfig(**config),
         rng=rng or random.Random(seed),
@@ -189,6 +194,7 @@ def test_small_task_without_succeeded_parent_is_normal(bitmap_impl):
 def _filter_setup(bitmap_impl, **config):
     """Child c on host hc and a control parent 'ok' on host hok (serving)."""
     spy = SpyEvaluator()
+    config.setdefault("blocklist_previous_parents", False)  # tested on its own below
     s = make(bitmap_impl, evaluator=spy, **config)
     for h in ("hc", "hok", "hx", "hy"):
         add_host(s, h)
@@ -230,7 +236,8 @@ def test_filter_drops_peers_not_serving(bitmap_impl):
     add_host(s, "hz")
     s.register_peer("registered", "t", "hx", "u", 1)  # RECEIVED_NORMAL
     s.register_peer("started", "t", "hy", "u", 1)
-    s.download_started("started", 1)  # RUNNING, no piece
+    s.reschedule("started", ["ok"], 1)  # no parent: in-degree 0
+    s.download_started("started", 1)  # RUNNING, no piece, no parent
     s.register_peer("seed", "t", "hseed", "u", 1)
     s.reschedule("seed", (), 1)
     s.download_started("seed", 1)  # a running seed peer serves even before its 1st piece
@@ -259,7 +266,9 @@ def test_filter_drops_edges_that_would_close_a_cycle(bitmap_impl):
     assert s.task("t").dag.is_acyclic()
 
 
-def test_filter_drops_hosts_without_free_upload_slots(bitmap_impl):
+def test_no_upload_slot_filter(bitmap_impl):
+    """Dragonfly keeps upload limits but its filter does not read them: a host whose
+    slots are all reserved is still a candidate (its load lowers its score instead)."""
     s, spy = _filter_setup(bitmap_impl)
     add_host(s, "hfull", concurrent_upload_limit=1)
     source_peer(s, "full", "hfull")
@@ -267,7 +276,22 @@ def test_filter_drops_hosts_without_free_upload_slots(bitmap_impl):
     s.reschedule("c1", ["ok"], 1)  # c1 takes the only slot of hfull
     assert s.host("hfull").concurrent_upload_count == 1
     s.register_peer("c", "t", "hc", "u", 1)
-    assert _scored_on_reschedule(s, spy, "c") == {"ok"}
+    assert _scored_on_reschedule(s, spy, "c") == {"ok", "full"}
+
+
+def test_a_running_peer_with_parents_is_a_candidate_before_its_first_piece(bitmap_impl):
+    """Dragonfly's in-degree rule: a running normal peer with no piece yet is dropped
+    only while it has no parent in the DAG; once it has one it serves (soon)."""
+    s, spy = _filter_setup(bitmap_impl)
+    s.register_peer("orphan", "t", "hx", "u", 1, need_back_to_source=False)
+    s.reschedule("orphan", ["ok"], 1)  # no parent left for it: in-degree 0
+    s.download_started("orphan", 1)
+    s.register_peer("child", "t", "hy", "u", 1)  # gets ok as its parent
+    s.download_started("child", 1)
+    assert s.task("t").dag.in_degree("child") == 1 and s.peer("child").finished_count == 0
+    assert s.task("t").dag.in_degree("orphan") == 0
+    s.register_peer("c", "t", "hc", "u", 2)
+    assert _scored_on_reschedule(s, spy, "c") == {"ok", "child"}
 
 
 # --- limits -----------------------------------------------------------------------------
@@ -348,7 +372,7 @@ def _loads(s: Scheduler, host: str) -> tuple[int, int, int, int]:
 
 
 def test_edges_reserve_and_release_load(bitmap_impl):
-    s = make(bitmap_impl)
+    s = make(bitmap_impl, blocklist_previous_parents=False)
     for h in ("h1", "h2", "hc"):
         add_host(s, h)
     source_peer(s, "p1", "h1")
@@ -482,7 +506,8 @@ def test_seed_trigger_follows_the_ring(bitmap_impl):
     assert isinstance(r, TriggerSeedPeer)
     assert r.seed_host_id == ring.get("task-a")
     assert r.url == "http://o/a" and r.seed_ip == f"ip-{r.seed_host_id}"
-    assert 0.4 <= r.retry_after <= 0.6
+    # Nobody waits for the seed: the first round ran at once (and found no parent).
+    assert isinstance(r.then, Retry) and 0.4 <= r.then.retry_after <= 0.6
     assert s.peer("p1").state is PeerState.RECEIVED_NORMAL
     # While the trigger is pending, others wait; nobody goes to the origin.
     r2 = s.register_peer("p2", "task-a", "h2", "http://o/a", 0.1)

@@ -46,7 +46,7 @@ POLICY_DEFAULTS: dict[str, dict[str, object]] = {
     "d7y": {
         "filter_parent_limit": 40,
         "candidate_parent_limit": 4,
-        "max_parents": 12,
+        "max_parents": 8,
         "concurrent_piece_count": 4,
         "register_backoff_min": 0.0,
         "register_backoff_max": 0.0,

@@ -122,7 +122,7 @@ DOWNLOAD_POLICY_DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "d7y": {
         "max_in_flight": 16,
-        "per_parent_limit": 4,
+        "per_parent_limit": 1,
         "order": "rarest",
         "dispatch_wait": 0.0,
         "piece_timeout": 30.0,

@@ -20,10 +20,11 @@ Rules where DESIGN.md is silent (Dragonfly's behaviour in each case):
 - An empty IDC or location on either side scores 0: "unknown" is no evidence of
   closeness, so two hosts that both left the field blank do not look co-located.
 - Location elements are compared case-insensitively, like IDCs.
-- "Serving" seed peer (host type score 1): a seed host whose peer is downloading the task
-  now (RECEIVED_NORMAL, RUNNING or BACK_TO_SOURCE), i.e. the first download of a task is
-  steered to the seed; a seed peer that finished or failed scores 0 and a normal peer
-  0.5, so later downloads prefer normal peers and spare the seeds.
+- Host type (Dragonfly's rule): a seed peer that has received its task or is running
+  from a parent (RECEIVED_NORMAL, RUNNING) scores 1, so the first download of a task
+  is steered to the seed; any other seed peer -- back-to-source (fetching from the
+  origin), finished, failed -- scores 0, and a normal peer 0.5, so later downloads
+  prefer normal peers and spare the seeds.
 """
 
 from __future__ import annotations
@@ -80,11 +81,11 @@ def location_affinity(parent: Host, child: Host, identical_is_full: bool = False
 
 
 def host_type_score(parent: Peer) -> float:
-    """Serving seed peer 1, other seed peer 0, normal peer 0.5."""
+    """Seed peer received or running from a parent 1, other seed peer (back-to-source
+    included) 0, normal peer 0.5."""
     if parent.host.is_seed:
         state = parent.fsm.state
-        serving = state is _RUNNING or state is _BTS or state is _RECEIVED_NORMAL
-        return 1.0 if serving else 0.0
+        return 1.0 if state is _RUNNING or state is _RECEIVED_NORMAL else 0.0
     return 0.5
 
 

@@ -383,10 +383,11 @@ class Scheduler:
             else:
                 # Dragonfly triggers the seed on the task's state as it was before this
                 # peer joined (Pending, Failed, Left; Succeeded with nobody able to
-                # serve), in the background: the peer goes straight into a round.
-                if task_state in _NEEDS_SEED or (
-                    task_state is TaskState.SUCCEEDED and not available
-                ):
+                # serve), in the background: the peer goes straight into a round. A
+                # running task that nobody serves, whose trigger produced no seed peer
+                # within seed_peer_trigger_timeout, is triggered again (the trigger was
+                # lost: the seed host died or restarted).
+                if task_state in _NEEDS_SEED or not available:
                     trigger = self._seed_to_trigger(task, now)
                 if (
                     trigger is None
