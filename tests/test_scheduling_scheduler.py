@@ -782,3 +782,89 @@ def _scenario(bitmap_impl, seed: int) -> list:
 def test_same_seed_same_decisions(bitmap_impl):
     assert _scenario(bitmap_impl, 42) == _scenario(bitmap_impl, 42)
     assert _scenario(bitmap_impl, 42) != _scenario(bitmap_impl, 43)
+
+
+# --- Dragonfly's rules and the d7y policy's -------------------------------------------------
+
+
+def test_dragonfly_registrations_get_a_random_backoff_before_their_first_round(bitmap_impl):
+    s = make(bitmap_impl, register_backoff_min=0.03, register_backoff_max=1.0)
+    for h in ("h1", "hc"):
+        add_host(s, h)
+    source_peer(s, "p1", "h1")
+    waits = []
+    for i in range(20):
+        if i:
+            s.leave_peer(f"c{i - 1}", 1)
+        r = s.register_peer(f"c{i}", "t", "hc", "u", 1)
+        assert isinstance(r, Retry) and r.reason == "registration backoff"
+        assert s.peer(f"c{i}").schedule_rounds == 0  # a backoff is not a failed round
+        waits.append(r.retry_after)
+    assert all(0.03 <= w <= 1.0 for w in waits) and len(set(waits)) == len(waits)
+    # After the wait the round runs and finds the parent.
+    assert isinstance(s.reschedule("c19", (), 2), NormalTask)
+
+
+def test_back_to_source_limit_caps_concurrent_downloads_not_a_total(bitmap_impl):
+    s = make(bitmap_impl, back_to_source_limit=1, retry_back_to_source_limit=0)
+    for h in ("h1", "h2", "h3"):
+        add_host(s, h)
+    assert isinstance(
+        s.register_peer("a", "t", "h1", "u", 0, content_length=LENGTH), NeedBackToSource
+    )
+    s.register_peer("b", "t", "h2", "u", 0)
+    s.reschedule("b", ["a"], 0)  # no parent for b: the cap (1) is taken by a
+    assert not isinstance(s.reschedule("b", [], 1), NeedBackToSource)
+    # a's origin download succeeds: it leaves the set, and b may go now.
+    s.download_finished("a", 2)
+    assert s.task("t").back_to_source_peers == set()
+    assert isinstance(s.reschedule("b", [], 3), NeedBackToSource)
+
+
+def test_dragonfly_reschedule_blocklists_every_parent_ever_given(bitmap_impl):
+    s = make(bitmap_impl)
+    for h in ("h1", "h2", "hc"):
+        add_host(s, h)
+    source_peer(s, "p1", "h1")
+    r = s.register_peer("c", "t", "hc", "u", 1)
+    assert [p.peer_id for p in r.parents] == ["p1"]
+    source_peer(s, "p2", "h2")
+    r = s.reschedule("c", (), 2)
+    assert [p.peer_id for p in r.parents] == ["p2"] and "p1" in s.peer("c").blocklist
+
+
+def test_d7y_keeps_serving_parents_and_tops_up(bitmap_impl):
+    s = make(bitmap_impl, policy="d7y", candidate_parent_limit=1, max_parents=2)
+    for h in ("h1", "h2", "h3", "hc"):
+        add_host(s, h)
+    source_peer(s, "p1", "h1")
+    r = s.register_peer("c", "t", "hc", "u", 1)
+    assert [p.peer_id for p in r.parents] == ["p1"]
+    source_peer(s, "p2", "h2")
+    r = s.reschedule("c", (), 2)  # p1 kept, p2 added
+    assert [p.peer_id for p in r.parents] == ["p2"]
+    assert s.task("t").dag.parents("c").keys() == {"p1", "p2"}
+    source_peer(s, "p3", "h3")
+    r = s.reschedule("c", (), 3)  # full: nothing new, not a failed round
+    assert isinstance(r, NormalTask) and r.parents == () and s.peer("c").schedule_rounds == 0
+    r = s.reschedule("c", ["p1"], 4)  # a bad parent makes room
+    assert [p.peer_id for p in r.parents] == ["p3"]
+    assert s.task("t").dag.parents("c").keys() == {"p2", "p3"}
+    s.verify_invariants()
+
+
+def test_answer_loop_triggers_the_seed_then_retries_until_an_answer(bitmap_impl):
+    from d7y.core.scheduling import answers
+
+    s = make(bitmap_impl)
+    add_host(s, "s0", seed=True)
+    add_host(s, "h1")
+    step = answers.first_step(s.register_peer("p1", "t", "h1", "u", 0, content_length=LENGTH))
+    assert step.trigger is not None and step.trigger.seed_host_id == "s0"
+    assert step.final is None and 0.4 <= step.wait <= 0.6
+    s.register_peer("seed", "t", "s0", "u", 0.1)  # the seed peer fetches from the origin
+    s.piece_finished("seed", 0, None, 0.1, "crc32:0", 0.2)
+    step = answers.resume(s, "p1", 0.5)
+    assert step.trigger is None and isinstance(step.final, NormalTask)
+    s.leave_peer("p1", 1)
+    assert answers.resume(s, "p1", 1.5) is None  # gone meanwhile: nothing to send

@@ -470,7 +470,8 @@ class Download:
             return
         if cfg.reschedule_when == "orphaned" and self.parents:
             return
-        if now >= self.last_reschedule + cfg.reschedule_interval:
+        last = self.last_reschedule
+        if now != last and now >= last + cfg.reschedule_interval:  # (once per instant)
             self._ask(now, (), "waiting for pieces", actions)
 
     def _ask(self, now: float, bad: tuple[str, ...], reason: str, actions: list) -> None:

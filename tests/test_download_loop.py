@@ -1,0 +1,270 @@
+"""The core download loop (d7y.core.scheduling.download): one test per rule.
+
+The loop is sans-IO: each test feeds it events with explicit times and checks the
+actions it returns, for both policies. dfdaemon (daemons/peer/p2p.py) and the simulator
+(sim/swarm.py) only carry these actions out.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from d7y.core.scheduling.download import (
+    BUSY,
+    CORRUPT,
+    ERROR,
+    AskParents,
+    Cancel,
+    Download,
+    DownloadConfig,
+    Fetch,
+    Finished,
+    Follow,
+    GoToOrigin,
+    ReportFailed,
+    Unfollow,
+)
+
+
+def make(bitmap_impl, pieces=8, policy="d7y", origin=None, **fields) -> Download:
+    return Download(
+        pieces,
+        random.Random(7),
+        DownloadConfig(policy=policy, **fields),
+        now=0.0,
+        origin=origin,
+        bitmaps=bitmap_impl,
+    )
+
+
+def full(bitmap_impl, n):
+    bm = bitmap_impl.Bitmap(n)
+    for i in range(n):
+        bm.set(i)
+    return bm
+
+
+def of(kind, actions):
+    return [a for a in actions if type(a) is kind]
+
+
+# --- configuration ----------------------------------------------------------------------
+
+
+def test_policy_defaults():
+    df = DownloadConfig(policy="dragonfly")
+    assert (df.max_in_flight, df.order, df.dispatch_wait, df.piece_timeout) == (
+        8,
+        "announced",
+        0.1,
+        360.0,
+    )
+    assert df.stall_timeout == math.inf and df.reschedule_when == "orphaned"
+    assert (df.max_reschedules, df.parent_idle_timeout) == (5, 360.0)
+    d7y = DownloadConfig()
+    assert d7y.policy == "d7y" and d7y.order == "rarest" and d7y.per_parent_limit >= 1
+    assert d7y.timeout_factor > 0 and d7y.reschedule_when == "idle"
+    assert DownloadConfig(policy="dragonfly", max_in_flight=3).max_in_flight == 3
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"policy": "libtorrent"}, "download policy 'libtorrent' is unknown"),
+        ({"order": "random"}, "order must be"),
+        ({"max_in_flight": 0}, "max_in_flight must be >= 1"),
+        ({"piece_timeout": 0}, "piece_timeout must be > 0"),
+        ({"reschedule_when": "never"}, "reschedule_when must be"),
+        ({"busy_backoff": -1}, "busy_backoff must be"),
+    ],
+)
+def test_bad_config_names_the_field(fields, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        DownloadConfig(**fields)
+
+
+# --- fetching -----------------------------------------------------------------------------
+
+
+def test_parents_are_followed_and_asked_one_request_each(bitmap_impl):
+    dl = make(bitmap_impl, per_parent_limit=1)
+    actions = dl.add_parents(
+        [("a", full(bitmap_impl, 8), 0, 0), ("b", full(bitmap_impl, 8), 0, 0)], 0.0
+    )
+    assert of(Follow, actions) == [Follow("a"), Follow("b")]
+    fetches = of(Fetch, actions)
+    assert sorted(f.parent for f in fetches) == ["a", "b"]  # one each, not 16 from one
+    assert len({f.piece for f in fetches}) == 2
+
+
+def test_a_piece_done_starts_the_next_and_the_last_finishes(bitmap_impl):
+    dl = make(bitmap_impl, pieces=2, per_parent_limit=1)
+    (fetch,) = of(Fetch, dl.add_parents([("a", full(bitmap_impl, 2), 0, 0)], 0.0))
+    actions = dl.piece_done(fetch.piece, "a", 1.0, 1.0)
+    (second,) = of(Fetch, actions)
+    assert second.piece != fetch.piece
+    assert dl.piece_done(second.piece, "a", 1.0, 2.0) == [Finished()]
+    assert dl.done and dl.next_timer(2.0) == math.inf
+
+
+def test_busy_is_not_a_failure_and_the_piece_goes_elsewhere(bitmap_impl):
+    dl = make(bitmap_impl, pieces=1, per_parent_limit=1, busy_backoff=0.5, endgame=False)
+    (fetch,) = of(Fetch, dl.add_parents([("a", full(bitmap_impl, 1), 0, 0)], 0.0))
+    actions = dl.add_parents([("b", full(bitmap_impl, 1), 0, 0)], 0.0)
+    assert of(Fetch, actions) == []  # the only piece is in flight at a
+    actions = dl.piece_failed(fetch.piece, fetch.parent, BUSY, 0.1)
+    assert of(ReportFailed, actions) == [] and of(AskParents, actions) == []
+    other = "b" if fetch.parent == "a" else "a"
+    assert of(Fetch, actions) == [Fetch(0, other)]
+    # The busy parent is skipped until its back-off ends, then asked again.
+    dl.piece_failed(0, other, BUSY, 0.2)
+    assert dl.next_timer(0.2) == pytest.approx(0.6)
+    assert of(Fetch, dl.tick(0.59)) == []
+    assert of(Fetch, dl.tick(0.6)) == [Fetch(0, fetch.parent)]
+
+
+def test_a_corrupt_piece_drops_the_parent_and_asks_for_new_ones(bitmap_impl):
+    dl = make(bitmap_impl, pieces=4, per_parent_limit=2)
+    actions = dl.add_parents([("a", full(bitmap_impl, 4), 0, 0)], 0.0)
+    first, second = of(Fetch, actions)
+    actions = dl.piece_failed(first.piece, "a", CORRUPT, 1.0, "crc mismatch")
+    assert ReportFailed(first.piece, "a", False, "crc mismatch") in actions
+    assert Cancel(second.piece, "a") in actions  # the parent's other request goes too
+    assert Unfollow("a") in actions
+    assert AskParents(("a",), "crc mismatch") in actions
+    # A dropped parent offered again is ignored.
+    assert dl.add_parents([("a", full(bitmap_impl, 4), 0, 0)], 2.0) == [] or "a" not in dl.parents
+
+
+def test_repeated_errors_drop_the_parent_after_the_failure_limit(bitmap_impl):
+    dl = make(bitmap_impl, pieces=8, per_parent_limit=1, failure_limit=2)
+    dl.add_parents([("a", full(bitmap_impl, 8), 0, 0)], 0.0)
+    for t in (1.0, 2.0):
+        (fetch,) = dl.picker.in_flight
+        actions = dl.piece_failed(fetch[0], "a", ERROR, t)
+    assert Unfollow("a") in actions and of(AskParents, actions)
+
+
+# --- when to ask for parents -------------------------------------------------------------
+
+
+def test_d7y_asks_for_more_parents_while_idle_at_most_once_per_interval(bitmap_impl):
+    dl = make(bitmap_impl, reschedule_interval=1.0)
+    empty = bitmap_impl.Bitmap(8)
+    actions = dl.add_parents([("a", empty, 0, 0)], 0.0)
+    assert of(AskParents, actions) == [AskParents((), "waiting for pieces")]
+    assert of(AskParents, dl.pump(0.5)) == []
+    assert dl.next_timer(0.5) == pytest.approx(1.0)
+    assert of(AskParents, dl.tick(1.0)) == [AskParents((), "waiting for pieces")]
+
+
+def test_dragonfly_asks_only_once_every_parent_is_gone(bitmap_impl):
+    dl = make(bitmap_impl, policy="dragonfly", dispatch_wait=0.0)
+    empty = bitmap_impl.Bitmap(8)
+    actions = dl.add_parents([("a", empty, 0, 0), ("b", empty, 0, 0)], 0.0)
+    assert of(AskParents, actions) == []  # idle, but it has parents: it waits
+    assert of(AskParents, dl.tick(100.0)) == []
+    assert of(AskParents, dl.parent_gone("a", 101.0)) == []
+    # The last parent's stream ends: reschedule, naming every parent it had.
+    (ask,) = of(AskParents, dl.parent_gone("b", 102.0))
+    assert set(ask.bad) == {"a", "b"}
+
+
+def test_dragonfly_gives_up_after_five_reschedules_and_goes_to_the_origin(bitmap_impl):
+    dl = make(bitmap_impl, policy="dragonfly", reschedule_interval=0.0)
+    t = 0.0
+    for i in range(5):
+        t += 1.0
+        dl.add_parents([(f"p{i}", bitmap_impl.Bitmap(8), 0, 0)], t)
+        assert of(AskParents, dl.parent_gone(f"p{i}", t))
+    dl.add_parents([("p5", bitmap_impl.Bitmap(8), 0, 0)], t + 1)
+    actions = dl.parent_gone("p5", t + 1)
+    assert of(AskParents, actions) == []
+    assert of(GoToOrigin, actions) == [GoToOrigin("5 reschedules did not finish it")]
+
+
+def test_dragonfly_parent_stream_ends_after_360_s_without_news(bitmap_impl):
+    dl = make(bitmap_impl, policy="dragonfly")
+    dl.add_parents([("a", bitmap_impl.Bitmap(8), 0, 0), ("b", bitmap_impl.Bitmap(8), 0, 0)], 0.0)
+    dl.parent_has("b", 3, 200.0)  # b announces a piece: its stream lives on
+    assert dl.next_timer(200.0) == pytest.approx(200.1)  # the announced piece's wait
+    dl.tick(200.1)  # b's piece goes out
+    assert dl.next_timer(201.0) == pytest.approx(360.0)
+    actions = dl.tick(360.0)
+    assert Unfollow("a") in actions and Unfollow("b") not in actions
+    assert of(AskParents, actions) == []  # b still streams
+
+
+# --- Dragonfly's dispatch -----------------------------------------------------------------
+
+
+def test_dragonfly_waits_100_ms_for_every_parent_to_announce_a_piece(bitmap_impl):
+    dl = make(bitmap_impl, pieces=20, policy="dragonfly")
+    dl.add_parents([("a", bitmap_impl.Bitmap(20), 0, 0), ("b", bitmap_impl.Bitmap(20), 0, 0)], 0.0)
+    assert dl.parent_has("a", 5, 1.0)
+    assert of(Fetch, dl.pump(1.0)) == []  # only a announced it
+    assert dl.next_timer(1.0) == pytest.approx(1.1)
+    assert of(Fetch, dl.tick(1.1)) == [Fetch(5, "a")]
+    # A piece every parent announced goes at once.
+    dl.parent_has("a", 6, 2.0)
+    dl.parent_has("b", 6, 2.0)
+    assert [f.piece for f in of(Fetch, dl.pump(2.0))] == [6]
+
+
+def test_dragonfly_dispatches_in_announcement_order_at_most_eight(bitmap_impl):
+    dl = make(bitmap_impl, pieces=20, policy="dragonfly", dispatch_wait=0.0)
+    dl.add_parents([("a", bitmap_impl.Bitmap(20), 0, 0)], 0.0)
+    order = [17, 3, 11, 0, 19, 5, 8, 2, 14, 1]
+    for piece in order:
+        dl.parent_has("a", piece, 1.0)
+    assert [f.piece for f in of(Fetch, dl.pump(1.0))] == order[:8]
+
+
+# --- timeouts and stalls ---------------------------------------------------------------
+
+
+def test_d7y_request_timeouts_grow_with_the_measured_piece_time(bitmap_impl):
+    dl = make(bitmap_impl, pieces=8, per_parent_limit=1, piece_timeout=30.0, timeout_factor=4.0)
+    dl.add_parents([("a", full(bitmap_impl, 8), 0, 0)], 0.0)
+    t = 0.0
+    for _ in range(3):  # slow link: 20 s a piece
+        ((piece, _parent),) = dl.picker.in_flight
+        t += 20.0
+        dl.piece_done(piece, "a", 20.0, t)
+    # A request running 60 s is slow, not failed: 4 x the 20 s mean is 80 s.
+    assert of(ReportFailed, dl.tick(t + 60.0)) == []
+    assert dl.next_timer(t + 60.0) == pytest.approx(t + 80.0)
+    assert of(ReportFailed, dl.tick(t + 80.5))
+
+
+def test_fixed_timeout_fails_a_slow_request(bitmap_impl):
+    dl = make(bitmap_impl, per_parent_limit=1, piece_timeout=30.0, timeout_factor=0.0)
+    dl.add_parents([("a", full(bitmap_impl, 8), 0, 0)], 0.0)
+    ((piece, _),) = dl.picker.in_flight
+    actions = dl.tick(30.5)
+    assert Cancel(piece, "a") in actions
+    assert ReportFailed(piece, "a", True, "timed out") in actions
+
+
+def test_d7y_stall_goes_to_the_origin_and_dragonfly_never_stalls(bitmap_impl):
+    dl = make(bitmap_impl, stall_timeout=120.0)
+    dl.add_parents([("a", bitmap_impl.Bitmap(8), 0, 0)], 0.0)
+    assert of(GoToOrigin, dl.tick(119.0)) == []
+    assert of(GoToOrigin, dl.tick(120.0)) == [GoToOrigin("stalled: no piece for 120 s")]
+    df = make(bitmap_impl, policy="dragonfly")
+    df.add_parents([("a", bitmap_impl.Bitmap(8), 0, 0)], 0.0)
+    assert of(GoToOrigin, df.tick(100_000.0)) == []
+
+
+def test_going_to_the_origin_fetches_what_is_missing_from_it(bitmap_impl):
+    dl = make(bitmap_impl, pieces=4, origin="origin", per_parent_limit=1)
+    (fetch,) = of(Fetch, dl.add_parents([("a", full(bitmap_impl, 4), 0, 0)], 0.0))
+    dl.piece_done(fetch.piece, "a", 1.0, 1.0)
+    actions = dl.back_to_source("scheduler", 2.0)
+    assert Unfollow("a") in actions and GoToOrigin("scheduler") in actions
+    origin_fetches = of(Fetch, actions)
+    assert {f.parent for f in origin_fetches} == {"origin"}
+    assert sorted(f.piece for f in origin_fetches) == sorted(set(range(4)) - {fetch.piece})
