@@ -39,6 +39,11 @@ class ReadTimeout(TimeoutError):
     and stalled. The connection should be closed (it is an OSError, like a reset)."""
 
 
+class IdleTimeout(ReadTimeout):
+    """No frame began within the idle timeout. The connection is still in a clean state
+    (between frames): a server that has reason to keep it may simply read again."""
+
+
 class TooManyBadFrames(ProtocolError):
     """More than :data:`MAX_BAD_FRAMES` bad frames on one connection: it is closed."""
 
@@ -165,7 +170,7 @@ class FramedSocket:
                 async with asyncio.timeout(idle_timeout):
                     n = await loop.sock_recv_into(self.sock, self._buf)
             except TimeoutError:
-                raise ReadTimeout(f"no frame in {idle_timeout:g}s: idle connection") from None
+                raise IdleTimeout(f"no frame in {idle_timeout:g}s: idle connection") from None
         if n == 0:
             raise EOFError("connection closed")
         self._received(n, self.IDLE_SIZE)
@@ -175,9 +180,9 @@ class FramedSocket:
     ) -> tuple[FrameHeader, Message]:
         """The next frame. EOFError at a clean end between frames; ProtocolError for
         a bad frame (after a non-fatal one the frame is consumed and the connection
-        stays usable); ReadTimeout when nothing came for ``idle_timeout`` seconds, or a
-        begun frame stalled for ``frame_timeout`` seconds (servers set both; None
-        waits forever)."""
+        stays usable); IdleTimeout when no frame began within ``idle_timeout`` seconds,
+        ReadTimeout when a begun frame stalled for ``frame_timeout`` seconds (servers
+        set both; None waits forever)."""
         if self._start == self._end:
             # A read that would not block takes the data straight away (and keeps
             # the buffer a burst grew); only a real wait shrinks it.

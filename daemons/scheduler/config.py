@@ -16,6 +16,23 @@ class ServerConfig:
     listen: str = field("0.0.0.0", "address of the scheduler's protocol port")
     port: int = field(8002, "protocol port (Dragonfly's scheduler port)")
     max_frame: int = field(1024 * 1024, "largest frame body accepted, bytes")
+    idle_timeout: Duration = field(
+        Duration(300),
+        "a connection that sends no frame for this long is closed (dfdaemon announces its "
+        "host every scheduler.announce_interval, 30s, which keeps its connection open); "
+        "0 = never",
+    )
+    request_timeout: Duration = field(
+        Duration(30),
+        "a frame that has begun must arrive whole within this, or the "
+        "connection is closed; 0 = no limit",
+    )
+    max_connections: int = field(
+        10000, "connections open at once; more are refused with a 'busy' Error (0 = no limit)"
+    )
+    max_connections_per_ip: int = field(
+        1024, "connections open at once from one IP address; more are refused (0 = no limit)"
+    )
 
 
 @dataclasses.dataclass
@@ -72,6 +89,9 @@ class SchedulerDaemonConfig:
         ):
             if not 0 <= value <= 65535:
                 raise ConfigError(f"config key {key!r} must be a port in 0..65535, got {value}")
+        for key in ("max_connections", "max_connections_per_ip"):
+            if getattr(self.server, key) < 0:
+                raise ConfigError(f"config key 'server.{key}' must be >= 0 (0 = no limit)")
         for key in ("filter_parent_limit", "candidate_parent_limit", "retry_limit"):
             if getattr(self.scheduling, key) < 1:
                 raise ConfigError(f"config key 'scheduling.{key}' must be >= 1")
