@@ -15,12 +15,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable
 
 log = logging.getLogger("d7y.listener")
+
+#: After this many connections were open at once and most have gone, freed memory is
+#: handed back to the OS (see _release_freed_memory).
+TRIM_AFTER_PEAK = 256
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc
+    except (OSError, AttributeError):
+        return None
+
+
+_malloc_trim = _load_malloc_trim()
+
+
+def _release_freed_memory() -> None:
+    """glibc keeps the heap pages of freed small buffers (a closed connection's) for
+    reuse; after a burst of connections that is most of the burst's memory, held for
+    good. malloc_trim gives free pages back to the OS (a no-op without glibc)."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)
 
 #: Refusals are logged at most this often per listener (a flood must not flood the log).
 REFUSAL_LOG_INTERVAL = 5.0
@@ -48,6 +71,7 @@ class Listener:
         self._per_ip: dict[str, int] = {}
         self.refused = 0
         self._refusals_logged_at = -REFUSAL_LOG_INTERVAL
+        self._peak = 0  # most connections open at once since memory was last trimmed
         self.port = 0
 
     @property
@@ -127,6 +151,7 @@ class Listener:
             self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
             task = loop.create_task(self._handler(conn, address))
             self._connections.add(task)
+            self._peak = max(self._peak, len(self._connections))
             task.add_done_callback(lambda t, ip=ip: self._closed(t, ip))
 
     def _closed(self, task: asyncio.Task, ip: str) -> None:
@@ -136,3 +161,6 @@ class Listener:
             self._per_ip[ip] = left
         else:
             self._per_ip.pop(ip, None)
+        if self._peak >= TRIM_AFTER_PEAK and len(self._connections) * 4 <= self._peak:
+            self._peak = len(self._connections)
+            _release_freed_memory()

@@ -77,7 +77,7 @@ class UploadConfig:
     idle_timeout: Duration = field(
         Duration(60),
         "an upload connection (piece protocol or HTTP) with no request for this long is "
-        "closed; a piece connection following a subscription is not idle; 0 = never",
+        "closed; a piece connection subscribed to a running task is not idle; 0 = never",
     )
     request_timeout: Duration = field(
         Duration(10),
