@@ -45,6 +45,7 @@ def _release_freed_memory() -> None:
     if _malloc_trim is not None:
         _malloc_trim(0)
 
+
 #: Refusals are logged at most this often per listener (a flood must not flood the log).
 REFUSAL_LOG_INTERVAL = 5.0
 
