@@ -10,6 +10,7 @@ refused with a ``forbidden`` Error and changes nothing.
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import time
 
@@ -33,7 +34,9 @@ from d7y.core.messages import (
 )
 from d7y.core.pieces import MiB
 from d7y.core.protocol import HEADER_LENGTH, decode_body, decode_header, encode_frame
+from tests.origin_server import ThreadedOriginServer
 from tests.peer_harness import SchedulerProcess
+from tests.test_p2p_e2e import Cluster, bytes_by_source, sha256
 
 URL = "http://origin.invalid/secret.bin"
 TASK = task_id(URL)
@@ -222,3 +225,38 @@ def test_a_host_whose_connection_closed_may_announce_again(tmp_path):
             )
             assert sync(second, 1000) == []
             assert peers_known(scheduler) == 1
+
+
+def test_a_daemon_killed_and_restarted_takes_its_host_back(tmp_path):
+    """dfdaemon killed with SIGKILL and started again announces the same host ID from a
+    new connection; whether or not the scheduler has seen the old connection close by
+    then, the new daemon ends up owning its host (it retries with backoff) and
+    downloads over P2P again."""
+    with ThreadedOriginServer() as origin:
+        cluster = Cluster(tmp_path, origin, peers=1)
+        try:
+            url = origin.add_file("again.bin", size=2 * PIECE, seed=71)
+            cluster.fetch_all(url, [cluster.seed])  # the seed holds it
+            peer = cluster.peers[0]
+            host = f"host={peer_host_id(peer)}"
+            wait_for_log(cluster.scheduler, f"host announced {host}")
+            peer.kill()
+            peer.start()
+            deadline = time.monotonic() + 30
+            while cluster.scheduler.log().count(f"host announced {host}") < 2:
+                assert time.monotonic() < deadline, cluster.scheduler.log()[-3000:]
+                time.sleep(0.02)
+            outputs = cluster.fetch_all(url, [peer])
+            expected = hashlib.sha256(origin.content("again.bin")).hexdigest()
+            assert sha256(outputs[0]) == expected
+            from_origin, from_peers, _ = bytes_by_source(peer)
+            assert from_origin == 0 and from_peers == 2 * PIECE
+        finally:
+            cluster.stop()
+
+
+def peer_host_id(peer) -> str:
+    for line in peer.log().splitlines():
+        if "dfdaemon ready" in line:
+            return line.split("host_id=")[1].split()[0]
+    raise AssertionError(f"{peer.name} never logged its host ID:\n{peer.log()[-2000:]}")

@@ -447,6 +447,10 @@ class SchedulerService:
             concurrent_upload_limit=msg.concurrent_upload_limit or None,
             tx_bandwidth=msg.tx_bandwidth_bps,
         )
+        if conn.host_id is None:
+            log.info(
+                "host announced host=%s type=%s conn=%s", msg.host_id, msg.host_type, conn.name
+            )
         conn.host_id = msg.host_id
         self.host_conns[msg.host_id] = conn
 
