@@ -18,7 +18,16 @@ import time
 import pytest
 
 from d7y.core.ids import task_id
-from d7y.core.messages import AnnounceHost, Error, HavePieces, Ping, Pong, Subscribe, TaskInfo
+from d7y.core.messages import (
+    AnnounceHost,
+    Error,
+    GetTaskInfo,
+    HavePieces,
+    Ping,
+    Pong,
+    Subscribe,
+    TaskInfo,
+)
 from d7y.core.pieces import MiB
 from d7y.core.protocol import HEADER_LENGTH, decode_body, decode_header, encode_frame
 from d7y.core.states import TaskState
@@ -74,10 +83,21 @@ def test_idle_and_stalled_connections_are_closed_on_every_dfdaemon_port(tmp_path
         http_idle = tcp(peer.upload_port)
         http_stalled = tcp(peer.upload_port)
         http_stalled.sendall(b"GET /download/x HTTP/1.1\r\nHost: d7y\r\n")  # no end
+        http_body_stalled = tcp(peer.upload_port)
+        http_body_stalled.sendall(
+            b"POST /download/x HTTP/1.1\r\nHost: d7y\r\nContent-Length: 100\r\n\r\n0123"
+        )
         api_stalled = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         api_stalled.connect(str(peer.socket_path))
         api_stalled.sendall(b"GET /v1/healthy HTTP/1.1\r\nHost: d7y\r\n")
-        sockets = [piece_idle, piece_stalled, http_idle, http_stalled, api_stalled]
+        sockets = [
+            piece_idle,
+            piece_stalled,
+            http_idle,
+            http_stalled,
+            http_body_stalled,
+            api_stalled,
+        ]
         try:
             for sock in sockets:
                 assert closed_by_peer(sock)
@@ -103,14 +123,16 @@ def test_a_subscriber_is_not_idle_while_its_task_runs(tmp_path):
         tid = task_id(url)
         with tcp(peer.piece_port) as s:
             deadline = time.monotonic() + GUARD
-            while True:  # until the daemon runs the task
-                s.sendall(encode_frame(Subscribe(task_id=tid), 1))
-                snapshot = read_frame(s)
-                if isinstance(snapshot, TaskInfo):
+            while True:  # until the daemon runs the task and holds a piece
+                s.sendall(encode_frame(GetTaskInfo(task_id=tid), 1))
+                info = read_frame(s)
+                if isinstance(info, TaskInfo) and info.state is TaskState.RUNNING and info.digests:
                     break
-                assert time.monotonic() < deadline, snapshot
+                assert time.monotonic() < deadline, info
                 time.sleep(0.02)
-            assert snapshot.state is TaskState.RUNNING, snapshot
+            s.sendall(encode_frame(Subscribe(task_id=tid), 3))
+            snapshot = read_frame(s)
+            assert isinstance(snapshot, TaskInfo) and snapshot.state is TaskState.RUNNING
             known = set(snapshot.digests)
             while len(known) < count:
                 push = read_frame(s)

@@ -260,3 +260,21 @@ def peer_host_id(peer) -> str:
         if "dfdaemon ready" in line:
             return line.split("host_id=")[1].split()[0]
     raise AssertionError(f"{peer.name} never logged its host ID:\n{peer.log()[-2000:]}")
+
+
+def test_a_connection_that_keeps_acting_for_others_is_closed(tmp_path):
+    with SchedulerProcess(tmp_path) as scheduler, connect(scheduler) as victim:
+        victim.sendall(announce("victim-host"))
+        assert sync(victim, 1) == []
+        with connect(scheduler) as attacker:
+            attacker.sendall(encode_frame(LeaveHost(host_id="victim-host")) * 100)
+            refusals = 0
+            try:
+                while True:
+                    _, answer = read_frame(attacker)
+                    assert isinstance(answer, Error) and answer.code == "forbidden", answer
+                    refusals += 1
+            except (EOFError, ConnectionResetError):
+                pass
+            assert 1 <= refusals <= 17, refusals
+        assert sync(victim, 2) == []  # the owner's connection is untouched

@@ -129,6 +129,9 @@ class HTTPUploadServer:
                         deadline = loop.time() + self.request_timeout
                     continue
                 if isinstance(event, h11.Request):
+                    if deadline is None and self.request_timeout is not None:
+                        # Pipelined behind the previous one: its body, if any, is bounded too.
+                        deadline = loop.time() + self.request_timeout
                     await self._handle(sock, http, event, deadline)
                     deadline = None
                 elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:

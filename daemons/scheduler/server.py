@@ -37,6 +37,9 @@ log = logging.getLogger("d7y.scheduler")
 
 #: Idle keep-alive connections to /metrics and /healthy are closed after this long.
 METRICS_KEEPALIVE = 60.0
+#: Requests for another connection's host or peers one connection may send before it is
+#: closed: a daemon's own mistake is refused and answered, a stream of them is an attack.
+MAX_REFUSED = 16
 
 
 @dataclass(eq=False)
@@ -47,6 +50,7 @@ class Connection:
     peers: set[str] = field(default_factory=set)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     next_stream: int = 2  # streams this side opens are even
+    refused: int = 0  # requests refused for naming another connection's host or peers
 
     async def send(self, message: m.Message, stream_id: int = 0) -> bool:
         """Send a frame; False if the connection is gone (the caller moves on)."""
@@ -232,7 +236,10 @@ class SchedulerService:
                         m.Error(code=m.ErrorCode.FORBIDDEN, message=refusal[:4000]),
                         header.stream_id,
                     )
-                    if isinstance(message, m.AnnounceHost) and conn.host_id is None:
+                    conn.refused += 1
+                    if (
+                        isinstance(message, m.AnnounceHost) and conn.host_id is None
+                    ) or conn.refused > MAX_REFUSED:
                         return
                     continue
                 try:
@@ -297,8 +304,9 @@ class SchedulerService:
             peer = self.core.peers.get(peer_id)
             if peer is not None and self.host_conns.get(peer.host.id) is not conn:
                 return (
-                    f"peer {peer_id!r} belongs to host {peer.host.id!r}, which another "
-                    f"connection announced; only that connection may act for it"
+                    f"peer {peer_id!r} belongs to host {peer.host.id!r}, which was not "
+                    f"announced on this connection; only the host's own connection may act "
+                    f"for it"
                 )
         return None
 
