@@ -85,6 +85,7 @@ class ErrorCode(enum.StrEnum):
     UNSUPPORTED_VERSION = "unsupported_version"  # frame or Hello version not spoken here
     UNKNOWN_MESSAGE_TYPE = "unknown_message_type"  # a type code not defined here
     FRAME_TOO_LARGE = "frame_too_large"  # body above the receiver's limit
+    FORBIDDEN = "forbidden"  # names a host or peer bound to another connection
 
 
 # --- base classes ---------------------------------------------------------------------

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import deque
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from d7y.core.scheduling import DAG, HashRing, SchedulerConfig
-from d7y.core.scheduling.resource import IndexedSet
+from d7y.core.scheduling.resource import CostWindow, IndexedSet
 
 # --- DAG ----------------------------------------------------------------------------------
 
@@ -203,3 +204,27 @@ def test_config_is_frozen_and_replaceable():
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.retry_limit = 9  # type: ignore[misc]
     assert dataclasses.replace(cfg, retry_limit=9).retry_limit == 9
+
+
+# --- CostWindow ---------------------------------------------------------------------------
+
+
+@given(st.lists(st.floats(0, 1e6), max_size=60), st.integers(1, 12))
+def test_cost_window_reads_like_a_bounded_deque(costs, maxlen):
+    window, reference = CostWindow(maxlen), deque(maxlen=maxlen)
+    for cost in costs:
+        full = len(reference) == maxlen
+        oldest = reference[0] if full else None
+        assert window.append(cost) == oldest  # what the append pushed out
+        reference.append(cost)
+        assert list(window) == list(reference)
+        assert len(window) == len(reference)
+        assert window[-1] == reference[-1] and window[0] == reference[0]
+    assert window.maxlen == maxlen
+    with pytest.raises(IndexError):
+        window[len(reference)]
+
+
+def test_cost_window_needs_room_for_a_sample():
+    with pytest.raises(ValueError, match="maxlen=0"):
+        CostWindow(0)

@@ -43,13 +43,18 @@ def test_units():
 
 def test_defaults():
     s = sc.parse({})
-    assert [p.label for p in s.policies] == list(sc.POLICIES)
+    assert [p.label for p in s.policies] == list(sc.DEFAULT_POLICIES)
     assert s.topology["hosts"] == 100
     assert s.topology["upload"] == 125e6
     task = s.tasks[0]
     assert task.size == 1024 * MiB and task.piece_length == 4 * MiB and task.piece_count == 256
     assert task.arrival.kind == "flash" and task.peers is None
-    assert s.seed_count == 1 and s.peer.max_in_flight == 16 and s.peer.stall_timeout == 10
+    assert s.seed_count == 1 and s.peer.max_in_flight is None and s.peer.stall_timeout is None
+    # None: each policy's own download loop values.
+    assert s.download_config(sc.parse_policy("dragonfly")).max_in_flight == 8
+    assert s.download_config(sc.parse_policy("d7y")).stall_timeout == 120
+    assert s.upload_slots(sc.parse_policy("d7y")) == (8, 32)
+    assert s.upload_slots(sc.parse_policy("dragonfly")) == (200, 2000)
     assert s.depth == 0 and s.hub_slack == 0.005
     assert s.linger == math.inf and s.churn_rate == 0
 

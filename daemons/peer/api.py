@@ -81,8 +81,11 @@ def parse_download_request(body: Any) -> tuple[DownloadRequest, Path | None, boo
 
 
 class LocalAPI:
-    def __init__(self, manager: TaskManager) -> None:
+    def __init__(self, manager: TaskManager, *, idle_timeout: float = 60.0) -> None:
         self.manager = manager
+        # aiohttp arms this when a connection opens and after each response, so it also
+        # closes a connection that sends only part of a request head (slowloris).
+        self.idle_timeout = idle_timeout
         self.app = web.Application(client_max_size=1024 * 1024)
         self.app.add_routes(
             [
@@ -99,7 +102,12 @@ class LocalAPI:
         socket_path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             socket_path.unlink()  # a stale socket from a killed daemon
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            self.app,
+            access_log=None,
+            handle_signals=False,
+            keepalive_timeout=self.idle_timeout,
+        )
         await self._runner.setup()
         site = web.UnixSite(self._runner, str(socket_path))
         await site.start()

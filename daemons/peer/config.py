@@ -87,12 +87,35 @@ class UploadConfig:
     rate_limit: Size = field(Size(0), "upload bytes/s for the whole daemon (0 = unlimited)")
     max_concurrent: int = field(64, "pieces served at once; more get a 'busy' error")
     max_frame: Size = field(Size(1024 * 1024), "largest protocol frame body accepted")
+    idle_timeout: Duration = field(
+        Duration(60),
+        "an upload connection (piece protocol or HTTP) with no request for this long is "
+        "closed; a piece connection subscribed to a running task is not idle; 0 = never",
+    )
+    request_timeout: Duration = field(
+        Duration(10),
+        "a request that has begun (a frame, an HTTP request head) must arrive whole within "
+        "this, or the connection is closed; 0 = no limit",
+    )
+    max_connections: int = field(
+        4096, "connections open at once on each upload port; more are refused (0 = no limit)"
+    )
+    max_connections_per_ip: int = field(
+        1024,
+        "connections open at once from one IP address on each upload port; more are refused "
+        "(0 = no limit)",
+    )
 
 
 @dataclasses.dataclass
 class APIConfig:
     socket: Path | None = field(
         None, "unix socket of the local API (default <data_dir>/dfdaemon.sock)"
+    )
+    idle_timeout: Duration = field(
+        Duration(60),
+        "a local API connection with no request in progress for this long (or that sends "
+        "only part of a request head) is closed; must be > 0",
     )
 
 
@@ -195,6 +218,10 @@ class PeerConfig:
         positive("download.piece_timeout", self.download.piece_timeout)
         positive("download.origin_retries", self.download.origin_retries)
         positive("upload.max_concurrent", self.upload.max_concurrent)
+        positive("api.idle_timeout", self.api.idle_timeout)
+        for key in ("max_connections", "max_connections_per_ip"):
+            if getattr(self.upload, key) < 0:
+                raise ConfigError(f"config key 'upload.{key}' must be >= 0 (0 = no limit)")
         if self.upload.max_frame < 4096:
             raise ConfigError(
                 f"config key 'upload.max_frame' must be >= 4KiB, got {int(self.upload.max_frame)}"

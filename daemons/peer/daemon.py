@@ -36,6 +36,9 @@ from d7y.daemons.peer.task_manager import DownloadError, DownloadRequest, TaskMa
 
 log = logging.getLogger("d7y.dfdaemon")
 
+#: Idle keep-alive connections to /metrics and /healthy are closed after this long.
+METRICS_KEEPALIVE = 60.0
+
 
 class PeerDaemon:
     def __init__(self, config: PeerConfig) -> None:
@@ -93,6 +96,10 @@ class PeerDaemon:
             max_concurrent=cfg.upload.max_concurrent,
             pin=self.manager.pin,
             verify=self.manager.check_before_serving,
+            idle_timeout=float(cfg.upload.idle_timeout),
+            request_timeout=float(cfg.upload.request_timeout),
+            max_connections=cfg.upload.max_connections,
+            max_connections_per_ip=cfg.upload.max_connections_per_ip,
         )
         await self.http_upload.start(cfg.upload.listen, cfg.upload.port)
         hostname = cfg.host.hostname or socket.gethostname()
@@ -107,6 +114,10 @@ class PeerDaemon:
             peer_id=self.peer_id,
             host_id=self.host_id,
             corrupt=cfg.testing.corrupt_uploads,
+            idle_timeout=float(cfg.upload.idle_timeout),
+            request_timeout=float(cfg.upload.request_timeout),
+            max_connections=cfg.upload.max_connections,
+            max_connections_per_ip=cfg.upload.max_connections_per_ip,
         )
         if cfg.testing.corrupt_uploads:
             log.warning("testing.corrupt_uploads is on: every piece served is corrupted")
@@ -115,7 +126,7 @@ class PeerDaemon:
             self._connect_scheduler(hostname)
         if cfg.metrics.port:
             await self._start_metrics(cfg.metrics.listen, cfg.metrics.port)
-        self.api = LocalAPI(self.manager)
+        self.api = LocalAPI(self.manager, idle_timeout=float(cfg.api.idle_timeout))
         await self.api.start(cfg.socket_path)
         self._gc_task = asyncio.get_running_loop().create_task(self._gc_loop())
         log.info(
@@ -214,7 +225,9 @@ class PeerDaemon:
             return web.Response(text="ok")
 
         app.add_routes([web.get("/metrics", metrics), web.get("/healthy", healthy)])
-        self._metrics_runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._metrics_runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, keepalive_timeout=METRICS_KEEPALIVE
+        )
         await self._metrics_runner.setup()
         await web.TCPSite(self._metrics_runner, host, port).start()
 

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 import h11
 
 from d7y.core.http_range import RangeError, parse_range
+from d7y.daemons.framing import ReadTimeout
 from d7y.daemons.listener import Listener
 from d7y.daemons.peer.limits import TokenBucket
 from d7y.daemons.peer.metrics import PeerMetrics
@@ -36,6 +37,16 @@ RECV_SIZE = 64 * 1024
 #: With a rate limit, the body goes out in slices of this size, each paid for first.
 LIMITED_SLICE = 1024 * 1024
 SERVER = b"d7y-dfdaemon"
+
+
+def _refusal(reason: str) -> bytes:
+    """The whole answer to a connection over the limits (it is closed after it)."""
+    body = reason.encode() + b"\n"
+    return (
+        b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        b"content-length: %d\r\nconnection: close\r\nretry-after: 1\r\nserver: %s\r\n\r\n"
+        % (len(body), SERVER)
+    ) + body
 
 
 class _SendfileBody:
@@ -61,16 +72,30 @@ class HTTPUploadServer:
         max_concurrent: int = 64,
         pin=None,
         verify: Callable[[str, int, int], Awaitable[str | None]] | None = None,
+        idle_timeout: float = 60.0,
+        request_timeout: float = 10.0,
+        max_connections: int = 0,
+        max_connections_per_ip: int = 0,
     ) -> None:
         self.storage = storage
         # (task_id, offset, length) -> None when the stored bytes are good, else why
         # not (TaskManager.check_before_serving).
         self._verify = verify
+        # Between requests a connection may wait idle_timeout; once a request head has
+        # begun it must arrive (with any body) within request_timeout (slowloris).
+        self.idle_timeout = idle_timeout or None
+        self.request_timeout = request_timeout or None
         self.limiter = limiter or TokenBucket(0)
         self.metrics = metrics or PeerMetrics()
         self._slots = asyncio.Semaphore(max_concurrent)
         self._pin = pin or (lambda _task_id: contextlib.nullcontext())
-        self._listener = Listener(lambda sock, _address: self._serve(sock))
+        self._listener = Listener(
+            lambda sock, _address: self._serve(sock),
+            name="HTTP upload port",
+            max_connections=max_connections,
+            max_connections_per_ip=max_connections_per_ip,
+            refusal=_refusal,
+        )
 
     @property
     def port(self) -> int:
@@ -82,18 +107,41 @@ class HTTPUploadServer:
     async def stop(self) -> None:
         await self._listener.stop()
 
+    async def _receive(
+        self, sock: socket.socket, http: h11.Connection, deadline: float | None
+    ) -> None:
+        """Feed h11 the next bytes: within ``deadline`` (loop time) while a request is
+        on its way, else within the idle timeout. ReadTimeout when they do not come."""
+        loop = asyncio.get_running_loop()
+        if deadline is not None:
+            timeout, what = max(deadline - loop.time(), 0.0), "a request that has begun"
+        else:
+            timeout, what = self.idle_timeout, "a new request"
+        try:
+            async with asyncio.timeout(timeout):
+                data = await loop.sock_recv(sock, RECV_SIZE)
+        except TimeoutError:
+            raise ReadTimeout(f"no {what} within {timeout or 0:g}s") from None
+        http.receive_data(data)
+
     async def _serve(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         http = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
+        deadline: float | None = None  # set by a request's first bytes
         try:
             while True:
                 event = http.next_event()
                 if event is h11.NEED_DATA:
-                    data = await loop.sock_recv(sock, RECV_SIZE)
-                    http.receive_data(data)
+                    await self._receive(sock, http, deadline)
+                    if deadline is None and self.request_timeout is not None:
+                        deadline = loop.time() + self.request_timeout
                     continue
                 if isinstance(event, h11.Request):
-                    await self._handle(sock, http, event)
+                    if deadline is None and self.request_timeout is not None:
+                        # Pipelined behind the previous one: its body, if any, is bounded too.
+                        deadline = loop.time() + self.request_timeout
+                    await self._handle(sock, http, event, deadline)
+                    deadline = None
                 elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
                     if http.our_state is h11.DONE and http.their_state is h11.DONE:
                         http.start_next_cycle()
@@ -104,6 +152,8 @@ class HTTPUploadServer:
         except h11.RemoteProtocolError as exc:
             with contextlib.suppress(Exception):
                 await self._simple(sock, http, exc.error_status_hint, f"bad request: {exc}")
+        except ReadTimeout as exc:
+            log.debug("closing HTTP upload connection: %s", exc)
         except (ConnectionError, OSError, EOFError):
             pass  # the client went away; nothing to tell it
         except Exception:
@@ -131,17 +181,20 @@ class HTTPUploadServer:
         data += http.send(h11.Data(data=body)) + http.send(h11.EndOfMessage())
         await asyncio.get_running_loop().sock_sendall(sock, data)
 
-    async def _drain_request_body(self, sock: socket.socket, http: h11.Connection) -> None:
-        loop = asyncio.get_running_loop()
+    async def _drain_request_body(
+        self, sock: socket.socket, http: h11.Connection, deadline: float | None
+    ) -> None:
         while True:
             event = http.next_event()
             if event is h11.NEED_DATA:
-                http.receive_data(await loop.sock_recv(sock, RECV_SIZE))
+                await self._receive(sock, http, deadline)
             elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
                 return
 
-    async def _handle(self, sock: socket.socket, http: h11.Connection, req: h11.Request) -> None:
-        await self._drain_request_body(sock, http)
+    async def _handle(
+        self, sock: socket.socket, http: h11.Connection, req: h11.Request, deadline: float | None
+    ) -> None:
+        await self._drain_request_body(sock, http, deadline)
         method = req.method.upper()
         path = req.target.decode("latin-1").split("?", 1)[0]
         if method not in (b"GET", b"HEAD"):

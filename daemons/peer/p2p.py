@@ -717,9 +717,7 @@ class _Run:
                         task, fd, piece, memoryview(buffer)[:length], parent_id, cost_ns
                     )
                     self.buffers.append(buffer)
-                    self.run(
-                        self.dl.piece_done(number, parent_id, cost_ns / 1e9, time.monotonic())
-                    )
+                    self.run(self.dl.piece_done(number, parent_id, cost_ns / 1e9, time.monotonic()))
                 await self.flush()
             return True
         finally:

@@ -15,6 +15,7 @@ the parent's snapshot, then the pieces it pushes as it stores them.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Mapping
 
 from d7y.core.messages import (
@@ -22,6 +23,7 @@ from d7y.core.messages import (
     GetPiece,
     GetTaskInfo,
     HavePieces,
+    Message,
     Piece,
     Subscribe,
     TaskInfo,
@@ -44,24 +46,36 @@ class PieceFetchError(Exception):
         self.kind = kind
 
 
+#: A pooled connection unused this long is closed rather than reused: the parent closes
+#: idle connections itself (``upload.idle_timeout``, 60 s by default).
+POOLED_MAX_IDLE = 20.0
+
+
 class PieceClient:
     def __init__(self, *, max_idle_per_parent: int = 8, timeout: float = 30.0) -> None:
-        self._idle: dict[tuple[str, int], list[FramedSocket]] = {}
+        # address -> (connection, monotonic time it was checked in), most recent last
+        self._idle: dict[tuple[str, int], list[tuple[FramedSocket, float]]] = {}
         self._max_idle = max_idle_per_parent
         self.timeout = timeout
 
     def close(self) -> None:
         for conns in self._idle.values():
-            for conn in conns:
+            for conn, _ in conns:
                 conn.close()
         self._idle.clear()
 
-    async def _checkout(self, address: tuple[str, int]) -> FramedSocket:
+    async def _checkout(
+        self, address: tuple[str, int], *, fresh: bool = False
+    ) -> tuple[FramedSocket, bool]:
+        """A connection to ``address`` and whether it came from the pool."""
         idle = self._idle.get(address)
-        if idle:
-            return idle.pop()
+        while idle and not fresh:
+            conn, since = idle.pop()
+            if time.monotonic() - since < POOLED_MAX_IDLE:
+                return conn, True
+            conn.close()
         try:
-            return await FramedSocket.connect(*address, timeout=self.timeout)
+            return await FramedSocket.connect(*address, timeout=self.timeout), False
         except (OSError, TimeoutError) as exc:
             raise PieceFetchError(
                 "connection", f"cannot connect to parent {address[0]}:{address[1]}: {exc}"
@@ -70,18 +84,42 @@ class PieceClient:
     def _checkin(self, address: tuple[str, int], conn: FramedSocket) -> None:
         idle = self._idle.setdefault(address, [])
         if len(idle) < self._max_idle:
-            idle.append(conn)
+            idle.append((conn, time.monotonic()))
         else:
             conn.close()
 
+    async def _ask(
+        self, address: tuple[str, int], request: Message
+    ) -> tuple[FramedSocket, Message]:
+        """Send ``request`` on stream 1 and read the first reply. A pooled connection the
+        parent closed meanwhile (its idle timeout) fails before any reply: the request
+        goes again, once, on a new connection. On error no connection is left open."""
+        conn, pooled = await self._checkout(address)
+        try:
+            await conn.send(request, 1)
+            return conn, (await conn.read())[1]
+        except (EOFError, ConnectionResetError, BrokenPipeError):
+            conn.close()
+            if not pooled:
+                raise
+        except BaseException:
+            conn.close()
+            raise
+        conn, _ = await self._checkout(address, fresh=True)
+        try:
+            await conn.send(request, 1)
+            return conn, (await conn.read())[1]
+        except BaseException:
+            conn.close()
+            raise
+
     async def task_info(self, address: tuple[str, int], task_id: str) -> TaskInfo:
         """What a parent holds of a task (its bitmap and digests)."""
-        conn = await self._checkout(address)
+        conn = None
         ok = False
         try:
             async with asyncio.timeout(self.timeout):
-                await conn.send(GetTaskInfo(task_id=task_id), 1)
-                _, reply = await conn.read()
+                conn, reply = await self._ask(address, GetTaskInfo(task_id=task_id))
             if isinstance(reply, Error):
                 raise PieceFetchError(reply.code, reply.message)
             if not isinstance(reply, TaskInfo):
@@ -91,10 +129,11 @@ class PieceClient:
         except (EOFError, OSError, ProtocolError, TimeoutError) as exc:
             raise PieceFetchError("connection", f"parent {address}: {exc!r}") from None
         finally:
-            if ok:
-                self._checkin(address, conn)
-            else:
-                conn.close()
+            if conn is not None:
+                if ok:
+                    self._checkin(address, conn)
+                else:
+                    conn.close()
 
     async def subscribe(
         self, address: tuple[str, int], task_id: str, piece_count: int
@@ -145,12 +184,11 @@ class PieceClient:
         otherwise (no recorded digest yet) the parent's header digest must match the
         bytes. Raises :class:`PieceFetchError`.
         """
-        conn = await self._checkout(address)
+        conn = None
         reusable = False
         try:
             async with asyncio.timeout(self.timeout):
-                await conn.send(GetPiece(task_id=task_id, number=number), 1)
-                _, reply = await conn.read()
+                conn, reply = await self._ask(address, GetPiece(task_id=task_id, number=number))
                 if isinstance(reply, Error):
                     reusable = True  # an answered error leaves the framing intact
                     raise PieceFetchError(reply.code, reply.message)
@@ -165,10 +203,11 @@ class PieceClient:
         except (EOFError, OSError, ProtocolError, TimeoutError) as exc:
             raise PieceFetchError("connection", f"parent {address}: {exc!r}") from None
         finally:
-            if reusable:
-                self._checkin(address, conn)
-            else:
-                conn.close()
+            if conn is not None:
+                if reusable:
+                    self._checkin(address, conn)
+                else:
+                    conn.close()
         actual = f"crc32:{crc}"
         expected = (expected_digests or {}).get(number, reply.digest)
         if actual != expected:

@@ -38,9 +38,9 @@ from d7y.core.messages import (
     Unsubscribe,
 )
 from d7y.core.pieces import piece_at, piece_count
-from d7y.core.protocol import PROTOCOL_MINOR_VERSION, ProtocolError
+from d7y.core.protocol import PROTOCOL_MINOR_VERSION, ProtocolError, encode_frame
 from d7y.core.states import TaskState
-from d7y.daemons.framing import FramedSocket
+from d7y.daemons.framing import FramedSocket, IdleTimeout, ReadTimeout
 from d7y.daemons.listener import Listener
 from d7y.daemons.peer.limits import TokenBucket
 from d7y.daemons.peer.metrics import PeerMetrics
@@ -88,6 +88,10 @@ class PieceServer:
         peer_id: str = "",
         host_id: str = "",
         corrupt: bool = False,
+        idle_timeout: float = 60.0,
+        request_timeout: float = 10.0,
+        max_connections: int = 0,
+        max_connections_per_ip: int = 0,
     ) -> None:
         self.manager = manager
         self.storage = manager.storage
@@ -100,12 +104,21 @@ class PieceServer:
         # Test-only fault switch (testing.corrupt_uploads): serve every piece with one
         # byte flipped, under its honest digest, so children must catch it.
         self.corrupt = corrupt
+        # A connection that asks nothing (and follows no subscription) for idle_timeout,
+        # or stalls in the middle of a frame for request_timeout, is closed: a child
+        # that keeps a connection pooled just opens a new one.
+        self.idle_timeout = idle_timeout or None
+        self.request_timeout = request_timeout or None
         self._active = 0
         self._subscriptions: dict[str, dict[_Subscription, None]] = {}  # task id -> subs
         self._flushes: set[asyncio.Task] = set()
         manager.piece_listeners.append(self._piece_stored)
         self._listener = Listener(
-            lambda sock, _address: self._serve(FramedSocket(sock, max_body_length=max_frame))
+            lambda sock, _address: self._serve(FramedSocket(sock, max_body_length=max_frame)),
+            name="piece port",
+            max_connections=max_connections,
+            max_connections_per_ip=max_connections_per_ip,
+            refusal=lambda reason: encode_frame(Error(code=ErrorCode.BUSY, message=reason)),
         )
 
     @property
@@ -127,7 +140,13 @@ class PieceServer:
         try:
             while True:
                 try:
-                    header, message = await framed.read()
+                    header, message = await framed.read(
+                        idle_timeout=self.idle_timeout, frame_timeout=self.request_timeout
+                    )
+                except IdleTimeout:
+                    if self._follows_running_task(conn):
+                        continue  # a subscriber waits for our pushes: not idle
+                    raise
                 except ProtocolError as exc:
                     log.info("bad frame from peer error=%s fatal=%s", exc, exc.fatal)
                     async with conn.write_lock:
@@ -137,6 +156,8 @@ class PieceServer:
                     continue
                 async with conn.write_lock:
                     await self._dispatch(conn, header.stream_id, message)
+        except ReadTimeout as exc:
+            log.debug("closing piece connection: %s", exc)
         except (EOFError, ConnectionError, OSError):
             pass  # the peer went away
         except ShortFileError as exc:
@@ -182,6 +203,10 @@ class PieceServer:
             )
 
     # -- subscriptions -----------------------------------------------------------------
+
+    def _follows_running_task(self, conn: _Connection) -> bool:
+        """Whether a subscription on ``conn`` may still get pushes (its task runs)."""
+        return any(self.manager.running(sub.task_id) for sub in conn.subscriptions.values())
 
     async def _subscribe(self, conn: _Connection, stream_id: int, task_id: str) -> None:
         if stream_id in conn.subscriptions:

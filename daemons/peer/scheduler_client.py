@@ -23,6 +23,8 @@ log = logging.getLogger("d7y.dfdaemon.scheduler")
 
 RECONNECT_MIN = 0.2
 RECONNECT_MAX = 5.0
+#: A connection that lasted this long was a working one: reconnect at once after it.
+STABLE_CONNECTION = 10.0
 
 
 class SchedulerUnavailable(Exception):
@@ -140,7 +142,8 @@ class SchedulerClient:
             raise SchedulerUnavailable(f"scheduler connection failed: {exc}") from None
 
     async def _run(self) -> None:
-        delay = RECONNECT_MIN
+        delay = RECONNECT_MIN  # between failed connection attempts
+        flap_delay = RECONNECT_MIN  # after connections that closed soon after opening
         warned = False
         while not self._closing:
             try:
@@ -161,6 +164,7 @@ class SchedulerClient:
                 continue
             self._conn = conn
             self.connected.set()
+            connected_at = asyncio.get_running_loop().time()
             delay = RECONNECT_MIN
             warned = False
             log.info("connected to scheduler address=%s:%d", *self.address)
@@ -181,6 +185,13 @@ class SchedulerClient:
                         "source until it is back",
                         *self.address,
                     )
+            if asyncio.get_running_loop().time() - connected_at >= STABLE_CONNECTION:
+                flap_delay = RECONNECT_MIN
+            elif not self._closing:
+                # Closed soon after it opened (e.g. the scheduler refused our host while
+                # it still held our previous connection): back off, do not spin.
+                await asyncio.sleep(flap_delay)
+                flap_delay = min(flap_delay * 2, RECONNECT_MAX)
 
     async def _announce_loop(self) -> None:
         first = True

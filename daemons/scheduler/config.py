@@ -16,6 +16,23 @@ class ServerConfig:
     listen: str = field("0.0.0.0", "address of the scheduler's protocol port")
     port: int = field(8002, "protocol port (Dragonfly's scheduler port)")
     max_frame: int = field(1024 * 1024, "largest frame body accepted, bytes")
+    idle_timeout: Duration = field(
+        Duration(300),
+        "a connection that sends no frame for this long is closed (dfdaemon announces its "
+        "host every scheduler.announce_interval, 30s, which keeps its connection open); "
+        "0 = never",
+    )
+    request_timeout: Duration = field(
+        Duration(30),
+        "a frame that has begun must arrive whole within this, or the "
+        "connection is closed; 0 = no limit",
+    )
+    max_connections: int = field(
+        10000, "connections open at once; more are refused with a 'busy' Error (0 = no limit)"
+    )
+    max_connections_per_ip: int = field(
+        1024, "connections open at once from one IP address; more are refused (0 = no limit)"
+    )
 
 
 @dataclasses.dataclass
@@ -34,17 +51,14 @@ class SchedulingConfig:
     candidate_parent_limit: int = field(
         0, "parents handed to a peer per round (0: the policy's, 4 / dragonfly 3)"
     )
-    max_parents: int = field(
-        0, "parents a peer holds at once (0: the policy's, 12 / dragonfly 3)"
-    )
+    max_parents: int = field(0, "parents a peer holds at once (0: the policy's, 12 / dragonfly 3)")
     retry_limit: int = field(5, "scheduling rounds before a peer gives up")
     retry_back_to_source_limit: int = field(4, "failed rounds before back-to-source")
     retry_interval: Duration = field(Duration(0.5), "wait between rounds (with jitter)")
     back_to_source_limit: int = field(200, "peers of one task allowed back to source")
     sample_servable_only: Literal["policy", "on", "off"] = field(
         "policy",
-        "sample candidates only among peers able to serve (policy: on for d7y, off for "
-        "dragonfly)",
+        "sample candidates only among peers able to serve (policy: on for d7y, off for dragonfly)",
     )
     seed: int = field(0, "random seed of the scheduler's decisions (0: from the OS)")
 
@@ -86,6 +100,9 @@ class SchedulerDaemonConfig:
         ):
             if not 0 <= value <= 65535:
                 raise ConfigError(f"config key {key!r} must be a port in 0..65535, got {value}")
+        for key in ("max_connections", "max_connections_per_ip"):
+            if getattr(self.server, key) < 0:
+                raise ConfigError(f"config key 'server.{key}' must be >= 0 (0 = no limit)")
         for key in ("filter_parent_limit", "candidate_parent_limit", "max_parents"):
             if getattr(self.scheduling, key) < 0:
                 raise ConfigError(

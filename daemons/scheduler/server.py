@@ -24,17 +24,23 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from d7y.core import messages as m
-from d7y.core.protocol import ProtocolError
+from d7y.core.protocol import ProtocolError, encode_frame
 from d7y.core.scheduling import answers
 from d7y.core.scheduling import results as r
 from d7y.core.scheduling.config import SchedulerConfig
 from d7y.core.scheduling.evaluator import make_evaluator
 from d7y.core.scheduling.scheduler import Scheduler, SchedulerError
-from d7y.daemons.framing import FramedSocket
+from d7y.daemons.framing import FramedSocket, ReadTimeout
 from d7y.daemons.listener import Listener
 from d7y.daemons.scheduler.config import SchedulerDaemonConfig
 
 log = logging.getLogger("d7y.scheduler")
+
+#: Idle keep-alive connections to /metrics and /healthy are closed after this long.
+METRICS_KEEPALIVE = 60.0
+#: Requests for another connection's host or peers one connection may send before it is
+#: closed: a daemon's own mistake is refused and answered, a stream of them is an attack.
+MAX_REFUSED = 16
 
 
 @dataclass(eq=False)
@@ -45,6 +51,7 @@ class Connection:
     peers: set[str] = field(default_factory=set)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     next_stream: int = 2  # streams this side opens are even
+    refused: int = 0  # requests refused for naming another connection's host or peers
 
     async def send(self, message: m.Message, stream_id: int = 0) -> bool:
         """Send a frame; False if the connection is gone (the caller moves on)."""
@@ -116,7 +123,14 @@ class SchedulerService:
         self.routes: dict[str, Route] = {}
         self.host_conns: dict[str, Connection] = {}
         self._answers: dict[str, asyncio.Task] = {}
-        self._listener = Listener(self._accept)
+        server = config.server
+        self._listener = Listener(
+            self._accept,
+            name="scheduler",
+            max_connections=server.max_connections,
+            max_connections_per_ip=server.max_connections_per_ip,
+            refusal=lambda reason: encode_frame(m.Error(code=m.ErrorCode.BUSY, message=reason)),
+        )
         self._tasks: set[asyncio.Task] = set()
         self._metrics_runner: web.AppRunner | None = None
         self.port = 0
@@ -166,7 +180,9 @@ class SchedulerService:
             return web.Response(text="ok")
 
         app.add_routes([web.get("/metrics", metrics), web.get("/healthy", healthy)])
-        self._metrics_runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._metrics_runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, keepalive_timeout=METRICS_KEEPALIVE
+        )
         await self._metrics_runner.setup()
         await web.TCPSite(self._metrics_runner, host, port).start()
 
@@ -197,15 +213,38 @@ class SchedulerService:
 
     async def _serve(self, conn: Connection) -> None:
         self.metrics.connections.inc()
+        server = self.config.server
+        idle_timeout = float(server.idle_timeout) or None
+        frame_timeout = float(server.request_timeout) or None
         try:
             while True:
                 try:
-                    header, message = await conn.framed.read()
+                    header, message = await conn.framed.read(
+                        idle_timeout=idle_timeout, frame_timeout=frame_timeout
+                    )
                 except ProtocolError as exc:
                     log.info("bad frame conn=%s error=%s fatal=%s", conn.name, exc, exc.fatal)
                     self.metrics.errors.labels(exc.error_code).inc()
                     await conn.send(exc.to_message(), exc.stream_id or 0)
                     if exc.fatal:
+                        return
+                    continue
+                refusal = self._foreign(conn, message)
+                if refusal is not None:
+                    # It names a host or peer another connection owns: refuse it and
+                    # change nothing. An impostor's AnnounceHost also ends its connection.
+                    log.warning(
+                        "refused %s conn=%s: %s", type(message).__name__, conn.name, refusal
+                    )
+                    self.metrics.errors.labels(m.ErrorCode.FORBIDDEN).inc()
+                    await conn.send(
+                        m.Error(code=m.ErrorCode.FORBIDDEN, message=refusal[:4000]),
+                        header.stream_id,
+                    )
+                    conn.refused += 1
+                    if (
+                        isinstance(message, m.AnnounceHost) and conn.host_id is None
+                    ) or conn.refused > MAX_REFUSED:
                         return
                     continue
                 try:
@@ -224,6 +263,8 @@ class SchedulerService:
                         m.Error(code=m.ErrorCode.BAD_REQUEST, message=str(exc)[:4000]),
                         header.stream_id,
                     )
+        except ReadTimeout as exc:
+            log.info("closing connection conn=%s: %s", conn.name, exc)
         except (EOFError, ConnectionError, OSError, asyncio.IncompleteReadError):
             pass
         except Exception:
@@ -232,6 +273,56 @@ class SchedulerService:
             self.metrics.connections.dec()
             conn.framed.close()
             self._connection_lost(conn)
+
+    def _foreign(self, conn: Connection, msg: m.Message) -> str | None:
+        """Why ``conn`` may not send ``msg``, or None when it may.
+
+        Without mutual TLS a host proves nothing about its identity, so the scheduler
+        binds it to a connection instead: the first live connection to announce a host
+        ID owns that host and every peer on it until the connection closes. Another
+        connection may not announce it, leave it, register or restore peers on it, or
+        report for, reschedule or remove its peers. One connection carries one host.
+        """
+        if isinstance(msg, m.AnnounceHost | m.LeaveHost):
+            owner = self.host_conns.get(msg.host_id)
+            if owner is not None and owner is not conn:
+                return (
+                    f"host {msg.host_id!r} is announced by another live connection; a host "
+                    f"is bound to the connection that announced it until that connection "
+                    f"closes"
+                )
+            if isinstance(msg, m.LeaveHost):
+                return None if owner is conn else self._not_yours(conn, msg.host_id)
+            if conn.host_id is not None and conn.host_id != msg.host_id:
+                return (
+                    f"this connection already announced host {conn.host_id!r}; it cannot "
+                    f"announce {msg.host_id!r} too: open one connection per host"
+                )
+            return None
+        if (
+            isinstance(msg, m.RegisterPeer | m.RestorePeer)
+            and self.host_conns.get(msg.host_id) is not conn
+        ):
+            return self._not_yours(conn, msg.host_id)
+        peer_id = getattr(msg, "peer_id", None)
+        if peer_id and not isinstance(msg, m.GetTaskDigests | m.Hello):
+            peer = self.core.peers.get(peer_id)
+            if peer is not None and self.host_conns.get(peer.host.id) is not conn:
+                return (
+                    f"peer {peer_id!r} belongs to host {peer.host.id!r}, which was not "
+                    f"announced on this connection; only the host's own connection may act "
+                    f"for it"
+                )
+        return None
+
+    @staticmethod
+    def _not_yours(conn: Connection, host_id: str) -> str:
+        if conn.host_id is None:
+            return (
+                f"host {host_id!r} was not announced on this connection: send AnnounceHost "
+                f"for it first"
+            )
+        return f"this connection announced host {conn.host_id!r}, not {host_id!r}"
 
     def _connection_lost(self, conn: Connection) -> None:
         now = self.now()
@@ -369,6 +460,10 @@ class SchedulerService:
             concurrent_upload_limit=msg.concurrent_upload_limit or None,
             tx_bandwidth=msg.tx_bandwidth_bps,
         )
+        if conn.host_id is None:
+            log.info(
+                "host announced host=%s type=%s conn=%s", msg.host_id, msg.host_type, conn.name
+            )
         conn.host_id = msg.host_id
         self.host_conns[msg.host_id] = conn
 
