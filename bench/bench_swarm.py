@@ -268,14 +268,17 @@ def start_all(processes: list) -> None:
 
 
 def stop_all(processes: list) -> None:
-    """SIGTERM every daemon at once, then wait; the harness kills one that ignores it."""
+    """SIGTERM the peers at once, then the scheduler (so no peer logs a lost scheduler
+    while stopping); the harness kills a daemon that ignores SIGTERM."""
 
     def stop(p) -> None:
         with contextlib.suppress(AssertionError, OSError):
             p.stop(timeout=15.0)
 
-    with ThreadPoolExecutor(16) as pool:
-        list(pool.map(stop, processes))
+    schedulers = [p for p in processes if isinstance(p, SchedulerProcess)]
+    for wave in ([p for p in processes if p not in schedulers], schedulers):
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(stop, wave))
 
 
 def wait_connected(scheduler, count: int, timeout: float = 30.0) -> None:
