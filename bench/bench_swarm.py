@@ -508,8 +508,9 @@ def loopback_run(
         )
         if result.t is not None and result.t < t_min:
             result.details["note"] = (
-                "T < T_min: the bound counts the capped seed as the only source, but the "
-                f"uncapped origin sent {origin_bytes / size:.2f}x F, part of it to peers"
+                "T < T_min: the bound takes the capped seed as the only source; the uncapped "
+                f"origin sent {origin_bytes / size:.2f}x F (above 1x: peers fetched from it "
+                "too), and a rate limiter may let a first burst through"
             )
         return result
     finally:
@@ -538,9 +539,21 @@ def mode_loopback(args, work: Path) -> list[RunResult]:
                 f"policy {policy}"
             )
             for run in range(1, args.runs + 1):
-                r = loopback_run(
-                    args, work / f"n{n}-{policy}-{run}", policy, n, run, www, digest, size, u_peer
-                )
+                try:
+                    r = loopback_run(
+                        args,
+                        work / f"n{n}-{policy}-{run}",
+                        policy,
+                        n,
+                        run,
+                        www,
+                        digest,
+                        size,
+                        u_peer,
+                    )
+                except RuntimeError as exc:  # e.g. a policy this scheduler does not know
+                    print(f"  run {run}: FAILED: {exc}")
+                    break
                 r.details["T_min"] = (
                     f"{r.t_min:.2f} s = max(F/u_seed = {size / r.rate:.2f} s, "
                     f"N*F/(u_seed + N*u_i) = {n * size / (r.rate + n * u_peer):.2f} s)"
@@ -819,7 +832,13 @@ def mode_netns(args, work: Path) -> list[RunResult]:
                     print(f" {label}:")
                     run_dir = work / f"r{rate_text}-n{n}-{label.replace(' ', '-')}-{run}"
                     if system == "d7y":
-                        r = netns_d7y_run(args, run_dir, policy, n, rate, run, www, digest, size)
+                        try:
+                            r = netns_d7y_run(
+                                args, run_dir, policy, n, rate, run, www, digest, size
+                            )
+                        except RuntimeError as exc:  # e.g. a policy the scheduler lacks
+                            print(f"  run {run}: FAILED: {exc}")
+                            continue
                     else:
                         r = netns_lt_run(
                             args,
