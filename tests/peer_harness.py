@@ -49,17 +49,22 @@ class DaemonProcess:
             else:
                 self.config[section] = values
 
+    def command_line(self) -> list[str]:
+        """The argv that runs this daemon; a subclass may wrap it (e.g. in ``ip netns exec``)."""
+        return [PYTHON, "-m", "d7y.daemons.cli", self.command, "--config", str(self.config_path)]
+
+    def call_local(self, fn, *args):
+        """Run ``fn(*args)`` where the daemon's 127.0.0.1 is reachable (here: this process);
+        a subclass whose daemon runs in another network namespace calls it there."""
+        return fn(*args)
+
     def ready(self) -> bool:
-        return _http_ok(f"http://127.0.0.1:{self.metrics_port}/healthy")
+        return self.call_local(_http_ok, f"http://127.0.0.1:{self.metrics_port}/healthy")
 
     def start(self, timeout: float = 20.0):
         self.config_path.write_text(yaml.safe_dump(self.config))
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [PYTHON, "-m", "d7y.daemons.cli", self.command, "--config", str(self.config_path)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+            self.proc = subprocess.Popen(self.command_line(), stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -72,7 +77,7 @@ class DaemonProcess:
         raise RuntimeError(f"{self.name} did not become ready:\n{self.log()}")
 
     def metrics(self) -> dict[str, float]:
-        return read_metrics(f"http://127.0.0.1:{self.metrics_port}/metrics")
+        return self.call_local(read_metrics, f"http://127.0.0.1:{self.metrics_port}/metrics")
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
