@@ -312,6 +312,7 @@ class Simulation:
                     location=h.location,
                     type="seed" if h.kind == "seed" else "normal",
                     upload_limit_bps=int(h.upload * 8),
+                    download_limit_bps=int(h.download * 8),
                 )
         self.cs = policy.name == "client_server"
         self.bt = policy.name == "bittorrent"

@@ -42,6 +42,7 @@ POLICY_DEFAULTS: dict[str, dict[str, object]] = {
         "register_backoff_max": 1.0,
         "blocklist_previous_parents": True,
         "sample_servable_only": False,
+        "children_per_capacity": 0,
     },
     "d7y": {
         "filter_parent_limit": 40,
@@ -52,6 +53,7 @@ POLICY_DEFAULTS: dict[str, dict[str, object]] = {
         "register_backoff_max": 0.0,
         "blocklist_previous_parents": False,
         "sample_servable_only": True,
+        "children_per_capacity": 2,
     },
 }
 
@@ -79,6 +81,10 @@ class SchedulerConfig:
     register_backoff_max: float = None  # type: ignore[assignment]
     #: dragonfly: a reschedule blocklists every parent the peer was ever given.
     blocklist_previous_parents: bool = None  # type: ignore[assignment]
+    #: d7y: a parent host takes at most this many times (its upload / the child's
+    #: download) children, unless the child would have no parent at all (0: no cap,
+    #: dragonfly).
+    children_per_capacity: int = None  # type: ignore[assignment]
     #: Failed rounds after which the peer is told scheduling failed.
     retry_limit: int = 5
     #: Failed rounds after which the peer goes back to source (when allowed).
@@ -143,7 +149,7 @@ class SchedulerConfig:
             "hash_ring_vnodes",
         ):
             _check_int(name, getattr(self, name), minimum=1)
-        for name in ("retry_back_to_source_limit", "back_to_source_limit"):
+        for name in ("retry_back_to_source_limit", "back_to_source_limit", "children_per_capacity"):
             _check_int(name, getattr(self, name), minimum=0)
         for name in (
             "retry_interval",

@@ -119,6 +119,7 @@ DOWNLOAD_POLICY_DEFAULTS: dict[str, dict[str, Any]] = {
         "reschedule_when": "orphaned",
         "max_reschedules": 5,
         "parent_idle_timeout": 360.0,
+        "origin_in_flight": 8,
     },
     "d7y": {
         "max_in_flight": 16,
@@ -131,6 +132,7 @@ DOWNLOAD_POLICY_DEFAULTS: dict[str, dict[str, Any]] = {
         "reschedule_when": "idle",
         "max_reschedules": 0,
         "parent_idle_timeout": math.inf,
+        "origin_in_flight": 4,
     },
 }
 DOWNLOAD_POLICIES = tuple(DOWNLOAD_POLICY_DEFAULTS)
@@ -164,6 +166,9 @@ class DownloadConfig:
     #: A parent that announced and served nothing for this long is dropped (its stream
     #: ended; dragonfly 360 s; inf: never).
     parent_idle_timeout: float = None  # type: ignore[assignment]
+    #: Pieces fetched from the origin at once (a few: on a slow origin, 16 parallel
+    #: ranges finish together and nothing can be relayed until they do).
+    origin_in_flight: int = None  # type: ignore[assignment]
     #: At most one Reschedule per this many seconds unless it names bad parents.
     reschedule_interval: float = 1.0
     #: A parent that answered "busy" is not asked again for this long.
@@ -181,7 +186,7 @@ class DownloadConfig:
         for name, value in DOWNLOAD_POLICY_DEFAULTS[self.policy].items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
-        for name in ("max_in_flight", "failure_limit"):
+        for name in ("max_in_flight", "failure_limit", "origin_in_flight"):
             _check_int(name, getattr(self, name), 1)
         for name in ("per_parent_limit", "max_reschedules"):
             _check_int(name, getattr(self, name), 0)
@@ -445,7 +450,7 @@ class Download:
         if self.state is P2P and limit < math.inf:
             busy = {parent for _piece, parent in picker._requests}
             for parent_id, seen in list(self.parents.items()):
-                if now - seen >= limit and parent_id not in busy:
+                if now >= seen + limit and parent_id not in busy:
                     self._drop_parent(parent_id, now, "no news from the parent", actions)
         self._pump(now, actions)
         return actions
@@ -465,7 +470,9 @@ class Download:
         """Nothing in flight: fall back after the stall timeout, else ask for parents
         (whenever idle for d7y; once every parent is gone for dragonfly)."""
         cfg = self.config
-        if now - self.last_progress >= cfg.stall_timeout:
+        # Deadlines compare as ``now >= start + limit``, the sum next_timer returns, so
+        # a timer firing at its deadline always sees it passed (no float-rounding loop).
+        if now >= self.last_progress + cfg.stall_timeout:
             self._to_origin(f"stalled: no piece for {cfg.stall_timeout:g} s", now, actions)
             return
         if cfg.reschedule_when == "orphaned" and self.parents:
@@ -515,7 +522,7 @@ class Download:
             self.size,
             self.rng,
             have=picker.have_bitmap(),
-            max_in_flight=self.config.max_in_flight,
+            max_in_flight=self.config.origin_in_flight,
             piece_timeout=1e12,
             endgame=False,
             streaming=self.streaming,

@@ -416,7 +416,7 @@ class PiecePicker:
                 if self._have.test(piece):
                     del self._announced[piece]
                 continue
-            if now - first < wait and not all(p.bitmap.test(piece) for p in live):
+            if now < first + wait and not all(p.bitmap.test(piece) for p in live):
                 continue
             parent = self._choose_parent(piece, (), now)
             if parent is None:
@@ -589,5 +589,7 @@ class PiecePicker:
         """Requests older than ``piece_timeout``, each handled as :meth:`piece_failed`
         (the caller also cancels them)."""
         limit = self.piece_timeout
-        expired = [key for key, started in self._requests.items() if now - started > limit]
+        # ``started + limit`` as the caller's timer computes it: a check at that very
+        # time expires the request (no rounding gap that would re-arm the same timer).
+        expired = [key for key, started in self._requests.items() if now >= started + limit]
         return [self.piece_failed(piece, parent, now) for piece, parent in expired]

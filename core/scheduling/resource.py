@@ -53,6 +53,7 @@ class Host:
         "concurrent_upload_limit",
         "concurrent_upload_piece_count",
         "created_at",
+        "download_limit_bps",
         "download_port",
         "hostname",
         "id",
@@ -99,6 +100,7 @@ class Host:
         self.upload_failed_count = 0
         self.upload_piece_count = 0
         self.created_at = now
+        self.download_limit_bps = 0  # what the host can receive, bits/s (0: unknown)
         self.update(
             ip=ip,
             hostname=hostname,

@@ -95,6 +95,23 @@ class PeerStateError(SchedulerError, ValueError):
     """A call that makes no sense in the peer's current state."""
 
 
+def _cap(parent: Host, child: Host, factor: int) -> int:
+    """Children a parent host feeds at full speed: its upload over the child's download
+    (the child's upload when its download is not announced), times ``factor``; a parent
+    of unknown upload is not capped, a child of unknown speed takes a whole parent."""
+    up = parent.upload_limit_bps
+    if up <= 0:
+        return 1 << 30
+    down = child.download_limit_bps or child.upload_limit_bps
+    if down <= 0:
+        return factor
+    return factor * max(1, up // down)
+
+
+def task_has_parents(peer: Peer) -> bool:
+    return bool(peer.task.dag._parents[peer.id])
+
+
 def _check_id(name: str, value: object) -> str:
     if not isinstance(value, str) or not value:
         raise TypeError(f"{name} must be a non-empty str, got {value!r}")
@@ -222,6 +239,7 @@ class Scheduler:
         upload_limit_bps: int = 0,
         concurrent_upload_limit: int | None = None,
         tx_bandwidth: int = 0,
+        download_limit_bps: int = 0,
     ) -> HostAnnounced:
         """Add or refresh a host (resets its TTL). ``upload_limit_bps`` is the host's
         upload capacity in bits/s (the evaluators' max_tx); ``tx_bandwidth`` is what the
@@ -243,6 +261,7 @@ class Scheduler:
         _check_count("download_port", download_port)
         _check_count("upload_limit_bps", upload_limit_bps)
         _check_count("tx_bandwidth", tx_bandwidth)
+        _check_count("download_limit_bps", download_limit_bps)
         try:
             host_type = type if isinstance(type, HostType) else HostType(type)
         except ValueError:
@@ -273,6 +292,7 @@ class Scheduler:
             host.announced_tx_bandwidth = tx_bandwidth
         else:
             host.update(announced_tx_bandwidth=tx_bandwidth, **fields)  # type: ignore[arg-type]
+        host.download_limit_bps = download_limit_bps
         if host.is_seed:
             self._ring.add(host_id)
         else:
@@ -792,6 +812,21 @@ class Scheduler:
         candidates = self._filter(peer, self._sample(peer), succeeded_only=False)
         if not candidates:
             return []
+        factor = self.config.children_per_capacity
+        if factor:
+            # d7y: a parent takes about as many children as its upload can feed at their
+            # download speed (a 16 MiB/s seed with fast children: one; a 10 Gbit/s seed
+            # with 1 Gbit/s children: ten, times the factor), so its bandwidth goes to
+            # few children that relay, instead of trickling to all. Over-full parents
+            # are used only when the peer would otherwise have none.
+            host = peer.host
+            room = [
+                c for c in candidates if c.host.concurrent_upload_count < _cap(c.host, host, factor)
+            ]
+            if room or task_has_parents(peer):
+                candidates = room
+            if not candidates:
+                return []
         return self._rank(peer, candidates, limit)
 
     def _find_success_parent(self, peer: Peer) -> tuple[Peer, float] | None:
