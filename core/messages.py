@@ -343,6 +343,9 @@ class AnnounceHost(Message, kw_only=True):
     upload_count: NonNegative = 0
     upload_failed_count: NonNegative = 0
     agent: Name = ""
+    #: What the host can receive, bits/s (0: unknown); the d7y policy gives a parent
+    #: about as many children as its upload feeds at their download speed.
+    download_limit_bps: NonNegative = 0
 
 
 @register

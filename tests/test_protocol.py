@@ -135,6 +135,7 @@ SAMPLES: dict[type[m.Message], list[m.Message]] = {
             upload_count=1234,
             upload_failed_count=5,
             agent="d7y/0.1.0",
+            download_limit_bps=8_000_000_000,
         ),
     ],
     m.RegisterPeer: [

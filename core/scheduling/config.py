@@ -53,7 +53,7 @@ POLICY_DEFAULTS: dict[str, dict[str, object]] = {
         "register_backoff_max": 0.0,
         "blocklist_previous_parents": False,
         "sample_servable_only": True,
-        "children_per_capacity": 2,
+        "children_per_capacity": 1,
     },
 }
 

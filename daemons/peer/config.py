@@ -35,7 +35,14 @@ class HostConfig:
     idc: str = field("", "data centre name, used by the scheduler to prefer near parents")
     location: str = field("", "'|'-separated location, e.g. 'cn|hz|zone-a'")
     upload_bandwidth: int = field(
-        10_000_000_000, "upload capacity in bits/s announced to the scheduler (its max_tx)"
+        10_000_000_000,
+        "upload capacity in bits/s announced to the scheduler (its max_tx; upload.rate_limit "
+        "lowers it)",
+    )
+    download_bandwidth: int = field(
+        10_000_000_000,
+        "download capacity in bits/s announced to the scheduler (download.rate_limit lowers "
+        "it); the d7y policy gives a parent about upload/download children",
     )
 
 

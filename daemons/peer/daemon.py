@@ -186,7 +186,8 @@ class PeerDaemon:
             location=cfg.host.location,
             host_type="seed" if cfg.seed_peer else "normal",
             upload_limit_bps=int(cfg.upload.rate_limit) * 8,
-            max_tx_bandwidth_bps=cfg.host.upload_bandwidth,
+            max_tx_bandwidth_bps=_capacity(cfg.host.upload_bandwidth, cfg.upload.rate_limit),
+            download_limit_bps=_capacity(cfg.host.download_bandwidth, cfg.download.rate_limit),
             tx_bandwidth_bps=tx_bps,
             concurrent_upload_limit=cfg.upload.max_concurrent,
             concurrent_upload_count=int(sample("d7y_peer_active_uploads") or 0),
@@ -317,3 +318,10 @@ class PeerDaemon:
         await self.start()
         await stop_requested.wait()
         await self.stop()
+
+
+def _capacity(bandwidth_bps: int, rate_limit: int) -> int:
+    """What a host can move, bits/s: its configured bandwidth, lowered by a rate limit
+    (bytes/s, 0 = none)."""
+    limit = int(rate_limit) * 8
+    return min(bandwidth_bps, limit) if limit else bandwidth_bps

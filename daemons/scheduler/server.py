@@ -459,6 +459,7 @@ class SchedulerService:
             upload_limit_bps=msg.max_tx_bandwidth_bps or msg.upload_limit_bps,
             concurrent_upload_limit=msg.concurrent_upload_limit or None,
             tx_bandwidth=msg.tx_bandwidth_bps,
+            download_limit_bps=msg.download_limit_bps,
         )
         if conn.host_id is None:
             log.info(
