@@ -31,9 +31,11 @@ seed's metrics, libtorrent's payload counters) and by the link (eth0 tx bytes: f
 kernel hands them to the veth, GSO super-frames carrying one set of headers each, so close
 to payload plus protocol overhead).
 
-The scheduling policy goes to the scheduler as ``scheduling.algorithm`` unchanged, so a
-new policy needs no change here. Every run has a hard limit of ``--time-limit-factor``
-x T_min; a run past it is stopped and reported as not finished with how many peers
+A policy label (``--policies``) is ``d7y``, ``dragonfly`` or ``dragonfly:EVALUATOR``; a
+bare evaluator (load_aware, base, random) means Dragonfly's rules with it. The scheduler
+gets ``scheduling.policy`` and ``scheduling.algorithm``, every daemon
+``download.policy``. Every run has a hard limit of ``--time-limit-factor`` x T_min; a
+run past it is stopped and reported as not finished with how many peers
 finished. Every process, namespace, veth and bridge is removed at exit (Ctrl-C too);
 leftovers of a crashed run make it refuse to start unless ``--clean-leftovers``.
 """
@@ -240,15 +242,21 @@ class NsScheduler(InNamespace, SchedulerProcess):
         super().__init__(workdir, **config)
 
 
-def peer_config(scheduler: str, name: str, ip: str, *, seed: bool = False, **extra) -> dict:
+def peer_config(
+    scheduler: str, name: str, ip: str, *, seed: bool = False, label: str = "d7y", **extra
+) -> dict:
     """The daemon's defaults, except what a benchmark host must set (its name, address,
-    scheduler) and what the harness sets for tests (debug logs, fast origin backoff)."""
+    scheduler, the run's download policy) and a fast origin backoff."""
     config: dict = {
         "seed_peer": seed,
         "host": {"hostname": name, "ip": ip},
         "upload": {"listen": ip},
         "scheduler": {"address": scheduler},
-        "download": {"origin_backoff": "0.1s", "origin_backoff_max": "5s"},
+        "download": {
+            "origin_backoff": "0.1s",
+            "origin_backoff_max": "5s",
+            "policy": policy_rules(label)[0],
+        },
         "log": {"level": "info"},
     }
     for section, values in extra.items():
@@ -256,8 +264,19 @@ def peer_config(scheduler: str, name: str, ip: str, *, seed: bool = False, **ext
     return config
 
 
-def scheduler_config(policy: str) -> dict:
-    return {"scheduling": {"algorithm": policy}, "log": {"level": "info"}}
+def policy_rules(label: str) -> tuple[str, str]:
+    """(scheduling/download policy, evaluator) of a --policies label: ``d7y``,
+    ``dragonfly``, ``dragonfly:base``; a bare evaluator name (load_aware, base, random)
+    means Dragonfly's rules with that evaluator."""
+    policy, _, evaluator = label.partition(":")
+    if policy in ("load_aware", "base", "random"):
+        return "dragonfly", policy
+    return policy, evaluator or "load_aware"
+
+
+def scheduler_config(label: str) -> dict:
+    policy, evaluator = policy_rules(label)
+    return {"scheduling": {"policy": policy, "algorithm": evaluator}, "log": {"level": "info"}}
 
 
 def start_all(processes: list) -> None:
@@ -470,12 +489,15 @@ def loopback_run(
                 "seed",
                 "127.0.0.1",
                 seed=True,
+                label=policy,
                 upload={"rate_limit": seed_rate},
                 host={"upload_bandwidth": seed_rate * 8},
             ),
         )
         peers = [
-            PeerProcess(work, f"peer{i}", **peer_config(addr, f"peer{i}", "127.0.0.1"))
+            PeerProcess(
+                work, f"peer{i}", **peer_config(addr, f"peer{i}", "127.0.0.1", label=policy)
+            )
             for i in range(n)
         ]
         procs += [seed, *peers]
@@ -621,14 +643,14 @@ def netns_d7y_run(
             hosts["seed"],
             work,
             "seed",
-            **peer_config(addr, "seed", hosts["seed"].ip, seed=True, host=bandwidth),
+            **peer_config(addr, "seed", hosts["seed"].ip, seed=True, label=policy, host=bandwidth),
         )
         peers = [
             NsPeer(
                 hosts[f"peer{i}"],
                 work,
                 f"peer{i}",
-                **peer_config(addr, f"peer{i}", hosts[f"peer{i}"].ip, host=bandwidth),
+                **peer_config(addr, f"peer{i}", hosts[f"peer{i}"].ip, label=policy, host=bandwidth),
             )
             for i in range(n)
         ]
@@ -871,8 +893,8 @@ def main() -> int:
     parser.add_argument("--size", default=None, help="file size (128MiB loopback, 64MiB netns)")
     parser.add_argument(
         "--policies",
-        default="load_aware",
-        help="scheduling.algorithm values, comma-separated, passed as they are",
+        default="d7y,dragonfly",
+        help="policies, comma-separated: d7y, dragonfly, dragonfly:base, load_aware, ...",
     )
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--seed-rate", default="16MiB", help="loopback: the seed's upload cap /s")
