@@ -64,7 +64,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from nginx_origin import NginxOrigin, nginx_binary
-from swarm_net import Host, Network, call_in_netns, leftovers, remove_namespace
+from swarm_net import SUBNET, Host, Network, call_in_netns, leftovers, remove_namespace
 
 from d7y.daemons.cluster import Service
 from d7y.daemons.config import parse_size
@@ -252,6 +252,9 @@ def peer_config(
         "host": {"hostname": name, "ip": ip},
         "upload": {"listen": ip},
         "scheduler": {"address": scheduler},
+        # The origin (nginx) is on loopback or in the benchmark's own namespaces: seed
+        # peers fetch from it for others, so it must be allowed (source.allow).
+        "source": {"allow": ["127.0.0.0/8", "::1/128", f"{SUBNET}.0/24"]},
         "download": {
             "origin_backoff": "0.1s",
             "origin_backoff_max": "5s",
