@@ -227,7 +227,14 @@ def test_dragonfly_dispatches_in_announcement_order_at_most_eight(bitmap_impl):
 
 
 def test_d7y_request_timeouts_grow_with_the_measured_piece_time(bitmap_impl):
-    dl = make(bitmap_impl, pieces=8, per_parent_limit=1, piece_timeout=30.0, timeout_factor=4.0)
+    dl = make(
+        bitmap_impl,
+        pieces=8,
+        per_parent_limit=1,
+        piece_timeout=30.0,
+        timeout_factor=4.0,
+        min_parents=0,
+    )
     dl.add_parents([("a", full(bitmap_impl, 8), 0, 0)], 0.0)
     t = 0.0
     for _ in range(3):  # slow link: 20 s a piece
@@ -268,3 +275,14 @@ def test_going_to_the_origin_fetches_what_is_missing_from_it(bitmap_impl):
     origin_fetches = of(Fetch, actions)
     assert {f.parent for f in origin_fetches} == {"origin"}
     assert sorted(f.piece for f in origin_fetches) == sorted(set(range(4)) - {fetch.piece})
+
+
+def test_d7y_asks_for_more_parents_while_it_has_few_even_when_busy(bitmap_impl):
+    dl = make(bitmap_impl, per_parent_limit=1, min_parents=2, reschedule_interval=1.0)
+    actions = dl.add_parents([("a", full(bitmap_impl, 8), 0, 0)], 0.0)
+    assert of(Fetch, actions) and AskParents((), "too few parents") in actions
+    assert of(AskParents, dl.pump(0.5)) == []  # at most once per interval
+    assert dl.next_timer(0.5) == pytest.approx(1.0)
+    assert AskParents((), "too few parents") in dl.tick(1.0)
+    dl.add_parents([("b", full(bitmap_impl, 8), 0, 0)], 1.5)
+    assert of(AskParents, dl.tick(3.0)) == []  # two parents: enough

@@ -120,6 +120,7 @@ DOWNLOAD_POLICY_DEFAULTS: dict[str, dict[str, Any]] = {
         "max_reschedules": 5,
         "parent_idle_timeout": 360.0,
         "origin_in_flight": 8,
+        "min_parents": 0,
     },
     "d7y": {
         "max_in_flight": 16,
@@ -133,6 +134,7 @@ DOWNLOAD_POLICY_DEFAULTS: dict[str, dict[str, Any]] = {
         "max_reschedules": 0,
         "parent_idle_timeout": math.inf,
         "origin_in_flight": 4,
+        "min_parents": 4,
     },
 }
 DOWNLOAD_POLICIES = tuple(DOWNLOAD_POLICY_DEFAULTS)
@@ -166,6 +168,10 @@ class DownloadConfig:
     #: A parent that announced and served nothing for this long is dropped (its stream
     #: ended; dragonfly 360 s; inf: never).
     parent_idle_timeout: float = None  # type: ignore[assignment]
+    #: d7y: while it has fewer parents than this, the download asks for more (every
+    #: reschedule_interval) even when busy: one shared parent is a slow one (0: only
+    #: when idle).
+    min_parents: int = None  # type: ignore[assignment]
     #: Pieces fetched from the origin at once (a few: on a slow origin, 16 parallel
     #: ranges finish together and nothing can be relayed until they do).
     origin_in_flight: int = None  # type: ignore[assignment]
@@ -188,7 +194,7 @@ class DownloadConfig:
                 object.__setattr__(self, name, value)
         for name in ("max_in_flight", "failure_limit", "origin_in_flight"):
             _check_int(name, getattr(self, name), 1)
-        for name in ("per_parent_limit", "max_reschedules"):
+        for name in ("per_parent_limit", "max_reschedules", "min_parents"):
             _check_int(name, getattr(self, name), 0)
         if self.order not in ("rarest", "announced"):
             raise ValueError(f"order must be 'rarest' or 'announced', got {self.order!r}")
@@ -422,10 +428,13 @@ class Download:
             due = self.last_progress + cfg.stall_timeout
             if due < at:
                 at = due
-            if cfg.reschedule_when == "idle" or not self.parents:
-                due = self.last_reschedule + cfg.reschedule_interval
-                if due < at:
-                    at = max(due, now)
+        if (
+            (not requests and (cfg.reschedule_when == "idle" or not self.parents))
+            or (requests and len(self.parents) < cfg.min_parents)
+        ):
+            due = self.last_reschedule + cfg.reschedule_interval
+            if due < at:
+                at = max(due, now)
         if self.parents and cfg.parent_idle_timeout < math.inf:
             due = min(self.parents.values()) + cfg.parent_idle_timeout
             if due < at:
@@ -463,8 +472,14 @@ class Download:
             return
         for piece, parent in self.picker.next_requests(now):
             actions.append(Fetch(piece, parent))
-        if state is P2P and not self.picker._requests:
+        if state is not P2P:
+            return
+        if not self.picker._requests:
             self._idle(now, actions)
+        elif len(self.parents) < self.config.min_parents:
+            last = self.last_reschedule
+            if now != last and now >= last + self.config.reschedule_interval:
+                self._ask(now, (), "too few parents", actions)
 
     def _idle(self, now: float, actions: list) -> None:
         """Nothing in flight: fall back after the stall timeout, else ask for parents
