@@ -43,6 +43,7 @@ POLICY_DEFAULTS: dict[str, dict[str, object]] = {
         "blocklist_previous_parents": True,
         "sample_servable_only": False,
         "children_per_capacity": 0,
+        "prefer_locality": False,
     },
     "d7y": {
         "filter_parent_limit": 40,
@@ -54,6 +55,7 @@ POLICY_DEFAULTS: dict[str, dict[str, object]] = {
         "blocklist_previous_parents": False,
         "sample_servable_only": True,
         "children_per_capacity": 1,
+        "prefer_locality": True,
     },
 }
 
@@ -85,6 +87,9 @@ class SchedulerConfig:
     #: download) children, unless the child would have no parent at all (0: no cap,
     #: dragonfly).
     children_per_capacity: int = None  # type: ignore[assignment]
+    #: d7y: rank candidates nearest first (same IDC, then location), by score within
+    #: (dragonfly: the score alone, where IDC and location are weights).
+    prefer_locality: bool = None  # type: ignore[assignment]
     #: Failed rounds after which the peer is told scheduling failed.
     retry_limit: int = 5
     #: Failed rounds after which the peer goes back to source (when allowed).
@@ -172,6 +177,8 @@ class SchedulerConfig:
                 f"max_parents ({self.max_parents}) must be >= candidate_parent_limit "
                 f"({self.candidate_parent_limit})"
             )
+        if not isinstance(self.prefer_locality, bool):
+            raise TypeError(f"prefer_locality must be a bool, got {self.prefer_locality!r}")
         if not isinstance(self.blocklist_previous_parents, bool):
             raise TypeError(
                 "blocklist_previous_parents must be a bool, got "

@@ -108,6 +108,16 @@ def _cap(parent: Host, child: Host, factor: int) -> int:
     return factor * max(1, up // down)
 
 
+def _nearness(parent: Host, child: Host) -> int:
+    """Same IDC (case-insensitive) counts most, then equal leading location elements."""
+    near = 8 if parent.idc_key and parent.idc_key == child.idc_key else 0
+    for a, b in zip(parent.location_parts, child.location_parts, strict=False):
+        if a != b:
+            break
+        near += 1
+    return near
+
+
 def task_has_parents(peer: Peer) -> bool:
     return bool(peer.task.dag._parents[peer.id])
 
@@ -804,8 +814,16 @@ class Scheduler:
         total = peer.task.piece_count or 0
         score = self.evaluator.score
         scored = [(cand, score(cand, peer, total)) for cand in candidates]
-        # Stable, so equal scores keep the (random) sample order.
-        scored.sort(key=itemgetter(1), reverse=True)
+        if self.config.prefer_locality:
+            # d7y: nearer first (same IDC, then more equal leading location elements),
+            # the score within a tier: on an oversubscribed network (rack uplinks, IDC
+            # links) each rack should pull a piece across its uplink about once and
+            # share it inside; a weight in a sum cannot guarantee that.
+            host = peer.host
+            scored.sort(key=lambda x: (_nearness(x[0].host, host), x[1]), reverse=True)
+        else:
+            # Stable, so equal scores keep the (random) sample order.
+            scored.sort(key=itemgetter(1), reverse=True)
         return scored[:limit]
 
     def _find_candidate_parents(self, peer: Peer, limit: int) -> list[tuple[Peer, float]]:

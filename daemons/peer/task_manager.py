@@ -856,7 +856,13 @@ class TaskManager:
         ]
         if not missing:
             return
-        workers = max(1, min(self.concurrency, PIECE_BUFFER_BUDGET // task.piece_length))
+        limit = self.concurrency
+        if self.p2p is not None and (task.seed_trigger or task.stream is not None):
+            # Other peers wait for these pieces: a few ranges at a time, so each lands
+            # soon and is relayed (16 parallel ranges on a slow origin finish together,
+            # late), as the download loop's origin_in_flight says.
+            limit = min(limit, self.p2p.download_config.origin_in_flight)
+        workers = max(1, min(limit, PIECE_BUFFER_BUDGET // task.piece_length))
         queue: asyncio.Queue[Piece] = asyncio.Queue()
         for piece in missing:
             queue.put_nowait(piece)
