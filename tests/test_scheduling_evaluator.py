@@ -257,8 +257,16 @@ def test_changing_a_weight_changes_the_score(monkeypatch):
 
 def _decide(bitmap_impl, idc_weight=None) -> str:
     """Which of two parents the scheduler picks: 'near' (same IDC, busy) or 'far'."""
-    sched = Scheduler(
-        SchedulerConfig(candidate_parent_limit=1), rng=random.Random(5), bitmaps=bitmap_impl
+    sched = Scheduler(  # Dragonfly's rules: the weights alone decide
+        SchedulerConfig(
+            policy="dragonfly",
+            candidate_parent_limit=1,
+            max_parents=1,
+            register_backoff_min=0.0,
+            register_backoff_max=0.0,
+        ),
+        rng=random.Random(5),
+        bitmaps=bitmap_impl,
     )
     if idc_weight is not None:
         sched.evaluator.IDC_WEIGHT = idc_weight  # instance attribute, read per score

@@ -44,6 +44,7 @@ POLICY_DEFAULTS: dict[str, dict[str, object]] = {
         "sample_servable_only": False,
         "children_per_capacity": 0,
         "prefer_locality": False,
+        "retry_interval": 0.5,
     },
     "d7y": {
         "filter_parent_limit": 40,
@@ -56,6 +57,7 @@ POLICY_DEFAULTS: dict[str, dict[str, object]] = {
         "sample_servable_only": True,
         "children_per_capacity": 1,
         "prefer_locality": True,
+        "retry_interval": 0.2,
     },
 }
 
@@ -94,8 +96,9 @@ class SchedulerConfig:
     retry_limit: int = 5
     #: Failed rounds after which the peer goes back to source (when allowed).
     retry_back_to_source_limit: int = 4
-    #: Seconds a peer waits between rounds (returned as ``retry_after``).
-    retry_interval: float = 0.5
+    #: Seconds a peer waits between rounds (returned as ``retry_after``; dragonfly 0.5,
+    #: d7y 0.2: a flash crowd's first round finds nobody, the seed serves a moment later).
+    retry_interval: float = None  # type: ignore[assignment]
     #: Relative jitter on ``retry_interval``: the wait is uniform in interval*(1 +- jitter),
     #: so peers that failed together do not come back together.
     retry_jitter: float = 0.2

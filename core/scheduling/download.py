@@ -134,7 +134,7 @@ DOWNLOAD_POLICY_DEFAULTS: dict[str, dict[str, Any]] = {
         "max_reschedules": 0,
         "parent_idle_timeout": math.inf,
         "origin_in_flight": 4,
-        "min_parents": 4,
+        "min_parents": 2,
     },
 }
 DOWNLOAD_POLICIES = tuple(DOWNLOAD_POLICY_DEFAULTS)
@@ -428,9 +428,8 @@ class Download:
             due = self.last_progress + cfg.stall_timeout
             if due < at:
                 at = due
-        if (
-            (not requests and (cfg.reschedule_when == "idle" or not self.parents))
-            or (requests and len(self.parents) < cfg.min_parents)
+        if (not requests and (cfg.reschedule_when == "idle" or not self.parents)) or (
+            requests and len(self.parents) < cfg.min_parents
         ):
             due = self.last_reschedule + cfg.reschedule_interval
             if due < at:

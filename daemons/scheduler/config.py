@@ -54,7 +54,9 @@ class SchedulingConfig:
     max_parents: int = field(0, "parents a peer holds at once (0: the policy's, 12 / dragonfly 3)")
     retry_limit: int = field(5, "scheduling rounds before a peer gives up")
     retry_back_to_source_limit: int = field(4, "failed rounds before back-to-source")
-    retry_interval: Duration = field(Duration(0.5), "wait between rounds (with jitter)")
+    retry_interval: Duration = field(
+        Duration(0), "wait between rounds, with jitter (0: the policy's, 0.2 s / dragonfly 0.5 s)"
+    )
     back_to_source_limit: int = field(200, "peers of one task allowed back to source")
     sample_servable_only: Literal["policy", "on", "off"] = field(
         "policy",

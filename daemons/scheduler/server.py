@@ -106,7 +106,7 @@ class SchedulerService:
             max_parents=s.max_parents or None,
             retry_limit=s.retry_limit,
             retry_back_to_source_limit=s.retry_back_to_source_limit,
-            retry_interval=float(s.retry_interval),
+            retry_interval=float(s.retry_interval) or None,
             back_to_source_limit=s.back_to_source_limit,
             sample_servable_only=(
                 None if s.sample_servable_only == "policy" else s.sample_servable_only == "on"
