@@ -131,7 +131,7 @@ class PeerDaemon:
         self._gc_task = asyncio.get_running_loop().create_task(self._gc_loop())
         log.info(
             "dfdaemon ready socket=%s upload_port=%d piece_port=%d metrics_port=%s data_dir=%s "
-            "host_id=%s scheduler=%s",
+            "host_id=%s scheduler=%s download_policy=%s",
             cfg.socket_path,
             self.http_upload.port,
             self.piece_server.port,
@@ -139,6 +139,7 @@ class PeerDaemon:
             cfg.storage.data_dir,
             self.host_id,
             cfg.scheduler.address or "none",
+            cfg.download.policy,
         )
 
     def _connect_scheduler(self, hostname: str) -> None:

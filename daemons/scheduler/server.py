@@ -147,7 +147,12 @@ class SchedulerService:
         self._spawn(self._gc_loop())
         if cfg.metrics.port:
             await self._start_metrics(cfg.metrics.listen, cfg.metrics.port)
-        log.info("scheduler ready port=%d algorithm=%s", self.port, cfg.scheduling.algorithm)
+        log.info(
+            "scheduler ready port=%d policy=%s algorithm=%s",
+            self.port,
+            self.core.config.policy,
+            cfg.scheduling.algorithm,
+        )
 
     async def stop(self) -> None:
         log.info("scheduler stopping")
