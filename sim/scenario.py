@@ -232,10 +232,14 @@ class Scenario:
         if policy.name == "bittorrent":
             # BitTorrent: no origin fallback and no scheduler; an idle peer re-announces
             # to the tracker (AskParents), at most every ``reannounce``.
+            # A choked neighbour ("busy") is not asked again for a second; a peer keeps
+            # a couple of requests pipelined at each unchoked one.
             fields.update(
                 stall_timeout=math.inf,
                 reschedule_interval=self.bittorrent.reannounce,
-                per_parent_limit=0,
+                per_parent_limit=2,
+                busy_backoff=1.0,
+                min_parents=0,
             )
         fields.update(
             (k.removeprefix("download."), v)
