@@ -370,3 +370,31 @@ def test_cost_window_running_sums_stay_exact():
     assert list(peer.piece_costs) == window
     assert peer.cost_sum == pytest.approx(sum(window), rel=1e-9)
     assert peer.cost_sq_sum == pytest.approx(sum(c * c for c in window), rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("state", "host_type"),
+    [
+        (PeerState.RECEIVED_NORMAL, 1.0),  # registered for the task: about to serve it
+        (PeerState.RUNNING, 1.0),
+        (PeerState.SUCCEEDED, 0.0),
+        (PeerState.FAILED, 0.0),
+    ],
+)
+def test_seed_host_type_by_state_through_score(state, host_type):
+    """A seed peer that has received a NORMAL task scores as a serving seed (host
+    type 1), like a running one; a finished or failed seed scores 0 -- checked through
+    ``score`` of both evaluators that weigh host type. The seed host has no upload
+    capacity and no affinity, so the score is the host-type term alone."""
+    seed = make_host("s", type=HostType.SEED, upload_limit_bps=0)
+    parent = make_peer(seed, state)
+    child = make_peer(make_host("c"))
+    load_aware = LoadAwareEvaluator()
+    assert load_aware.score(parent, child, 0) == pytest.approx(
+        load_aware.HOST_TYPE_WEIGHT * host_type
+    )
+    base = BaseEvaluator()
+    base_without_host_type = base.score(make_peer(seed, PeerState.SUCCEEDED), child, 100)
+    assert base.score(parent, child, 100) == pytest.approx(
+        base_without_host_type + base.HOST_TYPE_WEIGHT * host_type
+    )
