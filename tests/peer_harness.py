@@ -36,6 +36,7 @@ class DaemonProcess:
         self.name = name
         self.metrics_port = free_port()
         self.config: dict = {}
+        self.env: dict[str, str] = {}  # extra environment (D7Y_* overrides) for the process
         self.config_path = self.workdir / f"{name}.yaml"
         self.log_path = self.workdir / f"{name}.log"
         self.proc: subprocess.Popen | None = None
@@ -57,6 +58,7 @@ class DaemonProcess:
                 [PYTHON, "-m", "d7y.daemons.cli", self.command, "--config", str(self.config_path)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                env=dict(os.environ, **self.env),
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -235,3 +237,17 @@ def peer_config(
         else:
             config[section] = values
     return config
+
+
+def wait_for(predicate, what: str, timeout: float = 30.0, interval: float = 0.02):
+    """Poll ``predicate`` until it returns something truthy (returned); fail naming
+    ``what`` after ``timeout`` seconds. For waiting on an event (a log line, a metric, a
+    state on the local API), never as a fixed sleep."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
