@@ -206,7 +206,7 @@ def pytest_command(tests: list[str]) -> list[str]:
 
 def check_copy_is_imported(src: Path, env: dict[str, str]) -> None:
     probe = subprocess.run(
-        [sys.executable, "-c", "import d7y.core.ids, d7y.daemons.cli; print(d7y.core.ids.__file__)"],
+        [sys.executable, "-c", "import d7y.core.ids as m, d7y.daemons.cli; print(m.__file__)"],
         cwd=src,
         env=env,
         capture_output=True,
@@ -408,7 +408,8 @@ def format_report(results: list[ModuleResult], args: argparse.Namespace, elapsed
             lines += ["```diff", diff.strip(), "```", ""]
     for r in results:
         if r.baseline_failed:
-            lines += [f"## {r.module}: the tests failed without a mutant", "```", r.baseline_failed, "```"]
+            lines += [f"## {r.module}: the tests failed without a mutant"]
+            lines += ["```", r.baseline_failed, "```"]
     return "\n".join(lines) + "\n"
 
 

@@ -135,6 +135,57 @@ def test_http_endpoint_serves_ranges(origin, peer, tmp_path):
     assert status == 404 and b"not available" in body
 
 
+def raw_download(peer, task: str, range_header: str | None = None, method: str = "GET"):
+    """(status, headers with lower-case names, body) of one request to /download."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", peer.upload_port, timeout=30)
+    try:
+        conn.request(
+            method, f"/download/{task}", headers={"Range": range_header} if range_header else {}
+        )
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def test_http_endpoint_range_headers(origin, peer, tmp_path):
+    """Content-Range, Content-Length and Accept-Ranges of each kind of answer, and the
+    416's ``bytes */N`` (RFC 9110 14.4), read from the response itself."""
+    size = PIECE + 100
+    url = origin.add_file("headers.bin", size=size, seed=22)
+    assert peer.dfget(url, tmp_path / "x", "--no-progress").returncode == 0
+    data = origin.content("headers.bin")
+    tid = task_id(url)
+    cases = [
+        (None, 200, None, data),
+        ("bytes=10-19", 206, f"bytes 10-19/{size}", data[10:20]),
+        ("bytes=-7", 206, f"bytes {size - 7}-{size - 1}/{size}", data[-7:]),
+        (f"bytes={PIECE}-", 206, f"bytes {PIECE}-{size - 1}/{size}", data[PIECE:]),
+        (f"bytes=0-{size + 50}", 206, f"bytes 0-{size - 1}/{size}", data),  # end clamped
+        ("bytes=0-0", 206, f"bytes 0-0/{size}", data[:1]),
+    ]
+    for range_header, status, content_range, body in cases:
+        got_status, headers, got_body = raw_download(peer, tid, range_header)
+        assert (got_status, headers.get("content-range")) == (status, content_range), range_header
+        assert headers["content-length"] == str(len(body)), range_header
+        assert headers["accept-ranges"] == "bytes", range_header
+        assert got_body == body, range_header
+    # HEAD: the same headers, no body.
+    status, headers, body = raw_download(peer, tid, "bytes=10-19", method="HEAD")
+    assert (status, headers["content-range"], headers["content-length"], body) == (
+        206,
+        f"bytes 10-19/{size}",
+        "10",
+        b"",
+    )
+    for unsatisfiable in (f"bytes={size}-", f"bytes={size + 5}-{size + 9}"):
+        status, headers, _ = raw_download(peer, tid, unsatisfiable)
+        assert status == 416, unsatisfiable
+        assert headers["content-range"] == f"bytes */{size}", unsatisfiable
+
+
 def test_digest_verified_and_mismatch_fails(origin, peer, tmp_path):
     url = origin.add_file("digest.bin", size=PIECE + 1, seed=4)
     good = "sha256:" + hashlib.sha256(origin.content("digest.bin")).hexdigest()

@@ -84,15 +84,13 @@ def parents_for_children(scheduler: SchedulerProcess, count: int) -> list[list[s
         for i in range(count):
             child = Client(scheduler, f"host-child{i}", **CHILD_HOST)
             clients.append(child)
-            child.send(
-                RegisterPeer(peer_id=f"peer-child{i}", task_id=TASK, host_id=child.host_id, url=URL),
-                stream=1,
+            register = RegisterPeer(
+                peer_id=f"peer-child{i}", task_id=TASK, host_id=child.host_id, url=URL
             )
+            child.send(register, stream=1)
             stream, answer = read_frame_on(child.sock)
             assert stream == 1 and isinstance(answer, NormalTaskResponse), answer
-            answers.append(
-                [p.host_id.removeprefix("host-") for p in answer.candidate_parents]
-            )
+            answers.append([p.host_id.removeprefix("host-") for p in answer.candidate_parents])
     finally:
         for client in clients:
             client.close()
