@@ -99,6 +99,8 @@ TARGETS = {
     ],
 }
 GOALS = {"core": 0.90, "daemons": 0.80}
+#: A pytest plugin written to the work directory (see copy_checkout).
+PLUGIN = "d7y_mutation_plugin"
 #: Marks a mutant skipped as equivalent by construction (inside an annotation).
 EQUIVALENT = "equivalent: inside an unevaluated annotation"
 
@@ -149,7 +151,7 @@ def tests_for(module: str) -> list[str]:
     )
 
 
-def copy_checkout(workdir: Path) -> Path:
+def copy_checkout(workdir: Path, modules: list[str]) -> Path:
     """Copy the tracked (and new, unignored) files plus the built kernels to workdir/src,
     and give the copy its d7y import root. Reuses a copy made earlier (resume)."""
     src = workdir / "src"
@@ -169,12 +171,25 @@ def copy_checkout(workdir: Path) -> Path:
             target = src / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
+    for module in modules:
+        # A run that was killed mid-mutant leaves that mutant in the copy: put the
+        # original back (a resume assumes the checkout has not changed meanwhile).
+        original = (REPO / module).read_bytes()
+        if (src / module).read_bytes() != original:
+            (src / module).write_bytes(original)
     root = workdir / "pkgroot" / "d7y"
     root.mkdir(parents=True, exist_ok=True)
     for folder in PACKAGES:
         link = root / folder
         if not link.exists():
             link.symlink_to(src / folder, target_is_directory=True)
+    # Hypothesis with no deadline and a fixed seed: a mutant is judged by what the tests
+    # check, never by how busy the machine was, and a rerun gives the same verdict.
+    (workdir / "pkgroot" / f"{PLUGIN}.py").write_text(
+        "from hypothesis import settings\n\n"
+        'settings.register_profile("d7y-mutation", deadline=None, derandomize=True)\n'
+        'settings.load_profile("d7y-mutation")\n'
+    )
     return src
 
 
@@ -200,6 +215,8 @@ def pytest_command(tests: list[str]) -> list[str]:
         "no:cacheprovider",
         "-p",
         "no:randomly",
+        "-p",
+        PLUGIN,
         *tests,
     ]
 
@@ -454,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"work directory: {workdir}", flush=True)
-    src = copy_checkout(workdir)
+    src = copy_checkout(workdir, modules)
     env = test_environment(workdir)
     check_copy_is_imported(src, env)
 

@@ -354,6 +354,7 @@ class OriginServer:
         self._scopes: dict[str | None, dict[str, Any]] = {}
         self._stats: dict[str, _PathStats] = {}
         self._runner: web.AppRunner | None = None
+        self._active = 0  # handlers running now
         self.base_url = ""
 
     # lifecycle
@@ -503,6 +504,19 @@ class OriginServer:
             return _DiskSource(candidate)
         return None
 
+    @property
+    def active_requests(self) -> int:
+        """Requests whose handler is still running (a client that hung up ends its
+        handler: handler_cancellation)."""
+        return self._active
+
+    async def wait_idle(self, timeout: float = 10.0) -> None:
+        """Return once no handler runs: every answer is finished or abandoned, so the
+        stats (bytes_sent) are final. Raises TimeoutError after ``timeout`` seconds."""
+        async with asyncio.timeout(timeout):
+            while self._active:
+                await asyncio.sleep(0.005)
+
     async def _serve(self, request: web.Request) -> web.StreamResponse:
         path = request.path
         stats = self._stats.setdefault(path, _PathStats())
@@ -511,7 +525,11 @@ class OriginServer:
         stats.headers.append(
             {name: ", ".join(request.headers.getall(name)) for name in request.headers}
         )
-        response = await self._answer(request, path, stats)
+        self._active += 1
+        try:
+            response = await self._answer(request, path, stats)
+        finally:
+            self._active -= 1
         stats.statuses.append(response.status)
         return response
 

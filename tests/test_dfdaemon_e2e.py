@@ -8,14 +8,16 @@ import os
 import signal
 import subprocess
 import time
+import zlib
 from pathlib import Path
 
 import pytest
 
 from d7y.core.ids import task_id
 from d7y.core.pieces import MiB
+from d7y.daemons.peer.storage import MetadataStore
 from tests.origin_server import ThreadedOriginServer
-from tests.peer_harness import PYTHON, PeerProcess, dfget
+from tests.peer_harness import PYTHON, PeerProcess, dfget, wait_for
 
 PIECE = 4 * MiB
 
@@ -36,6 +38,14 @@ def peer(tmp_path_factory):
 def _clean_origin(origin):
     origin.reset()
     yield
+
+
+def wait_for_state(peer, tid: str, state: str, what: str) -> dict:
+    def reached():
+        status, info = peer.api("GET", f"/v1/tasks/{tid}")
+        return info if status == 200 and info.get("state") == state else None
+
+    return wait_for(reached, what)
 
 
 def ranged_requests(origin, name: str) -> list[str]:
@@ -273,9 +283,13 @@ def test_dfget_killed_mid_download_daemon_stays_healthy(origin, peer, tmp_path):
     url = origin.add_file("killed.bin", size=4 * PIECE, seed=15)
     origin.set_faults("/killed.bin", delay={"seconds": 0.3, "count": -1})
     proc = peer.dfget_popen(url, tmp_path / "x", "--no-progress")
-    time.sleep(0.5)
+    tid = task_id(url)
+    wait_for_state(peer, tid, "running", "the download to start in dfdaemon")
     proc.kill()
     proc.wait()
+    # Killed mid-download: the task had not finished (it goes on in the daemon).
+    status, info = peer.api("GET", f"/v1/tasks/{tid}")
+    assert status == 200 and info["state"] == "running", info
     assert peer.healthy()
     result = peer.dfget(url, tmp_path / "y", "--no-progress")
     assert result.returncode == 0, result.stderr.decode()
@@ -316,20 +330,53 @@ def test_restart_resumes_only_missing_pieces(tmp_path):
 
 
 def test_sigterm_mid_download_leaves_consistent_metadata(tmp_path):
+    size = 6 * PIECE
     with ThreadedOriginServer() as origin:
-        url = origin.add_file("term.bin", size=6 * PIECE, seed=17)
+        url = origin.add_file("term.bin", size=size, seed=17)
+        content = origin.content("term.bin")
         origin.set_faults("/term.bin", delay={"seconds": 0.2, "count": -1})
-        peer = PeerProcess(tmp_path, download={"concurrency": 2}).start()
+        peer = PeerProcess(tmp_path, download={"concurrency": 1}).start()
         proc = peer.dfget_popen(url, tmp_path / "x", "--no-progress")
-        time.sleep(0.8)
-        assert peer.stop(signal.SIGTERM) == 0
+        tid = task_id(url)
+
+        def some_pieces_stored() -> bool:
+            status, info = peer.api("GET", f"/v1/tasks/{tid}")
+            return status == 200 and PIECE <= info.get("completed_bytes", 0) < size
+
+        wait_for(some_pieces_stored, "the first piece to be stored")
+        # dfget goes first: with a dfget attached, a SIGTERM waits for its download.
+        proc.kill()
         proc.wait(30)
+        assert some_pieces_stored(), "the download finished before the SIGTERM"
+        assert peer.stop(signal.SIGTERM) == 0
         assert "dfdaemon stopped" in peer.log()
+
+        # The metadata left behind: an unfinished task whose recorded pieces are each in
+        # the content file, at their offsets, with the digest of the origin's bytes.
+        meta = MetadataStore(peer.data_dir / "metadata.db")
+        try:
+            record = meta.get_task(tid)
+            pieces = meta.pieces(tid)
+        finally:
+            meta.close()
+        assert record is not None and record.state != "succeeded", record
+        assert (record.content_length, record.piece_length) == (size, PIECE)
+        assert 1 <= len(pieces) < 6, pieces
+        stored_bytes = (peer.data_dir / "content" / "tasks" / tid[:3] / tid).read_bytes()
+        for number, (digest, source) in pieces.items():
+            expected = content[number * PIECE : (number + 1) * PIECE]
+            assert digest == f"crc32:{zlib.crc32(expected)}", number
+            assert stored_bytes[number * PIECE : (number + 1) * PIECE] == expected, number
+            assert source == "origin"
+
         origin.reset()
         with PeerProcess(tmp_path) as again:
             result = again.dfget(url, tmp_path / "y", "--no-progress")
             assert result.returncode == 0, result.stderr.decode()
-            assert (tmp_path / "y").read_bytes() == origin.content("term.bin")
+            assert (tmp_path / "y").read_bytes() == content
+        # The recorded pieces were trusted; only the others were fetched.
+        missing = {f"bytes={n * PIECE}-{(n + 1) * PIECE - 1}" for n in range(6) if n not in pieces}
+        assert set(piece_requests(origin, "term.bin")) == missing
 
 
 @pytest.fixture

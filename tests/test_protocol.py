@@ -1020,13 +1020,13 @@ def _run_decoder(chunks: list[bytes], limit: int) -> None:
         assert decoder.buffered < HEADER_LENGTH + limit
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.binary(max_size=64), max_size=8))
 def test_fuzz_arbitrary_bytes(chunks):
     _run_decoder(chunks, FUZZ_LIMIT)
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     frames=st.lists(st.sampled_from(_SAMPLE_WIRES), min_size=1, max_size=4),
     flips=st.lists(st.tuples(st.integers(min_value=0), st.integers(0, 255)), max_size=4),
