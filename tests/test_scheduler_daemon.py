@@ -10,7 +10,19 @@ from collections import Counter
 import pytest
 
 from d7y.core.ids import task_id
-from d7y.core.messages import AnnounceHost, NormalTaskResponse, RegisterPeer, RestorePeer
+from d7y.core.messages import (
+    AnnounceHost,
+    DownloadFinished,
+    DownloadStarted,
+    Error,
+    NeedBackToSource,
+    NormalTaskResponse,
+    PieceFinished,
+    Ping,
+    Pong,
+    RegisterPeer,
+    RestorePeer,
+)
 from d7y.core.pieces import MiB
 from d7y.core.protocol import encode_frame
 from tests.peer_harness import SchedulerProcess
@@ -137,3 +149,43 @@ def test_a_bad_scheduling_key_in_the_environment_is_named(tmp_path):
         scheduler.start(timeout=20)
     assert "scheduling.algorithm" in str(excinfo.value)
     assert "fastest" in str(excinfo.value)
+
+
+@pytest.mark.parametrize("bad_report", ["finished-twice", "piece-out-of-range"])
+def test_a_report_that_does_not_fit_is_refused_and_the_connection_stays(tmp_path, bad_report):
+    """A duplicate DownloadFinished or a piece number past the task's end is answered
+    with an Error on its stream; the host's connection (and its other downloads) stays."""
+    url = "http://origin.invalid/bad-report.bin"
+    tid = task_id(url)
+    with SchedulerProcess(tmp_path) as scheduler:
+        client = Client(scheduler, "host-a")
+        try:
+            client.send(RegisterPeer(peer_id="peer-a", task_id=tid, host_id="host-a", url=url), 1)
+            assert isinstance(read_frame_on(client.sock)[1], NeedBackToSource)
+            started = DownloadStarted(
+                peer_id="peer-a", task_id=tid, back_to_source=True,
+                content_length=PIECE, piece_length=PIECE,
+            )  # fmt: skip
+            client.send(started, 1)
+            finished = DownloadFinished(
+                peer_id="peer-a", task_id=tid, content_length=PIECE, piece_count=1
+            )
+            if bad_report == "finished-twice":
+                client.send(finished, 1)
+                client.send(finished, 1)
+            else:
+                client.send(
+                    PieceFinished(
+                        peer_id="peer-a", task_id=tid, number=5, cost_ns=1, length=1,
+                        digest="crc32:1",
+                    ),
+                    1,
+                )  # fmt: skip
+            stream, error = read_frame_on(client.sock)
+            assert stream == 1 and isinstance(error, Error), error
+            assert error.code == "bad_request"
+            client.send(Ping(nonce=9))
+            assert read_frame_on(client.sock) == (0, Pong(nonce=9))
+        finally:
+            client.close()
+    assert "connection crashed" not in scheduler.log()

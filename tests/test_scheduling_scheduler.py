@@ -18,6 +18,7 @@ from d7y.core.scheduling import (
     NeedBackToSource,
     NormalTask,
     PeerStateError,
+    PieceNumberError,
     Retry,
     ScheduleFailed,
     Scheduler,
@@ -28,7 +29,7 @@ from d7y.core.scheduling import (
     UnknownHost,
     UnknownPeer,
 )
-from d7y.core.states import IllegalTransition, PeerState, TaskState
+from d7y.core.states import PeerState, TaskState
 
 MiB = 1024 * 1024
 GBIT = 1_000_000_000
@@ -458,12 +459,19 @@ def test_reschedule_state_errors(bitmap_impl):
     with pytest.raises(PeerStateError, match="download_started"):
         s.piece_finished("q2", 0, "p1", 0.1, None, 3)
     s.download_started("q2", 3)
-    with pytest.raises(IllegalTransition):
+    # Reports that do not fit are the caller's errors, SchedulerErrors the daemon answers
+    # (an IllegalTransition or a bare IndexError would crash its connection instead).
+    with pytest.raises(PeerStateError, match="RUNNING: DOWNLOAD is not allowed"):
         s.download_started("q2", 3)
     with pytest.raises(ValueError, match="cost"):
         s.piece_finished("q2", 0, "p1", -1.0, None, 3)
-    with pytest.raises(IndexError):
+    with pytest.raises(PieceNumberError, match="piece number 25 is outside"):
         s.piece_finished("q2", 25, "p1", 1.0, None, 3)
+    with pytest.raises(PieceNumberError, match="piece number -1 is outside"):
+        s.piece_finished("q2", -1, "p1", 1.0, None, 3)
+    s.download_finished("q2", 4)
+    with pytest.raises(PeerStateError, match="SUCCEEDED: DOWNLOAD_SUCCEEDED"):
+        s.download_finished("q2", 4)
 
 
 # --- seed peers through the ring --------------------------------------------------------
