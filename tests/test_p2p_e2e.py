@@ -488,3 +488,26 @@ def test_scheduler_answers_a_restored_running_peer_on_its_new_stream(tmp_path):
         assert stream == 5
         assert isinstance(answer, NeedBackToSource), answer
         assert answer.task_id == restore.task_id
+
+
+def test_scheduler_address_from_the_environment(cluster_factory, origin):
+    """A peer whose YAML names no scheduler joins the one in
+    D7Y_DFDAEMON_SCHEDULER__ADDRESS: with --disable-back-to-source (and a priority) it
+    gets the task from the seed, which it could not do alone (exit 8, no source)."""
+    size = 3 * PIECE + 11
+    url = origin.add_file("env.bin", size=size, seed=70)
+    cluster = cluster_factory(peers=0)
+    cluster.fetch_all(url, [cluster.seed])  # the seed holds it
+    sent = origin.stats("/env.bin")["bytes_sent"]
+    peer = PeerProcess(cluster.work, "envpeer", host={"hostname": "envpeer"})
+    assert "scheduler" not in peer.config
+    peer.env = {"D7Y_DFDAEMON_SCHEDULER__ADDRESS": cluster.scheduler.address}
+    cluster.peers.append(peer.start())
+    cluster.wait_connected([peer], {})
+    out = cluster.work / "env.out"
+    result = peer.dfget(url, out, "--disable-back-to-source", "--priority", "6", "--no-progress")
+    assert result.returncode == 0, result.stderr.decode() + peer.log()[-3000:]
+    assert sha256(out) == hashlib.sha256(origin.content("env.bin")).hexdigest()
+    assert origin.stats("/env.bin")["bytes_sent"] == sent
+    from_origin, from_peers, _ = bytes_by_source(peer)
+    assert from_origin == 0 and from_peers == size
