@@ -49,7 +49,8 @@ whole server; a per-path setting wins over the server-wide one)::
 ``count`` is how many of the next requests the fault hits; -1 means every request.
 ``GET /_control/stats`` returns, per request path, ``requests``, ``ranges`` (the Range
 header of each request, null when absent), ``statuses``, ``headers`` (each request's
-headers as a dict) and ``bytes_sent`` (body bytes written). ``POST /_control/reset``
+headers as a dict), ``bytes_sent`` (body bytes written) and ``peak_concurrency`` (the
+most requests answered at once). ``POST /_control/reset``
 forgets stats and faults; ``POST /_control/files`` with ``{"name", "size", "seed"}``
 adds generated content. ``/redirect/<name>`` answers 302 to ``/<name>`` (they chain),
 ``/redirect-loop`` redirects to itself.
@@ -261,6 +262,8 @@ class _PathStats:
     statuses: list[int] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     bytes_sent: int = 0
+    active: int = 0  # requests being answered now
+    peak_concurrency: int = 0  # the most answered at once
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -269,6 +272,7 @@ class _PathStats:
             "statuses": list(self.statuses),
             "headers": [dict(h) for h in self.headers],
             "bytes_sent": self.bytes_sent,
+            "peak_concurrency": self.peak_concurrency,
         }
 
 
@@ -526,10 +530,13 @@ class OriginServer:
             {name: ", ".join(request.headers.getall(name)) for name in request.headers}
         )
         self._active += 1
+        stats.active += 1
+        stats.peak_concurrency = max(stats.peak_concurrency, stats.active)
         try:
             response = await self._answer(request, path, stats)
         finally:
             self._active -= 1
+            stats.active -= 1
         stats.statuses.append(response.status)
         return response
 

@@ -212,6 +212,21 @@ def test_digest_verified_and_mismatch_fails(origin, peer, tmp_path):
     assert ok.returncode == 0, ok.stderr.decode()
 
 
+@pytest.mark.parametrize(("piece_length", "in_flight"), [(None, 16), ("8MiB", 8)])
+def test_pieces_in_flight_are_bounded_by_concurrency_and_memory(
+    origin, peer, tmp_path, piece_length, in_flight
+):
+    """At most download.concurrency (16) pieces at once; with 8 MiB pieces the 64 MiB
+    piece-buffer budget allows only 8. Every answer is delayed so they overlap."""
+    name = f"wide-{piece_length}.bin"
+    url = origin.add_file(name, size=24 * PIECE, seed=23)
+    origin.set_faults(f"/{name}", delay={"seconds": 0.3, "count": -1})
+    flags = ("--piece-length", piece_length) if piece_length else ()
+    result = peer.dfget(url, tmp_path / "x", *flags, "--no-progress")
+    assert result.returncode == 0, result.stderr.decode()
+    assert origin.stats(f"/{name}")["peak_concurrency"] == in_flight
+
+
 def test_origin_404(origin, peer, tmp_path):
     result = peer.dfget(origin.url("missing.bin"), tmp_path / "x", "--no-progress")
     assert result.returncode == 4
