@@ -196,6 +196,63 @@ def test_http_endpoint_range_headers(origin, peer, tmp_path):
         assert headers["content-range"] == f"bytes */{size}", unsatisfiable
 
 
+def test_http_endpoint_keeps_the_connection_alive(origin, peer, tmp_path):
+    import http.client
+
+    url = origin.add_file("alive.bin", size=1000, seed=24)
+    assert peer.dfget(url, tmp_path / "x", "--no-progress").returncode == 0
+    data = origin.content("alive.bin")
+    conn = http.client.HTTPConnection("127.0.0.1", peer.upload_port, timeout=30)
+    try:
+        for first in (0, 10, 500):  # three requests, one connection
+            conn.request("GET", f"/download/{task_id(url)}", headers={"Range": f"bytes={first}-"})
+            resp = conn.getresponse()
+            assert (resp.status, resp.read()) == (206, data[first:])
+        conn.request("HEAD", f"/download/{task_id(url)}")
+        resp = conn.getresponse()
+        assert (resp.status, resp.getheader("content-length"), resp.read()) == (200, "1000", b"")
+    finally:
+        conn.close()
+
+
+def test_http_endpoint_refuses_an_oversized_header(peer):
+    import socket
+
+    with socket.create_connection(("127.0.0.1", peer.upload_port), timeout=10) as s:
+        # A head that never ends: the server stops buffering it past 16 KiB.
+        s.sendall(b"GET /download/x HTTP/1.1\r\nHost: a\r\nX-Big: " + b"a" * 40_000)
+        reply = s.recv(4096)
+    assert reply.startswith((b"HTTP/1.1 431", b"HTTP/1.1 400")), reply[:100]
+    assert peer.healthy()
+
+
+def test_http_endpoint_does_not_serve_a_task_still_downloading(origin, tmp_path):
+    with PeerProcess(tmp_path, download={"concurrency": 1}) as peer:
+        url = origin.add_file("partial.bin", size=3 * PIECE, seed=25)
+        origin.set_faults("/partial.bin", delay={"seconds": 0.5, "count": -1})
+        proc = peer.dfget_popen(url, tmp_path / "x", "--no-progress")
+        tid = task_id(url)
+        wait_for(
+            lambda: (peer.api("GET", f"/v1/tasks/{tid}")[1].get("completed_bytes") or 0) >= PIECE,
+            "the first piece to be stored",
+        )
+        status, body = peer.http_get(tid)
+        assert status == 404 and b"is not available (running)" in body, body
+        assert proc.wait(60) == 0
+        assert peer.http_get(tid) == (200, origin.content("partial.bin"))
+
+
+def test_http_endpoint_under_an_upload_rate_limit_serves_the_exact_range(origin, tmp_path):
+    # Rate-limited bodies go out in 1 MiB slices, each paid for first.
+    with PeerProcess(tmp_path, upload={"rate_limit": "64MiB"}) as peer:
+        url = origin.add_file("limited.bin", size=3 * MiB + 5, seed=26)
+        assert peer.dfget(url, tmp_path / "x", "--no-progress").returncode == 0
+        data = origin.content("limited.bin")
+        status, body = peer.http_get(task_id(url), "bytes=1000-")
+        assert status == 206 and body == data[1000:]
+        assert peer.metrics()["d7y_peer_upload_bytes_total"] == len(data) - 1000
+
+
 def test_digest_verified_and_mismatch_fails(origin, peer, tmp_path):
     url = origin.add_file("digest.bin", size=PIECE + 1, seed=4)
     good = "sha256:" + hashlib.sha256(origin.content("digest.bin")).hexdigest()
