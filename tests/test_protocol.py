@@ -1157,3 +1157,22 @@ def test_register_accepts_the_last_type_code():
     finally:
         m.REGISTRY.pop(0xFF, None)
         m.CODES.pop(Last, None)
+
+
+def test_a_body_exactly_at_the_limit_passes():
+    message = m.Ping(nonce=7)
+    size = len(encode_frame(message)) - HEADER_LENGTH
+    assert decode_header(encode_frame(message, max_body_length=size), size).body_length == size
+    buffer = bytearray()
+    encode_frame_into(buffer, message, max_body_length=size)
+    assert bytes(buffer) == encode_frame(message)
+    with pytest.raises(FrameTooLarge):
+        encode_frame(message, max_body_length=size - 1)
+    with pytest.raises(FrameTooLarge):
+        encode_frame_into(bytearray(), message, max_body_length=size - 1)
+
+
+def test_the_largest_body_limit_the_header_can_describe():
+    FrameDecoder(max_body_length=0xFFFFFFFF)
+    with pytest.raises(ValueError, match=r"max_body_length must be an int in 0\.\.4294967295"):
+        FrameDecoder(max_body_length=0x100000000)

@@ -765,3 +765,25 @@ def _scenario(bitmap_impl, seed: int) -> list:
 def test_same_seed_same_decisions(bitmap_impl):
     assert _scenario(bitmap_impl, 42) == _scenario(bitmap_impl, 42)
     assert _scenario(bitmap_impl, 42) != _scenario(bitmap_impl, 43)
+
+
+def test_config_defaults_are_dragonflys():
+    """DESIGN.md section 4's numbers, written out (a changed default must show here)."""
+    c = SchedulerConfig()
+    assert (c.filter_parent_limit, c.candidate_parent_limit) == (15, 3)
+    assert (c.retry_limit, c.retry_back_to_source_limit, c.retry_interval) == (5, 4, 0.5)
+    assert (c.back_to_source_limit, c.concurrent_piece_count) == (200, 16)
+    assert c.default_piece_length == 4 * 1024 * 1024
+    assert (c.piece_cost_window, c.blocklist_after_piece_failures) == (2000, 1)
+    assert (c.seed_peer_trigger_timeout, c.hash_ring_vnodes) == (60.0, 100)
+    assert c.sample_servable_only is False
+
+
+def test_config_bounds_are_inclusive():
+    SchedulerConfig(retry_jitter=1.0, retry_interval=0.0, host_ttl=0.0)  # the edges are valid
+    with pytest.raises(ValueError, match=r"retry_jitter must be in \[0, 1\]"):
+        SchedulerConfig(retry_jitter=1.01)
+    with pytest.raises(ValueError, match="back_to_source_limit must be >= 0, got -1"):
+        SchedulerConfig(back_to_source_limit=-1)
+    with pytest.raises(ValueError, match="retry_interval must be a finite number >= 0"):
+        SchedulerConfig(retry_interval=-0.1)
