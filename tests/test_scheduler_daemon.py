@@ -15,13 +15,16 @@ from d7y.core.messages import (
     DownloadFinished,
     DownloadStarted,
     Error,
+    GetTaskDigests,
     NeedBackToSource,
     NormalTaskResponse,
+    PieceFailed,
     PieceFinished,
     Ping,
     Pong,
     RegisterPeer,
     RestorePeer,
+    TaskDigests,
 )
 from d7y.core.pieces import MiB
 from d7y.core.protocol import encode_frame
@@ -189,3 +192,46 @@ def test_a_report_that_does_not_fit_is_refused_and_the_connection_stays(tmp_path
         finally:
             client.close()
     assert "connection crashed" not in scheduler.log()
+
+
+def test_a_failed_piece_from_the_only_parent_gets_the_child_a_new_answer(tmp_path):
+    """The child blocklists its only parent after a failed piece: the scheduler
+    reschedules it on its own and answers on the child's stream (back to source here:
+    no other parent), and stops cleanly afterwards."""
+    keys = scheduling(algorithm="load_aware")
+    keys["scheduling"].update(retry_interval="10ms", retry_back_to_source_limit=1)
+    scheduler = SchedulerProcess(tmp_path, **keys).start()
+    parent = Client(scheduler, "host-parent")
+    child = Client(scheduler, "host-child", **CHILD_HOST)
+    try:
+        parent.send(
+            RestorePeer(
+                peer_id="peer-parent", task_id=TASK, host_id="host-parent", url=URL,
+                content_length=8 * PIECE, piece_length=PIECE, succeeded=True,
+            )
+        )  # fmt: skip
+        child.send(
+            RegisterPeer(peer_id="peer-child", task_id=TASK, host_id="host-child", url=URL), 1
+        )
+        _stream, answer = read_frame_on(child.sock)
+        assert isinstance(answer, NormalTaskResponse), answer
+        assert [p.peer_id for p in answer.candidate_parents] == ["peer-parent"]
+        child.send(DownloadStarted(peer_id="peer-child", task_id=TASK), 1)
+        child.send(
+            PieceFailed(peer_id="peer-child", task_id=TASK, number=0, parent_id="peer-parent"), 1
+        )
+        stream, again = read_frame_on(child.sock)
+        assert stream == 1 and isinstance(again, NeedBackToSource), again
+        # What the scheduler knows of a task whose length nobody reported yet: unknown.
+        child.send(RegisterPeer(peer_id="peer-new", task_id="b" * 64, host_id="host-child",
+                                url=URL + "?other"), 3)  # fmt: skip
+        read_frame_on(child.sock)
+        child.send(GetTaskDigests(peer_id="peer-new", task_id="b" * 64), 5)
+        stream, digests = read_frame_on(child.sock)
+        assert stream == 5 and isinstance(digests, TaskDigests), digests
+        assert (digests.content_length, digests.piece_count) == (-1, -1)
+    finally:
+        parent.close()
+        child.close()
+    assert scheduler.stop() == 0
+    assert "scheduler stopped" in scheduler.log()
