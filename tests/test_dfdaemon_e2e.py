@@ -274,10 +274,11 @@ def test_pieces_in_flight_are_bounded_by_concurrency_and_memory(
     origin, peer, tmp_path, piece_length, in_flight
 ):
     """At most download.concurrency (16) pieces at once; with 8 MiB pieces the 64 MiB
-    piece-buffer budget allows only 8. Every answer is delayed so they overlap."""
+    piece-buffer budget allows only 8. Every answer is delayed long enough that all the
+    requests the daemon allows itself are open at once, even on a busy machine."""
     name = f"wide-{piece_length}.bin"
     url = origin.add_file(name, size=24 * PIECE, seed=23)
-    origin.set_faults(f"/{name}", delay={"seconds": 0.3, "count": -1})
+    origin.set_faults(f"/{name}", delay={"seconds": 1.5, "count": -1})
     flags = ("--piece-length", piece_length) if piece_length else ()
     result = peer.dfget(url, tmp_path / "x", *flags, "--no-progress")
     assert result.returncode == 0, result.stderr.decode()
