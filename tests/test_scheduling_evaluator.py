@@ -398,3 +398,20 @@ def test_seed_host_type_by_state_through_score(state, host_type):
     assert base.score(parent, child, 100) == pytest.approx(
         base_without_host_type + base.HOST_TYPE_WEIGHT * host_type
     )
+
+
+def test_equal_costs_are_not_bad_despite_rounding():
+    # Ten equal costs of 0.3 leave a variance of about -3e-17 after rounding: it must
+    # count as 0 (no math domain error), and an equal newest cost is not an outlier.
+    peer = make_peer(make_host("p"), window=10)
+    for _ in range(10):
+        peer.record_cost(0.3)
+    assert not LoadAwareEvaluator().is_bad_parent(peer)
+
+
+def test_bandwidth_duration_is_its_own_sub_score():
+    # Nothing reserved (peak 1) but 3.75 GB queued on 1 Gbit/s: 30 of 60 s -> 0.5.
+    host = make_host("h", upload_limit_bps=GBIT)
+    host.upload_content_length = 3_750_000_000
+    assert peak_bandwidth_score(host) == 1.0
+    assert bandwidth_duration_score(host) == pytest.approx(0.5)
