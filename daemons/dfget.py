@@ -11,6 +11,7 @@ failed (4xx/5xx or broken transfer); 5 timeout; 6 digest mismatch; 7 disk full;
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -271,17 +272,24 @@ def _run(args: argparse.Namespace, deadline: _Deadline) -> int:
 
 def _to_file(conn, resp, progress: Progress, deadline: _Deadline) -> int:
     last: dict = {}
-    while True:
-        deadline.arm(conn)
-        line = resp.readline()
-        if not line:
-            break
-        if line.strip():
-            last = json.loads(line)
-            progress.update(last)
+    with contextlib.suppress(ConnectionError):  # the daemon died: reported below
+        while True:
+            deadline.arm(conn)
+            line = resp.readline()
+            if not line:
+                break
+            if line.strip():
+                last = json.loads(line)
+                progress.update(last)
     if last.get("state") != "succeeded":
         if not last:
             raise Failure(EXIT_ERROR, "dfget: dfdaemon closed the connection without an answer")
+        if last.get("state") != "failed":
+            raise Failure(
+                EXIT_ERROR,
+                "dfget: dfdaemon closed the connection before the download finished (did it "
+                "stop? see its log); run dfget again to resume",
+            )
         raise _failure_from(last)
     progress.finish(last)
     return EXIT_OK

@@ -57,7 +57,8 @@ Every counted fault also takes ``"skip": N``: the next N requests pass untouched
 it starts hitting (e.g. let the probe through, change the object under the pieces).
 ``GET /_control/stats`` returns, per request path, ``requests``, ``ranges`` (the Range
 header of each request, null when absent), ``statuses``, ``headers`` (each request's
-headers as a dict) and ``bytes_sent`` (body bytes written). ``POST /_control/reset``
+headers as a dict), ``bytes_sent`` (body bytes written) and ``peak_concurrency`` (the
+most requests answered at once). ``POST /_control/reset``
 forgets stats and faults; ``POST /_control/files`` with ``{"name", "size", "seed"}``
 adds generated content. ``/redirect/<name>`` answers 302 to ``/<name>`` (they chain),
 ``/redirect-loop`` redirects to itself, ``/redirect-to?url=U`` to any URL ``U``.
@@ -300,6 +301,8 @@ class _PathStats:
     statuses: list[int] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     bytes_sent: int = 0
+    active: int = 0  # requests being answered now
+    peak_concurrency: int = 0  # the most answered at once
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -308,6 +311,7 @@ class _PathStats:
             "statuses": list(self.statuses),
             "headers": [dict(h) for h in self.headers],
             "bytes_sent": self.bytes_sent,
+            "peak_concurrency": self.peak_concurrency,
         }
 
 
@@ -398,6 +402,7 @@ class OriginServer:
         # Answers waiting on a ``hold`` fault, per scope: set when the hold is lifted.
         self._gates: dict[str | None, asyncio.Event] = {}
         self._runner: web.AppRunner | None = None
+        self._active = 0  # handlers running now
         self.base_url = ""
 
     # lifecycle
@@ -560,6 +565,19 @@ class OriginServer:
             return _DiskSource(candidate)
         return None
 
+    @property
+    def active_requests(self) -> int:
+        """Requests whose handler is still running (a client that hung up ends its
+        handler: handler_cancellation)."""
+        return self._active
+
+    async def wait_idle(self, timeout: float = 10.0) -> None:
+        """Return once no handler runs: every answer is finished or abandoned, so the
+        stats (bytes_sent) are final. Raises TimeoutError after ``timeout`` seconds."""
+        async with asyncio.timeout(timeout):
+            while self._active:
+                await asyncio.sleep(0.005)
+
     async def _serve(self, request: web.Request) -> web.StreamResponse:
         path = request.path
         stats = self._stats.setdefault(path, _PathStats())
@@ -568,7 +586,14 @@ class OriginServer:
         stats.headers.append(
             {name: ", ".join(request.headers.getall(name)) for name in request.headers}
         )
-        response = await self._answer(request, path, stats)
+        self._active += 1
+        stats.active += 1
+        stats.peak_concurrency = max(stats.peak_concurrency, stats.active)
+        try:
+            response = await self._answer(request, path, stats)
+        finally:
+            self._active -= 1
+            stats.active -= 1
         stats.statuses.append(response.status)
         return response
 

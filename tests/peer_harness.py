@@ -38,6 +38,7 @@ class DaemonProcess:
         self.name = name
         self.metrics_port = free_port()
         self.config: dict = {}
+        self.env: dict[str, str] = {}  # extra environment (D7Y_* overrides) for the process
         self.config_path = self.workdir / f"{name}.yaml"
         self.log_path = self.workdir / f"{name}.log"
         self.proc: subprocess.Popen | None = None
@@ -64,7 +65,12 @@ class DaemonProcess:
     def start(self, timeout: float = 20.0):
         self.config_path.write_text(yaml.safe_dump(self.config))
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.command_line(), stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                self.command_line(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=dict(os.environ, **self.env),
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -245,3 +251,17 @@ def peer_config(
         else:
             config[section] = values
     return config
+
+
+def wait_for(predicate, what: str, timeout: float = 30.0, interval: float = 0.02):
+    """Poll ``predicate`` until it returns something truthy (returned); fail naming
+    ``what`` after ``timeout`` seconds. For waiting on an event (a log line, a metric, a
+    state on the local API), never as a fixed sleep."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)

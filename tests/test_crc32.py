@@ -10,8 +10,12 @@ layouts checks the algebra, including the VPCLMULQDQ layout on CPUs that cannot 
 import array
 import importlib
 import itertools
+import json
 import mmap
+import os
 import random
+import subprocess
+import sys
 import threading
 import tracemalloc
 import zlib
@@ -316,12 +320,42 @@ def test_forced_kernel_errors(crc32_impl):
         crc32_impl._crc32_with(crc32_impl._paths()[0], b"abc", -5)
 
 
-def test_unsupported_kernel_is_refused_not_run(compiled):
-    missing = [p for p in ALL_PATHS if p not in compiled._paths()]
-    if not missing:
-        pytest.skip("this CPU runs every kernel")
-    with pytest.raises(ValueError, match="cannot run on this CPU"):
-        compiled._crc32_with(missing[0], b"abc")
+_ON_AN_OLDER_CPU = """
+import json, sys, zlib
+import d7y.ext._crc32 as c
+data = bytes(range(256)) * 1000
+out = {"paths": list(c._paths()), "best": c.implementation(),
+       "agrees": c.crc32(data, 7) == zlib.crc32(data, 7)}
+try:
+    c._crc32_with(sys.argv[1], b"abc")
+    out["refused"] = None
+except ValueError as exc:
+    out["refused"] = str(exc)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize(
+    "hidden", [("vpclmulqdq",), ("vpclmulqdq", "pclmulqdq")], ids=["no-avx512", "no-pclmul"]
+)
+def test_unsupported_kernel_is_refused_not_run(compiled, hidden):
+    """On a CPU without a kernel -- faked with D7Y_CRC32_HIDE_KERNELS, so this runs on
+    every machine -- asking for that kernel is an error naming it, and crc32() runs on
+    the best kernel left, still equal to zlib."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _ON_AN_OLDER_CPU, hidden[-1]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, D7Y_CRC32_HIDE_KERNELS=",".join(hidden)),
+    )
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout)
+    left = [p for p in compiled._paths() if p not in hidden]
+    assert seen["paths"] == left and seen["best"] == left[-1], seen
+    assert seen["agrees"]
+    assert seen["refused"] is not None, f"the hidden kernel {hidden[-1]} ran"
+    assert f"{hidden[-1]!r} cannot run on this CPU" in seen["refused"]
 
 
 # --------------------------------------------------------------------------------------

@@ -8,14 +8,16 @@ import os
 import signal
 import subprocess
 import time
+import zlib
 from pathlib import Path
 
 import pytest
 
 from d7y.core.ids import task_id
 from d7y.core.pieces import MiB
+from d7y.daemons.peer.storage import MetadataStore
 from tests.origin_server import ThreadedOriginServer
-from tests.peer_harness import PYTHON, PeerProcess, dfget
+from tests.peer_harness import PYTHON, PeerProcess, dfget, wait_for
 
 PIECE = 4 * MiB
 
@@ -36,6 +38,14 @@ def peer(tmp_path_factory):
 def _clean_origin(origin):
     origin.reset()
     yield
+
+
+def wait_for_state(peer, tid: str, state: str, what: str) -> dict:
+    def reached():
+        status, info = peer.api("GET", f"/v1/tasks/{tid}")
+        return info if status == 200 and info.get("state") == state else None
+
+    return wait_for(reached, what)
 
 
 def ranged_requests(origin, name: str) -> list[str]:
@@ -135,6 +145,114 @@ def test_http_endpoint_serves_ranges(origin, peer, tmp_path):
     assert status == 404 and b"not available" in body
 
 
+def raw_download(peer, task: str, range_header: str | None = None, method: str = "GET"):
+    """(status, headers with lower-case names, body) of one request to /download."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", peer.upload_port, timeout=30)
+    try:
+        conn.request(
+            method, f"/download/{task}", headers={"Range": range_header} if range_header else {}
+        )
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def test_http_endpoint_range_headers(origin, peer, tmp_path):
+    """Content-Range, Content-Length and Accept-Ranges of each kind of answer, and the
+    416's ``bytes */N`` (RFC 9110 14.4), read from the response itself."""
+    size = PIECE + 100
+    url = origin.add_file("headers.bin", size=size, seed=22)
+    assert peer.dfget(url, tmp_path / "x", "--no-progress").returncode == 0
+    data = origin.content("headers.bin")
+    tid = task_id(url)
+    cases = [
+        (None, 200, None, data),
+        ("bytes=10-19", 206, f"bytes 10-19/{size}", data[10:20]),
+        ("bytes=-7", 206, f"bytes {size - 7}-{size - 1}/{size}", data[-7:]),
+        (f"bytes={PIECE}-", 206, f"bytes {PIECE}-{size - 1}/{size}", data[PIECE:]),
+        (f"bytes=0-{size + 50}", 206, f"bytes 0-{size - 1}/{size}", data),  # end clamped
+        ("bytes=0-0", 206, f"bytes 0-0/{size}", data[:1]),
+    ]
+    for range_header, status, content_range, body in cases:
+        got_status, headers, got_body = raw_download(peer, tid, range_header)
+        assert (got_status, headers.get("content-range")) == (status, content_range), range_header
+        assert headers["content-length"] == str(len(body)), range_header
+        assert headers["accept-ranges"] == "bytes", range_header
+        assert got_body == body, range_header
+    # HEAD: the same headers, no body.
+    status, headers, body = raw_download(peer, tid, "bytes=10-19", method="HEAD")
+    assert (status, headers["content-range"], headers["content-length"], body) == (
+        206,
+        f"bytes 10-19/{size}",
+        "10",
+        b"",
+    )
+    for unsatisfiable in (f"bytes={size}-", f"bytes={size + 5}-{size + 9}"):
+        status, headers, _ = raw_download(peer, tid, unsatisfiable)
+        assert status == 416, unsatisfiable
+        assert headers["content-range"] == f"bytes */{size}", unsatisfiable
+
+
+def test_http_endpoint_keeps_the_connection_alive(origin, peer, tmp_path):
+    import http.client
+
+    url = origin.add_file("alive.bin", size=1000, seed=24)
+    assert peer.dfget(url, tmp_path / "x", "--no-progress").returncode == 0
+    data = origin.content("alive.bin")
+    conn = http.client.HTTPConnection("127.0.0.1", peer.upload_port, timeout=30)
+    try:
+        for first in (0, 10, 500):  # three requests, one connection
+            conn.request("GET", f"/download/{task_id(url)}", headers={"Range": f"bytes={first}-"})
+            resp = conn.getresponse()
+            assert (resp.status, resp.read()) == (206, data[first:])
+        conn.request("HEAD", f"/download/{task_id(url)}")
+        resp = conn.getresponse()
+        assert (resp.status, resp.getheader("content-length"), resp.read()) == (200, "1000", b"")
+    finally:
+        conn.close()
+
+
+def test_http_endpoint_refuses_an_oversized_header(peer):
+    import socket
+
+    with socket.create_connection(("127.0.0.1", peer.upload_port), timeout=10) as s:
+        # A head that never ends: the server stops buffering it past 16 KiB.
+        s.sendall(b"GET /download/x HTTP/1.1\r\nHost: a\r\nX-Big: " + b"a" * 40_000)
+        reply = s.recv(4096)
+    assert reply.startswith((b"HTTP/1.1 431", b"HTTP/1.1 400")), reply[:100]
+    assert peer.healthy()
+
+
+def test_http_endpoint_does_not_serve_a_task_still_downloading(origin, tmp_path):
+    with PeerProcess(tmp_path, download={"concurrency": 1}) as peer:
+        url = origin.add_file("partial.bin", size=3 * PIECE, seed=25)
+        origin.set_faults("/partial.bin", delay={"seconds": 0.5, "count": -1})
+        proc = peer.dfget_popen(url, tmp_path / "x", "--no-progress")
+        tid = task_id(url)
+        wait_for(
+            lambda: (peer.api("GET", f"/v1/tasks/{tid}")[1].get("completed_bytes") or 0) >= PIECE,
+            "the first piece to be stored",
+        )
+        status, body = peer.http_get(tid)
+        assert status == 404 and b"is not available (running)" in body, body
+        assert proc.wait(60) == 0
+        assert peer.http_get(tid) == (200, origin.content("partial.bin"))
+
+
+def test_http_endpoint_under_an_upload_rate_limit_serves_the_exact_range(origin, tmp_path):
+    # Rate-limited bodies go out in 1 MiB slices, each paid for first.
+    with PeerProcess(tmp_path, upload={"rate_limit": "64MiB"}) as peer:
+        url = origin.add_file("limited.bin", size=3 * MiB + 5, seed=26)
+        assert peer.dfget(url, tmp_path / "x", "--no-progress").returncode == 0
+        data = origin.content("limited.bin")
+        status, body = peer.http_get(task_id(url), "bytes=1000-")
+        assert status == 206 and body == data[1000:]
+        assert peer.metrics()["d7y_peer_upload_bytes_total"] == len(data) - 1000
+
+
 def test_digest_verified_and_mismatch_fails(origin, peer, tmp_path):
     url = origin.add_file("digest.bin", size=PIECE + 1, seed=4)
     good = "sha256:" + hashlib.sha256(origin.content("digest.bin")).hexdigest()
@@ -149,6 +267,22 @@ def test_digest_verified_and_mismatch_fails(origin, peer, tmp_path):
     assert peer.http_get(task_id(url, tag="mismatch"))[0] == 404
     ok = peer.dfget(url, tmp_path / "good.bin", "--digest", good, "--no-progress")
     assert ok.returncode == 0, ok.stderr.decode()
+
+
+@pytest.mark.parametrize(("piece_length", "in_flight"), [(None, 16), ("8MiB", 8)])
+def test_pieces_in_flight_are_bounded_by_concurrency_and_memory(
+    origin, peer, tmp_path, piece_length, in_flight
+):
+    """At most download.concurrency (16) pieces at once; with 8 MiB pieces the 64 MiB
+    piece-buffer budget allows only 8. Every answer is delayed long enough that all the
+    requests the daemon allows itself are open at once, even on a busy machine."""
+    name = f"wide-{piece_length}.bin"
+    url = origin.add_file(name, size=24 * PIECE, seed=23)
+    origin.set_faults(f"/{name}", delay={"seconds": 1.5, "count": -1})
+    flags = ("--piece-length", piece_length) if piece_length else ()
+    result = peer.dfget(url, tmp_path / "x", *flags, "--no-progress")
+    assert result.returncode == 0, result.stderr.decode()
+    assert origin.stats(f"/{name}")["peak_concurrency"] == in_flight
 
 
 def test_origin_404(origin, peer, tmp_path):
@@ -222,9 +356,13 @@ def test_dfget_killed_mid_download_daemon_stays_healthy(origin, peer, tmp_path):
     url = origin.add_file("killed.bin", size=4 * PIECE, seed=15)
     origin.set_faults("/killed.bin", delay={"seconds": 0.3, "count": -1})
     proc = peer.dfget_popen(url, tmp_path / "x", "--no-progress")
-    time.sleep(0.5)
+    tid = task_id(url)
+    wait_for_state(peer, tid, "running", "the download to start in dfdaemon")
     proc.kill()
     proc.wait()
+    # Killed mid-download: the task had not finished (it goes on in the daemon).
+    status, info = peer.api("GET", f"/v1/tasks/{tid}")
+    assert status == 200 and info["state"] == "running", info
     assert peer.healthy()
     result = peer.dfget(url, tmp_path / "y", "--no-progress")
     assert result.returncode == 0, result.stderr.decode()
@@ -265,20 +403,53 @@ def test_restart_resumes_only_missing_pieces(tmp_path):
 
 
 def test_sigterm_mid_download_leaves_consistent_metadata(tmp_path):
+    size = 6 * PIECE
     with ThreadedOriginServer() as origin:
-        url = origin.add_file("term.bin", size=6 * PIECE, seed=17)
+        url = origin.add_file("term.bin", size=size, seed=17)
+        content = origin.content("term.bin")
         origin.set_faults("/term.bin", delay={"seconds": 0.2, "count": -1})
-        peer = PeerProcess(tmp_path, download={"concurrency": 2}).start()
+        peer = PeerProcess(tmp_path, download={"concurrency": 1}).start()
         proc = peer.dfget_popen(url, tmp_path / "x", "--no-progress")
-        time.sleep(0.8)
-        assert peer.stop(signal.SIGTERM) == 0
+        tid = task_id(url)
+
+        def some_pieces_stored() -> bool:
+            status, info = peer.api("GET", f"/v1/tasks/{tid}")
+            return status == 200 and PIECE <= info.get("completed_bytes", 0) < size
+
+        wait_for(some_pieces_stored, "the first piece to be stored")
+        # dfget goes first: with a dfget attached, a SIGTERM waits for its download.
+        proc.kill()
         proc.wait(30)
+        assert some_pieces_stored(), "the download finished before the SIGTERM"
+        assert peer.stop(signal.SIGTERM) == 0
         assert "dfdaemon stopped" in peer.log()
+
+        # The metadata left behind: an unfinished task whose recorded pieces are each in
+        # the content file, at their offsets, with the digest of the origin's bytes.
+        meta = MetadataStore(peer.data_dir / "metadata.db")
+        try:
+            record = meta.get_task(tid)
+            pieces = meta.pieces(tid)
+        finally:
+            meta.close()
+        assert record is not None and record.state != "succeeded", record
+        assert (record.content_length, record.piece_length) == (size, PIECE)
+        assert 1 <= len(pieces) < 6, pieces
+        stored_bytes = (peer.data_dir / "content" / "tasks" / tid[:3] / tid).read_bytes()
+        for number, (digest, source) in pieces.items():
+            expected = content[number * PIECE : (number + 1) * PIECE]
+            assert digest == f"crc32:{zlib.crc32(expected)}", number
+            assert stored_bytes[number * PIECE : (number + 1) * PIECE] == expected, number
+            assert source == "origin"
+
         origin.reset()
         with PeerProcess(tmp_path) as again:
             result = again.dfget(url, tmp_path / "y", "--no-progress")
             assert result.returncode == 0, result.stderr.decode()
-            assert (tmp_path / "y").read_bytes() == origin.content("term.bin")
+            assert (tmp_path / "y").read_bytes() == content
+        # The recorded pieces were trusted; only the others were fetched.
+        missing = {f"bytes={n * PIECE}-{(n + 1) * PIECE - 1}" for n in range(6) if n not in pieces}
+        assert set(piece_requests(origin, "term.bin")) == missing
 
 
 @pytest.fixture

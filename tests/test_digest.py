@@ -68,3 +68,35 @@ def test_crc32_hasher_any_split(data, cuts):
     for a, b in pairwise(points):
         hasher.update(data[a:b])
     assert hasher.digest().value == str(zlib.crc32(data))
+
+
+@pytest.mark.parametrize("value", [0, 0xFFFFFFFF])
+def test_crc32_values_at_both_ends_are_accepted(value):
+    assert Digest.parse(f"crc32:{value}") == Digest("crc32", str(value))
+    assert Digest.crc32_of(value) == Digest("crc32", str(value))
+
+
+@pytest.mark.parametrize("value", [-1, 0x100000000, True, 1.0, "1"])
+def test_crc32_of_refuses_what_is_not_a_crc(value):
+    with pytest.raises(ValueError, match=r"crc32 value must be an int in 0\.\.4294967295"):
+        Digest.crc32_of(value)
+
+
+def test_hex_digests_of_the_wrong_length_are_refused_both_ways():
+    sha = hashlib.sha256(DATA).hexdigest()
+    for text in (f"sha256:{sha}0", f"sha256:{sha[:-1]}"):
+        with pytest.raises(ValueError, match="64 hex digits"):
+            Digest.parse(text)
+
+
+def test_verify_refuses_a_different_value_either_side():
+    low, high = Digest("crc32", "1"), Digest("crc32", "2")
+    for expected, actual in ((low, high), (high, low)):
+        with pytest.raises(DigestMismatch):
+            expected.verify(actual)
+    low.verify(Digest("crc32", "1"))  # equal: no error
+
+
+def test_hasher_names_its_algorithm():
+    assert Hasher("sha512").algorithm == "sha512"
+    assert Hasher("crc32").algorithm == "crc32"

@@ -76,3 +76,9 @@ def test_ranges_stay_inside_the_content(length, data):
     last = data.draw(st.integers(first, length * 2))
     r = parse_range(f"bytes={first}-{last}", length)
     assert r.start == first and r.length >= 1 and r.start + r.length <= length
+
+
+@pytest.mark.parametrize("length", [True, 10.0, "10", None])
+def test_content_length_must_be_a_real_int(length):
+    with pytest.raises(TypeError, match="content_length must be an int"):
+        parse_range("bytes=0-1", length)

@@ -147,3 +147,15 @@ def test_host_and_peer_ids():
         ids.peer_id("10.0.0.1", "node-a", "nope")
     with pytest.raises(ValueError, match="hostname"):
         ids.host_id("10.0.0.1", "")
+
+
+def test_only_a_bare_slash_path_is_trimmed():
+    # Filtering normalises the URL; "https://h/" loses its "/", a directory keeps its own.
+    assert ids.canonical_url("https://H/", ["x"]) == "https://h"
+    assert ids.canonical_url("https://h/dir/", ["x"]) == "https://h/dir/"
+    assert ids.canonical_url("https://h/dir/?b=2&a=1&x=9", ["x"]) == "https://h/dir/?a=1&b=2"
+
+
+def test_filter_names_must_be_strings():
+    with pytest.raises(TypeError, match="filtered query parameter 1 must be a str"):
+        ids.canonical_url("https://h/a?x=1", ["x", 1])

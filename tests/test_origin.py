@@ -90,7 +90,7 @@ def test_probe_without_range_support_does_not_read_the_body() -> None:
         info = await client.probe(url)
         assert (info.content_length, info.supports_range) == (size, False)
         assert client.bytes_received == 0
-        await asyncio.sleep(0.05)  # let the origin notice the closed connection
+        await origin.wait_idle()  # the origin noticed the closed connection and stopped
         assert origin.stats("big.bin")["bytes_sent"] < size
 
     run(scenario)

@@ -7,9 +7,9 @@ output byte for byte, and reads the origin's own count of body bytes sent.
 from __future__ import annotations
 
 import hashlib
+import re
 import socket
 import struct
-import time
 from pathlib import Path
 
 import pytest
@@ -26,14 +26,28 @@ from d7y.core.messages import (
 )
 from d7y.core.pieces import MiB
 from d7y.core.protocol import HEADER_LENGTH, MAGIC, decode_body, decode_header, encode_frame
+from d7y.daemons.peer.storage import MetadataStore
 from tests.origin_server import ThreadedOriginServer
-from tests.peer_harness import PeerProcess, SchedulerProcess, peer_config
+from tests.peer_harness import PeerProcess, SchedulerProcess, peer_config, wait_for
 
 PIECE = 4 * MiB
 
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def scheduler_connections(daemon: PeerProcess) -> int:
+    """How many times the daemon has connected to a scheduler. It announces its host
+    first thing on each connection, before anything it registers there."""
+    return daemon.log().count("connected to scheduler address=")
+
+
+def peer_id_of(daemon: PeerProcess, tid: str) -> str:
+    """The peer ID the daemon registered for task ``tid`` (from its debug log)."""
+    found = re.findall(rf"registered task={tid} peer=(\S+)", daemon.log())
+    assert found, f"{daemon.name} never registered task {tid}"
+    return found[-1]
 
 
 def bytes_by_source(peer: PeerProcess) -> tuple[float, float, float]:
@@ -64,13 +78,34 @@ class Cluster:
             PeerProcess(work, f"peer{i}", **peer_config(self.scheduler, f"peer{i}")).start()
             for i in range(peers)
         ]
-        time.sleep(0.3)  # let every host announce itself
+        self.wait_connected([self.seed, *self.peers], {})
 
     def add_peer(self, name: str, **extra) -> PeerProcess:
         peer = PeerProcess(self.work, name, **peer_config(self.scheduler, name, **extra)).start()
         self.peers.append(peer)
-        time.sleep(0.3)
+        if self.scheduler.proc is not None and self.scheduler.proc.poll() is None:
+            self.wait_connected([peer], {})
         return peer
+
+    def running_daemons(self) -> list[PeerProcess]:
+        return [d for d in (self.seed, *self.peers) if d.proc is not None and d.proc.poll() is None]
+
+    def restart_scheduler(self) -> None:
+        """Stop the scheduler and start a new one on the same port; return once every
+        running daemon has connected (and so announced its host) to the new one."""
+        daemons = self.running_daemons()
+        before = {d.name: scheduler_connections(d) for d in daemons}
+        self.scheduler.stop()
+        self.scheduler.start()
+        self.wait_connected(daemons, before)
+
+    @staticmethod
+    def wait_connected(daemons: list[PeerProcess], before: dict[str, int]) -> None:
+        for daemon in daemons:
+            wait_for(
+                lambda d=daemon: scheduler_connections(d) > before.get(d.name, 0),
+                f"{daemon.name} to connect to the scheduler",
+            )
 
     def fetch_all(self, url: str, peers=None, *args: str) -> list[Path]:
         peers = self.peers if peers is None else peers
@@ -171,27 +206,44 @@ def test_corrupt_parent_is_caught_and_blocklisted(cluster_factory, origin):
 
 
 def test_parent_killed_mid_transfer(cluster_factory, origin):
-    size = 16 * PIECE
+    """A peer that holds the task is serving two children when it is killed: the
+    children notice the lost parent and finish from the rest of the swarm."""
+    size = 8 * PIECE
     url = origin.add_file("killed.bin", size=size, seed=63)
-    # A slow seed keeps the swarm busy long enough to kill a parent in the middle.
-    cluster = cluster_factory(peers=3, seed_extra={"upload": {"rate_limit": "24MiB"}})
-    victim, *survivors = cluster.peers
+    # Slow uploads keep the children busy long enough to kill the parent in the middle.
+    cluster = cluster_factory(peers=0, seed_extra={"upload": {"rate_limit": "16MiB"}})
+    victim = cluster.add_peer("victim", upload={"rate_limit": "8MiB"})
+    cluster.fetch_all(url, [victim])
+    children = [cluster.add_peer(f"child{i}") for i in range(2)]
     procs = [
-        p.dfget_popen(url, cluster.work / f"{p.name}.out", "--no-progress") for p in cluster.peers
+        child.dfget_popen(url, cluster.work / f"{child.name}.out", "--no-progress")
+        for child in children
     ]
     tid = task_id(url)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        status, info = victim.api("GET", f"/v1/tasks/{tid}")
-        if status == 200 and info.get("completed_bytes", 0) >= 3 * PIECE:
-            break
-        time.sleep(0.05)
+
+    def victim_serving_children_mid_download() -> bool:
+        if victim.metrics().get("d7y_peer_upload_bytes_total", 0) <= 0:
+            return False
+        for child in children:
+            status, info = child.api("GET", f"/v1/tasks/{tid}")
+            if status != 200 or info.get("state") != "running":
+                return False
+            if info.get("completed_bytes", 0) > size - 2 * PIECE:
+                return False
+        return True
+
+    wait_for(victim_serving_children_mid_download, "the victim to serve its children")
+    victim_id = peer_id_of(victim, tid)
     victim.kill()
-    procs[0].wait(30)
     expected = hashlib.sha256(origin.content("killed.bin")).hexdigest()
-    for proc, peer in zip(procs[1:], survivors, strict=True):
-        assert proc.wait(180) == 0, proc.stderr.read().decode() + peer.log()[-2000:]
-        assert sha256(cluster.work / f"{peer.name}.out") == expected
+    for proc, child in zip(procs, children, strict=True):
+        assert proc.wait(180) == 0, proc.stderr.read().decode() + child.log()[-2000:]
+        assert sha256(cluster.work / f"{child.name}.out") == expected
+    # A child lost the victim as a parent and noticed (a failed piece, a dropped parent).
+    logs = "".join(child.log() for child in children)
+    assert re.search(rf"(dropping parent|piece failed) task={tid} .*parent={victim_id}", logs), (
+        logs[-3000:]
+    )
 
 
 def test_scheduler_stopped_then_restarted(cluster_factory, origin):
@@ -206,8 +258,11 @@ def test_scheduler_stopped_then_restarted(cluster_factory, origin):
     assert all(sha256(out) == expected for out in outputs)
     assert all("back to source" in p.log() for p in cluster.peers)
     # The scheduler comes back on the same port: new downloads use P2P again.
+    before_restart = {d.name: scheduler_connections(d) for d in cluster.running_daemons()}
     cluster.scheduler.start()
-    time.sleep(1.5)  # peers reconnect with backoff and announce
+    cluster.wait_connected(
+        cluster.running_daemons(), before_restart
+    )  # peers reconnect with backoff and announce
     before = origin.stats("/second.bin")["bytes_sent"]
     outputs = cluster.fetch_all(second)
     expected = hashlib.sha256(origin.content("second.bin")).hexdigest()
@@ -219,14 +274,27 @@ def test_seed_stopped_before_it_finished(cluster_factory, origin):
     size = 12 * PIECE
     url = origin.add_file("seedless.bin", size=size, seed=66)
     origin.set_faults("/seedless.bin", delay={"seconds": 0.3, "count": -1})
-    cluster = cluster_factory(peers=2)
+    # One piece at a time, each after 0.3 s: the seed needs >= 3.6 s for the task.
+    cluster = cluster_factory(peers=2, seed_extra={"download": {"concurrency": 1}})
     procs = [
         p.dfget_popen(url, cluster.work / f"{p.name}.out", "--no-progress") for p in cluster.peers
     ]
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and origin.stats("/seedless.bin")["requests"] < 3:
-        time.sleep(0.02)
+    tid = task_id(url)
+
+    def seed_has_some_pieces() -> bool:
+        status, info = cluster.seed.api("GET", f"/v1/tasks/{tid}")
+        return status == 200 and info.get("completed_bytes", 0) >= PIECE
+
+    wait_for(seed_has_some_pieces, "the seed to store its first piece")
     cluster.seed.kill()
+    # The seed had not finished: its stored task is incomplete (read from its metadata).
+    meta = MetadataStore(cluster.seed.data_dir / "metadata.db")
+    try:
+        record = meta.get_task(tid)
+        assert record is not None and record.state != "succeeded"
+        assert 1 <= len(meta.pieces(tid)) < 12
+    finally:
+        meta.close()
     expected = hashlib.sha256(origin.content("seedless.bin")).hexdigest()
     for proc, peer in zip(procs, cluster.peers, strict=True):
         assert proc.wait(180) == 0, proc.stderr.read().decode() + peer.log()[-2000:]
@@ -283,9 +351,12 @@ def test_restarted_scheduler_learns_what_the_seed_already_holds(cluster_factory,
     cluster = cluster_factory(peers=1)
     cluster.fetch_all(url)  # the seed fetched it from the origin and still holds it
     sent = origin.stats("/held.bin")["bytes_sent"]
-    cluster.scheduler.stop()
-    cluster.scheduler.start()  # a new scheduler knows no peers
-    time.sleep(1.5)
+    cluster.restart_scheduler()  # a new scheduler knows no peers
+    for daemon in (cluster.seed, cluster.peers[0]):  # until both told it what they hold
+        wait_for(
+            lambda d=daemon: "restored held tasks with the scheduler count=1" in d.log(),
+            f"{daemon.name} to restore its held task",
+        )
     late = cluster.add_peer("late")
     outputs = cluster.fetch_all(url, [late])
     assert sha256(outputs[0]) == hashlib.sha256(origin.content("held.bin")).hexdigest()
@@ -349,9 +420,7 @@ def test_download_that_outlives_its_scheduler_is_announced_to_the_new_one(cluste
     cluster = cluster_factory(peers=1, seed_extra={"download": {"concurrency": 1}})
     peer = cluster.peers[0]
     proc = peer.dfget_popen(url, cluster.work / "first.out", "--no-progress")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and "answer=NormalTaskResponse" not in peer.log():
-        time.sleep(0.02)
+    wait_for(lambda: "answer=NormalTaskResponse" in peer.log(), "the peer to get its parents")
     cluster.scheduler.stop()
     cluster.scheduler.start()  # knows nothing of the running download
     assert proc.wait(180) == 0, proc.stderr.read().decode() + peer.log()[-3000:]
@@ -380,9 +449,7 @@ def test_download_started_without_a_scheduler_is_announced_when_one_appears(
     cluster.scheduler.stop()
     peer = cluster.add_peer("early", download={"concurrency": 1})
     proc = peer.dfget_popen(url, cluster.work / "early.out", "--no-progress")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and origin.stats("/early.bin")["requests"] < 3:
-        time.sleep(0.02)
+    wait_for(lambda: origin.stats("/early.bin")["requests"] >= 3, "the download to start")
     cluster.scheduler.start()
     assert proc.wait(180) == 0, proc.stderr.read().decode() + peer.log()[-3000:]
     expected = hashlib.sha256(origin.content("early.bin")).hexdigest()
@@ -421,3 +488,26 @@ def test_scheduler_answers_a_restored_running_peer_on_its_new_stream(tmp_path):
         assert stream == 5
         assert isinstance(answer, NeedBackToSource), answer
         assert answer.task_id == restore.task_id
+
+
+def test_scheduler_address_from_the_environment(cluster_factory, origin):
+    """A peer whose YAML names no scheduler joins the one in
+    D7Y_DFDAEMON_SCHEDULER__ADDRESS: with --disable-back-to-source (and a priority) it
+    gets the task from the seed, which it could not do alone (exit 8, no source)."""
+    size = 3 * PIECE + 11
+    url = origin.add_file("env.bin", size=size, seed=70)
+    cluster = cluster_factory(peers=0)
+    cluster.fetch_all(url, [cluster.seed])  # the seed holds it
+    sent = origin.stats("/env.bin")["bytes_sent"]
+    peer = PeerProcess(cluster.work, "envpeer", host={"hostname": "envpeer"})
+    assert "scheduler" not in peer.config
+    peer.env = {"D7Y_DFDAEMON_SCHEDULER__ADDRESS": cluster.scheduler.address}
+    cluster.peers.append(peer.start())
+    cluster.wait_connected([peer], {})
+    out = cluster.work / "env.out"
+    result = peer.dfget(url, out, "--disable-back-to-source", "--priority", "6", "--no-progress")
+    assert result.returncode == 0, result.stderr.decode() + peer.log()[-3000:]
+    assert sha256(out) == hashlib.sha256(origin.content("env.bin")).hexdigest()
+    assert origin.stats("/env.bin")["bytes_sent"] == sent
+    from_origin, from_peers, _ = bytes_by_source(peer)
+    assert from_origin == 0 and from_peers == size

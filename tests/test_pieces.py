@@ -109,3 +109,22 @@ def test_size_scope():
     assert size_scope(129, 4 * MiB) is SizeScope.SMALL
     assert size_scope(4 * MiB, 4 * MiB) is SizeScope.SMALL
     assert size_scope(4 * MiB + 1, 4 * MiB) is SizeScope.NORMAL
+
+
+def test_units_are_the_binary_ones():
+    from d7y.core.pieces import MAX_USER_PIECE_LENGTH
+
+    assert (MiB, GiB, MAX_USER_PIECE_LENGTH) == (1_048_576, 1_073_741_824, 1_073_741_824)
+
+
+def test_piece_at_bounds_and_types():
+    assert piece_at(0, 10 * MiB, 4 * MiB).offset == 0
+    with pytest.raises(IndexError, match=r"has 3 pieces \(0\.\.2\)"):
+        piece_at(4, 10 * MiB, 4 * MiB)
+    for bad in (True, 1.0, "1"):
+        with pytest.raises(TypeError, match="piece number must be an int"):
+            piece_at(bad, 10 * MiB, 4 * MiB)
+
+
+def test_pieces_covering_nothing_anywhere():
+    assert pieces_covering(5, 0, 4) == range(0)

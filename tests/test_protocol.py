@@ -1021,7 +1021,7 @@ def _run_decoder(chunks: list[bytes], limit: int) -> None:
         assert decoder.buffered < HEADER_LENGTH + limit
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.binary(max_size=64), max_size=8))
 def test_fuzz_arbitrary_bytes(chunks):
     _run_decoder(chunks, FUZZ_LIMIT)
@@ -1051,3 +1051,129 @@ def test_fuzz_headers(header):
         return
     assert result.body_length <= FUZZ_LIMIT
     assert result.type in m.REGISTRY
+
+
+# -- the documented limits and defaults (docs/protocol.md), as literal numbers -----------
+
+
+def _accepts(cls: type[m.Message], sample: m.Message, **changes) -> bool:
+    body = msgspec.msgpack.encode({**body_map(sample), **changes})
+    try:
+        decode_body(cls, body)
+    except MalformedFrame:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("cls", "field", "at_limit", "over"),
+    [
+        (m.Error, "task_id", "t" * 512, "t" * 513),  # optional id: 0..512
+        (m.Error, "message", "x" * 8192, "x" * 8193),  # text: at most 8192
+        (m.Hello, "features", ["f"] * 64, ["f"] * 65),  # at most 64 features
+        (m.Hello, "features", ["f" * 64], ["f" * 65]),  # each 1..64 characters
+        (m.Hello, "features", ["f"], [""]),
+        (m.Reschedule, "bad_parents", ["p"] * 1024, ["p"] * 1025),
+        (m.RegisterPeer, "headers", {f"h{i}": "v" for i in range(256)},
+         {f"h{i}": "v" for i in range(257)}),
+        (m.RegisterPeer, "priority", 6, 7),
+        (m.RegisterPeer, "priority", 0, -1),
+    ],
+)  # fmt: skip
+def test_documented_limits_hold_exactly_at_the_edge(cls, field, at_limit, over):
+    sample = SAMPLES[cls][0]
+    assert _accepts(cls, sample, **{field: at_limit})
+    assert not _accepts(cls, sample, **{field: over})
+
+
+def test_documented_defaults():
+    task = "a" * 64
+    assert m.Error(code="x").piece_number == -1
+    assert m.HavePieces(task_id=task, numbers=[]).content_length == -1
+    assert m.DownloadStarted(peer_id="p", task_id=task).content_length == -1
+    host = m.AnnounceHost(host_id="h", ip="1.2.3.4", hostname="h", port=1, download_port=2)
+    assert (
+        host.max_tx_bandwidth_bps,
+        host.concurrent_upload_count,
+        host.upload_content_length,
+    ) == (0, 0, 0)
+    assert m.RegisterPeer(peer_id="p", task_id=task, host_id="h", url="u").priority == 0
+    assert m.TriggerSeed(task_id=task, url="u").piece_length == 0
+    parent = m.ParentInfo(
+        peer_id="p", host_id="h", ip="1.2.3.4", port=1, download_port=2, state="Running"
+    )
+    assert parent.tx_bandwidth_bps == 0
+
+
+@pytest.mark.parametrize(
+    ("lengths", "bitmap"),
+    [
+        ((-1, 4, 3), b"\xe0"),  # content length unknown: the count is not derived
+        ((10, 0, 3), b"\xe0"),  # piece length unknown
+        ((10, 4, -1), b""),  # piece count unknown: no bitmap length to check
+        ((72, 8, 9), b"\xff\x80"),  # 9 pieces: 2 bytes, 7 padding bits clear
+        ((64, 8, 8), b"\xff"),  # a whole byte, no padding
+    ],
+)
+def test_task_info_accepts_what_is_consistent(lengths, bitmap):
+    content_length, piece_length, piece_count = lengths
+    info = m.TaskInfo(
+        task_id="a" * 64,
+        content_length=content_length,
+        piece_length=piece_length,
+        piece_count=piece_count,
+        bitmap=bitmap,
+        state=TaskState.RUNNING,
+    )
+    assert info.bitmap == bitmap
+
+
+@pytest.mark.parametrize(
+    ("lengths", "bitmap", "match"),
+    [
+        ((10, 4, 3), b"\xe2", "padding bits"),  # a low padding bit set
+        ((0, 4, 0), b"\x00", "needs 0"),  # no pieces: no bitmap bytes
+        ((64, 8, 8), b"", "needs 1"),  # too short
+    ],
+)
+def test_task_info_refuses_a_bitmap_that_does_not_fit(lengths, bitmap, match):
+    content_length, piece_length, piece_count = lengths
+    with pytest.raises(ValueError, match=match):
+        m.TaskInfo(
+            task_id="a" * 64,
+            content_length=content_length,
+            piece_length=piece_length,
+            piece_count=piece_count,
+            bitmap=bitmap,
+            state=TaskState.RUNNING,
+        )
+
+
+def test_register_accepts_the_last_type_code():
+    class Last(m.Message, kw_only=True):
+        type_code = 0xFF
+
+    try:
+        assert m.register(Last) is Last and m.REGISTRY[0xFF] is Last
+    finally:
+        m.REGISTRY.pop(0xFF, None)
+        m.CODES.pop(Last, None)
+
+
+def test_a_body_exactly_at_the_limit_passes():
+    message = m.Ping(nonce=7)
+    size = len(encode_frame(message)) - HEADER_LENGTH
+    assert decode_header(encode_frame(message, max_body_length=size), size).body_length == size
+    buffer = bytearray()
+    encode_frame_into(buffer, message, max_body_length=size)
+    assert bytes(buffer) == encode_frame(message)
+    with pytest.raises(FrameTooLarge):
+        encode_frame(message, max_body_length=size - 1)
+    with pytest.raises(FrameTooLarge):
+        encode_frame_into(bytearray(), message, max_body_length=size - 1)
+
+
+def test_the_largest_body_limit_the_header_can_describe():
+    FrameDecoder(max_body_length=0xFFFFFFFF)
+    with pytest.raises(ValueError, match=r"max_body_length must be an int in 0\.\.4294967295"):
+        FrameDecoder(max_body_length=0x100000000)

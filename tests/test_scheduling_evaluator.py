@@ -387,3 +387,48 @@ def test_cost_window_running_sums_stay_exact():
     assert list(peer.piece_costs) == window
     assert peer.cost_sum == pytest.approx(sum(window), rel=1e-9)
     assert peer.cost_sq_sum == pytest.approx(sum(c * c for c in window), rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("state", "host_type"),
+    [
+        (PeerState.RECEIVED_NORMAL, 1.0),  # registered for the task: about to serve it
+        (PeerState.RUNNING, 1.0),
+        (PeerState.SUCCEEDED, 0.0),
+        (PeerState.FAILED, 0.0),
+    ],
+)
+def test_seed_host_type_by_state_through_score(state, host_type):
+    """A seed peer that has received a NORMAL task scores as a serving seed (host
+    type 1), like a running one; a finished or failed seed scores 0 -- checked through
+    ``score`` of both evaluators that weigh host type. The seed host has no upload
+    capacity and no affinity, so the score is the host-type term alone."""
+    seed = make_host("s", type=HostType.SEED, upload_limit_bps=0)
+    parent = make_peer(seed, state)
+    child = make_peer(make_host("c"))
+    load_aware = LoadAwareEvaluator()
+    assert load_aware.score(parent, child, 0) == pytest.approx(
+        load_aware.HOST_TYPE_WEIGHT * host_type
+    )
+    base = BaseEvaluator()
+    base_without_host_type = base.score(make_peer(seed, PeerState.SUCCEEDED), child, 100)
+    assert base.score(parent, child, 100) == pytest.approx(
+        base_without_host_type + base.HOST_TYPE_WEIGHT * host_type
+    )
+
+
+def test_equal_costs_are_not_bad_despite_rounding():
+    # Ten equal costs of 0.3 leave a variance of about -3e-17 after rounding: it must
+    # count as 0 (no math domain error), and an equal newest cost is not an outlier.
+    peer = make_peer(make_host("p"), window=10)
+    for _ in range(10):
+        peer.record_cost(0.3)
+    assert not LoadAwareEvaluator().is_bad_parent(peer)
+
+
+def test_bandwidth_duration_is_its_own_sub_score():
+    # Nothing reserved (peak 1) but 3.75 GB queued on 1 Gbit/s: 30 of 60 s -> 0.5.
+    host = make_host("h", upload_limit_bps=GBIT)
+    host.upload_content_length = 3_750_000_000
+    assert peak_bandwidth_score(host) == 1.0
+    assert bandwidth_duration_score(host) == pytest.approx(0.5)

@@ -322,3 +322,30 @@ def test_picker_invariants(events, seed, streaming, bitmap_impl):
         per_piece = Counter(piece for piece, _ in flights)
         assert all(n <= 2 for n in per_piece.values())
         assert not any(p.has(piece) for piece, _ in flights)
+
+
+def test_endgame_starts_exactly_when_the_missing_pieces_fit_in_flight(bitmap_impl):
+    """The boundary: endgame duplicates start when missing <= max_in_flight, not only
+    when missing < max_in_flight. Piece 3 is held by nobody, so after the three
+    requestable pieces a slot is left over for a duplicate."""
+    p = make(bitmap_impl, 4, max_in_flight=4)  # missing 4 == max_in_flight 4
+    p.parent_added("a", [0, 1, 2], max_tx=100)
+    p.parent_added("b", [0, 1, 2], max_tx=100)
+    got = p.next_requests(0)
+    pieces = Counter(piece for piece, _ in got)
+    assert len(got) == 4, got
+    assert sorted(pieces) == [0, 1, 2] and sorted(pieces.values()) == [1, 1, 2], got
+    doubled = next(piece for piece, n in pieces.items() if n == 2)
+    assert {parent for piece, parent in got if piece == doubled} == {"a", "b"}
+
+    # One more missing piece than slots: no duplicate, the spare slot stays free.
+    q = make(bitmap_impl, 5, max_in_flight=4)  # missing 5 == max_in_flight + 1
+    q.parent_added("a", [0, 1, 2], max_tx=100)
+    q.parent_added("b", [0, 1, 2], max_tx=100)
+    got = q.next_requests(0)
+    assert sorted(piece for piece, _ in got) == [0, 1, 2], got
+    # A piece lands: now 4 are missing, and the two free slots double the others.
+    first = got[0]
+    q.piece_done(first[0], first[1], 0.1, 1)
+    again = q.next_requests(1)
+    assert len(again) == 2 and {piece for piece, _ in again} == {0, 1, 2} - {first[0]}, again

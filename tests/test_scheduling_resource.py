@@ -228,3 +228,44 @@ def test_cost_window_reads_like_a_bounded_deque(costs, maxlen):
 def test_cost_window_needs_room_for_a_sample():
     with pytest.raises(ValueError, match="maxlen=0"):
         CostWindow(0)
+
+
+def test_ring_points_are_pinned():
+    """Schedulers of different versions must send a task to the same seed: the point
+    hash (BLAKE2b, 8 bytes, big-endian, of "<node>#<i>") and 100 points per node are
+    part of the contract."""
+    from d7y.core.scheduling import hashring
+
+    assert hashring._hash("seed-a#0") == 3702276151240210450
+    ring = HashRing(["seed-a", "seed-b", "seed-c"])
+    assert ring.vnodes == 100 and len(ring._hashes) == 300
+    assert [ring.get(f"task-{i}") for i in range(6)] == [
+        "seed-a", "seed-a", "seed-a", "seed-b", "seed-a", "seed-b",
+    ]  # fmt: skip
+
+
+def test_ring_point_collisions_are_broken_by_node_name(monkeypatch):
+    """With 64-bit points a collision is astronomically rare, so force them: a hash of
+    three values. The ring must still not depend on insertion order."""
+    from d7y.core.scheduling import hashring
+
+    monkeypatch.setattr(hashring, "_hash", lambda text: sum(text.encode()) % 3)
+    nodes = ["n3", "n1", "n2", "n0"]
+    rings = [HashRing(order, vnodes=4) for order in (nodes, sorted(nodes), nodes[::-1])]
+    layouts = {tuple(zip(r._hashes, r._owners, strict=True)) for r in rings}
+    assert len(layouts) == 1
+    (layout,) = layouts
+    assert list(layout) == sorted(layout)  # by point, then by node name
+    assert len(layout) == 16
+
+
+@pytest.mark.parametrize("vnodes", [0, -1, True, 1.5])
+def test_ring_vnodes_must_be_a_positive_int(vnodes):
+    with pytest.raises(ValueError, match="vnodes must be an int >= 1"):
+        HashRing(vnodes=vnodes)
+
+
+def test_ring_with_one_point_per_node():
+    ring = HashRing(["a", "b"], vnodes=1)
+    assert len(ring._hashes) == 2 and {ring.get(f"k{i}") for i in range(50)} <= {"a", "b"}
+    assert sorted(ring.iter_nodes("k0")) == ["a", "b"]

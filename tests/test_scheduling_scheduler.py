@@ -18,6 +18,7 @@ from d7y.core.scheduling import (
     NeedBackToSource,
     NormalTask,
     PeerStateError,
+    PieceNumberError,
     Retry,
     ScheduleFailed,
     Scheduler,
@@ -28,7 +29,7 @@ from d7y.core.scheduling import (
     UnknownHost,
     UnknownPeer,
 )
-from d7y.core.states import IllegalTransition, PeerState, TaskState
+from d7y.core.states import PeerState, TaskState
 
 MiB = 1024 * 1024
 GBIT = 1_000_000_000
@@ -482,12 +483,19 @@ def test_reschedule_state_errors(bitmap_impl):
     with pytest.raises(PeerStateError, match="download_started"):
         s.piece_finished("q2", 0, "p1", 0.1, None, 3)
     s.download_started("q2", 3)
-    with pytest.raises(IllegalTransition):
+    # Reports that do not fit are the caller's errors, SchedulerErrors the daemon answers
+    # (an IllegalTransition or a bare IndexError would crash its connection instead).
+    with pytest.raises(PeerStateError, match="RUNNING: DOWNLOAD is not allowed"):
         s.download_started("q2", 3)
     with pytest.raises(ValueError, match="cost"):
         s.piece_finished("q2", 0, "p1", -1.0, None, 3)
-    with pytest.raises(IndexError):
+    with pytest.raises(PieceNumberError, match="piece number 25 is outside"):
         s.piece_finished("q2", 25, "p1", 1.0, None, 3)
+    with pytest.raises(PieceNumberError, match="piece number -1 is outside"):
+        s.piece_finished("q2", -1, "p1", 1.0, None, 3)
+    s.download_finished("q2", 4)
+    with pytest.raises(PeerStateError, match="SUCCEEDED: DOWNLOAD_SUCCEEDED"):
+        s.download_finished("q2", 4)
 
 
 # --- seed peers through the ring --------------------------------------------------------
@@ -868,3 +876,41 @@ def test_answer_loop_triggers_the_seed_then_retries_until_an_answer(bitmap_impl)
     assert step.trigger is None and isinstance(step.final, NormalTask)
     s.leave_peer("p1", 1)
     assert answers.resume(s, "p1", 1.5) is None  # gone meanwhile: nothing to send
+
+
+def test_config_defaults_are_dragonflys():
+    """DESIGN.md section 4's numbers, written out (a changed default must show here)."""
+    c = SchedulerConfig(policy="dragonfly")
+    assert (c.filter_parent_limit, c.candidate_parent_limit) == (15, 3)
+    assert (c.retry_limit, c.retry_back_to_source_limit, c.retry_interval) == (5, 4, 0.5)
+    assert (c.back_to_source_limit, c.concurrent_piece_count) == (200, 8)
+    assert c.default_piece_length == 4 * 1024 * 1024
+    assert (c.piece_cost_window, c.blocklist_after_piece_failures) == (2000, 1)
+    assert (c.seed_peer_trigger_timeout, c.hash_ring_vnodes) == (60.0, 100)
+    assert c.sample_servable_only is False
+    assert (c.children_per_capacity, c.prefer_locality) == (0, False)
+
+
+def test_config_defaults_of_the_d7y_policy():
+    """The d7y policy's values (docs/simulation.md, "The d7y policy", has the evidence)."""
+    c = SchedulerConfig()
+    assert (c.policy, c.filter_parent_limit, c.candidate_parent_limit, c.max_parents) == (
+        "d7y",
+        40,
+        4,
+        8,
+    )
+    assert (c.retry_interval, c.concurrent_piece_count, c.children_per_capacity) == (0.2, 4, 1)
+    assert c.sample_servable_only is True and c.prefer_locality is True
+    assert (c.register_backoff_min, c.register_backoff_max) == (0.0, 0.0)
+    assert c.blocklist_previous_parents is False
+
+
+def test_config_bounds_are_inclusive():
+    SchedulerConfig(retry_jitter=1.0, retry_interval=0.0, host_ttl=0.0)  # the edges are valid
+    with pytest.raises(ValueError, match=r"retry_jitter must be in \[0, 1\]"):
+        SchedulerConfig(retry_jitter=1.01)
+    with pytest.raises(ValueError, match="back_to_source_limit must be >= 0, got -1"):
+        SchedulerConfig(back_to_source_limit=-1)
+    with pytest.raises(ValueError, match="retry_interval must be a finite number >= 0"):
+        SchedulerConfig(retry_interval=-0.1)

@@ -1,9 +1,12 @@
 """The flow-level network: hand-computed timelines, feasibility, and the error of the
 incremental allocator against exact max-min (progressive filling) on small systems."""
 
+import contextlib
 import math
 import random
+import signal
 import statistics
+import time
 
 import pytest
 import simpy
@@ -112,12 +115,85 @@ def random_static(seed: int, depth: int, hub_slack: float):
     return net
 
 
+@contextlib.contextmanager
+def bounded(seconds: float, what: str):
+    """Fail with a clear message if the block runs longer than ``seconds`` (a solver
+    loop that never converges), instead of waiting for the suite's 300 s timeout.
+    pytest-timeout's own alarm is put back afterwards."""
+
+    def expired(_signum, _frame):
+        raise AssertionError(f"{what} did not finish in {seconds:g} s: a loop that never ends")
+
+    started = time.monotonic()
+    previous = signal.signal(signal.SIGALRM, expired)
+    outer, _interval = signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if outer:
+            left = outer - (time.monotonic() - started)
+            signal.setitimer(signal.ITIMER_REAL, max(left, 0.001))
+
+
+def assert_max_min_fair(net: Network, tol: float = 1e-9) -> None:
+    """Max-min fairness checked from its definition, with no solver (nothing that could
+    loop): every resource is within capacity, and every pair crosses a full resource
+    where no pair gets more than it -- else its rate could grow at nobody's expense."""
+    pairs = [q for q in net._pairs.values() if q.k]
+    load = dict.fromkeys(net.resources, 0.0)
+    top = dict.fromkeys(net.resources, 0.0)
+    for q in pairs:
+        for r in q.path:
+            load[r] += q.k * q.rate
+            top[r] = max(top[r], q.rate)
+    for r, used in load.items():
+        assert used <= r.cap * (1 + tol), f"{r.name}: load {used} > capacity {r.cap}"
+    for q in pairs:
+        assert any(load[r] >= r.cap * (1 - tol) and q.rate >= top[r] * (1 - tol) for r in q.path), (
+            f"{q} at {q.rate} has no bottleneck: {[(r.name, load[r], top[r]) for r in q.path]}"
+        )
+
+
+def reference_rates(net: Network, *, weighted: bool) -> list[float]:
+    """Exact max-min per-flow rates of the net's pairs from the reference solver, with
+    each pair as one weighted entry or as k separate flows."""
+    pairs = [q for q in net._pairs.values() if q.k]
+    caps = {r: r.cap for r in net.resources}
+    with bounded(5, "the reference max-min solver"):
+        if weighted:
+            return max_min_rates([q.path for q in pairs], caps, [q.k for q in pairs])
+        flows = [q.path for q in pairs for _ in range(q.k)]
+        rates = iter(max_min_rates(flows, caps))
+        out = []
+        for q in pairs:
+            out.append(next(rates))
+            for _ in range(q.k - 1):
+                next(rates)
+        return out
+
+
 def test_full_propagation_reaches_exact_max_min():
     # All 30 flows appear at once (the hardest case: no earlier allocation to start
     # from). With enough propagation the incremental allocator is exact.
     for seed in range(60):
         net = random_static(seed, depth=100, hub_slack=0.0)
         net.check()
+        assert_max_min_fair(net)
+        pairs = [q for q in net._pairs.values() if q.k]
+        exact = reference_rates(net, weighted=False)
+        assert [q.rate for q in pairs] == pytest.approx(exact, rel=1e-9), seed
+
+
+def test_reference_solver_weights_equal_repeated_flows():
+    """A weighted entry stands for k identical flows: the reference solver gives it the
+    rate of k separate flows (pairs here carry up to 4 flows)."""
+    for seed in range(20):
+        net = random_static(seed, depth=100, hub_slack=0.0)
+        assert max(q.k for q in net._pairs.values()) > 1, seed  # weights are exercised
+        weighted = reference_rates(net, weighted=True)
+        assert weighted == pytest.approx(reference_rates(net, weighted=False), rel=1e-9), seed
         assert net.max_min_error() < 1e-9, seed
 
 

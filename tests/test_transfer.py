@@ -24,8 +24,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-
-uvloop = pytest.importorskip("uvloop")
+import uvloop  # a hard dependency on Linux: a broken install must fail, not skip
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="uses sendfile(2) and /proc (Linux)"

@@ -46,6 +46,7 @@ from d7y.core.scheduling.results import (
 from d7y.core.scheduling.scheduler import (
     DuplicatePeer,
     PeerStateError,
+    PieceNumberError,
     Scheduler,
     SchedulerError,
     UnknownHost,
@@ -75,6 +76,7 @@ __all__ = [
     "PeerStateError",
     "PieceFailedResult",
     "PieceFailure",
+    "PieceNumberError",
     "PiecePicker",
     "RandomEvaluator",
     "RegisterResult",

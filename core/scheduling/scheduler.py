@@ -59,7 +59,7 @@ from d7y.core.scheduling.results import (
     TinyTask,
     TriggerSeedPeer,
 )
-from d7y.core.states import PeerEvent, PeerState, TaskEvent, TaskState
+from d7y.core.states import IllegalTransition, PeerEvent, PeerState, TaskEvent, TaskState
 
 _RUNNING = PeerState.RUNNING
 _BTS = PeerState.BACK_TO_SOURCE
@@ -120,6 +120,21 @@ def _nearness(parent: Host, child: Host) -> int:
 
 def task_has_parents(peer: Peer) -> bool:
     return bool(peer.task.dag._parents[peer.id])
+
+
+class PieceNumberError(SchedulerError, IndexError):
+    """A piece number outside the task."""
+
+
+def _fire(peer: Peer, event: PeerEvent) -> None:
+    """``peer.fsm.fire(event)`` for an event a caller reported: an illegal transition is
+    the caller's error (a PeerStateError the daemon answers), not the scheduler's."""
+    try:
+        peer.fsm.fire(event)
+    except IllegalTransition:
+        raise PeerStateError(
+            f"peer {peer.id!r} is {peer.fsm.state.name}: {event.name} is not allowed there"
+        ) from None
 
 
 def _check_id(name: str, value: object) -> str:
@@ -683,7 +698,7 @@ class Scheduler:
     def _back_to_source(self, peer: Peer, reason: str) -> NeedBackToSource:
         self._delete_in_edges(peer)
         if peer.fsm.state is not _BTS:
-            peer.fsm.fire(PeerEvent.DOWNLOAD_BACK_TO_SOURCE)
+            _fire(peer, PeerEvent.DOWNLOAD_BACK_TO_SOURCE)
         if not peer.host.is_seed:
             peer.task.back_to_source_peers.add(peer.id)
         peer.schedule_rounds = 0
@@ -934,7 +949,7 @@ class Scheduler:
         if back_to_source:
             self._back_to_source(peer, "peer started back-to-source")
         else:
-            peer.fsm.fire(PeerEvent.DOWNLOAD)
+            _fire(peer, PeerEvent.DOWNLOAD)
             self._refresh_servable(peer)
         peer.updated_at = peer.piece_updated_at = now
         peer.task.updated_at = now
@@ -970,9 +985,11 @@ class Scheduler:
         finished = peer.finished
         task = peer.task
         if task.piece_count is None and isinstance(number, int) and number >= len(finished):
-            if number < 0:
-                raise IndexError(f"piece number {number} is negative")
             finished = peer.finished = self._grown(finished, number + 1)
+        if not 0 <= number < len(finished):
+            raise PieceNumberError(
+                f"piece number {number} is outside task {task.id!r} of {len(finished)} pieces"
+            )
         if not finished.test(number):
             finished.set(number)
             peer.finished_count += 1
@@ -1068,7 +1085,7 @@ class Scheduler:
                 )
             if len(content) <= TINY_TASK_MAX_LENGTH:
                 task.direct_piece = content
-        peer.fsm.fire(PeerEvent.DOWNLOAD_SUCCEEDED)
+        _fire(peer, PeerEvent.DOWNLOAD_SUCCEEDED)
         # back_to_source_limit caps concurrent origin downloads (Dragonfly): a peer
         # whose back-to-source download succeeded no longer counts.
         task.back_to_source_peers.discard(peer.id)
@@ -1092,7 +1109,7 @@ class Scheduler:
         peer = self.peer(peer_id)
         _check_time(now)
         was_bts = peer.fsm.state is _BTS
-        peer.fsm.fire(PeerEvent.DOWNLOAD_FAILED)
+        _fire(peer, PeerEvent.DOWNLOAD_FAILED)
         task = peer.task
         task.back_to_source_peers.discard(peer.id)
         self._delete_in_edges(peer)
