@@ -113,7 +113,8 @@ def parents_for_children(scheduler: SchedulerProcess, count: int) -> list[list[s
 
 
 def scheduling(**keys) -> dict:
-    return {"scheduling": {"candidate_parent_limit": 1, "seed": 8, **keys}}
+    # Dragonfly's rules: the evaluator alone ranks (d7y also weighs capacity and nearness).
+    return {"scheduling": {"policy": "dragonfly", "candidate_parent_limit": 1, "seed": 8, **keys}}
 
 
 @pytest.mark.parametrize("algorithm", ["load_aware", "base"])
