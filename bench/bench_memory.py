@@ -35,7 +35,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from d7y.core import messages as m
-from d7y.core.protocol import HEADER_LENGTH, decode_body, decode_header, encode_frame
+from d7y.core.protocol import encode_frame
+from tests import frames
 from tests.peer_harness import PeerProcess, SchedulerProcess
 
 UNLIMITED = {
@@ -66,19 +67,8 @@ def settle(pid: int) -> int:
     return last
 
 
-def recv_exact(sock: socket.socket, n: int) -> bytes:
-    data = bytearray()
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise EOFError(f"closed after {len(data)} of {n} bytes")
-        data += chunk
-    return bytes(data)
-
-
 def read_frame(sock: socket.socket) -> m.Message:
-    header = decode_header(recv_exact(sock, HEADER_LENGTH))
-    return decode_body(header, recv_exact(sock, header.body_length))
+    return frames.read_frame(sock)[1]
 
 
 def connect(port: int) -> socket.socket:

@@ -29,8 +29,9 @@ from d7y.core.messages import (
     TaskInfo,
 )
 from d7y.core.pieces import MiB
-from d7y.core.protocol import HEADER_LENGTH, decode_body, decode_header, encode_frame
+from d7y.core.protocol import encode_frame
 from d7y.core.states import TaskState
+from tests import frames
 from tests.origin_server import ThreadedOriginServer
 from tests.peer_harness import PeerProcess, SchedulerProcess
 
@@ -40,19 +41,8 @@ PIECE = 4 * MiB
 GUARD = 20.0
 
 
-def recv_exact(sock: socket.socket, n: int) -> bytes:
-    data = bytearray()
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise EOFError(f"closed after {len(data)} of {n} bytes")
-        data += chunk
-    return bytes(data)
-
-
 def read_frame(sock: socket.socket):
-    header = decode_header(recv_exact(sock, HEADER_LENGTH))
-    return decode_body(header, recv_exact(sock, header.body_length))
+    return frames.read_frame(sock)[1]
 
 
 def closed_by_peer(sock: socket.socket) -> bool:

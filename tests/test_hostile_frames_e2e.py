@@ -15,7 +15,8 @@ import struct
 import pytest
 
 from d7y.core.messages import Error, Ping, Pong
-from d7y.core.protocol import HEADER_LENGTH, MAGIC, decode_body, decode_header, encode_frame
+from d7y.core.protocol import MAGIC, encode_frame
+from tests import frames
 from tests.peer_harness import PeerProcess, SchedulerProcess
 
 UNKNOWN_TYPE = 0xEE
@@ -23,19 +24,9 @@ UNKNOWN_TYPE = 0xEE
 HOSTILE_FRAME = struct.pack(">2sBBII", MAGIC, 1, UNKNOWN_TYPE, 1, 4) + b"\x00\x01\x02\x03"
 
 
-def recv_exact(sock: socket.socket, n: int) -> bytes:
-    data = bytearray()
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise EOFError(f"closed after {len(data)} of {n} bytes")
-        data += chunk
-    return bytes(data)
-
-
 def read_frame(sock: socket.socket):
-    header = decode_header(recv_exact(sock, HEADER_LENGTH))
-    return header.stream_id, decode_body(header, recv_exact(sock, header.body_length))
+    header, message = frames.read_frame(sock)
+    return header.stream_id, message
 
 
 def assert_one_error_then_served(port: int) -> None:

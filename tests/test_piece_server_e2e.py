@@ -24,9 +24,11 @@ from d7y.core.messages import (
     Unsubscribe,
 )
 from d7y.core.pieces import MiB
-from d7y.core.protocol import HEADER_LENGTH, MAGIC, decode_body, decode_header, encode_frame
+from d7y.core.protocol import MAGIC, encode_frame
 from d7y.core.states import TaskState
 from d7y.ext.bitmap import Bitmap
+from tests import frames
+from tests.frames import recv_exact
 from tests.origin_server import ThreadedOriginServer
 from tests.peer_harness import PeerProcess
 
@@ -44,19 +46,7 @@ def served(tmp_path_factory):
         yield peer, task_id(url), origin.content("p.bin")
 
 
-def recv_exact(sock: socket.socket, n: int) -> bytes:
-    data = bytearray()
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise EOFError(f"closed after {len(data)} of {n} bytes")
-        data += chunk
-    return bytes(data)
-
-
-def read_frame(sock: socket.socket):
-    header = decode_header(recv_exact(sock, HEADER_LENGTH))
-    return header, decode_body(header, recv_exact(sock, header.body_length))
+read_frame = frames.read_frame
 
 
 def connect(peer) -> socket.socket:

@@ -33,7 +33,8 @@ from d7y.core.messages import (
     TriggerSeed,
 )
 from d7y.core.pieces import MiB
-from d7y.core.protocol import HEADER_LENGTH, decode_body, decode_header, encode_frame
+from d7y.core.protocol import encode_frame
+from tests import frames
 from tests.origin_server import ThreadedOriginServer
 from tests.peer_harness import SchedulerProcess
 from tests.test_p2p_e2e import Cluster, bytes_by_source, sha256
@@ -43,19 +44,9 @@ TASK = task_id(URL)
 PIECE = 4 * MiB
 
 
-def recv_exact(sock: socket.socket, n: int) -> bytes:
-    data = bytearray()
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise EOFError(f"closed after {len(data)} of {n} bytes")
-        data += chunk
-    return bytes(data)
-
-
 def read_frame(sock: socket.socket):
-    header = decode_header(recv_exact(sock, HEADER_LENGTH))
-    return header.stream_id, decode_body(header, recv_exact(sock, header.body_length))
+    header, message = frames.read_frame(sock)
+    return header.stream_id, message
 
 
 def connect(scheduler: SchedulerProcess) -> socket.socket:

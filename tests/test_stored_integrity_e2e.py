@@ -18,6 +18,7 @@ from d7y.core.ids import task_id
 from d7y.core.messages import Error, GetPiece, Piece
 from d7y.core.pieces import MiB
 from d7y.core.protocol import HEADER_LENGTH, decode_body, decode_header, encode_frame
+from tests.frames import recv_exact
 from tests.origin_server import ThreadedOriginServer
 from tests.peer_harness import PeerProcess
 
@@ -50,16 +51,6 @@ def piece_ranges(origin, name: str) -> list[str]:
 
 def corrupt_pieces(peer: PeerProcess) -> float:
     return peer.metrics().get("d7y_peer_corrupt_pieces_total", 0.0)
-
-
-def recv_exact(sock: socket.socket, n: int) -> bytes:
-    data = bytearray()
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise EOFError(f"closed after {len(data)} of {n} bytes")
-        data += chunk
-    return bytes(data)
 
 
 def get_piece(peer: PeerProcess, tid: str, number: int) -> tuple[object, bytes]:

@@ -118,7 +118,7 @@ def _nearness(parent: Host, child: Host) -> int:
     return near
 
 
-def task_has_parents(peer: Peer) -> bool:
+def _has_parents(peer: Peer) -> bool:
     return bool(peer.task.dag._parents[peer.id])
 
 
@@ -856,7 +856,7 @@ class Scheduler:
             room = [
                 c for c in candidates if c.host.concurrent_upload_count < _cap(c.host, host, factor)
             ]
-            if room or task_has_parents(peer):
+            if room or _has_parents(peer):
                 candidates = room
             if not candidates:
                 return []
