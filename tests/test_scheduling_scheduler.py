@@ -914,3 +914,17 @@ def test_config_bounds_are_inclusive():
         SchedulerConfig(back_to_source_limit=-1)
     with pytest.raises(ValueError, match="retry_interval must be a finite number >= 0"):
         SchedulerConfig(retry_interval=-0.1)
+
+
+def test_early_parents_makes_a_peer_given_parents_a_candidate_before_it_starts(bitmap_impl):
+    for early in (False, True):
+        spy = SpyEvaluator()
+        s = make(bitmap_impl, evaluator=spy, early_parents=early, blocklist_previous_parents=False)
+        for h in ("h1", "hx", "hc"):
+            add_host(s, h)
+        source_peer(s, "ok", "h1")
+        s.register_peer("fresh", "t", "hx", "u", 1)  # given 'ok', not started yet
+        assert s.peer("fresh").state is PeerState.RECEIVED_NORMAL
+        spy.scored.clear()
+        s.register_peer("c", "t", "hc", "u", 2)
+        assert ("fresh" in {pid for pid, _ in spy.scored}) is early

@@ -45,6 +45,7 @@ POLICY_DEFAULTS: dict[str, dict[str, object]] = {
         "children_per_capacity": 0,
         "prefer_locality": False,
         "retry_interval": 0.5,
+        "early_parents": False,
     },
     "d7y": {
         "filter_parent_limit": 40,
@@ -58,6 +59,7 @@ POLICY_DEFAULTS: dict[str, dict[str, object]] = {
         "children_per_capacity": 1,
         "prefer_locality": True,
         "retry_interval": 0.2,
+        "early_parents": False,
     },
 }
 
@@ -92,6 +94,10 @@ class SchedulerConfig:
     #: d7y: rank candidates nearest first (same IDC, then location), by score within
     #: (dragonfly: the score alone, where IDC and location are weights).
     prefer_locality: bool = None  # type: ignore[assignment]
+    #: A peer just given parents is a candidate before its download starts (off for
+    #: both policies: it keeps a capped seed to one child in a registration burst, but
+    #: makes the relay trees of a download-bound crowd deeper; docs/simulation.md).
+    early_parents: bool = None  # type: ignore[assignment]
     #: Failed rounds after which the peer is told scheduling failed.
     retry_limit: int = 5
     #: Failed rounds after which the peer goes back to source (when allowed).
@@ -180,6 +186,8 @@ class SchedulerConfig:
                 f"max_parents ({self.max_parents}) must be >= candidate_parent_limit "
                 f"({self.candidate_parent_limit})"
             )
+        if not isinstance(self.early_parents, bool):
+            raise TypeError(f"early_parents must be a bool, got {self.early_parents!r}")
         if not isinstance(self.prefer_locality, bool):
             raise TypeError(f"prefer_locality must be a bool, got {self.prefer_locality!r}")
         if not isinstance(self.blocklist_previous_parents, bool):

@@ -64,6 +64,7 @@ from d7y.core.states import IllegalTransition, PeerEvent, PeerState, TaskEvent, 
 _RUNNING = PeerState.RUNNING
 _BTS = PeerState.BACK_TO_SOURCE
 _SUCCEEDED = PeerState.SUCCEEDED
+_RECEIVED_NORMAL = PeerState.RECEIVED_NORMAL
 _SCHEDULABLE = (PeerState.RUNNING, PeerState.RECEIVED_NORMAL, PeerState.RECEIVED_SMALL)
 _NEEDS_SEED = (TaskState.PENDING, TaskState.FAILED, TaskState.LEAVE)
 
@@ -705,6 +706,17 @@ class Scheduler:
         self._refresh_servable(peer)
         return NeedBackToSource(peer.id, self._meta(peer.task), reason)
 
+    def _about_to_serve(self, peer: Peer) -> bool:
+        """d7y (``early_parents``): a normal peer just given parents, whose download has
+        not started yet, is already a candidate. In a registration burst the next
+        peer's round often comes before the first one's DownloadStarted; without this
+        it finds no parent with room and takes an over-full one (the seed)."""
+        return (
+            self.config.early_parents
+            and peer.fsm.state is _RECEIVED_NORMAL
+            and bool(peer.task.dag._parents[peer.id])
+        )
+
     @staticmethod
     def _can_serve(peer: Peer) -> bool:
         """Whether a peer may be offered as a parent at all (before the bad-parent test).
@@ -726,7 +738,7 @@ class Scheduler:
         return False
 
     def _refresh_servable(self, peer: Peer) -> None:
-        if self._can_serve(peer):
+        if self._can_serve(peer) or self._about_to_serve(peer):
             peer.task.servable.add(peer)
         else:
             peer.task.servable.discard(peer)
@@ -809,7 +821,7 @@ class Scheduler:
                 continue
             if succeeded_only and cand.fsm.state is not _SUCCEEDED:
                 continue
-            if is_bad(cand):
+            if is_bad(cand) and not self._about_to_serve(cand):
                 continue
             # A cycle needs a path peer -> ... -> cand, so cand must have a parent: roots
             # (succeeded, back-to-source and seed peers, usually) are safe without a walk.
