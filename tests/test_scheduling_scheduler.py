@@ -787,3 +787,19 @@ def test_config_bounds_are_inclusive():
         SchedulerConfig(back_to_source_limit=-1)
     with pytest.raises(ValueError, match="retry_interval must be a finite number >= 0"):
         SchedulerConfig(retry_interval=-0.1)
+
+
+@pytest.mark.parametrize("limit", [1, 2, 4])
+def test_back_to_source_after_exactly_the_failed_rounds(bitmap_impl, limit):
+    """retry_back_to_source_limit failed rounds, counting the registration's own: the
+    last of them answers NeedBackToSource (q is registered but serves nothing)."""
+    s = make(bitmap_impl, retry_back_to_source_limit=limit)
+    add_host(s, "h1")
+    add_host(s, "h2")
+    add_host(s, "s0", seed=True)
+    s.register_peer("q", "t", "h2", "http://o/f", 0, content_length=LENGTH)
+    answers = [s.register_peer("p", "t", "h1", "http://o/f", 0, content_length=LENGTH)]
+    while isinstance(answers[-1], Retry) and len(answers) < 10:
+        answers.append(s.reschedule("p", [], len(answers)))
+    kinds = [type(a).__name__ for a in answers]
+    assert kinds == ["Retry"] * (limit - 1) + ["NeedBackToSource"]
