@@ -803,3 +803,25 @@ def test_back_to_source_after_exactly_the_failed_rounds(bitmap_impl, limit):
         answers.append(s.reschedule("p", [], len(answers)))
     kinds = [type(a).__name__ for a in answers]
     assert kinds == ["Retry"] * (limit - 1) + ["NeedBackToSource"]
+
+
+def test_results_are_immutable_values():
+    """results.py promises plain, immutable result objects: the daemon and the simulator
+    may keep and share them. Every dataclass there refuses assignment."""
+    import dataclasses
+
+    from d7y.core.scheduling import results
+
+    classes = [
+        obj
+        for obj in vars(results).values()
+        if isinstance(obj, type)
+        and dataclasses.is_dataclass(obj)
+        and obj.__module__ == results.__name__
+    ]
+    assert len(classes) >= 10
+    for cls in classes:
+        assert cls.__dataclass_params__.frozen, cls.__name__
+        instance = cls(**{f.name: None for f in dataclasses.fields(cls)})
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            instance.__setattr__(dataclasses.fields(cls)[0].name, 1)
