@@ -260,7 +260,6 @@ def run_module(
     module: str, src: Path, workdir: Path, env: dict[str, str], args: argparse.Namespace
 ) -> ModuleResult:
     from cosmic_ray.work_db import WorkDB, use_db
-    from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkResult
 
     result = ModuleResult(module)
     tests = tests_for(module)
@@ -268,6 +267,10 @@ def run_module(
     session = workdir / "sessions" / f"{name}.sqlite"
     config = workdir / "sessions" / f"{name}.toml"
     session.parent.mkdir(parents=True, exist_ok=True)
+    if args.report_only:
+        if session.exists():
+            _read_results(session, result)
+        return result
 
     started = time.monotonic()
     baseline = subprocess.run(
@@ -311,6 +314,15 @@ def run_module(
             env=env,
             check=True,
         )
+    _read_results(session, result)
+    return result
+
+
+def _read_results(session: Path, result: ModuleResult) -> None:
+    """Fill ``result`` from a session (finished or not: pending mutants are left out)."""
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkResult
+
     with use_db(str(session), WorkDB.Mode.open) as db:
         result.mutants = db.num_work_items
         for _item, outcome in db.completed_work_items:
@@ -331,7 +343,6 @@ def run_module(
                 result.killed += 1
                 if outcome.test_outcome is TestOutcome.INCOMPETENT:
                     result.incompetent += 1
-    return result
 
 
 Span = tuple[tuple[int, int], tuple[int, int]]
@@ -466,6 +477,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None, help="copy and sessions (resume)")
     parser.add_argument("--report", type=Path, default=None, help="Markdown report path")
     parser.add_argument("--list", action="store_true", help="list modules and tests, then stop")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="report what the sessions in --workdir hold so far; run nothing",
+    )
     args = parser.parse_args(argv)
 
     targets = list(args.module)
@@ -486,13 +502,17 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
 
+    if args.report_only and args.workdir is None:
+        parser.error("--report-only needs the --workdir of an earlier run")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="d7y-mutation-"))
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"work directory: {workdir}", flush=True)
-    src = copy_checkout(workdir, modules)
+    src = workdir / "src"
     env = test_environment(workdir)
-    check_copy_is_imported(src, env)
+    if not args.report_only:
+        src = copy_checkout(workdir, modules)
+        check_copy_is_imported(src, env)
 
     started = time.monotonic()
     results = []

@@ -349,3 +349,66 @@ def test_endgame_starts_exactly_when_the_missing_pieces_fit_in_flight(bitmap_imp
     q.piece_done(first[0], first[1], 0.1, 1)
     again = q.next_requests(1)
     assert len(again) == 2 and {piece for piece, _ in again} == {0, 1, 2} - {first[0]}, again
+
+
+def test_missing_count_follows_what_is_held(bitmap_impl):
+    p = make(bitmap_impl, 10, have=[0, 1, 2])
+    assert (p.missing_count, p.have_count) == (7, 3)
+    p.parent_added("a", range(10))
+    for piece, parent in p.next_requests(0):
+        p.piece_done(piece, parent, 0.1, 1)
+    assert (p.missing_count, p.done) == (0, True)
+
+
+def test_spare_bandwidth_is_the_unreserved_part(bitmap_impl):
+    # a: 100 - 50 reserved = 50 spare; b: 100 spare: a gets 1/3 of the pieces.
+    p = make(bitmap_impl, 3000, seed=11, max_in_flight=1, endgame=False)
+    p.parent_added("a", range(3000), tx=50, max_tx=100)
+    p.parent_added("b", range(3000), tx=0, max_tx=100)
+    counts: Counter[str] = Counter()
+    for now in range(2000):
+        for piece, parent in p.next_requests(now):
+            counts[parent] += 1
+            p.piece_done(piece, parent, 0.01, now)
+    # 2000 draws: sd 0.011, the bound is over 3 sigma (and the seed is fixed).
+    assert counts["a"] / 2000 == pytest.approx(1 / 3, abs=0.04)
+
+
+@pytest.mark.parametrize("winner", ["a", "b"])
+def test_the_losing_duplicate_is_cancelled_whichever_wins(bitmap_impl, winner):
+    p = make(bitmap_impl, 1)
+    p.parent_added("a", [0])
+    p.parent_added("b", [0])
+    assert sorted(p.next_requests(0)) == [(0, "a"), (0, "b")]  # endgame from the start
+    loser = "b" if winner == "a" else "a"
+    assert p.piece_done(0, winner, 0.1, 1) == [(0, loser)]
+    assert p.in_flight == ()
+
+
+def test_streaming_window_does_not_reach_past_its_end(bitmap_impl):
+    # Window [0, 2) has nothing available (0 is nowhere, 1 and 2 are held, so the next
+    # wanted piece after 0 is 3, past the window): the rarest piece goes first (9, one
+    # holder), not the lowest available one (5, two holders).
+    p = make(bitmap_impl, 10, max_in_flight=1, streaming=True, streaming_window=2, have=[1, 2])
+    p.parent_added("a", [5, 9])
+    p.parent_added("b", [5])
+    assert p.next_requests(0) == [(9, "a")]
+
+
+@pytest.mark.timeout(10)
+def test_streaming_with_nothing_available_up_to_the_last_piece_ends(bitmap_impl):
+    # The window reaches the last piece and no parent holds any missing piece: the
+    # search ends with nothing to request (a wrap-around would loop for ever).
+    p = make(bitmap_impl, 4, streaming=True, streaming_window=8)
+    p.parent_added("a", [])
+    assert p.next_requests(0) == []
+
+
+def test_parent_ids_and_timeouts_are_checked(bitmap_impl):
+    p = make(bitmap_impl, 4)
+    with pytest.raises(TypeError, match="non-empty str"):
+        p.parent_added("", [0])
+    assert p.piece_timeout == 30.0  # the default
+    assert make(bitmap_impl, 4, piece_timeout=0.5).piece_timeout == 0.5
+    with pytest.raises(ValueError, match="piece_timeout must be a finite number"):
+        make(bitmap_impl, 4, piece_timeout=-1)

@@ -269,3 +269,37 @@ def test_ring_with_one_point_per_node():
     ring = HashRing(["a", "b"], vnodes=1)
     assert len(ring._hashes) == 2 and {ring.get(f"k{i}") for i in range(50)} <= {"a", "b"}
     assert sorted(ring.iter_nodes("k0")) == ["a", "b"]
+
+
+def test_cost_sums_are_exact_after_every_full_window():
+    """The running sums are recomputed exactly once per window of appends (their
+    rounding drift stays bounded): after 100 appends to a window of 50 they equal
+    math.fsum of the window bit for bit; before the first window they are plain sums."""
+    import math
+    import random as _random
+
+    from tests.test_scheduling_evaluator import make_host, make_peer
+
+    peer = make_peer(make_host("p"), window=50)
+    peer.record_cost(1.0)
+    peer.record_cost(2.0)
+    assert (peer.cost_sum, peer.cost_sq_sum) == (3.0, 5.0)
+    peer = make_peer(make_host("p"), window=50)
+    rng = _random.Random(3)
+    for _ in range(100):
+        peer.record_cost(rng.uniform(0.01, 5.0))
+    window = list(peer.piece_costs)
+    assert peer.cost_sum == math.fsum(window)
+    assert peer.cost_sq_sum == math.fsum(c * c for c in window)
+
+
+def test_free_upload_slots_and_long_locations():
+    from d7y.core.scheduling.evaluator import location_affinity
+    from tests.test_scheduling_evaluator import make_host
+
+    host = make_host("h", concurrent_upload_limit=50)
+    host.concurrent_upload_count = 12
+    assert host.free_upload_count == 38
+    # Only the first five location elements count: six equal ones are a full match (1).
+    six = "a|b|c|d|e|f"
+    assert location_affinity(make_host("x", location=six), make_host("y", location=six)) == 1.0

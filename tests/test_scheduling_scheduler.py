@@ -928,3 +928,42 @@ def test_early_parents_makes_a_peer_given_parents_a_candidate_before_it_starts(b
         spy.scored.clear()
         s.register_peer("c", "t", "hc", "u", 2)
         assert ("fresh" in {pid for pid, _ in spy.scored}) is early
+
+
+@pytest.mark.parametrize("limit", [1, 2, 4])
+def test_back_to_source_after_exactly_the_failed_rounds(bitmap_impl, limit):
+    """retry_back_to_source_limit failed rounds, counting the registration's own: the
+    last of them answers NeedBackToSource (the seed triggered by the registration never
+    shows up, so nothing serves)."""
+    s = make(bitmap_impl, retry_back_to_source_limit=limit)
+    add_host(s, "h1")
+    add_host(s, "s0", seed=True)
+    first = s.register_peer("p", "t", "h1", "http://o/f", 0, content_length=LENGTH)
+    assert isinstance(first, TriggerSeedPeer)  # the round ran at once: its result is then
+    answers = [first.then]
+    while isinstance(answers[-1], Retry) and len(answers) < 10:
+        answers.append(s.reschedule("p", [], len(answers)))
+    kinds = [type(a).__name__ for a in answers]
+    assert kinds == ["Retry"] * (limit - 1) + ["NeedBackToSource"]
+
+
+def test_results_are_immutable_values():
+    """results.py promises plain, immutable result objects: the daemon and the simulator
+    may keep and share them. Every dataclass there refuses assignment."""
+    import dataclasses
+
+    from d7y.core.scheduling import results
+
+    classes = [
+        obj
+        for obj in vars(results).values()
+        if isinstance(obj, type)
+        and dataclasses.is_dataclass(obj)
+        and obj.__module__ == results.__name__
+    ]
+    assert len(classes) >= 10
+    for cls in classes:
+        assert cls.__dataclass_params__.frozen, cls.__name__
+        instance = cls(**{f.name: None for f in dataclasses.fields(cls)})
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            instance.__setattr__(dataclasses.fields(cls)[0].name, 1)
