@@ -475,10 +475,8 @@ class Download:
             return
         if not self.picker._requests:
             self._idle(now, actions)
-        elif len(self.parents) < self.config.min_parents:
-            last = self.last_reschedule
-            if now != last and now >= last + self.config.reschedule_interval:
-                self._ask(now, (), "too few parents", actions)
+        elif len(self.parents) < self.config.min_parents and self._ask_due(now):
+            self._ask(now, (), "too few parents", actions)
 
     def _idle(self, now: float, actions: list) -> None:
         """Nothing in flight: fall back after the stall timeout, else ask for parents
@@ -491,9 +489,14 @@ class Download:
             return
         if cfg.reschedule_when == "orphaned" and self.parents:
             return
-        last = self.last_reschedule
-        if now != last and now >= last + cfg.reschedule_interval:  # (once per instant)
+        if self._ask_due(now):
             self._ask(now, (), "waiting for pieces", actions)
+
+    def _ask_due(self, now: float) -> bool:
+        """A Reschedule without bad parents is due: ``reschedule_interval`` since the
+        last one, and never twice at one instant (an event may ask, then go idle)."""
+        last = self.last_reschedule
+        return now != last and now >= last + self.config.reschedule_interval
 
     def _ask(self, now: float, bad: tuple[str, ...], reason: str, actions: list) -> None:
         cfg = self.config

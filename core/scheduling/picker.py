@@ -80,6 +80,11 @@ class _Parent:
         self.cost_total = 0.0
         self.set_load(tx, max_tx)
 
+    def can_take(self, now: float, limit: int) -> bool:
+        """Whether this parent may be asked for one more piece now: not reported, below
+        ``limit`` outstanding requests, not backing off after a busy answer."""
+        return not self.reported and self.active < limit and self.busy_until <= now
+
     def set_load(self, tx: int, max_tx: int) -> None:
         self.tx = tx
         self.max_tx = max_tx
@@ -349,12 +354,9 @@ class PiecePicker:
                 if self._have.test(piece) or piece in self._by_piece:
                     del retry[piece]
                     continue
-                parent = self._choose_parent(piece, (), now)
-                if parent is None:
+                if not self._try_start(piece, (), now, started):
                     continue  # nobody usable holds it now; keep it for later
                 del retry[piece]
-                self._start(piece, parent, now)
-                started.append((piece, parent))
                 slots -= 1
         if slots > 0:
             if self.order == "announced":
@@ -365,11 +367,8 @@ class PiecePicker:
             for piece, holders in list(self._by_piece.items()):
                 if len(holders) != 1:
                     continue
-                parent = self._choose_parent(piece, holders, now)
-                if parent is None:
+                if not self._try_start(piece, holders, now, started):
                     continue
-                self._start(piece, parent, now)
-                started.append((piece, parent))
                 slots -= 1
                 if slots == 0:
                     break
@@ -379,10 +378,10 @@ class PiecePicker:
         # Only pieces some parent able to take a request now holds: with per-parent
         # limits and busy parents, most pieces may be out of reach, and a download is
         # pumped on every piece its parents announce.
-        limit = self.per_parent_limit or self.max_in_flight + 1
+        limit = self._parent_limit()
         reachable = None
         for p in self._parents.values():
-            if not p.reported and p.active < limit and p.busy_until <= now:
+            if p.can_take(now, limit):
                 reachable = p.bitmap.copy() if reachable is None else reachable
                 reachable.update(p.bitmap)
         if reachable is None:
@@ -395,12 +394,8 @@ class PiecePicker:
             if piece < 0:
                 break
             candidates.clear(piece)
-            parent = self._choose_parent(piece, (), now)
-            if parent is None:
-                continue
-            self._start(piece, parent, now)
-            started.append((piece, parent))
-            slots -= 1
+            if self._try_start(piece, (), now, started):
+                slots -= 1
         return slots
 
     def _start_announced(self, now: float, slots: int, started: list) -> int:
@@ -418,13 +413,23 @@ class PiecePicker:
                 continue
             if now < first + wait and not all(p.bitmap.test(piece) for p in live):
                 continue
-            parent = self._choose_parent(piece, (), now)
-            if parent is None:
-                continue
-            self._start(piece, parent, now)
-            started.append((piece, parent))
-            slots -= 1
+            if self._try_start(piece, (), now, started):
+                slots -= 1
         return slots
+
+    def _parent_limit(self) -> int:
+        """Requests one parent may have outstanding (no per-parent limit: any number)."""
+        return self.per_parent_limit or self.max_in_flight + 1
+
+    def _try_start(self, piece: int, exclude: Iterable[str], now: float, started: list) -> bool:
+        """Request ``piece`` from a parent chosen for it (not in ``exclude``); False if
+        none can take it now."""
+        parent = self._choose_parent(piece, exclude, now)
+        if parent is None:
+            return False
+        self._start(piece, parent, now)
+        started.append((piece, parent))
+        return True
 
     def wakeup(self, now: float) -> float:
         """The earliest time after ``now`` at which :meth:`next_requests` may start
@@ -458,15 +463,11 @@ class PiecePicker:
 
     def _choose_parent(self, piece: int, exclude: Iterable[str], now: float) -> str | None:
         failed = self._failed_for.get(piece)
-        limit = self.per_parent_limit or self.max_in_flight + 1
+        limit = self._parent_limit()
         holders = [
             p
             for p in self._parents.values()
-            if not p.reported
-            and p.active < limit
-            and p.busy_until <= now
-            and p.id not in exclude
-            and p.bitmap.test(piece)
+            if p.can_take(now, limit) and p.id not in exclude and p.bitmap.test(piece)
         ]
         if failed:
             fresh = [p for p in holders if p.id not in failed]
