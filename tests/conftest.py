@@ -46,3 +46,31 @@ def make_backend_fixture(name: str):
 crc32_impl = make_backend_fixture("crc32")
 bitmap_impl = make_backend_fixture("bitmap")
 transfer_impl = make_backend_fixture("transfer")
+
+
+# --- one daemon for a module ---------------------------------------------------------
+# For modules whose tests share one real dfdaemon and one origin (module scope); such a
+# module also marks its tests with ``pytest.mark.usefixtures("clean_origin")``. A module
+# that needs its own origin or peer defines the fixture itself, which takes precedence.
+
+
+@pytest.fixture(scope="module")
+def origin():
+    from tests.origin_server import ThreadedOriginServer
+
+    with ThreadedOriginServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def peer(tmp_path_factory):
+    from tests.peer_harness import PeerProcess
+
+    with PeerProcess(tmp_path_factory.mktemp("peer")) as process:
+        yield process
+
+
+@pytest.fixture
+def clean_origin(origin):
+    origin.reset()
+    yield

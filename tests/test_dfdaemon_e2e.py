@@ -22,22 +22,9 @@ from tests.peer_harness import PYTHON, PeerProcess, dfget, wait_for
 PIECE = 4 * MiB
 
 
-@pytest.fixture(scope="module")
-def origin():
-    with ThreadedOriginServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def peer(tmp_path_factory):
-    with PeerProcess(tmp_path_factory.mktemp("peer")) as process:
-        yield process
-
-
-@pytest.fixture(autouse=True)
-def _clean_origin(origin):
-    origin.reset()
-    yield
+# One real dfdaemon and origin for the module (tests/conftest.py); each test starts with
+# the origin reset.
+pytestmark = pytest.mark.usefixtures("clean_origin")
 
 
 def wait_for_state(peer, tid: str, state: str, what: str) -> dict:

@@ -17,7 +17,7 @@ import pytest
 
 from d7y.core.ids import task_id
 from d7y.core.pieces import MiB
-from tests.origin_server import ThreadedOriginServer, generated_bytes
+from tests.origin_server import generated_bytes
 from tests.peer_harness import PeerProcess
 
 PIECE = 4 * MiB
@@ -27,22 +27,9 @@ NEXT_VERSION = 1_000_003
 RAW_ERRORS = ("ExceptionGroup", "Traceback", "TaskGroup", "database or disk is full")
 
 
-@pytest.fixture(scope="module")
-def origin():
-    with ThreadedOriginServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def peer(tmp_path_factory):
-    with PeerProcess(tmp_path_factory.mktemp("peer")) as process:
-        yield process
-
-
-@pytest.fixture(autouse=True)
-def _clean_origin(origin):
-    origin.reset()
-    yield
+# One real dfdaemon and origin for the module (tests/conftest.py); each test starts with
+# the origin reset.
+pytestmark = pytest.mark.usefixtures("clean_origin")
 
 
 def probes(origin, name: str) -> int:
