@@ -89,6 +89,10 @@ TESTS_FOR: list[tuple[str, list[str]]] = [
         "daemons/peer/http_upload.py",
         ["tests/test_dfdaemon_e2e.py", "-k", "http or garbage or without_range_or_length"],
     ),
+    (
+        "daemons/peer/task_store.py",
+        ["tests/test_task_store.py", "tests/test_stored_integrity_e2e.py"],
+    ),
     ("daemons/peer/piece_server.py", ["tests/test_piece_server_e2e.py"]),
     ("daemons/peer/p2p.py", ["tests/test_p2p_e2e.py"]),
     (
@@ -103,12 +107,13 @@ TESTS_FOR: list[tuple[str, list[str]]] = [
 ]
 
 #: What ``--package`` (and the default run) covers: core/ whole, and the daemon
-#: modules most at risk (the download engine, the P2P path, both upload servers, the
-#: scheduler service).
+#: modules most at risk (the download engine, the task store, the P2P path, both upload
+#: servers, the scheduler service).
 TARGETS = {
     "core": ["core"],
     "daemons": [
         "daemons/peer/task_manager.py",
+        "daemons/peer/task_store.py",
         "daemons/peer/p2p.py",
         "daemons/peer/piece_server.py",
         "daemons/peer/http_upload.py",

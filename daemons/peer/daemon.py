@@ -33,6 +33,7 @@ from d7y.daemons.peer.piece_server import PieceServer
 from d7y.daemons.peer.scheduler_client import SchedulerClient
 from d7y.daemons.peer.storage import Storage
 from d7y.daemons.peer.task_manager import DownloadError, DownloadRequest, TaskManager
+from d7y.daemons.peer.task_store import TaskStore
 
 log = logging.getLogger("d7y.dfdaemon")
 
@@ -45,6 +46,7 @@ class PeerDaemon:
         self.config = config
         self.metrics = PeerMetrics()
         self.storage: Storage | None = None
+        self.store: TaskStore | None = None
         self.origin: OriginClient | None = None
         self.manager: TaskManager | None = None
         self.api: LocalAPI | None = None
@@ -79,14 +81,17 @@ class PeerDaemon:
             cfg.download.rate_limit, max(cfg.download.rate_limit, piece_floor)
         )
         upload_limit = TokenBucket(cfg.upload.rate_limit, max(cfg.upload.rate_limit, piece_floor))
+        # Arrows: the manager uses the store and owns the P2P path (set when a scheduler
+        # is configured); the P2P path uses the store; the store knows neither of them
+        # (GC frees room through its make_room hook).
+        self.store = TaskStore(self.storage, metrics=self.metrics, make_room=self.collect_garbage)
         self.manager = TaskManager(
-            self.storage,
+            self.store,
             self.origin,
             concurrency=cfg.download.concurrency,
             max_concurrent_tasks=cfg.download.max_concurrent_tasks,
             download_limiter=download_limit,
             metrics=self.metrics,
-            make_room=self.collect_garbage,
             remote_origin=remote_origin,
         )
         self.http_upload = HTTPUploadServer(
@@ -150,14 +155,16 @@ class PeerDaemon:
             int(port),
             announce=lambda: self._announcement(hostname),
             on_trigger=self._on_trigger,
-            on_connected=lambda: self.manager.p2p.restore_held(),
+            on_connected=lambda: self.manager.scheduler_connected(),
             announce_interval=float(cfg.scheduler.announce_interval),
             max_frame=int(cfg.upload.max_frame),
         )
-        assert self.manager is not None
+        assert self.manager is not None and self.store is not None
         self.manager.p2p = P2PDownloader(
-            self.manager,
+            self.store,
             self.scheduler,
+            limiter=self.manager.limiter,
+            metrics=self.metrics,
             ip=cfg.host.ip,
             hostname=hostname,
             host_id=self.host_id,

@@ -23,14 +23,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
 import time
 import uuid
 
 from d7y.core import ids
 from d7y.core import messages as m
-from d7y.core.pieces import compute_piece_length, piece_at, piece_count
+from d7y.core.pieces import Piece, compute_piece_length, piece_at, piece_count
 from d7y.core.scheduling.download import (
     ERROR,
     KINDS,
@@ -44,13 +43,17 @@ from d7y.core.scheduling.download import (
     ReportFailed,
     Unfollow,
 )
+from d7y.daemons.peer.limits import TokenBucket
+from d7y.daemons.peer.metrics import PeerMetrics
 from d7y.daemons.peer.piece_client import PieceClient, PieceFetchError
 from d7y.daemons.peer.scheduler_client import (
     DownloadStream,
     SchedulerClient,
     SchedulerUnavailable,
 )
-from d7y.daemons.peer.storage import TASK_SUCCEEDED, TaskRecord, now
+from d7y.daemons.peer.storage import TASK_SUCCEEDED, TaskRecord
+from d7y.daemons.peer.task import Task
+from d7y.daemons.peer.task_store import TaskFile, TaskStore
 from d7y.ext.bitmap import Bitmap
 
 log = logging.getLogger("d7y.dfdaemon.p2p")
@@ -61,11 +64,21 @@ RESUBSCRIBE_AFTER = 0.5  # a parent that does not hold the task yet: subscribe a
 
 
 class P2PDownloader:
+    """The P2P strategy of a task manager: registers its downloads with the scheduler,
+    fetches from parents into the task store, reports what it stored.
+
+    It holds the store (where pieces land) and the scheduler client, never the task
+    manager: the manager owns it and calls it. It listens to the store for tasks that
+    are no longer held, to tell the scheduler (:meth:`leave`).
+    """
+
     def __init__(
         self,
-        manager,
+        store: TaskStore,
         scheduler: SchedulerClient,
         *,
+        limiter: TokenBucket | None = None,
+        metrics: PeerMetrics | None = None,
         ip: str,
         hostname: str,
         host_id: str,
@@ -75,8 +88,10 @@ class P2PDownloader:
         geometry_timeout: float = 10.0,
         rng: random.Random | None = None,
     ) -> None:
-        self.manager = manager
+        self.store = store
         self.scheduler = scheduler
+        self.limiter = limiter or TokenBucket(0)
+        self.metrics = metrics or store.metrics
         self.ip = ip
         self.hostname = hostname
         self.host_id = host_id
@@ -92,30 +107,27 @@ class P2PDownloader:
         # task_id -> the peer ID under which the scheduler knows this daemon holds it
         # (after a finished download or a restore); LeavePeer goes out when it is evicted.
         self.held: dict[str, str] = {}
+        store.withdrawn_listeners.append(self.leave)
 
     def close(self) -> None:
         self.client.close()
 
     async def restore_held(self) -> None:
         """After (re)connecting and announcing the host: tell the scheduler every task
-        this daemon holds whole, and move the downloads still running onto the new
-        connection.
+        this daemon holds whole (the task manager then moves its running downloads onto
+        the new connection, :meth:`maybe_restore`).
 
         A restarted scheduler has forgotten them (and one that saw the connection drop
         has dropped them); without this, stored tasks would serve nobody until
         downloaded again. One RestorePeer per whole task, on stream 0; one new stream
         per running download (:meth:`maybe_restore`).
         """
-        storage = self.manager.storage
         self.held.clear()
-        records = await storage.run(storage.meta.list_tasks)
         restored = 0
-        for record in records:
+        for record in await self.store.records():
             restored += await self._restore_record(record)
         if restored:
             log.info("restored held tasks with the scheduler count=%d", restored)
-        for task in self.manager.running_tasks():
-            self.maybe_restore(task)
 
     async def restore(self, task_id: str) -> None:
         """Announce one whole stored task (RestorePeer) on the current connection.
@@ -125,8 +137,7 @@ class P2PDownloader:
         back in the meantime would never send children here for it. Not connected:
         nothing to do, the next connection's :meth:`restore_held` announces it.
         """
-        storage = self.manager.storage
-        record = await storage.run(storage.meta.get_task, task_id)
+        record = await self.store.record(task_id)
         if record is None:
             return
         with contextlib.suppress(SchedulerUnavailable):
@@ -134,7 +145,7 @@ class P2PDownloader:
                 log.info("announced a task that finished without a scheduler stream task=%s",
                          task_id)  # fmt: skip
 
-    def maybe_restore(self, task) -> None:
+    def maybe_restore(self, task: Task) -> None:
         """A running download whose scheduler connection was lost: move it to a new
         stream on the current one (in the background; at most one move at a time).
         Nothing to do for a download without a lost stream, or whose length is not
@@ -147,7 +158,7 @@ class P2PDownloader:
             return
         task.restoring = asyncio.ensure_future(self._restore_running(task))
 
-    async def _restore_running(self, task) -> None:
+    async def _restore_running(self, task: Task) -> None:
         """Open a new stream with RestorePeer (this download's own peer ID, the pieces
         held so far and their digests): the scheduler (restarted, or one that dropped
         this peer with the connection) can send children here, take the reports and
@@ -184,12 +195,11 @@ class P2PDownloader:
         log.info("restored a running download with the scheduler task=%s pieces=%d",
                  task.id, held.count())  # fmt: skip
 
-    async def _restore_record(self, record) -> bool:
+    async def _restore_record(self, record: TaskRecord) -> bool:
         if record.state != TASK_SUCCEEDED or not record.content_length:
             return False
-        storage = self.manager.storage
-        pieces = await storage.run(storage.meta.pieces, record.id)
-        if len(pieces) != piece_count(record.content_length, record.piece_length):
+        digests = await self.store.recorded_digests(record.id)
+        if len(digests) != piece_count(record.content_length, record.piece_length):
             return False
         peer_id = ids.peer_id(self.ip, self.hostname, uuid.uuid4(), seed=self.seed)
         await self.scheduler.send_host_message(
@@ -201,7 +211,7 @@ class P2PDownloader:
                 content_length=record.content_length,
                 piece_length=record.piece_length,
                 succeeded=True,
-                digests={n: d for n, (d, _source) in pieces.items()},
+                digests=digests,
             )
         )
         self.held[record.id] = peer_id
@@ -218,7 +228,7 @@ class P2PDownloader:
 
     # -- registration --------------------------------------------------------------------
 
-    async def register(self, task) -> tuple[DownloadStream | None, m.Message | None]:
+    async def register(self, task: Task) -> tuple[DownloadStream | None, m.Message | None]:
         """Register the download; (None, None) when no scheduler is reachable."""
         request = task.request
         task.peer_id = ids.peer_id(self.ip, self.hostname, uuid.uuid4(), seed=self.seed)
@@ -257,7 +267,7 @@ class P2PDownloader:
         )
         return stream, answer
 
-    async def announce_held(self, task) -> None:
+    async def announce_held(self, task: Task) -> None:
         """Tell the scheduler this peer holds a whole task it stored earlier.
 
         A seed peer triggered for a task it already has (the scheduler restarted and
@@ -307,10 +317,30 @@ class P2PDownloader:
         finally:
             stream.close()
 
+    async def report_stored(
+        self, task: Task, piece: Piece, digest: str, parent_id: str, cost_ns: int
+    ) -> None:
+        """Tell the scheduler that this download stored ``piece`` (from ``parent_id``;
+        "" for the origin), so it can send children here for it. Nothing to do for a
+        download without a scheduler stream."""
+        if task.stream is None:
+            return
+        await task.stream.report(
+            m.PieceFinished(
+                peer_id=task.peer_id,
+                task_id=task.id,
+                number=piece.number,
+                parent_id=parent_id,
+                cost_ns=cost_ns,
+                length=piece.length,
+                digest=digest,
+            )
+        )
+
     # -- the parent path -------------------------------------------------------------------
 
     async def download(
-        self, task, stream: DownloadStream, answer: m.Message, record: TaskRecord | None
+        self, task: Task, stream: DownloadStream, answer: m.Message, record: TaskRecord | None
     ) -> bool:
         """Fetch the task from parents. True when complete; False to fall back to the
         origin for what is missing (the pieces stored so far stay)."""
@@ -339,9 +369,11 @@ class _Run:
     """One P2P download: the core download loop (:class:`Download`) decides; this
     carries out its actions -- fetches, subscriptions, reports -- on real sockets."""
 
-    def __init__(self, owner: P2PDownloader, task, stream: DownloadStream, digests) -> None:
+    def __init__(
+        self, owner: P2PDownloader, task: Task, stream: DownloadStream, digests: dict[int, str]
+    ) -> None:
         self.owner = owner
-        self.manager = owner.manager
+        self.store = owner.store
         self.task = task
         task.stream = stream
         self.digests: dict[int, str] = digests
@@ -428,7 +460,7 @@ class _Run:
             elif kind is Cancel:
                 self.inflight.pop((action.piece, action.parent), _Nothing).cancel()
             elif kind is ReportFailed:
-                self.manager.metrics.piece_failures.inc()
+                self.owner.metrics.piece_failures.inc()
                 self.outbox.append(
                     m.PieceFailed(
                         peer_id=task.peer_id,
@@ -617,37 +649,22 @@ class _Run:
     async def fetch_all(
         self, content_length: int, piece_length: int, record: TaskRecord | None
     ) -> bool:
-        task, manager = self.task, self.manager
+        task, store = self.task, self.store
         task.content_length = content_length
         task.piece_length = piece_length
         self.count = piece_count(content_length, piece_length)
-        stamp = now()
         if record is None or record.content_length != content_length:
-            await manager.storage.run(manager.storage.meta.delete_task, task.id)
+            await store.delete(task.id)  # pieces of another length: start afresh
             record = None
-        await manager.storage.run(
-            manager.storage.meta.put_task,
-            TaskRecord(
-                id=task.id,
-                url=task.request.url,
-                content_length=content_length,
-                piece_length=piece_length,
-                created_at=record.created_at if record else stamp,
-                updated_at=stamp,
-                last_access=stamp,
-            ),
-        )
-        fd = await manager._open_making_room(task, content_length)
-        try:
-            await manager._resume_pieces(task, fd)
+        await store.begin(task, record)
+        async with store.open(task, content_length) as file:
+            await file.resume()
             if task.bitmap.all():
                 return True
-            return await self._loop(fd)
-        finally:
-            os.close(fd)
+            return await self._loop(file)
 
-    async def _loop(self, fd: int) -> bool:
-        task, manager = self.task, self.manager
+    async def _loop(self, file: TaskFile) -> bool:
+        task = self.task
         self.dl = Download(
             self.count,
             self.owner.rng,
@@ -713,10 +730,9 @@ class _Run:
                         self.buffers.append(buffer)
                         continue
                     piece = piece_at(number, task.content_length, task.piece_length)
-                    await manager._land_piece(
-                        task, fd, piece, memoryview(buffer)[:length], parent_id, cost_ns
-                    )
+                    digest = await file.land(piece, memoryview(buffer)[:length], parent_id)
                     self.buffers.append(buffer)
+                    await self.owner.report_stored(task, piece, digest, parent_id, cost_ns)
                     self.run(self.dl.piece_done(number, parent_id, cost_ns / 1e9, time.monotonic()))
                 await self.flush()
             return True
@@ -734,7 +750,7 @@ class _Run:
     async def _fetch(self, number: int, parent: m.ParentInfo, buffer: bytearray):
         started = time.monotonic_ns()
         try:
-            await self.manager.limiter.take(self.task.piece_length)
+            await self.owner.limiter.take(self.task.piece_length)
             length, digest = await self.owner.client.fetch(
                 _address(parent), self.task.id, number, memoryview(buffer), self.digests
             )
