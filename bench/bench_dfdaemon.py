@@ -109,6 +109,7 @@ def main() -> int:
     size = int(parse_size(args.size))
     rss_size = int(parse_size(args.rss_size))
     work = Path(args.workdir or tempfile.mkdtemp(prefix="d7y-bench-"))
+    work.mkdir(parents=True, exist_ok=True)  # --workdir may name a directory to create
     work.chmod(0o755)  # nginx workers run as an unprivileged user
     www = work / "www"
     www.mkdir(parents=True, exist_ok=True)
@@ -189,7 +190,8 @@ def main() -> int:
         f"{peak[0] / 2**20:.0f} MiB (start {base_rss / 2**20:.0f} MiB; target < 150 MiB) "
         f"{'ok' if peak[0] < 150 * 2**20 else 'MISS'}"
     )
-    shutil.rmtree(work, ignore_errors=True)
+    if args.workdir is None:  # a --workdir is the user's: its logs stay
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -58,7 +58,14 @@ from d7y.daemons.peer.task import (
     FailureKind,
     Task,
 )
-from d7y.daemons.peer.task_store import FROM_ORIGIN, FROM_SCHEDULER, HeldPieces, TaskFile, TaskStore
+from d7y.daemons.peer.task_store import (
+    FROM_ORIGIN,
+    FROM_SCHEDULER,
+    HeldPieces,
+    PieceSink,
+    TaskFile,
+    TaskStore,
+)
 from d7y.ext.bitmap import Bitmap
 
 log = logging.getLogger("d7y.dfdaemon.task")
@@ -96,7 +103,7 @@ class TaskManager:
         self.store = store
         self.storage = store.storage  # for the servers' read-only lookups
         self.origin = origin
-        self.fast_range = FastRangeFetcher()
+        self.fast_range = FastRangeFetcher(read_timeout=origin.read_timeout)
         if remote_origin is None:
             remote_origin = OriginClient(
                 policy=SourcePolicy(), retry=origin.retry, request_timeout=origin.request_timeout
@@ -104,7 +111,9 @@ class TaskManager:
         if remote_origin.policy is None:
             raise ValueError("remote_origin must enforce a SourcePolicy")
         self.remote_origin = remote_origin
-        self.remote_fast_range = FastRangeFetcher(policy=remote_origin.policy)
+        self.remote_fast_range = FastRangeFetcher(
+            policy=remote_origin.policy, read_timeout=remote_origin.read_timeout
+        )
         self.concurrency = concurrency
         self.limiter = download_limiter or TokenBucket(0)
         self.metrics = metrics or PeerMetrics()
@@ -514,13 +523,17 @@ class TaskManager:
         task: Task,
         file: TaskFile,
         piece: Piece,
-        data: memoryview,
+        data: memoryview | PieceSink,
         source: str,
         cost_ns: int = 0,
     ) -> None:
-        """Store a piece this path fetched, then report it to the scheduler (so other
-        peers can fetch it here). ``cost_ns``: the time the fetch took."""
-        digest = await file.land(piece, data, source)
+        """Store a piece this path fetched (its bytes, or the sink that wrote them),
+        then report it to the scheduler (so other peers can fetch it here).
+        ``cost_ns``: the time the fetch took."""
+        if isinstance(data, PieceSink):
+            digest = await file.land_written(data, source)
+        else:
+            digest = await file.land(piece, data, source)
         if self.p2p is not None and source != FROM_SCHEDULER:
             parent_id = "" if source == FROM_ORIGIN else source
             await self.p2p.report_stored(task, piece, digest, parent_id, cost_ns)
@@ -549,27 +562,33 @@ class TaskManager:
         origin, fast_range = self._origin_clients(task)
 
         async def worker() -> None:
-            buffer = bytearray(task.piece_length)  # reused for every piece of this worker
+            buffer: bytearray | None = None  # for the general client, reused once made
             while True:
                 try:
                     piece = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
-                view = memoryview(buffer)[: piece.length]
                 await self.limiter.take(piece.length)
                 started = time.monotonic_ns()
+                # The fast path writes the body into the file as it arrives (see
+                # fast_range.py); the general client fills a piece buffer.
+                sink = file.sink(piece)
+                landing: PieceSink | memoryview = sink
                 try:
                     try:
-                        await fast_range.fetch(
+                        await fast_range.fetch_to(
                             info.final_url,
                             task.request.headers,
                             piece.offset,
                             piece.length,
-                            view,
+                            sink,
                             info=info,
                         )
                     except FastPathUnavailable as why:
                         log.debug("fast path unavailable task=%s reason=%s", task.id, why)
+                        if buffer is None:
+                            buffer = bytearray(task.piece_length)
+                        landing = view = memoryview(buffer)[: piece.length]
                         await origin.fetch_range(
                             info.final_url,
                             task.request.headers,
@@ -582,7 +601,7 @@ class TaskManager:
                     self.metrics.piece_failures.inc()
                     raise _origin_failure(exc) from None
                 cost = time.monotonic_ns() - started
-                await self._land_piece(task, file, piece, view, FROM_ORIGIN, cost)
+                await self._land_piece(task, file, piece, landing, FROM_ORIGIN, cost)
 
         try:
             async with asyncio.TaskGroup() as group:

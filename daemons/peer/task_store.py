@@ -6,7 +6,9 @@ The origin path (task_manager.py) and the P2P path (p2p.py) both store a task th
 - writing: :meth:`TaskStore.begin` (the task's row), :meth:`TaskStore.open` (its content
   file, making room by GC when the disk is full) giving a :class:`TaskFile`, whose
   :meth:`~TaskFile.resume` keeps the recorded pieces that still match their digest and
-  whose :meth:`~TaskFile.land` writes, records and announces one piece;
+  whose :meth:`~TaskFile.land` writes, records and announces one piece (or, for bytes
+  written as they arrive through a :class:`PieceSink`, :meth:`~TaskFile.land_written`
+  records and announces it);
   :meth:`TaskStore.finish_writing` once the download is over;
 - reading: :meth:`TaskStore.load_whole` (a finished task, checked), :meth:`read_in_order`
   (the bytes from the start while they land), :meth:`verify_whole` (a whole-content
@@ -32,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from collections import Counter as Multiset
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
@@ -433,6 +436,10 @@ class TaskFile:
         self.store = store
         self.task = task
         self.fd = fd
+        # Sinks of one file write one at a time: the filesystem serialises writes to a
+        # file anyway (its inode lock), and threads spinning on that lock burned more
+        # CPU than the copies (bench/RESULTS.md); a waiter here sleeps instead.
+        self._sink_lock = threading.Lock()
 
     async def resume(self) -> None:
         """Load recorded pieces, keeping only those whose bytes still match their CRC."""
@@ -476,17 +483,29 @@ class TaskFile:
         ``source`` is :data:`FROM_ORIGIN`, :data:`FROM_SCHEDULER` (inline content) or
         the parent's peer ID.
         """
+        storage = self.store.storage
+        digest = f"crc32:{crc32(data)}"
+        await storage.run(_write, storage, self.fd, piece, 0, data)
+        return await self._record(piece, digest, source)
+
+    def sink(self, piece: Piece) -> PieceSink:
+        """A writer for ``piece``'s bytes as they arrive, in order (from a thread);
+        :meth:`land_written` records the piece once all are in."""
+        return PieceSink(self.store.storage, self.fd, piece, self._sink_lock)
+
+    async def land_written(self, sink: PieceSink, source: str) -> str:
+        """Record a piece whose bytes ``sink`` wrote (all of them: else ValueError), with
+        the CRC-32 computed from those bytes, and announce it; returns its digest."""
+        if sink.written != sink.piece.length:
+            raise ValueError(
+                f"piece {sink.piece.number} has {sink.written} of its "
+                f"{sink.piece.length} bytes written"
+            )
+        return await self._record(sink.piece, f"crc32:{sink.crc}", source)
+
+    async def _record(self, piece: Piece, digest: str, source: str) -> str:
         task, store = self.task, self.store
         storage = store.storage
-        digest = f"crc32:{crc32(data)}"
-        try:
-            await storage.run(storage.write_piece, self.fd, piece.offset, data)
-        except NoSpaceError as exc:
-            raise DownloadError(FailureKind.NO_SPACE, exc.strerror or str(exc)) from None
-        except OSError as exc:
-            raise DownloadError(
-                FailureKind.INTERNAL, f"cannot write piece {piece.number}: {exc}"
-            ) from None
         store.verifier.landed(task.id, piece.number, digest)  # computed from the bytes written
         try:
             await storage.run(storage.meta.record_piece, task.id, piece.number, digest, source)
@@ -523,4 +542,45 @@ class TaskFile:
         await self.store.storage.run(os.ftruncate, self.fd, length)
 
 
-__all__ = ["FROM_ORIGIN", "FROM_SCHEDULER", "HeldPieces", "TaskFile", "TaskStore"]
+class PieceSink:
+    """One piece's bytes written to the content file as they arrive (a fetcher's worker
+    thread calls :meth:`write` with consecutive chunks), the CRC-32 computed from each
+    chunk on the way while it is in the cache. Nothing is recorded until
+    :meth:`TaskFile.land_written`: a piece cut short is only bytes without a row, which
+    no reader trusts (the next attempt writes over them)."""
+
+    def __init__(self, storage: Storage, fd: int, piece: Piece, lock: threading.Lock) -> None:
+        self.piece = piece
+        self.written = 0
+        self.crc = 0
+        self._storage = storage
+        self._fd = fd
+        self._lock = lock
+
+    def write(self, data: memoryview) -> None:
+        """Blocking: write the next ``len(data)`` bytes of the piece."""
+        if self.written + len(data) > self.piece.length:
+            raise ValueError(
+                f"{self.written + len(data)} bytes for piece {self.piece.number} of "
+                f"{self.piece.length} bytes"
+            )
+        self.crc = crc32(data, self.crc)
+        with self._lock:
+            _write(self._storage, self._fd, self.piece, self.written, data)
+        self.written += len(data)
+
+
+def _write(storage: Storage, fd: int, piece: Piece, at: int, data: memoryview) -> None:
+    """Blocking: ``data`` at ``at`` bytes into ``piece``; a write failure becomes the
+    download's failure (a full disk: NO_SPACE, with the sentence for the user)."""
+    try:
+        storage.write_piece(fd, piece.offset + at, data)
+    except NoSpaceError as exc:
+        raise DownloadError(FailureKind.NO_SPACE, exc.strerror or str(exc)) from None
+    except OSError as exc:
+        raise DownloadError(
+            FailureKind.INTERNAL, f"cannot write piece {piece.number}: {exc}"
+        ) from None
+
+
+__all__ = ["FROM_ORIGIN", "FROM_SCHEDULER", "HeldPieces", "PieceSink", "TaskFile", "TaskStore"]

@@ -1,0 +1,131 @@
+"""The origin fast path's body-to-sink transfer (FastRangeFetcher.fetch_to) against the
+real test origin: bytes in order in cache-sized chunks, every fault handed back as
+FastPathUnavailable, and a cancelled transfer over before the caller goes on."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+
+import pytest
+
+from d7y.daemons.peer.fast_range import BODY_CHUNK, FastPathUnavailable, FastRangeFetcher
+from tests.origin_server import OriginServer
+
+DATA = os.urandom(3 * BODY_CHUNK + 12345)
+
+
+class RecordingSink:
+    """Keeps what it is given; optionally blocks inside the first write until released."""
+
+    def __init__(self, block: bool = False) -> None:
+        self.chunks: list[bytes] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.block = block
+        self.writing = False
+
+    def write(self, data: memoryview) -> None:
+        self.writing = True
+        try:
+            self.entered.set()
+            if self.block:
+                self.release.wait()
+            self.chunks.append(bytes(data))
+        finally:
+            self.writing = False
+
+
+def test_fetch_to_moves_the_range_in_order_in_chunks_and_reuses_the_connection() -> None:
+    async def main() -> None:
+        async with OriginServer() as origin:
+            url = origin.add_file("blob.bin", DATA)
+            fetcher = FastRangeFetcher()
+            try:
+                offset, length = 777, len(DATA) - 1000
+                sink = RecordingSink()
+                await fetcher.fetch_to(url, {}, offset, length, sink)
+                assert b"".join(sink.chunks) == DATA[offset : offset + length]
+                assert max(len(c) for c in sink.chunks) <= BODY_CHUNK
+                again = RecordingSink()
+                await fetcher.fetch_to(url, {}, 0, 10, again)
+                assert b"".join(again.chunks) == DATA[:10]
+                assert fetcher.bytes_received == length + 10
+            finally:
+                fetcher.close()
+            stats = origin.stats("/blob.bin")
+            assert stats["ranges"] == [f"bytes={offset}-{offset + length - 1}", "bytes=0-9"]
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [{"close_after": {"bytes": BODY_CHUNK + 10}}, {"truncate": {"missing": 5}}],
+    ids=["closed", "truncated"],
+)
+def test_a_body_cut_short_is_handed_back_and_the_next_fetch_works(fault) -> None:
+    async def main() -> None:
+        async with OriginServer() as origin:
+            url = origin.add_file("cut.bin", DATA)
+            origin.set_faults("/cut.bin", **fault)
+            fetcher = FastRangeFetcher()
+            try:
+                with pytest.raises(FastPathUnavailable, match="cut short"):
+                    await fetcher.fetch_to(url, {}, 0, len(DATA), RecordingSink())
+                sink = RecordingSink()
+                await fetcher.fetch_to(url, {}, 0, len(DATA), sink)
+                assert b"".join(sink.chunks) == DATA
+            finally:
+                fetcher.close()
+
+    asyncio.run(main())
+
+
+def test_a_silent_origin_gives_up_the_fast_path_after_the_read_timeout() -> None:
+    async def main() -> None:
+        async with OriginServer() as origin:
+            url = origin.add_file("slow.bin", DATA)
+            origin.set_faults("/slow.bin", stall={"after": 1000, "seconds": 60})
+            fetcher = FastRangeFetcher(read_timeout=0.2)
+            try:
+                with pytest.raises(FastPathUnavailable, match=r"silent for 0\.2 s"):
+                    await fetcher.fetch_to(url, {}, 0, len(DATA), RecordingSink())
+            finally:
+                fetcher.close()
+
+    asyncio.run(main())
+
+
+def test_a_cancelled_transfer_ends_its_thread_before_the_caller_goes_on() -> None:
+    """The sink writes the caller's file: after the cancellation reaches the caller, no
+    thread may still be writing (the caller closes the file next)."""
+
+    async def main() -> None:
+        async with OriginServer() as origin:
+            url = origin.add_file("held.bin", DATA)
+            fetcher = FastRangeFetcher()
+            sink = RecordingSink(block=True)
+            try:
+                fetch = asyncio.ensure_future(fetcher.fetch_to(url, {}, 0, len(DATA), sink))
+                await asyncio.get_running_loop().run_in_executor(None, sink.entered.wait)
+                fetch.cancel()
+                for _ in range(20):  # the loop turns; the thread still sits in write()
+                    await asyncio.sleep(0)
+                assert not fetch.done()
+                sink.release.set()
+                with pytest.raises(asyncio.CancelledError):
+                    await fetch
+                assert not sink.writing
+                written = len(sink.chunks)
+                # The connection was cut, not pooled: the next fetch opens a new one.
+                fresh = RecordingSink()
+                await fetcher.fetch_to(url, {}, 0, 100, fresh)
+                assert b"".join(fresh.chunks) == DATA[:100]
+                assert len(sink.chunks) == written  # and nothing wrote after the cancel
+            finally:
+                sink.release.set()
+                fetcher.close()
+
+    asyncio.run(main())
