@@ -475,6 +475,23 @@ def test_garbage_on_http_upload_port(peer):
     assert peer.healthy()
 
 
+def test_head_request_refused_without_a_body(peer):
+    """A HEAD for a missing task gets the 404's headers and no body (the server once
+    tried to write the error text after a HEAD answer and crashed the connection)."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", peer.upload_port, timeout=10)
+    try:
+        for _ in range(2):  # the same connection serves the second one: it did not crash
+            conn.request("HEAD", "/download/" + "0" * 64)
+            resp = conn.getresponse()
+            assert resp.status == 404 and resp.read() == b""
+            assert int(resp.getheader("content-length")) > 0
+    finally:
+        conn.close()
+    assert "Traceback" not in peer.log()
+
+
 def test_list_and_delete_tasks(origin, peer, tmp_path):
     url = origin.add_file("listed.bin", size=10, seed=20)
     assert peer.dfget(url, tmp_path / "x", "--no-progress").returncode == 0
