@@ -13,6 +13,8 @@ python3 -m venv .venv
 if [ "$#" -gt 0 ]; then
     exec .venv/bin/python -m pytest "$@"
 fi
+# The fuzzing test throws this many generated inputs at every port (issue 13: 20,000 in CI).
+export D7Y_FUZZ_INPUTS="${D7Y_FUZZ_INPUTS:-20000}"
 .venv/bin/python -m pytest
 echo "--- end-to-end again on the pure-Python twins (D7Y_NO_EXTENSIONS=1) ---"
 D7Y_NO_EXTENSIONS=1 .venv/bin/python -m pytest tests/test_dfdaemon_e2e.py \

@@ -16,6 +16,7 @@ wrong type, or absent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import random
 import struct
@@ -345,13 +346,15 @@ async def throw(
     concurrency: int = 8,
     hang_after: float = 15.0,
     flood_limit: int = 4 * 1024 * 1024,
+    linger: float = 0.0,
 ) -> Outcome:
     """Throw ``count`` inputs, one connection each, ``concurrency`` at a time.
 
     Input ``i`` is ``make_input(random.Random(f"{seed}:{i}"))``, so any one can be
     regenerated alone. After sending, the client half-closes and reads until the
     daemon closes; more than ``flood_limit`` bytes back, or no close within
-    ``hang_after`` seconds, is recorded against the input.
+    ``hang_after`` seconds, is recorded against the input. ``linger``: how long to
+    wait for the first bytes of an answer before half-closing (HTTP ports).
     """
     outcome = Outcome()
     next_index = 0
@@ -365,13 +368,20 @@ async def throw(
             return
         received = 0
         try:
+            first = b""
             try:
                 writer.write(data)
                 await writer.drain()
+                if linger:
+                    # Give the daemon a moment to answer before the end of file: aiohttp
+                    # abandons a request whose client half-closes before the answer.
+                    with contextlib.suppress(TimeoutError):
+                        first = await asyncio.wait_for(reader.read(65536), linger)
                 if writer.can_write_eof():
                     writer.write_eof()
             except (ConnectionError, OSError):
                 pass  # the daemon closed first: a fine answer to garbage
+            received += len(first)
             async with asyncio.timeout(hang_after):
                 while chunk := await reader.read(65536):
                     received += len(chunk)
@@ -397,3 +407,53 @@ async def throw(
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return outcome
+
+
+# --- the ports of a scheduler and a dfdaemon -------------------------------------------
+
+
+def tcp(port: int):
+    return lambda: asyncio.open_connection("127.0.0.1", port)
+
+
+#: How long an HTTP input waits for an answer before its end of file.
+HTTP_LINGER = 0.05
+
+#: The ports fuzzed, by name (the keys of :func:`targets`).
+PORTS = ("scheduler", "scheduler-metrics", "piece", "upload-http", "local-api", "peer-metrics")
+
+
+def targets(scheduler, peer) -> dict:
+    """name -> (daemon, connection opener, input generator, linger) for every port of a
+    tests.peer_harness SchedulerProcess and PeerProcess."""
+    upload_paths = (b"/download/", b"/download/" + b"0" * 64, b"/", b"/metrics", b"*")
+    api_paths = (b"/v1/tasks", b"/v1/tasks/" + b"0" * 64, b"/v1/healthy", b"/v1/tasks/..")
+    metrics_paths = (b"/metrics", b"/healthy", b"/", b"/metrics/../healthy")
+    return {
+        "scheduler": (scheduler, tcp(scheduler.port), framed_input, 0.0),
+        "scheduler-metrics": (
+            scheduler,
+            tcp(scheduler.metrics_port),
+            lambda rng: http_input(rng, metrics_paths),
+            HTTP_LINGER,
+        ),
+        "piece": (peer, tcp(peer.piece_port), framed_input, 0.0),
+        "upload-http": (
+            peer,
+            tcp(peer.upload_port),
+            lambda rng: http_input(rng, upload_paths),
+            HTTP_LINGER,
+        ),
+        "local-api": (
+            peer,
+            lambda: asyncio.open_unix_connection(str(peer.socket_path)),
+            lambda rng: http_input(rng, api_paths),
+            HTTP_LINGER,
+        ),
+        "peer-metrics": (
+            peer,
+            tcp(peer.metrics_port),
+            lambda rng: http_input(rng, metrics_paths),
+            HTTP_LINGER,
+        ),
+    }

@@ -492,6 +492,28 @@ def test_head_request_refused_without_a_body(peer):
     assert "Traceback" not in peer.log()
 
 
+def test_local_api_refuses_a_deeply_nested_body(peer):
+    """Found by fuzzing: JSON nested past the parser's recursion limit crashed the
+    handler with a traceback; it is a bad request like any other malformed body."""
+    import socket
+
+    body = b"[" * 100_000
+    request = (
+        b"POST /v1/tasks HTTP/1.1\r\nHost: d7y\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+    ) + body
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(str(peer.socket_path))
+        s.sendall(request)
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 400"), reply[:200]
+    assert b"nested too deeply" in reply
+    assert "Traceback" not in peer.log()
+
+
 def test_list_and_delete_tasks(origin, peer, tmp_path):
     url = origin.add_file("listed.bin", size=10, seed=20)
     assert peer.dfget(url, tmp_path / "x", "--no-progress").returncode == 0

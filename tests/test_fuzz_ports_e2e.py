@@ -37,10 +37,6 @@ def rss(pid: int) -> int:
     raise AssertionError(f"no VmRSS for pid {pid}")
 
 
-def tcp(port: int):
-    return lambda: asyncio.open_connection("127.0.0.1", port)
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     work = tmp_path_factory.mktemp("fuzz")
@@ -52,46 +48,15 @@ def cluster(tmp_path_factory):
             yield origin, scheduler, seed, peer
 
 
-def ports(scheduler: SchedulerProcess, peer: PeerProcess) -> dict:
-    upload_paths = (b"/download/", b"/download/" + b"0" * 64, b"/", b"/metrics", b"*")
-    api_paths = (b"/v1/tasks", b"/v1/tasks/" + b"0" * 64, b"/v1/healthy", b"/v1/tasks/..")
-    metrics_paths = (b"/metrics", b"/healthy", b"/", b"/metrics/../healthy")
-    return {
-        "scheduler": (scheduler, tcp(scheduler.port), fuzzing.framed_input),
-        "scheduler-metrics": (
-            scheduler,
-            tcp(scheduler.metrics_port),
-            lambda rng: fuzzing.http_input(rng, metrics_paths),
-        ),
-        "piece": (peer, tcp(peer.piece_port), fuzzing.framed_input),
-        "upload-http": (
-            peer,
-            tcp(peer.upload_port),
-            lambda rng: fuzzing.http_input(rng, upload_paths),
-        ),
-        "local-api": (
-            peer,
-            lambda: asyncio.open_unix_connection(str(peer.socket_path)),
-            lambda rng: fuzzing.http_input(rng, api_paths),
-        ),
-        "peer-metrics": (
-            peer,
-            tcp(peer.metrics_port),
-            lambda rng: fuzzing.http_input(rng, metrics_paths),
-        ),
-    }
-
-
-@pytest.mark.parametrize(
-    "port_name",
-    ["scheduler", "scheduler-metrics", "piece", "upload-http", "local-api", "peer-metrics"],
-)
+@pytest.mark.parametrize("port_name", fuzzing.PORTS)
 def test_port_survives_generated_and_mutated_input(cluster, port_name):
     _origin, scheduler, seed, peer = cluster
-    daemon, opener, make_input = ports(scheduler, peer)[port_name]
+    daemon, opener, make_input, linger = fuzzing.targets(scheduler, peer)[port_name]
     before = rss(daemon.proc.pid)
     outcome = asyncio.run(
-        fuzzing.throw(opener, make_input, INPUTS, seed=zlib.crc32(port_name.encode()))
+        fuzzing.throw(
+            opener, make_input, INPUTS, seed=zlib.crc32(port_name.encode()), linger=linger
+        )
     )
 
     assert outcome.inputs == INPUTS and not outcome.refused, outcome.refused[:5]
