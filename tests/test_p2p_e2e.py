@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import signal
 import socket
 import struct
 from pathlib import Path
@@ -407,8 +408,12 @@ def test_tiny_and_one_piece_tasks_come_from_the_swarm(cluster_factory, origin, s
         assert from_peers == (0 if size <= 128 else size)
 
 
-def test_download_that_outlives_its_scheduler_is_announced_to_the_new_one(cluster_factory, origin):
-    """The scheduler restarts while downloads run: the peer's from its parent (the
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+def test_download_that_outlives_its_scheduler_is_announced_to_the_new_one(
+    cluster_factory, origin, how
+):
+    """The scheduler restarts (stopped, or killed with SIGKILL: no goodbye on any
+    connection) while downloads run: the peer's from its parent (the
     seed), the seed's from the origin. Both go on and, once the new scheduler is up,
     continue on a new stream opened with RestorePeer (the pieces held so far), so their
     reports and DownloadFinished reach the new scheduler, which then sends later peers
@@ -421,7 +426,7 @@ def test_download_that_outlives_its_scheduler_is_announced_to_the_new_one(cluste
     peer = cluster.peers[0]
     proc = peer.dfget_popen(url, cluster.work / "first.out", "--no-progress")
     wait_for(lambda: "answer=NormalTaskResponse" in peer.log(), "the peer to get its parents")
-    cluster.scheduler.stop()
+    cluster.scheduler.stop(signal.SIGKILL if how == "sigkill" else signal.SIGTERM)
     cluster.scheduler.start()  # knows nothing of the running download
     assert proc.wait(180) == 0, proc.stderr.read().decode() + peer.log()[-3000:]
     expected = hashlib.sha256(origin.content("outlive.bin")).hexdigest()
