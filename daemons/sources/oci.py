@@ -339,7 +339,17 @@ class OciSource:
             digest = ref.digest
             blob = await self._probe_blob(url, ref, digest, headers, missing_ok=True)
             if blob is None:  # not a blob: perhaps the digest of a manifest
-                digest, size = await self._single_layer(url, ref, headers)
+                try:
+                    digest, size = await self._single_layer(url, ref, headers)
+                except SourceError as exc:
+                    if exc.status != 404:
+                        raise
+                    raise SourceError(
+                        f"registry {ref.registry} has neither a blob nor a manifest "
+                        f"{ref.digest} in {ref.repository}",
+                        url=url,
+                        status=404,
+                    ) from None
                 blob = await self._probe_blob(url, ref, digest, headers)
         else:
             digest, size = await self._single_layer(url, ref, headers)
