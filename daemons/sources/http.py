@@ -171,7 +171,7 @@ class OriginClient:
         requests must run at once). ``ssl`` is passed to aiohttp (an SSLContext to trust a
         private CA, or False to skip verification). ``rng`` and ``sleep`` are injectable so
         tests can make backoff deterministic and instant. ``policy`` (a
-        :class:`~d7y.daemons.peer.source_policy.SourcePolicy`) is checked for every
+        :class:`~d7y.daemons.sources.policy.SourcePolicy`) is checked for every
         request, every address connected to and every redirect; a client with a policy
         serves downloads that a remote party caused, one without serves the local user.
         ``authorizer`` and ``error_reader`` let the S3 and OCI sources reuse this client

@@ -303,8 +303,9 @@ def sign_v4(
 ) -> None:
     """Sign a request with no body in place: set Host, X-Amz-Date,
     X-Amz-Content-Sha256, X-Amz-Security-Token (temporary credentials) and
-    Authorization. Signed: those headers; Range and conditionals stay unsigned (S3
-    allows that), so a retry for the tail of a piece can reuse the signature."""
+    Authorization. Signed: those headers (and any other x-amz-* header the user sent);
+    Range and the conditionals stay unsigned, which S3 allows. Every request, retries
+    included, is signed afresh (the client's authorizer runs per request)."""
     when = when or datetime.datetime.now(datetime.UTC)
     stamp = when.strftime("%Y%m%dT%H%M%SZ")
     day = stamp[:8]
