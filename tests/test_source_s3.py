@@ -23,7 +23,7 @@ from d7y.daemons.sources import (
     open_source,
 )
 from d7y.daemons.sources.s3 import resolve_settings
-from tests.peer_harness import PeerProcess
+from tests.peer_harness import PeerProcess, SchedulerProcess, peer_config, wait_for
 from tests.s3_server import MotoS3
 
 BUCKET = "d7y-test"
@@ -278,3 +278,37 @@ def test_dfget_s3_errors_map_to_exit_codes(s3_peer, tmp_path: Path):
     assert bad.returncode == 2, bad.stderr.decode()
     assert "invalid S3 bucket name 'Bad_Bucket'" in bad.stderr.decode()
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_seed_peer_fetches_from_s3_for_a_peer_without_credentials(s3, reader, tmp_path):
+    """P2P with an s3:// URL: the scheduler triggers the seed peer, which fetches from S3
+    with its own credentials through the fetch policy (loopback allowed, as in every
+    test); the peer has no AWS credentials at all, so every byte it gets came from the
+    seed."""
+    url = f"s3://{BUCKET}/p2p.bin"
+    s3.put(BUCKET, "p2p.bin", DATA)
+    endpoint = {"s3": {"endpoint": s3.endpoint}}
+    with SchedulerProcess(tmp_path) as scheduler:
+        seed = PeerProcess(
+            tmp_path, "seed", **peer_config(scheduler, "seed", seed=True, source=endpoint)
+        )
+        seed.env.update(
+            {
+                "AWS_ACCESS_KEY_ID": reader[0],
+                "AWS_SECRET_ACCESS_KEY": reader[1],
+                "HOME": str(tmp_path),
+            }
+        )
+        peer = PeerProcess(tmp_path, "peer", **peer_config(scheduler, "peer", source=endpoint))
+        peer.env["HOME"] = str(tmp_path)
+        with seed, peer:
+            for daemon in (seed, peer):  # else the peer would go back to source itself
+                wait_for(
+                    lambda d=daemon: "connected to scheduler address=" in d.log(),
+                    f"{daemon.name} to connect to the scheduler",
+                )
+            result = peer.dfget(url, tmp_path / "out.bin", "--no-progress")
+            assert result.returncode == 0, result.stderr.decode() + peer.log()[-3000:]
+            assert (tmp_path / "out.bin").read_bytes() == DATA
+            assert peer.metrics().get("d7y_peer_download_origin_bytes_total", 0) == 0
+            assert seed.metrics()["d7y_peer_download_origin_bytes_total"] == len(DATA)
