@@ -3,6 +3,9 @@
 d7y pieces [FILE]        hash a file into pieces and send them over loopback
 d7y dfdaemon [...]       run the peer daemon (same as ``dfdaemon``)
 d7y dfget URL -O FILE    download through the daemon (same as ``dfget``)
+d7y scheduler [...]      run the scheduler
+d7y cluster demo | up    a whole cluster on loopback
+d7y origin --dir DIR     the demo origin server (HTTP with Range) for demos and benches
 d7y config-docs          print every config key with its default
 """
 
