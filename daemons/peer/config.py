@@ -16,6 +16,7 @@ from typing import Literal
 from d7y.core.pieces import MIN_PIECE_LENGTH
 from d7y.core.scheduling.download import DownloadConfig as LoopConfig
 from d7y.daemons.config import ConfigError, Duration, Size, field, load, section
+from d7y.daemons.service import LifecycleConfig
 from d7y.daemons.sources import OciConfig, S3Config, SourcePolicy
 
 DEFAULT_CONFIG_PATH = Path("/etc/d7y/dfdaemon.yaml")
@@ -199,6 +200,9 @@ class PeerConfig:
     )
     testing: TestingConfig = section(TestingConfig, "fault injection for tests")
     log: LogConfig = section(LogConfig, "logging")
+    lifecycle: LifecycleConfig = section(
+        LifecycleConfig, "readiness signal and graceful drain on SIGTERM/SIGINT"
+    )
 
     def source_policy(self) -> SourcePolicy:
         """The fetch policy of ``source.allow`` / ``source.deny`` (ValueError names a
