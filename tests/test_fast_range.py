@@ -1,6 +1,7 @@
-"""The origin fast path's body-to-sink transfer (FastRangeFetcher.fetch_to) against the
-real test origin: bytes in order in cache-sized chunks, every fault handed back as
-FastPathUnavailable, and a cancelled transfer over before the caller goes on."""
+"""The origin fast path's body-to-sink transfer (FastRangeFetcher.fetch_to, and the
+http source's fetch_range_to over it) against the real test origin: bytes in order in
+cache-sized chunks, every fault handed back as FastPathUnavailable (and the source's
+general client taking over), a cancelled transfer over before the caller goes on."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import threading
 
 import pytest
 
-from d7y.daemons.peer.fast_range import BODY_CHUNK, FastPathUnavailable, FastRangeFetcher
+from d7y.daemons.sources.fast_range import BODY_CHUNK, FastPathUnavailable, FastRangeFetcher
+from d7y.daemons.sources.http import HttpSource
 from tests.origin_server import OriginServer
 
 DATA = os.urandom(3 * BODY_CHUNK + 12345)
@@ -25,6 +27,9 @@ class RecordingSink:
         self.release = threading.Event()
         self.block = block
         self.writing = False
+
+    def restart(self) -> None:
+        self.chunks.clear()
 
     def write(self, data: memoryview) -> None:
         self.writing = True
@@ -127,5 +132,25 @@ def test_a_cancelled_transfer_ends_its_thread_before_the_caller_goes_on() -> Non
             finally:
                 sink.release.set()
                 fetcher.close()
+
+    asyncio.run(main())
+
+
+def test_the_http_source_finishes_a_range_the_fast_path_broke_off() -> None:
+    """The body is cut mid-way on the fast path: the sink is restarted and gets the
+    whole range from the general client, once."""
+
+    async def main() -> None:
+        async with OriginServer() as origin:
+            url = origin.add_file("flaky.bin", DATA)
+            origin.set_faults("/flaky.bin", close_after={"bytes": BODY_CHUNK + 10})
+            source = HttpSource()
+            try:
+                sink = RecordingSink()
+                await source.fetch_range_to(url, {}, 5, len(DATA) - 5, sink)
+                assert b"".join(sink.chunks) == DATA[5:]
+            finally:
+                await source.close()
+            assert len(origin.stats("/flaky.bin")["ranges"]) == 2
 
     asyncio.run(main())

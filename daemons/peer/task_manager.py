@@ -21,7 +21,9 @@ Pieces fetched from the origin must all be of the version the probe saw: an answ
 another ETag, Last-Modified or length (or a 200 to If-Range) restarts the task once from
 scratch with the new version, and fails it (an origin error) if it changes again. A
 download that a remote party caused (a seed peer triggered by the scheduler) fetches
-through clients that enforce the outbound fetch policy (source_policy.py).
+through sources that enforce the outbound fetch policy (d7y.daemons.sources.policy).
+The origin is whatever source the URL's scheme names (http, https, s3, oci: see
+d7y.daemons.sources).
 """
 
 from __future__ import annotations
@@ -43,13 +45,10 @@ from d7y.core.pieces import (
     iter_pieces,
     piece_count,
 )
-from d7y.daemons.peer.fast_range import FastPathUnavailable, FastRangeFetcher
 from d7y.daemons.peer.limits import TokenBucket
 from d7y.daemons.peer.metrics import PeerMetrics
-from d7y.daemons.peer.origin import ContentChanged, OriginClient, OriginError, OriginInfo
 from d7y.daemons.peer.p2p import P2PDownloader
 from d7y.daemons.peer.scheduler_client import SchedulerUnavailable
-from d7y.daemons.peer.source_policy import SourcePolicy
 from d7y.daemons.peer.storage import TASK_SUCCEEDED, StorageError, TaskRecord
 from d7y.daemons.peer.task import (
     ContentChangedError,
@@ -66,6 +65,16 @@ from d7y.daemons.peer.task_store import (
     TaskFile,
     TaskStore,
 )
+from d7y.daemons.sources import (
+    ContentChanged,
+    RangeToSink,
+    Source,
+    SourceError,
+    SourceInfo,
+    SourcePolicy,
+    Sources,
+    check_url,
+)
 from d7y.ext.bitmap import Bitmap
 
 log = logging.getLogger("d7y.dfdaemon.task")
@@ -73,7 +82,6 @@ log = logging.getLogger("d7y.dfdaemon.task")
 #: Piece buffers held at once by one task: concurrency is lowered for big pieces so a
 #: task never holds more than this in memory (16 x 4 MiB fits exactly).
 PIECE_BUFFER_BUDGET = 64 * 1024 * 1024
-SUPPORTED_SCHEMES = ("http", "https")
 
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -85,35 +93,29 @@ class TaskManager:
     def __init__(
         self,
         store: TaskStore,
-        origin: OriginClient,
+        sources: Sources,
         *,
         concurrency: int = 16,
         max_concurrent_tasks: int = 16,
         download_limiter: TokenBucket | None = None,
         metrics: PeerMetrics | None = None,
         p2p: P2PDownloader | None = None,
-        remote_origin: OriginClient | None = None,
+        remote_sources: Sources | None = None,
     ) -> None:
         """``store`` holds the tasks (every download path lands its pieces there);
-        ``origin`` fetches for the local user (dfget); ``remote_origin`` for
-        downloads a remote party caused (a seed peer triggered by the scheduler): it
+        ``sources`` fetch for the local user (dfget); ``remote_sources`` for
+        downloads a remote party caused (a seed peer triggered by the scheduler): they
         must carry the outbound fetch policy (by default one that refuses every
         internal address). ``p2p``: the P2P path, when a scheduler is configured (it
         may also be set later, before the first download)."""
         self.store = store
         self.storage = store.storage  # for the servers' read-only lookups
-        self.origin = origin
-        self.fast_range = FastRangeFetcher(read_timeout=origin.read_timeout)
-        if remote_origin is None:
-            remote_origin = OriginClient(
-                policy=SourcePolicy(), retry=origin.retry, request_timeout=origin.request_timeout
-            )
-        if remote_origin.policy is None:
-            raise ValueError("remote_origin must enforce a SourcePolicy")
-        self.remote_origin = remote_origin
-        self.remote_fast_range = FastRangeFetcher(
-            policy=remote_origin.policy, read_timeout=remote_origin.read_timeout
-        )
+        self.sources = sources
+        if remote_sources is None:
+            remote_sources = Sources(sources.settings, policy=SourcePolicy())
+        if remote_sources.policy is None:
+            raise ValueError("remote_sources must enforce a SourcePolicy")
+        self.remote_sources = remote_sources
         self.concurrency = concurrency
         self.limiter = download_limiter or TokenBucket(0)
         self.metrics = metrics or PeerMetrics()
@@ -173,13 +175,10 @@ class TaskManager:
             tid = request.task_id()
         except (TypeError, ValueError) as exc:
             raise DownloadError(FailureKind.BAD_REQUEST, str(exc)) from None
-        scheme = request.url.split(":", 1)[0].lower()
-        if scheme not in SUPPORTED_SCHEMES:
-            raise DownloadError(
-                FailureKind.BAD_REQUEST,
-                f"unsupported URL scheme {scheme!r} in {request.url}: use "
-                f"{' or '.join(SUPPORTED_SCHEMES)}",
-            )
+        try:
+            check_url(request.url)
+        except SourceError as exc:
+            raise DownloadError(FailureKind.BAD_REQUEST, str(exc)) from None
         task = self._running.get(tid)
         if task is not None:
             task.streaming = task.streaming or streaming
@@ -199,9 +198,7 @@ class TaskManager:
         for runner in list(self._runners):
             runner.cancel()
         await asyncio.gather(*self._runners, return_exceptions=True)
-        self.fast_range.close()
-        self.remote_fast_range.close()
-        await self.remote_origin.close()
+        await self.remote_sources.close()
         if self.p2p is not None:
             self.p2p.close()
 
@@ -366,12 +363,14 @@ class TaskManager:
                 await asyncio.wait_for(asyncio.shield(restoring), 5.0)
             restoring.cancel()
 
-    def _origin_clients(self, task: Task) -> tuple[OriginClient, FastRangeFetcher]:
-        """The clients for this task's origin requests: a download the scheduler asked
-        for on behalf of another host goes through the fetch policy."""
-        if task.seed_trigger:
-            return self.remote_origin, self.remote_fast_range
-        return self.origin, self.fast_range
+    def _source(self, task: Task) -> Source:
+        """The source for this task's origin requests, by its URL's scheme: a download
+        the scheduler asked for on behalf of another host goes through the fetch policy."""
+        sources = self.remote_sources if task.seed_trigger else self.sources
+        try:
+            return sources.for_url(task.request.url)
+        except SourceError as exc:
+            raise _source_failure(exc) from None
 
     async def _back_to_source(
         self, task: Task, expected: Digest | None, stream, *, fallback: bool = False
@@ -431,11 +430,11 @@ class TaskManager:
         self, task: Task, expected: Digest | None, stream, *, fallback: bool = False
     ) -> None:
         request = task.request
-        origin, _ = self._origin_clients(task)
+        source = self._source(task)
         try:
-            info = await origin.probe(request.url, request.headers)
-        except OriginError as exc:
-            raise _origin_failure(exc) from None
+            info = await source.probe(request.url, request.headers)
+        except SourceError as exc:
+            raise _source_failure(exc) from None
 
         piece_length = compute_piece_length(info.content_length, request.piece_length)
         if fallback and task.piece_length and task.content_length == info.content_length:
@@ -461,6 +460,10 @@ class TaskManager:
                 await self._fetch_ranges(task, file, info)
             else:
                 await self._fetch_stream(task, file, info)
+            digest = self._parse_digest(info.digest)
+            if digest is not None and (expected is None or str(expected) != info.digest):
+                # The source names the content by its digest (an OCI blob): check it.
+                await self.store.verify_whole(task.id, digest)
 
     async def _store_whole(self, task: Task, record: TaskRecord | None, content: bytes) -> None:
         """An empty or tiny task, answered inline by the scheduler: one piece, no fetch."""
@@ -485,7 +488,7 @@ class TaskManager:
         self,
         task: Task,
         record: TaskRecord | None,
-        info: OriginInfo,
+        info: SourceInfo,
         piece_length: int,
         expected: Digest | None,
     ) -> TaskRecord:
@@ -538,7 +541,7 @@ class TaskManager:
             parent_id = "" if source == FROM_ORIGIN else source
             await self.p2p.report_stored(task, piece, digest, parent_id, cost_ns)
 
-    async def _fetch_ranges(self, task: Task, file: TaskFile, info: OriginInfo) -> None:
+    async def _fetch_ranges(self, task: Task, file: TaskFile, info: SourceInfo) -> None:
         """Fetch every missing piece with Range requests, ``concurrency`` at a time."""
         assert task.content_length is not None and task.bitmap is not None
         missing = [
@@ -559,10 +562,10 @@ class TaskManager:
         for piece in missing:
             queue.put_nowait(piece)
 
-        origin, fast_range = self._origin_clients(task)
+        source = self._source(task)
 
         async def worker() -> None:
-            buffer: bytearray | None = None  # for the general client, reused once made
+            buffer: bytearray | None = None  # for sources without a sink path, reused
             while True:
                 try:
                     piece = queue.get_nowait()
@@ -570,13 +573,13 @@ class TaskManager:
                     return
                 await self.limiter.take(piece.length)
                 started = time.monotonic_ns()
-                # The fast path writes the body into the file as it arrives (see
-                # fast_range.py); the general client fills a piece buffer.
-                sink = file.sink(piece)
-                landing: PieceSink | memoryview = sink
+                landing: PieceSink | memoryview
                 try:
-                    try:
-                        await fast_range.fetch_to(
+                    if isinstance(source, RangeToSink):
+                        # The body goes into the file as it arrives, chunk by chunk,
+                        # while it is in the cache (see daemons/sources/fast_range.py).
+                        landing = sink = file.sink(piece)
+                        await source.fetch_range_to(
                             info.final_url,
                             task.request.headers,
                             piece.offset,
@@ -584,12 +587,11 @@ class TaskManager:
                             sink,
                             info=info,
                         )
-                    except FastPathUnavailable as why:
-                        log.debug("fast path unavailable task=%s reason=%s", task.id, why)
+                    else:
                         if buffer is None:
                             buffer = bytearray(task.piece_length)
                         landing = view = memoryview(buffer)[: piece.length]
-                        await origin.fetch_range(
+                        await source.fetch_range(
                             info.final_url,
                             task.request.headers,
                             piece.offset,
@@ -597,9 +599,9 @@ class TaskManager:
                             view,
                             info=info,
                         )
-                except OriginError as exc:
+                except SourceError as exc:
                     self.metrics.piece_failures.inc()
-                    raise _origin_failure(exc) from None
+                    raise _source_failure(exc) from None
                 cost = time.monotonic_ns() - started
                 await self._land_piece(task, file, piece, landing, FROM_ORIGIN, cost)
 
@@ -612,7 +614,7 @@ class TaskManager:
             # not with the group (which would reach the user as "internal error").
             raise _first_cause(failures) from None
 
-    async def _fetch_stream(self, task: Task, file: TaskFile, info: OriginInfo) -> None:
+    async def _fetch_stream(self, task: Task, file: TaskFile, info: SourceInfo) -> None:
         """One GET for origins without Range (or length): cut the stream into pieces."""
         if task.bitmap is None and task.content_length is not None:
             task.bitmap = Bitmap(piece_count(task.content_length, task.piece_length))
@@ -621,9 +623,9 @@ class TaskManager:
         buffer = bytearray(task.piece_length)
         filled = 0
         number = 0
-        origin, _ = self._origin_clients(task)
+        source = self._source(task)
         try:
-            async with origin.stream(info.final_url, task.request.headers) as body:
+            async with source.stream(info.final_url, task.request.headers) as body:
                 async for chunk in body:
                     view = memoryview(chunk)
                     while view:
@@ -635,8 +637,8 @@ class TaskManager:
                             await self._land_streamed(task, file, number, buffer, filled)
                             number += 1
                             filled = 0
-        except OriginError as exc:
-            raise _origin_failure(exc) from None
+        except SourceError as exc:
+            raise _source_failure(exc) from None
         if filled:
             await self._land_streamed(task, file, number, buffer, filled)
             number += 1
@@ -682,11 +684,13 @@ class TaskManager:
         return self.store.read_in_order(task)
 
 
-def _origin_failure(exc: OriginError) -> DownloadError:
-    """The task failure an origin error stands for."""
+def _source_failure(exc: SourceError) -> DownloadError:
+    """The task failure a source error stands for (bad input in the URL or its
+    settings is the user's to fix; anything else is the origin's failure)."""
     if isinstance(exc, ContentChanged):
         return ContentChangedError(str(exc), status=exc.status, validator=exc.validator)
-    return DownloadError(FailureKind.ORIGIN, str(exc), status=exc.status)
+    kind = FailureKind.BAD_REQUEST if exc.bad_input else FailureKind.ORIGIN
+    return DownloadError(kind, str(exc), status=exc.status)
 
 
 def _first_cause(failures: BaseExceptionGroup) -> BaseException:

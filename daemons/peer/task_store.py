@@ -569,6 +569,12 @@ class PieceSink:
             _write(self._storage, self._fd, self.piece, self.written, data)
         self.written += len(data)
 
+    def restart(self) -> None:
+        """The piece's body starts over (an attempt broke off): the next write is its
+        first byte again."""
+        self.written = 0
+        self.crc = 0
+
 
 def _write(storage: Storage, fd: int, piece: Piece, at: int, data: memoryview) -> None:
     """Blocking: ``data`` at ``at`` bytes into ``piece``; a write failure becomes the

@@ -18,11 +18,11 @@ several times dearer than the receive (see bench/RESULTS.md).
 It is only an optimisation. Anything unusual — https, a status other than 206, chunked
 encoding, a Content-Range that does not match, a connection that breaks — raises
 :class:`FastPathUnavailable`, and the caller repeats the piece through
-:class:`~d7y.daemons.peer.origin.OriginClient`, which owns retries, backoff and the
+:class:`~d7y.daemons.sources.http.OriginClient`, which owns retries, backoff and the
 error messages users see. Two answers are final here, as they are there: a 206 of
 another version of the object than the probe saw (ETag, Last-Modified or total length
-differ: :class:`~d7y.daemons.peer.origin.ContentChanged`), and an address the fetch
-policy refuses (:class:`~d7y.daemons.peer.source_policy.SourceRefused`).
+differ: :class:`~d7y.daemons.sources.base.ContentChanged`), and an address the fetch
+policy refuses (:class:`~d7y.daemons.sources.policy.SourceRefused`).
 """
 
 from __future__ import annotations
@@ -32,11 +32,10 @@ import contextlib
 import socket
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
 from urllib.parse import urlsplit
 
-from d7y.daemons.peer.origin import OriginInfo, check_same_version
-from d7y.daemons.peer.source_policy import SourcePolicy
+from d7y.daemons.sources.base import BodySink, SourceInfo, check_same_version
+from d7y.daemons.sources.policy import SourcePolicy
 from d7y.ext.transfer import recv_into_exact
 
 MAX_HEAD = 64 * 1024
@@ -52,13 +51,6 @@ _HOP_BY_HOP = {"keep-alive", "proxy-connection", "te", "trailer", "transfer-enco
 
 class FastPathUnavailable(Exception):
     """This request needs the general client; the message says why (for debug logs)."""
-
-
-class BodySink(Protocol):
-    """Where :meth:`FastRangeFetcher.fetch_to` puts a body: ``write`` is called from a
-    worker thread with consecutive chunks, in order, and may block (it writes a file)."""
-
-    def write(self, data: memoryview) -> None: ...
 
 
 class FastRangeFetcher:
@@ -146,7 +138,7 @@ class FastRangeFetcher:
         length: int,
         into: memoryview,
         *,
-        info: OriginInfo | None = None,
+        info: SourceInfo | None = None,
     ) -> None:
         """Read bytes [offset, offset + length) of ``url`` into ``into[:length]``.
 
@@ -172,7 +164,7 @@ class FastRangeFetcher:
         length: int,
         sink: BodySink,
         *,
-        info: OriginInfo | None = None,
+        info: SourceInfo | None = None,
     ) -> None:
         """Move bytes [offset, offset + length) of ``url`` to ``sink`` in chunks, on a
         worker thread. On FastPathUnavailable the sink may have taken part of the body:
@@ -209,7 +201,7 @@ class FastRangeFetcher:
         headers: Mapping[str, str] | None,
         offset: int,
         length: int,
-        info: OriginInfo | None,
+        info: SourceInfo | None,
         receive_body: Callable[[socket.socket, memoryview], Awaitable[None]],
     ) -> None:
         parts = urlsplit(url)
@@ -250,7 +242,7 @@ class FastRangeFetcher:
         offset: int,
         length: int,
         url: str,
-        info: OriginInfo | None,
+        info: SourceInfo | None,
         receive_body: Callable[[socket.socket, memoryview], Awaitable[None]],
     ) -> bool:
         """Send the request, read head and body; True if the connection can be reused."""
