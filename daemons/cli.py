@@ -4,6 +4,7 @@ d7y pieces [FILE]        hash a file into pieces and send them over loopback
 d7y dfdaemon [...]       run the peer daemon (same as ``dfdaemon``)
 d7y dfget URL -O FILE    download through the daemon (same as ``dfget``)
 d7y config-docs          print every config key with its default
+d7y proxy ca init DIR    write the CA the proxy signs hijacked CONNECT hosts with
 """
 
 from __future__ import annotations
@@ -217,7 +218,27 @@ def main(argv: list[str] | None = None) -> int:
     pieces.add_argument("--generate", default="256MiB", help="size of the generated sample")
     pieces.add_argument("--piece-length", default=None, help="fixed piece length (>= 4MiB)")
     sub.add_parser("config-docs", help="print every config key with its default")
+    proxy = sub.add_parser("proxy", help="the proxy's tools: d7y proxy ca init DIR")
+    proxy_sub = proxy.add_subparsers(dest="proxy_command", required=True)
+    ca = proxy_sub.add_parser("ca", help="the CA that signs hijacked CONNECT hosts")
+    ca_sub = ca.add_subparsers(dest="ca_command", required=True)
+    ca_init = ca_sub.add_parser("init", help="write ca.crt and ca.key into DIR")
+    ca_init.add_argument("dir", type=Path)
+    ca_init.add_argument("--name", default="d7y proxy CA", help="the CA's common name")
     args = parser.parse_args(argv)
+
+    if args.command == "proxy":
+        from d7y.daemons.proxy.tls import CAError, write_ca
+
+        try:
+            cert, key = write_ca(args.dir, args.name)
+        except (CAError, OSError) as exc:
+            print(f"d7y proxy ca init: {exc}", file=sys.stderr)
+            return 1
+        print(f"wrote {cert} and {key} (mode 0600)")
+        print(f"dfdaemon config:  proxy: {{ca_cert: {cert}, ca_key: {key}}}")
+        print(f"clients must trust {cert} (curl --cacert, the system store, ...)")
+        return 0
 
     if args.command == "pieces":
         from d7y.daemons.config import parse_size

@@ -127,6 +127,8 @@ class LocalCluster:
             "storage": {"data_dir": str(data_dir)},
             "upload": {"listen": "127.0.0.1", "port": _free_port(), "piece_port": _free_port()},
             "metrics": {"listen": "127.0.0.1", "port": metrics},
+            # Each peer's proxy / registry mirror on a port of its own (the seed has none).
+            "proxy": {"listen": "127.0.0.1", "port": 0 if seed else _free_port()},
             "scheduler": {"address": f"127.0.0.1:{self.scheduler_port}"},
             # The demo's origin is on loopback and the seed fetches it for the peers: a
             # download a remote party caused, refused on loopback unless allowed.
@@ -146,6 +148,7 @@ class LocalCluster:
             "service": service,
             "socket": data_dir / "dfdaemon.sock",
             "metrics": metrics,
+            "proxy_port": config["proxy"]["port"],
             "config": path,
         }
 
@@ -304,6 +307,8 @@ def up(args: argparse.Namespace) -> int:
         print(f"d7y cluster up in {work} (scheduler 127.0.0.1:{cluster.scheduler_port})")
         for node in [cluster.seed, *cluster.peers]:
             print(f"  {node['name']:<8} dfget URL -O FILE --daemon-socket {node['socket']}")
+            if node["proxy_port"]:
+                print(f"  {'':<8} proxy / registry mirror 127.0.0.1:{node['proxy_port']}")
         print("Ctrl-C stops the cluster.")
         while not stop:
             time.sleep(0.5)

@@ -130,6 +130,7 @@ class PeerProcess(DaemonProcess):
             "storage": {"data_dir": str(self.data_dir), "gc_interval": "1h"},
             "upload": {"listen": "127.0.0.1", "port": self.upload_port, "piece_port": free_port()},
             "metrics": {"listen": "127.0.0.1", "port": self.metrics_port},
+            "proxy": {"listen": "127.0.0.1", "port": free_port()},
             "download": {"origin_backoff": "10ms", "origin_backoff_max": "50ms"},
             # Test origins listen on loopback, and seed peers fetch from them for others:
             # loopback must be allowed explicitly (source.allow refuses it by default).
@@ -141,6 +142,10 @@ class PeerProcess(DaemonProcess):
     @property
     def piece_port(self) -> int:
         return self.config["upload"]["piece_port"]
+
+    @property
+    def proxy_port(self) -> int:
+        return self.config["proxy"]["port"]
 
     @property
     def socket_path(self) -> Path:

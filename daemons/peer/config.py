@@ -17,6 +17,7 @@ from d7y.core.pieces import MIN_PIECE_LENGTH
 from d7y.core.scheduling.download import DownloadConfig as LoopConfig
 from d7y.daemons.config import ConfigError, Duration, Size, field, load, section
 from d7y.daemons.peer.source_policy import SourcePolicy
+from d7y.daemons.proxy.config import ProxyConfig
 
 DEFAULT_CONFIG_PATH = Path("/etc/d7y/dfdaemon.yaml")
 ENV_PREFIX = "D7Y_DFDAEMON"
@@ -187,6 +188,7 @@ class PeerConfig:
     upload: UploadConfig = section(UploadConfig, "serving pieces to peers and tools")
     api: APIConfig = section(APIConfig, "local API for dfget")
     metrics: MetricsConfig = section(MetricsConfig, "Prometheus metrics and health")
+    proxy: ProxyConfig = section(ProxyConfig, "HTTP proxy and registry mirror")
     scheduler: SchedulerClientConfig = section(SchedulerClientConfig, "the scheduler")
     source: SourceConfig = section(
         SourceConfig, "outbound fetch policy for downloads a remote party caused (SSRF guard)"
@@ -251,6 +253,7 @@ class PeerConfig:
                     f"config key 'scheduler.address' must be host:port, got "
                     f"{self.scheduler.address!r}"
                 )
+        self.proxy.validate()
         try:
             self.source_policy()
         except ValueError as exc:

@@ -33,6 +33,9 @@ from d7y.daemons.peer.piece_server import PieceServer
 from d7y.daemons.peer.scheduler_client import SchedulerClient
 from d7y.daemons.peer.storage import Storage
 from d7y.daemons.peer.task_manager import DownloadError, DownloadRequest, TaskManager
+from d7y.daemons.proxy.metrics import ProxyMetrics
+from d7y.daemons.proxy.server import ProxyServer
+from d7y.daemons.proxy.tls import upstream_context
 
 log = logging.getLogger("d7y.dfdaemon")
 
@@ -51,6 +54,7 @@ class PeerDaemon:
         self.http_upload: HTTPUploadServer | None = None
         self.piece_server: PieceServer | None = None
         self.scheduler: SchedulerClient | None = None
+        self.proxy: ProxyServer | None = None
         self._last_upload = (0, time.monotonic())
         self.host_id = ""
         self.peer_id = ""
@@ -68,7 +72,14 @@ class PeerDaemon:
         )
         # Two clients, two connection pools: the local user's downloads go anywhere,
         # those a remote party caused (seed triggers) obey source.allow/deny.
-        self.origin = OriginClient(retry=retry, request_timeout=float(cfg.download.piece_timeout))
+        # The local user's downloads (dfget, the proxy) trust what the proxy's upstreams
+        # are trusted with: the system's CAs plus proxy.upstream_ca_bundle.
+        upstream_ssl = upstream_context(
+            cfg.proxy.upstream_ca_bundle, cfg.proxy.insecure_skip_verify
+        )
+        self.origin = OriginClient(
+            retry=retry, request_timeout=float(cfg.download.piece_timeout), ssl=upstream_ssl
+        )
         remote_origin = OriginClient(
             retry=retry,
             request_timeout=float(cfg.download.piece_timeout),
@@ -126,15 +137,24 @@ class PeerDaemon:
             self._connect_scheduler(hostname)
         if cfg.metrics.port:
             await self._start_metrics(cfg.metrics.listen, cfg.metrics.port)
+        if cfg.proxy.port:
+            self.proxy = ProxyServer(
+                self.manager,
+                cfg.proxy,
+                ProxyMetrics(self.metrics.registry),
+                upstream_ssl=upstream_ssl,
+            )
+            await self.proxy.start(cfg.proxy.listen, cfg.proxy.port)
         self.api = LocalAPI(self.manager, idle_timeout=float(cfg.api.idle_timeout))
         await self.api.start(cfg.socket_path)
         self._gc_task = asyncio.get_running_loop().create_task(self._gc_loop())
         log.info(
-            "dfdaemon ready socket=%s upload_port=%d piece_port=%d metrics_port=%s data_dir=%s "
-            "host_id=%s scheduler=%s download_policy=%s",
+            "dfdaemon ready socket=%s upload_port=%d piece_port=%d proxy_port=%s metrics_port=%s "
+            "data_dir=%s host_id=%s scheduler=%s download_policy=%s",
             cfg.socket_path,
             self.http_upload.port,
             self.piece_server.port,
+            self.proxy.port if self.proxy is not None else "off",
             cfg.metrics.port or "off",
             cfg.storage.data_dir,
             self.host_id,
@@ -239,6 +259,8 @@ class PeerDaemon:
             self._gc_task.cancel()
         if self.api is not None:
             await self.api.stop()
+        if self.proxy is not None:
+            await self.proxy.stop()
         if self.http_upload is not None:
             await self.http_upload.stop()
         if self.piece_server is not None:
