@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -150,9 +151,8 @@ class RawUpstream:
     """A one-connection-at-a-time HTTP upstream answering a scripted byte string and
     recording each request head as received (repeated headers and all)."""
 
-    def __init__(self, answer: bytes, close_after: bool = True) -> None:
+    def __init__(self, answer: bytes | Callable[[bytes], bytes]) -> None:
         self.answer = answer
-        self.close_after = close_after
         self.heads: list[bytes] = []
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
@@ -172,8 +172,9 @@ class RawUpstream:
                     if not chunk:
                         break
                     data += chunk
-                self.heads.append(data.split(b"\r\n\r\n")[0])
-                conn.sendall(self.answer)
+                head = data.split(b"\r\n\r\n")[0]
+                self.heads.append(head)
+                conn.sendall(self.answer(head) if callable(self.answer) else self.answer)
 
     def close(self) -> None:
         self.sock.close()
@@ -197,6 +198,40 @@ def test_direct_route_streams_and_keeps_repeated_headers(peer, tmp_path):
         assert head.startswith(b"get /v2/lib/app/manifests/1 http/1.1")
         assert b"accept: application/a\r\n" in head and b"accept: application/b" in head
         assert b"x-dragonfly-tag" not in head and b"proxy-connection" not in head
+    finally:
+        upstream.close()
+
+
+def test_registry_auth_passes_through(peer, tmp_path):
+    """A token-protected registry: its 401 challenge reaches the client unchanged, and
+    the client's Authorization reaches the registry on the P2P task's fetches."""
+    challenge = b'Bearer realm="http://127.0.0.1:9/token",service="reg",scope="repository:x:pull"'
+    body = bytes(range(256)) * 1000
+
+    def answer(head: bytes) -> bytes:
+        if b"\r\nauthorization: bearer secret-token" in head.lower():
+            return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (
+                len(body),
+                body,
+            )
+        return (
+            b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: %s\r\nContent-Length: 2\r\n"
+            b"Connection: close\r\n\r\n{}" % challenge
+        )
+
+    upstream = RawUpstream(answer)
+    try:
+        url = f"http://127.0.0.1:{upstream.port}/v2/x/blobs/sha256:" + "ef" * 32
+        code, headers, err = curl(peer, url, tmp_path / "denied")
+        assert code == 0, err
+        assert headers[":status"] == "401"
+        assert headers["www-authenticate"] == challenge.decode()
+        token = ("-H", "Authorization: Bearer secret-token")
+        code, headers, err = curl(peer, url, tmp_path / "blob", *token)
+        assert code == 0, err
+        assert headers[":status"] == "200" and "x-dragonfly-task-id" in headers
+        assert (tmp_path / "blob").read_bytes() == body
+        assert b"authorization: bearer secret-token" in upstream.heads[-1].lower()
     finally:
         upstream.close()
 
