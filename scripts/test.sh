@@ -5,6 +5,17 @@
 # (D7Y_NO_EXTENSIONS=1), since the kernel tests alone cannot show the daemons work there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Real clients for the proxy / registry mirror tests (Debian packages; root only, and
+# only what is missing, so a second run does nothing).
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    missing=""
+    for pkg in curl:curl skopeo:skopeo docker-registry:docker-registry aria2c:aria2; do
+        command -v "${pkg%%:*}" >/dev/null || missing="$missing ${pkg##*:}"
+    done
+    if [ -n "$missing" ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing
+    fi
+fi
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[test]'
