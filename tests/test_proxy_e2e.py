@@ -337,3 +337,35 @@ def test_clients_leaving_mid_request_leak_nothing(peer, origins):
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200")
     assert hashlib.sha256(body).hexdigest() == hashlib.sha256(generated_bytes(SIZE, 9)).hexdigest()
+
+
+def test_basic_auth_and_rate_limit(tmp_path):
+    auth = {"basic_auth": {"username": "u", "password": "p w"}}
+    with PeerProcess(tmp_path, "auth", proxy=auth) as peer:
+        upstream = RawUpstream(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+        )
+        try:
+            url = f"http://127.0.0.1:{upstream.port}/file"
+            _, headers, _ = curl(peer, url, tmp_path / "denied")
+            assert headers[":status"] == "407"
+            assert headers["proxy-authenticate"] == 'Basic realm="d7y proxy"'
+            assert headers["x-dragonfly-error-type"] == "proxy_auth"
+            _, headers, _ = curl(peer, url, tmp_path / "wrong", "-U", "u:nope")
+            assert headers[":status"] == "407"
+            code, headers, err = curl(peer, url, tmp_path / "ok", "-U", "u:p w")
+            assert code == 0 and headers[":status"] == "200", err
+            assert (tmp_path / "ok").read_bytes() == b"ok"
+            assert not any(b"proxy-authorization" in h.lower() for h in upstream.heads)
+        finally:
+            upstream.close()
+    # One request per ~3 hours: the first passes, the next is refused at once.
+    # (The mirror address is a closed loopback port: the test never leaves this machine.)
+    limited = {"rate_limit": 0.0001, "registry_mirror": {"addr": f"http://127.0.0.1:{free_port()}"}}
+    with PeerProcess(tmp_path, "limited", proxy=limited) as peer:
+        first = _raw_exchange(peer, b"GET /v2/ HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert first.startswith(b"HTTP/1.1 502"), first[:100]
+        second = _raw_exchange(peer, b"GET /v2/ HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert second.startswith(b"HTTP/1.1 429"), second[:100]
+        assert b"retry-after: 1" in second.lower()
+        assert b"x-dragonfly-error-type: rate_limited" in second.lower()

@@ -34,6 +34,16 @@ class RegistryMirrorConfig:
 
 
 @dataclasses.dataclass
+class BasicAuthConfig:
+    username: str = field(
+        "",
+        "forward-proxy and CONNECT requests must carry these credentials in "
+        "Proxy-Authorization (407 otherwise); empty: no authentication",
+    )
+    password: str = field("", "the password of proxy.basic_auth.username")
+
+
+@dataclasses.dataclass
 class ProxyConfig:
     listen: str = field("127.0.0.1", "address of the proxy and registry mirror")
     port: int = field(4001, "port of the proxy and registry mirror (0 disables it)")
@@ -51,6 +61,16 @@ class ProxyConfig:
         shown="X-Amz-*, X-Goog-*, OSS/OBS/COS signature parameters, ns",
     )
     registry_mirror: RegistryMirrorConfig = section(RegistryMirrorConfig, "registry mirror")
+    basic_auth: BasicAuthConfig = section(
+        BasicAuthConfig,
+        "optional basic authentication of forward-proxy requests (registry-mirror requests "
+        "cannot carry it: bind the proxy to loopback or a trusted network)",
+    )
+    rate_limit: float = field(
+        0.0,
+        "requests per second the proxy accepts (a second's worth at once); more get "
+        "429 (0 = no limit)",
+    )
     ca_cert: Path | None = field(
         None,
         "PEM CA certificate: CONNECT tunnels are then terminated with a per-host leaf "
@@ -124,6 +144,10 @@ class ProxyConfig:
             raise ConfigError(
                 f"config key 'proxy.max_header_size' must be >= 1024, got {self.max_header_size}"
             )
+        if self.rate_limit < 0:
+            raise ConfigError(f"config key 'proxy.rate_limit' must be >= 0, got {self.rate_limit}")
+        if self.basic_auth.password and not self.basic_auth.username:
+            raise ConfigError("config key 'proxy.basic_auth.password' needs a username too")
         for key in ("connect_timeout", "read_timeout", "request_timeout"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"config key 'proxy.{key}' must be > 0")

@@ -23,12 +23,16 @@ client gets the origin's own answer, headers included.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hmac
 import logging
 import socket
 import ssl
+import time
 from collections.abc import AsyncIterator
 from http import HTTPStatus
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import h11
@@ -68,7 +72,7 @@ _STATUS_OF_FAILURE = {
 _KNOWN_STATUSES = frozenset(int(s) for s in HTTPStatus)
 
 
-class _Stream:
+class _Stream(Protocol):
     """What the handlers need of a stream (SocketStream or TLSStream)."""
 
     async def recv(self, timeout: float | None, what: str = "data") -> bytes: ...
@@ -106,6 +110,13 @@ class ProxyServer:
         self.request_timeout = float(config.request_timeout)
         self.read_timeout = float(config.read_timeout)
         self.connect_timeout = float(config.connect_timeout)
+        auth = config.basic_auth
+        self._credentials = (
+            b"Basic " + base64.b64encode(f"{auth.username}:{auth.password}".encode())
+            if auth.username
+            else None
+        )
+        self._rate = _RequestRate(float(config.rate_limit))
         self._listener = Listener(
             lambda sock, _address: self._serve(SocketStream(sock), tunnel=None),
             name="proxy port",
@@ -135,6 +146,16 @@ class ProxyServer:
                 event = await self._next_request(stream, http)
                 if event is None:
                     return
+                refusal = self._refusal(event, tunnel)
+                if refusal is not None:
+                    status, message, kind, extra = refusal
+                    self.metrics.errors.labels(kind).inc()
+                    await self._drain_body(stream, http)
+                    await self._answer(stream, http, status, message, kind, extra)
+                    if http.our_state is not h11.DONE or http.their_state is not h11.DONE:
+                        return
+                    http.start_next_cycle()
+                    continue
                 if event.method.upper() == b"CONNECT":
                     if tunnel is not None:
                         await self._answer(
@@ -165,6 +186,34 @@ class ProxyServer:
             log.exception("proxy connection crashed")
         finally:
             stream.close()
+
+    def _refusal(
+        self, req: h11.Request, tunnel: str | None
+    ) -> tuple[int, str, str, list[tuple[bytes, bytes]]] | None:
+        """Why a request is refused before it is looked at (rate limit, proxy basic
+        auth), or None. Requests inside a hijacked tunnel were authorised by its CONNECT."""
+        if not self._rate.take():
+            return (
+                429,
+                f"over proxy.rate_limit ({self.config.rate_limit:g} requests/s): retry later",
+                "rate_limited",
+                [(b"retry-after", b"1")],
+            )
+        absolute = req.target.startswith((b"http://", b"https://"))
+        if self._credentials is None or tunnel is not None:
+            return None
+        if not absolute and req.method.upper() != b"CONNECT":
+            return None  # a registry-mirror request: the runtime cannot authenticate it
+        given = [v for k, v in req.headers if k == b"proxy-authorization"]
+        if given and hmac.compare_digest(given[-1].strip(), self._credentials):
+            return None
+        return (
+            407,
+            "proxy authentication required: give proxy.basic_auth's user and password "
+            "(e.g. curl -U user:password)",
+            "proxy_auth",
+            [(b"proxy-authenticate", b'Basic realm="d7y proxy"')],
+        )
 
     async def _next_request(self, stream: _Stream, http: h11.Connection) -> h11.Request | None:
         """The next request head: the first bytes within the idle timeout, the rest of
@@ -611,6 +660,26 @@ async def _pump(source: SocketStream, sink: SocketStream) -> None:
         for end in (source, sink):
             with contextlib.suppress(OSError):
                 end.sock.shutdown(socket.SHUT_RDWR)
+
+
+class _RequestRate:
+    """A token bucket of requests per second (burst: one second's worth); 0 = off."""
+
+    def __init__(self, per_second: float) -> None:
+        self.rate = per_second
+        self.tokens = max(per_second, 1.0)
+        self.stamp = time.monotonic()
+
+    def take(self) -> bool:
+        if not self.rate:
+            return True
+        now = time.monotonic()
+        self.tokens = min(max(self.rate, 1.0), self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
 
 
 def _refusal(reason: str) -> bytes:
