@@ -339,7 +339,7 @@ def test_clients_leaving_mid_request_leak_nothing(peer, origins):
     assert hashlib.sha256(body).hexdigest() == hashlib.sha256(generated_bytes(SIZE, 9)).hexdigest()
 
 
-def test_basic_auth_and_rate_limit(tmp_path):
+def test_basic_auth_and_rate_limit(tmp_path, origins, pki):
     auth = {"basic_auth": {"username": "u", "password": "p w"}}
     with PeerProcess(tmp_path, "auth", proxy=auth) as peer:
         upstream = RawUpstream(
@@ -357,6 +357,16 @@ def test_basic_auth_and_rate_limit(tmp_path):
             assert code == 0 and headers[":status"] == "200", err
             assert (tmp_path / "ok").read_bytes() == b"ok"
             assert not any(b"proxy-authorization" in h.lower() for h in upstream.heads)
+            # Without a CA configured, CONNECT is a plain tunnel: TLS end to end with the
+            # origin (its own certificate), nothing P2P.
+            _, tls = origins
+            cacert = ("--cacert", str(pki["origin_ca"]))
+            code, headers, err = curl(
+                peer, tls.url("plain.bin"), tmp_path / "t", *cacert, "-U", "u:p w"
+            )
+            assert code == 0, err
+            assert (tmp_path / "t").read_bytes() == generated_bytes(300_000, 6)
+            assert peer.metrics()['d7y_proxy_requests_total{route="connect"}'] == 1
         finally:
             upstream.close()
     # One request per ~3 hours: the first passes, the next is refused at once.
@@ -369,3 +379,27 @@ def test_basic_auth_and_rate_limit(tmp_path):
         assert second.startswith(b"HTTP/1.1 429"), second[:100]
         assert b"retry-after: 1" in second.lower()
         assert b"x-dragonfly-error-type: rate_limited" in second.lower()
+
+
+@pytest.mark.skipif(shutil.which("aria2c") is None, reason="needs aria2c")
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_aria2c_split_download_through_the_proxy(peer, origins, pki, tmp_path, scheme):
+    """aria2c fetches one blob over 4 connections at once, each a Range through the proxy
+    (https: through hijacked CONNECT tunnels); the pieces come from one P2P task."""
+    plain, tls = origins
+    name = BLOB.replace("ab", "a2" if scheme == "http" else "a3")
+    server = plain if scheme == "http" else tls
+    server.add_file(name, size=SIZE, seed=11)
+    proc = subprocess.run(
+        ["aria2c", f"--all-proxy=http://127.0.0.1:{peer.proxy_port}", "-s", "4", "-x", "4",
+         "-k", "1M", "--min-split-size=1M", f"--ca-certificate={pki['proxy_ca']}",
+         "--allow-overwrite=true", "--auto-file-renaming=false", "-d", str(tmp_path),
+         "-o", "out", server.url(name)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr
+    assert (tmp_path / "out").read_bytes() == generated_bytes(SIZE, 11)
+    task_id = ids.task_id(server.url(name), filtered_query_params=DEFAULT_FILTERED_QUERY_PARAMS)
+    assert task_state(peer, task_id)["state"] == "succeeded"
+    # The origin served the object about once (the task's piece fetches), not per range.
+    assert server.stats(name)["bytes_sent"] <= SIZE + 1024
