@@ -5,6 +5,7 @@ d7y dfdaemon [...]       run the peer daemon (same as ``dfdaemon``)
 d7y dfget URL -O FILE    download through the daemon (same as ``dfget``)
 d7y config-docs          print every config key with its default
 d7y proxy ca init DIR    write the CA the proxy signs hijacked CONNECT hosts with
+d7y init containerd|podman|docker   point a container runtime at the registry mirror
 """
 
 from __future__ import annotations
@@ -201,6 +202,10 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
         return sim_main(argv[1:])
+    if argv and argv[0] == "init":
+        from d7y.daemons.runtime_init import main as init_main
+
+        return init_main(argv[1:])
     if argv and argv[0] == "origin":
         from d7y.daemons.origin import main as origin_main
 
@@ -212,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("scheduler", help="run the scheduler (see d7y scheduler --help)")
     sub.add_parser("cluster", help="a local cluster: d7y cluster demo | up")
     sub.add_parser("origin", help="serve a directory over HTTP with Range (demos)")
+    sub.add_parser("init", help="point containerd, podman or docker at dfdaemon's registry mirror")
     sub.add_parser("sim", help="simulate scheduling policies at scale: d7y sim run FILE")
     pieces = sub.add_parser("pieces", help="hash a file into pieces and send them over loopback")
     pieces.add_argument("file", nargs="?", type=Path, help="file to use (default: generate one)")

@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 # only what is missing, so a second run does nothing).
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     missing=""
-    for pkg in curl:curl skopeo:skopeo docker-registry:docker-registry aria2c:aria2; do
+    for pkg in curl:curl skopeo:skopeo docker-registry:docker-registry aria2c:aria2 \
+        containerd:containerd; do
         command -v "${pkg%%:*}" >/dev/null || missing="$missing ${pkg##*:}"
     done
     if [ -n "$missing" ]; then

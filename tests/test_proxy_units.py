@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import ssl
 
 import pytest
@@ -155,3 +156,34 @@ def test_ca_init_and_leaf_certificates(tmp_path):
         LeafCertificates(other_cert, key)
     with pytest.raises(CAError, match="not a PEM certificate"):
         LeafCertificates(key, key)
+
+
+def test_d7y_init_writes_backs_up_and_is_idempotent(tmp_path, capsys):
+    from d7y.daemons.runtime_init import main
+
+    hosts = tmp_path / "certs.d"
+    args = ["containerd", "--hosts-dir", str(hosts), "--registry", "http://127.0.0.1:5000"]
+    assert main([*args, "--dry-run"]) == 0
+    assert '+server = "http://127.0.0.1:5000"' in capsys.readouterr().out
+    assert not hosts.exists()  # a dry run writes nothing
+    assert main(args) == 0
+    written = (hosts / "127.0.0.1:5000" / "hosts.toml").read_text()
+    assert '[host."http://127.0.0.1:4001"]' in written
+    assert 'X-Dragonfly-Registry = ["http://127.0.0.1:5000"]' in written
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "unchanged" in capsys.readouterr().out
+    assert main([*args, "--proxy", "127.0.0.1:4999"]) == 0
+    assert (hosts / "127.0.0.1:5000" / "hosts.toml.d7y-backup").read_text() == written
+
+    docker = tmp_path / "daemon.json"
+    docker.write_text('{"debug": true, "registry-mirrors": ["https://m.example"]}')
+    assert main(["docker", "--docker-config", str(docker)]) == 0
+    merged = json.loads(docker.read_text())
+    assert merged == {
+        "debug": True,
+        "registry-mirrors": ["http://127.0.0.1:4001", "https://m.example"],
+    }
+    assert main(["podman", "--registries-conf", str(tmp_path / "r.conf"),
+                 "--registry", "a.example", "--registry", "b.example"]) == 1  # fmt: skip
+    assert "one --registry" in capsys.readouterr().err

@@ -14,7 +14,9 @@ import random
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
+import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -212,3 +214,74 @@ def test_skopeo_pulls_through_the_mirror_p2p(tmp_path):
         if scheduler is not None:
             scheduler.stop()
         registry.stop()
+
+
+@pytest.mark.skipif(
+    shutil.which("containerd") is None or shutil.which("ctr") is None,
+    reason="needs containerd (scripts/test.sh installs it)",
+)
+def test_ctr_pulls_through_hosts_toml_written_by_d7y_init(tmp_path):
+    """A private containerd (its own root, state and sockets) pulls with the hosts dir
+    `d7y init containerd` wrote: the layers go through the proxy P2P and verify."""
+    policy = tmp_path / "policy.json"
+    policy.write_text('{"default": [{"type": "insecureAcceptAnything"}]}')
+    tag = f"c{random.randrange(1 << 30)}"
+    layers = write_oci_layout(tmp_path / "image", tag, [5 << 20, 200_000], seed=4)
+    registry = Registry(tmp_path)
+    sockets = Path(tempfile.mkdtemp(prefix="d7y-ctr-", dir="/tmp"))  # short socket paths
+    containerd = None
+    try:
+        skopeo(
+            policy, "copy", "--dest-tls-verify=false", f"oci:{tmp_path / 'image'}:{tag}",
+            f"docker://127.0.0.1:{registry.port}/{REPO}:{tag}",
+        )  # fmt: skip
+        with PeerProcess(tmp_path, "peer") as peer:
+            hosts = tmp_path / "certs.d"
+            init = subprocess.run(
+                [sys.executable, "-m", "d7y.daemons.cli", "init", "containerd",
+                 "--hosts-dir", str(hosts), "--registry", f"http://127.0.0.1:{registry.port}",
+                 "--proxy", f"127.0.0.1:{peer.proxy_port}"],
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert init.returncode == 0, init.stderr
+            assert (hosts / f"127.0.0.1:{registry.port}" / "hosts.toml").exists()
+            address = sockets / "containerd.sock"
+            config = tmp_path / "containerd.toml"
+            config.write_text(
+                f'version = 2\nroot = "{tmp_path / "ctr-root"}"\n'
+                f'state = "{sockets / "state"}"\n'
+                'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+                f'[grpc]\n  address = "{address}"\n'
+                f'[ttrpc]\n  address = "{sockets / "ttrpc.sock"}"\n'
+                f'[debug]\n  address = "{sockets / "debug.sock"}"\n'
+            )
+            with open(tmp_path / "containerd.log", "wb") as log:
+                containerd = subprocess.Popen(
+                    ["containerd", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT
+                )
+            ctr = ["ctr", "--address", str(address), "--namespace", "d7y-test"]
+
+            def answers() -> bool:
+                assert containerd.poll() is None, (tmp_path / "containerd.log").read_text()
+                return subprocess.run([*ctr, "version"], capture_output=True).returncode == 0
+
+            wait_for(answers, "containerd to answer")
+            pull = subprocess.run(
+                [*ctr, "images", "pull", "--hosts-dir", str(hosts), "--snapshotter", "native",
+                 f"127.0.0.1:{registry.port}/{REPO}:{tag}"],
+                capture_output=True, text=True, timeout=180,
+            )  # fmt: skip
+            assert pull.returncode == 0, pull.stdout + pull.stderr
+            store = tmp_path / "ctr-root" / "io.containerd.content.v1.content" / "blobs" / "sha256"
+            for digest in layers:
+                data = (store / digest.split(":", 1)[1]).read_bytes()
+                assert "sha256:" + hashlib.sha256(data).hexdigest() == digest
+            metrics = peer.metrics()
+            assert metrics['d7y_proxy_requests_total{route="p2p"}'] >= len(layers) + 1
+            assert metrics["d7y_peer_download_origin_bytes_total"] >= 5 << 20
+    finally:
+        if containerd is not None:
+            containerd.terminate()
+            containerd.wait(20)
+        registry.stop()
+        shutil.rmtree(sockets, ignore_errors=True)
