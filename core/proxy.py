@@ -205,9 +205,9 @@ def upstream_url(
             f"request target {target[:200]!r} is neither a path nor an absolute http(s) URL"
         )
     if tunnel_authority is not None:
-        host = _one(headers, b"host") or tunnel_authority
-        if host.endswith(":443"):
-            host = host[: -len(":443")]
+        # The tunnel's host, not the Host header: the certificate the client accepted
+        # was made for it, so nothing inside the tunnel may send the request elsewhere.
+        host = tunnel_authority.removesuffix(":443")
         return f"https://{host}{target}"
     path, _, query = target.partition("?")
     registry = _one(headers, b"x-dragonfly-registry")

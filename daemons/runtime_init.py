@@ -34,7 +34,7 @@ CONTAINERD_CONFIG = Path("/etc/containerd/config.toml")
 CONTAINERD_HOSTS_DIR = Path("/etc/containerd/certs.d")
 PODMAN_DROP_IN = Path("/etc/containers/registries.conf.d/50-d7y.conf")
 DOCKER_CONFIG = Path("/etc/docker/daemon.json")
-DOCKER_HUB = "https://index.docker.io"
+DOCKER_HUB = "https://registry-1.docker.io"
 
 
 class InitError(ValueError):

@@ -130,7 +130,13 @@ class PeerProcess(DaemonProcess):
             "storage": {"data_dir": str(self.data_dir), "gc_interval": "1h"},
             "upload": {"listen": "127.0.0.1", "port": self.upload_port, "piece_port": free_port()},
             "metrics": {"listen": "127.0.0.1", "port": self.metrics_port},
-            "proxy": {"listen": "127.0.0.1", "port": free_port()},
+            # The default mirror (Docker Hub) is replaced by a closed loopback port: no
+            # test request can leave the machine by accident.
+            "proxy": {
+                "listen": "127.0.0.1",
+                "port": free_port(),
+                "registry_mirror": {"addr": "http://127.0.0.1:9"},
+            },
             "download": {"origin_backoff": "10ms", "origin_backoff_max": "50ms"},
             # Test origins listen on loopback, and seed peers fetch from them for others:
             # loopback must be allowed explicitly (source.allow refuses it by default).

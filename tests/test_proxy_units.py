@@ -40,7 +40,7 @@ def test_upstream_of_each_request_form():
     )
     assert url_for("/v2/") == "https://mirror.example/v2/"
     # Inside a hijacked tunnel: https to the tunnel's host.
-    assert url_for("/a", [(b"host", b"h.example")], tunnel="h.example") == "https://h.example/a"
+    assert url_for("/a", [(b"host", b"other.example")], tunnel="h.example") == "https://h.example/a"
     assert url_for("/a", [], tunnel="h.example:8443") == "https://h.example:8443/a"
     with pytest.raises(routing.ProxyRequestError, match="neither a path"):
         url_for("*")
