@@ -5,6 +5,7 @@ through a hijacked CONNECT with the proxy's CA), the P2P and direct routes, and 
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import socket
 import subprocess
@@ -247,6 +248,18 @@ def test_upstream_down_gives_502_with_error_type(peer, tmp_path):
     assert headers[":status"] == "502"
     assert headers["x-dragonfly-error-type"] == "upstream_connect"
     assert f"127.0.0.1:{closed}" in (tmp_path / "b").read_text()
+    # The registry-mirror form (as containerd sends it): the same 502, and the failed
+    # task left nothing behind that a later request could take for the blob.
+    answer = _raw_exchange(
+        peer,
+        f"GET /{BLOB}?ns=x HTTP/1.1\r\nHost: a\r\n"
+        f"X-Dragonfly-Registry: http://127.0.0.1:{closed}\r\n\r\n".encode(),
+    )
+    assert answer.startswith(b"HTTP/1.1 502 Bad Gateway"), answer[:300]
+    assert b"x-dragonfly-error-type: origin" in answer.lower()
+    task_id = re.search(rb"x-dragonfly-task-id: (\w+)", answer.lower()).group(1).decode()
+    status, body = peer.api("GET", f"/v1/tasks/{task_id}")
+    assert status == 404 or body["state"] == "failed", body
 
 
 def test_connect_to_a_refusing_port(peer, pki, tmp_path):
