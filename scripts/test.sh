@@ -5,16 +5,19 @@
 # (D7Y_NO_EXTENSIONS=1), since the kernel tests alone cannot show the daemons work there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# Real clients for the proxy / registry mirror tests (Debian packages; root only, and
-# only what is missing, so a second run does nothing).
-if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+# Debian packages the tests run for real: docker-registry (the oci source's tests,
+# tests/registry_server.py, and the registry mirror's), and the proxy's real clients
+# (curl, skopeo, aria2, containerd). Installed only when missing, and only as root.
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     missing=""
-    for pkg in curl:curl skopeo:skopeo docker-registry:docker-registry aria2c:aria2 \
+    for pkg in docker-registry:docker-registry curl:curl skopeo:skopeo aria2c:aria2 \
         containerd:containerd; do
-        command -v "${pkg%%:*}" >/dev/null || missing="$missing ${pkg##*:}"
+        command -v "${pkg%%:*}" >/dev/null 2>&1 || missing="$missing ${pkg##*:}"
     done
     if [ -n "$missing" ]; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing
+        apt-get update -q >/dev/null
+        # shellcheck disable=SC2086  # one word per package
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q $missing >/dev/null
     fi
 fi
 python3 -m venv .venv

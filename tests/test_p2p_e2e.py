@@ -425,9 +425,25 @@ def test_download_that_outlives_its_scheduler_is_announced_to_the_new_one(
     cluster = cluster_factory(peers=1, seed_extra={"download": {"concurrency": 1}})
     peer = cluster.peers[0]
     proc = peer.dfget_popen(url, cluster.work / "first.out", "--no-progress")
-    wait_for(lambda: "answer=NormalTaskResponse" in peer.log(), "the peer to get its parents")
+    tid = task_id(url)
+
+    def holds_a_piece(daemon: PeerProcess) -> bool:
+        status, info = daemon.api("GET", f"/v1/tasks/{tid}")
+        return status == 200 and info.get("completed_bytes", 0) >= PIECE
+
+    # Both downloads are under way (and know the length, which a restore needs).
+    wait_for(lambda: holds_a_piece(peer), "the peer to store a piece from the seed")
+    # From here the origin holds every answer, so the downloads cannot finish before the
+    # new scheduler has taken them (on a loaded machine its start may outlast them).
+    origin.set_faults("/outlive.bin", hold={"count": -1})
     cluster.scheduler.stop(signal.SIGKILL if how == "sigkill" else signal.SIGTERM)
     cluster.scheduler.start()  # knows nothing of the running download
+    for daemon in (peer, cluster.seed):
+        wait_for(
+            lambda d=daemon: "restored a running download with the scheduler" in d.log(),
+            f"{daemon.name} to restore its running download with the new scheduler",
+        )
+    origin.set_faults("/outlive.bin", hold=None)
     assert proc.wait(180) == 0, proc.stderr.read().decode() + peer.log()[-3000:]
     expected = hashlib.sha256(origin.content("outlive.bin")).hexdigest()
     assert sha256(cluster.work / "first.out") == expected
@@ -438,6 +454,12 @@ def test_download_that_outlives_its_scheduler_is_announced_to_the_new_one(
         assert "scheduler error" not in daemon.log(), daemon.log()[-3000:]
         assert "scheduler refused a report" not in daemon.log(), daemon.log()[-3000:]
     origin.set_faults("/outlive.bin", clear=True)  # no more delay
+    # The seed may still be fetching its last pieces (its held requests timed out and
+    # are retried): the late peer's check counts origin bytes from here on.
+    wait_for(
+        lambda: cluster.seed.api("GET", f"/v1/tasks/{tid}")[1].get("state") == "succeeded",
+        "the seed to finish the task",
+    )
     assert_a_late_peer_is_served_by_the_swarm(cluster, origin, url, "outlive.bin")
 
 
