@@ -142,6 +142,14 @@ def test_curl_https_through_hijacked_connect(peer, origins, pki, tmp_path):
     assert code == 0, err
     assert "x-dragonfly-task-id" not in headers
     assert (tmp_path / "plain").read_bytes() == generated_bytes(300_000, 6)
+    # ... unless the client asks for P2P.
+    p2p = ("-H", "X-Dragonfly-Use-P2P: true", "-H", "X-Dragonfly-Tag: t1")
+    code, headers, err = curl(peer, tls.url("plain.bin"), tmp_path / "p2p", *cacert, *p2p)
+    assert code == 0, err
+    assert headers["x-dragonfly-task-id"] == ids.task_id(
+        tls.url("plain.bin"), tag="t1", filtered_query_params=DEFAULT_FILTERED_QUERY_PARAMS
+    )
+    assert (tmp_path / "p2p").read_bytes() == generated_bytes(300_000, 6)
 
     # A client that does not trust the proxy's CA refuses the hijacked tunnel.
     code, _, err = curl(peer, url, tmp_path / "untrusted")
