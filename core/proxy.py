@@ -304,3 +304,10 @@ def split_authority(authority: str, default_port: int) -> tuple[str, int]:
     if not parts.hostname:
         raise ValueError(f"{authority!r} has no host")
     return parts.hostname, port or default_port
+
+
+def join_authority(host: str, port: int, default_port: int) -> str:
+    """``host[:port]`` for a URL (an IPv6 address in brackets; the default port left
+    out), the inverse of :func:`split_authority`."""
+    shown = f"[{host}]" if ":" in host else host
+    return shown if port == default_port else f"{shown}:{port}"

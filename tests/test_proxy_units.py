@@ -42,6 +42,11 @@ def test_upstream_of_each_request_form():
     # Inside a hijacked tunnel: https to the tunnel's host.
     assert url_for("/a", [(b"host", b"other.example")], tunnel="h.example") == "https://h.example/a"
     assert url_for("/a", [], tunnel="h.example:8443") == "https://h.example:8443/a"
+    for authority in ("h.example", "h.example:8443", "[::1]:8443", "10.0.0.1:443"):
+        host, port = routing.split_authority(authority, 443)
+        tunnel = routing.join_authority(host, port, 443)
+        assert tunnel == authority.removesuffix(":443")
+        assert url_for("/a", [], tunnel=tunnel) == f"https://{tunnel}/a"
     with pytest.raises(routing.ProxyRequestError, match="neither a path"):
         url_for("*")
     with pytest.raises(routing.ProxyRequestError, match="not an http"):

@@ -622,7 +622,7 @@ class ProxyServer:
             self.metrics.errors.labels("client_tls").inc()
             log.info("TLS handshake with a client of CONNECT %s failed: %s", authority, exc)
             return
-        await self._serve(tls, tunnel=f"{host}:{port}" if port != 443 else host)
+        await self._serve(tls, tunnel=routing.join_authority(host, port, 443))
 
     async def _tunnel(self, stream: _Stream, http: h11.Connection, host: str, port: int) -> None:
         """A plain CONNECT tunnel: bytes both ways until either side ends."""
