@@ -213,7 +213,7 @@ class ManagerApi:
         self.keepalive_timeout = keepalive_timeout
         self.on_request = on_request or (lambda _m, _p, _s: None)
         self.routes = self._routes()
-        self._by_handler = {(r.method, r.path): r for r in self.routes}
+        self._by_route: dict[Any, Route] = {}  # aiohttp's route object -> ours
 
     # -- wiring ------------------------------------------------------------------------
 
@@ -285,21 +285,19 @@ class ManagerApi:
     def build_app(self, *, max_body: int, extra_routes: list[web.RouteDef] = ()) -> web.Application:
         app = web.Application(middlewares=[self.middleware], client_max_size=max_body)
         for route in self.routes:
-            app.router.add_route(route.method, route.path, route.handler)
+            self._by_route[app.router.add_route(route.method, route.path, route.handler)] = route
         app.add_routes(list(extra_routes))
         return app
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        resource = request.match_info.route.resource
-        canonical = resource.canonical if resource is not None else request.path
-        route = self._by_handler.get((request.method, canonical))
+        route = self._by_route.get(request.match_info.route)
         if route is None:  # 404/405 from the router, or a static route (docs)
             try:
                 return await handler(request)
             except web.HTTPException as exc:
                 if exc.status in (404, 405):
-                    self.on_request(request.method, "unmatched", exc.status)
+                    self.on_request(request.method, "(none)", exc.status)
                     return ApiError(
                         exc.status,
                         "not_found" if exc.status == 404 else "method_not_allowed",
@@ -316,7 +314,7 @@ class ManagerApi:
             await self._audit_failure(request, exc.status)
             return exc.response()
         finally:
-            self.on_request(request.method, canonical, status)
+            self.on_request(request.method, route.path, status)
 
     async def _run(self, request: web.Request, handler: Handler, route: Route) -> web.Response:
         try:
@@ -333,8 +331,8 @@ class ManagerApi:
                 return response
         except ApiError:
             raise
-        except web.HTTPException:
-            raise
+        except web.HTTPException as exc:  # a body over server.max_body: 413
+            raise ApiError(exc.status, "http", f"{exc.reason}: {exc.text}") from None
         except sa_exc.IntegrityError as exc:
             log.info("conflict on %s %s: %s", request.method, request.path, exc.orig)
             raise ApiError(
@@ -344,6 +342,7 @@ class ManagerApi:
                 "address that exists, or an object still referenced); nothing was changed",
             ) from None
         except (sa_exc.DBAPIError, sa_exc.TimeoutError, OSError, TimeoutError) as exc:
+            # (IntegrityError, above, is a DBAPIError too: the order matters.)
             log.warning(
                 "database unavailable on %s %s: %s",
                 request.method,
@@ -356,6 +355,12 @@ class ManagerApi:
                 503,
                 "database_unavailable",
                 "the database cannot be reached; nothing was changed; retry later",
+            ) from None
+        except Exception:
+            # A bug: the request fails alone, the manager keeps serving.
+            log.exception("internal error on %s %s", request.method, request.path)
+            raise ApiError(
+                500, "internal", "internal error (logged by the manager); nothing was changed"
             ) from None
 
     async def _authenticate(self, request: web.Request, session: AsyncSession) -> auth.Principal:

@@ -63,6 +63,10 @@ class ManagerService:
 
     async def start(self) -> None:
         config = self.config
+        # Their INFO/DEBUG lines are per statement or per plugin: noise at our debug level.
+        for noisy in ("aiosqlite", "alembic.runtime.plugins", "asyncio"):
+            logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
+        logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
         try:
             config.data_dir.mkdir(parents=True, exist_ok=True)
             key = auth.load_or_create_key(config.data_dir / "session.key")
@@ -93,18 +97,7 @@ class ManagerService:
             keepalive_timeout=float(config.keepalive.timeout),
             on_request=self._count,
         )
-        document = build_document(self.api.routes, _version())
-
-        async def openapi(_request: web.Request) -> web.Response:
-            return json_response(document)
-
-        async def docs(_request: web.Request) -> web.Response:
-            return web.Response(text=DOCS_PAGE, content_type="text/html")
-
-        app = self.api.build_app(
-            max_body=config.server.max_body,
-            extra_routes=[web.get(f"{API}/openapi.json", openapi), web.get("/api/docs", docs)],
-        )
+        app = build_application(self.api, max_body=config.server.max_body)
         self._runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE
         )
@@ -172,6 +165,22 @@ class ManagerService:
                     select(func.count()).select_from(model).where(model.last_keepalive_at > since)
                 )
                 self.metrics.active.labels(kind).set(alive or 0)
+
+
+def build_application(api: ManagerApi, *, max_body: int) -> web.Application:
+    """The REST API with its OpenAPI document and the docs page."""
+    document = build_document(api.routes, _version())
+
+    async def openapi(_request: web.Request) -> web.Response:
+        return json_response(document)
+
+    async def docs(_request: web.Request) -> web.Response:
+        return web.Response(text=DOCS_PAGE, content_type="text/html")
+
+    return api.build_app(
+        max_body=max_body,
+        extra_routes=[web.get(f"{API}/openapi.json", openapi), web.get("/api/docs", docs)],
+    )
 
 
 def _redacted(url: str) -> str:
