@@ -5,6 +5,22 @@
 # (D7Y_NO_EXTENSIONS=1), since the kernel tests alone cannot show the daemons work there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Debian packages the tests run for real: PostgreSQL (the manager's tests run on SQLite
+# and on a PostgreSQL server they start themselves). Installed only when missing.
+need=()
+if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1
+then
+    need+=(postgresql)
+fi
+if [ "${#need[@]}" -gt 0 ]; then
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+    else
+        echo "scripts/test.sh: ${need[*]} missing (apt-get install ${need[*]} as root);" \
+            "the tests that need it are skipped" >&2
+    fi
+fi
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[test]'

@@ -234,8 +234,9 @@ def test_the_last_root_stays(root):
 
 
 def test_personal_access_tokens_scopes_expiry_revocation(manager, root):
-    made = root.ok("POST", "/api/v1/personal-access-tokens",
-                   {"name": unique("t"), "scopes": ["cluster"], "expires_in": 3600}, 201)  # fmt: skip
+    tokens = "/api/v1/personal-access-tokens"
+    made = root.ok("POST", tokens, {"name": unique("t"), "scopes": ["cluster"],
+                                    "expires_in": 3600}, 201)  # fmt: skip
     token = made.pop("token")
     assert token.startswith("d7y_pat_") and made["state"] == "active"
     # Shown once: never again.
@@ -246,8 +247,8 @@ def test_personal_access_tokens_scopes_expiry_revocation(manager, root):
     # The scope does not cover users or tokens.
     status, body, _ = with_token.call("GET", "/api/v1/users")
     assert status == 403 and "do not cover users" in body["message"]
-    job_only = root.ok("POST", "/api/v1/personal-access-tokens",
-                       {"name": unique("j"), "scopes": ["job"], "expires_in": 3600}, 201)  # fmt: skip
+    job_only = root.ok("POST", tokens, {"name": unique("j"), "scopes": ["job"],
+                                        "expires_in": 3600}, 201)  # fmt: skip
     status, body, _ = manager.client(job_only["token"]).call("GET", "/api/v1/clusters")
     assert status == 403 and "scope 'cluster'" in body["message"]
     # Unknown: 401.
