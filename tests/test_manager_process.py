@@ -162,3 +162,40 @@ def test_postgresql_going_away_under_writes(tmp_path, postgres):
 def _no_leftover_env(monkeypatch):
     monkeypatch.delenv("D7Y_INITIAL_ROOT_PASSWORD", raising=False)
     monkeypatch.delenv("D7Y_PAT", raising=False)
+
+
+def test_a_scheduler_registers_keeps_alive_and_applies_its_cluster_config(tmp_path):
+    """The real scheduler daemon with manager.address: it serves while the manager is
+    not up yet, registers once it is, applies a changed cluster config without a
+    restart, and turns inactive in the manager when it stops."""
+    from tests.peer_harness import SchedulerProcess
+
+    manager = ManagerProcess(tmp_path, pat=PAT, keepalive={"timeout": "2s"})
+    scheduler = SchedulerProcess(tmp_path, manager={
+        "address": f"127.0.0.1:{manager.port}", "token": PAT, "hostname": "sched-e2e",
+        "keepalive_interval": "200ms", "config_interval": "500ms",
+    })  # fmt: skip
+    with scheduler:
+        scheduler.wait_log("manager http://127.0.0.1")  # unreachable: it serves on
+        with manager:
+            client = manager.client(PAT)
+            found = wait_for(
+                lambda: [
+                    s for s in client.get("/api/v1/schedulers") if s["hostname"] == "sched-e2e"
+                ],
+                "the scheduler to register",
+            )
+            assert found[0]["state"] == "active" and found[0]["port"] == scheduler.port
+            scheduler.wait_log(
+                "applied cluster config candidate_parent_limit=4 filter_parent_limit=40"
+            )
+            client.ok("PATCH", "/api/v1/clusters/1", {"scheduler_cluster_config": {
+                "candidate_parent_limit": 6, "filter_parent_limit": 60}})  # fmt: skip
+            scheduler.wait_log(
+                "applied cluster config candidate_parent_limit=6 filter_parent_limit=60"
+            )
+            search = client.get("/api/v1/schedulers/search?hostname=peer&ip=127.0.0.1")
+            assert [s["hostname"] for s in search] == ["sched-e2e"]
+            scheduler.stop()
+            manager.wait_log(f"scheduler inactive id={found[0]['id']} hostname=sched-e2e")
+            assert client.get("/api/v1/schedulers/search?hostname=peer&ip=127.0.0.1") == []
