@@ -199,3 +199,51 @@ def test_a_scheduler_registers_keeps_alive_and_applies_its_cluster_config(tmp_pa
             scheduler.stop()
             manager.wait_log(f"scheduler inactive id={found[0]['id']} hostname=sched-e2e")
             assert client.get("/api/v1/schedulers/search?hostname=peer&ip=127.0.0.1") == []
+
+
+def test_a_dfdaemon_finds_its_scheduler_through_the_manager_and_switches(tmp_path, origin):
+    """dfdaemon with manager.address only: it connects to the first healthy scheduler
+    the manager lists, downloads P2P through it, and moves to the other when it dies."""
+    from tests.peer_harness import PeerProcess, SchedulerProcess, peer_config
+
+    def scheduler(name: str) -> SchedulerProcess:
+        return SchedulerProcess(tmp_path, name, manager={
+            "address": f"127.0.0.1:{manager.port}", "token": PAT, "hostname": name,
+            "keepalive_interval": "200ms",
+        })  # fmt: skip
+
+    with ManagerProcess(tmp_path, pat=PAT) as manager:
+        client = manager.client(PAT)
+        first = scheduler("sched-first").start()
+        try:
+            wait_for(
+                lambda: any(
+                    s["hostname"] == "sched-first" for s in client.get("/api/v1/schedulers")
+                ),
+                "sched-first to register",
+            )
+            second = scheduler("sched-second").start()
+            try:
+                wait_for(
+                    lambda: (
+                        len(client.get("/api/v1/schedulers/search?hostname=p&ip=127.0.0.1")) == 2
+                    ),
+                    "both schedulers to be listed",
+                )
+                config = peer_config(None, "peer-m")
+                config["manager"] = {"address": f"127.0.0.1:{manager.port}", "token": PAT,
+                                     "refresh_interval": "1s"}  # fmt: skip
+                with PeerProcess(tmp_path, "peer-m", **config) as peer:
+                    peer.wait_log(f"connected to scheduler address=127.0.0.1:{first.port}")
+                    url = origin.add_file("m.bin", size=5 << 20, seed=91)
+                    result = peer.dfget(url, tmp_path / "m.out")
+                    assert result.returncode == 0, result.stderr
+                    assert (tmp_path / "m.out").read_bytes() == origin.content("m.bin")
+                    first.stop()
+                    peer.wait_log(f"connected to scheduler address=127.0.0.1:{second.port}")
+                    assert f"using scheduler 127.0.0.1:{second.port}" in peer.log()
+            finally:
+                second.stop()
+        finally:
+            if first.running:
+                first.stop()

@@ -148,6 +148,21 @@ class SchedulerClientConfig:
 
 
 @dataclasses.dataclass
+class ManagerLinkConfig:
+    address: str = field(
+        "",
+        "the manager's REST address (host:8080); when set and scheduler.address is empty, "
+        "the scheduler is the first healthy one the manager lists for this host",
+    )
+    token: str = field(
+        "", "personal access token with scope 'cluster' (better as D7Y_DFDAEMON_MANAGER__TOKEN)"
+    )
+    refresh_interval: Duration = field(
+        Duration(60), "how often to ask the manager for this host's schedulers"
+    )
+
+
+@dataclasses.dataclass
 class SourceConfig:
     allow: list[str] = field(
         [],
@@ -189,6 +204,7 @@ class PeerConfig:
     api: APIConfig = section(APIConfig, "local API for dfget")
     metrics: MetricsConfig = section(MetricsConfig, "Prometheus metrics and health")
     scheduler: SchedulerClientConfig = section(SchedulerClientConfig, "the scheduler")
+    manager: ManagerLinkConfig = section(ManagerLinkConfig, "finding schedulers via the manager")
     source: SourceConfig = section(
         SourceConfig, "outbound fetch policy for downloads a remote party caused (SSRF guard)"
     )
