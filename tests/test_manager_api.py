@@ -385,3 +385,83 @@ def test_every_write_is_audited_with_its_actor(manager, root):
         ("POST", "user", "success"),
     ]
     assert newest[1]["actor_name"].startswith("root/token-")
+
+
+# -- the OpenAPI document against real answers ---------------------------------------------
+
+
+def test_every_answer_matches_its_documented_schema(manager, root):
+    """Real answers, checked against the served document's response schemas (which
+    forbid extra fields): the document says what the handlers send."""
+    from jsonschema import Draft202012Validator
+
+    from d7y.daemons.manager.openapi import openapi_path
+
+    document = manager.client().get("/api/v1/openapi.json")
+    checked: set[tuple[str, str]] = set()
+
+    def call(method: str, path: str, body=None, status: int = 200, template: str = ""):
+        got, answer, _ = root.call(method, path, body)
+        assert got == status, answer
+        key = openapi_path(template or path.split("?")[0])
+        schema = document["paths"][key][method.lower()]["responses"][str(status)]
+        schema = schema["content"]["application/json"]["schema"]
+        Draft202012Validator({**schema, "components": document["components"]}).validate(answer)
+        checked.add((method, key))
+        return answer
+
+    ident = "/api/v1/{id}"
+    signed = manager.client().call(
+        "POST", "/api/v1/users/signin", {"name": "root", "password": ROOT_PASSWORD}
+    )[1]
+    schema = document["paths"]["/api/v1/users/signin"]["post"]["responses"]["200"]
+    schema = {
+        **schema["content"]["application/json"]["schema"],
+        "components": document["components"],
+    }
+    Draft202012Validator(schema).validate(signed)
+    with pytest.raises(Exception, match="Additional properties"):  # the check can fail
+        Draft202012Validator(schema).validate({**signed, "extra": 1})
+    call("GET", "/api/v1/users/me")
+    user = call("POST", "/api/v1/users", {"name": unique("u"), "password": "password-1"}, 201)
+    call("GET", f"/api/v1/users/{user['id']}", template=ident.replace("v1", "v1/users"))
+    call("PATCH", f"/api/v1/users/{user['id']}", {"email": "u@example.org"},
+         template=ident.replace("v1", "v1/users"))  # fmt: skip
+    call("GET", "/api/v1/users")
+    call("GET", "/api/v1/roles")
+    token = call("POST", "/api/v1/personal-access-tokens",
+                 {"name": unique("t"), "scopes": ["job"], "expires_in": 600}, 201)  # fmt: skip
+    tokens = ident.replace("v1", "v1/personal-access-tokens")
+    call("GET", f"/api/v1/personal-access-tokens/{token['id']}", template=tokens)
+    call("PATCH", f"/api/v1/personal-access-tokens/{token['id']}", {"bio": "b"}, template=tokens)
+    call("GET", "/api/v1/personal-access-tokens")
+    cluster = call("POST", "/api/v1/clusters", {"name": unique("s")}, 201)
+    clusters = ident.replace("v1", "v1/clusters")
+    call("GET", f"/api/v1/clusters/{cluster['id']}", template=clusters)
+    call("PATCH", f"/api/v1/clusters/{cluster['id']}", {"bio": "x"}, template=clusters)
+    call("GET", "/api/v1/clusters")
+    sched = call("POST", "/api/v1/schedulers", {"hostname": unique("h"), "ip": "127.0.0.31",
+                 "port": 8002, "cluster_id": cluster["id"]}, 201)  # fmt: skip
+    scheds = ident.replace("v1", "v1/schedulers")
+    call("GET", f"/api/v1/schedulers/{sched['id']}", template=scheds)
+    call("POST", f"/api/v1/schedulers/{sched['id']}/keepalive", template=scheds + "/keepalive")
+    call("GET", "/api/v1/schedulers")
+    call("GET", "/api/v1/schedulers/search?hostname=h&ip=127.0.0.1")
+    seed_body = {"hostname": unique("sp"), "ip": "127.0.0.32", "port": 65000,
+                 "download_port": 65002, "cluster_id": cluster["id"]}  # fmt: skip
+    seed = call("POST", "/api/v1/seed-peers", seed_body, 201)
+    seeds = ident.replace("v1", "v1/seed-peers")
+    call("GET", f"/api/v1/seed-peers/{seed['id']}", template=seeds)
+    call("POST", f"/api/v1/seed-peers/{seed['id']}/keepalive", template=seeds + "/keepalive")
+    call("GET", "/api/v1/seed-peers")
+    call("GET", f"/api/v1/clusters/{cluster['id']}/config", template=clusters + "/config")
+    call("GET", "/api/v1/audits")
+    # Every operation that answers JSON was checked.
+    with_json = {
+        (method.upper(), path)
+        for path, ops in document["paths"].items()
+        for method, op in ops.items()
+        for code, response in op["responses"].items()
+        if code.startswith("2") and "content" in response and path != "/api/v1/openapi.json"
+    }
+    assert with_json - checked == {("POST", "/api/v1/users/signin")}

@@ -15,6 +15,7 @@ back, and the failure is then audited on its own. Errors are JSON ``{"error", "m
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import time
@@ -29,6 +30,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from d7y.daemons.manager import auth, searcher
+from d7y.daemons.manager import responses as out
 from d7y.daemons.manager import schemas as s
 from d7y.daemons.manager.models import (
     ACTIVE,
@@ -85,6 +87,8 @@ class Route:
     body: type | None = None
     query: type | None = None
     response: str = "object"  # "object" | "array" | "none" (documentation only)
+    #: The answer's type (responses.py; an array's item type), for the document.
+    returns: type | None = None
 
     @property
     def group(self) -> str:
@@ -218,6 +222,26 @@ class ManagerApi:
     # -- wiring ------------------------------------------------------------------------
 
     def _routes(self) -> list[Route]:
+        returns = {
+            "signin": out.SignInOut, "me": out.UserOut, "list_users": out.UserOut,
+            "create_user": out.UserOut, "get_user": out.UserOut, "update_user": out.UserOut,
+            "list_roles": out.RoleOut, "list_tokens": out.TokenOut,
+            "create_token": out.TokenCreatedOut, "get_token": out.TokenOut,
+            "update_token": out.TokenOut, "list_clusters": out.ClusterOut,
+            "create_cluster": out.ClusterOut, "get_cluster": out.ClusterOut,
+            "update_cluster": out.ClusterOut, "cluster_config": out.ClusterConfigOut,
+            "search_schedulers": out.SchedulerMatchOut, "list_schedulers": out.SchedulerOut,
+            "register_scheduler": out.SchedulerOut, "get_scheduler": out.SchedulerOut,
+            "keepalive_scheduler": out.SchedulerOut, "list_seed_peers": out.SeedPeerOut,
+            "register_seed_peer": out.SeedPeerOut, "get_seed_peer": out.SeedPeerOut,
+            "keepalive_seed_peer": out.SeedPeerOut, "list_audits": out.AuditOut,
+        }  # fmt: skip
+        return [
+            dataclasses.replace(r, returns=returns.get(r.handler.__name__))
+            for r in self._route_table()
+        ]
+
+    def _route_table(self) -> list[Route]:
         R = Route
         i = "{id:\\d+}"
         return [
@@ -258,7 +282,7 @@ class ManagerApi:
               "what a scheduler of the cluster applies: limits, block list, active seed peers"),
             R("GET", f"{API}/schedulers/search", self.search_schedulers,
               "the active schedulers for a dfdaemon, best-matching cluster first",
-              query=s.SchedulerSearch),
+              query=s.SchedulerSearch, response="array"),
             R("GET", f"{API}/schedulers", self.list_schedulers, "list schedulers",
               response="array"),
             R("POST", f"{API}/schedulers", self.register_scheduler,

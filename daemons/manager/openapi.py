@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from d7y.daemons.manager import schemas
+from d7y.daemons.manager import responses, schemas
 from d7y.daemons.manager.api import API, Route
 
 _PARAM = re.compile(r"\{(\w+)(?::[^}]*)?\}")
@@ -41,10 +41,15 @@ def openapi_path(path: str) -> str:
 
 
 def build_document(routes: list[Route], version: str) -> dict[str, Any]:
-    types = [*schemas.REQUEST_TYPES]
+    types = [*schemas.REQUEST_TYPES, *responses.RESPONSE_TYPES]
     _, components = msgspec.json.schema_components(
         types, ref_template="#/components/schemas/{name}"
     )
+    for schema in components.values():
+        # Every struct forbids unknown fields (schemas.Struct): say so, for requests (they
+        # are refused) and answers (the tests check none is sent).
+        if schema.get("type") == "object" and "properties" in schema:
+            schema["additionalProperties"] = False
     components["Error"] = _ERROR
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
@@ -122,9 +127,10 @@ def _responses(route: Route) -> dict[str, Any]:
         ok_code = "200" if route.path.endswith("/healthy") else "204"
         responses: dict[str, Any] = {ok_code: {"description": "done"}}
     else:
-        kind: dict[str, Any] = {"type": "object"}
-        if route.response == "array":
-            kind = {"type": "array", "items": {"type": "object"}}
+        item: dict[str, Any] = {"type": "object"}
+        if route.returns is not None:
+            item = {"$ref": f"#/components/schemas/{route.returns.__name__}"}
+        kind = {"type": "array", "items": item} if route.response == "array" else item
         ok_code = "201" if route.method == "POST" and route.body in _CREATES else "200"
         responses = {
             ok_code: {"description": "done", "content": {"application/json": {"schema": kind}}}
