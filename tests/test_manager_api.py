@@ -92,11 +92,23 @@ def test_signin_with_a_wrong_password_is_401_and_audited(manager, root):
     )
 
 
-def test_health_and_unknown_routes(manager):
+def test_health_unknown_routes_big_bodies_and_metrics(manager, root):
     client = manager.client()
     assert client.call("GET", "/healthy")[:2] == (200, "ok")
     status, body, _ = client.call("GET", "/api/v1/nothing-here")
     assert status == 404 and "no route GET /api/v1/nothing-here" in body["message"]
+    status, body, _ = root.call(
+        "POST", "/api/v1/clusters", raw=b" " * ((1 << 20) + 100)
+    )  # all sent before the refusal
+    assert status == 413 and body["error"] == "http"  # over server.max_body (1 MiB)
+    assert root.get("/api/v1/clusters")  # and serving on
+    counted = manager.metrics()
+    key = 'd7y_manager_requests_total{method="GET",route="/api/v1/clusters",status="200"}'
+    assert counted[key] >= 1
+    assert (
+        counted['d7y_manager_requests_total{method="POST",route="/api/v1/clusters",status="413"}']
+        == 1
+    )
 
 
 # -- clusters --------------------------------------------------------------------------

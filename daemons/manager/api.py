@@ -15,6 +15,7 @@ back, and the failure is then audited on its own. Errors are JSON ``{"error", "m
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import re
@@ -48,6 +49,8 @@ log = logging.getLogger("d7y.manager")
 API = "/api/v1"
 WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 MAX_PER_PAGE = 1000
+#: Checked against when the user name is unknown (see signin).
+_DUMMY_HASH = auth.hash_password("not a password of anyone")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -492,7 +495,11 @@ class ManagerApi:
         request["actor"] = body.name
         session = db(request)
         user = await session.scalar(select(User).where(User.name == body.name))
-        if user is None or not auth.verify_password(body.password, user.password_hash):
+        # scrypt takes tens of milliseconds: in a thread, so other requests go on. An
+        # unknown name costs a hash too, so the answer's time does not tell names apart.
+        stored = user.password_hash if user is not None else _DUMMY_HASH
+        matches = await asyncio.to_thread(auth.verify_password, body.password, stored)
+        if user is None or not matches:
             raise ApiError(401, "unauthenticated", "wrong user name or password")
         if user.state != "enable":
             raise ApiError(403, "forbidden", f"user {user.name!r} is disabled")
@@ -518,12 +525,13 @@ class ManagerApi:
                 409, "conflict", f"user {body.name!r} exists; choose another name", "name"
             )
         now = time.time()
+        hashed = await asyncio.to_thread(auth.hash_password, body.password)
         user = User(
             name=body.name,
             email=body.email,
             role=body.role,
             state="enable",
-            password_hash=auth.hash_password(body.password),
+            password_hash=hashed,
             created_at=now,
             updated_at=now,
         )
@@ -581,11 +589,11 @@ class ManagerApi:
         session = db(request)
         user = await get_or_404(session, User, path_id(request), "user")
         who = principal(request)
-        if who.user_id == user.id and not auth.verify_password(
-            body.old_password, user.password_hash
+        if who.user_id == user.id and not await asyncio.to_thread(
+            auth.verify_password, body.old_password, user.password_hash
         ):
             raise ApiError(403, "forbidden", "old_password is wrong", "old_password")
-        user.password_hash = auth.hash_password(body.new_password)
+        user.password_hash = await asyncio.to_thread(auth.hash_password, body.new_password)
         user.updated_at = time.time()
         return web.Response(status=204)
 
