@@ -477,3 +477,24 @@ def test_every_answer_matches_its_documented_schema(manager, root):
         if code.startswith("2") and "content" in response and path != "/api/v1/openapi.json"
     }
     assert with_json - checked == {("POST", "/api/v1/users/signin")}
+
+
+# -- concurrency -------------------------------------------------------------------------
+
+
+def test_concurrent_writes_all_land_and_a_name_race_has_one_winner(manager, root):
+    """Writers at once: distinct names all get 201; the same name, exactly one 201 and
+    409 for the rest (the unique constraint backs the check a racing request passed)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def create(name: str) -> int:
+        return root.call("POST", "/api/v1/clusters", {"name": name})[0]
+
+    prefix = unique("many")
+    with ThreadPoolExecutor(8) as pool:
+        distinct = list(pool.map(create, [f"{prefix}-{i}" for i in range(16)]))
+        same_name = unique("race")
+        raced = list(pool.map(create, [same_name] * 8))
+    assert distinct == [201] * 16
+    assert sorted(raced) == [201] + [409] * 7, raced
+    assert len(root.get(f"/api/v1/clusters?name={same_name}")) == 1
