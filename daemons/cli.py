@@ -3,7 +3,10 @@
 d7y pieces [FILE]        hash a file into pieces and send them over loopback
 d7y dfdaemon [...]       run the peer daemon (same as ``dfdaemon``)
 d7y dfget URL -O FILE    download through the daemon (same as ``dfget``)
+d7y scheduler [...]      run the scheduler
+d7y cluster demo | up    a whole cluster on loopback
 d7y manager [...]        run the manager (REST API, clusters, users, tokens)
+d7y origin --dir DIR     the demo origin server (HTTP with Range) for demos and benches
 d7y config-docs          print every config key with its default
 """
 
@@ -110,7 +113,30 @@ _NOTES = {
         "machine itself (dfget over the local socket) is the user's own and is never",
         "restricted. A seed peer whose origins are internal lists them in `source.allow`;",
         "`d7y cluster demo` and the test harnesses allow `127.0.0.0/8` and `::1/128`,",
-        "because their origin is on loopback.",
+        "because their origin is on loopback. The policy applies to every scheme: an S3",
+        "endpoint, an OCI registry and the token service it names are checked the same way.",
+        "",
+        "### Sources (`source.s3`, `source.oci`)",
+        "",
+        "The URL's scheme picks the source: `http`/`https`, `s3://bucket/key`, or",
+        "`oci://registry[:port]/repo:tag` / `oci://registry[:port]/repo@sha256:<hex>`.",
+        "",
+        "S3: each `source.s3` key that is set wins; otherwise credentials come from",
+        "`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`, then from the",
+        "profile (`AWS_PROFILE`, else `default`) in `~/.aws/credentials`",
+        "(`AWS_SHARED_CREDENTIALS_FILE`) and `~/.aws/config` (`AWS_CONFIG_FILE`); the region",
+        "from `AWS_REGION`, `AWS_DEFAULT_REGION`, the profile's `region`, else `us-east-1`;",
+        "the endpoint from `AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL`, the profile's",
+        "`endpoint_url`, else `https://s3.<region>.amazonaws.com`. They are read when a",
+        "download probes its object. The key is the literal text after the bucket.",
+        "",
+        "OCI: a tag (`:latest` when none is given) must name a manifest with exactly one",
+        "layer, which is the task; `@<digest>` names a blob (or a manifest with one layer).",
+        "A 401 with a `Bearer` challenge is answered with a token from the named service",
+        "(asked with `source.oci.username` / `password`, or the registry's `auth` entry in",
+        "`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`, when set; anonymously",
+        "otherwise); `Basic` with those credentials. The whole blob is checked against its",
+        "digest.",
     ],
 }
 

@@ -1,5 +1,5 @@
 """``d7y origin``: the demo origin SERVER, serving a directory over HTTP for demos and
-benchmarks (the client that fetches from origins is :mod:`d7y.daemons.peer.origin`).
+benchmarks (the client that fetches from origins is :mod:`d7y.daemons.sources.http`).
 
 It answers GET/HEAD with single byte ranges (RFC 9110) and counts the body bytes it
 sends, so a demo can show how much of a file the origin really served when a swarm

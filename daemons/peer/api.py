@@ -168,6 +168,11 @@ class LocalAPI:
             task = self.manager.start(download, streaming=content)
         except (ValueError, json.JSONDecodeError) as exc:
             return _bad_request(str(exc))
+        except RecursionError:
+            return _bad_request(
+                "the request body is nested too deeply to be a download request: send one "
+                'JSON object such as {"url": "...", "output": "..."}'
+            )
         except DownloadError as exc:
             return web.json_response(
                 {"error": {"kind": exc.kind.value, "message": str(exc)}}, status=400

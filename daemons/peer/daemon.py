@@ -25,12 +25,12 @@ from d7y.daemons.peer.config import PeerConfig
 from d7y.daemons.peer.http_upload import HTTPUploadServer
 from d7y.daemons.peer.limits import TokenBucket
 from d7y.daemons.peer.metrics import PeerMetrics
-from d7y.daemons.peer.origin import OriginClient, RetryPolicy
 from d7y.daemons.peer.p2p import P2PDownloader
 from d7y.daemons.peer.piece_server import PieceServer
 from d7y.daemons.peer.scheduler_client import SchedulerClient
 from d7y.daemons.peer.storage import Storage
 from d7y.daemons.peer.task_manager import DownloadError, DownloadRequest, TaskManager
+from d7y.daemons.sources import RetryPolicy, Sources, SourceSettings
 
 log = logging.getLogger("d7y.dfdaemon")
 
@@ -42,7 +42,7 @@ class PeerDaemon:
         self.config = config
         self.metrics = PeerMetrics()
         self.storage: Storage | None = None
-        self.origin: OriginClient | None = None
+        self.sources: Sources | None = None
         self.manager: TaskManager | None = None
         self.api: LocalAPI | None = None
         self.http_upload: HTTPUploadServer | None = None
@@ -63,14 +63,16 @@ class PeerDaemon:
             base_delay=float(cfg.download.origin_backoff),
             max_delay=float(cfg.download.origin_backoff_max),
         )
-        # Two clients, two connection pools: the local user's downloads go anywhere,
-        # those a remote party caused (seed triggers) obey source.allow/deny.
-        self.origin = OriginClient(retry=retry, request_timeout=float(cfg.download.piece_timeout))
-        remote_origin = OriginClient(
+        settings = SourceSettings(
             retry=retry,
             request_timeout=float(cfg.download.piece_timeout),
-            policy=cfg.source_policy(),
+            s3=cfg.source.s3,
+            oci=cfg.source.oci,
         )
+        # Two sets of sources, two sets of connection pools: the local user's downloads
+        # go anywhere, those a remote party caused (seed triggers) obey source.allow/deny.
+        self.sources = Sources(settings)
+        remote_sources = Sources(settings, policy=cfg.source_policy())
         piece_floor = 4 * 1024 * 1024
         download_limit = TokenBucket(
             cfg.download.rate_limit, max(cfg.download.rate_limit, piece_floor)
@@ -78,13 +80,13 @@ class PeerDaemon:
         upload_limit = TokenBucket(cfg.upload.rate_limit, max(cfg.upload.rate_limit, piece_floor))
         self.manager = TaskManager(
             self.storage,
-            self.origin,
+            self.sources,
             concurrency=cfg.download.concurrency,
             max_concurrent_tasks=cfg.download.max_concurrent_tasks,
             download_limiter=download_limit,
             metrics=self.metrics,
             make_room=self.collect_garbage,
-            remote_origin=remote_origin,
+            remote_sources=remote_sources,
         )
         self.http_upload = HTTPUploadServer(
             self.storage,
@@ -254,8 +256,8 @@ class PeerDaemon:
         if self.api is not None:
             # After the downloads: a handler waiting for one has its answer by now.
             await self.api.stop()
-        if self.origin is not None:
-            await self.origin.close()
+        if self.sources is not None:
+            await self.sources.close()
         if self.storage is not None:
             self.storage.close()
         if self.api is not None:  # ours: a failed start must not take another daemon's
