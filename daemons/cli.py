@@ -5,6 +5,7 @@ d7y dfdaemon [...]       run the peer daemon (same as ``dfdaemon``)
 d7y dfget URL -O FILE    download through the daemon (same as ``dfget``)
 d7y scheduler [...]      run the scheduler
 d7y cluster demo | up    a whole cluster on loopback
+d7y manager [...]        run the manager (REST API, clusters, users, tokens)
 d7y origin --dir DIR     the demo origin server (HTTP with Range) for demos and benches
 d7y config-docs          print every config key with its default
 d7y proxy ca init DIR    write the CA the proxy signs hijacked CONNECT hosts with
@@ -51,9 +52,11 @@ def dfdaemon_main(argv: list[str] | None = None) -> int:
 
 
 def config_docs() -> str:
-    """docs/configuration.md: every key of dfdaemon and the scheduler, with its default
+    """docs/configuration.md: every key of dfdaemon, the scheduler and the manager, with
+    its default
     (generated from the config dataclasses; a test keeps the file in sync)."""
     from d7y.daemons.config import describe
+    from d7y.daemons.manager.config import ManagerConfig
     from d7y.daemons.peer.config import PeerConfig
     from d7y.daemons.scheduler.config import SchedulerDaemonConfig
 
@@ -68,6 +71,7 @@ def config_docs() -> str:
         ("dfdaemon", "dfdaemon --config FILE (default /etc/d7y/dfdaemon.yaml when it "
          "exists)", "D7Y_DFDAEMON", PeerConfig),
         ("scheduler", "d7y scheduler --config FILE", "D7Y_SCHEDULER", SchedulerDaemonConfig),
+        ("manager", "d7y manager --config FILE", "D7Y_MANAGER", ManagerConfig),
     ]  # fmt: skip
     for name, how, prefix, cls in services:
         lines += [
@@ -162,6 +166,33 @@ def scheduler_main(argv: list[str] | None = None) -> int:
     )
 
 
+def manager_main(argv: list[str] | None = None) -> int:
+    """Entry point of ``d7y manager``."""
+    from d7y.daemons import service
+    from d7y.daemons.manager.config import load_manager_config
+    from d7y.daemons.manager.service import ManagerError, ManagerService
+
+    parser = argparse.ArgumentParser(prog="d7y manager", description="d7y manager")
+    parser.add_argument("--config", default=None, help="YAML config file")
+    parser.add_argument("--data-dir", default=None, help="override data_dir")
+    parser.add_argument("--port", type=int, default=None, help="override server.port")
+    parser.add_argument("--metrics-port", type=int, default=None, help="override metrics.port")
+    args = parser.parse_args(argv)
+    overrides: dict = {}
+    if args.data_dir:
+        overrides["data_dir"] = args.data_dir
+    if args.port is not None:
+        overrides.setdefault("server", {})["port"] = args.port
+    if args.metrics_port is not None:
+        overrides.setdefault("metrics", {})["port"] = args.metrics_port
+    return service.main(
+        "d7y manager",
+        lambda: load_manager_config(args.config, overrides=overrides),
+        ManagerService,
+        startup_errors=(ManagerError,),
+    )
+
+
 def dfget_main(argv: list[str] | None = None) -> int:
     from d7y.daemons.dfget import main
 
@@ -176,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         return dfget_main(argv[1:])
     if argv and argv[0] == "scheduler":
         return scheduler_main(argv[1:])
+    if argv and argv[0] == "manager":
+        return manager_main(argv[1:])
     if argv and argv[0] == "cluster":
         from d7y.daemons.cluster import main as cluster_main
 
@@ -204,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("dfdaemon", help="run the peer daemon (see dfdaemon --help)")
     sub.add_parser("dfget", help="download through the daemon (see dfget --help)")
     sub.add_parser("scheduler", help="run the scheduler (see d7y scheduler --help)")
+    sub.add_parser("manager", help="run the manager (see d7y manager --help)")
     sub.add_parser("cluster", help="a local cluster: d7y cluster demo | up")
     sub.add_parser("origin", help="serve a directory over HTTP with Range (demos)")
     sub.add_parser("init", help="point containerd, podman or docker at dfdaemon's registry mirror")

@@ -149,6 +149,21 @@ class SchedulerClientConfig:
 
 
 @dataclasses.dataclass
+class ManagerLinkConfig:
+    address: str = field(
+        "",
+        "the manager's REST address (host:8080); when set and scheduler.address is empty, "
+        "the scheduler is the first healthy one the manager lists for this host",
+    )
+    token: str = field(
+        "", "personal access token with scope 'cluster' (better as D7Y_DFDAEMON_MANAGER__TOKEN)"
+    )
+    refresh_interval: Duration = field(
+        Duration(60), "how often to ask the manager for this host's schedulers"
+    )
+
+
+@dataclasses.dataclass
 class SourceConfig:
     allow: list[str] = field(
         [],
@@ -195,6 +210,7 @@ class PeerConfig:
     metrics: MetricsConfig = section(MetricsConfig, "Prometheus metrics and health")
     proxy: ProxyConfig = section(ProxyConfig, "HTTP proxy and registry mirror")
     scheduler: SchedulerClientConfig = section(SchedulerClientConfig, "the scheduler")
+    manager: ManagerLinkConfig = section(ManagerLinkConfig, "finding schedulers via the manager")
     source: SourceConfig = section(
         SourceConfig,
         "back-to-source: the outbound fetch policy for downloads a remote party caused "

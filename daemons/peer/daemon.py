@@ -52,6 +52,7 @@ class PeerDaemon:
         self.piece_server: PieceServer | None = None
         self.scheduler: SchedulerClient | None = None
         self.proxy: ProxyServer | None = None
+        self.scheduler_lookup = None  # a SchedulerLookup with manager.address only
         self._last_upload = (0, time.monotonic())
         self.host_id = ""
         self.peer_id = ""
@@ -130,7 +131,7 @@ class PeerDaemon:
         if cfg.testing.corrupt_uploads:
             log.warning("testing.corrupt_uploads is on: every piece served is corrupted")
         await self.piece_server.start(cfg.upload.listen, cfg.upload.piece_port)
-        if cfg.scheduler.address:
+        if cfg.scheduler.address or cfg.manager.address:
             self._connect_scheduler(hostname)
         if cfg.proxy.port:
             self.proxy = ProxyServer(
@@ -155,7 +156,8 @@ class PeerDaemon:
             "metrics_port": cfg.metrics.port or "off",
             "data_dir": cfg.storage.data_dir,
             "host_id": self.host_id,
-            "scheduler": cfg.scheduler.address or "none",
+            "scheduler": cfg.scheduler.address
+            or (f"from-manager:{cfg.manager.address}" if cfg.manager.address else "none"),
             "download_policy": cfg.download.policy,
         }
 
@@ -164,7 +166,8 @@ class PeerDaemon:
 
     def _connect_scheduler(self, hostname: str) -> None:
         cfg = self.config
-        host, _, port = cfg.scheduler.address.rpartition(":")
+        # With only a manager, the lookup gives the address and starts the client.
+        host, _, port = (cfg.scheduler.address or "unknown:0").rpartition(":")
         self.scheduler = SchedulerClient(
             host,
             int(port),
@@ -185,7 +188,15 @@ class PeerDaemon:
             register_timeout=float(cfg.scheduler.register_timeout),
             download_config=cfg.download_loop_config(),
         )
-        self.scheduler.start()
+        if cfg.scheduler.address:
+            self.scheduler.start()
+        else:
+            from d7y.daemons.peer.manager_lookup import SchedulerLookup
+
+            this_host = {"hostname": hostname, "ip": cfg.host.ip, "idc": cfg.host.idc,
+                         "location": cfg.host.location}  # fmt: skip
+            self.scheduler_lookup = SchedulerLookup(cfg.manager, self.scheduler, this_host)
+            self.scheduler_lookup.start()
 
     def _announcement(self, hostname: str) -> m.AnnounceHost:
         cfg = self.config
@@ -257,6 +268,8 @@ class PeerDaemon:
             await self.http_upload.stop()
         if self.piece_server is not None:
             await self.piece_server.stop()
+        if self.scheduler_lookup is not None:
+            await self.scheduler_lookup.stop()
         if self.scheduler is not None:
             await self.scheduler.close(leave_host=self.host_id)
         if self.manager is not None:

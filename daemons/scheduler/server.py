@@ -134,6 +134,7 @@ class SchedulerService:
         )
         self._tasks: set[asyncio.Task] = set()
         self.port = 0
+        self._manager = None  # a ManagerClient when manager.address is set
 
     def now(self) -> float:
         return asyncio.get_running_loop().time()
@@ -145,6 +146,16 @@ class SchedulerService:
         await self._listener.start(cfg.server.listen, cfg.server.port, backlog=4096)
         self.port = self._listener.port
         self._spawn(self._gc_loop())
+        if cfg.manager.address:
+            from d7y.daemons.scheduler.manager_client import ManagerClient
+
+            self._manager = ManagerClient(
+                cfg.manager,
+                port=self.port,
+                get_config=lambda: self.core.config,
+                set_config=lambda new: setattr(self.core, "config", new),
+            )
+            self._manager.start()
 
     def ready_details(self) -> dict[str, object]:
         return {
@@ -162,6 +173,8 @@ class SchedulerService:
             await asyncio.wait(pending)
 
     async def stop(self) -> None:
+        if self._manager is not None:
+            await self._manager.stop()
         await self._listener.stop()
         for task in list(self._tasks) + list(self._answers.values()):
             task.cancel()
