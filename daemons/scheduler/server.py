@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import random
-import socket
+import ssl
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -30,9 +30,10 @@ from d7y.core.scheduling import results as r
 from d7y.core.scheduling.config import SchedulerConfig
 from d7y.core.scheduling.evaluator import make_evaluator
 from d7y.core.scheduling.scheduler import Scheduler, SchedulerError
-from d7y.daemons.framing import FramedSocket, ReadTimeout
+from d7y.daemons.framing import FramedStream, ReadTimeout
 from d7y.daemons.listener import Listener
 from d7y.daemons.scheduler.config import SchedulerDaemonConfig
+from d7y.daemons.stream import PeerIdentity, Stream
 
 log = logging.getLogger("d7y.scheduler")
 
@@ -45,8 +46,10 @@ MAX_REFUSED = 16
 
 @dataclass(eq=False)
 class Connection:
-    framed: FramedSocket
+    framed: FramedStream
     name: str
+    #: The verified certificate's identity under mutual TLS (None: plain TCP).
+    identity: PeerIdentity | None = None
     host_id: str | None = None
     peers: set[str] = field(default_factory=set)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -130,6 +133,7 @@ class SchedulerService:
             max_connections=server.max_connections,
             max_connections_per_ip=server.max_connections_per_ip,
             refusal=lambda reason: encode_frame(m.Error(code=m.ErrorCode.BUSY, message=reason)),
+            handshake_timeout=float(server.request_timeout) or None,
         )
         self._tasks: set[asyncio.Task] = set()
         self._metrics_runner: web.AppRunner | None = None
@@ -191,9 +195,10 @@ class SchedulerService:
         await self._metrics_runner.setup()
         await web.TCPSite(self._metrics_runner, host, port).start()
 
-    async def _accept(self, sock: socket.socket, address: tuple) -> None:
-        framed = FramedSocket(sock, max_body_length=self.config.server.max_frame)
-        await self._serve(Connection(framed, f"{address[0]}:{address[1]}"))
+    async def _accept(self, stream: Stream, address: tuple) -> None:
+        framed = FramedStream(stream, max_body_length=self.config.server.max_frame)
+        name = f"{address[0]}:{address[1]}"
+        await self._serve(Connection(framed, name, identity=stream.peer_identity))
 
     async def _gc_loop(self) -> None:
         while True:
@@ -224,7 +229,7 @@ class SchedulerService:
         try:
             while True:
                 try:
-                    header, message = await conn.framed.read(
+                    stream_id, message = await conn.framed.read(
                         idle_timeout=idle_timeout, frame_timeout=frame_timeout
                     )
                 except ProtocolError as exc:
@@ -244,7 +249,7 @@ class SchedulerService:
                     self.metrics.errors.labels(m.ErrorCode.FORBIDDEN).inc()
                     await conn.send(
                         m.Error(code=m.ErrorCode.FORBIDDEN, message=refusal[:4000]),
-                        header.stream_id,
+                        stream_id,
                     )
                     conn.refused += 1
                     if (
@@ -253,10 +258,12 @@ class SchedulerService:
                         return
                     continue
                 try:
-                    await self._dispatch(conn, header.stream_id, message)
-                except (SchedulerError, ValueError, TypeError, KeyError) as exc:
+                    await self._dispatch(conn, stream_id, message)
+                except (SchedulerError, ValueError) as exc:
                     # A request that does not fit the scheduler's state (unknown peer,
-                    # illegal transition): answer it, keep the connection.
+                    # illegal transition, a size that contradicts the task's): answer
+                    # it, keep the connection. Anything else is a bug: logged below with
+                    # its traceback, and this connection closed.
                     log.debug(
                         "request refused conn=%s type=%s error=%s",
                         conn.name,
@@ -266,13 +273,16 @@ class SchedulerService:
                     self.metrics.errors.labels("bad_request").inc()
                     await conn.send(
                         m.Error(code=m.ErrorCode.BAD_REQUEST, message=str(exc)[:4000]),
-                        header.stream_id,
+                        stream_id,
                     )
         except ReadTimeout as exc:
             log.info("closing connection conn=%s: %s", conn.name, exc)
-        except (EOFError, ConnectionError, OSError, asyncio.IncompleteReadError):
-            pass
+        except ssl.SSLError as exc:
+            log.info("closing connection conn=%s on a TLS error: %s", conn.name, exc)
+        except (EOFError, OSError) as exc:
+            log.debug("connection ended conn=%s: %s", conn.name, exc)
         except Exception:
+            # A bug, not the peer's doing: say where, drop this connection, keep serving.
             log.exception("connection crashed conn=%s", conn.name)
         finally:
             self.metrics.connections.dec()
@@ -612,13 +622,11 @@ class SchedulerService:
         if peer is not None:
             state = peer.fsm.state
             if meta.piece_count:
-                with contextlib.suppress(Exception):
-                    bitmap = peer.finished.to_bytes()
-                    if (
-                        len(bitmap) * 8 < meta.piece_count
-                        or len(bitmap) != (meta.piece_count + 7) // 8
-                    ):
-                        bitmap = b""
+                # A bitmap sized for another piece count (the task's size was not known
+                # when the peer joined) is left out rather than sent wrong.
+                bitmap = peer.finished.to_bytes()
+                if len(bitmap) != (meta.piece_count + 7) // 8:
+                    bitmap = b""
         return m.ParentInfo(
             peer_id=parent.peer_id,
             host_id=parent.host_id,
