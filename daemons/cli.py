@@ -3,6 +3,7 @@
 d7y pieces [FILE]        hash a file into pieces and send them over loopback
 d7y dfdaemon [...]       run the peer daemon (same as ``dfdaemon``)
 d7y dfget URL -O FILE    download through the daemon (same as ``dfget``)
+d7y certs init DIR       a CA and service certificates for mutual TLS
 d7y config-docs          print every config key with its default
 """
 
@@ -54,6 +55,9 @@ def dfdaemon_main(argv: list[str] | None = None) -> int:
         run = asyncio.run
     try:
         run(PeerDaemon(config).serve_forever())
+    except ConfigError as exc:  # found at start, e.g. a TLS certificate for another host
+        print(f"dfdaemon: {exc}", file=sys.stderr)
+        return 2
     except StorageError as exc:
         print(f"dfdaemon: {exc.strerror or exc}", file=sys.stderr)
         return 1
@@ -125,6 +129,20 @@ _NOTES = {
         "restricted. A seed peer whose origins are internal lists them in `source.allow`;",
         "`d7y cluster demo` and the test harnesses allow `127.0.0.0/8` and `::1/128`,",
         "because their origin is on loopback.",
+        "",
+        "### Mutual TLS between services (`security.tls.*`)",
+        "",
+        "`d7y certs init DIR --scheduler scheduler --seed 10.0.0.5-seed1-seed --peer",
+        "10.0.0.7-node7` writes a CA (`DIR/ca.crt`, `DIR/ca.key`) and a certificate and key",
+        "for each service (`DIR/<name>.crt`, `DIR/<name>.key`); `d7y certs issue DIR --peer",
+        "HOST_ID` adds one later. A peer's certificate names its host ID (`ip-hostname`,",
+        "`-seed` appended for a seed peer; the daemon refuses to start with a certificate",
+        "for another host). With `security.tls.enabled` on every service, the scheduler",
+        "port and the piece ports speak TLS 1.3 and ask for the client's certificate; a",
+        "certificate from another CA ends the connection in the handshake. The scheduler",
+        "accepts an `AnnounceHost` only for the host ID of the connection's certificate,",
+        "and a seed host only with a seed certificate. The HTTP upload endpoint (for curl",
+        "and people) stays plain HTTP. `d7y cluster demo --tls` runs the whole demo so.",
     ],
 }
 
@@ -200,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
         return sim_main(argv[1:])
+    if argv and argv[0] == "certs":
+        from d7y.daemons.certs import main as certs_main
+
+        return certs_main(argv[1:])
     if argv and argv[0] == "origin":
         from d7y.daemons.origin import main as origin_main
 
@@ -211,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("scheduler", help="run the scheduler (see d7y scheduler --help)")
     sub.add_parser("cluster", help="a local cluster: d7y cluster demo | up")
     sub.add_parser("origin", help="serve a directory over HTTP with Range (demos)")
+    sub.add_parser("certs", help="a CA and certificates for mutual TLS: d7y certs init DIR")
     sub.add_parser("sim", help="simulate scheduling policies at scale: d7y sim run FILE")
     pieces = sub.add_parser("pieces", help="hash a file into pieces and send them over loopback")
     pieces.add_argument("file", nargs="?", type=Path, help="file to use (default: generate one)")

@@ -17,6 +17,8 @@ from d7y.core.pieces import MIN_PIECE_LENGTH
 from d7y.core.scheduling.download import DownloadConfig as LoopConfig
 from d7y.daemons.config import ConfigError, Duration, Size, field, load, section
 from d7y.daemons.peer.source_policy import SourcePolicy
+from d7y.daemons.tls import SecurityConfig
+from d7y.daemons.tls import validate as validate_tls
 
 DEFAULT_CONFIG_PATH = Path("/etc/d7y/dfdaemon.yaml")
 ENV_PREFIX = "D7Y_DFDAEMON"
@@ -191,6 +193,9 @@ class PeerConfig:
     source: SourceConfig = section(
         SourceConfig, "outbound fetch policy for downloads a remote party caused (SSRF guard)"
     )
+    security: SecurityConfig = section(
+        SecurityConfig, "TLS on the piece port and to the scheduler and other peers"
+    )
     testing: TestingConfig = section(TestingConfig, "fault injection for tests")
     log: LogConfig = section(LogConfig, "logging")
 
@@ -255,6 +260,7 @@ class PeerConfig:
             self.source_policy()
         except ValueError as exc:
             raise ConfigError(f"config key {exc}") from None
+        validate_tls(self.security.tls)
         if 0 < self.storage.quota < MIN_PIECE_LENGTH:
             raise ConfigError(
                 f"config key 'storage.quota' must be 0 or >= 4MiB, got {int(self.storage.quota)}"

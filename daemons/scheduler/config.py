@@ -7,6 +7,8 @@ import os
 from typing import Literal
 
 from d7y.daemons.config import ConfigError, Duration, field, load, section
+from d7y.daemons.tls import SecurityConfig
+from d7y.daemons.tls import validate as validate_tls
 
 ENV_PREFIX = "D7Y_SCHEDULER"
 
@@ -93,6 +95,7 @@ class SchedulerDaemonConfig:
     scheduling: SchedulingConfig = section(SchedulingConfig, "the algorithm's limits")
     gc: GCConfig = section(GCConfig, "expiry of peers, tasks and hosts")
     metrics: MetricsConfig = section(MetricsConfig, "Prometheus metrics and health")
+    security: SecurityConfig = section(SecurityConfig, "TLS on the protocol port")
     log: LogConfig = section(LogConfig, "logging")
 
     def validate(self) -> None:
@@ -110,6 +113,7 @@ class SchedulerDaemonConfig:
                 raise ConfigError(
                     f"config key 'scheduling.{key}' must be >= 1, or 0 for the policy's value"
                 )
+        validate_tls(self.security.tls)
         if self.scheduling.retry_limit < 1:
             raise ConfigError("config key 'scheduling.retry_limit' must be >= 1")
         if (

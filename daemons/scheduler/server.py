@@ -34,6 +34,7 @@ from d7y.daemons.framing import FramedStream, ReadTimeout
 from d7y.daemons.listener import Listener
 from d7y.daemons.scheduler.config import SchedulerDaemonConfig
 from d7y.daemons.stream import PeerIdentity, Stream
+from d7y.daemons.tls import server_context
 
 log = logging.getLogger("d7y.scheduler")
 
@@ -133,6 +134,7 @@ class SchedulerService:
             max_connections=server.max_connections,
             max_connections_per_ip=server.max_connections_per_ip,
             refusal=lambda reason: encode_frame(m.Error(code=m.ErrorCode.BUSY, message=reason)),
+            tls=server_context(config.security.tls),
             handshake_timeout=float(server.request_timeout) or None,
         )
         self._tasks: set[asyncio.Task] = set()
@@ -298,6 +300,10 @@ class SchedulerService:
         connection may not announce it, leave it, register or restore peers on it, or
         report for, reschedule or remove its peers. One connection carries one host.
         """
+        if isinstance(msg, m.AnnounceHost) and conn.identity is not None:
+            refusal = _certificate_refuses(conn.identity, msg)
+            if refusal is not None:
+                return refusal
         if isinstance(msg, m.AnnounceHost | m.LeaveHost):
             owner = self.host_conns.get(msg.host_id)
             if owner is not None and owner is not conn:
@@ -638,6 +644,23 @@ class SchedulerService:
             tx_bandwidth_bps=parent.tx_bandwidth,
             max_tx_bandwidth_bps=parent.upload_limit_bps,
         )
+
+
+def _certificate_refuses(identity: PeerIdentity, msg: m.AnnounceHost) -> str | None:
+    """Under mutual TLS a host is who its certificate says (d7y.daemons.tls): why
+    ``msg`` does not match the connection's certificate, or None when it does."""
+    if identity.name != msg.host_id:
+        return (
+            f"this connection's TLS certificate is for {identity.name!r}, not host "
+            f"{msg.host_id!r}: a host announces only its own ID (issue it a certificate "
+            f"with 'd7y certs issue DIR --peer {msg.host_id}')"
+        )
+    if msg.host_type == "seed" and identity.role != "seed":
+        return (
+            f"host {msg.host_id!r} announces itself as a seed peer but its certificate's "
+            f"role is {identity.role or 'none'!r}: seed peers need a seed certificate"
+        )
+    return None
 
 
 def _or(value, default):
