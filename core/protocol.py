@@ -410,17 +410,16 @@ class FrameDecoder:
         "_payload_left",
         "_pos",
         "_stream",
-        "_view",
     )
 
     def __init__(self, max_body_length: int = DEFAULT_MAX_BODY_LENGTH) -> None:
         _check_limit(max_body_length)
         self._max = max_body_length
-        # Received bytes are _buf[_pos:_end]; bodies are decoded straight from _view (no
-        # copy). _buf is never resized in place, only replaced (get_buffer, shrink), so
-        # _view stays valid until then and a view handed out cannot block a resize.
+        # Received bytes are _buf[_pos:_end]; bodies are decoded straight from a view of
+        # it (no copy). _buf is never resized in place, only replaced (get_buffer,
+        # shrink), so a view handed out can never block a resize. No view is kept
+        # between calls: an idle connection holds the bytearray and nothing else.
         self._buf = bytearray()
-        self._view = memoryview(self._buf)
         self._pos = 0
         self._end = 0
         # Header of the frame whose body is awaited (_code -1: none), kept as plain
@@ -478,11 +477,12 @@ class FrameDecoder:
 
     # -- input -------------------------------------------------------------------------
 
-    def get_buffer(self, size: int) -> memoryview:
+    def get_buffer(self, size: int) -> memoryview | bytearray:
         """Free space of at least ``size`` (>= 1) bytes after the unread bytes, to
         receive into; call :meth:`buffer_updated` with the count written. The unread
         bytes move to the front when that makes the room, else the buffer is replaced
-        by one of exactly unread + ``size`` bytes. Valid until the next call."""
+        by one of exactly unread + ``size`` bytes. Valid until the next call. (When
+        nothing is buffered that is the whole buffer, given as it is: no view object.)"""
         if self._eof:
             raise RuntimeError("get_buffer() after feed_eof(): the connection is closed")
         pos, end = self._pos, self._end
@@ -490,14 +490,16 @@ class FrameDecoder:
         if len(self._buf) - end < size:
             if len(self._buf) - unread >= size:
                 if unread:
-                    self._view[:unread] = self._view[pos:end]
+                    with memoryview(self._buf) as view:
+                        view[:unread] = view[pos:end]
             else:
                 bigger = bytearray(unread + size)
-                bigger[:unread] = self._view[pos:end]
+                bigger[:unread] = memoryview(self._buf)[pos:end]
                 self._buf = bigger
-                self._view = memoryview(bigger)
             self._pos, self._end = 0, unread
-        return self._view[self._end :]
+        if self._end == 0:
+            return self._buf
+        return memoryview(self._buf)[self._end :]
 
     def buffer_updated(self, n: int) -> None:
         """``n`` bytes were written at the start of the view :meth:`get_buffer` gave."""
@@ -512,7 +514,6 @@ class FrameDecoder:
         should hold little). A no-op while bytes are unread or at that size already."""
         if self._end == self._pos and len(self._buf) != capacity:
             self._buf = bytearray(capacity)
-            self._view = memoryview(self._buf)
             self._pos = self._end = 0
 
     def feed(self, data: Buffer) -> None:
@@ -536,7 +537,7 @@ class FrameDecoder:
         length); returns how many."""
         size = min(self._end - self._pos, self._payload_left, len(into))
         if size:
-            into[:size] = self._view[self._pos : self._pos + size]
+            into[:size] = memoryview(self._buf)[self._pos : self._pos + size]
             self._pos += size
             self._payload_left -= size
         return size
@@ -570,7 +571,7 @@ class FrameDecoder:
         if code < 0:
             if available < HEADER_LENGTH:
                 return self._need_data()
-            magic, version, code, stream_id, body_length = _HEADER.unpack_from(self._view, pos)
+            magic, version, code, stream_id, body_length = _HEADER.unpack_from(self._buf, pos)
             if magic != MAGIC or version != PROTOCOL_VERSION or body_length > self._max:
                 self._fail_header()
             pos += HEADER_LENGTH
@@ -586,7 +587,7 @@ class FrameDecoder:
         # error leaves the decoder at the next frame boundary.
         self._code = -1
         self._pos = end = pos + body_length
-        body = self._view[pos:end]
+        body = memoryview(self._buf)[pos:end]
         try:
             message = _decode(code, body, stream_id)
         except ProtocolError as exc:
@@ -608,12 +609,12 @@ class FrameDecoder:
         self._pos = pos + size
         self._payload_left -= size
         return PiecePayload(
-            self._stream, bytes(self._view[pos : pos + size]), not self._payload_left
+            self._stream, bytes(memoryview(self._buf)[pos : pos + size]), not self._payload_left
         )
 
     def _fail_header(self) -> NoReturn:
         try:
-            _unpack_header(self._view, self._pos, self._max)
+            _unpack_header(self._buf, self._pos, self._max)
         except ProtocolError as exc:
             self._error = exc
             raise

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Awaitable
 
 from d7y.core.messages import Message
 from d7y.core.protocol import (
@@ -93,7 +94,7 @@ class FramedStream:
         """Bytes the receive buffer holds now (for tests and memory figures)."""
         return self._decoder.capacity
 
-    def _receive_view(self) -> memoryview:
+    def _receive_view(self) -> memoryview | bytearray:
         """Where the next receive lands: room for the rest of the frame part under way,
         and for a burst of :attr:`_burst` bytes in all."""
         decoder = self._decoder
@@ -117,6 +118,15 @@ class FramedStream:
         if n == space and self._burst < self.RECV_SIZE:
             self._burst = min(2 * self._burst, self.RECV_SIZE)
 
+    def _recv_within(self, view: memoryview | bytearray, timeout: float | None) -> Awaitable[int]:
+        if timeout is None:  # no timer at all: a waiting connection holds nothing more
+            return self.stream.recv_into(view)
+        return self._recv_with_timeout(view, timeout)
+
+    async def _recv_with_timeout(self, view: memoryview | bytearray, timeout: float) -> int:
+        async with asyncio.timeout(timeout):
+            return await self.stream.recv_into(view)
+
     async def _receive(self, idle_timeout: float | None, frame_timeout: float | None) -> None:
         """Receive more bytes. Between frames, a receive that would not block takes the
         data straight away (and keeps the buffer a burst grew); only a real wait shrinks
@@ -127,21 +137,19 @@ class FramedStream:
             view = self._receive_view()
             n = self.stream.try_recv_into(view)
             if n is None:
-                view.release()
+                del view  # the buffer is replaced below
                 decoder.shrink(self.IDLE_SIZE)
                 self._burst = self.IDLE_SIZE
                 view = self._receive_view()
                 try:
-                    async with asyncio.timeout(idle_timeout):
-                        n = await self.stream.recv_into(view)
+                    n = await self._recv_within(view, idle_timeout)
                 except TimeoutError:
                     raise IdleTimeout(f"no frame in {idle_timeout:g}s: idle connection") from None
             self._received(n, len(view))
             return
         view = self._receive_view()
         try:
-            async with asyncio.timeout(frame_timeout):
-                n = await self.stream.recv_into(view)
+            n = await self._recv_within(view, frame_timeout)
         except TimeoutError:
             raise ReadTimeout(
                 f"connection stalled for {frame_timeout:g}s in the middle of a frame "

@@ -27,7 +27,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 
-from d7y.daemons.stream import Stream, open_server_stream
+from d7y.daemons.stream import PlainStream, Stream, open_server_stream
 
 log = logging.getLogger("d7y.listener")
 
@@ -80,6 +80,7 @@ class Listener:
         self._tls = tls
         self.handshake_timeout = handshake_timeout
         self.handshakes_failed = 0
+        self._handshake_failure_logged_at = -REFUSAL_LOG_INTERVAL
         self._sock: socket.socket | None = None
         self._accept_task: asyncio.Task | None = None
         self._connections: set[asyncio.Task] = set()
@@ -164,7 +165,10 @@ class Listener:
                 continue
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
-            task = loop.create_task(self._run(conn, address))
+            if self._tls is None:  # nothing to wait for: no wrapper coroutine to keep
+                task = loop.create_task(self._handler(PlainStream(conn), address))
+            else:
+                task = loop.create_task(self._run(conn, address))
             self._connections.add(task)
             self._peak = max(self._peak, len(self._connections))
             task.add_done_callback(lambda t, ip=ip: self._closed(t, ip))
@@ -176,14 +180,18 @@ class Listener:
             )
         except (ssl.SSLError, OSError, EOFError) as exc:  # TimeoutError is an OSError
             self.handshakes_failed += 1
-            log.warning(
-                "TLS handshake refused port=%d client=%s:%s error=%s",
-                self.port,
-                address[0],
-                address[1],
-                str(exc) or type(exc).__name__,
-            )
             conn.close()
+            now = time.monotonic()
+            if now - self._handshake_failure_logged_at >= REFUSAL_LOG_INTERVAL:
+                self._handshake_failure_logged_at = now  # a flood must not flood the log
+                log.warning(
+                    "TLS handshake refused port=%d client=%s:%s failed_so_far=%d error=%s",
+                    self.port,
+                    address[0],
+                    address[1],
+                    self.handshakes_failed,
+                    str(exc) or type(exc).__name__,
+                )
             return
         await self._handler(stream, address)
 

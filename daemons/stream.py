@@ -26,6 +26,7 @@ import contextlib
 import os
 import socket
 import ssl
+from collections.abc import Awaitable
 
 from d7y.core.protocol import Buffer
 from d7y.ext.crc32 import crc32
@@ -81,12 +82,12 @@ class Stream:
         sock.setblocking(False)
         self.sock = sock
 
-    def try_recv_into(self, view: memoryview) -> int | None:
+    def try_recv_into(self, view: memoryview | bytearray) -> int | None:
         """Bytes that are already here, into ``view``, without waiting: their count,
         0 at the end of the stream, None when a receive would have to wait."""
         raise NotImplementedError
 
-    async def recv_into(self, view: memoryview) -> int:
+    async def recv_into(self, view: memoryview | bytearray) -> int:
         """Receive at least one byte into ``view``: the count, or 0 at the end."""
         raise NotImplementedError
 
@@ -126,17 +127,19 @@ class PlainStream(Stream):
 
     __slots__ = ()
 
-    def try_recv_into(self, view: memoryview) -> int | None:
+    def try_recv_into(self, view: memoryview | bytearray) -> int | None:
         try:
             return self.sock.recv_into(view)
         except BlockingIOError:
             return None
 
-    async def recv_into(self, view: memoryview) -> int:
-        return await asyncio.get_running_loop().sock_recv_into(self.sock, view)
+    # The loop's own awaitables, handed out as they are: a connection that waits for
+    # bytes holds no coroutine frame of ours (idle connections must be cheap).
+    def recv_into(self, view: memoryview | bytearray) -> Awaitable[int]:
+        return asyncio.get_running_loop().sock_recv_into(self.sock, view)
 
-    async def recv(self, max_bytes: int) -> bytes:
-        return await asyncio.get_running_loop().sock_recv(self.sock, max_bytes)
+    def recv(self, max_bytes: int) -> Awaitable[bytes]:
+        return asyncio.get_running_loop().sock_recv(self.sock, max_bytes)
 
     async def recv_exactly_into(self, view: memoryview) -> int:
         return await recv_into_exact(self.sock, view, len(view))
@@ -191,7 +194,7 @@ class TLSStream(Stream):
         await self._flush()
         self.peer_identity = PeerIdentity.from_certificate(self._ssl.getpeercert())
 
-    def _read_plain(self, view: memoryview) -> int | None:
+    def _read_plain(self, view: memoryview | bytearray) -> int | None:
         """Decrypt what the incoming BIO holds into ``view``: the count, 0 at the end,
         None when more ciphertext is needed."""
         try:
@@ -211,7 +214,7 @@ class TLSStream(Stream):
         else:
             self._incoming.write_eof()
 
-    def try_recv_into(self, view: memoryview) -> int | None:
+    def try_recv_into(self, view: memoryview | bytearray) -> int | None:
         while True:
             n = self._read_plain(view)
             if n is not None:
@@ -222,7 +225,7 @@ class TLSStream(Stream):
                 return None
             self._take_ciphertext(data)
 
-    async def recv_into(self, view: memoryview) -> int:
+    async def recv_into(self, view: memoryview | bytearray) -> int:
         loop = asyncio.get_running_loop()
         while True:
             n = self._read_plain(view)

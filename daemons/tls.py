@@ -96,6 +96,9 @@ def server_context(cfg: TLSConfig) -> ssl.SSLContext | None:
         return None
     context = _context(cfg, ssl.Purpose.CLIENT_AUTH)
     context.verify_mode = ssl.CERT_REQUIRED if cfg.require_client_cert else ssl.CERT_OPTIONAL
+    # No session resumption: tickets would only cost bytes in every handshake and
+    # memory on both ends of every connection.
+    context.num_tickets = 0
     return context
 
 

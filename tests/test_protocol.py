@@ -1198,7 +1198,7 @@ def test_bytes_received_into_the_buffer_decode_like_fed_ones():
             assert len(view) >= size
             n = min(len(view), len(data) - offset)
             view[:n] = data[offset : offset + n]
-            view.release()
+            del view  # valid until the next call only
             decoder.buffer_updated(n)
             offset += n
             events.extend(decoder)
