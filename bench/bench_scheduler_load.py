@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from d7y.core import messages as m
 from d7y.core.protocol import encode_frame_into
-from d7y.daemons.framing import FramedSocket
+from d7y.daemons.framing import FramedStream
 from tests.peer_harness import SchedulerProcess
 
 TASK = "b7" * 32
@@ -36,7 +36,7 @@ DIGEST = f"crc32:{zlib.crc32(b'x')}"
 
 
 async def run(port: int, peers: int, reports: int) -> None:
-    conns = [await FramedSocket.connect("127.0.0.1", port) for _ in range(peers)]
+    conns = [await FramedStream.connect("127.0.0.1", port) for _ in range(peers)]
     for i, conn in enumerate(conns):
         await conn.send(
             m.AnnounceHost(
@@ -53,7 +53,7 @@ async def run(port: int, peers: int, reports: int) -> None:
     # measured is the scheduler's, not the algorithm's retry_interval waits.
     latencies: list[float] = []
 
-    async def register(i: int, conn: FramedSocket, holder: bool = False) -> None:
+    async def register(i: int, conn: FramedStream, holder: bool = False) -> None:
         start = time.perf_counter()
         await conn.send(
             m.RegisterPeer(
@@ -106,7 +106,7 @@ async def run(port: int, peers: int, reports: int) -> None:
             ),
             1,
         )
-        await asyncio.get_running_loop().sock_sendall(conn.sock, batch)
+        await conn.stream.send_all(batch)
 
     for i in range(HOLDERS):
         await register(i, conns[i], holder=True)
@@ -116,7 +116,7 @@ async def run(port: int, peers: int, reports: int) -> None:
     register_wall = time.perf_counter() - start
     registered = len(latencies)
 
-    async def report(i: int, conn: FramedSocket) -> None:
+    async def report(i: int, conn: FramedStream) -> None:
         if i < HOLDERS:
             return
         batch = bytearray()
@@ -135,7 +135,7 @@ async def run(port: int, peers: int, reports: int) -> None:
                 1,
             )
         encode_frame_into(batch, m.Ping(nonce=i))
-        await asyncio.get_running_loop().sock_sendall(conn.sock, batch)
+        await conn.stream.send_all(batch)
         while True:
             _, answer = await conn.read()
             if isinstance(answer, m.Pong):

@@ -7,6 +7,7 @@ d7y scheduler [...]      run the scheduler
 d7y cluster demo | up    a whole cluster on loopback
 d7y manager [...]        run the manager (REST API, clusters, users, tokens)
 d7y origin --dir DIR     the demo origin server (HTTP with Range) for demos and benches
+d7y certs init DIR       a CA and service certificates for mutual TLS
 d7y config-docs          print every config key with its default
 d7y proxy ca init DIR    write the CA the proxy signs hijacked CONNECT hosts with
 d7y init containerd|podman|docker   point a container runtime at the registry mirror
@@ -139,6 +140,20 @@ _NOTES = {
         "`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`, when set; anonymously",
         "otherwise); `Basic` with those credentials. The whole blob is checked against its",
         "digest.",
+        "",
+        "### Mutual TLS between services (`security.tls.*`)",
+        "",
+        "`d7y certs init DIR --scheduler scheduler --seed 10.0.0.5-seed1-seed --peer",
+        "10.0.0.7-node7` writes a CA (`DIR/ca.crt`, `DIR/ca.key`) and a certificate and key",
+        "for each service (`DIR/<name>.crt`, `DIR/<name>.key`); `d7y certs issue DIR --peer",
+        "HOST_ID` adds one later. A peer's certificate names its host ID (`ip-hostname`,",
+        "`-seed` appended for a seed peer; the daemon refuses to start with a certificate",
+        "for another host). With `security.tls.enabled` on every service, the scheduler",
+        "port and the piece ports speak TLS 1.3 and ask for the client's certificate; a",
+        "certificate from another CA ends the connection in the handshake. The scheduler",
+        "accepts an `AnnounceHost` only for the host ID of the connection's certificate,",
+        "and a seed host only with a seed certificate. The HTTP upload endpoint (for curl",
+        "and people) stays plain HTTP. `d7y cluster demo --tls` runs the whole demo so.",
     ],
 }
 
@@ -228,6 +243,10 @@ def main(argv: list[str] | None = None) -> int:
         from d7y.daemons.runtime_init import main as init_main
 
         return init_main(argv[1:])
+    if argv and argv[0] == "certs":
+        from d7y.daemons.certs import main as certs_main
+
+        return certs_main(argv[1:])
     if argv and argv[0] == "origin":
         from d7y.daemons.demo_origin import main as origin_main
 
@@ -241,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("cluster", help="a local cluster: d7y cluster demo | up")
     sub.add_parser("origin", help="serve a directory over HTTP with Range (demos)")
     sub.add_parser("init", help="point containerd, podman or docker at dfdaemon's registry mirror")
+    sub.add_parser("certs", help="a CA and certificates for mutual TLS: d7y certs init DIR")
     sub.add_parser("sim", help="simulate scheduling policies at scale: d7y sim run FILE")
     pieces = sub.add_parser("pieces", help="hash a file into pieces and send them over loopback")
     pieces.add_argument("file", nargs="?", type=Path, help="file to use (default: generate one)")

@@ -19,6 +19,8 @@ from d7y.daemons.config import ConfigError, Duration, Size, field, load, section
 from d7y.daemons.proxy.config import ProxyConfig
 from d7y.daemons.service import LifecycleConfig
 from d7y.daemons.sources import OciConfig, S3Config, SourcePolicy
+from d7y.daemons.tls import SecurityConfig
+from d7y.daemons.tls import validate as validate_tls
 
 DEFAULT_CONFIG_PATH = Path("/etc/d7y/dfdaemon.yaml")
 ENV_PREFIX = "D7Y_DFDAEMON"
@@ -216,6 +218,9 @@ class PeerConfig:
         "back-to-source: the outbound fetch policy for downloads a remote party caused "
         "(SSRF guard, every scheme) and the settings of the s3 and oci sources",
     )
+    security: SecurityConfig = section(
+        SecurityConfig, "TLS on the piece port and to the scheduler and other peers"
+    )
     testing: TestingConfig = section(TestingConfig, "fault injection for tests")
     log: LogConfig = section(LogConfig, "logging")
     lifecycle: LifecycleConfig = section(
@@ -284,6 +289,7 @@ class PeerConfig:
             self.source_policy()
         except ValueError as exc:
             raise ConfigError(f"config key {exc}") from None
+        validate_tls(self.security.tls)
         if 0 < self.storage.quota < MIN_PIECE_LENGTH:
             raise ConfigError(
                 f"config key 'storage.quota' must be 0 or >= 4MiB, got {int(self.storage.quota)}"

@@ -34,6 +34,7 @@ from d7y.daemons.proxy.metrics import ProxyMetrics
 from d7y.daemons.proxy.server import ProxyServer
 from d7y.daemons.proxy.tls import upstream_context
 from d7y.daemons.sources import RetryPolicy, Sources, SourceSettings
+from d7y.daemons.tls import check_host_certificate, client_context, server_context
 
 log = logging.getLogger("d7y.dfdaemon")
 
@@ -113,6 +114,8 @@ class PeerDaemon:
         await self.http_upload.start(cfg.upload.listen, cfg.upload.port)
         hostname = cfg.host.hostname or socket.gethostname()
         self.host_id = ids.host_id(cfg.host.ip, hostname, seed=cfg.seed_peer)
+        # Under mutual TLS the scheduler holds this host to its certificate's identity.
+        check_host_certificate(cfg.security.tls, self.host_id, seed=cfg.seed_peer)
         self.peer_id = ids.peer_id(cfg.host.ip, hostname, uuid.uuid4(), seed=cfg.seed_peer)
         self.piece_server = PieceServer(
             self.manager,
@@ -127,6 +130,7 @@ class PeerDaemon:
             request_timeout=float(cfg.upload.request_timeout),
             max_connections=cfg.upload.max_connections,
             max_connections_per_ip=cfg.upload.max_connections_per_ip,
+            tls=server_context(cfg.security.tls),
         )
         if cfg.testing.corrupt_uploads:
             log.warning("testing.corrupt_uploads is on: every piece served is corrupted")
@@ -176,6 +180,7 @@ class PeerDaemon:
             on_connected=lambda: self.manager.p2p.restore_held(),
             announce_interval=float(cfg.scheduler.announce_interval),
             max_frame=int(cfg.upload.max_frame),
+            tls=client_context(cfg.security.tls),
         )
         assert self.manager is not None
         self.manager.p2p = P2PDownloader(
@@ -188,6 +193,7 @@ class PeerDaemon:
             register_timeout=float(cfg.scheduler.register_timeout),
             download_config=cfg.download_loop_config(),
         )
+        self.manager.p2p.client.tls = self.scheduler.tls  # parents' piece ports: same TLS
         if cfg.scheduler.address:
             self.scheduler.start()
         else:

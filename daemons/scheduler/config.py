@@ -8,6 +8,8 @@ from typing import Literal
 
 from d7y.daemons.config import ConfigError, Duration, field, load, section
 from d7y.daemons.service import SchedulerLifecycleConfig
+from d7y.daemons.tls import SecurityConfig
+from d7y.daemons.tls import validate as validate_tls
 
 ENV_PREFIX = "D7Y_SCHEDULER"
 
@@ -114,6 +116,7 @@ class SchedulerDaemonConfig:
     gc: GCConfig = section(GCConfig, "expiry of peers, tasks and hosts")
     manager: ManagerConfig = section(ManagerConfig, "registration with the manager")
     metrics: MetricsConfig = section(MetricsConfig, "Prometheus metrics and health")
+    security: SecurityConfig = section(SecurityConfig, "TLS on the protocol port")
     log: LogConfig = section(LogConfig, "logging")
     lifecycle: SchedulerLifecycleConfig = section(
         SchedulerLifecycleConfig, "readiness signal and graceful drain on SIGTERM/SIGINT"
@@ -136,6 +139,7 @@ class SchedulerDaemonConfig:
                 )
         if self.manager.address and self.manager.cluster_id < 1:
             raise ConfigError("config key 'manager.cluster_id' must be >= 1")
+        validate_tls(self.security.tls)
         if self.scheduling.retry_limit < 1:
             raise ConfigError("config key 'scheduling.retry_limit' must be >= 1")
         if (

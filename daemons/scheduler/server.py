@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import random
-import socket
+import ssl
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
@@ -29,9 +29,11 @@ from d7y.core.scheduling import results as r
 from d7y.core.scheduling.config import SchedulerConfig
 from d7y.core.scheduling.evaluator import make_evaluator
 from d7y.core.scheduling.scheduler import Scheduler, SchedulerError
-from d7y.daemons.framing import FramedSocket, ReadTimeout
+from d7y.daemons.framing import FramedStream, ReadTimeout
 from d7y.daemons.listener import Listener
 from d7y.daemons.scheduler.config import SchedulerDaemonConfig
+from d7y.daemons.stream import PeerIdentity, Stream
+from d7y.daemons.tls import server_context
 
 log = logging.getLogger("d7y.scheduler")
 
@@ -42,8 +44,10 @@ MAX_REFUSED = 16
 
 @dataclass(eq=False)
 class Connection:
-    framed: FramedSocket
+    framed: FramedStream
     name: str
+    #: The verified certificate's identity under mutual TLS (None: plain TCP).
+    identity: PeerIdentity | None = None
     host_id: str | None = None
     peers: set[str] = field(default_factory=set)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -131,6 +135,8 @@ class SchedulerService:
             max_connections=server.max_connections,
             max_connections_per_ip=server.max_connections_per_ip,
             refusal=lambda reason: encode_frame(m.Error(code=m.ErrorCode.BUSY, message=reason)),
+            tls=server_context(config.security.tls),
+            handshake_timeout=float(server.request_timeout) or None,
         )
         self._tasks: set[asyncio.Task] = set()
         self.port = 0
@@ -190,9 +196,10 @@ class SchedulerService:
         self.metrics.peers.set(len(self.core.peers))
         return generate_latest(self.metrics.registry)
 
-    async def _accept(self, sock: socket.socket, address: tuple) -> None:
-        framed = FramedSocket(sock, max_body_length=self.config.server.max_frame)
-        await self._serve(Connection(framed, f"{address[0]}:{address[1]}"))
+    async def _accept(self, stream: Stream, address: tuple) -> None:
+        framed = FramedStream(stream, max_body_length=self.config.server.max_frame)
+        name = f"{address[0]}:{address[1]}"
+        await self._serve(Connection(framed, name, identity=stream.peer_identity))
 
     async def _gc_loop(self) -> None:
         while True:
@@ -223,7 +230,7 @@ class SchedulerService:
         try:
             while True:
                 try:
-                    header, message = await conn.framed.read(
+                    stream_id, message = await conn.framed.read(
                         idle_timeout=idle_timeout, frame_timeout=frame_timeout
                     )
                 except ProtocolError as exc:
@@ -243,7 +250,7 @@ class SchedulerService:
                     self.metrics.errors.labels(m.ErrorCode.FORBIDDEN).inc()
                     await conn.send(
                         m.Error(code=m.ErrorCode.FORBIDDEN, message=refusal[:4000]),
-                        header.stream_id,
+                        stream_id,
                     )
                     conn.refused += 1
                     if (
@@ -252,10 +259,12 @@ class SchedulerService:
                         return
                     continue
                 try:
-                    await self._dispatch(conn, header.stream_id, message)
-                except (SchedulerError, ValueError, TypeError, KeyError) as exc:
+                    await self._dispatch(conn, stream_id, message)
+                except (SchedulerError, ValueError) as exc:
                     # A request that does not fit the scheduler's state (unknown peer,
-                    # illegal transition): answer it, keep the connection.
+                    # illegal transition, a size that contradicts the task's): answer
+                    # it, keep the connection. Anything else is a bug: logged below with
+                    # its traceback, and this connection closed.
                     log.debug(
                         "request refused conn=%s type=%s error=%s",
                         conn.name,
@@ -265,13 +274,16 @@ class SchedulerService:
                     self.metrics.errors.labels("bad_request").inc()
                     await conn.send(
                         m.Error(code=m.ErrorCode.BAD_REQUEST, message=str(exc)[:4000]),
-                        header.stream_id,
+                        stream_id,
                     )
         except ReadTimeout as exc:
             log.info("closing connection conn=%s: %s", conn.name, exc)
-        except (EOFError, ConnectionError, OSError, asyncio.IncompleteReadError):
-            pass
+        except ssl.SSLError as exc:
+            log.info("closing connection conn=%s on a TLS error: %s", conn.name, exc)
+        except (EOFError, OSError) as exc:
+            log.debug("connection ended conn=%s: %s", conn.name, exc)
         except Exception:
+            # A bug, not the peer's doing: say where, drop this connection, keep serving.
             log.exception("connection crashed conn=%s", conn.name)
         finally:
             self.metrics.connections.dec()
@@ -287,6 +299,10 @@ class SchedulerService:
         connection may not announce it, leave it, register or restore peers on it, or
         report for, reschedule or remove its peers. One connection carries one host.
         """
+        if isinstance(msg, m.AnnounceHost) and conn.identity is not None:
+            refusal = _certificate_refuses(conn.identity, msg)
+            if refusal is not None:
+                return refusal
         if isinstance(msg, m.AnnounceHost | m.LeaveHost):
             owner = self.host_conns.get(msg.host_id)
             if owner is not None and owner is not conn:
@@ -611,13 +627,11 @@ class SchedulerService:
         if peer is not None:
             state = peer.fsm.state
             if meta.piece_count:
-                with contextlib.suppress(Exception):
-                    bitmap = peer.finished.to_bytes()
-                    if (
-                        len(bitmap) * 8 < meta.piece_count
-                        or len(bitmap) != (meta.piece_count + 7) // 8
-                    ):
-                        bitmap = b""
+                # A bitmap sized for another piece count (the task's size was not known
+                # when the peer joined) is left out rather than sent wrong.
+                bitmap = peer.finished.to_bytes()
+                if len(bitmap) != (meta.piece_count + 7) // 8:
+                    bitmap = b""
         return m.ParentInfo(
             peer_id=parent.peer_id,
             host_id=parent.host_id,
@@ -629,6 +643,23 @@ class SchedulerService:
             tx_bandwidth_bps=parent.tx_bandwidth,
             max_tx_bandwidth_bps=parent.upload_limit_bps,
         )
+
+
+def _certificate_refuses(identity: PeerIdentity, msg: m.AnnounceHost) -> str | None:
+    """Under mutual TLS a host is who its certificate says (d7y.daemons.tls): why
+    ``msg`` does not match the connection's certificate, or None when it does."""
+    if identity.name != msg.host_id:
+        return (
+            f"this connection's TLS certificate is for {identity.name!r}, not host "
+            f"{msg.host_id!r}: a host announces only its own ID (issue it a certificate "
+            f"with 'd7y certs issue DIR --peer {msg.host_id}')"
+        )
+    if msg.host_type == "seed" and identity.role != "seed":
+        return (
+            f"host {msg.host_id!r} announces itself as a seed peer but its certificate's "
+            f"role is {identity.role or 'none'!r}: seed peers need a seed certificate"
+        )
+    return None
 
 
 def _or(value, default):
