@@ -118,7 +118,9 @@ class ProxyServer:
         )
         self._rate = _RequestRate(float(config.rate_limit))
         self._listener = Listener(
-            lambda sock, _address: self._serve(SocketStream(sock), tunnel=None),
+            # The listener is plain TCP here (no ``tls``): its stream is a bare socket,
+            # which the proxy's own streams take over (a CONNECT may turn it into TLS).
+            lambda stream, _address: self._serve(SocketStream(stream.sock), tunnel=None),
             name="proxy port",
             max_connections=config.max_connections,
             max_connections_per_ip=config.max_connections_per_ip,
