@@ -525,13 +525,13 @@ class Scheduler:
         in_edges = dag.parents(peer_id)
         for bad in bad_parents:
             check_id("bad parent", bad)
-            peer.blocklist.add(bad)
+            peer.block((bad,))
             if bad in in_edges:
                 self._ledger.delete_edge(peer.task, bad, peer)
         if self.config.blocklist_previous_parents and peer.given_parents:
             # Dragonfly: a peer asks again only when all its parents' streams ended, and
             # the scheduler never offers those parents again.
-            peer.blocklist.update(peer.given_parents)
+            peer.block(peer.given_parents)
         state = peer.fsm.state
         if state is _BTS:
             return NeedBackToSource(peer_id, task_meta(peer.task), "peer is already back-to-source")
@@ -645,15 +645,14 @@ class Scheduler:
         parent = self._peers.get(parent_id)
         if parent is not None:
             parent.host.upload_failed_count += 1
-        failures = peer.piece_failures.get(parent_id, 0) + 1
-        peer.piece_failures[parent_id] = failures
+        failures = peer.count_piece_failure(parent_id)
         blocklisted = False
         task = peer.task
         if (
             failures >= self.config.blocklist_after_piece_failures
             and parent_id not in peer.blocklist
         ):
-            peer.blocklist.add(parent_id)
+            peer.block((parent_id,))
             blocklisted = True
             if parent_id in task.dag.parents(peer_id):
                 self._ledger.delete_edge(task, parent_id, peer)

@@ -43,7 +43,7 @@ METRICS_KEEPALIVE = 60.0
 MAX_REFUSED = 16
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # one per connected host: no __dict__ each
 class Connection:
     framed: FramedSocket
     name: str
@@ -68,7 +68,7 @@ class Connection:
         return stream
 
 
-@dataclass
+@dataclass(slots=True)  # one per registered peer: no __dict__ each
 class Route:
     """Where a peer's answers go: its connection and download stream."""
 
