@@ -11,8 +11,9 @@ with like:
    (sendfile on) serving the same file to curl. Target: >= 0.8x nginx.
 3. dfdaemon's peak RSS while downloading RSS_SIZE. Target: < 150 MiB.
 
-nginx comes from Debian (apt-get install nginx-light); without it the origin is the
-test origin server (aiohttp) and item 2 is skipped, which the output says.
+nginx comes from Debian (apt-get install nginx-light); without it the benchmark says so
+and stops. nginx (bench/nginx_origin.py) and dfdaemon (tests/peer_harness.py) are run by
+d7y's process manager.
 """
 
 from __future__ import annotations
@@ -31,34 +32,15 @@ from statistics import median
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from nginx_origin import NginxOrigin, nginx_binary
 
 from d7y.core.ids import task_id
 from d7y.daemons.config import parse_size
 from tests.peer_harness import PeerProcess, free_port
 
 ROUNDS = 5
-
-NGINX_CONF = """
-worker_processes 1;
-daemon off;
-pid {dir}/nginx.pid;
-error_log {dir}/nginx-error.log;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    sendfile on;
-    tcp_nopush on;
-    client_body_temp_path {dir}/tmp;
-    proxy_temp_path {dir}/tmp;
-    fastcgi_temp_path {dir}/tmp;
-    uwsgi_temp_path {dir}/tmp;
-    scgi_temp_path {dir}/tmp;
-    server {{
-        listen 127.0.0.1:{port};
-        root {root};
-    }}
-}}
-"""
 
 
 def write_file(path: Path, size: int) -> None:
@@ -69,24 +51,6 @@ def write_file(path: Path, size: int) -> None:
             n = min(len(block), left)
             f.write(block[:n])
             left -= n
-
-
-class Nginx:
-    def __init__(self, root: Path, workdir: Path) -> None:
-        self.port = free_port()
-        self.dir = workdir / "nginx"
-        (self.dir / "tmp").mkdir(parents=True, exist_ok=True)
-        conf = self.dir / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(dir=self.dir, port=self.port, root=root))
-        self.proc = subprocess.Popen([shutil.which("nginx"), "-c", str(conf)])
-        time.sleep(0.5)
-
-    def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{name}"
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
 
 
 def curl_seconds(url: str, output: str) -> float:
@@ -108,19 +72,22 @@ def main() -> int:
     args = parser.parse_args()
     size = int(parse_size(args.size))
     rss_size = int(parse_size(args.rss_size))
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="d7y-bench-"))
-    work.chmod(0o755)  # nginx workers run as an unprivileged user
-    www = work / "www"
-    www.mkdir(parents=True, exist_ok=True)
-    write_file(www / "file.bin", size)
-    nginx = Nginx(www, work) if shutil.which("nginx") else None
-    if nginx is None:
+    if nginx_binary() is None:
         print("nginx not found: install nginx-light for the anchors; stopping")
         return 2
-    url = nginx.url("file.bin")
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="d7y-bench-"))
+    work.mkdir(parents=True, exist_ok=True)  # --workdir may name a directory to create
+    www = work / "www"
+    www.mkdir(exist_ok=True)
+    write_file(www / "file.bin", size)
+    (work / "nginx").mkdir(exist_ok=True)
+    nginx = NginxOrigin(work / "nginx", www, f"127.0.0.1:{free_port()}")
+    nginx.start("file.bin")
+    url = nginx.base_url + "file.bin"
     results = []
-    peer = PeerProcess(work, "bench", log={"level": "info"}).start()
+    peer = PeerProcess(work, "bench", log={"level": "info"})
     try:
+        peer.start()
         # Warm the origin's page cache so every download reads memory, not disk, then
         # alternate the contenders and keep each one's median of ROUNDS runs: this
         # machine is shared and noisy, alternation spreads the noise over both.
@@ -169,7 +136,9 @@ def main() -> int:
 
         sampler = threading.Thread(target=sample)
         sampler.start()
-        result = peer.dfget(nginx.url("big.bin"), work / "big.out", "--no-progress", timeout=900)
+        result = peer.dfget(
+            nginx.base_url + "big.bin", work / "big.out", "--no-progress", timeout=900
+        )
         done.set()
         sampler.join()
         assert result.returncode == 0, result.stderr.decode()
@@ -189,7 +158,8 @@ def main() -> int:
         f"{peak[0] / 2**20:.0f} MiB (start {base_rss / 2**20:.0f} MiB; target < 150 MiB) "
         f"{'ok' if peak[0] < 150 * 2**20 else 'MISS'}"
     )
-    shutil.rmtree(work, ignore_errors=True)
+    if not args.workdir:  # a directory the user named is theirs to keep
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -66,8 +66,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from nginx_origin import NginxOrigin, nginx_binary
 from swarm_net import SUBNET, Host, Network, call_in_netns, leftovers, remove_namespace
 
-from d7y.daemons.cluster import Service
 from d7y.daemons.config import parse_size
+from d7y.daemons.procman import ServiceProcess
 from tests.peer_harness import PeerProcess, SchedulerProcess, dfget_command, free_port
 
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -728,7 +728,7 @@ def netns_lt_run(
     work.mkdir(parents=True)
     net, hosts = build_network(n, rate, args.down_rate)
     go = work / "go"
-    sessions: dict[str, Service] = {}
+    sessions: dict[str, ServiceProcess] = {}
     try:
         members = ["origin", "seed", *[f"peer{i}" for i in range(n)]]
         addresses = {name: f"{hosts[name].ip}:{LT_PORT}" for name in members}
@@ -757,13 +757,15 @@ def netns_lt_run(
             for other in members:
                 if other != name:
                     argv += ["--peer", addresses[other]]
-            service = Service(work, f"lt-{name}", hosts[name].wrap(argv), None)
+            service = ServiceProcess(
+                f"lt-{name}", hosts[name].wrap(argv), log_path=work / f"lt-{name}.log"
+            )
             sessions[name] = service
-            service.start()
+            service.launch()
         deadline = time.monotonic() + 60
         while not all(read_status(work / f"{m}.status") for m in members):
             for name, service in sessions.items():
-                if service.proc is not None and service.proc.poll() is not None:
+                if not service.running:
                     raise RuntimeError(f"libtorrent session {name} exited; see {service.log_path}")
             if time.monotonic() > deadline:
                 raise RuntimeError("libtorrent sessions did not start within 60 s")

@@ -1,23 +1,22 @@
 """A real nginx as the benchmark's origin, with a private config and its own access log.
 
 nginx runs as one foreground process (``daemon off; master_process off``) so the
-benchmark owns exactly one pid; the process itself is a ``Service`` of d7y's cluster
-module. Every request is logged with its body bytes, which is how origin egress is
-counted: the sum of ``$body_bytes_sent`` over the run (aborted transfers are logged
-with what they had sent).
+benchmark owns exactly one pid, managed by d7y's process manager (``d7y.daemons.procman``)
+and ready once it answers a HEAD for the probe file. Every request is logged with its
+body bytes, which is how origin egress is counted: the sum of ``$body_bytes_sent`` over
+the run (aborted transfers are logged with what they had sent).
 """
 
 from __future__ import annotations
 
 import re
 import shutil
-import time
 import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from d7y.daemons.cluster import Service
+from d7y.daemons.procman import ProcessError, ServiceProcess
 
 LOG_FORMAT = '$remote_addr $status $body_bytes_sent $request_time "$request" "$http_range"'
 LOG_LINE = re.compile(r'^(\S+) (\d{3}) (\d+) (\S+) "([^"]*)" "([^"]*)"$')
@@ -79,26 +78,24 @@ class NginxOrigin:
         self.conf = work / "nginx.conf"
         self.conf.write_text(_config(work, root, listen, self.access_log))
         self.call = call
-        self.service = Service(work, "nginx", wrap([binary, "-c", str(self.conf)]), None)
+        self.service = ServiceProcess(
+            "nginx", wrap([binary, "-c", str(self.conf)]), log_path=work / "nginx.log"
+        )
 
     @property
     def base_url(self) -> str:
         return f"http://{self.listen}/"
 
     def start(self, probe_file: str, timeout: float = 15.0) -> None:
-        self.service.start()
         url = self.base_url + probe_file
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.service.proc is not None and self.service.proc.poll() is not None:
-                break
-            if self.call(_head_ok, url):
-                self.access_log.write_text("")  # the probe is not part of the run
-                return
-            time.sleep(0.05)
-        self.stop()
-        errors = (self.work / "nginx-error.log").read_text(errors="replace")[-2000:]
-        raise RuntimeError(f"nginx did not serve {url}; its error log:\n{errors}")
+        self.service.ready_check = lambda: self.call(_head_ok, url)
+        try:
+            self.service.start(timeout)
+        except ProcessError:
+            self.stop()
+            errors = (self.work / "nginx-error.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"nginx did not serve {url}; its error log:\n{errors}") from None
+        self.access_log.write_text("")  # the probe is not part of the run
 
     def stop(self) -> None:
         self.service.stop()

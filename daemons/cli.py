@@ -3,6 +3,9 @@
 d7y pieces [FILE]        hash a file into pieces and send them over loopback
 d7y dfdaemon [...]       run the peer daemon (same as ``dfdaemon``)
 d7y dfget URL -O FILE    download through the daemon (same as ``dfget``)
+d7y scheduler [...]      run the scheduler
+d7y cluster demo | up    a whole cluster on loopback
+d7y origin --dir DIR     the demo origin server (HTTP with Range) for demos and benches
 d7y config-docs          print every config key with its default
 """
 
@@ -15,10 +18,7 @@ from pathlib import Path
 
 def dfdaemon_main(argv: list[str] | None = None) -> int:
     """Entry point of ``dfdaemon``."""
-    import asyncio
-
-    from d7y.daemons.config import ConfigError
-    from d7y.daemons.logs import setup_logging
+    from d7y.daemons import service
     from d7y.daemons.peer.config import DEFAULT_CONFIG_PATH, load_peer_config
     from d7y.daemons.peer.daemon import PeerDaemon
     from d7y.daemons.peer.storage import StorageError
@@ -40,27 +40,12 @@ def dfdaemon_main(argv: list[str] | None = None) -> int:
         overrides.setdefault("upload", {})["port"] = args.port
     if args.seed_peer:
         overrides["seed_peer"] = True
-    try:
-        config = load_peer_config(args.config, overrides=overrides)
-    except ConfigError as exc:
-        print(f"dfdaemon: {exc}", file=sys.stderr)
-        return 2
-    setup_logging(config.log.level, config.log.format)
-    try:
-        import uvloop
-
-        run = uvloop.run
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        run = asyncio.run
-    try:
-        run(PeerDaemon(config).serve_forever())
-    except StorageError as exc:
-        print(f"dfdaemon: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:  # e.g. a port already in use
-        print(f"dfdaemon: cannot start: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return service.main(
+        "dfdaemon",
+        lambda: load_peer_config(args.config, overrides=overrides),
+        PeerDaemon,
+        startup_errors=(StorageError,),
+    )
 
 
 def config_docs() -> str:
@@ -124,17 +109,39 @@ _NOTES = {
         "machine itself (dfget over the local socket) is the user's own and is never",
         "restricted. A seed peer whose origins are internal lists them in `source.allow`;",
         "`d7y cluster demo` and the test harnesses allow `127.0.0.0/8` and `::1/128`,",
-        "because their origin is on loopback.",
+        "because their origin is on loopback. The policy applies to every scheme: an S3",
+        "endpoint, an OCI registry and the token service it names are checked the same way.",
+        "",
+        "### Sources (`source.s3`, `source.oci`)",
+        "",
+        "The URL's scheme picks the source: `http`/`https`, `s3://bucket/key`, or",
+        "`oci://registry[:port]/repo:tag` / `oci://registry[:port]/repo@sha256:<hex>`.",
+        "",
+        "S3: each `source.s3` key that is set wins; otherwise credentials come from",
+        "`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`, then from the",
+        "profile (`AWS_PROFILE`, else `default`) in `~/.aws/credentials`",
+        "(`AWS_SHARED_CREDENTIALS_FILE`) and `~/.aws/config` (`AWS_CONFIG_FILE`); the region",
+        "from `AWS_REGION`, `AWS_DEFAULT_REGION`, the profile's `region`, else `us-east-1`;",
+        "the endpoint from `AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL`, the profile's",
+        "`endpoint_url`, else `https://s3.<region>.amazonaws.com`. They are read when a",
+        "download probes its object. The key is the literal text after the bucket.",
+        "",
+        "OCI: a tag (`:latest` when none is given) must name a manifest with exactly one",
+        "layer, which is the task; `@<digest>` names a blob (or a manifest with one layer).",
+        "A 401 with a `Bearer` challenge is answered with a token from the named service",
+        "(asked with `source.oci.username` / `password`, or the registry's `auth` entry in",
+        "`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`, when set; anonymously",
+        "otherwise); `Basic` with those credentials. The whole blob is checked against its",
+        "digest.",
     ],
 }
 
 
 def scheduler_main(argv: list[str] | None = None) -> int:
     """Entry point of ``d7y scheduler``."""
-    from d7y.daemons.config import ConfigError
-    from d7y.daemons.logs import setup_logging
+    from d7y.daemons import service
     from d7y.daemons.scheduler.config import load_scheduler_config
-    from d7y.daemons.scheduler.server import serve_forever
+    from d7y.daemons.scheduler.server import SchedulerService
 
     parser = argparse.ArgumentParser(prog="d7y scheduler", description="d7y scheduler")
     parser.add_argument("--config", default=None, help="YAML config file")
@@ -146,29 +153,11 @@ def scheduler_main(argv: list[str] | None = None) -> int:
         overrides.setdefault("server", {})["port"] = args.port
     if args.metrics_port is not None:
         overrides.setdefault("metrics", {})["port"] = args.metrics_port
-    try:
-        config = load_scheduler_config(args.config, overrides=overrides)
-    except ConfigError as exc:
-        print(f"d7y scheduler: {exc}", file=sys.stderr)
-        return 2
-    setup_logging(config.log.level, config.log.format)
-    try:
-        _run_loop(serve_forever(config))
-    except OSError as exc:
-        print(f"d7y scheduler: cannot start: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _run_loop(coro) -> None:
-    try:
-        import uvloop
-
-        uvloop.run(coro)
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        import asyncio
-
-        asyncio.run(coro)
+    return service.main(
+        "d7y scheduler",
+        lambda: load_scheduler_config(args.config, overrides=overrides),
+        SchedulerService,
+    )
 
 
 def dfget_main(argv: list[str] | None = None) -> int:
@@ -201,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return sim_main(argv[1:])
     if argv and argv[0] == "origin":
-        from d7y.daemons.origin import main as origin_main
+        from d7y.daemons.demo_origin import main as origin_main
 
         return origin_main(argv[1:])
     parser = argparse.ArgumentParser(prog="d7y", description="d7y: P2P data distribution")

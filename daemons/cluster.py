@@ -29,6 +29,8 @@ from pathlib import Path
 
 import yaml
 
+from d7y.daemons.procman import ServiceProcess
+
 PYTHON = sys.executable
 
 
@@ -36,14 +38,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
 
 
 def read_metrics(url: str) -> dict[str, float]:
@@ -58,64 +52,34 @@ def read_metrics(url: str) -> dict[str, float]:
     return values
 
 
-class Service:
-    """One daemon process of the cluster, its config file and its log."""
-
-    def __init__(self, work: Path, name: str, argv: list[str], health_url: str | None):
-        self.name = name
-        self.argv = argv
-        self.health_url = health_url
-        self.log_path = work / f"{name}.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT)
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited; see {self.log_path}")
-            if self.health_url is None or _http_ok(self.health_url):
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"{self.name} did not become ready; see {self.log_path}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 class LocalCluster:
     def __init__(self, work: Path, peers: int) -> None:
         self.work = work
-        self.services: list[Service] = []
+        self.services: list[ServiceProcess] = []  # in start order; stopped in reverse
         self.scheduler_port = _free_port()
         self.peers: list[dict] = []
         self.seed: dict | None = None
         self.origin_url: str | None = None
-        self.origin_proc: subprocess.Popen | None = None
         self.peer_count = peers
 
     def _cli(self, *args: str) -> list[str]:
         return [PYTHON, "-m", "d7y.daemons.cli", *args]
 
-    def start_origin(self, root: Path, rate: str = "0") -> str:
-        self.origin_proc = subprocess.Popen(
-            self._cli("origin", "--dir", str(root), "--rate", rate),
-            stdout=subprocess.PIPE,
-            text=True,
+    def _service(self, name: str, *args: str) -> ServiceProcess:
+        """A d7y service of this cluster; ready when it notifies READY=1."""
+        service = ServiceProcess(
+            name, self._cli(*args), log_path=self.work / f"{name}.log", notify=True
         )
-        assert self.origin_proc.stdout is not None
-        self.origin_url = self.origin_proc.stdout.readline().strip()
-        if not self.origin_url.startswith("http"):
-            raise RuntimeError("the origin did not start")
+        self.services.append(service)
+        return service
+
+    def start_origin(self, root: Path, rate: str = "0") -> str:
+        origin = self._service("origin", "origin", "--dir", str(root), "--rate", rate)
+        origin.start()
+        # The demo origin prints its URL (with the port it bound) as its first line.
+        self.origin_url = next(
+            line for line in origin.log().splitlines() if line.startswith("http://")
+        )
         return self.origin_url
 
     def _peer(self, name: str, seed: bool) -> dict:
@@ -134,16 +98,9 @@ class LocalCluster:
         }
         path = self.work / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config))
-        service = Service(
-            self.work,
-            name,
-            self._cli("dfdaemon", "--config", str(path)),
-            f"http://127.0.0.1:{metrics}/healthy",
-        )
-        self.services.append(service)
         return {
             "name": name,
-            "service": service,
+            "service": self._service(name, "dfdaemon", "--config", str(path)),
             "socket": data_dir / "dfdaemon.sock",
             "metrics": metrics,
             "config": path,
@@ -157,29 +114,22 @@ class LocalCluster:
         }
         path = self.work / "scheduler.yaml"
         path.write_text(yaml.safe_dump(config))
-        scheduler = Service(
-            self.work,
-            "scheduler",
-            self._cli("scheduler", "--config", str(path)),
-            f"http://127.0.0.1:{sched_metrics}/healthy",
-        )
-        self.services.append(scheduler)
-        scheduler.start()
-        scheduler.wait_ready()
+        self._service("scheduler", "scheduler", "--config", str(path)).start()
         self.seed = self._peer("seed", True)
         self.peers = [self._peer(f"peer{i}", False) for i in range(self.peer_count)]
-        for node in [self.seed, *self.peers]:
-            node["service"].start()
-        for node in [self.seed, *self.peers]:
+        nodes = [self.seed, *self.peers]
+        for node in nodes:
+            node["service"].launch()
+        for node in nodes:
             node["service"].wait_ready()
-        time.sleep(0.5)  # every host announces itself to the scheduler
+        for node in nodes:  # it announces its host first thing on the connection
+            node["service"].wait_log("connected to scheduler address=")
 
     def stop(self) -> None:
         for service in reversed(self.services):
-            service.stop()
-        if self.origin_proc is not None:
-            self.origin_proc.terminate()
-            self.origin_proc.wait(10)
+            service.stop(grace=20.0)
+            if service.killed:
+                print(f"{service.name} ignored SIGTERM for 20 s and was killed")
 
     def metrics(self, node: dict) -> dict[str, float]:
         return read_metrics(f"http://127.0.0.1:{node['metrics']}/metrics")

@@ -2,10 +2,14 @@
 
     dfget https://example.com/model.bin -O model.bin --digest sha256:<hex>
     dfget https://example.com/file -O -        # to stdout, pieces streamed in order
+    dfget s3://bucket/path/key -O key          # S3 (credentials: dfdaemon's AWS settings)
+    dfget oci://registry:5000/repo:tag -O blob # the single layer of an OCI artifact
 
-Exit status: 0 success; 1 other error; 2 bad usage; 3 dfdaemon not running; 4 the origin
-failed (4xx/5xx or broken transfer); 5 timeout; 6 digest mismatch; 7 disk full;
-8 back-to-source disabled and no peer had the task.
+Exit status: 0 success; 1 other error; 2 bad usage (also a malformed s3:// or oci://
+URL); 3 dfdaemon not running; 4 the origin failed (4xx/5xx, S3 or registry errors,
+missing credentials, broken transfer); 5 timeout; 6 digest mismatch (also an OCI blob
+that does not match its digest); 7 disk full; 8 back-to-source disabled and no peer had
+the task.
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit status: 0 ok, 1 error, 2 usage, 3 dfdaemon not running, 4 origin "
         "error, 5 timeout, 6 digest mismatch, 7 disk full, 8 no source.",
     )
-    p.add_argument("url", help="http(s) URL to download")
+    p.add_argument("url", help="URL to download: http(s)://, s3://bucket/key or oci://...")
     p.add_argument("-O", "--output", required=True, help="output file path, or - for stdout")
     p.add_argument("--digest", default="", help="expected sha256:<hex>, sha512:<hex> or crc32:<n>")
     p.add_argument("--tag", default="", help="tag: different tags make different tasks")

@@ -86,14 +86,18 @@ class Listener:
         self.port = sock.getsockname()[1]
         self._accept_task = asyncio.get_running_loop().create_task(self._accept_loop())
 
-    async def stop(self) -> None:
-        """Stop accepting, cancel every connection handler and wait for them."""
+    async def stop_accepting(self) -> None:
+        """Close the listening socket; the connections open go on (a drain)."""
         if self._accept_task is not None:
             self._accept_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._accept_task
         if self._sock is not None:
             self._sock.close()
+
+    async def stop(self) -> None:
+        """Stop accepting, cancel every connection handler and wait for them."""
+        await self.stop_accepting()
         for task in list(self._connections):
             task.cancel()
         await asyncio.gather(*self._connections, return_exceptions=True)

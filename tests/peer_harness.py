@@ -1,4 +1,7 @@
-"""Run dfdaemon as a real process and dfget as a real command, for end-to-end tests."""
+"""Run dfdaemon as a real process and dfget as a real command, for end-to-end tests.
+
+The daemons are :class:`d7y.daemons.procman.ServiceProcess` es with a config file.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from d7y.daemons.cluster import read_metrics
+from d7y.daemons.procman import ServiceProcess, http_ok
 
 PYTHON = sys.executable
 #: source.allow for daemons whose origins are on this machine (every test's).
@@ -27,21 +31,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class DaemonProcess:
-    """A d7y daemon run as a real process from a YAML config; ready when its /healthy
-    answers. Subclasses fill in ``config`` and name the command."""
+class DaemonProcess(ServiceProcess):
+    """A d7y daemon run as a real process from a YAML config, by the process manager;
+    ready when it notifies READY=1 (the services' lifecycle does, once every listener is
+    bound). Subclasses fill in ``config`` and name the command."""
 
     command = ""  # the d7y subcommand: "dfdaemon" or "scheduler"
 
     def __init__(self, workdir: Path, name: str) -> None:
         self.workdir = Path(workdir)
-        self.name = name
+        super().__init__(name, log_path=self.workdir / f"{name}.log", notify=True)
         self.metrics_port = free_port()
         self.config: dict = {}
         self.env: dict[str, str] = {}  # extra environment (D7Y_* overrides) for the process
         self.config_path = self.workdir / f"{name}.yaml"
-        self.log_path = self.workdir / f"{name}.log"
-        self.proc: subprocess.Popen | None = None
 
     def _merge(self, overrides: dict) -> None:
         for section, values in overrides.items():
@@ -54,67 +57,28 @@ class DaemonProcess:
         """The argv that runs this daemon; a subclass may wrap it (e.g. in ``ip netns exec``)."""
         return [PYTHON, "-m", "d7y.daemons.cli", self.command, "--config", str(self.config_path)]
 
-    def call_local(self, fn, *args):
-        """Run ``fn(*args)`` where the daemon's 127.0.0.1 is reachable (here: this process);
-        a subclass whose daemon runs in another network namespace calls it there."""
-        return fn(*args)
+    def environment(self) -> dict[str, str]:
+        return dict(self.env)
 
     def ready(self) -> bool:
-        return self.call_local(_http_ok, f"http://127.0.0.1:{self.metrics_port}/healthy")
+        """/healthy answers 200 (through ``call_local``: a subclass in another network
+        namespace probes from there)."""
+        return self.call_local(http_ok, f"http://127.0.0.1:{self.metrics_port}/healthy")
 
     def start(self, timeout: float = 20.0):
         self.config_path.write_text(yaml.safe_dump(self.config))
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                self.command_line(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=dict(os.environ, **self.env),
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited early:\n{self.log()}")
-            if self.ready():
-                return self
-            time.sleep(0.05)
-        self.proc.kill()  # never leave a half-started daemon behind
-        self.proc.wait()
-        raise RuntimeError(f"{self.name} did not become ready:\n{self.log()}")
+        return super().start(timeout)
 
     def metrics(self) -> dict[str, float]:
         return self.call_local(read_metrics, f"http://127.0.0.1:{self.metrics_port}/metrics")
 
-    def log(self) -> str:
-        return self.log_path.read_text() if self.log_path.exists() else ""
-
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            raise AssertionError(f"{self.name} ignored signal {sig}:\n{self.log()}") from None
-
-    def kill(self) -> None:
-        self.stop(signal.SIGKILL)
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.stop()
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
+        """Signal the daemon and wait for it; a daemon that outlives ``timeout`` is
+        killed and the test fails: every daemon must honour SIGTERM."""
+        code = super().stop(sig, grace=timeout)
+        if self.killed:
+            raise AssertionError(f"{self.name} ignored signal {sig}:\n{self.log()}")
+        return code
 
 
 class PeerProcess(DaemonProcess):

@@ -475,6 +475,45 @@ def test_garbage_on_http_upload_port(peer):
     assert peer.healthy()
 
 
+def test_head_request_refused_without_a_body(peer):
+    """A HEAD for a missing task gets the 404's headers and no body (the server once
+    tried to write the error text after a HEAD answer and crashed the connection)."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", peer.upload_port, timeout=10)
+    try:
+        for _ in range(2):  # the same connection serves the second one: it did not crash
+            conn.request("HEAD", "/download/" + "0" * 64)
+            resp = conn.getresponse()
+            assert resp.status == 404 and resp.read() == b""
+            assert int(resp.getheader("content-length")) > 0
+    finally:
+        conn.close()
+    assert "Traceback" not in peer.log()
+
+
+def test_local_api_refuses_a_deeply_nested_body(peer):
+    """Found by fuzzing: JSON nested past the parser's recursion limit crashed the
+    handler with a traceback; it is a bad request like any other malformed body."""
+    import socket
+
+    body = b"[" * 100_000
+    request = (
+        b"POST /v1/tasks HTTP/1.1\r\nHost: d7y\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+    ) + body
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(str(peer.socket_path))
+        s.sendall(request)
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 400"), reply[:200]
+    assert b"nested too deeply" in reply
+    assert "Traceback" not in peer.log()
+
+
 def test_list_and_delete_tasks(origin, peer, tmp_path):
     url = origin.add_file("listed.bin", size=10, seed=20)
     assert peer.dfget(url, tmp_path / "x", "--no-progress").returncode == 0

@@ -23,14 +23,14 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from d7y.daemons.peer.origin import (
+from d7y.daemons.sources.base import (
     ContentChanged,
-    OriginClient,
-    OriginError,
-    OriginInfo,
     RetryPolicy,
     ShortRead,
+    SourceError,
+    SourceInfo,
 )
+from d7y.daemons.sources.http import OriginClient
 from tests.origin_server import (
     OriginServer,
     ThreadedOriginServer,
@@ -57,7 +57,7 @@ def run(scenario: Scenario, **client_options: Any) -> Any:
     return asyncio.run(main())
 
 
-def expect_error(excinfo: pytest.ExceptionInfo[OriginError]) -> OriginError:
+def expect_error(excinfo: pytest.ExceptionInfo[SourceError]) -> SourceError:
     error = excinfo.value
     assert "\n" not in str(error), "messages must be one line for dfget"
     return error
@@ -129,7 +129,7 @@ def test_probe_empty_file() -> None:
 
 
 def test_probe_validators_weak_etag_falls_back_to_last_modified() -> None:
-    info = OriginInfo(
+    info = SourceInfo(
         url="http://x/",
         final_url="http://x/",
         content_length=1,
@@ -192,13 +192,13 @@ def test_concurrent_pieces_one_request_each() -> None:
 def test_fetch_range_404_is_final_with_status_in_message() -> None:
     async def scenario(origin: OriginServer, client: OriginClient) -> None:
         url = origin.url("missing.bin")
-        with pytest.raises(OriginError) as excinfo:
+        with pytest.raises(SourceError) as excinfo:
             await client.fetch_range(url, None, 0, 10, bytearray(10))
         error = expect_error(excinfo)
         assert (error.status, error.retryable, error.url) == (404, False, url)
         assert str(error) == f"origin returned 404 Not Found for {url}"
         assert origin.stats("missing.bin")["requests"] == 1
-        with pytest.raises(OriginError, match="404 Not Found"):
+        with pytest.raises(SourceError, match="404 Not Found"):
             await client.probe(url)
 
     run(scenario)
@@ -233,7 +233,7 @@ def test_persistent_5xx_gives_up_after_the_configured_attempts() -> None:
     async def scenario(origin: OriginServer, client: OriginClient) -> None:
         url = origin.add_file("a.bin", size=10, seed=6)
         origin.set_faults("a.bin", fail={"status": 503, "count": -1})
-        with pytest.raises(OriginError) as excinfo:
+        with pytest.raises(SourceError) as excinfo:
             await client.fetch_range(url, None, 0, 10, bytearray(10))
         error = expect_error(excinfo)
         assert error.status == 503
@@ -249,7 +249,7 @@ def test_other_4xx_are_not_retried(status: int) -> None:
     async def scenario(origin: OriginServer, client: OriginClient) -> None:
         url = origin.add_file("a.bin", size=10, seed=6)
         origin.set_faults("a.bin", fail={"status": status, "count": -1})
-        with pytest.raises(OriginError) as excinfo:
+        with pytest.raises(SourceError) as excinfo:
             await client.fetch_range(url, None, 0, 10, bytearray(10))
         assert (excinfo.value.status, excinfo.value.retryable) == (status, False)
         assert origin.stats("a.bin")["requests"] == 1
@@ -379,7 +379,7 @@ def test_content_changed_between_probe_and_fetch_is_final(validator: str) -> Non
             origin.set_faults("a.bin", etag="v2")
         else:
             origin.set_faults("a.bin", last_modified="Wed, 03 Jan 2024 00:00:00 GMT")
-        with pytest.raises(OriginError) as excinfo:
+        with pytest.raises(SourceError) as excinfo:
             await client.fetch_range(url, None, 0, 100, bytearray(100), info=info)
         error = expect_error(excinfo)
         assert error.retryable is False
@@ -414,7 +414,7 @@ def test_origin_ignoring_range_on_a_fetch_is_an_error() -> None:
     async def scenario(origin: OriginServer, client: OriginClient) -> None:
         url = origin.add_file("a.bin", size=1000, seed=9)
         origin.set_faults("a.bin", range=False, etag=False, last_modified=False)
-        with pytest.raises(OriginError, match="ignored Range bytes=10-19") as excinfo:
+        with pytest.raises(SourceError, match="ignored Range bytes=10-19") as excinfo:
             await client.fetch_range(url, None, 10, 10, bytearray(10))
         assert excinfo.value.retryable is False
         whole = bytearray(1000)  # asking for all of it is answered by a plain 200
@@ -436,7 +436,7 @@ def test_redirects_are_followed() -> None:
         assert buffer == generated_bytes(5000, 10, 4900, 100)
         assert origin.stats("a.bin")["ranges"] == ["bytes=0-0", "bytes=4900-4999"]
         assert origin.stats("redirect/a.bin")["requests"] == 2
-        with pytest.raises(OriginError, match="redirected too many times") as excinfo:
+        with pytest.raises(SourceError, match="redirected too many times") as excinfo:
             await client.probe(origin.url("redirect-loop"))
         assert excinfo.value.retryable is False
         assert origin.stats("redirect-loop")["requests"] == 11  # the first + 10 redirects
@@ -452,12 +452,12 @@ def test_unsupported_scheme_fails_before_any_io(url: str) -> None:
                 lambda: client.probe(url),
                 lambda: client.fetch_range(url, None, 0, 1, bytearray(1)),
             ):
-                with pytest.raises(OriginError) as excinfo:
+                with pytest.raises(SourceError) as excinfo:
                     await call()
                 error = expect_error(excinfo)
                 assert "only http and https are supported" in str(error)
                 assert (error.status, error.retryable) == (None, False)
-            with pytest.raises(OriginError, match="only http and https are supported"):
+            with pytest.raises(SourceError, match="only http and https are supported"):
                 client.stream(url)
             assert client.requests == 0
             assert client._session is None  # no session, so certainly no socket
@@ -471,7 +471,7 @@ def _error_text(url: str) -> str:
         async with OriginClient() as client:
             try:
                 await client.probe(url)
-            except OriginError as exc:
+            except SourceError as exc:
                 return str(exc)
             return ""
 
@@ -482,7 +482,7 @@ def test_connection_refused_is_retried_then_reported() -> None:
     async def scenario(origin: OriginServer, client: OriginClient) -> None:
         url = origin.url("a.bin")
         await origin.stop()
-        with pytest.raises(OriginError) as excinfo:
+        with pytest.raises(SourceError) as excinfo:
             await client.probe(url)
         error = expect_error(excinfo)
         assert (
@@ -500,7 +500,7 @@ def test_request_timeout_is_retried_and_reported() -> None:
         await client.fetch_range(url, None, 0, 10, bytearray(10))  # 2nd attempt is quick
         origin.set_faults("a.bin", delay={"seconds": 0.5, "count": -1})
         with pytest.raises(
-            OriginError, match=r"origin timed out: waiting for .* \(after 2 attempts\)"
+            SourceError, match=r"origin timed out: waiting for .* \(after 2 attempts\)"
         ):
             await client.fetch_range(url, None, 0, 10, bytearray(10))
 
@@ -591,10 +591,10 @@ def test_misbehaving_origin_answers_are_rejected() -> None:
         try:
             async with OriginClient(retry=FAST) as client:
                 with pytest.raises(
-                    OriginError, match="answered Content-Range 'bytes 0-9/100' to bytes=5-14"
+                    SourceError, match="answered Content-Range 'bytes 0-9/100' to bytes=5-14"
                 ):
                     await client.fetch_range(base + "/wrong", None, 5, 10, bytearray(10))
-                with pytest.raises(OriginError, match="sent more than the 10 bytes") as excinfo:
+                with pytest.raises(SourceError, match="sent more than the 10 bytes") as excinfo:
                     await client.fetch_range(base + "/long", None, 0, 10, bytearray(10))
                 assert excinfo.value.retryable is False
         finally:
@@ -643,7 +643,7 @@ def test_stream_open_is_retried_but_a_broken_body_is_final() -> None:
         url = origin.add_file("s.bin", size=size, seed=14)
         origin.set_faults("s.bin", range=False, fail={"status": 500}, close_after={"bytes": 70_000})
         received = 0
-        with pytest.raises(OriginError) as excinfo:
+        with pytest.raises(SourceError) as excinfo:
             async with client.stream(url) as body:
                 async for chunk in body:
                     received += len(chunk)
@@ -661,7 +661,7 @@ def test_stream_cut_without_content_length_reports_bytes_received() -> None:
     async def scenario(origin: OriginServer, client: OriginClient) -> None:
         url = origin.add_file("s.bin", size=MiB, seed=14)
         origin.set_faults("s.bin", range=False, content_length=False, close_after={"bytes": 4096})
-        with pytest.raises(OriginError, match=f"after 4096 bytes of {url}"):
+        with pytest.raises(SourceError, match=f"after 4096 bytes of {url}"):
             async with client.stream(url) as body:
                 async for _ in body:
                     pass
@@ -772,7 +772,7 @@ def test_https_origin(tls_files: tuple[Path, Path]) -> None:
                 await client.fetch_range(url, None, 0, 300_000, buffer, info=info)
                 assert buffer == generated_bytes(300_000, 17)
             async with OriginClient(retry=FAST) as untrusting:
-                with pytest.raises(OriginError, match="TLS error") as excinfo:
+                with pytest.raises(SourceError, match="TLS error") as excinfo:
                     await untrusting.probe(url)
                 assert excinfo.value.retryable is False
 
@@ -858,7 +858,7 @@ def test_origin_server_as_a_process() -> None:
         base = process.stdout.readline().strip()
         assert base.startswith("http://127.0.0.1:")
 
-        async def main() -> OriginInfo:
+        async def main() -> SourceInfo:
             async with OriginClient(retry=FAST) as client:
                 return await client.probe(base + "p.bin")
 

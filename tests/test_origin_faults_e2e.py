@@ -209,3 +209,39 @@ def test_streamed_download_filling_the_data_dir_is_disk_full(origin, tmp_path, t
         assert os.statvfs(tiny_fs).f_bavail > 4 * PIECE // os.statvfs(tiny_fs).f_frsize, (
             "the failed task's bytes were not freed"
         )
+
+
+def test_output_dir_full_fails_clearly_and_keeps_the_downloaded_task(
+    origin, peer, tmp_path, tiny_fs
+):
+    """The download succeeds but the output's filesystem is full (another filesystem
+    than the data dir's, so the bytes are copied, not linked): exit 7 naming the lack
+    of space, nothing half-written at or beside the output, and the task stays in the
+    daemon's storage: once there is room, the next dfget needs nothing from the origin."""
+    size = 2 * PIECE + 7
+    url = origin.add_file("no-room-out.bin", size=size, seed=48)
+    out_dir = tiny_fs / "out"
+    out_dir.mkdir()
+    filler = fill(tiny_fs)
+    result = peer.dfget(url, out_dir / "x.bin", "--no-progress")
+    assert result.returncode == 7, result.stderr.decode() + peer.log()[-3000:]
+    assert "no space left" in assert_readable(result.stderr)
+    assert list(out_dir.iterdir()) == [], "a partial or temporary output was left behind"
+    sent = origin.stats("/no-room-out.bin")["bytes_sent"]
+    assert sent >= size
+    filler.unlink()
+    again = peer.dfget(url, out_dir / "x.bin", "--no-progress")
+    assert again.returncode == 0, again.stderr.decode()
+    assert (out_dir / "x.bin").read_bytes() == origin.content("no-room-out.bin")
+    assert origin.stats("/no-room-out.bin")["bytes_sent"] == sent
+    assert peer.healthy()
+
+
+def test_redirect_loop_is_an_origin_error_naming_the_redirects(origin, peer, tmp_path):
+    result = peer.dfget(origin.url("redirect-loop"), tmp_path / "out", "--no-progress")
+    assert result.returncode == 4, result.stderr.decode()
+    text = assert_readable(result.stderr)
+    assert "redirect" in text.lower(), text
+    assert not (tmp_path / "out").exists()
+    assert origin.stats("redirect-loop")["requests"] <= 11 * 3  # bounded, with retries
+    assert peer.healthy()

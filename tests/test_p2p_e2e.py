@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import signal
 import socket
 import struct
 from pathlib import Path
@@ -407,8 +408,12 @@ def test_tiny_and_one_piece_tasks_come_from_the_swarm(cluster_factory, origin, s
         assert from_peers == (0 if size <= 128 else size)
 
 
-def test_download_that_outlives_its_scheduler_is_announced_to_the_new_one(cluster_factory, origin):
-    """The scheduler restarts while downloads run: the peer's from its parent (the
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+def test_download_that_outlives_its_scheduler_is_announced_to_the_new_one(
+    cluster_factory, origin, how
+):
+    """The scheduler restarts (stopped, or killed with SIGKILL: no goodbye on any
+    connection) while downloads run: the peer's from its parent (the
     seed), the seed's from the origin. Both go on and, once the new scheduler is up,
     continue on a new stream opened with RestorePeer (the pieces held so far), so their
     reports and DownloadFinished reach the new scheduler, which then sends later peers
@@ -420,9 +425,25 @@ def test_download_that_outlives_its_scheduler_is_announced_to_the_new_one(cluste
     cluster = cluster_factory(peers=1, seed_extra={"download": {"concurrency": 1}})
     peer = cluster.peers[0]
     proc = peer.dfget_popen(url, cluster.work / "first.out", "--no-progress")
-    wait_for(lambda: "answer=NormalTaskResponse" in peer.log(), "the peer to get its parents")
-    cluster.scheduler.stop()
+    tid = task_id(url)
+
+    def holds_a_piece(daemon: PeerProcess) -> bool:
+        status, info = daemon.api("GET", f"/v1/tasks/{tid}")
+        return status == 200 and info.get("completed_bytes", 0) >= PIECE
+
+    # Both downloads are under way (and know the length, which a restore needs).
+    wait_for(lambda: holds_a_piece(peer), "the peer to store a piece from the seed")
+    # From here the origin holds every answer, so the downloads cannot finish before the
+    # new scheduler has taken them (on a loaded machine its start may outlast them).
+    origin.set_faults("/outlive.bin", hold={"count": -1})
+    cluster.scheduler.stop(signal.SIGKILL if how == "sigkill" else signal.SIGTERM)
     cluster.scheduler.start()  # knows nothing of the running download
+    for daemon in (peer, cluster.seed):
+        wait_for(
+            lambda d=daemon: "restored a running download with the scheduler" in d.log(),
+            f"{daemon.name} to restore its running download with the new scheduler",
+        )
+    origin.set_faults("/outlive.bin", hold=None)
     assert proc.wait(180) == 0, proc.stderr.read().decode() + peer.log()[-3000:]
     expected = hashlib.sha256(origin.content("outlive.bin")).hexdigest()
     assert sha256(cluster.work / "first.out") == expected
@@ -433,6 +454,12 @@ def test_download_that_outlives_its_scheduler_is_announced_to_the_new_one(cluste
         assert "scheduler error" not in daemon.log(), daemon.log()[-3000:]
         assert "scheduler refused a report" not in daemon.log(), daemon.log()[-3000:]
     origin.set_faults("/outlive.bin", clear=True)  # no more delay
+    # The seed may still be fetching its last pieces (its held requests timed out and
+    # are retried): the late peer's check counts origin bytes from here on.
+    wait_for(
+        lambda: cluster.seed.api("GET", f"/v1/tasks/{tid}")[1].get("state") == "succeeded",
+        "the seed to finish the task",
+    )
     assert_a_late_peer_is_served_by_the_swarm(cluster, origin, url, "outlive.bin")
 
 

@@ -19,9 +19,10 @@ import pytest
 from d7y.core.ids import task_id
 from d7y.core.messages import AnnounceHost, RegisterPeer
 from d7y.core.protocol import HEADER_LENGTH, decode_body, decode_header, encode_frame
-from d7y.daemons.peer.fast_range import FastRangeFetcher
-from d7y.daemons.peer.origin import OriginClient, RetryPolicy
-from d7y.daemons.peer.source_policy import SourcePolicy, SourceRefused
+from d7y.daemons.sources import RetryPolicy
+from d7y.daemons.sources.fast_range import FastRangeFetcher
+from d7y.daemons.sources.http import OriginClient
+from d7y.daemons.sources.policy import SourcePolicy, SourceRefused
 from tests.origin_server import OriginServer, ThreadedOriginServer
 from tests.peer_harness import PeerProcess, SchedulerProcess, peer_config
 

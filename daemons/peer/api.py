@@ -16,6 +16,7 @@ authenticated; it never listens on TCP.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -37,6 +38,9 @@ from d7y.daemons.peer.task_manager import (
 log = logging.getLogger("d7y.dfdaemon.api")
 
 PROGRESS_INTERVAL = 0.25
+#: At stop, a request still being answered gets this long (the downloads it may wait
+#: for are cancelled first, so it has its answer by then).
+SHUTDOWN_TIMEOUT = 5.0
 _REQUEST_FIELDS = {
     "url": str,
     "headers": dict,
@@ -97,6 +101,20 @@ class LocalAPI:
             ]
         )
         self._runner: web.AppRunner | None = None
+        self._refusing = False  # draining: no new downloads
+        self._attached: set[asyncio.Task] = set()  # POST /v1/tasks requests being answered
+        self._detached = asyncio.Event()  # set whenever _attached becomes empty
+
+    def refuse_new_downloads(self) -> None:
+        """From now on POST /v1/tasks answers 503: the daemon is shutting down."""
+        self._refusing = True
+
+    async def drain(self) -> None:
+        """Refuse new downloads; return once no client waits for one."""
+        self.refuse_new_downloads()
+        while self._attached:
+            self._detached.clear()
+            await self._detached.wait()
 
     async def start(self, socket_path: Path) -> None:
         socket_path.parent.mkdir(parents=True, exist_ok=True)
@@ -107,6 +125,7 @@ class LocalAPI:
             access_log=None,
             handle_signals=False,
             keepalive_timeout=self.idle_timeout,
+            shutdown_timeout=SHUTDOWN_TIMEOUT,
         )
         await self._runner.setup()
         site = web.UnixSite(self._runner, str(socket_path))
@@ -121,12 +140,39 @@ class LocalAPI:
         return web.Response(text="ok")
 
     async def create_task(self, request: web.Request) -> web.StreamResponse:
+        if self._refusing:
+            return web.json_response(
+                {
+                    "error": {
+                        "kind": "unavailable",
+                        "message": "dfdaemon is shutting down and takes no new downloads; "
+                        "run dfget again once it is back",
+                    }
+                },
+                status=503,
+            )
+        handler = asyncio.current_task()
+        assert handler is not None
+        self._attached.add(handler)
+        try:
+            return await self._create_task(request)
+        finally:
+            self._attached.discard(handler)
+            if not self._attached:
+                self._detached.set()
+
+    async def _create_task(self, request: web.Request) -> web.StreamResponse:
         try:
             body = await request.json()
             download, output, content = parse_download_request(body)
             task = self.manager.start(download, streaming=content)
         except (ValueError, json.JSONDecodeError) as exc:
             return _bad_request(str(exc))
+        except RecursionError:
+            return _bad_request(
+                "the request body is nested too deeply to be a download request: send one "
+                'JSON object such as {"url": "...", "output": "..."}'
+            )
         except DownloadError as exc:
             return web.json_response(
                 {"error": {"kind": exc.kind.value, "message": str(exc)}}, status=400

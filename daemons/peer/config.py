@@ -16,7 +16,8 @@ from typing import Literal
 from d7y.core.pieces import MIN_PIECE_LENGTH
 from d7y.core.scheduling.download import DownloadConfig as LoopConfig
 from d7y.daemons.config import ConfigError, Duration, Size, field, load, section
-from d7y.daemons.peer.source_policy import SourcePolicy
+from d7y.daemons.service import LifecycleConfig
+from d7y.daemons.sources import OciConfig, S3Config, SourcePolicy
 
 DEFAULT_CONFIG_PATH = Path("/etc/d7y/dfdaemon.yaml")
 ENV_PREFIX = "D7Y_DFDAEMON"
@@ -161,6 +162,10 @@ class SourceConfig:
         "origins a download caused by a remote party may never reach, public or not "
         "(same forms as source.allow); deny wins over allow",
     )
+    s3: S3Config = section(
+        S3Config, "s3:// URLs: endpoint, region and credentials (else the AWS env and files)"
+    )
+    oci: OciConfig = section(OciConfig, "oci:// URLs: registry credentials and plain-HTTP hosts")
 
 
 @dataclasses.dataclass
@@ -189,10 +194,15 @@ class PeerConfig:
     metrics: MetricsConfig = section(MetricsConfig, "Prometheus metrics and health")
     scheduler: SchedulerClientConfig = section(SchedulerClientConfig, "the scheduler")
     source: SourceConfig = section(
-        SourceConfig, "outbound fetch policy for downloads a remote party caused (SSRF guard)"
+        SourceConfig,
+        "back-to-source: the outbound fetch policy for downloads a remote party caused "
+        "(SSRF guard, every scheme) and the settings of the s3 and oci sources",
     )
     testing: TestingConfig = section(TestingConfig, "fault injection for tests")
     log: LogConfig = section(LogConfig, "logging")
+    lifecycle: LifecycleConfig = section(
+        LifecycleConfig, "readiness signal and graceful drain on SIGTERM/SIGINT"
+    )
 
     def source_policy(self) -> SourcePolicy:
         """The fetch policy of ``source.allow`` / ``source.deny`` (ValueError names a

@@ -1,10 +1,11 @@
 """dfdaemon: the peer daemon's process, wiring storage, downloads, APIs and GC.
 
-Lifecycle: ``start()`` opens storage and binds every listener; once all are bound the
-daemon logs ``dfdaemon ready`` (tests and scripts wait for that line or for the local
-API socket to answer). SIGTERM or SIGINT begins ``stop()``: listeners close, in-flight
-downloads are cancelled (pieces not yet recorded are dropped; recorded ones are valid
-and resume next time), then storage closes.
+A :class:`d7y.daemons.service.Service` run by the shared lifecycle (signals, readiness,
+metrics app): ``start()`` opens storage and binds every listener; ``drain()`` (on
+SIGTERM or SIGINT) takes no new downloads and waits for those a dfget is attached to,
+while uploads to other peers go on; ``stop()`` cancels the downloads left (pieces not
+yet recorded are dropped; recorded ones are valid and resume next time), closes the
+listeners, then storage.
 """
 
 from __future__ import annotations
@@ -12,12 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import socket
 import time
 import uuid
-
-from aiohttp import web
 
 from d7y.core import ids
 from d7y.core import messages as m
@@ -27,25 +25,24 @@ from d7y.daemons.peer.config import PeerConfig
 from d7y.daemons.peer.http_upload import HTTPUploadServer
 from d7y.daemons.peer.limits import TokenBucket
 from d7y.daemons.peer.metrics import PeerMetrics
-from d7y.daemons.peer.origin import OriginClient, RetryPolicy
 from d7y.daemons.peer.p2p import P2PDownloader
 from d7y.daemons.peer.piece_server import PieceServer
 from d7y.daemons.peer.scheduler_client import SchedulerClient
 from d7y.daemons.peer.storage import Storage
 from d7y.daemons.peer.task_manager import DownloadError, DownloadRequest, TaskManager
+from d7y.daemons.sources import RetryPolicy, Sources, SourceSettings
 
 log = logging.getLogger("d7y.dfdaemon")
 
-#: Idle keep-alive connections to /metrics and /healthy are closed after this long.
-METRICS_KEEPALIVE = 60.0
-
 
 class PeerDaemon:
+    name = "dfdaemon"
+
     def __init__(self, config: PeerConfig) -> None:
         self.config = config
         self.metrics = PeerMetrics()
         self.storage: Storage | None = None
-        self.origin: OriginClient | None = None
+        self.sources: Sources | None = None
         self.manager: TaskManager | None = None
         self.api: LocalAPI | None = None
         self.http_upload: HTTPUploadServer | None = None
@@ -54,9 +51,8 @@ class PeerDaemon:
         self._last_upload = (0, time.monotonic())
         self.host_id = ""
         self.peer_id = ""
-        self._metrics_runner: web.AppRunner | None = None
         self._gc_task: asyncio.Task | None = None
-        self._stopped = asyncio.Event()
+        self._draining = False
 
     async def start(self) -> None:
         cfg = self.config
@@ -66,14 +62,16 @@ class PeerDaemon:
             base_delay=float(cfg.download.origin_backoff),
             max_delay=float(cfg.download.origin_backoff_max),
         )
-        # Two clients, two connection pools: the local user's downloads go anywhere,
-        # those a remote party caused (seed triggers) obey source.allow/deny.
-        self.origin = OriginClient(retry=retry, request_timeout=float(cfg.download.piece_timeout))
-        remote_origin = OriginClient(
+        settings = SourceSettings(
             retry=retry,
             request_timeout=float(cfg.download.piece_timeout),
-            policy=cfg.source_policy(),
+            s3=cfg.source.s3,
+            oci=cfg.source.oci,
         )
+        # Two sets of sources, two sets of connection pools: the local user's downloads
+        # go anywhere, those a remote party caused (seed triggers) obey source.allow/deny.
+        self.sources = Sources(settings)
+        remote_sources = Sources(settings, policy=cfg.source_policy())
         piece_floor = 4 * 1024 * 1024
         download_limit = TokenBucket(
             cfg.download.rate_limit, max(cfg.download.rate_limit, piece_floor)
@@ -81,13 +79,13 @@ class PeerDaemon:
         upload_limit = TokenBucket(cfg.upload.rate_limit, max(cfg.upload.rate_limit, piece_floor))
         self.manager = TaskManager(
             self.storage,
-            self.origin,
+            self.sources,
             concurrency=cfg.download.concurrency,
             max_concurrent_tasks=cfg.download.max_concurrent_tasks,
             download_limiter=download_limit,
             metrics=self.metrics,
             make_room=self.collect_garbage,
-            remote_origin=remote_origin,
+            remote_sources=remote_sources,
         )
         self.http_upload = HTTPUploadServer(
             self.storage,
@@ -124,23 +122,26 @@ class PeerDaemon:
         await self.piece_server.start(cfg.upload.listen, cfg.upload.piece_port)
         if cfg.scheduler.address:
             self._connect_scheduler(hostname)
-        if cfg.metrics.port:
-            await self._start_metrics(cfg.metrics.listen, cfg.metrics.port)
         self.api = LocalAPI(self.manager, idle_timeout=float(cfg.api.idle_timeout))
         await self.api.start(cfg.socket_path)
         self._gc_task = asyncio.get_running_loop().create_task(self._gc_loop())
-        log.info(
-            "dfdaemon ready socket=%s upload_port=%d piece_port=%d metrics_port=%s data_dir=%s "
-            "host_id=%s scheduler=%s download_policy=%s",
-            cfg.socket_path,
-            self.http_upload.port,
-            self.piece_server.port,
-            cfg.metrics.port or "off",
-            cfg.storage.data_dir,
-            self.host_id,
-            cfg.scheduler.address or "none",
-            cfg.download.policy,
-        )
+
+    def ready_details(self) -> dict[str, object]:
+        cfg = self.config
+        assert self.http_upload is not None and self.piece_server is not None
+        return {
+            "socket": cfg.socket_path,
+            "upload_port": self.http_upload.port,
+            "piece_port": self.piece_server.port,
+            "metrics_port": cfg.metrics.port or "off",
+            "data_dir": cfg.storage.data_dir,
+            "host_id": self.host_id,
+            "scheduler": cfg.scheduler.address or "none",
+            "download_policy": cfg.download.policy,
+        }
+
+    def render_metrics(self) -> bytes:
+        return self.metrics.render()
 
     def _connect_scheduler(self, hostname: str) -> None:
         cfg = self.config
@@ -198,6 +199,9 @@ class PeerDaemon:
     def _on_trigger(self, trigger: m.TriggerSeed) -> None:
         """The scheduler asks this seed peer to fetch a task from the origin."""
         assert self.manager is not None
+        if self._draining:
+            log.info("seed trigger refused while draining task=%s", trigger.task_id)
+            return
         request = DownloadRequest(
             url=trigger.url,
             headers=dict(trigger.headers),
@@ -215,48 +219,37 @@ class PeerDaemon:
             log.warning("triggered task id mismatch expected=%s got=%s", trigger.task_id, task.id)
         log.info("seed triggered task=%s url=%s", task.id, trigger.url)
 
-    async def _start_metrics(self, host: str, port: int) -> None:
-        app = web.Application()
-
-        async def metrics(_request: web.Request) -> web.Response:
-            return web.Response(
-                body=self.metrics.render(), content_type="text/plain", charset="utf-8"
-            )
-
-        async def healthy(_request: web.Request) -> web.Response:
-            return web.Response(text="ok")
-
-        app.add_routes([web.get("/metrics", metrics), web.get("/healthy", healthy)])
-        self._metrics_runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, keepalive_timeout=METRICS_KEEPALIVE
-        )
-        await self._metrics_runner.setup()
-        await web.TCPSite(self._metrics_runner, host, port).start()
+    async def drain(self) -> None:
+        """Take no new downloads (dfget is told the daemon is shutting down, seed triggers
+        are refused) and wait for the downloads a dfget is attached to."""
+        self._draining = True
+        if self.api is not None:
+            await self.api.drain()
 
     async def stop(self) -> None:
-        log.info("dfdaemon stopping")
+        self._draining = True
         if self._gc_task is not None:
             self._gc_task.cancel()
         if self.api is not None:
-            await self.api.stop()
+            self.api.refuse_new_downloads()
         if self.http_upload is not None:
             await self.http_upload.stop()
         if self.piece_server is not None:
             await self.piece_server.stop()
-        if self._metrics_runner is not None:
-            await self._metrics_runner.cleanup()
         if self.scheduler is not None:
             await self.scheduler.close(leave_host=self.host_id)
         if self.manager is not None:
             await self.manager.close()
-        if self.origin is not None:
-            await self.origin.close()
+        if self.api is not None:
+            # After the downloads: a handler waiting for one has its answer by now.
+            await self.api.stop()
+        if self.sources is not None:
+            await self.sources.close()
         if self.storage is not None:
             self.storage.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.config.socket_path.unlink()
-        log.info("dfdaemon stopped")
-        self._stopped.set()
+        if self.api is not None:  # ours: a failed start must not take another daemon's
+            with contextlib.suppress(FileNotFoundError):
+                self.config.socket_path.unlink()
 
     # -- garbage collection ----------------------------------------------------------
 
@@ -308,17 +301,6 @@ class PeerDaemon:
             self.metrics.gc_evictions.inc()
             log.info("gc evicted task=%s", task_id)
         return evict
-
-    # -- process entry ---------------------------------------------------------------
-
-    async def serve_forever(self) -> None:
-        loop = asyncio.get_running_loop()
-        stop_requested = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop_requested.set)
-        await self.start()
-        await stop_requested.wait()
-        await self.stop()
 
 
 def _capacity(bandwidth_bps: int, rate_limit: int) -> int:

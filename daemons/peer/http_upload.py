@@ -168,8 +168,11 @@ class HTTPUploadServer:
         status: int,
         message: str,
         extra_headers: list[tuple[bytes, bytes]] | None = None,
+        *,
+        head: bool = False,
     ) -> None:
-        """A short text answer (errors), with the reason on one line."""
+        """A short text answer (errors), with the reason on one line; the answer to a
+        HEAD request has the same headers and no body."""
         body = message.encode() + b"\n"
         headers = [
             *(extra_headers or []),
@@ -178,7 +181,9 @@ class HTTPUploadServer:
             (b"server", SERVER),
         ]
         data = http.send(h11.Response(status_code=status, headers=headers))
-        data += http.send(h11.Data(data=body)) + http.send(h11.EndOfMessage())
+        if not head:
+            data += http.send(h11.Data(data=body))
+        data += http.send(h11.EndOfMessage())
         await asyncio.get_running_loop().sock_sendall(sock, data)
 
     async def _drain_request_body(
@@ -196,19 +201,26 @@ class HTTPUploadServer:
     ) -> None:
         await self._drain_request_body(sock, http, deadline)
         method = req.method.upper()
+        head = method == b"HEAD"
         path = req.target.decode("latin-1").split("?", 1)[0]
         if method not in (b"GET", b"HEAD"):
-            await self._simple(sock, http, 405, f"method {method.decode()} not allowed: use GET")
+            await self._simple(
+                sock, http, 405, f"method {method.decode()} not allowed: use GET", head=head
+            )
             return
         prefix = "/download/"
         if not path.startswith(prefix):
-            await self._simple(sock, http, 404, f"no such path {path}: use /download/<task_id>")
+            await self._simple(
+                sock, http, 404, f"no such path {path}: use /download/<task_id>", head=head
+            )
             return
         task_id = path[len(prefix) :]
         record = await self.storage.run(self.storage.meta.get_task, task_id) if task_id else None
         if record is None or record.state != TASK_SUCCEEDED or record.content_length is None:
             state = "unknown" if record is None else record.state
-            await self._simple(sock, http, 404, f"task {task_id!r} is not available ({state})")
+            await self._simple(
+                sock, http, 404, f"task {task_id!r} is not available ({state})", head=head
+            )
             return
         length = record.content_length
         range_header = next((v for k, v in req.headers if k == b"range"), None)
@@ -220,9 +232,9 @@ class HTTPUploadServer:
             except RangeError as exc:
                 extra = [(b"content-range", f"bytes */{length}".encode())]
                 if exc.unsatisfiable:
-                    await self._simple(sock, http, 416, str(exc), extra)
+                    await self._simple(sock, http, 416, str(exc), extra, head=head)
                 else:
-                    await self._simple(sock, http, 400, str(exc))
+                    await self._simple(sock, http, 400, str(exc), head=head)
                 return
             status, start, count = 206, selected.start, selected.length
             headers.append((b"content-range", selected.content_range(length).encode()))
@@ -236,12 +248,14 @@ class HTTPUploadServer:
                 if method == b"GET":
                     problem = await self._check_stored(task_id, start, count)
                     if problem is not None:
-                        await self._simple(sock, http, 503, problem)
+                        await self._simple(sock, http, 503, problem, head=head)
                         return
                 try:
                     fd = os.open(self.storage.content_path(task_id), os.O_RDONLY | os.O_CLOEXEC)
                 except FileNotFoundError:
-                    await self._simple(sock, http, 404, f"task {task_id!r} content is gone")
+                    await self._simple(
+                        sock, http, 404, f"task {task_id!r} content is gone", head=head
+                    )
                     return
                 try:
                     await loop.sock_sendall(

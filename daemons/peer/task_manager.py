@@ -17,7 +17,9 @@ Pieces fetched from the origin must all be of the version the probe saw: an answ
 another ETag, Last-Modified or length (or a 200 to If-Range) restarts the task once from
 scratch with the new version, and fails it (an origin error) if it changes again. A
 download that a remote party caused (a seed peer triggered by the scheduler) fetches
-through clients that enforce the outbound fetch policy (source_policy.py).
+through sources that enforce the outbound fetch policy (d7y.daemons.sources.policy).
+The origin is whatever source the URL's scheme names (http, https, s3, oci: see
+d7y.daemons.sources).
 """
 
 from __future__ import annotations
@@ -44,12 +46,9 @@ from d7y.core.pieces import (
     iter_pieces,
     piece_count,
 )
-from d7y.daemons.peer.fast_range import FastPathUnavailable, FastRangeFetcher
 from d7y.daemons.peer.limits import TokenBucket
 from d7y.daemons.peer.metrics import PeerMetrics
-from d7y.daemons.peer.origin import ContentChanged, OriginClient, OriginError, OriginInfo
 from d7y.daemons.peer.scheduler_client import SchedulerUnavailable
-from d7y.daemons.peer.source_policy import SourcePolicy
 from d7y.daemons.peer.storage import (
     TASK_FAILED,
     TASK_RUNNING,
@@ -61,6 +60,15 @@ from d7y.daemons.peer.storage import (
     now,
 )
 from d7y.daemons.peer.verify import PieceVerifier
+from d7y.daemons.sources import (
+    ContentChanged,
+    Source,
+    SourceError,
+    SourceInfo,
+    SourcePolicy,
+    Sources,
+    check_url,
+)
 from d7y.ext.bitmap import Bitmap
 from d7y.ext.crc32 import crc32
 
@@ -70,7 +78,6 @@ log = logging.getLogger("d7y.dfdaemon.task")
 #: task never holds more than this in memory (16 x 4 MiB fits exactly).
 PIECE_BUFFER_BUDGET = 64 * 1024 * 1024
 HASH_BLOCK = 1024 * 1024
-SUPPORTED_SCHEMES = ("http", "https")
 
 
 class FailureKind(enum.Enum):
@@ -92,10 +99,11 @@ class DownloadError(Exception):
         self.status = status
 
     @classmethod
-    def from_origin(cls, exc: OriginError) -> DownloadError:
+    def from_origin(cls, exc: SourceError) -> DownloadError:
         if isinstance(exc, ContentChanged):
             return ContentChangedError(str(exc), status=exc.status, validator=exc.validator)
-        return cls(FailureKind.ORIGIN, str(exc), status=exc.status)
+        kind = FailureKind.BAD_REQUEST if exc.bad_input else FailureKind.ORIGIN
+        return cls(kind, str(exc), status=exc.status)
 
 
 class ContentChangedError(DownloadError):
@@ -205,7 +213,7 @@ class TaskManager:
     def __init__(
         self,
         storage: Storage,
-        origin: OriginClient,
+        sources: Sources,
         *,
         concurrency: int = 16,
         max_concurrent_tasks: int = 16,
@@ -213,23 +221,19 @@ class TaskManager:
         metrics: PeerMetrics | None = None,
         make_room: Callable[[int], Awaitable[object]] | None = None,
         p2p=None,
-        remote_origin: OriginClient | None = None,
+        remote_sources: Sources | None = None,
     ) -> None:
-        """``origin`` fetches for the local user (dfget); ``remote_origin`` for
-        downloads a remote party caused (a seed peer triggered by the scheduler): it
+        """``sources`` fetch for the local user (dfget); ``remote_sources`` for
+        downloads a remote party caused (a seed peer triggered by the scheduler): they
         must carry the outbound fetch policy (by default one that refuses every
         internal address)."""
         self.storage = storage
-        self.origin = origin
-        self.fast_range = FastRangeFetcher()
-        if remote_origin is None:
-            remote_origin = OriginClient(
-                policy=SourcePolicy(), retry=origin.retry, request_timeout=origin.request_timeout
-            )
-        if remote_origin.policy is None:
-            raise ValueError("remote_origin must enforce a SourcePolicy")
-        self.remote_origin = remote_origin
-        self.remote_fast_range = FastRangeFetcher(policy=remote_origin.policy)
+        self.sources = sources
+        if remote_sources is None:
+            remote_sources = Sources(sources.settings, policy=SourcePolicy())
+        if remote_sources.policy is None:
+            raise ValueError("remote_sources must enforce a SourcePolicy")
+        self.remote_sources = remote_sources
         # Which stored pieces were read back and checked since start (verify.py).
         self.verifier = PieceVerifier()
         self.concurrency = concurrency
@@ -295,13 +299,10 @@ class TaskManager:
             tid = request.task_id()
         except (TypeError, ValueError) as exc:
             raise DownloadError(FailureKind.BAD_REQUEST, str(exc)) from None
-        scheme = request.url.split(":", 1)[0].lower()
-        if scheme not in SUPPORTED_SCHEMES:
-            raise DownloadError(
-                FailureKind.BAD_REQUEST,
-                f"unsupported URL scheme {scheme!r} in {request.url}: use "
-                f"{' or '.join(SUPPORTED_SCHEMES)}",
-            )
+        try:
+            check_url(request.url)
+        except SourceError as exc:
+            raise DownloadError(FailureKind.BAD_REQUEST, str(exc)) from None
         task = self._running.get(tid)
         if task is not None:
             task.streaming = task.streaming or streaming
@@ -321,9 +322,7 @@ class TaskManager:
         for runner in list(self._runners):
             runner.cancel()
         await asyncio.gather(*self._runners, return_exceptions=True)
-        self.fast_range.close()
-        self.remote_fast_range.close()
-        await self.remote_origin.close()
+        await self.remote_sources.close()
         if self.p2p is not None:
             self.p2p.close()
 
@@ -511,12 +510,14 @@ class TaskManager:
                 await asyncio.wait_for(asyncio.shield(restoring), 5.0)
             restoring.cancel()
 
-    def _origin_clients(self, task: Task) -> tuple[OriginClient, FastRangeFetcher]:
-        """The clients for this task's origin requests: a download the scheduler asked
-        for on behalf of another host goes through the fetch policy."""
-        if task.seed_trigger:
-            return self.remote_origin, self.remote_fast_range
-        return self.origin, self.fast_range
+    def _source(self, task: Task) -> Source:
+        """The source for this task's origin requests, by its URL's scheme: a download
+        the scheduler asked for on behalf of another host goes through the fetch policy."""
+        sources = self.remote_sources if task.seed_trigger else self.sources
+        try:
+            return sources.for_url(task.request.url)
+        except SourceError as exc:
+            raise DownloadError.from_origin(exc) from None
 
     async def _back_to_source(
         self, task: Task, expected: Digest | None, stream, *, fallback: bool = False
@@ -577,10 +578,10 @@ class TaskManager:
         self, task: Task, expected: Digest | None, stream, *, fallback: bool = False
     ) -> None:
         request = task.request
-        origin, _ = self._origin_clients(task)
+        source = self._source(task)
         try:
-            info = await origin.probe(request.url, request.headers)
-        except OriginError as exc:
+            info = await source.probe(request.url, request.headers)
+        except SourceError as exc:
             raise DownloadError.from_origin(exc) from None
 
         piece_length = compute_piece_length(info.content_length, request.piece_length)
@@ -608,6 +609,9 @@ class TaskManager:
                 await self._fetch_ranges(task, fd, info)
             else:
                 await self._fetch_stream(task, fd, info)
+            if info.digest and (expected is None or str(expected) != info.digest):
+                # The source names the content by its digest (an OCI blob): check it.
+                await self._verify_whole(task, fd, self._parse_digest(info.digest))
         finally:
             os.close(fd)
 
@@ -708,7 +712,7 @@ class TaskManager:
         self,
         task: Task,
         record: TaskRecord | None,
-        info: OriginInfo,
+        info: SourceInfo,
         piece_length: int,
         expected: Digest | None,
     ) -> TaskRecord:
@@ -846,7 +850,7 @@ class TaskManager:
                 )
             )
 
-    async def _fetch_ranges(self, task: Task, fd: int, info: OriginInfo) -> None:
+    async def _fetch_ranges(self, task: Task, fd: int, info: SourceInfo) -> None:
         """Fetch every missing piece with Range requests, ``concurrency`` at a time."""
         assert task.content_length is not None and task.bitmap is not None
         missing = [
@@ -867,7 +871,7 @@ class TaskManager:
         for piece in missing:
             queue.put_nowait(piece)
 
-        origin, fast_range = self._origin_clients(task)
+        source = self._source(task)
 
         async def worker() -> None:
             buffer = bytearray(task.piece_length)  # reused for every piece of this worker
@@ -880,26 +884,15 @@ class TaskManager:
                 await self.limiter.take(piece.length)
                 started = time.monotonic_ns()
                 try:
-                    try:
-                        await fast_range.fetch(
-                            info.final_url,
-                            task.request.headers,
-                            piece.offset,
-                            piece.length,
-                            view,
-                            info=info,
-                        )
-                    except FastPathUnavailable as why:
-                        log.debug("fast path unavailable task=%s reason=%s", task.id, why)
-                        await origin.fetch_range(
-                            info.final_url,
-                            task.request.headers,
-                            piece.offset,
-                            piece.length,
-                            view,
-                            info=info,
-                        )
-                except OriginError as exc:
+                    await source.fetch_range(
+                        info.final_url,
+                        task.request.headers,
+                        piece.offset,
+                        piece.length,
+                        view,
+                        info=info,
+                    )
+                except SourceError as exc:
                     self.metrics.piece_failures.inc()
                     raise DownloadError.from_origin(exc) from None
                 cost = time.monotonic_ns() - started
@@ -914,7 +907,7 @@ class TaskManager:
             # not with the group (which would reach the user as "internal error").
             raise _first_cause(failures) from None
 
-    async def _fetch_stream(self, task: Task, fd: int, info: OriginInfo) -> None:
+    async def _fetch_stream(self, task: Task, fd: int, info: SourceInfo) -> None:
         """One GET for origins without Range (or length): cut the stream into pieces."""
         if task.bitmap is None and task.content_length is not None:
             task.bitmap = Bitmap(piece_count(task.content_length, task.piece_length))
@@ -925,9 +918,9 @@ class TaskManager:
         buffer = bytearray(task.piece_length)
         filled = 0
         number = 0
-        origin, _ = self._origin_clients(task)
+        source = self._source(task)
         try:
-            async with origin.stream(info.final_url, task.request.headers) as body:
+            async with source.stream(info.final_url, task.request.headers) as body:
                 async for chunk in body:
                     view = memoryview(chunk)
                     while view:
@@ -939,7 +932,7 @@ class TaskManager:
                             await self._land_streamed(task, fd, number, buffer, filled)
                             number += 1
                             filled = 0
-        except OriginError as exc:
+        except SourceError as exc:
             raise DownloadError.from_origin(exc) from None
         if filled:
             await self._land_streamed(task, fd, number, buffer, filled)

@@ -7,6 +7,7 @@ import os
 from typing import Literal
 
 from d7y.daemons.config import ConfigError, Duration, field, load, section
+from d7y.daemons.service import SchedulerLifecycleConfig
 
 ENV_PREFIX = "D7Y_SCHEDULER"
 
@@ -94,6 +95,9 @@ class SchedulerDaemonConfig:
     gc: GCConfig = section(GCConfig, "expiry of peers, tasks and hosts")
     metrics: MetricsConfig = section(MetricsConfig, "Prometheus metrics and health")
     log: LogConfig = section(LogConfig, "logging")
+    lifecycle: SchedulerLifecycleConfig = section(
+        SchedulerLifecycleConfig, "readiness signal and graceful drain on SIGTERM/SIGINT"
+    )
 
     def validate(self) -> None:
         for key, value in (

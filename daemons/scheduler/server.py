@@ -20,7 +20,6 @@ import random
 import socket
 from dataclasses import dataclass, field
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from d7y.core import messages as m
@@ -36,8 +35,6 @@ from d7y.daemons.scheduler.config import SchedulerDaemonConfig
 
 log = logging.getLogger("d7y.scheduler")
 
-#: Idle keep-alive connections to /metrics and /healthy are closed after this long.
-METRICS_KEEPALIVE = 60.0
 #: Requests for another connection's host or peers one connection may send before it is
 #: closed: a daemon's own mistake is refused and answered, a stream of them is an attack.
 MAX_REFUSED = 16
@@ -95,6 +92,10 @@ class SchedulerMetrics:
 
 
 class SchedulerService:
+    """A :class:`d7y.daemons.service.Service`: the shared lifecycle runs it."""
+
+    name = "scheduler"
+
     def __init__(self, config: SchedulerDaemonConfig) -> None:
         self.config = config
         s = config.scheduling
@@ -132,7 +133,6 @@ class SchedulerService:
             refusal=lambda reason: encode_frame(m.Error(code=m.ErrorCode.BUSY, message=reason)),
         )
         self._tasks: set[asyncio.Task] = set()
-        self._metrics_runner: web.AppRunner | None = None
         self.port = 0
 
     def now(self) -> float:
@@ -145,24 +145,27 @@ class SchedulerService:
         await self._listener.start(cfg.server.listen, cfg.server.port, backlog=4096)
         self.port = self._listener.port
         self._spawn(self._gc_loop())
-        if cfg.metrics.port:
-            await self._start_metrics(cfg.metrics.listen, cfg.metrics.port)
-        log.info(
-            "scheduler ready port=%d policy=%s algorithm=%s",
-            self.port,
-            self.core.config.policy,
-            cfg.scheduling.algorithm,
-        )
+
+    def ready_details(self) -> dict[str, object]:
+        return {
+            "port": self.port,
+            "policy": self.core.config.policy,
+            "algorithm": self.config.scheduling.algorithm,
+        }
+
+    async def drain(self) -> None:
+        """Take no new connections; let the answers being worked out reach their peers
+        (the connections open go on meanwhile)."""
+        await self._listener.stop_accepting()
+        pending = list(self._answers.values())
+        if pending:
+            await asyncio.wait(pending)
 
     async def stop(self) -> None:
-        log.info("scheduler stopping")
         await self._listener.stop()
         for task in list(self._tasks) + list(self._answers.values()):
             task.cancel()
         await asyncio.gather(*self._tasks, *self._answers.values(), return_exceptions=True)
-        if self._metrics_runner is not None:
-            await self._metrics_runner.cleanup()
-        log.info("scheduler stopped")
 
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro)
@@ -170,26 +173,9 @@ class SchedulerService:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _start_metrics(self, host: str, port: int) -> None:
-        app = web.Application()
-
-        async def metrics(_request: web.Request) -> web.Response:
-            self.metrics.peers.set(len(self.core.peers))
-            return web.Response(
-                body=generate_latest(self.metrics.registry),
-                content_type="text/plain",
-                charset="utf-8",
-            )
-
-        async def healthy(_request: web.Request) -> web.Response:
-            return web.Response(text="ok")
-
-        app.add_routes([web.get("/metrics", metrics), web.get("/healthy", healthy)])
-        self._metrics_runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, keepalive_timeout=METRICS_KEEPALIVE
-        )
-        await self._metrics_runner.setup()
-        await web.TCPSite(self._metrics_runner, host, port).start()
+    def render_metrics(self) -> bytes:
+        self.metrics.peers.set(len(self.core.peers))
+        return generate_latest(self.metrics.registry)
 
     async def _accept(self, sock: socket.socket, address: tuple) -> None:
         framed = FramedSocket(sock, max_body_length=self.config.server.max_frame)
@@ -498,16 +484,3 @@ class SchedulerService:
                 self._start_answer(
                     peer_id, lambda p=peer_id: self.core.reschedule(p, [], self.now())
                 )
-
-
-async def serve_forever(config: SchedulerDaemonConfig) -> None:
-    import signal
-
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    service = SchedulerService(config)
-    await service.start()
-    await stop.wait()
-    await service.stop()

@@ -39,8 +39,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
-from d7y.daemons.peer.origin import OriginError
-from d7y.daemons.peer.origin import _display as display_url
+from d7y.daemons.sources.base import SourceError, display_url
 
 __all__ = ["PolicyResolver", "SourcePolicy", "SourceRefused", "policy_trace"]
 
@@ -60,7 +59,7 @@ _PRIVATE = tuple(
 _LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
 
 
-class SourceRefused(OriginError):
+class SourceRefused(SourceError):
     """The fetch policy refused an origin address; never retried."""
 
 

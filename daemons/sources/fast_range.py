@@ -10,11 +10,11 @@ response head, and reads the body straight into the caller's piece buffer with
 It is only an optimisation. Anything unusual — https, a status other than 206, chunked
 encoding, a Content-Range that does not match, a connection that breaks — raises
 :class:`FastPathUnavailable`, and the caller repeats the piece through
-:class:`~d7y.daemons.peer.origin.OriginClient`, which owns retries, backoff and the
+:class:`~d7y.daemons.sources.http.OriginClient`, which owns retries, backoff and the
 error messages users see. Two answers are final here, as they are there: a 206 of
 another version of the object than the probe saw (ETag, Last-Modified or total length
-differ: :class:`~d7y.daemons.peer.origin.ContentChanged`), and an address the fetch
-policy refuses (:class:`~d7y.daemons.peer.source_policy.SourceRefused`).
+differ: :class:`~d7y.daemons.sources.base.ContentChanged`), and an address the fetch
+policy refuses (:class:`~d7y.daemons.sources.policy.SourceRefused`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import socket
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from d7y.daemons.peer.origin import OriginInfo, check_same_version
-from d7y.daemons.peer.source_policy import SourcePolicy
+from d7y.daemons.sources.base import SourceInfo, check_same_version
+from d7y.daemons.sources.policy import SourcePolicy
 from d7y.ext.transfer import recv_into_exact
 
 MAX_HEAD = 64 * 1024
@@ -115,7 +115,7 @@ class FastRangeFetcher:
         length: int,
         into: memoryview,
         *,
-        info: OriginInfo | None = None,
+        info: SourceInfo | None = None,
     ) -> None:
         """Read bytes [offset, offset + length) of ``url`` into ``into[:length]``.
 
@@ -160,7 +160,7 @@ class FastRangeFetcher:
         length: int,
         into: memoryview,
         url: str,
-        info: OriginInfo | None,
+        info: SourceInfo | None,
     ) -> bool:
         """Send the request, read head and body; True if the connection can be reused."""
         loop = asyncio.get_running_loop()

@@ -1,7 +1,8 @@
-"""The origin ("back to source") HTTP client of the peer daemon.
+"""The ``http`` and ``https`` sources: origins spoken to over HTTP.
 
-A peer fetches a task from its origin when no other peer has it. This module is the only
-place that speaks HTTP to origins; the download path above it sees three operations:
+:class:`OriginClient` is the only place that speaks HTTP to origins (the S3 and OCI
+sources use it too, with their own credentials and error reading). It offers three
+operations:
 
 - :meth:`OriginClient.probe` learns the content length, whether Range works, the
   validators (ETag, Last-Modified) and the URL after redirects, with one
@@ -15,7 +16,10 @@ place that speaks HTTP to origins; the download path above it sees three operati
   without a known length; the caller cuts it into pieces. A broken stream cannot be
   resumed, so its faults are final.
 
-Every failure is an :class:`OriginError` whose message is one line fit for dfget to print,
+:class:`HttpSource` is the :class:`~d7y.daemons.sources.base.Source` for http/https
+URLs: the client above, with the zero-copy path of fast_range.py tried first for pieces.
+
+Every failure is a :class:`SourceError` whose message is one line fit for dfget to print,
 with ``status``, ``url`` and ``retryable`` for the code that decides what to do next.
 
 Bytes are the origin's bytes: the session never decompresses, and ``Accept-Encoding:
@@ -26,6 +30,7 @@ the same representation in every request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import logging
 import os
@@ -33,38 +38,41 @@ import random
 import re
 import ssl as ssl_module
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from http import HTTPStatus
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
-if TYPE_CHECKING:  # source_policy imports this module (OriginError)
-    from d7y.daemons.peer.source_policy import SourcePolicy
+from d7y.daemons.sources.base import (
+    ContentChanged,
+    HeadersLike,
+    RetryPolicy,
+    ShortRead,
+    SourceError,
+    SourceInfo,
+    check_same_version,
+    display_url,
+)
+from d7y.daemons.sources.fast_range import FastPathUnavailable, FastRangeFetcher
+
+if TYPE_CHECKING:
+    from d7y.daemons.sources import SourceSettings
+    from d7y.daemons.sources.policy import SourcePolicy
 
 __all__ = [
-    "ContentChanged",
-    "HeadersLike",
+    "Authorizer",
+    "HttpSource",
     "OriginClient",
-    "OriginError",
-    "OriginInfo",
     "OriginStream",
-    "RetryPolicy",
-    "ShortRead",
-    "check_same_version",
 ]
 
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
-
-#: What callers may pass as request headers: a mapping, or (name, value) pairs when a
-#: header repeats (dfget's -H is repeatable).
-HeadersLike = Mapping[str, str] | Iterable[tuple[str, str]]
 
 SUPPORTED_SCHEMES = ("http", "https")
 
@@ -104,126 +112,23 @@ _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(?:(\d+)-(\d+)|\*)\s*/\s*(\d+|\*)\s*$"
 _PROBE_DRAIN_LIMIT = 64 * 1024
 
 
-class OriginError(Exception):
-    """A request to the origin failed.
+class Authorizer(Protocol):
+    """Credentials for a source whose requests need them: S3 signs every request, an
+    OCI registry hands out tokens after a 401 challenge."""
 
-    ``str(error)`` is one line fit for dfget to print. ``status`` is the HTTP status when
-    the origin answered (None for connection faults, timeouts and bad input), ``url`` the
-    URL asked for, ``retryable`` whether trying again later could succeed, ``attempts``
-    how many requests were made before giving up.
-    """
+    async def authorize(self, method: str, url: str, headers: CIMultiDict[str]) -> None:
+        """Add credentials to ``headers`` just before a request (and each retry) goes out."""
+        ...
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        url: str,
-        status: int | None = None,
-        retryable: bool = False,
-        retry_after: float | None = None,
-        attempts: int = 1,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.url = url
-        self.status = status
-        self.retryable = retryable
-        #: Seconds the origin asked us to wait (Retry-After), when it said so.
-        self.retry_after = retry_after
-        self.attempts = attempts
-
-    def __str__(self) -> str:
-        return self.message
+    async def challenge(self, url: str, resp: aiohttp.ClientResponse) -> bool:
+        """The source answered 401: True when new credentials were obtained (the request
+        is then sent once more), False to report the 401."""
+        ...
 
 
-class ShortRead(OriginError):
-    """The origin sent fewer bytes than the range asked for (closed early, stalled, or
-    announced a short body). Retryable: the missing tail can be asked for again.
-
-    ``received`` and ``expected`` count bytes of the requested range.
-    """
-
-    def __init__(self, message: str, *, url: str, received: int, expected: int, **kw: Any) -> None:
-        kw.setdefault("retryable", True)
-        super().__init__(message, url=url, **kw)
-        self.received = received
-        self.expected = expected
-
-
-class ContentChanged(OriginError):
-    """The object changed at the origin since the probe: an answer carries another
-    validator (ETag, Last-Modified) or length than the probe saw, or the origin answered
-    If-Range with the whole new object. Never retryable: pieces of two versions must not
-    be put together. ``validator`` names what changed (``ETag``, ``Last-Modified``,
-    ``length``)."""
-
-    def __init__(self, message: str, *, url: str, validator: str, **kw: Any) -> None:
-        super().__init__(message, url=url, **kw)
-        self.validator = validator
-
-
-@dataclass(frozen=True, slots=True)
-class OriginInfo:
-    """What a probe learned about an origin object.
-
-    ``content_length`` is None when the origin did not say (stream it and count).
-    ``supports_range`` is true only when the origin answered the probe with a correct 206
-    (or, for an empty object, a 416 naming length 0).
-    """
-
-    url: str
-    final_url: str
-    content_length: int | None
-    supports_range: bool
-    etag: str | None = None
-    last_modified: str | None = None
-    content_type: str | None = None
-
-    @property
-    def if_range(self) -> str | None:
-        """The validator to send as If-Range, or None when there is no usable one.
-
-        RFC 9110 section 13.1.5 allows only a strong ETag or a Last-Modified date; a weak
-        ETag (``W/"..."``) never matches, so it would turn every piece into a 200.
-        """
-        if self.etag and not self.etag.startswith("W/"):
-            return self.etag
-        return self.last_modified
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """How transient faults are retried: up to ``attempts`` requests in all, waiting
-    ``base_delay * 2**(n-1)`` (capped at ``max_delay``) with jitter between them. A
-    Retry-After the origin sends is honoured up to ``max_retry_after`` seconds."""
-
-    attempts: int = 5
-    base_delay: float = 0.1
-    max_delay: float = 5.0
-    max_retry_after: float = 30.0
-
-    def __post_init__(self) -> None:
-        if isinstance(self.attempts, bool) or not isinstance(self.attempts, int):
-            raise TypeError(f"RetryPolicy.attempts must be an int, got {self.attempts!r}")
-        if self.attempts < 1:
-            raise ValueError(f"RetryPolicy.attempts must be >= 1, got {self.attempts}")
-        for name in ("base_delay", "max_delay", "max_retry_after"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or value < 0:
-                raise ValueError(f"RetryPolicy.{name} must be a number >= 0, got {value!r}")
-
-    def delay(self, failures: int, rng: random.Random, retry_after: float | None = None) -> float:
-        """Seconds to wait after the ``failures``-th failed attempt.
-
-        Equal jitter (a uniform draw in [d/2, d]) spreads the retries of many peers that
-        failed together while keeping a minimum wait; a Retry-After the origin sent
-        raises the wait to that value, capped.
-        """
-        ceiling = min(self.max_delay, self.base_delay * (2 ** (failures - 1)))
-        wait = rng.uniform(ceiling / 2, ceiling)
-        if retry_after is not None:
-            wait = max(wait, min(retry_after, self.max_retry_after))
-        return wait
+#: Reads an error answer and says what went wrong in the source's own terms (S3's XML
+#: error codes, a registry's JSON errors), or None to fall back to the HTTP status.
+ErrorReader = Callable[[str, aiohttp.ClientResponse], Awaitable[SourceError | None]]
 
 
 class OriginClient:
@@ -255,6 +160,8 @@ class OriginClient:
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         policy: SourcePolicy | None = None,
+        authorizer: Authorizer | None = None,
+        error_reader: ErrorReader | None = None,
     ) -> None:
         """Configure the client; no I/O happens here.
 
@@ -264,9 +171,11 @@ class OriginClient:
         requests must run at once). ``ssl`` is passed to aiohttp (an SSLContext to trust a
         private CA, or False to skip verification). ``rng`` and ``sleep`` are injectable so
         tests can make backoff deterministic and instant. ``policy`` (a
-        :class:`~d7y.daemons.peer.source_policy.SourcePolicy`) is checked for every
+        :class:`~d7y.daemons.sources.policy.SourcePolicy`) is checked for every
         request, every address connected to and every redirect; a client with a policy
         serves downloads that a remote party caused, one without serves the local user.
+        ``authorizer`` and ``error_reader`` let the S3 and OCI sources reuse this client
+        for their HTTP requests (see :class:`Authorizer` and :data:`ErrorReader`).
         """
         if max_redirects < 0:
             raise ValueError(f"max_redirects must be >= 0, got {max_redirects}")
@@ -299,6 +208,8 @@ class OriginClient:
         self._rng = rng if rng is not None else random.Random()
         self._sleep = sleep
         self.policy = policy
+        self._authorizer = authorizer
+        self._error_reader = error_reader
         self._closed = False
         self.bytes_received = 0
         self.requests = 0
@@ -348,21 +259,21 @@ class OriginClient:
 
     # -- public operations ---------------------------------------------------------
 
-    async def probe(self, url: str, headers: HeadersLike | None = None) -> OriginInfo:
+    async def probe(self, url: str, headers: HeadersLike | None = None) -> SourceInfo:
         """Learn length, Range support, validators and the final URL of ``url``.
 
         One ``GET Range: bytes=0-0``, redirects followed, retried like a piece. A 200
         means the origin ignores Range (length from Content-Length, or None); its body is
-        not read. Raises :class:`OriginError`.
+        not read. Raises :class:`SourceError`.
         """
         _check_url(url)
         request_headers = self._headers(headers, {"Range": "bytes=0-0"})
 
-        async def attempt() -> OriginInfo:
-            async with self._request(url, request_headers, self._timeout(bounded=True)) as resp:
+        async def attempt() -> SourceInfo:
+            async with self.request(url, request_headers) as resp:
                 return await self._read_probe(url, resp)
 
-        return await self._with_retries(url, attempt)
+        return await self.with_retries(url, attempt)
 
     async def fetch_range(
         self,
@@ -372,7 +283,7 @@ class OriginClient:
         length: int,
         into: memoryview | bytearray,
         *,
-        info: OriginInfo | None = None,
+        info: SourceInfo | None = None,
     ) -> None:
         """Read bytes [offset, offset + length) of ``url`` into ``into[:length]``.
 
@@ -380,7 +291,7 @@ class OriginClient:
         length and ETag are checked against the response, so a changed object raises a
         non-retryable "content changed" error. Short reads resume with a request for the
         missing tail; connection faults, timeouts, 5xx, 408 and 429 are retried per
-        :attr:`retry`. On failure ``into`` holds garbage. Raises :class:`OriginError`
+        :attr:`retry`. On failure ``into`` holds garbage. Raises :class:`SourceError`
         (:class:`ShortRead` when bytes were missing at the end).
         """
         _check_url(url)
@@ -400,15 +311,15 @@ class OriginClient:
             want = length - done
             request_headers = base_headers.copy()
             request_headers["Range"] = f"bytes={start}-{start + want - 1}"
-            async with self._request(url, request_headers, timeout) as resp:
-                self._check_range_response(url, resp, start, want, info, validator)
+            async with self.request(url, request_headers, timeout) as resp:
+                await self._check_range_response(url, resp, start, want, info, validator)
                 try:
                     done += await self._read_into(url, resp, view, done, length, offset)
                 except ShortRead as short:
                     done = short.received
                     raise
 
-        await self._with_retries(url, attempt)
+        await self.with_retries(url, attempt)
 
     def stream(self, url: str, headers: HeadersLike | None = None) -> OriginStream:
         """Open a plain GET of the whole object, for origins without Range.
@@ -416,7 +327,7 @@ class OriginClient:
         Use as ``async with client.stream(url, headers) as body: async for chunk in
         body: ...``. Opening (connect, status) is retried per :attr:`retry`; once the body
         has started nothing can be resumed, so a broken body raises a non-retryable
-        :class:`OriginError` saying how many bytes arrived.
+        :class:`SourceError` saying how many bytes arrived.
         """
         _check_url(url)
         return OriginStream(self, url, self._headers(headers, {}))
@@ -451,21 +362,68 @@ class OriginClient:
             out[name] = value
         return out
 
-    def _request(self, url: str, headers: CIMultiDict[str], timeout: aiohttp.ClientTimeout) -> Any:
-        self.requests += 1
-        return self._get_session().get(
-            url,
-            headers=headers,
-            # aiohttp stops at its max_redirects-th redirect (and 0 means no limit);
-            # ours is the number of redirects followed, as curl's --max-redirs.
-            allow_redirects=self.max_redirects > 0,
-            max_redirects=self.max_redirects + 1,
-            timeout=timeout,
-            auto_decompress=False,
-            read_bufsize=self._read_bufsize,
-        )
+    @contextlib.asynccontextmanager
+    async def request(
+        self,
+        url: str,
+        headers: CIMultiDict[str],
+        timeout: aiohttp.ClientTimeout | None = None,
+        *,
+        method: str = "GET",
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Send one request (no retries: wrap it in :meth:`with_retries`); the response
+        is released when the block ends. With an authorizer, credentials are added first,
+        and a 401 it can answer is sent once more with the new ones."""
+        if timeout is None:
+            timeout = self._timeout(bounded=True)
+        for challenged in (False, True):
+            if self._authorizer is not None:
+                await self._authorizer.authorize(method, url, headers)
+            self.requests += 1
+            async with self._get_session().request(
+                method,
+                url,
+                headers=headers,
+                # aiohttp stops at its max_redirects-th redirect (and 0 means no limit);
+                # ours is the number of redirects followed, as curl's --max-redirs.
+                allow_redirects=self.max_redirects > 0,
+                max_redirects=self.max_redirects + 1,
+                timeout=timeout,
+                auto_decompress=False,
+                read_bufsize=self._read_bufsize,
+            ) as resp:
+                if (
+                    resp.status == 401
+                    and not challenged
+                    and self._authorizer is not None
+                    and await self._authorizer.challenge(url, resp)
+                ):
+                    continue
+                yield resp
+                return
 
-    async def _with_retries(self, url: str, attempt: Callable[[], Awaitable[_T]]) -> _T:
+    async def check_status(
+        self, url: str, resp: aiohttp.ClientResponse, *, ok: tuple[int, ...]
+    ) -> None:
+        """Raise the :class:`SourceError` an answer with a status not in ``ok`` means."""
+        if resp.status in ok:
+            return
+        if self._error_reader is not None:
+            error = await self._error_reader(url, resp)
+            if error is not None:
+                raise error
+        _raise_for_status(url, resp, ok=ok)
+
+    def headers(
+        self, headers: HeadersLike | None, extra: Mapping[str, str] | None = None
+    ) -> CIMultiDict[str]:
+        """The user's headers as this client sends them (hop-by-hop and precondition
+        headers dropped, identity encoding), with ``extra`` set on top."""
+        return self._headers(headers, extra or {})
+
+    async def with_retries(self, url: str, attempt: Callable[[], Awaitable[_T]]) -> _T:
+        """Run ``attempt`` until it succeeds, fails for good, or the retry policy says
+        stop; aiohttp's errors become :class:`SourceError`."""
         failures = 0
         while True:
             try:
@@ -477,12 +435,12 @@ class OriginClient:
                         if isinstance(exc, aiohttp.ConnectionTimeoutError)
                         else "waiting for"
                     )
-                    raise OriginError(
-                        f"origin timed out: {what} {_display(url)}", url=url, retryable=True
+                    raise SourceError(
+                        f"origin timed out: {what} {display_url(url)}", url=url, retryable=True
                     ) from exc
                 except aiohttp.ClientError as exc:
                     raise _translate(url, exc) from exc
-            except OriginError as error:
+            except SourceError as error:
                 failures += 1
                 if not error.retryable or failures >= self.retry.attempts:
                     if failures > 1:
@@ -500,15 +458,15 @@ class OriginClient:
                 )
                 await self._sleep(wait)
 
-    async def _read_probe(self, url: str, resp: aiohttp.ClientResponse) -> OriginInfo:
-        _raise_for_status(url, resp, ok=(200, 206, 416))
+    async def _read_probe(self, url: str, resp: aiohttp.ClientResponse) -> SourceInfo:
+        await self.check_status(url, resp, ok=(200, 206, 416))
         final_url = str(resp.url)
         etag = resp.headers.get("ETag")
         last_modified = resp.headers.get("Last-Modified")
         content_type = resp.headers.get("Content-Type")
 
-        def info(length: int | None, ranged: bool) -> OriginInfo:
-            return OriginInfo(
+        def info(length: int | None, ranged: bool) -> SourceInfo:
+            return SourceInfo(
                 url=url,
                 final_url=final_url,
                 content_length=length,
@@ -531,9 +489,9 @@ class OriginClient:
             if parsed is not None and parsed[0] is None and parsed[2] == 0:
                 return info(0, True)  # bytes=0-0 of an empty object: nothing to satisfy
             if parsed is not None and parsed[2]:
-                raise OriginError(
+                raise SourceError(
                     f"origin answered 416 to bytes=0-0 of a {parsed[2]}-byte object at "
-                    f"{_display(url)}: its Range support is broken",
+                    f"{display_url(url)}: its Range support is broken",
                     url=url,
                     status=416,
                 )
@@ -546,13 +504,13 @@ class OriginClient:
         while chunk := await resp.content.readany():
             self.bytes_received += len(chunk)
 
-    def _check_range_response(
+    async def _check_range_response(
         self,
         url: str,
         resp: aiohttp.ClientResponse,
         start: int,
         want: int,
-        info: OriginInfo | None,
+        info: SourceInfo | None,
         validator: str | None,
     ) -> None:
         asked = f"bytes={start}-{start + want - 1}"
@@ -568,7 +526,7 @@ class OriginClient:
                     status=200,
                 )
                 raise ContentChanged(
-                    f"content changed at {_display(url)}: the origin answered {asked} with "
+                    f"content changed at {display_url(url)}: the origin answered {asked} with "
                     f"the whole object (200), so If-Range {validator} ("
                     f"{'ETag' if validator == info.etag else 'Last-Modified'}) no longer "
                     f"matches",
@@ -578,24 +536,24 @@ class OriginClient:
                 )
             if start == 0 and resp.content_length == want:
                 return  # the whole object was asked for and sent: same bytes
-            raise OriginError(
-                f"origin ignored Range {asked} for {_display(url)} (answered 200)",
+            raise SourceError(
+                f"origin ignored Range {asked} for {display_url(url)} (answered 200)",
                 url=url,
                 status=200,
             )
         if resp.status == 416:
-            raise OriginError(
-                f"content changed at {_display(url)}: origin answered 416 to {asked} "
+            raise SourceError(
+                f"content changed at {display_url(url)}: origin answered 416 to {asked} "
                 f"(Content-Range {resp.headers.get('Content-Range')})",
                 url=url,
                 status=416,
             )
-        _raise_for_status(url, resp, ok=(206,))
+        await self.check_status(url, resp, ok=(206,))
         parsed = _parse_content_range(resp.headers.get("Content-Range"))
         if parsed is None or parsed[0] != start or parsed[1] != start + want - 1:
-            raise OriginError(
+            raise SourceError(
                 f"origin answered Content-Range {resp.headers.get('Content-Range')!r} to "
-                f"{asked} for {_display(url)}",
+                f"{asked} for {display_url(url)}",
                 url=url,
                 status=206,
             )
@@ -609,9 +567,9 @@ class OriginClient:
                 status=206,
             )
         if resp.content_length is not None and resp.content_length > want:
-            raise OriginError(
+            raise SourceError(
                 f"origin announced {resp.content_length} bytes for {asked} ({want} bytes) "
-                f"from {_display(url)}",
+                f"from {display_url(url)}",
                 url=url,
                 status=206,
             )
@@ -632,7 +590,7 @@ class OriginClient:
         def short(cause: str) -> ShortRead:
             return ShortRead(
                 f"{cause} after {pos} of {length} bytes of {_range_text(offset, length)} "
-                f"from {_display(url)}",
+                f"from {display_url(url)}",
                 url=url,
                 status=resp.status,
                 received=pos,
@@ -646,9 +604,9 @@ class OriginClient:
                 n = len(chunk)
                 self.bytes_received += n
                 if pos + n > length:
-                    raise OriginError(
+                    raise SourceError(
                         f"origin sent more than the {length} bytes of "
-                        f"{_range_text(offset, length)} from {_display(url)}",
+                        f"{_range_text(offset, length)} from {display_url(url)}",
                         url=url,
                         status=resp.status,
                     )
@@ -688,16 +646,16 @@ class OriginStream:
         url = self.url
 
         async def attempt() -> tuple[Any, aiohttp.ClientResponse]:
-            cm = client._request(url, self._headers, client._timeout(bounded=False))
+            cm = client.request(url, self._headers, client._timeout(bounded=False))
             resp = await cm.__aenter__()
             try:
-                _raise_for_status(url, resp, ok=(200,))
+                await client.check_status(url, resp, ok=(200,))
             except BaseException:
                 await cm.__aexit__(None, None, None)
                 raise
             return cm, resp
 
-        self._cm, self._resp = await client._with_retries(url, attempt)
+        self._cm, self._resp = await client.with_retries(url, attempt)
         self.content_length = self._resp.content_length
         self.final_url = str(self._resp.url)
         self.etag = self._resp.headers.get("ETag")
@@ -729,16 +687,16 @@ class OriginStream:
             try:
                 chunk = await resp.content.readany()
             except TimeoutError as exc:
-                raise OriginError(
+                raise SourceError(
                     f"origin stopped sending (timed out) after {self.received}{of} bytes of "
-                    f"{_display(self.url)}; without Range support the download cannot resume",
+                    f"{display_url(self.url)}; without Range support the download cannot resume",
                     url=self.url,
                     status=resp.status,
                 ) from exc
             except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-                raise OriginError(
+                raise SourceError(
                     f"origin closed the connection after {self.received}{of} bytes of "
-                    f"{_display(self.url)}; without Range support the download cannot resume",
+                    f"{display_url(self.url)}; without Range support the download cannot resume",
                     url=self.url,
                     status=resp.status,
                 ) from exc
@@ -748,8 +706,8 @@ class OriginStream:
             self._client.bytes_received += len(chunk)
             yield memoryview(chunk)
         if expected is not None and self.received != expected:
-            raise OriginError(
-                f"origin sent {self.received} bytes of {_display(self.url)} but announced "
+            raise SourceError(
+                f"origin sent {self.received} bytes of {display_url(self.url)} but announced "
                 f"Content-Length {expected}",
                 url=self.url,
                 status=resp.status,
@@ -759,36 +717,6 @@ class OriginStream:
 # -- helpers -------------------------------------------------------------------------
 
 
-def check_same_version(
-    url: str,
-    info: OriginInfo,
-    *,
-    etag: str | None,
-    last_modified: str | None,
-    total: int | None,
-    status: int,
-) -> None:
-    """Raise :class:`ContentChanged` when an answer describes another version of the
-    object than the probe ``info`` did: another length (the Content-Range total), ETag
-    or Last-Modified. A validator the answer leaves out is not compared (many servers
-    send them only sometimes); one it sends must be the probe's."""
-    changes = []
-    if info.content_length is not None and total is not None and total != info.content_length:
-        changes.append(("length", f"{info.content_length} bytes", f"{total} bytes"))
-    if info.etag and etag and etag != info.etag:
-        changes.append(("ETag", info.etag, etag))
-    if info.last_modified and last_modified and last_modified != info.last_modified:
-        changes.append(("Last-Modified", info.last_modified, last_modified))
-    if changes:
-        what = "; ".join(f"{name} was {was}, is now {now}" for name, was, now in changes)
-        raise ContentChanged(
-            f"content changed at {_display(url)} during the download: {what}",
-            url=url,
-            status=status,
-            validator=changes[0][0],
-        )
-
-
 def _check_url(url: str) -> None:
     """Reject what no request should be made for, before any I/O."""
     if not isinstance(url, str):
@@ -796,19 +724,19 @@ def _check_url(url: str) -> None:
     try:
         parsed = URL(url)
     except ValueError as exc:
-        raise OriginError(f"invalid URL {url!r}: {exc}", url=url) from exc
+        raise SourceError(f"invalid URL {url!r}: {exc}", url=url) from exc
     scheme = parsed.scheme.lower()
     supported = f"only {' and '.join(SUPPORTED_SCHEMES)} are supported"
     if not scheme:
-        raise OriginError(
+        raise SourceError(
             f"URL {url!r} has no scheme: {supported} (e.g. http://host/path)", url=url
         )
     if scheme not in SUPPORTED_SCHEMES:
-        raise OriginError(
-            f"unsupported URL scheme {scheme!r} in {_display(url)}: {supported}", url=url
+        raise SourceError(
+            f"unsupported URL scheme {scheme!r} in {display_url(url)}: {supported}", url=url
         )
     if not parsed.host:
-        raise OriginError(f"invalid URL {_display(url)}: no host", url=url)
+        raise SourceError(f"invalid URL {display_url(url)}: no host", url=url)
 
 
 def _check_range(offset: int, length: int, capacity: int) -> None:
@@ -896,10 +824,10 @@ def _raise_for_status(url: str, resp: aiohttp.ClientResponse, *, ok: tuple[int, 
     except ValueError:
         phrase = resp.reason or ""
     retryable = status >= 500 or status in _RETRYABLE_4XX
-    text = f"origin returned {status} {phrase}".rstrip() + f" for {_display(url)}"
+    text = f"origin returned {status} {phrase}".rstrip() + f" for {display_url(url)}"
     if 300 <= status < 400:
         text += " (redirect not followed)"
-    raise OriginError(
+    raise SourceError(
         text,
         url=url,
         status=status,
@@ -908,24 +836,24 @@ def _raise_for_status(url: str, resp: aiohttp.ClientResponse, *, ok: tuple[int, 
     )
 
 
-def _translate(url: str, exc: aiohttp.ClientError) -> OriginError:
-    shown = _display(url)
+def _translate(url: str, exc: aiohttp.ClientError) -> SourceError:
+    shown = display_url(url)
     if isinstance(exc, aiohttp.TooManyRedirects):
-        return OriginError(f"origin redirected too many times starting at {shown}", url=url)
+        return SourceError(f"origin redirected too many times starting at {shown}", url=url)
     if isinstance(
         exc, aiohttp.NonHttpUrlRedirectClientError | aiohttp.InvalidUrlRedirectClientError
     ):
-        return OriginError(f"origin redirected {shown} to an unsupported URL ({exc})", url=url)
+        return SourceError(f"origin redirected {shown} to an unsupported URL ({exc})", url=url)
     if isinstance(exc, aiohttp.InvalidURL):
-        return OriginError(f"invalid URL {shown}: {exc}", url=url)
+        return SourceError(f"invalid URL {shown}: {exc}", url=url)
     if isinstance(exc, aiohttp.ClientSSLError):
         # A certificate that does not verify will not verify on the next attempt either.
-        return OriginError(f"TLS error with origin {shown}: {_reason(exc)}", url=url)
+        return SourceError(f"TLS error with origin {shown}: {_reason(exc)}", url=url)
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return OriginError(
+        return SourceError(
             f"cannot connect to origin {shown}: {_reason(exc)}", url=url, retryable=True
         )
-    return OriginError(
+    return SourceError(
         f"origin connection failed for {shown}: {_reason(exc)}", url=url, retryable=True
     )
 
@@ -944,12 +872,56 @@ def _range_text(offset: int, length: int) -> str:
     return f"bytes={offset}-{offset + length - 1}"
 
 
-def _display(url: str) -> str:
-    """The URL for messages, without a password it may carry."""
-    try:
-        parsed = URL(url)
-    except ValueError:
-        return url
-    if parsed.password is not None:
-        return str(parsed.with_password("***"))
-    return url
+class HttpSource:
+    """The source for ``http://`` and ``https://`` URLs: pieces through the zero-copy
+    fast path when the origin allows it (plain http, a clean 206), else through
+    :class:`OriginClient`, which also owns the probe, the stream, retries and errors."""
+
+    schemes = SUPPORTED_SCHEMES
+
+    def __init__(
+        self, settings: SourceSettings | None = None, *, policy: SourcePolicy | None = None
+    ) -> None:
+        self.policy = policy
+        self.client = OriginClient(
+            retry=settings.retry if settings else None,
+            request_timeout=settings.request_timeout if settings else 300.0,
+            policy=policy,
+        )
+        self.fast_range = FastRangeFetcher(policy=policy)
+
+    @property
+    def bytes_received(self) -> int:
+        return self.client.bytes_received + self.fast_range.bytes_received
+
+    @classmethod
+    def check_url(cls, url: str) -> None:
+        """Nothing to check before the request: a bad http URL is reported by the
+        request itself, as it always was."""
+
+    async def probe(self, url: str, headers: HeadersLike | None = None) -> SourceInfo:
+        return await self.client.probe(url, headers)
+
+    async def fetch_range(
+        self,
+        url: str,
+        headers: HeadersLike | None,
+        offset: int,
+        length: int,
+        into: memoryview | bytearray,
+        *,
+        info: SourceInfo | None = None,
+    ) -> None:
+        try:
+            plain = headers if headers is None or isinstance(headers, Mapping) else dict(headers)
+            await self.fast_range.fetch(url, plain, offset, length, memoryview(into), info=info)
+        except FastPathUnavailable as why:
+            log.debug("fast path unavailable url=%s reason=%s", display_url(url), why)
+            await self.client.fetch_range(url, headers, offset, length, into, info=info)
+
+    def stream(self, url: str, headers: HeadersLike | None = None) -> OriginStream:
+        return self.client.stream(url, headers)
+
+    async def close(self) -> None:
+        self.fast_range.close()
+        await self.client.close()

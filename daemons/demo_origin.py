@@ -1,17 +1,22 @@
-"""``d7y origin``: a small HTTP origin serving a directory, for demos and benchmarks.
+"""``d7y origin``: the demo origin SERVER, serving a directory over HTTP for demos and
+benchmarks (the client that fetches from origins is :mod:`d7y.daemons.sources.http`).
 
 It answers GET/HEAD with single byte ranges (RFC 9110) and counts the body bytes it
 sends, so a demo can show how much of a file the origin really served when a swarm
 downloaded it (``GET /_stats`` returns ``{"bytes_sent": N, "requests": M}``). It is not
 a production web server; put nginx in front of real data.
+
+It runs under the services' lifecycle (:mod:`d7y.daemons.service`): once listening it
+prints its base URL on stdout (one line, for scripts), logs ``origin ready url=...`` and
+notifies ``$NOTIFY_SOCKET``; SIGTERM or SIGINT stops it, and responses in flight get
+:data:`STOP_GRACE` seconds.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
-import signal
+import sys
 from pathlib import Path
 
 from aiohttp import web
@@ -20,10 +25,16 @@ from d7y.core.http_range import RangeError, parse_range
 from d7y.daemons.peer.limits import TokenBucket
 
 CHUNK = 1024 * 1024
+#: At stop, responses still being sent get this long before their connections close.
+STOP_GRACE = 5.0
 
 
-class Origin:
-    def __init__(self, root: Path, rate: int = 0) -> None:
+class DemoOrigin:
+    """The demo origin as a :class:`d7y.daemons.service.Service`."""
+
+    name = "origin"
+
+    def __init__(self, root: Path, rate: int = 0, host: str = "127.0.0.1", port: int = 0) -> None:
         self.root = Path(root).resolve()
         # Total egress limit in bytes/s shared by all clients (0: none), to play an
         # origin whose uplink is the bottleneck, as in real deployments.
@@ -33,19 +44,33 @@ class Origin:
         self.app = web.Application()
         self.app.add_routes([web.get("/_stats", self.stats), web.get("/{path:.+}", self.serve)])
         self._runner: web.AppRunner | None = None
-        self.port = 0
+        self.host = host
+        self.port = port
+        self.url = ""
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+    async def start(self) -> None:
+        self._runner = web.AppRunner(
+            self.app, access_log=None, handle_signals=False, shutdown_timeout=STOP_GRACE
+        )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # the bound port when 0
-        return f"http://{host}:{self.port}/"
+        await web.TCPSite(self._runner, self.host, self.port).start()
+        self.port = self._runner.addresses[0][1]  # the bound port when 0
+        self.url = f"http://{self.host}:{self.port}/"
+        print(self.url, flush=True)
+
+    async def drain(self) -> None:
+        """Nothing to finish first: stop() gives the responses in flight STOP_GRACE."""
 
     async def stop(self) -> None:
         if self._runner is not None:
-            await self._runner.cleanup()
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    def ready_details(self) -> dict[str, object]:
+        return {"url": self.url, "root": self.root}
+
+    def render_metrics(self) -> bytes:
+        return b""  # it has no metrics port; /_stats is its account
 
     async def stats(self, _request: web.Request) -> web.Response:
         return web.json_response({"bytes_sent": self.bytes_sent, "requests": self.requests})
@@ -90,18 +115,6 @@ class Origin:
         return response
 
 
-async def _serve(root: Path, host: str, port: int, rate: int) -> None:
-    origin = Origin(root, rate)
-    url = await origin.start(host, port)
-    print(url, flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await origin.stop()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="d7y origin", description=__doc__.split("\n")[0])
     parser.add_argument("--dir", required=True, type=Path, help="directory to serve")
@@ -118,5 +131,16 @@ def main(argv: list[str] | None = None) -> int:
     if not args.dir.is_dir():
         parser.error(f"--dir {str(args.dir)!r} is not a directory")
     os.chdir(args.dir)
-    asyncio.run(_serve(args.dir, args.host, args.port, rate))
+    from d7y.daemons.logs import setup_logging
+    from d7y.daemons.service import Lifecycle, run_loop
+
+    setup_logging("info")
+    lifecycle = Lifecycle(
+        DemoOrigin(args.dir, rate, args.host, args.port), drain_timeout=STOP_GRACE
+    )
+    try:
+        run_loop(lifecycle.run())
+    except OSError as exc:
+        print(f"d7y origin: cannot start: {exc}", file=sys.stderr)
+        return 1
     return 0
