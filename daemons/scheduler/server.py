@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from d7y.core import messages as m
 from d7y.core.protocol import ProtocolError, encode_frame
-from d7y.core.scheduling import answers
+from d7y.core.scheduling import answers, translate
 from d7y.core.scheduling import results as r
 from d7y.core.scheduling.config import SchedulerConfig
 from d7y.core.scheduling.evaluator import make_evaluator
@@ -42,7 +42,7 @@ log = logging.getLogger("d7y.scheduler")
 MAX_REFUSED = 16
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # one per connected host: no __dict__ each
 class Connection:
     framed: FramedStream
     name: str
@@ -69,7 +69,7 @@ class Connection:
         return stream
 
 
-@dataclass
+@dataclass(slots=True)  # one per registered peer: no __dict__ each
 class Route:
     """Where a peer's answers go: its connection and download stream."""
 
@@ -373,13 +373,11 @@ class SchedulerService:
         now = self.now()
         core = self.core
         if isinstance(msg, m.PieceFinished):
-            core.piece_finished(
-                msg.peer_id, msg.number, msg.parent_id or None, msg.cost_ns / 1e9, msg.digest, now
-            )
+            translate.piece_finished(core, msg, now)
             self.metrics.reports.labels("finished").inc()
         elif isinstance(msg, m.PieceFailed):
             self.metrics.reports.labels("failed").inc()
-            result = core.piece_failed(msg.peer_id, msg.number, msg.parent_id or None, now)
+            result = translate.piece_failed(core, msg, now)
             if result.reschedule:
                 self._start_answer(
                     msg.peer_id, lambda: core.reschedule(msg.peer_id, [], self.now())
@@ -389,54 +387,21 @@ class SchedulerService:
         elif isinstance(msg, m.AnnounceHost):
             self._announce(conn, msg, now)
         elif isinstance(msg, m.RestorePeer):
-            core.restore_peer(
-                msg.peer_id,
-                msg.task_id,
-                msg.host_id,
-                msg.url,
-                now,
-                content_length=msg.content_length,
-                piece_length=msg.piece_length,
-                finished=msg.bitmap,
-                succeeded=msg.succeeded,
-                digests=msg.digests,
-            )
+            translate.restore_peer(core, msg, now)
             conn.peers.add(msg.peer_id)  # it leaves with its connection
             if stream:
                 # A download that outlived its scheduler connection goes on on this new
                 # stream: its reports and reschedule answers use it as a registration's.
-                request = m.RegisterPeer(
-                    peer_id=msg.peer_id, task_id=msg.task_id, host_id=msg.host_id, url=msg.url
-                )
-                self.routes[msg.peer_id] = Route(conn, stream, request)
+                self.routes[msg.peer_id] = Route(conn, stream, translate.restored_request(msg))
         elif isinstance(msg, m.DownloadStarted):
-            core.download_started(
-                msg.peer_id,
-                now,
-                back_to_source=msg.back_to_source,
-                content_length=msg.content_length if msg.content_length >= 0 else None,
-                piece_length=msg.piece_length or None,
-            )
+            translate.download_started(core, msg, now)
         elif isinstance(msg, m.GetTaskDigests):
-            task = core.task(msg.task_id)
-            meta = core.task_meta(msg.task_id)
-            await conn.send(
-                m.TaskDigests(
-                    task_id=msg.task_id,
-                    content_length=_or(meta.content_length, -1),
-                    piece_length=_or(meta.piece_length, 0),
-                    piece_count=_or(meta.piece_count, -1),
-                    digests=dict(core.piece_digests(task.id)),
-                ),
-                stream,
-            )
+            await conn.send(translate.task_digests(core, msg.task_id), stream)
         elif isinstance(msg, m.Reschedule):
             bad = list(msg.bad_parents)
             self._start_answer(msg.peer_id, lambda: core.reschedule(msg.peer_id, bad, self.now()))
         elif isinstance(msg, m.DownloadFinished):
-            core.download_finished(
-                msg.peer_id, now, content_length=msg.content_length, content=msg.content
-            )
+            translate.download_finished(core, msg, now)
             log.debug("download finished peer=%s task=%s", msg.peer_id, msg.task_id)
         elif isinstance(msg, m.DownloadFailed):
             ended = core.download_failed(msg.peer_id, now)
@@ -466,21 +431,7 @@ class SchedulerService:
             )
 
     def _announce(self, conn: Connection, msg: m.AnnounceHost, now: float) -> None:
-        self.core.announce_host(
-            msg.host_id,
-            now,
-            ip=msg.ip,
-            hostname=msg.hostname,
-            port=msg.port,
-            download_port=msg.download_port,
-            idc=msg.idc,
-            location=msg.location,
-            type=msg.host_type,
-            upload_limit_bps=msg.max_tx_bandwidth_bps or msg.upload_limit_bps,
-            concurrent_upload_limit=msg.concurrent_upload_limit or None,
-            tx_bandwidth=msg.tx_bandwidth_bps,
-            download_limit_bps=msg.download_limit_bps,
-        )
+        translate.announce_host(self.core, msg, now)
         if conn.host_id is None:
             log.info(
                 "host announced host=%s type=%s conn=%s", msg.host_id, msg.host_type, conn.name
@@ -489,15 +440,7 @@ class SchedulerService:
         self.host_conns[msg.host_id] = conn
 
     def _register(self, conn: Connection, stream: int, msg: m.RegisterPeer, now: float) -> None:
-        result = self.core.register_peer(
-            msg.peer_id,
-            msg.task_id,
-            msg.host_id,
-            msg.url,
-            now,
-            piece_length=msg.piece_length or None,
-            need_back_to_source=msg.need_back_to_source,
-        )
+        result = translate.register_peer(self.core, msg, now)
         if not isinstance(result, r.MetadataOnly):
             self.routes[msg.peer_id] = Route(conn, stream, msg)
             conn.peers.add(msg.peer_id)
@@ -551,7 +494,7 @@ class SchedulerService:
             # it asks again later (the protocol's NormalTaskResponse names >= 1 parent).
             self.metrics.decisions.labels("KeepParents").inc()
             return
-        answer = self._to_message(result)
+        answer = translate.answer(self.core, result)
         kind = type(result).__name__
         self.metrics.decisions.labels(kind).inc()
         log.debug("decision peer=%s task=%s kind=%s", peer_id, route.request.task_id, kind)
@@ -562,16 +505,7 @@ class SchedulerService:
         if conn is None:
             return
         log.info("trigger seed host=%s task=%s", result.seed_host_id, request.task_id)
-        trigger = m.TriggerSeed(
-            task_id=request.task_id,
-            url=request.url,
-            tag=request.tag,
-            application=request.application,
-            filtered_query_params=request.filtered_query_params,
-            headers=request.headers,
-            piece_length=request.piece_length,
-        )
-        await conn.send(trigger, conn.open_stream())
+        await conn.send(translate.trigger_seed(request), conn.open_stream())
 
     def _reschedule_orphans(self, peer_ids) -> None:
         for peer_id in peer_ids:
@@ -579,70 +513,6 @@ class SchedulerService:
                 self._start_answer(
                     peer_id, lambda p=peer_id: self.core.reschedule(p, [], self.now())
                 )
-
-    def _to_message(self, result) -> m.Message:
-        task_id = result.task.task_id
-        if isinstance(result, r.NormalTask):
-            return self._normal_task(result.task, result.parents)
-        if isinstance(result, r.NeedBackToSource):
-            return m.NeedBackToSource(task_id=task_id, reason=result.reason[:4000])
-        if isinstance(result, r.EmptyTask):
-            return m.EmptyTaskResponse(task_id=task_id)
-        if isinstance(result, r.TinyTask):
-            return m.TinyTaskResponse(task_id=task_id, content=result.content)
-        if isinstance(result, r.SmallTask):
-            digest = self.core.piece_digests(task_id).get(0)
-            meta = result.task
-            if digest is None or not meta.content_length:
-                # Without the piece's digest or size the peer cannot take the one-piece
-                # shortcut: answer as for a normal task with that parent.
-                return self._normal_task(meta, (result.parent,))
-            return m.SmallTaskResponse(
-                task_id=task_id,
-                parent=self._parent(result.parent, meta),
-                content_length=meta.content_length,
-                piece_digest=digest,
-            )
-        if isinstance(result, r.MetadataOnly):
-            return m.NeedBackToSource(
-                task_id=task_id, reason="this host already holds the task; read it locally"
-            )
-        reason = getattr(result, "reason", "scheduling failed")
-        return m.Error(code=m.ErrorCode.UNAVAILABLE, message=reason[:4000], task_id=task_id)
-
-    def _normal_task(self, meta: r.TaskMeta, parents) -> m.NormalTaskResponse:
-        return m.NormalTaskResponse(
-            task_id=meta.task_id,
-            candidate_parents=[self._parent(p, meta) for p in parents],
-            content_length=_or(meta.content_length, -1),
-            piece_length=_or(meta.piece_length, 0),
-            piece_count=_or(meta.piece_count, -1),
-            digests=dict(self.core.piece_digests(meta.task_id)),
-        )
-
-    def _parent(self, parent: r.ParentInfo, meta: r.TaskMeta) -> m.ParentInfo:
-        peer = self.core.peers.get(parent.peer_id)
-        bitmap = b""
-        state = m.PeerState.RUNNING
-        if peer is not None:
-            state = peer.fsm.state
-            if meta.piece_count:
-                # A bitmap sized for another piece count (the task's size was not known
-                # when the peer joined) is left out rather than sent wrong.
-                bitmap = peer.finished.to_bytes()
-                if len(bitmap) != (meta.piece_count + 7) // 8:
-                    bitmap = b""
-        return m.ParentInfo(
-            peer_id=parent.peer_id,
-            host_id=parent.host_id,
-            ip=parent.ip,
-            port=parent.port,
-            download_port=parent.download_port,
-            bitmap=bitmap,
-            state=state,
-            tx_bandwidth_bps=parent.tx_bandwidth,
-            max_tx_bandwidth_bps=parent.upload_limit_bps,
-        )
 
 
 def _certificate_refuses(identity: PeerIdentity, msg: m.AnnounceHost) -> str | None:
@@ -660,7 +530,3 @@ def _certificate_refuses(identity: PeerIdentity, msg: m.AnnounceHost) -> str | N
             f"role is {identity.role or 'none'!r}: seed peers need a seed certificate"
         )
     return None
-
-
-def _or(value, default):
-    return default if value is None else value
