@@ -1,6 +1,6 @@
 """Memory per idle connection (dfdaemon, scheduler) and per registered peer (scheduler).
 
-    python bench/bench_memory.py [--connections 3000] [--peers 3000]
+    python bench/bench_memory.py [--connections 3000] [--peers 3000] [--tls]
 
 Starts a real dfdaemon and a real ``d7y scheduler`` as processes and reads their RSS
 (/proc/PID/status, VmRSS) before and after:
@@ -18,6 +18,8 @@ Limits and timeouts are switched off in both daemons for the measurement (the de
 per-address limits would refuse most of these loopback connections, and the idle
 timeout would close them). ``--baseline`` leaves those config keys out, to measure a
 checkout from before they existed (e.g. with ``PYTHONPATH`` pointing at its tree).
+``--tls`` adds the piece port under mutual TLS (security.tls, certificates from
+d7y.daemons.certs): N idle connections after one Ping each, through the handshake.
 Issue 13's targets: <= 32 KB per idle connection, <= 16 KB per registered peer.
 Prints one line per figure.
 """
@@ -131,6 +133,40 @@ def measure_dfdaemon(work: Path, n: int, unlimited: dict) -> None:
         )
 
 
+def measure_tls_piece_port(work: Path, n: int, unlimited: dict) -> None:
+    import ssl
+
+    from d7y.daemons import certs
+
+    ca = certs.create_ca(work / "certs")
+    cert, key = certs.issue(work / "certs", "127.0.0.1-tls", "peer", ca)
+    client_cert, client_key = certs.issue(work / "certs", "client", "peer", ca)
+    tls = {"enabled": True, "ca_cert": str(work / "certs" / certs.CA_CERT),
+           "cert": str(cert), "key": str(key)}  # fmt: skip
+    context = ssl.create_default_context(cafile=tls["ca_cert"])
+    context.check_hostname = False
+    context.load_cert_chain(client_cert, client_key)
+    config = {"upload": unlimited, "log": {"level": "info"}, "host": {"hostname": "tls"},
+              "security": {"tls": tls}}  # fmt: skip
+    with PeerProcess(work, "tls-peer", **config) as peer:
+        pid = peer.proc.pid
+        start = settle(pid)
+        idle = []
+        for i in range(n):
+            s = context.wrap_socket(connect(peer.piece_port))
+            s.sendall(encode_frame(m.Ping(nonce=i)))
+            assert read_frame(s) == m.Pong(nonce=i)
+            idle.append(s)
+        after = settle(pid)
+        print(
+            f"dfdaemon piece port under mutual TLS, {n} idle connections: RSS "
+            f"{start / 1024:.0f} -> {after / 1024:.0f} MiB, {per_item(start, after, n)} "
+            f"per connection"
+        )
+        for s in idle:
+            s.close()
+
+
 def measure_scheduler(work: Path, n: int, pieces: int, unlimited: dict) -> None:
     config = {"server": unlimited, "log": {"level": "info"}}
     with SchedulerProcess(work, "scheduler", **config) as scheduler:
@@ -220,6 +256,7 @@ def main() -> int:
     parser.add_argument(
         "--baseline", action="store_true", help="code without the limit and timeout keys"
     )
+    parser.add_argument("--tls", action="store_true", help="also the piece port under mTLS")
     args = parser.parse_args()
     unlimited = {} if args.baseline else UNLIMITED
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -229,6 +266,8 @@ def main() -> int:
     print(f"bench_memory {time.strftime('%Y-%m-%d')}, Python {sys.version.split()[0]}")
     with tempfile.TemporaryDirectory() as work:
         measure_dfdaemon(Path(work), args.connections, unlimited)
+        if args.tls:
+            measure_tls_piece_port(Path(work), args.connections, unlimited)
         measure_scheduler(Path(work), args.peers, args.pieces, unlimited)
     return 0
 

@@ -62,6 +62,7 @@ SCHEDULING_TESTS = [
     "tests/test_scheduling_properties.py",
     "tests/test_scheduling_resource.py",
     "tests/test_scheduling_scheduler.py",
+    "tests/test_scheduling_translate.py",
 ]
 
 #: The tests that judge each module (glob patterns, first match wins; pytest arguments). A module is

@@ -13,13 +13,11 @@ A :class:`~d7y.core.messages.Piece` frame is followed by exactly ``Piece.length`
 payload bytes that are not part of the body, so a sender can ``sendfile(2)`` them from
 the content file and a receiver can ``recv_into`` a reused buffer.
 
-Two ways to read:
-
-* Fixed-size reads (daemons): read :data:`HEADER_LENGTH` bytes, :func:`decode_header`,
-  read ``body_length`` bytes, :func:`decode_body`, then read :func:`payload_length` bytes
-  of payload into your own buffer.
-* Arbitrary chunks (tests, fuzzing, slow paths): :class:`FrameDecoder` -- ``feed()`` what
-  arrived, then take events (:class:`Frame`, :class:`PiecePayload`) until ``None``.
+Reading a connection: :class:`FrameDecoder` -- receive into its buffer (or ``feed()``
+what arrived), then take events (:class:`Frame`, :class:`PiecePayload`) until ``None``.
+The daemons' frame reader (d7y.daemons.framing) is a thin loop around it; a Piece's
+payload can go straight into the caller's buffer (``take_payload``, ``skip_payload``).
+:func:`decode_header` and :func:`decode_body` decode one header or body on their own.
 
 Every failure is a :class:`ProtocolError` (a ValueError) carrying an ``error_code`` to
 send back in an :class:`~d7y.core.messages.Error` and ``fatal``: whether the framing is
@@ -380,41 +378,50 @@ class PiecePayload(NamedTuple):
 
 
 class FrameDecoder:
-    """Buffering decoder for bytes that arrive in arbitrary chunks.
+    """Buffering decoder for bytes that arrive in arbitrary chunks: the one frame reader
+    (the daemons' :class:`~d7y.daemons.framing.FramedStream` drives it on a connection).
 
-    ``feed()`` received bytes, then call ``next_event()`` (or iterate) until it returns
-    None, which means "feed me more". Events are :class:`Frame` and, after a Piece
-    frame, :class:`PiecePayload` chunks. ``feed_eof()`` when the peer closed: a frame
-    cut short then raises TruncatedFrame.
+    Bytes come in two ways: ``feed()`` copies what arrived; or, without a copy, the I/O
+    layer receives straight into the decoder's buffer (asyncio's BufferedProtocol
+    pattern): ``get_buffer(n)`` gives free space of at least ``n`` bytes, ``buffer_updated(k)``
+    says ``k`` bytes landed there. Then call ``next_event()`` (or iterate) until it returns
+    None, which means "more bytes, please" (``missing`` says at least how many). Events
+    are :class:`Frame` and, after a Piece frame, :class:`PiecePayload` chunks; a caller
+    that wants the payload in its own buffer takes the buffered part with
+    ``take_payload(into)`` and reports the rest, read past the decoder, with
+    ``skip_payload(n)``. ``feed_eof()`` when the peer closed: a frame cut short then
+    raises TruncatedFrame.
 
-    Memory: a frame is only buffered up to its header plus ``max_body_length``; payload
-    bytes are handed out as they arrive and never accumulated. After a fatal error the
-    decoder raises that error again on every call; after a non-fatal one (see
-    :class:`ProtocolError`) the bad frame is gone and decoding goes on.
+    Memory: only the unread bytes are kept (at most a header plus ``max_body_length``,
+    plus whatever a receive brought in beyond); the buffer's size is the caller's choice
+    (``get_buffer``, ``shrink``), so a connection between frames can hold a small one.
+    After a fatal error the decoder raises that error again on every call; after a
+    non-fatal one (see :class:`ProtocolError`) the bad frame is gone and decoding goes on.
     """
 
     __slots__ = (
         "_body_length",
         "_buf",
         "_code",
+        "_end",
         "_eof",
         "_error",
         "_max",
         "_payload_left",
         "_pos",
         "_stream",
-        "_view",
     )
 
     def __init__(self, max_body_length: int = DEFAULT_MAX_BODY_LENGTH) -> None:
         _check_limit(max_body_length)
         self._max = max_body_length
-        # Received bytes; [_pos:] is not consumed yet. Bodies are decoded straight from
-        # _view (no copy). The view is rebuilt once per feed() -- a bytearray cannot
-        # grow while a view of it exists -- rather than once per frame.
+        # Received bytes are _buf[_pos:_end]; bodies are decoded straight from a view of
+        # it (no copy). _buf is never resized in place, only replaced (get_buffer,
+        # shrink), so a view handed out can never block a resize. No view is kept
+        # between calls: an idle connection holds the bytearray and nothing else.
         self._buf = bytearray()
-        self._view = memoryview(self._buf)
         self._pos = 0
+        self._end = 0
         # Header of the frame whose body is awaited (_code -1: none), kept as plain
         # ints so the per-frame path builds no header object.
         self._code = -1
@@ -431,7 +438,12 @@ class FrameDecoder:
     @property
     def buffered(self) -> int:
         """Bytes received and not yet handed out as events."""
-        return len(self._buf) - self._pos
+        return self._end - self._pos
+
+    @property
+    def capacity(self) -> int:
+        """Size of the receive buffer (what the decoder holds in memory)."""
+        return len(self._buf)
 
     @property
     def error(self) -> ProtocolError | None:
@@ -443,22 +455,105 @@ class FrameDecoder:
         """True between a Piece frame and the last chunk of its payload."""
         return self._payload_left > 0
 
+    @property
+    def payload_left(self) -> int:
+        """Payload bytes of the current Piece not handed out yet (0 outside a payload)."""
+        return self._payload_left
+
+    @property
+    def between_frames(self) -> bool:
+        """Nothing of a frame has arrived: no partial header, body or payload."""
+        return self._end == self._pos and self._code < 0 and not self._payload_left
+
+    @property
+    def missing(self) -> int:
+        """Bytes that must still arrive before the next event (0: one may be ready)."""
+        available = self._end - self._pos
+        if self._payload_left:
+            return 0 if available else 1
+        if self._code < 0:
+            return max(HEADER_LENGTH - available, 0)
+        return max(self._body_length - available, 0)
+
+    # -- input -------------------------------------------------------------------------
+
+    def get_buffer(self, size: int) -> memoryview | bytearray:
+        """Free space of at least ``size`` (>= 1) bytes after the unread bytes, to
+        receive into; call :meth:`buffer_updated` with the count written. The unread
+        bytes move to the front when that makes the room, else the buffer is replaced
+        by one of exactly unread + ``size`` bytes. Valid until the next call. (When
+        nothing is buffered that is the whole buffer, given as it is: no view object.)"""
+        if self._eof:
+            raise RuntimeError("get_buffer() after feed_eof(): the connection is closed")
+        pos, end = self._pos, self._end
+        unread = end - pos
+        if len(self._buf) - end < size:
+            if len(self._buf) - unread >= size:
+                if unread:
+                    with memoryview(self._buf) as view:
+                        view[:unread] = view[pos:end]
+            else:
+                bigger = bytearray(unread + size)
+                bigger[:unread] = memoryview(self._buf)[pos:end]
+                self._buf = bigger
+            self._pos, self._end = 0, unread
+        if self._end == 0:
+            return self._buf
+        return memoryview(self._buf)[self._end :]
+
+    def buffer_updated(self, n: int) -> None:
+        """``n`` bytes were written at the start of the view :meth:`get_buffer` gave."""
+        if not 0 <= n <= len(self._buf) - self._end:
+            raise ValueError(
+                f"buffer_updated({n}): the free space is {len(self._buf) - self._end} bytes"
+            )
+        self._end += n
+
+    def shrink(self, capacity: int) -> None:
+        """Replace an empty buffer by one of ``capacity`` bytes (an idle connection
+        should hold little). A no-op while bytes are unread or at that size already."""
+        if self._end == self._pos and len(self._buf) != capacity:
+            self._buf = bytearray(capacity)
+            self._pos = self._end = 0
+
     def feed(self, data: Buffer) -> None:
         """Add received bytes (any bytes-like object; it is copied)."""
         if self._eof:
             raise RuntimeError("feed() after feed_eof(): the connection is already closed")
-        self._view.release()
-        if self._pos:
-            # Drop what was consumed; only a partial frame (at most one header plus
-            # max_body_length) is ever moved.
-            del self._buf[: self._pos]
-            self._pos = 0
-        self._buf += data
-        self._view = memoryview(self._buf)
+        with memoryview(data) as incoming:
+            size = incoming.nbytes
+            if size:
+                self.get_buffer(size)[:size] = incoming.cast("B")
+                self._end += size
 
     def feed_eof(self) -> None:
         """The peer closed the connection; no more data will come."""
         self._eof = True
+
+    # -- payload into the caller's buffer ----------------------------------------------
+
+    def take_payload(self, into: memoryview) -> int:
+        """Copy buffered payload bytes of the current Piece into ``into`` (at most its
+        length); returns how many."""
+        size = min(self._end - self._pos, self._payload_left, len(into))
+        if size:
+            into[:size] = memoryview(self._buf)[self._pos : self._pos + size]
+            self._pos += size
+            self._payload_left -= size
+        return size
+
+    def skip_payload(self, n: int) -> None:
+        """``n`` payload bytes of the current Piece were read past the decoder (straight
+        from the connection into the caller's buffer); only valid once the buffered
+        ones were taken."""
+        if self._end != self._pos or not 0 <= n <= self._payload_left:
+            raise ValueError(
+                f"skip_payload({n}) with {self.buffered} bytes buffered and "
+                f"{self._payload_left} payload bytes left: take_payload() first"
+            )
+        self._payload_left -= n
+
+    # -- events ------------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[Frame | PiecePayload]:
         while (event := self.next_event()) is not None:
@@ -471,7 +566,7 @@ class FrameDecoder:
         if self._payload_left:
             return self._next_chunk()
         pos = self._pos
-        available = len(self._buf) - pos
+        available = self._end - pos
         code = self._code
         if code < 0:
             if available < HEADER_LENGTH:
@@ -492,7 +587,7 @@ class FrameDecoder:
         # error leaves the decoder at the next frame boundary.
         self._code = -1
         self._pos = end = pos + body_length
-        body = self._view[pos:end]
+        body = memoryview(self._buf)[pos:end]
         try:
             message = _decode(code, body, stream_id)
         except ProtocolError as exc:
@@ -508,13 +603,13 @@ class FrameDecoder:
 
     def _next_chunk(self) -> PiecePayload | None:
         pos = self._pos
-        size = min(len(self._buf) - pos, self._payload_left)
+        size = min(self._end - pos, self._payload_left)
         if not size:
             return self._need_data()
         self._pos = pos + size
         self._payload_left -= size
         return PiecePayload(
-            self._stream, bytes(self._view[pos : pos + size]), not self._payload_left
+            self._stream, bytes(memoryview(self._buf)[pos : pos + size]), not self._payload_left
         )
 
     def _fail_header(self) -> NoReturn:

@@ -5,8 +5,12 @@ d7y dfdaemon [...]       run the peer daemon (same as ``dfdaemon``)
 d7y dfget URL -O FILE    download through the daemon (same as ``dfget``)
 d7y scheduler [...]      run the scheduler
 d7y cluster demo | up    a whole cluster on loopback
+d7y manager [...]        run the manager (REST API, clusters, users, tokens)
 d7y origin --dir DIR     the demo origin server (HTTP with Range) for demos and benches
+d7y certs init DIR       a CA and service certificates for mutual TLS
 d7y config-docs          print every config key with its default
+d7y proxy ca init DIR    write the CA the proxy signs hijacked CONNECT hosts with
+d7y init containerd|podman|docker   point a container runtime at the registry mirror
 """
 
 from __future__ import annotations
@@ -49,9 +53,11 @@ def dfdaemon_main(argv: list[str] | None = None) -> int:
 
 
 def config_docs() -> str:
-    """docs/configuration.md: every key of dfdaemon and the scheduler, with its default
+    """docs/configuration.md: every key of dfdaemon, the scheduler and the manager, with
+    its default
     (generated from the config dataclasses; a test keeps the file in sync)."""
     from d7y.daemons.config import describe
+    from d7y.daemons.manager.config import ManagerConfig
     from d7y.daemons.peer.config import PeerConfig
     from d7y.daemons.scheduler.config import SchedulerDaemonConfig
 
@@ -66,6 +72,7 @@ def config_docs() -> str:
         ("dfdaemon", "dfdaemon --config FILE (default /etc/d7y/dfdaemon.yaml when it "
          "exists)", "D7Y_DFDAEMON", PeerConfig),
         ("scheduler", "d7y scheduler --config FILE", "D7Y_SCHEDULER", SchedulerDaemonConfig),
+        ("manager", "d7y manager --config FILE", "D7Y_MANAGER", ManagerConfig),
     ]  # fmt: skip
     for name, how, prefix, cls in services:
         lines += [
@@ -133,6 +140,20 @@ _NOTES = {
         "`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`, when set; anonymously",
         "otherwise); `Basic` with those credentials. The whole blob is checked against its",
         "digest.",
+        "",
+        "### Mutual TLS between services (`security.tls.*`)",
+        "",
+        "`d7y certs init DIR --scheduler scheduler --seed 10.0.0.5-seed1-seed --peer",
+        "10.0.0.7-node7` writes a CA (`DIR/ca.crt`, `DIR/ca.key`) and a certificate and key",
+        "for each service (`DIR/<name>.crt`, `DIR/<name>.key`); `d7y certs issue DIR --peer",
+        "HOST_ID` adds one later. A peer's certificate names its host ID (`ip-hostname`,",
+        "`-seed` appended for a seed peer; the daemon refuses to start with a certificate",
+        "for another host). With `security.tls.enabled` on every service, the scheduler",
+        "port and the piece ports speak TLS 1.3 and ask for the client's certificate; a",
+        "certificate from another CA ends the connection in the handshake. The scheduler",
+        "accepts an `AnnounceHost` only for the host ID of the connection's certificate,",
+        "and a seed host only with a seed certificate. The HTTP upload endpoint (for curl",
+        "and people) stays plain HTTP. `d7y cluster demo --tls` runs the whole demo so.",
     ],
 }
 
@@ -160,6 +181,33 @@ def scheduler_main(argv: list[str] | None = None) -> int:
     )
 
 
+def manager_main(argv: list[str] | None = None) -> int:
+    """Entry point of ``d7y manager``."""
+    from d7y.daemons import service
+    from d7y.daemons.manager.config import load_manager_config
+    from d7y.daemons.manager.service import ManagerError, ManagerService
+
+    parser = argparse.ArgumentParser(prog="d7y manager", description="d7y manager")
+    parser.add_argument("--config", default=None, help="YAML config file")
+    parser.add_argument("--data-dir", default=None, help="override data_dir")
+    parser.add_argument("--port", type=int, default=None, help="override server.port")
+    parser.add_argument("--metrics-port", type=int, default=None, help="override metrics.port")
+    args = parser.parse_args(argv)
+    overrides: dict = {}
+    if args.data_dir:
+        overrides["data_dir"] = args.data_dir
+    if args.port is not None:
+        overrides.setdefault("server", {})["port"] = args.port
+    if args.metrics_port is not None:
+        overrides.setdefault("metrics", {})["port"] = args.metrics_port
+    return service.main(
+        "d7y manager",
+        lambda: load_manager_config(args.config, overrides=overrides),
+        ManagerService,
+        startup_errors=(ManagerError,),
+    )
+
+
 def dfget_main(argv: list[str] | None = None) -> int:
     from d7y.daemons.dfget import main
 
@@ -174,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         return dfget_main(argv[1:])
     if argv and argv[0] == "scheduler":
         return scheduler_main(argv[1:])
+    if argv and argv[0] == "manager":
+        return manager_main(argv[1:])
     if argv and argv[0] == "cluster":
         from d7y.daemons.cluster import main as cluster_main
 
@@ -189,6 +239,14 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
         return sim_main(argv[1:])
+    if argv and argv[0] == "init":
+        from d7y.daemons.runtime_init import main as init_main
+
+        return init_main(argv[1:])
+    if argv and argv[0] == "certs":
+        from d7y.daemons.certs import main as certs_main
+
+        return certs_main(argv[1:])
     if argv and argv[0] == "origin":
         from d7y.daemons.demo_origin import main as origin_main
 
@@ -198,15 +256,38 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("dfdaemon", help="run the peer daemon (see dfdaemon --help)")
     sub.add_parser("dfget", help="download through the daemon (see dfget --help)")
     sub.add_parser("scheduler", help="run the scheduler (see d7y scheduler --help)")
+    sub.add_parser("manager", help="run the manager (see d7y manager --help)")
     sub.add_parser("cluster", help="a local cluster: d7y cluster demo | up")
     sub.add_parser("origin", help="serve a directory over HTTP with Range (demos)")
+    sub.add_parser("init", help="point containerd, podman or docker at dfdaemon's registry mirror")
+    sub.add_parser("certs", help="a CA and certificates for mutual TLS: d7y certs init DIR")
     sub.add_parser("sim", help="simulate scheduling policies at scale: d7y sim run FILE")
     pieces = sub.add_parser("pieces", help="hash a file into pieces and send them over loopback")
     pieces.add_argument("file", nargs="?", type=Path, help="file to use (default: generate one)")
     pieces.add_argument("--generate", default="256MiB", help="size of the generated sample")
     pieces.add_argument("--piece-length", default=None, help="fixed piece length (>= 4MiB)")
     sub.add_parser("config-docs", help="print every config key with its default")
+    proxy = sub.add_parser("proxy", help="the proxy's tools: d7y proxy ca init DIR")
+    proxy_sub = proxy.add_subparsers(dest="proxy_command", required=True)
+    ca = proxy_sub.add_parser("ca", help="the CA that signs hijacked CONNECT hosts")
+    ca_sub = ca.add_subparsers(dest="ca_command", required=True)
+    ca_init = ca_sub.add_parser("init", help="write ca.crt and ca.key into DIR")
+    ca_init.add_argument("dir", type=Path)
+    ca_init.add_argument("--name", default="d7y proxy CA", help="the CA's common name")
     args = parser.parse_args(argv)
+
+    if args.command == "proxy":
+        from d7y.daemons.proxy.tls import CAError, write_ca
+
+        try:
+            cert, key = write_ca(args.dir, args.name)
+        except (CAError, OSError) as exc:
+            print(f"d7y proxy ca init: {exc}", file=sys.stderr)
+            return 1
+        print(f"wrote {cert} and {key} (mode 0600)")
+        print(f"dfdaemon config:  proxy: {{ca_cert: {cert}, ca_key: {key}}}")
+        print(f"clients must trust {cert} (curl --cacert, the system store, ...)")
+        return 0
 
     if args.command == "pieces":
         from d7y.daemons.config import parse_size

@@ -1,12 +1,14 @@
 """``d7y cluster``: a whole d7y deployment on loopback, in one command.
 
-    d7y cluster demo [--peers 4] [--size 256MiB | --url URL]
-    d7y cluster up   [--peers 4]            # leave it running; Ctrl-C stops it
+    d7y cluster demo [--peers 4] [--size 256MiB | --url URL] [--tls]
+    d7y cluster up   [--peers 4] [--tls]    # leave it running; Ctrl-C stops it
 
 ``demo`` starts an origin serving a generated file (or uses the URL given), a scheduler,
 one seed peer and N peers, each with its own data dir and ports, runs dfget on every
 peer at once, checks every output's SHA-256, prints who got what from where and how
 much the origin sent compared to the file size, then stops everything cleanly.
+With ``--tls`` every protocol connection (scheduler and piece ports) is mutual TLS:
+a CA and one certificate per service are made in the work dir (d7y.daemons.certs).
 """
 
 from __future__ import annotations
@@ -53,8 +55,10 @@ def read_metrics(url: str) -> dict[str, float]:
 
 
 class LocalCluster:
-    def __init__(self, work: Path, peers: int) -> None:
+    def __init__(self, work: Path, peers: int, *, tls: bool = False) -> None:
         self.work = work
+        self.tls = tls
+        self._ca = None
         self.services: list[ServiceProcess] = []  # in start order; stopped in reverse
         self.scheduler_port = _free_port()
         self.peers: list[dict] = []
@@ -82,7 +86,23 @@ class LocalCluster:
         )
         return self.origin_url
 
+    def _security(self, name: str, role: str) -> dict:
+        """The ``security`` config section of a service: mutual TLS with a certificate
+        of its own for ``name`` (its host ID for a peer), or nothing without --tls."""
+        if not self.tls:
+            return {}
+        from d7y.daemons import certs
+
+        directory = self.work / "certs"
+        if self._ca is None:
+            self._ca = certs.create_ca(directory)
+        cert, key = certs.issue(directory, name, role, self._ca)
+        tls = {"enabled": True, "ca_cert": str(directory / certs.CA_CERT)}
+        return {"security": {"tls": {**tls, "cert": str(cert), "key": str(key)}}}
+
     def _peer(self, name: str, seed: bool) -> dict:
+        from d7y.core import ids
+
         data_dir = self.work / name
         metrics = _free_port()
         config = {
@@ -91,10 +111,13 @@ class LocalCluster:
             "storage": {"data_dir": str(data_dir)},
             "upload": {"listen": "127.0.0.1", "port": _free_port(), "piece_port": _free_port()},
             "metrics": {"listen": "127.0.0.1", "port": metrics},
+            # Each peer's proxy / registry mirror on a port of its own (the seed has none).
+            "proxy": {"listen": "127.0.0.1", "port": 0 if seed else _free_port()},
             "scheduler": {"address": f"127.0.0.1:{self.scheduler_port}"},
             # The demo's origin is on loopback and the seed fetches it for the peers: a
             # download a remote party caused, refused on loopback unless allowed.
             "source": {"allow": ["127.0.0.0/8", "::1/128"]},
+            **self._security(ids.host_id("127.0.0.1", name, seed=seed), "seed" if seed else "peer"),
         }
         path = self.work / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config))
@@ -103,6 +126,7 @@ class LocalCluster:
             "service": self._service(name, "dfdaemon", "--config", str(path)),
             "socket": data_dir / "dfdaemon.sock",
             "metrics": metrics,
+            "proxy_port": config["proxy"]["port"],
             "config": path,
         }
 
@@ -111,6 +135,7 @@ class LocalCluster:
         config = {
             "server": {"listen": "127.0.0.1", "port": self.scheduler_port},
             "metrics": {"listen": "127.0.0.1", "port": sched_metrics},
+            **self._security("scheduler", "scheduler"),
         }
         path = self.work / "scheduler.yaml"
         path.write_text(yaml.safe_dump(config))
@@ -171,7 +196,7 @@ def demo(args: argparse.Namespace) -> int:
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="d7y-cluster-"))
     work.mkdir(parents=True, exist_ok=True)
-    cluster = LocalCluster(work, args.peers)
+    cluster = LocalCluster(work, args.peers, tls=args.tls)
     try:
         if args.url:
             url, expected, size = args.url, None, None
@@ -182,7 +207,8 @@ def demo(args: argparse.Namespace) -> int:
             _generate(www / "demo.bin", size)
             expected = hashlib.sha256((www / "demo.bin").read_bytes()).hexdigest()
             url = cluster.start_origin(www, args.origin_rate) + "demo.bin"
-        print(f"d7y local cluster in {work}: scheduler, 1 seed peer, {args.peers} peers")
+        mtls = ", mutual TLS between all of them" if args.tls else ""
+        print(f"d7y local cluster in {work}: scheduler, 1 seed peer, {args.peers} peers{mtls}")
         cluster.start()
         print(f"downloading {url} on {args.peers} peers at once ...")
         with concurrent.futures.ThreadPoolExecutor(args.peers) as pool:
@@ -241,7 +267,7 @@ def demo(args: argparse.Namespace) -> int:
 def up(args: argparse.Namespace) -> int:
     work = Path(args.workdir or tempfile.mkdtemp(prefix="d7y-cluster-"))
     work.mkdir(parents=True, exist_ok=True)
-    cluster = LocalCluster(work, args.peers)
+    cluster = LocalCluster(work, args.peers, tls=args.tls)
     stop = False
 
     def on_signal(*_):
@@ -254,6 +280,8 @@ def up(args: argparse.Namespace) -> int:
         print(f"d7y cluster up in {work} (scheduler 127.0.0.1:{cluster.scheduler_port})")
         for node in [cluster.seed, *cluster.peers]:
             print(f"  {node['name']:<8} dfget URL -O FILE --daemon-socket {node['socket']}")
+            if node["proxy_port"]:
+                print(f"  {'':<8} proxy / registry mirror 127.0.0.1:{node['proxy_port']}")
         print("Ctrl-C stops the cluster.")
         while not stop:
             time.sleep(0.5)
@@ -271,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name)
         p.add_argument("--peers", type=int, default=4, help="number of peers (default 4)")
         p.add_argument("--workdir", default=None, help="keep data dirs and logs here")
+        p.add_argument(
+            "--tls", action="store_true", help="mutual TLS between all services (own CA)"
+        )
         if name == "demo":
             p.add_argument("--size", default="256MiB", help="size of the generated file")
             p.add_argument("--url", default=None, help="download this URL instead")

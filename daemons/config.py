@@ -124,6 +124,14 @@ def _convert(path: str, hint: Any, value: Any) -> Any:
                 value = [v.strip() for v in value.split(",") if v.strip()]
             if not isinstance(value, list):
                 raise ValueError(f"{value!r} is not a list")
+            if dataclasses.is_dataclass(item):
+                # A list of sections (e.g. proxy.rules): each entry a mapping of its keys.
+                entries = []
+                for i, v in enumerate(value):
+                    entry = item()
+                    _apply(entry, v if v is not None else {}, f"{path}[{i}].")
+                    entries.append(entry)
+                return entries
             return [_convert(f"{path}[{i}]", item, v) for i, v in enumerate(value)]
         if origin is dict:
             if not isinstance(value, dict):
@@ -156,6 +164,8 @@ def _convert(path: str, hint: Any, value: Any) -> Any:
             return str(value)
         if hint is Path:
             return Path(str(value)).expanduser()
+    except ConfigError:
+        raise  # already names its key (an entry of a list of sections)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"config key {path!r}: {exc}") from None
     raise ConfigError(f"config key {path!r}: unsupported type {hint!r}")  # a schema bug

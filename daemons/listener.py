@@ -1,14 +1,19 @@
-"""A TCP accept loop on raw non-blocking sockets, shared by the daemons' servers.
+"""A TCP accept loop shared by the daemons' servers; it hands each connection over as
+a stream (d7y.daemons.stream): plain, or TLS once its handshake succeeded.
 
-The servers work on raw sockets (not asyncio transports) because their hot paths use
-sendfile(2) and recv_into directly; this class owns the listening socket, accepts
-connections, runs one handler task per connection and cancels them all on stop.
+The servers work on raw non-blocking sockets (not asyncio transports) because the plain
+stream's hot paths use sendfile(2) and recv_into directly; this class owns the listening
+socket, accepts connections, runs one handler task per connection (which begins with
+the TLS handshake, bounded by ``handshake_timeout``, when the server has a TLS context)
+and cancels them all on stop. A handshake that fails (a certificate from another CA, no
+certificate, not TLS at all) is logged and the connection closed.
 
 It also bounds how many connections are open at once, in total and from one IP
 address: a connection over either limit is answered at once with the server's refusal
 (``refusal(reason)`` gives the bytes, e.g. an Error frame or a 503) and closed, before
 any task or buffer is made for it, so a flood of connections costs the daemon nothing
-that lasts and the connections already open keep working.
+that lasts and the connections already open keep working. (On a TLS port the refusal
+cannot be read by a client before a handshake, so it is just the close.)
 """
 
 from __future__ import annotations
@@ -18,8 +23,11 @@ import contextlib
 import ctypes
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable
+
+from d7y.daemons.stream import PlainStream, Stream, open_server_stream
 
 log = logging.getLogger("d7y.listener")
 
@@ -53,19 +61,26 @@ REFUSAL_LOG_INTERVAL = 5.0
 class Listener:
     def __init__(
         self,
-        handler: Callable[[socket.socket, tuple], Awaitable[None]],
+        handler: Callable[[Stream, tuple], Awaitable[None]],
         *,
         name: str = "",
         max_connections: int = 0,
         max_connections_per_ip: int = 0,
         refusal: Callable[[str], bytes] | None = None,
+        tls: ssl.SSLContext | None = None,
+        handshake_timeout: float | None = 10.0,
     ) -> None:
-        """``max_connections`` / ``max_connections_per_ip``: limits (0 = none)."""
+        """``max_connections`` / ``max_connections_per_ip``: limits (0 = none); ``tls``:
+        the server's TLS context (None: plain TCP)."""
         self._handler = handler
         self.name = name
         self.max_connections = max_connections
         self.max_connections_per_ip = max_connections_per_ip
-        self._refusal = refusal
+        self._refusal = None if tls is not None else refusal
+        self._tls = tls
+        self.handshake_timeout = handshake_timeout
+        self.handshakes_failed = 0
+        self._handshake_failure_logged_at = -REFUSAL_LOG_INTERVAL
         self._sock: socket.socket | None = None
         self._accept_task: asyncio.Task | None = None
         self._connections: set[asyncio.Task] = set()
@@ -154,10 +169,35 @@ class Listener:
                 continue
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
-            task = loop.create_task(self._handler(conn, address))
+            if self._tls is None:  # nothing to wait for: no wrapper coroutine to keep
+                task = loop.create_task(self._handler(PlainStream(conn), address))
+            else:
+                task = loop.create_task(self._run(conn, address))
             self._connections.add(task)
             self._peak = max(self._peak, len(self._connections))
             task.add_done_callback(lambda t, ip=ip: self._closed(t, ip))
+
+    async def _run(self, conn: socket.socket, address: tuple) -> None:
+        try:
+            stream = await open_server_stream(
+                conn, self._tls, handshake_timeout=self.handshake_timeout
+            )
+        except (ssl.SSLError, OSError, EOFError) as exc:  # TimeoutError is an OSError
+            self.handshakes_failed += 1
+            conn.close()
+            now = time.monotonic()
+            if now - self._handshake_failure_logged_at >= REFUSAL_LOG_INTERVAL:
+                self._handshake_failure_logged_at = now  # a flood must not flood the log
+                log.warning(
+                    "TLS handshake refused port=%d client=%s:%s failed_so_far=%d error=%s",
+                    self.port,
+                    address[0],
+                    address[1],
+                    self.handshakes_failed,
+                    str(exc) or type(exc).__name__,
+                )
+            return
+        await self._handler(stream, address)
 
     def _closed(self, task: asyncio.Task, ip: str) -> None:
         self._connections.discard(task)

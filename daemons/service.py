@@ -337,6 +337,9 @@ def main(
     )
     try:
         run_loop(lifecycle.run())
+    except ConfigError as exc:  # found only at start, e.g. a TLS certificate for another host
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
     except startup_errors as exc:
         print(f"{prog}: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
         return 1

@@ -5,12 +5,25 @@
 # (D7Y_NO_EXTENSIONS=1), since the kernel tests alone cannot show the daemons work there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# Debian packages the tests run for real: the OCI registry the oci source is tested
-# against (tests/registry_server.py). Installed only when missing, and only as root.
-if ! command -v docker-registry >/dev/null 2>&1 && [ "$(id -u)" = 0 ] \
-    && command -v apt-get >/dev/null 2>&1; then
-    apt-get update -q >/dev/null
-    apt-get install -y -q docker-registry >/dev/null
+# Debian packages the tests run for real: docker-registry (the oci source's tests,
+# tests/registry_server.py, and the registry mirror's), the proxy's real clients (curl,
+# skopeo, aria2, containerd) and PostgreSQL (the manager's tests run on SQLite and on a
+# PostgreSQL server they start themselves). Installed only when missing, and only as root.
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    missing=""
+    for pkg in docker-registry:docker-registry curl:curl skopeo:skopeo aria2c:aria2 \
+        containerd:containerd; do
+        command -v "${pkg%%:*}" >/dev/null 2>&1 || missing="$missing ${pkg##*:}"
+    done
+    if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1
+    then
+        missing="$missing postgresql"
+    fi
+    if [ -n "$missing" ]; then
+        apt-get update -q >/dev/null
+        # shellcheck disable=SC2086  # one word per package
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q $missing >/dev/null
+    fi
 fi
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip

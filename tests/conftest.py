@@ -74,3 +74,23 @@ def peer(tmp_path_factory):
 def clean_origin(origin):
     origin.reset()
     yield
+
+
+# --- PostgreSQL for the manager's tests ----------------------------------------------
+# One real server for the whole session (initdb takes a second or two); each test module
+# makes its own database in it. scripts/test.sh installs Debian's postgresql; where it is
+# missing the PostgreSQL half of the manager tests is skipped, unless
+# D7Y_REQUIRE_TOOLS=1 (set by .ci/run), where that is a failure.
+REQUIRE_POSTGRES = os.environ.get("D7Y_REQUIRE_TOOLS", "") not in ("", "0")
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    from tests.postgres_server import PostgresServer, bin_dir
+
+    if bin_dir() is None:
+        if REQUIRE_POSTGRES:
+            raise AssertionError("PostgreSQL is not installed but D7Y_REQUIRE_TOOLS is set")
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    with PostgresServer() as server:
+        yield server

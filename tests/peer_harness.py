@@ -94,6 +94,13 @@ class PeerProcess(DaemonProcess):
             "storage": {"data_dir": str(self.data_dir), "gc_interval": "1h"},
             "upload": {"listen": "127.0.0.1", "port": self.upload_port, "piece_port": free_port()},
             "metrics": {"listen": "127.0.0.1", "port": self.metrics_port},
+            # The default mirror (Docker Hub) is replaced by a closed loopback port: no
+            # test request can leave the machine by accident.
+            "proxy": {
+                "listen": "127.0.0.1",
+                "port": free_port(),
+                "registry_mirror": {"addr": "http://127.0.0.1:9"},
+            },
             "download": {"origin_backoff": "10ms", "origin_backoff_max": "50ms"},
             # Test origins listen on loopback, and seed peers fetch from them for others:
             # loopback must be allowed explicitly (source.allow refuses it by default).
@@ -105,6 +112,10 @@ class PeerProcess(DaemonProcess):
     @property
     def piece_port(self) -> int:
         return self.config["upload"]["piece_port"]
+
+    @property
+    def proxy_port(self) -> int:
+        return self.config["proxy"]["port"]
 
     @property
     def socket_path(self) -> Path:

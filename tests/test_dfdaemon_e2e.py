@@ -181,6 +181,35 @@ def test_http_endpoint_range_headers(origin, peer, tmp_path):
         assert headers["content-range"] == f"bytes */{size}", unsatisfiable
 
 
+def test_http_endpoint_status_lines_carry_reason_phrases(origin, peer, tmp_path):
+    """``HTTP/1.1 200 OK``, not a bare ``HTTP/1.1 200 `` (RFC 9112 allows it, but tools
+    and people read the phrase), for answers with a body from the file and for errors."""
+    import socket
+    from http import HTTPStatus
+
+    url = origin.add_file("reasons.bin", size=1000, seed=25)
+    assert peer.dfget(url, tmp_path / "x", "--no-progress").returncode == 0
+    tid = task_id(url)
+    unsatisfiable = HTTPStatus(416).phrase.encode()
+    cases = [
+        (f"/download/{tid}", "", b"HTTP/1.1 200 OK\r\n"),
+        (f"/download/{tid}", "Range: bytes=1-2\r\n", b"HTTP/1.1 206 Partial Content\r\n"),
+        # "Requested Range Not Satisfiable" before Python 3.13, as RFC 7233 named it
+        (f"/download/{tid}", "Range: bytes=5000-\r\n", b"HTTP/1.1 416 %s\r\n" % unsatisfiable),
+        ("/download/" + "0" * 64, "", b"HTTP/1.1 404 Not Found\r\n"),
+        ("/elsewhere", "", b"HTTP/1.1 404 Not Found\r\n"),
+    ]
+    for path, extra, status_line in cases:
+        with socket.create_connection(("127.0.0.1", peer.upload_port), timeout=10) as s:
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: d7y\r\n{extra}\r\n".encode())
+            head = b""
+            while b"\r\n" not in head:
+                chunk = s.recv(4096)
+                assert chunk, head
+                head += chunk
+        assert head.startswith(status_line), (path, extra, head[:80])
+
+
 def test_http_endpoint_keeps_the_connection_alive(origin, peer, tmp_path):
     import http.client
 

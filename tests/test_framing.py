@@ -1,4 +1,4 @@
-"""FramedSocket, the daemons' frame reader: bad frames are consumed, buffers stay small
+"""FramedStream, the daemons' frame reader: bad frames are consumed, buffers stay small
 while idle, and servers' timeouts tell an idle connection from a stalled frame."""
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ from d7y.core.messages import Error, GetTaskInfo, Ping
 from d7y.core.protocol import MAGIC, MalformedFrame, UnknownMessageType, encode_frame
 from d7y.daemons.framing import (
     MAX_BAD_FRAMES,
-    FramedSocket,
+    FramedStream,
     IdleTimeout,
     ReadTimeout,
     TooManyBadFrames,
 )
+from d7y.daemons.stream import PlainStream
 
 UNKNOWN = struct.pack(">2sBBII", MAGIC, 1, 0xEE, 1, 4) + b"\x00\x01\x02\x03"
 
@@ -26,10 +27,10 @@ def run(coro):
     return asyncio.run(coro)
 
 
-async def pair() -> tuple[FramedSocket, socket.socket]:
+async def pair() -> tuple[FramedStream, socket.socket]:
     ours, theirs = socket.socketpair()
     theirs.setblocking(True)
-    return FramedSocket(ours), theirs
+    return FramedStream(PlainStream(ours)), theirs
 
 
 def test_an_unknown_type_is_skipped_whole_and_the_next_frame_read():
@@ -39,8 +40,8 @@ def test_an_unknown_type_is_skipped_whole_and_the_next_frame_read():
         with pytest.raises(UnknownMessageType) as caught:
             await framed.read()
         assert caught.value.stream_id == 1 and not caught.value.fatal
-        header, message = await framed.read()
-        assert (header.stream_id, message) == (3, Ping(nonce=5))
+        stream_id, message = await framed.read()
+        assert (stream_id, message) == (3, Ping(nonce=5))
         framed.close()
         other.close()
 
@@ -72,7 +73,7 @@ def test_the_buffer_is_small_while_idle_grows_for_bursts_and_shrinks_back():
         assert framed.buffer_size == 0  # nothing allocated before the first byte
         other.sendall(encode_frame(Ping(nonce=1)))
         await framed.read()
-        assert framed.buffer_size == FramedSocket.IDLE_SIZE
+        assert framed.buffer_size == FramedStream.IDLE_SIZE
         # A burst bigger than the idle buffer, and a frame bigger than the burst size.
         burst = b"".join(encode_frame(Ping(nonce=n)) for n in range(20_000))
         big = encode_frame(GetTaskInfo(task_id="a" * 400), 1)
@@ -83,11 +84,11 @@ def test_the_buffer_is_small_while_idle_grows_for_bursts_and_shrinks_back():
             await framed.read()
             largest = max(largest, framed.buffer_size)
         await writer
-        assert FramedSocket.IDLE_SIZE < largest <= FramedSocket.RECV_SIZE
+        assert FramedStream.IDLE_SIZE < largest <= FramedStream.RECV_SIZE
         # The next read has to wait: the buffer goes back to the idle size.
         reader = asyncio.ensure_future(framed.read())
         await asyncio.sleep(0)
-        assert framed.buffer_size == FramedSocket.IDLE_SIZE
+        assert framed.buffer_size == FramedStream.IDLE_SIZE
         other.sendall(encode_frame(Ping(nonce=2)))
         assert (await reader)[1] == Ping(nonce=2)
         framed.close()
@@ -99,7 +100,7 @@ def test_the_buffer_is_small_while_idle_grows_for_bursts_and_shrinks_back():
 def test_a_frame_larger_than_the_idle_buffer_is_read_and_the_buffer_released():
     async def main():
         ours, theirs = socket.socketpair()
-        framed = FramedSocket(ours, max_body_length=4 * 1024 * 1024)
+        framed = FramedStream(PlainStream(ours), max_body_length=4 * 1024 * 1024)
         body_message = Error(code="internal", message="x" * 8000)
         frame = encode_frame(body_message, 1)
         writer = asyncio.get_running_loop().run_in_executor(None, theirs.sendall, frame)
@@ -107,7 +108,7 @@ def test_a_frame_larger_than_the_idle_buffer_is_read_and_the_buffer_released():
         await writer
         reader = asyncio.ensure_future(framed.read())
         await asyncio.sleep(0)
-        assert framed.buffer_size == FramedSocket.IDLE_SIZE
+        assert framed.buffer_size == FramedStream.IDLE_SIZE
         reader.cancel()
         framed.close()
         theirs.close()

@@ -1177,3 +1177,66 @@ def test_the_largest_body_limit_the_header_can_describe():
     FrameDecoder(max_body_length=0xFFFFFFFF)
     with pytest.raises(ValueError, match=r"max_body_length must be an int in 0\.\.4294967295"):
         FrameDecoder(max_body_length=0x100000000)
+
+
+# --- receiving into the decoder's buffer ------------------------------------------------
+
+
+def test_bytes_received_into_the_buffer_decode_like_fed_ones():
+    """get_buffer/buffer_updated (the I/O layer receives in place) gives the events
+    feed() gives, whatever the receive sizes, and the buffer grows only as asked."""
+    data = b"".join(wire(s, i) for i, s in enumerate(x for v in SAMPLES.values() for x in v))
+    fed = FrameDecoder()
+    fed.feed(data)
+    expected = merge_payloads(drain(fed))
+    for size in (1, 7, 64, 4096):
+        decoder = FrameDecoder()
+        events: list = []
+        offset = 0
+        while offset < len(data):
+            view = decoder.get_buffer(size)
+            assert len(view) >= size
+            n = min(len(view), len(data) - offset)
+            view[:n] = data[offset : offset + n]
+            del view  # valid until the next call only
+            decoder.buffer_updated(n)
+            offset += n
+            events.extend(decoder)
+            # Only unread bytes are kept: the buffer never needs more than them + size.
+            assert decoder.capacity <= max(decoder.buffered + size, HEADER_LENGTH + 2 * size, 1024)
+        assert merge_payloads(events) == expected, size
+
+
+def test_a_piece_payload_goes_into_the_callers_buffer():
+    """take_payload hands out what is buffered, skip_payload accounts the rest read past
+    the decoder, and the next frame decodes after it."""
+    piece = m.Piece(task_id=TASK, number=0, offset=0, length=100, digest="crc32:1")
+    payload = bytes(range(100))
+    decoder = FrameDecoder()
+    decoder.feed(encode_frame(piece, 3) + payload[:30])
+    assert decoder.next_event() == Frame(3, piece)
+    into = memoryview(bytearray(100))
+    assert decoder.take_payload(into) == 30
+    assert decoder.payload_left == 70 and decoder.buffered == 0
+    with pytest.raises(ValueError, match="take_payload"):
+        decoder.skip_payload(71)
+    into[30:] = payload[30:]  # as if received straight from the connection
+    decoder.skip_payload(70)
+    assert bytes(into) == payload and not decoder.in_payload
+    decoder.feed(encode_frame(m.Ping(nonce=4), 3))
+    assert decoder.next_event() == Frame(3, m.Ping(nonce=4))
+
+
+def test_shrink_keeps_unread_bytes_and_frees_an_empty_buffer():
+    decoder = FrameDecoder()
+    assert decoder.capacity == 0
+    frame = encode_frame(m.Ping(nonce=1))
+    decoder.feed(frame[:5])
+    decoder.shrink(0)  # unread bytes: kept
+    assert decoder.buffered == 5 and not decoder.between_frames
+    assert decoder.missing == HEADER_LENGTH - 5
+    decoder.feed(frame[5:])
+    assert decoder.next_event() == Frame(0, m.Ping(nonce=1))
+    assert decoder.between_frames
+    decoder.shrink(4096)
+    assert decoder.capacity == 4096

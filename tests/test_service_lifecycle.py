@@ -218,6 +218,7 @@ class InProcessPeer:
                 "storage": {"data_dir": str(self.data_dir)},
                 "upload": {"listen": "127.0.0.1", "port": 0, "piece_port": 0},
                 "metrics": {"listen": "127.0.0.1", "port": self.metrics_port},
+                "proxy": {"port": 0},  # off: the default 4001 may be taken on this machine
                 "download": {"origin_backoff": "10ms"},
             },
         )

@@ -1,7 +1,10 @@
 """The scheduling core (sans-IO): resources, evaluators, the scheduler and the picker.
 
-- :class:`Scheduler` (scheduler.py): hosts/tasks/peers, parent selection, back-to-source
-  and seed-peer decisions, reports and GC. Returns result objects (results.py).
+- :class:`Scheduler` (scheduler.py): hosts/tasks/peers, registration, reports and GC, the
+  facade over the decisions: a scheduling round (rounds.py), candidate parents
+  (candidates.py, ranking.py), seed trigger and back-to-source (fallbacks.py). Returns
+  result objects (results.py); its errors are in errors.py.
+- translate.py: protocol messages <-> scheduler calls and results, for the daemon.
 - :class:`SchedulerConfig` (config.py): every limit, with Dragonfly's defaults.
 - Evaluators (evaluator.py): :class:`LoadAwareEvaluator` (default),
   :class:`BaseEvaluator`, :class:`RandomEvaluator`.

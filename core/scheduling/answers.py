@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from d7y.core.scheduling.errors import PeerStateError
 from d7y.core.scheduling.results import Retry, TriggerSeedPeer
-from d7y.core.scheduling.scheduler import PeerStateError, Scheduler
+from d7y.core.scheduling.scheduler import Scheduler
 
 
 class Step(NamedTuple):

@@ -14,12 +14,16 @@ from __future__ import annotations
 import enum
 import math
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Set
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from d7y.core.states import PeerState, StateMachine, TaskEvent, TaskState, peer_fsm, task_fsm
 
 T = TypeVar("T")
+
+#: The blocklist of every peer that has blocked nobody yet: one shared empty set instead
+#: of an empty ``set()`` (216 bytes) per peer.
+NO_PEERS: frozenset[str] = frozenset()
 
 
 class HostType(enum.Enum):
@@ -262,11 +266,14 @@ class Peer:
         self.cost_sum = 0.0
         self.cost_sq_sum = 0.0
         self._cost_appends = 0
-        self.blocklist: set[str] = set()
+        # Parents this peer must not be given again; NO_PEERS until block() adds one.
+        self.blocklist: Set[str] = NO_PEERS
         # Every parent a round gave this peer (dragonfly blocklists them on reschedule);
         # None until the first one, so a peer that never needs it costs nothing.
         self.given_parents: set[str] | None = None
-        self.piece_failures: dict[str, int] = {}
+        # Failures in a row per parent; None until the first failure (most peers have
+        # none, and an empty dict is 64 bytes a peer).
+        self.piece_failures: dict[str, int] | None = None
         self.need_back_to_source = need_back_to_source
         self.concurrent_piece_count = concurrent_piece_count
         self.schedule_rounds = 0
@@ -277,6 +284,21 @@ class Peer:
     @property
     def state(self) -> PeerState:
         return self.fsm.state
+
+    def block(self, peer_ids: Iterable[str]) -> None:
+        """Add ``peer_ids`` to the blocklist (its own set, made on the first block)."""
+        blocklist = self.blocklist
+        if blocklist is NO_PEERS:
+            blocklist = self.blocklist = set()
+        blocklist.update(peer_ids)  # type: ignore[attr-defined]
+
+    def count_piece_failure(self, parent_id: str) -> int:
+        """One more failure in a row from ``parent_id``; returns how many now."""
+        failures = self.piece_failures
+        if failures is None:
+            failures = self.piece_failures = {}
+        count = failures[parent_id] = failures.get(parent_id, 0) + 1
+        return count
 
     def record_cost(self, cost: float) -> None:
         """Append a piece cost to the window, keeping running sum and sum of squares."""
@@ -572,7 +594,7 @@ class Task:
         # host ID -> this task's peers on that host ("does this host hold the task?"
         # must not scan a seed host's peers of every other task).
         self.peers_by_host: dict[str, dict[str, Peer]] = {}
-        # Peers able to serve (see Scheduler._can_serve), kept incrementally so "is any
+        # Peers able to serve (see serving.can_serve), kept incrementally so "is any
         # peer available" and the servable-only sampling knob cost O(1), not O(peers).
         self.servable: IndexedSet[Peer] = IndexedSet()
         self.back_to_source_peers: set[str] = set()

@@ -16,8 +16,11 @@ from typing import Literal
 from d7y.core.pieces import MIN_PIECE_LENGTH
 from d7y.core.scheduling.download import DownloadConfig as LoopConfig
 from d7y.daemons.config import ConfigError, Duration, Size, field, load, section
+from d7y.daemons.proxy.config import ProxyConfig
 from d7y.daemons.service import LifecycleConfig
 from d7y.daemons.sources import OciConfig, S3Config, SourcePolicy
+from d7y.daemons.tls import SecurityConfig
+from d7y.daemons.tls import validate as validate_tls
 
 DEFAULT_CONFIG_PATH = Path("/etc/d7y/dfdaemon.yaml")
 ENV_PREFIX = "D7Y_DFDAEMON"
@@ -148,6 +151,21 @@ class SchedulerClientConfig:
 
 
 @dataclasses.dataclass
+class ManagerLinkConfig:
+    address: str = field(
+        "",
+        "the manager's REST address (host:8080); when set and scheduler.address is empty, "
+        "the scheduler is the first healthy one the manager lists for this host",
+    )
+    token: str = field(
+        "", "personal access token with scope 'cluster' (better as D7Y_DFDAEMON_MANAGER__TOKEN)"
+    )
+    refresh_interval: Duration = field(
+        Duration(60), "how often to ask the manager for this host's schedulers"
+    )
+
+
+@dataclasses.dataclass
 class SourceConfig:
     allow: list[str] = field(
         [],
@@ -192,11 +210,16 @@ class PeerConfig:
     upload: UploadConfig = section(UploadConfig, "serving pieces to peers and tools")
     api: APIConfig = section(APIConfig, "local API for dfget")
     metrics: MetricsConfig = section(MetricsConfig, "Prometheus metrics and health")
+    proxy: ProxyConfig = section(ProxyConfig, "HTTP proxy and registry mirror")
     scheduler: SchedulerClientConfig = section(SchedulerClientConfig, "the scheduler")
+    manager: ManagerLinkConfig = section(ManagerLinkConfig, "finding schedulers via the manager")
     source: SourceConfig = section(
         SourceConfig,
         "back-to-source: the outbound fetch policy for downloads a remote party caused "
         "(SSRF guard, every scheme) and the settings of the s3 and oci sources",
+    )
+    security: SecurityConfig = section(
+        SecurityConfig, "TLS on the piece port and to the scheduler and other peers"
     )
     testing: TestingConfig = section(TestingConfig, "fault injection for tests")
     log: LogConfig = section(LogConfig, "logging")
@@ -261,10 +284,12 @@ class PeerConfig:
                     f"config key 'scheduler.address' must be host:port, got "
                     f"{self.scheduler.address!r}"
                 )
+        self.proxy.validate()
         try:
             self.source_policy()
         except ValueError as exc:
             raise ConfigError(f"config key {exc}") from None
+        validate_tls(self.security.tls)
         if 0 < self.storage.quota < MIN_PIECE_LENGTH:
             raise ConfigError(
                 f"config key 'storage.quota' must be 0 or >= 4MiB, got {int(self.storage.quota)}"

@@ -31,7 +31,11 @@ from d7y.daemons.peer.scheduler_client import SchedulerClient
 from d7y.daemons.peer.storage import Storage
 from d7y.daemons.peer.task_manager import DownloadError, DownloadRequest, TaskManager
 from d7y.daemons.peer.task_store import TaskStore
+from d7y.daemons.proxy.metrics import ProxyMetrics
+from d7y.daemons.proxy.server import ProxyServer
+from d7y.daemons.proxy.tls import upstream_context
 from d7y.daemons.sources import RetryPolicy, Sources, SourceSettings
+from d7y.daemons.tls import check_host_certificate, client_context, server_context
 
 log = logging.getLogger("d7y.dfdaemon")
 
@@ -50,6 +54,8 @@ class PeerDaemon:
         self.http_upload: HTTPUploadServer | None = None
         self.piece_server: PieceServer | None = None
         self.scheduler: SchedulerClient | None = None
+        self.proxy: ProxyServer | None = None
+        self.scheduler_lookup = None  # a SchedulerLookup with manager.address only
         self._last_upload = (0, time.monotonic())
         self.host_id = ""
         self.peer_id = ""
@@ -64,11 +70,17 @@ class PeerDaemon:
             base_delay=float(cfg.download.origin_backoff),
             max_delay=float(cfg.download.origin_backoff_max),
         )
+        # The local user's downloads (dfget, the proxy) trust what the proxy's upstreams
+        # are trusted with: the system's CAs plus proxy.upstream_ca_bundle.
+        upstream_ssl = upstream_context(
+            cfg.proxy.upstream_ca_bundle, cfg.proxy.insecure_skip_verify
+        )
         settings = SourceSettings(
             retry=retry,
             request_timeout=float(cfg.download.piece_timeout),
             s3=cfg.source.s3,
             oci=cfg.source.oci,
+            ssl=upstream_ssl,
         )
         # Two sets of sources, two sets of connection pools: the local user's downloads
         # go anywhere, those a remote party caused (seed triggers) obey source.allow/deny.
@@ -107,6 +119,8 @@ class PeerDaemon:
         await self.http_upload.start(cfg.upload.listen, cfg.upload.port)
         hostname = cfg.host.hostname or socket.gethostname()
         self.host_id = ids.host_id(cfg.host.ip, hostname, seed=cfg.seed_peer)
+        # Under mutual TLS the scheduler holds this host to its certificate's identity.
+        check_host_certificate(cfg.security.tls, self.host_id, seed=cfg.seed_peer)
         self.peer_id = ids.peer_id(cfg.host.ip, hostname, uuid.uuid4(), seed=cfg.seed_peer)
         self.piece_server = PieceServer(
             self.manager,
@@ -121,12 +135,21 @@ class PeerDaemon:
             request_timeout=float(cfg.upload.request_timeout),
             max_connections=cfg.upload.max_connections,
             max_connections_per_ip=cfg.upload.max_connections_per_ip,
+            tls=server_context(cfg.security.tls),
         )
         if cfg.testing.corrupt_uploads:
             log.warning("testing.corrupt_uploads is on: every piece served is corrupted")
         await self.piece_server.start(cfg.upload.listen, cfg.upload.piece_port)
-        if cfg.scheduler.address:
+        if cfg.scheduler.address or cfg.manager.address:
             self._connect_scheduler(hostname)
+        if cfg.proxy.port:
+            self.proxy = ProxyServer(
+                self.manager,
+                cfg.proxy,
+                ProxyMetrics(self.metrics.registry),
+                upstream_ssl=upstream_ssl,
+            )
+            await self.proxy.start(cfg.proxy.listen, cfg.proxy.port)
         self.api = LocalAPI(self.manager, idle_timeout=float(cfg.api.idle_timeout))
         await self.api.start(cfg.socket_path)
         self._gc_task = asyncio.get_running_loop().create_task(self._gc_loop())
@@ -138,10 +161,12 @@ class PeerDaemon:
             "socket": cfg.socket_path,
             "upload_port": self.http_upload.port,
             "piece_port": self.piece_server.port,
+            "proxy_port": self.proxy.port if self.proxy is not None else "off",
             "metrics_port": cfg.metrics.port or "off",
             "data_dir": cfg.storage.data_dir,
             "host_id": self.host_id,
-            "scheduler": cfg.scheduler.address or "none",
+            "scheduler": cfg.scheduler.address
+            or (f"from-manager:{cfg.manager.address}" if cfg.manager.address else "none"),
             "download_policy": cfg.download.policy,
         }
 
@@ -150,7 +175,8 @@ class PeerDaemon:
 
     def _connect_scheduler(self, hostname: str) -> None:
         cfg = self.config
-        host, _, port = cfg.scheduler.address.rpartition(":")
+        # With only a manager, the lookup gives the address and starts the client.
+        host, _, port = (cfg.scheduler.address or "unknown:0").rpartition(":")
         self.scheduler = SchedulerClient(
             host,
             int(port),
@@ -159,6 +185,7 @@ class PeerDaemon:
             on_connected=lambda: self.manager.scheduler_connected(),
             announce_interval=float(cfg.scheduler.announce_interval),
             max_frame=int(cfg.upload.max_frame),
+            tls=client_context(cfg.security.tls),
         )
         assert self.manager is not None and self.store is not None
         self.manager.p2p = P2PDownloader(
@@ -173,7 +200,16 @@ class PeerDaemon:
             register_timeout=float(cfg.scheduler.register_timeout),
             download_config=cfg.download_loop_config(),
         )
-        self.scheduler.start()
+        self.manager.p2p.client.tls = self.scheduler.tls  # parents' piece ports: same TLS
+        if cfg.scheduler.address:
+            self.scheduler.start()
+        else:
+            from d7y.daemons.peer.manager_lookup import SchedulerLookup
+
+            this_host = {"hostname": hostname, "ip": cfg.host.ip, "idc": cfg.host.idc,
+                         "location": cfg.host.location}  # fmt: skip
+            self.scheduler_lookup = SchedulerLookup(cfg.manager, self.scheduler, this_host)
+            self.scheduler_lookup.start()
 
     def _announcement(self, hostname: str) -> m.AnnounceHost:
         cfg = self.config
@@ -239,10 +275,14 @@ class PeerDaemon:
             self._gc_task.cancel()
         if self.api is not None:
             self.api.refuse_new_downloads()
+        if self.proxy is not None:
+            await self.proxy.stop()
         if self.http_upload is not None:
             await self.http_upload.stop()
         if self.piece_server is not None:
             await self.piece_server.stop()
+        if self.scheduler_lookup is not None:
+            await self.scheduler_lookup.stop()
         if self.scheduler is not None:
             await self.scheduler.close(leave_host=self.host_id)
         if self.manager is not None:

@@ -6,10 +6,11 @@ Only finished (verified) tasks are served; an unknown or unfinished task is a 40
 one-line reason. The stored pieces a response would carry are checked against their
 digests first (once per start of the daemon and change of the file, see verify.py); a
 damaged one is a 503 with the reason, never a corrupt byte. Requests are parsed with h11
-(sans-IO) and bodies leave with sendfile(2) through :func:`d7y.ext.transfer.send_file`:
-the bytes go from the page cache to the socket without entering Python, which is what
-lets this endpoint keep pace with nginx. Keep-alive is supported; each connection serves
-one request at a time.
+(sans-IO) and bodies leave through the stream layer (d7y.daemons.stream), with
+sendfile(2) on a plain connection: the bytes go from the page cache to the socket without
+entering Python, which is what lets this endpoint keep pace with nginx. Keep-alive is
+supported; each connection serves one request at a time. Every status line carries its
+reason phrase (``HTTP/1.1 200 OK``).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 
 import h11
 
@@ -29,7 +30,7 @@ from d7y.daemons.listener import Listener
 from d7y.daemons.peer.limits import TokenBucket
 from d7y.daemons.peer.metrics import PeerMetrics
 from d7y.daemons.peer.storage import TASK_SUCCEEDED, Storage
-from d7y.ext.transfer import send_file
+from d7y.daemons.stream import Stream
 
 log = logging.getLogger("d7y.dfdaemon.http")
 
@@ -47,6 +48,13 @@ def _refusal(reason: str) -> bytes:
         b"content-length: %d\r\nconnection: close\r\nretry-after: 1\r\nserver: %s\r\n\r\n"
         % (len(body), SERVER)
     ) + body
+
+
+def _response(status: int, headers: list[tuple[bytes, bytes]]) -> h11.Response:
+    """A response head with the status's standard reason phrase (h11 sends none)."""
+    return h11.Response(
+        status_code=status, headers=headers, reason=HTTPStatus(status).phrase.encode()
+    )
 
 
 class _SendfileBody:
@@ -90,7 +98,7 @@ class HTTPUploadServer:
         self._slots = asyncio.Semaphore(max_concurrent)
         self._pin = pin or (lambda _task_id: contextlib.nullcontext())
         self._listener = Listener(
-            lambda sock, _address: self._serve(sock),
+            lambda stream, _address: self._serve(stream),
             name="HTTP upload port",
             max_connections=max_connections,
             max_connections_per_ip=max_connections_per_ip,
@@ -107,9 +115,7 @@ class HTTPUploadServer:
     async def stop(self) -> None:
         await self._listener.stop()
 
-    async def _receive(
-        self, sock: socket.socket, http: h11.Connection, deadline: float | None
-    ) -> None:
+    async def _receive(self, stream: Stream, http: h11.Connection, deadline: float | None) -> None:
         """Feed h11 the next bytes: within ``deadline`` (loop time) while a request is
         on its way, else within the idle timeout. ReadTimeout when they do not come."""
         loop = asyncio.get_running_loop()
@@ -119,12 +125,12 @@ class HTTPUploadServer:
             timeout, what = self.idle_timeout, "a new request"
         try:
             async with asyncio.timeout(timeout):
-                data = await loop.sock_recv(sock, RECV_SIZE)
+                data = await stream.recv(RECV_SIZE)
         except TimeoutError:
             raise ReadTimeout(f"no {what} within {timeout or 0:g}s") from None
         http.receive_data(data)
 
-    async def _serve(self, sock: socket.socket) -> None:
+    async def _serve(self, stream: Stream) -> None:
         loop = asyncio.get_running_loop()
         http = h11.Connection(h11.SERVER, max_incomplete_event_size=16 * 1024)
         deadline: float | None = None  # set by a request's first bytes
@@ -132,7 +138,7 @@ class HTTPUploadServer:
             while True:
                 event = http.next_event()
                 if event is h11.NEED_DATA:
-                    await self._receive(sock, http, deadline)
+                    await self._receive(stream, http, deadline)
                     if deadline is None and self.request_timeout is not None:
                         deadline = loop.time() + self.request_timeout
                     continue
@@ -140,7 +146,7 @@ class HTTPUploadServer:
                     if deadline is None and self.request_timeout is not None:
                         # Pipelined behind the previous one: its body, if any, is bounded too.
                         deadline = loop.time() + self.request_timeout
-                    await self._handle(sock, http, event, deadline)
+                    await self._handle(stream, http, event, deadline)
                     deadline = None
                 elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
                     if http.our_state is h11.DONE and http.their_state is h11.DONE:
@@ -150,20 +156,23 @@ class HTTPUploadServer:
                 if http.our_state is h11.MUST_CLOSE or http.their_state is h11.MUST_CLOSE:
                     return
         except h11.RemoteProtocolError as exc:
-            with contextlib.suppress(Exception):
-                await self._simple(sock, http, exc.error_status_hint, f"bad request: {exc}")
+            # h11 refuses to answer when it cannot (e.g. the request line was never
+            # complete): then the close is the answer.
+            with contextlib.suppress(OSError, h11.LocalProtocolError):
+                await self._simple(stream, http, exc.error_status_hint, f"bad request: {exc}")
         except ReadTimeout as exc:
             log.debug("closing HTTP upload connection: %s", exc)
-        except (ConnectionError, OSError, EOFError):
-            pass  # the client went away; nothing to tell it
+        except (OSError, EOFError) as exc:
+            log.debug("HTTP upload connection ended: %s", exc)  # the client went away
         except Exception:
+            # A bug, not the client's doing: say where, drop this connection, keep serving.
             log.exception("http upload connection crashed")
         finally:
-            sock.close()
+            stream.close()
 
     async def _simple(
         self,
-        sock: socket.socket,
+        stream: Stream,
         http: h11.Connection,
         status: int,
         message: str,
@@ -180,38 +189,38 @@ class HTTPUploadServer:
             (b"content-length", str(len(body)).encode()),
             (b"server", SERVER),
         ]
-        data = http.send(h11.Response(status_code=status, headers=headers))
+        data = http.send(_response(status, headers))
         if not head:
             data += http.send(h11.Data(data=body))
         data += http.send(h11.EndOfMessage())
-        await asyncio.get_running_loop().sock_sendall(sock, data)
+        await stream.send_all(data)
 
     async def _drain_request_body(
-        self, sock: socket.socket, http: h11.Connection, deadline: float | None
+        self, stream: Stream, http: h11.Connection, deadline: float | None
     ) -> None:
         while True:
             event = http.next_event()
             if event is h11.NEED_DATA:
-                await self._receive(sock, http, deadline)
+                await self._receive(stream, http, deadline)
             elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
                 return
 
     async def _handle(
-        self, sock: socket.socket, http: h11.Connection, req: h11.Request, deadline: float | None
+        self, stream: Stream, http: h11.Connection, req: h11.Request, deadline: float | None
     ) -> None:
-        await self._drain_request_body(sock, http, deadline)
+        await self._drain_request_body(stream, http, deadline)
         method = req.method.upper()
         head = method == b"HEAD"
         path = req.target.decode("latin-1").split("?", 1)[0]
         if method not in (b"GET", b"HEAD"):
             await self._simple(
-                sock, http, 405, f"method {method.decode()} not allowed: use GET", head=head
+                stream, http, 405, f"method {method.decode()} not allowed: use GET", head=head
             )
             return
         prefix = "/download/"
         if not path.startswith(prefix):
             await self._simple(
-                sock, http, 404, f"no such path {path}: use /download/<task_id>", head=head
+                stream, http, 404, f"no such path {path}: use /download/<task_id>", head=head
             )
             return
         task_id = path[len(prefix) :]
@@ -219,7 +228,7 @@ class HTTPUploadServer:
         if record is None or record.state != TASK_SUCCEEDED or record.content_length is None:
             state = "unknown" if record is None else record.state
             await self._simple(
-                sock, http, 404, f"task {task_id!r} is not available ({state})", head=head
+                stream, http, 404, f"task {task_id!r} is not available ({state})", head=head
             )
             return
         length = record.content_length
@@ -232,9 +241,9 @@ class HTTPUploadServer:
             except RangeError as exc:
                 extra = [(b"content-range", f"bytes */{length}".encode())]
                 if exc.unsatisfiable:
-                    await self._simple(sock, http, 416, str(exc), extra, head=head)
+                    await self._simple(stream, http, 416, str(exc), extra, head=head)
                 else:
-                    await self._simple(sock, http, 400, str(exc), head=head)
+                    await self._simple(stream, http, 400, str(exc), head=head)
                 return
             status, start, count = 206, selected.start, selected.length
             headers.append((b"content-range", selected.content_range(length).encode()))
@@ -242,34 +251,31 @@ class HTTPUploadServer:
             (b"content-type", b"application/octet-stream"),
             (b"content-length", str(count).encode()),
         ]
-        loop = asyncio.get_running_loop()
         async with self._slots:
             with self._pin(task_id):
                 if method == b"GET":
                     problem = await self._check_stored(task_id, start, count)
                     if problem is not None:
-                        await self._simple(sock, http, 503, problem, head=head)
+                        await self._simple(stream, http, 503, problem, head=head)
                         return
                 try:
                     fd = os.open(self.storage.content_path(task_id), os.O_RDONLY | os.O_CLOEXEC)
                 except FileNotFoundError:
                     await self._simple(
-                        sock, http, 404, f"task {task_id!r} content is gone", head=head
+                        stream, http, 404, f"task {task_id!r} content is gone", head=head
                     )
                     return
                 try:
-                    await loop.sock_sendall(
-                        sock, http.send(h11.Response(status_code=status, headers=headers))
-                    )
+                    await stream.send_all(http.send(_response(status, headers)))
                     if method == b"GET" and count:
                         # h11 tracks the body length; the bytes themselves go by sendfile.
                         http.send_with_data_passthrough(h11.Data(data=_SendfileBody(count)))
                         self.metrics.active_uploads.inc()
                         try:
-                            await self._send_body(sock, fd, start, count)
+                            await self._send_body(stream, fd, start, count)
                         finally:
                             self.metrics.active_uploads.dec()
-                    await loop.sock_sendall(sock, http.send(h11.EndOfMessage()))
+                    await stream.send_all(http.send(h11.EndOfMessage()))
                 finally:
                     os.close(fd)
 
@@ -280,15 +286,15 @@ class HTTPUploadServer:
             return None
         return await self._verify(task_id, start, count)
 
-    async def _send_body(self, sock: socket.socket, fd: int, start: int, count: int) -> None:
+    async def _send_body(self, stream: Stream, fd: int, start: int, count: int) -> None:
         if self.limiter.unlimited:
-            await send_file(sock, fd, start, count)
+            await stream.send_file(fd, start, count)
             self.metrics.bytes_uploaded.inc(count)
             return
         sent = 0
         while sent < count:
             step = min(LIMITED_SLICE, count - sent)
             await self.limiter.take(step)
-            await send_file(sock, fd, start + sent, step)
+            await stream.send_file(fd, start + sent, step)
             sent += step
             self.metrics.bytes_uploaded.inc(step)

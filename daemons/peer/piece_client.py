@@ -15,6 +15,7 @@ the parent's snapshot, then the pieces it pushes as it stores them.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import AsyncIterator, Mapping
 
@@ -29,7 +30,7 @@ from d7y.core.messages import (
     TaskInfo,
 )
 from d7y.core.protocol import ProtocolError
-from d7y.daemons.framing import FramedSocket
+from d7y.daemons.framing import FramedStream
 from d7y.ext.bitmap import Bitmap
 
 
@@ -52,11 +53,26 @@ POOLED_MAX_IDLE = 20.0
 
 
 class PieceClient:
-    def __init__(self, *, max_idle_per_parent: int = 8, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        *,
+        max_idle_per_parent: int = 8,
+        timeout: float = 30.0,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         # address -> (connection, monotonic time it was checked in), most recent last
-        self._idle: dict[tuple[str, int], list[tuple[FramedSocket, float]]] = {}
+        self._idle: dict[tuple[str, int], list[tuple[FramedStream, float]]] = {}
         self._max_idle = max_idle_per_parent
         self.timeout = timeout
+        self.tls = tls  # client context: parents' piece ports speak TLS when set
+
+    async def _connect(self, address: tuple[str, int]) -> FramedStream:
+        try:
+            return await FramedStream.connect(*address, timeout=self.timeout, tls=self.tls)
+        except (OSError, ssl.SSLError, EOFError) as exc:  # TimeoutError is an OSError
+            raise PieceFetchError(
+                "connection", f"cannot connect to parent {address[0]}:{address[1]}: {exc}"
+            ) from None
 
     def close(self) -> None:
         for conns in self._idle.values():
@@ -66,7 +82,7 @@ class PieceClient:
 
     async def _checkout(
         self, address: tuple[str, int], *, fresh: bool = False
-    ) -> tuple[FramedSocket, bool]:
+    ) -> tuple[FramedStream, bool]:
         """A connection to ``address`` and whether it came from the pool."""
         idle = self._idle.get(address)
         while idle and not fresh:
@@ -74,14 +90,9 @@ class PieceClient:
             if time.monotonic() - since < POOLED_MAX_IDLE:
                 return conn, True
             conn.close()
-        try:
-            return await FramedSocket.connect(*address, timeout=self.timeout), False
-        except (OSError, TimeoutError) as exc:
-            raise PieceFetchError(
-                "connection", f"cannot connect to parent {address[0]}:{address[1]}: {exc}"
-            ) from None
+        return await self._connect(address), False
 
-    def _checkin(self, address: tuple[str, int], conn: FramedSocket) -> None:
+    def _checkin(self, address: tuple[str, int], conn: FramedStream) -> None:
         idle = self._idle.setdefault(address, [])
         if len(idle) < self._max_idle:
             idle.append((conn, time.monotonic()))
@@ -90,7 +101,7 @@ class PieceClient:
 
     async def _ask(
         self, address: tuple[str, int], request: Message
-    ) -> tuple[FramedSocket, Message]:
+    ) -> tuple[FramedStream, Message]:
         """Send ``request`` on stream 1 and read the first reply. A pooled connection the
         parent closed meanwhile (its idle timeout) fails before any reply: the request
         goes again, once, on a new connection. On error no connection is left open."""
@@ -126,7 +137,7 @@ class PieceClient:
                 raise PieceFetchError("protocol", f"expected TaskInfo, got {type(reply).__name__}")
             ok = True
             return reply
-        except (EOFError, OSError, ProtocolError, TimeoutError) as exc:
+        except (EOFError, OSError, ProtocolError, ssl.SSLError) as exc:
             raise PieceFetchError("connection", f"parent {address}: {exc!r}") from None
         finally:
             if conn is not None:
@@ -143,12 +154,7 @@ class PieceClient:
         caller iterates. Raises PieceFetchError: the parent's error code (``not_found``;
         ``bad_request`` from a parent that does not take subscriptions), ``protocol``,
         or ``connection`` (unreachable, or it closed the subscription)."""
-        try:
-            conn = await FramedSocket.connect(*address, timeout=self.timeout)
-        except (OSError, TimeoutError) as exc:
-            raise PieceFetchError(
-                "connection", f"cannot connect to parent {address[0]}:{address[1]}: {exc}"
-            ) from None
+        conn = await self._connect(address)
         try:
             await conn.send(Subscribe(task_id=task_id), 1)
             while True:
@@ -165,7 +171,7 @@ class PieceClient:
                     raise PieceFetchError(
                         "protocol", f"unexpected {type(message).__name__} on a subscription"
                     )
-        except (EOFError, OSError, ProtocolError, asyncio.IncompleteReadError) as exc:
+        except (EOFError, OSError, ProtocolError, ssl.SSLError) as exc:
             raise PieceFetchError("connection", f"parent {address}: {exc!r}") from None
         finally:
             conn.close()
@@ -200,7 +206,7 @@ class PieceClient:
                     )
                 crc = await conn.read_payload(into, reply.length)
             reusable = True
-        except (EOFError, OSError, ProtocolError, TimeoutError) as exc:
+        except (EOFError, OSError, ProtocolError, ssl.SSLError) as exc:
             raise PieceFetchError("connection", f"parent {address}: {exc!r}") from None
         finally:
             if conn is not None:

@@ -5,7 +5,8 @@ Speaks the framed protocol of docs/protocol.md on ``upload.piece_port``:
     GetTaskInfo(task_id)       -> TaskInfo (which pieces this peer holds, their digests)
     Subscribe(task_id)         -> TaskInfo, then HavePieces as new pieces are stored,
                                   on the same stream, until Unsubscribe or disconnect
-    GetPiece(task_id, number)  -> Piece header + ``length`` raw bytes by sendfile(2)
+    GetPiece(task_id, number)  -> Piece header + ``length`` raw bytes (sendfile(2) on a
+                                  plain stream, the copy path under TLS)
     Hello / Ping               -> Hello / Pong
 
 Anything this peer cannot answer gets an explicit Error frame (``not_found`` for an
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 
 from d7y.core.messages import (
     Error,
@@ -40,14 +42,15 @@ from d7y.core.messages import (
 from d7y.core.pieces import piece_at, piece_count
 from d7y.core.protocol import PROTOCOL_MINOR_VERSION, ProtocolError, encode_frame
 from d7y.core.states import TaskState
-from d7y.daemons.framing import FramedSocket, IdleTimeout, ReadTimeout
+from d7y.daemons.framing import FramedStream, IdleTimeout, ReadTimeout
 from d7y.daemons.listener import Listener
 from d7y.daemons.peer.limits import TokenBucket
 from d7y.daemons.peer.metrics import PeerMetrics
 from d7y.daemons.peer.storage import TASK_SUCCEEDED
 from d7y.daemons.peer.task_manager import TaskManager
+from d7y.daemons.stream import Stream
 from d7y.ext.bitmap import Bitmap
-from d7y.ext.transfer import ShortFileError, send_file
+from d7y.ext.transfer import ShortFileError
 
 log = logging.getLogger("d7y.dfdaemon.pieces")
 
@@ -57,7 +60,7 @@ class _Connection:
 
     __slots__ = ("framed", "subscriptions", "write_lock")
 
-    def __init__(self, framed: FramedSocket) -> None:
+    def __init__(self, framed: FramedStream) -> None:
         self.framed = framed
         self.write_lock = asyncio.Lock()
         self.subscriptions: dict[int, _Subscription] = {}  # stream id -> subscription
@@ -92,6 +95,7 @@ class PieceServer:
         request_timeout: float = 10.0,
         max_connections: int = 0,
         max_connections_per_ip: int = 0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.manager = manager
         self.storage = manager.storage
@@ -114,11 +118,13 @@ class PieceServer:
         self._flushes: set[asyncio.Task] = set()
         manager.piece_listeners.append(self._piece_stored)
         self._listener = Listener(
-            lambda sock, _address: self._serve(FramedSocket(sock, max_body_length=max_frame)),
+            self._accept,
             name="piece port",
             max_connections=max_connections,
             max_connections_per_ip=max_connections_per_ip,
             refusal=lambda reason: encode_frame(Error(code=ErrorCode.BUSY, message=reason)),
+            tls=tls,
+            handshake_timeout=self.request_timeout,
         )
 
     @property
@@ -135,12 +141,15 @@ class PieceServer:
         for flush in list(self._flushes):
             flush.cancel()
 
-    async def _serve(self, framed: FramedSocket) -> None:
+    async def _accept(self, stream: Stream, _address: tuple) -> None:
+        await self._serve(FramedStream(stream, max_body_length=self.max_frame))
+
+    async def _serve(self, framed: FramedStream) -> None:
         conn = _Connection(framed)
         try:
             while True:
                 try:
-                    header, message = await framed.read(
+                    stream_id, message = await framed.read(
                         idle_timeout=self.idle_timeout, frame_timeout=self.request_timeout
                     )
                 except IdleTimeout:
@@ -155,15 +164,18 @@ class PieceServer:
                         return
                     continue
                 async with conn.write_lock:
-                    await self._dispatch(conn, header.stream_id, message)
+                    await self._dispatch(conn, stream_id, message)
         except ReadTimeout as exc:
             log.debug("closing piece connection: %s", exc)
-        except (EOFError, ConnectionError, OSError):
-            pass  # the peer went away
         except ShortFileError as exc:
             # Bytes already left for a piece that turned out short: framing is lost.
             log.error("content file shorter than its metadata error=%s", exc)
+        except ssl.SSLError as exc:
+            log.info("piece connection closed on a TLS error: %s", exc)
+        except (EOFError, OSError) as exc:
+            log.debug("piece connection ended: %s", exc)  # the peer went away
         except Exception:
+            # A bug, not the peer's doing: say where, drop this connection, keep serving.
             log.exception("piece connection crashed")
         finally:
             for sub in list(conn.subscriptions.values()):
@@ -308,13 +320,13 @@ class PieceServer:
             state=state,
         )
 
-    async def _send_corrupted(self, conn: FramedSocket, fd: int, piece) -> None:
+    async def _send_corrupted(self, conn: FramedStream, fd: int, piece) -> None:
         data = bytearray(piece.length)
         self.storage.read_into(fd, piece.offset, memoryview(data))
         data[piece.length // 2] ^= 0xFF
-        await asyncio.get_running_loop().sock_sendall(conn.sock, data)
+        await conn.stream.send_all(data)
 
-    async def _send_piece(self, conn: FramedSocket, stream_id: int, request: GetPiece) -> None:
+    async def _send_piece(self, conn: FramedStream, stream_id: int, request: GetPiece) -> None:
         held = await self._held_pieces(request.task_id)
         digest = held[3].get(request.number) if held else None
         if held is None or digest is None:
@@ -389,7 +401,7 @@ class PieceServer:
                     if self.corrupt:
                         await self._send_corrupted(conn, fd, piece)
                     else:
-                        await send_file(conn.sock, fd, piece.offset, piece.length)
+                        await conn.stream.send_file(fd, piece.offset, piece.length)
                     self.metrics.bytes_uploaded.inc(piece.length)
                 finally:
                     os.close(fd)

@@ -13,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 
 from d7y.core import messages as m
 from d7y.core.protocol import ProtocolError
-from d7y.daemons.framing import FramedSocket
+from d7y.daemons.framing import FramedStream
 
 log = logging.getLogger("d7y.dfdaemon.scheduler")
 
@@ -91,15 +92,17 @@ class SchedulerClient:
         on_connected: Callable[[], Awaitable[None]] | None = None,
         announce_interval: float = 30.0,
         max_frame: int = 1024 * 1024,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.address = (host, port)
+        self.tls = tls  # client context: the scheduler's port speaks TLS when set
         self._announce = announce
         self._on_trigger = on_trigger
         self._on_connected = on_connected
         self.announce_interval = announce_interval
         self.max_frame = max_frame
         self.connected = asyncio.Event()
-        self._conn: FramedSocket | None = None
+        self._conn: FramedStream | None = None
         self._lock = asyncio.Lock()
         self._streams: dict[int, DownloadStream] = {}
         self._next_stream = 1
@@ -112,7 +115,9 @@ class SchedulerClient:
     async def close(self, leave_host: str | None = None) -> None:
         self._closing = True
         if leave_host and self._conn is not None:
-            with contextlib.suppress(Exception):
+            # Best effort on the way out: a scheduler that is gone or slow notices the
+            # closed connection instead.
+            with contextlib.suppress(SchedulerUnavailable, TimeoutError):
                 await asyncio.wait_for(self._send(m.LeaveHost(host_id=leave_host), 0), 2)
         if self._runner is not None:
             self._runner.cancel()
@@ -147,10 +152,10 @@ class SchedulerClient:
         warned = False
         while not self._closing:
             try:
-                conn = await FramedSocket.connect(
-                    *self.address, timeout=5, max_body_length=self.max_frame
+                conn = await FramedStream.connect(
+                    *self.address, timeout=5, tls=self.tls, max_body_length=self.max_frame
                 )
-            except (OSError, TimeoutError) as exc:
+            except (OSError, EOFError) as exc:  # TimeoutError, ssl.SSLError: OSErrors
                 if not warned:
                     log.warning(
                         "scheduler unreachable address=%s:%d error=%s; downloads go back to "
@@ -212,16 +217,17 @@ class SchedulerClient:
         """A message on stream 0 (RestorePeer, LeavePeer for an evicted task)."""
         await self._send(message, 0)
 
-    async def _read_loop(self, conn: FramedSocket) -> None:
+    async def _read_loop(self, conn: FramedStream) -> None:
         while True:
             try:
-                header, message = await conn.read()
+                stream_id, message = await conn.read()
             except ProtocolError as exc:
                 log.warning("bad frame from scheduler error=%s", exc)
                 if exc.fatal:
                     return
                 continue
-            except (EOFError, OSError, ConnectionError, asyncio.IncompleteReadError):
+            except (EOFError, OSError) as exc:
+                log.debug("scheduler connection ended: %s", exc)
                 return
             if isinstance(message, m.TriggerSeed):
                 try:
@@ -229,9 +235,12 @@ class SchedulerClient:
                 except Exception:
                     log.exception("seed trigger failed task=%s", message.task_id)
                 continue
-            stream = self._streams.get(header.stream_id)
+            stream = self._streams.get(stream_id)
             if stream is not None:
                 stream.answers.put_nowait(message)
             elif isinstance(message, m.Error):
-                log.info("scheduler error stream=%d code=%s message=%s", header.stream_id,
-                         message.code, message.message)  # fmt: skip
+                # On stream 0 it is about the host itself (e.g. an announce refused):
+                # the operator must see it.
+                level = logging.WARNING if stream_id == 0 else logging.INFO
+                log.log(level, "scheduler error stream=%d code=%s message=%s", stream_id,
+                        message.code, message.message)  # fmt: skip

@@ -8,6 +8,8 @@ from typing import Literal
 
 from d7y.daemons.config import ConfigError, Duration, field, load, section
 from d7y.daemons.service import SchedulerLifecycleConfig
+from d7y.daemons.tls import SecurityConfig
+from d7y.daemons.tls import validate as validate_tls
 
 ENV_PREFIX = "D7Y_SCHEDULER"
 
@@ -75,6 +77,25 @@ class GCConfig:
 
 
 @dataclasses.dataclass
+class ManagerConfig:
+    address: str = field("", "the manager's REST address (host:8080); empty: run without a manager")
+    token: str = field(
+        "", "personal access token with scope 'cluster' (better given as "
+        "D7Y_SCHEDULER_MANAGER__TOKEN than in the file)",
+    )  # fmt: skip
+    cluster_id: int = field(1, "the cluster this scheduler serves (1: cluster-1, the default)")
+    hostname: str = field("", "host name registered; empty: the machine's")
+    ip: str = field("127.0.0.1", "address peers reach this scheduler at")
+    advertise_port: int = field(0, "port registered; 0: server.port as bound")
+    idc: str = field("", "IDC registered (peers in it prefer this cluster)")
+    location: str = field("", "location registered, '|'-separated (e.g. eu|de|fra)")
+    keepalive_interval: Duration = field(Duration(5), "how often to tell the manager it lives")
+    config_interval: Duration = field(
+        Duration(60), "how often to fetch the cluster's config and apply its parent limits"
+    )
+
+
+@dataclasses.dataclass
 class MetricsConfig:
     listen: str = field("127.0.0.1", "address of /metrics and /healthy")
     port: int = field(8000, "port of /metrics and /healthy (0 disables)")
@@ -93,7 +114,9 @@ class SchedulerDaemonConfig:
     server: ServerConfig = section(ServerConfig, "protocol listener")
     scheduling: SchedulingConfig = section(SchedulingConfig, "the algorithm's limits")
     gc: GCConfig = section(GCConfig, "expiry of peers, tasks and hosts")
+    manager: ManagerConfig = section(ManagerConfig, "registration with the manager")
     metrics: MetricsConfig = section(MetricsConfig, "Prometheus metrics and health")
+    security: SecurityConfig = section(SecurityConfig, "TLS on the protocol port")
     log: LogConfig = section(LogConfig, "logging")
     lifecycle: SchedulerLifecycleConfig = section(
         SchedulerLifecycleConfig, "readiness signal and graceful drain on SIGTERM/SIGINT"
@@ -114,6 +137,9 @@ class SchedulerDaemonConfig:
                 raise ConfigError(
                     f"config key 'scheduling.{key}' must be >= 1, or 0 for the policy's value"
                 )
+        if self.manager.address and self.manager.cluster_id < 1:
+            raise ConfigError("config key 'manager.cluster_id' must be >= 1")
+        validate_tls(self.security.tls)
         if self.scheduling.retry_limit < 1:
             raise ConfigError("config key 'scheduling.retry_limit' must be >= 1")
         if (

@@ -17,21 +17,23 @@ import asyncio
 import contextlib
 import logging
 import random
-import socket
+import ssl
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from d7y.core import messages as m
 from d7y.core.protocol import ProtocolError, encode_frame
-from d7y.core.scheduling import answers
+from d7y.core.scheduling import answers, translate
 from d7y.core.scheduling import results as r
 from d7y.core.scheduling.config import SchedulerConfig
 from d7y.core.scheduling.evaluator import make_evaluator
 from d7y.core.scheduling.scheduler import Scheduler, SchedulerError
-from d7y.daemons.framing import FramedSocket, ReadTimeout
+from d7y.daemons.framing import FramedStream, ReadTimeout
 from d7y.daemons.listener import Listener
 from d7y.daemons.scheduler.config import SchedulerDaemonConfig
+from d7y.daemons.stream import PeerIdentity, Stream
+from d7y.daemons.tls import server_context
 
 log = logging.getLogger("d7y.scheduler")
 
@@ -40,10 +42,12 @@ log = logging.getLogger("d7y.scheduler")
 MAX_REFUSED = 16
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # one per connected host: no __dict__ each
 class Connection:
-    framed: FramedSocket
+    framed: FramedStream
     name: str
+    #: The verified certificate's identity under mutual TLS (None: plain TCP).
+    identity: PeerIdentity | None = None
     host_id: str | None = None
     peers: set[str] = field(default_factory=set)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -65,7 +69,7 @@ class Connection:
         return stream
 
 
-@dataclass
+@dataclass(slots=True)  # one per registered peer: no __dict__ each
 class Route:
     """Where a peer's answers go: its connection and download stream."""
 
@@ -131,9 +135,12 @@ class SchedulerService:
             max_connections=server.max_connections,
             max_connections_per_ip=server.max_connections_per_ip,
             refusal=lambda reason: encode_frame(m.Error(code=m.ErrorCode.BUSY, message=reason)),
+            tls=server_context(config.security.tls),
+            handshake_timeout=float(server.request_timeout) or None,
         )
         self._tasks: set[asyncio.Task] = set()
         self.port = 0
+        self._manager = None  # a ManagerClient when manager.address is set
 
     def now(self) -> float:
         return asyncio.get_running_loop().time()
@@ -145,6 +152,16 @@ class SchedulerService:
         await self._listener.start(cfg.server.listen, cfg.server.port, backlog=4096)
         self.port = self._listener.port
         self._spawn(self._gc_loop())
+        if cfg.manager.address:
+            from d7y.daemons.scheduler.manager_client import ManagerClient
+
+            self._manager = ManagerClient(
+                cfg.manager,
+                port=self.port,
+                get_config=lambda: self.core.config,
+                set_config=lambda new: setattr(self.core, "config", new),
+            )
+            self._manager.start()
 
     def ready_details(self) -> dict[str, object]:
         return {
@@ -162,6 +179,8 @@ class SchedulerService:
             await asyncio.wait(pending)
 
     async def stop(self) -> None:
+        if self._manager is not None:
+            await self._manager.stop()
         await self._listener.stop()
         for task in list(self._tasks) + list(self._answers.values()):
             task.cancel()
@@ -177,9 +196,10 @@ class SchedulerService:
         self.metrics.peers.set(len(self.core.peers))
         return generate_latest(self.metrics.registry)
 
-    async def _accept(self, sock: socket.socket, address: tuple) -> None:
-        framed = FramedSocket(sock, max_body_length=self.config.server.max_frame)
-        await self._serve(Connection(framed, f"{address[0]}:{address[1]}"))
+    async def _accept(self, stream: Stream, address: tuple) -> None:
+        framed = FramedStream(stream, max_body_length=self.config.server.max_frame)
+        name = f"{address[0]}:{address[1]}"
+        await self._serve(Connection(framed, name, identity=stream.peer_identity))
 
     async def _gc_loop(self) -> None:
         while True:
@@ -210,7 +230,7 @@ class SchedulerService:
         try:
             while True:
                 try:
-                    header, message = await conn.framed.read(
+                    stream_id, message = await conn.framed.read(
                         idle_timeout=idle_timeout, frame_timeout=frame_timeout
                     )
                 except ProtocolError as exc:
@@ -230,7 +250,7 @@ class SchedulerService:
                     self.metrics.errors.labels(m.ErrorCode.FORBIDDEN).inc()
                     await conn.send(
                         m.Error(code=m.ErrorCode.FORBIDDEN, message=refusal[:4000]),
-                        header.stream_id,
+                        stream_id,
                     )
                     conn.refused += 1
                     if (
@@ -239,10 +259,12 @@ class SchedulerService:
                         return
                     continue
                 try:
-                    await self._dispatch(conn, header.stream_id, message)
-                except (SchedulerError, ValueError, TypeError, KeyError) as exc:
+                    await self._dispatch(conn, stream_id, message)
+                except (SchedulerError, ValueError) as exc:
                     # A request that does not fit the scheduler's state (unknown peer,
-                    # illegal transition): answer it, keep the connection.
+                    # illegal transition, a size that contradicts the task's): answer
+                    # it, keep the connection. Anything else is a bug: logged below with
+                    # its traceback, and this connection closed.
                     log.debug(
                         "request refused conn=%s type=%s error=%s",
                         conn.name,
@@ -252,13 +274,16 @@ class SchedulerService:
                     self.metrics.errors.labels("bad_request").inc()
                     await conn.send(
                         m.Error(code=m.ErrorCode.BAD_REQUEST, message=str(exc)[:4000]),
-                        header.stream_id,
+                        stream_id,
                     )
         except ReadTimeout as exc:
             log.info("closing connection conn=%s: %s", conn.name, exc)
-        except (EOFError, ConnectionError, OSError, asyncio.IncompleteReadError):
-            pass
+        except ssl.SSLError as exc:
+            log.info("closing connection conn=%s on a TLS error: %s", conn.name, exc)
+        except (EOFError, OSError) as exc:
+            log.debug("connection ended conn=%s: %s", conn.name, exc)
         except Exception:
+            # A bug, not the peer's doing: say where, drop this connection, keep serving.
             log.exception("connection crashed conn=%s", conn.name)
         finally:
             self.metrics.connections.dec()
@@ -274,6 +299,10 @@ class SchedulerService:
         connection may not announce it, leave it, register or restore peers on it, or
         report for, reschedule or remove its peers. One connection carries one host.
         """
+        if isinstance(msg, m.AnnounceHost) and conn.identity is not None:
+            refusal = _certificate_refuses(conn.identity, msg)
+            if refusal is not None:
+                return refusal
         if isinstance(msg, m.AnnounceHost | m.LeaveHost):
             owner = self.host_conns.get(msg.host_id)
             if owner is not None and owner is not conn:
@@ -344,13 +373,11 @@ class SchedulerService:
         now = self.now()
         core = self.core
         if isinstance(msg, m.PieceFinished):
-            core.piece_finished(
-                msg.peer_id, msg.number, msg.parent_id or None, msg.cost_ns / 1e9, msg.digest, now
-            )
+            translate.piece_finished(core, msg, now)
             self.metrics.reports.labels("finished").inc()
         elif isinstance(msg, m.PieceFailed):
             self.metrics.reports.labels("failed").inc()
-            result = core.piece_failed(msg.peer_id, msg.number, msg.parent_id or None, now)
+            result = translate.piece_failed(core, msg, now)
             if result.reschedule:
                 self._start_answer(
                     msg.peer_id, lambda: core.reschedule(msg.peer_id, [], self.now())
@@ -360,54 +387,21 @@ class SchedulerService:
         elif isinstance(msg, m.AnnounceHost):
             self._announce(conn, msg, now)
         elif isinstance(msg, m.RestorePeer):
-            core.restore_peer(
-                msg.peer_id,
-                msg.task_id,
-                msg.host_id,
-                msg.url,
-                now,
-                content_length=msg.content_length,
-                piece_length=msg.piece_length,
-                finished=msg.bitmap,
-                succeeded=msg.succeeded,
-                digests=msg.digests,
-            )
+            translate.restore_peer(core, msg, now)
             conn.peers.add(msg.peer_id)  # it leaves with its connection
             if stream:
                 # A download that outlived its scheduler connection goes on on this new
                 # stream: its reports and reschedule answers use it as a registration's.
-                request = m.RegisterPeer(
-                    peer_id=msg.peer_id, task_id=msg.task_id, host_id=msg.host_id, url=msg.url
-                )
-                self.routes[msg.peer_id] = Route(conn, stream, request)
+                self.routes[msg.peer_id] = Route(conn, stream, translate.restored_request(msg))
         elif isinstance(msg, m.DownloadStarted):
-            core.download_started(
-                msg.peer_id,
-                now,
-                back_to_source=msg.back_to_source,
-                content_length=msg.content_length if msg.content_length >= 0 else None,
-                piece_length=msg.piece_length or None,
-            )
+            translate.download_started(core, msg, now)
         elif isinstance(msg, m.GetTaskDigests):
-            task = core.task(msg.task_id)
-            meta = core.task_meta(msg.task_id)
-            await conn.send(
-                m.TaskDigests(
-                    task_id=msg.task_id,
-                    content_length=_or(meta.content_length, -1),
-                    piece_length=_or(meta.piece_length, 0),
-                    piece_count=_or(meta.piece_count, -1),
-                    digests=dict(core.piece_digests(task.id)),
-                ),
-                stream,
-            )
+            await conn.send(translate.task_digests(core, msg.task_id), stream)
         elif isinstance(msg, m.Reschedule):
             bad = list(msg.bad_parents)
             self._start_answer(msg.peer_id, lambda: core.reschedule(msg.peer_id, bad, self.now()))
         elif isinstance(msg, m.DownloadFinished):
-            core.download_finished(
-                msg.peer_id, now, content_length=msg.content_length, content=msg.content
-            )
+            translate.download_finished(core, msg, now)
             log.debug("download finished peer=%s task=%s", msg.peer_id, msg.task_id)
         elif isinstance(msg, m.DownloadFailed):
             ended = core.download_failed(msg.peer_id, now)
@@ -437,21 +431,7 @@ class SchedulerService:
             )
 
     def _announce(self, conn: Connection, msg: m.AnnounceHost, now: float) -> None:
-        self.core.announce_host(
-            msg.host_id,
-            now,
-            ip=msg.ip,
-            hostname=msg.hostname,
-            port=msg.port,
-            download_port=msg.download_port,
-            idc=msg.idc,
-            location=msg.location,
-            type=msg.host_type,
-            upload_limit_bps=msg.max_tx_bandwidth_bps or msg.upload_limit_bps,
-            concurrent_upload_limit=msg.concurrent_upload_limit or None,
-            tx_bandwidth=msg.tx_bandwidth_bps,
-            download_limit_bps=msg.download_limit_bps,
-        )
+        translate.announce_host(self.core, msg, now)
         if conn.host_id is None:
             log.info(
                 "host announced host=%s type=%s conn=%s", msg.host_id, msg.host_type, conn.name
@@ -460,15 +440,7 @@ class SchedulerService:
         self.host_conns[msg.host_id] = conn
 
     def _register(self, conn: Connection, stream: int, msg: m.RegisterPeer, now: float) -> None:
-        result = self.core.register_peer(
-            msg.peer_id,
-            msg.task_id,
-            msg.host_id,
-            msg.url,
-            now,
-            piece_length=msg.piece_length or None,
-            need_back_to_source=msg.need_back_to_source,
-        )
+        result = translate.register_peer(self.core, msg, now)
         if not isinstance(result, r.MetadataOnly):
             self.routes[msg.peer_id] = Route(conn, stream, msg)
             conn.peers.add(msg.peer_id)
@@ -522,7 +494,7 @@ class SchedulerService:
             # it asks again later (the protocol's NormalTaskResponse names >= 1 parent).
             self.metrics.decisions.labels("KeepParents").inc()
             return
-        answer = self._to_message(result)
+        answer = translate.answer(self.core, result)
         kind = type(result).__name__
         self.metrics.decisions.labels(kind).inc()
         log.debug("decision peer=%s task=%s kind=%s", peer_id, route.request.task_id, kind)
@@ -533,16 +505,7 @@ class SchedulerService:
         if conn is None:
             return
         log.info("trigger seed host=%s task=%s", result.seed_host_id, request.task_id)
-        trigger = m.TriggerSeed(
-            task_id=request.task_id,
-            url=request.url,
-            tag=request.tag,
-            application=request.application,
-            filtered_query_params=request.filtered_query_params,
-            headers=request.headers,
-            piece_length=request.piece_length,
-        )
-        await conn.send(trigger, conn.open_stream())
+        await conn.send(translate.trigger_seed(request), conn.open_stream())
 
     def _reschedule_orphans(self, peer_ids) -> None:
         for peer_id in peer_ids:
@@ -551,72 +514,19 @@ class SchedulerService:
                     peer_id, lambda p=peer_id: self.core.reschedule(p, [], self.now())
                 )
 
-    def _to_message(self, result) -> m.Message:
-        task_id = result.task.task_id
-        if isinstance(result, r.NormalTask):
-            return self._normal_task(result.task, result.parents)
-        if isinstance(result, r.NeedBackToSource):
-            return m.NeedBackToSource(task_id=task_id, reason=result.reason[:4000])
-        if isinstance(result, r.EmptyTask):
-            return m.EmptyTaskResponse(task_id=task_id)
-        if isinstance(result, r.TinyTask):
-            return m.TinyTaskResponse(task_id=task_id, content=result.content)
-        if isinstance(result, r.SmallTask):
-            digest = self.core.piece_digests(task_id).get(0)
-            meta = result.task
-            if digest is None or not meta.content_length:
-                # Without the piece's digest or size the peer cannot take the one-piece
-                # shortcut: answer as for a normal task with that parent.
-                return self._normal_task(meta, (result.parent,))
-            return m.SmallTaskResponse(
-                task_id=task_id,
-                parent=self._parent(result.parent, meta),
-                content_length=meta.content_length,
-                piece_digest=digest,
-            )
-        if isinstance(result, r.MetadataOnly):
-            return m.NeedBackToSource(
-                task_id=task_id, reason="this host already holds the task; read it locally"
-            )
-        reason = getattr(result, "reason", "scheduling failed")
-        return m.Error(code=m.ErrorCode.UNAVAILABLE, message=reason[:4000], task_id=task_id)
 
-    def _normal_task(self, meta: r.TaskMeta, parents) -> m.NormalTaskResponse:
-        return m.NormalTaskResponse(
-            task_id=meta.task_id,
-            candidate_parents=[self._parent(p, meta) for p in parents],
-            content_length=_or(meta.content_length, -1),
-            piece_length=_or(meta.piece_length, 0),
-            piece_count=_or(meta.piece_count, -1),
-            digests=dict(self.core.piece_digests(meta.task_id)),
+def _certificate_refuses(identity: PeerIdentity, msg: m.AnnounceHost) -> str | None:
+    """Under mutual TLS a host is who its certificate says (d7y.daemons.tls): why
+    ``msg`` does not match the connection's certificate, or None when it does."""
+    if identity.name != msg.host_id:
+        return (
+            f"this connection's TLS certificate is for {identity.name!r}, not host "
+            f"{msg.host_id!r}: a host announces only its own ID (issue it a certificate "
+            f"with 'd7y certs issue DIR --peer {msg.host_id}')"
         )
-
-    def _parent(self, parent: r.ParentInfo, meta: r.TaskMeta) -> m.ParentInfo:
-        peer = self.core.peers.get(parent.peer_id)
-        bitmap = b""
-        state = m.PeerState.RUNNING
-        if peer is not None:
-            state = peer.fsm.state
-            if meta.piece_count:
-                with contextlib.suppress(Exception):
-                    bitmap = peer.finished.to_bytes()
-                    if (
-                        len(bitmap) * 8 < meta.piece_count
-                        or len(bitmap) != (meta.piece_count + 7) // 8
-                    ):
-                        bitmap = b""
-        return m.ParentInfo(
-            peer_id=parent.peer_id,
-            host_id=parent.host_id,
-            ip=parent.ip,
-            port=parent.port,
-            download_port=parent.download_port,
-            bitmap=bitmap,
-            state=state,
-            tx_bandwidth_bps=parent.tx_bandwidth,
-            max_tx_bandwidth_bps=parent.upload_limit_bps,
+    if msg.host_type == "seed" and identity.role != "seed":
+        return (
+            f"host {msg.host_id!r} announces itself as a seed peer but its certificate's "
+            f"role is {identity.role or 'none'!r}: seed peers need a seed certificate"
         )
-
-
-def _or(value, default):
-    return default if value is None else value
+    return None

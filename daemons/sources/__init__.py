@@ -20,6 +20,7 @@ A new scheme is a new module with a ``Source`` class, listed in ``_SOURCE_CLASSE
 from __future__ import annotations
 
 import dataclasses
+import ssl as ssl_module
 
 from d7y.daemons.sources.base import (
     BodySink,
@@ -76,6 +77,9 @@ class SourceSettings:
     request_timeout: float | None = 300.0
     s3: S3Config = dataclasses.field(default_factory=S3Config)
     oci: OciConfig = dataclasses.field(default_factory=OciConfig)
+    #: TLS for https origins: True (the system's CAs), or a context that also trusts
+    #: proxy.upstream_ca_bundle (or skips verification: proxy.insecure_skip_verify).
+    ssl: ssl_module.SSLContext | bool = True
 
 
 def scheme_of(url: str) -> str:

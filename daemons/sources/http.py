@@ -888,6 +888,7 @@ class HttpSource:
             retry=settings.retry if settings else None,
             request_timeout=settings.request_timeout if settings else 300.0,
             policy=policy,
+            ssl=settings.ssl if settings else True,
         )
         self.fast_range = FastRangeFetcher(policy=policy)
 

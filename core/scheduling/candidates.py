@@ -1,0 +1,150 @@
+"""Candidate parents for a peer: sample the task's peers, filter, cap by capacity, rank.
+
+DESIGN section 4: sample ``filter_parent_limit`` peers of the task; drop the peer
+itself, its host, its blocklist, peers that cannot serve, bad parents and any edge that
+would close a cycle; (d7y) drop parents already full; rank the rest (ranking.py).
+"""
+
+from __future__ import annotations
+
+import random
+
+from d7y.core.scheduling.config import SchedulerConfig
+from d7y.core.scheduling.evaluator import Evaluator
+from d7y.core.scheduling.ranking import rank
+from d7y.core.scheduling.resource import Host, Peer
+from d7y.core.scheduling.serving import Servability, has_parents
+from d7y.core.states import PeerState
+
+_SUCCEEDED = PeerState.SUCCEEDED
+
+
+def children_cap(parent: Host, child: Host, factor: int) -> int:
+    """Children a parent host feeds at full speed: its upload over the child's download
+    (the child's upload when its download is not announced), times ``factor``; a parent
+    of unknown upload is not capped, a child of unknown speed takes a whole parent."""
+    up = parent.upload_limit_bps
+    if up <= 0:
+        return 1 << 30
+    down = child.download_limit_bps or child.upload_limit_bps
+    if down <= 0:
+        return factor
+    return factor * max(1, up // down)
+
+
+class ParentSelector:
+    """Chooses parents for one scheduler: its config, its ``rng`` (the only randomness:
+    the sample) and its evaluator (bad parents, scores)."""
+
+    __slots__ = ("config", "evaluator", "rng", "serving")
+
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        rng: random.Random,
+        evaluator: Evaluator,
+        serving: Servability,
+    ) -> None:
+        self.config = config
+        self.rng = rng
+        self.evaluator = evaluator
+        self.serving = serving
+
+    def sample(self, peer: Peer) -> list[Peer]:
+        """Up to ``filter_parent_limit`` distinct peers of the task, uniformly at random.
+
+        For a large pool, draws indexes with ``rng.random()`` until k distinct ones
+        (expected k + k^2/2n draws): several times cheaper than ``random.sample``'s
+        general path, and the distribution is the same (uniform k-subsets, random
+        order; the float-to-index step has a bias below 2**-40 for any real pool).
+        """
+        task = peer.task
+        pool = task.servable.items if self.config.sample_servable_only else task.peer_list.items
+        k = self.config.filter_parent_limit
+        n = len(pool)
+        if n <= 4 * k:
+            return self.rng.sample(pool, k if k < n else n)
+        rand = self.rng.random
+        chosen: set[int] = set()
+        out: list[Peer] = []
+        while len(out) < k:
+            i = int(rand() * n)
+            if i not in chosen:
+                chosen.add(i)
+                out.append(pool[i])
+        return out
+
+    def filter(self, peer: Peer, sample: list[Peer], succeeded_only: bool) -> list[Peer]:
+        """DESIGN's filters, in order: the peer itself, its host, its blocklist, peers that
+        cannot serve, bad parents, and any edge that would close a cycle (Dragonfly has
+        no upload-slot filter: the limits exist but the filter does not read them), and
+        for the d7y policy the peer's current parents."""
+        host = peer.host
+        blocklist = peer.blocklist
+        task = peer.task
+        servable = task.servable._index  # membership without a method call (hot path)
+        in_edges = task.dag._parents
+        is_bad = self.evaluator.is_bad_parent
+        about_to_serve = self.serving.about_to_serve
+        descendants: set[str] | None = None
+        kept: list[Peer] = []
+        current = in_edges[peer.id]
+        for cand in sample:
+            if cand is peer or cand.host is host or cand.id in blocklist or cand.id in current:
+                continue
+            if cand not in servable:
+                continue
+            if succeeded_only and cand.fsm.state is not _SUCCEEDED:
+                continue
+            if is_bad(cand) and not about_to_serve(cand):
+                continue
+            # A cycle needs a path peer -> ... -> cand, so cand must have a parent: roots
+            # (succeeded, back-to-source and seed peers, usually) are safe without a walk.
+            if in_edges[cand.id]:
+                if descendants is None:
+                    # The peer's descendants, once per round: empty for a new peer; in a
+                    # dense swarm (1,000 running peers, 3 parents each) most of the DAG,
+                    # and then this walk is the largest cost of a round.
+                    dag = task.dag
+                    descendants = dag.descendants(peer.id) if dag.out_degree(peer.id) else set()
+                if cand.id in descendants:
+                    continue
+            kept.append(cand)
+        return kept
+
+    def candidate_parents(self, peer: Peer, limit: int) -> list[tuple[Peer, float]]:
+        """The best ``limit`` new parents for a peer in a scheduling round, scored."""
+        candidates = self.filter(peer, self.sample(peer), succeeded_only=False)
+        if not candidates:
+            return []
+        factor = self.config.children_per_capacity
+        if factor:
+            # d7y: a parent takes about as many children as its upload can feed at their
+            # download speed (a 16 MiB/s seed with fast children: one; a 10 Gbit/s seed
+            # with 1 Gbit/s children: ten, times the factor), so its bandwidth goes to
+            # few children that relay, instead of trickling to all. Over-full parents
+            # are used only when the peer would otherwise have none.
+            host = peer.host
+            room = [
+                c
+                for c in candidates
+                if c.host.concurrent_upload_count < children_cap(c.host, host, factor)
+            ]
+            if room or has_parents(peer):
+                candidates = room
+            if not candidates:
+                return []
+        return self._rank(peer, candidates, limit)
+
+    def success_parent(self, peer: Peer) -> tuple[Peer, float] | None:
+        """One succeeded parent (for a SMALL task's one-piece answer), or None."""
+        candidates = self.filter(peer, self.sample(peer), succeeded_only=True)
+        if not candidates:
+            return None
+        return self._rank(peer, candidates, 1)[0]
+
+    def _rank(self, peer: Peer, candidates: list[Peer], limit: int) -> list[tuple[Peer, float]]:
+        return rank(peer, candidates, limit, self.evaluator.score, self.config.prefer_locality)
+
+
+__all__ = ["ParentSelector", "children_cap"]

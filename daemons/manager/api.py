@@ -1,0 +1,961 @@
+"""The REST API under /api/v1: routes, authentication and RBAC, transactions, audits.
+
+Every request runs in one database session. A write (POST, PUT, PATCH, DELETE) commits
+its changes together with its audit row, or nothing: any error rolls the whole request
+back, and the failure is then audited on its own. Errors are JSON ``{"error", "message"}``
+(plus ``"field"`` for a bad value) with the status that fits:
+
+- 400 the body is not JSON; 422 a value is missing, unknown, of the wrong type or out of
+  range (the message names the field and the allowed range);
+- 401 no token, an unknown or forged one, or a session that expired (sign in again);
+- 403 a token that is inactive, expired or lacks the scope, or a role that may only read;
+- 404 no such object; 409 a name that exists, a cluster that still has active members;
+- 503 the database cannot be reached (the manager keeps serving and recovers by itself).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from aiohttp import web
+from sqlalchemy import delete, func, select, update
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from d7y.daemons.manager import auth, searcher
+from d7y.daemons.manager import responses as out
+from d7y.daemons.manager import schemas as s
+from d7y.daemons.manager.models import (
+    ACTIVE,
+    INACTIVE,
+    Audit,
+    Cluster,
+    PersonalAccessToken,
+    Scheduler,
+    SeedPeer,
+    User,
+)
+from d7y.daemons.manager.validation import explain
+
+log = logging.getLogger("d7y.manager")
+API = "/api/v1"
+WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+MAX_PER_PAGE = 1000
+#: Checked against when the user name is unknown (see signin).
+_DUMMY_HASH = auth.hash_password("not a password of anyone")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, error: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.error, self.message, self.field = status, error, message, field
+
+    def response(self) -> web.Response:
+        body: dict[str, Any] = {"error": self.error, "message": self.message}
+        if self.field is not None:
+            body["field"] = self.field
+        return json_response(body, status=self.status)
+
+
+def json_response(data: Any, status: int = 200, headers: dict | None = None) -> web.Response:
+    return web.Response(
+        body=msgspec.json.encode(data),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+@dataclass(frozen=True)
+class Route:
+    """One operation: what the router, the RBAC check and the OpenAPI document need."""
+
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    #: "none": anyone; "user": a session or a token; "self": like "user", and a guest may
+    #: write it for themselves (their own password).
+    auth: str = "user"
+    body: type | None = None
+    query: type | None = None
+    response: str = "object"  # "object" | "array" | "none" (documentation only)
+    #: The answer's type (responses.py; an array's item type), for the document.
+    returns: type | None = None
+
+    @property
+    def group(self) -> str:
+        rest = self.path[len(API) + 1 :] if self.path.startswith(API + "/") else ""
+        return rest.split("/", 1)[0]
+
+
+# -- request helpers ------------------------------------------------------------------
+
+_FIELD_AT = re.compile(r"- at `\$\.?([^`]*)`")
+
+
+def _field_of(message: str) -> str | None:
+    match = _FIELD_AT.search(message)
+    return match.group(1) if match else None
+
+
+async def read_body(request: web.Request, kind: type) -> Any:
+    raw = await request.read()
+    try:
+        value = msgspec.json.decode(raw, type=kind)
+    except msgspec.ValidationError as exc:
+        message, field = explain(exc, kind, raw)
+        raise ApiError(422, "invalid", f"invalid request body: {message}", field) from None
+    except msgspec.DecodeError as exc:
+        raise ApiError(
+            400, "malformed", f"the request body is not valid JSON ({exc}); send a JSON object"
+        ) from None
+    try:
+        if isinstance(value, s.ClusterCreate | s.ClusterUpdate) and isinstance(
+            value.scopes, s.Scopes
+        ):
+            s.check_scopes(value.scopes)
+        if isinstance(value, s.SchedulerRegister | s.SeedPeerRegister | s.SchedulerSearch):
+            s.check_ip(value.ip)
+    except s.ValidationFailed as exc:
+        text = str(exc)
+        raise ApiError(422, "invalid", f"invalid request body: {text}", _field_of(text)) from None
+    return value
+
+
+def read_query(request: web.Request, kind: type) -> Any:
+    query = dict(request.query)
+    try:
+        value = msgspec.convert(query, kind, strict=False)
+    except msgspec.ValidationError as exc:
+        message, field = explain(exc, kind, msgspec.json.encode(query))
+        message = message.replace("`", "").replace("field ", "query parameter ", 1)
+        raise ApiError(422, "invalid", f"invalid query parameter: {message}", field) from None
+    if isinstance(value, s.SchedulerSearch):
+        try:
+            s.check_ip(value.ip, "$.ip")
+        except s.ValidationFailed as exc:
+            raise ApiError(422, "invalid", f"invalid query parameter: {exc}", "ip") from None
+    return value
+
+
+def path_id(request: web.Request, name: str = "id") -> int:
+    return int(request.match_info[name])  # the route's pattern admits digits only
+
+
+class ListQuery(msgspec.Struct, forbid_unknown_fields=True):
+    page: int = 1
+    per_page: int = 50
+    cluster_id: int | None = None
+    name: str | None = None
+
+
+def page_of(request: web.Request) -> ListQuery:
+    query = read_query(request, ListQuery)
+    if query.page < 1:
+        raise ApiError(
+            422, "invalid", f"query parameter page must be >= 1, got {query.page}", "page"
+        )
+    if not 1 <= query.per_page <= MAX_PER_PAGE:
+        raise ApiError(
+            422,
+            "invalid",
+            f"query parameter per_page must be in 1..{MAX_PER_PAGE}, got {query.per_page}",
+            "per_page",
+        )
+    return query
+
+
+async def paged(session: AsyncSession, statement: Any, query: ListQuery) -> tuple[list, int]:
+    total = await session.scalar(select(func.count()).select_from(statement.subquery()))
+    rows = await session.scalars(
+        statement.limit(query.per_page).offset((query.page - 1) * query.per_page)
+    )
+    return list(rows), int(total or 0)
+
+
+def db(request: web.Request) -> AsyncSession:
+    return request["db"]
+
+
+def principal(request: web.Request) -> auth.Principal:
+    return request["principal"]
+
+
+async def get_or_404(session: AsyncSession, model: type, ident: int, what: str) -> Any:
+    row = await session.get(model, ident)
+    if row is None:
+        raise ApiError(404, "not_found", f"{what} {ident} does not exist")
+    return row
+
+
+# -- the API -------------------------------------------------------------------------
+
+
+class ManagerApi:
+    """The handlers and their shared state (sessions, the session key, settings)."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        session_key: bytes,
+        *,
+        session_ttl: float,
+        keepalive_timeout: float,
+        on_request: Callable[[str, str, int], None] | None = None,
+    ) -> None:
+        self.sessions = sessions
+        self.session_key = session_key
+        self.session_ttl = session_ttl
+        self.keepalive_timeout = keepalive_timeout
+        self.on_request = on_request or (lambda _m, _p, _s: None)
+        self.routes = self._routes()
+        self._by_route: dict[Any, Route] = {}  # aiohttp's route object -> ours
+
+    # -- wiring ------------------------------------------------------------------------
+
+    def _routes(self) -> list[Route]:
+        returns = {
+            "signin": out.SignInOut, "me": out.UserOut, "list_users": out.UserOut,
+            "create_user": out.UserOut, "get_user": out.UserOut, "update_user": out.UserOut,
+            "list_roles": out.RoleOut, "list_tokens": out.TokenOut,
+            "create_token": out.TokenCreatedOut, "get_token": out.TokenOut,
+            "update_token": out.TokenOut, "list_clusters": out.ClusterOut,
+            "create_cluster": out.ClusterOut, "get_cluster": out.ClusterOut,
+            "update_cluster": out.ClusterOut, "cluster_config": out.ClusterConfigOut,
+            "search_schedulers": out.SchedulerMatchOut, "list_schedulers": out.SchedulerOut,
+            "register_scheduler": out.SchedulerOut, "get_scheduler": out.SchedulerOut,
+            "keepalive_scheduler": out.SchedulerOut, "list_seed_peers": out.SeedPeerOut,
+            "register_seed_peer": out.SeedPeerOut, "get_seed_peer": out.SeedPeerOut,
+            "keepalive_seed_peer": out.SeedPeerOut, "list_audits": out.AuditOut,
+        }  # fmt: skip
+        return [
+            dataclasses.replace(r, returns=returns.get(r.handler.__name__))
+            for r in self._route_table()
+        ]
+
+    def _route_table(self) -> list[Route]:
+        R = Route
+        i = "{id:\\d+}"
+        return [
+            R("GET", "/healthy", self.healthy, "200 when the database answers", auth="none",
+              response="none"),
+            R("POST", f"{API}/users/signin", self.signin, "sign in: a session token",
+              auth="none", body=s.SignIn),
+            R("GET", f"{API}/users/me", self.me, "the signed-in user"),
+            R("GET", f"{API}/users", self.list_users, "list users", response="array"),
+            R("POST", f"{API}/users", self.create_user, "create a user (root)", body=s.UserCreate),
+            R("GET", f"{API}/users/{i}", self.get_user, "one user"),
+            R("PATCH", f"{API}/users/{i}", self.update_user, "change a user's role, state, email",
+              body=s.UserUpdate),
+            R("DELETE", f"{API}/users/{i}", self.delete_user, "delete a user", response="none"),
+            R("POST", f"{API}/users/{i}/reset_password", self.reset_password,
+              "change a password (your own, or anyone's as root)", auth="self",
+              body=s.PasswordReset, response="none"),
+            R("GET", f"{API}/roles", self.list_roles, "the roles and what they allow",
+              response="array"),
+            R("GET", f"{API}/personal-access-tokens", self.list_tokens,
+              "your tokens (root: everyone's)", response="array"),
+            R("POST", f"{API}/personal-access-tokens", self.create_token,
+              "create a token; the token is in this answer only", body=s.TokenCreate),
+            R("GET", f"{API}/personal-access-tokens/{i}", self.get_token, "one token"),
+            R("PATCH", f"{API}/personal-access-tokens/{i}", self.update_token,
+              "revoke (state inactive) or reactivate a token", body=s.TokenUpdate),
+            R("DELETE", f"{API}/personal-access-tokens/{i}", self.delete_token,
+              "delete a token", response="none"),
+            R("GET", f"{API}/clusters", self.list_clusters, "list clusters", response="array"),
+            R("POST", f"{API}/clusters", self.create_cluster, "create a cluster",
+              body=s.ClusterCreate),
+            R("GET", f"{API}/clusters/{i}", self.get_cluster, "one cluster"),
+            R("PATCH", f"{API}/clusters/{i}", self.update_cluster, "change a cluster",
+              body=s.ClusterUpdate),
+            R("DELETE", f"{API}/clusters/{i}", self.delete_cluster,
+              "delete a cluster without active schedulers or seed peers", response="none"),
+            R("GET", f"{API}/clusters/{i}/config", self.cluster_config,
+              "what a scheduler of the cluster applies: limits, block list, active seed peers"),
+            R("GET", f"{API}/schedulers/search", self.search_schedulers,
+              "the active schedulers for a dfdaemon, best-matching cluster first",
+              query=s.SchedulerSearch, response="array"),
+            R("GET", f"{API}/schedulers", self.list_schedulers, "list schedulers",
+              response="array"),
+            R("POST", f"{API}/schedulers", self.register_scheduler,
+              "register a scheduler (or re-register: same hostname, ip and cluster)",
+              body=s.SchedulerRegister),
+            R("GET", f"{API}/schedulers/{i}", self.get_scheduler, "one scheduler"),
+            R("POST", f"{API}/schedulers/{i}/keepalive", self.keepalive_scheduler,
+              "a scheduler is alive (every 5 s)"),
+            R("DELETE", f"{API}/schedulers/{i}", self.delete_scheduler, "delete a scheduler",
+              response="none"),
+            R("GET", f"{API}/seed-peers", self.list_seed_peers, "list seed peers",
+              response="array"),
+            R("POST", f"{API}/seed-peers", self.register_seed_peer,
+              "register a seed peer (or re-register)", body=s.SeedPeerRegister),
+            R("GET", f"{API}/seed-peers/{i}", self.get_seed_peer, "one seed peer"),
+            R("POST", f"{API}/seed-peers/{i}/keepalive", self.keepalive_seed_peer,
+              "a seed peer is alive (every 5 s)"),
+            R("DELETE", f"{API}/seed-peers/{i}", self.delete_seed_peer, "delete a seed peer",
+              response="none"),
+            R("GET", f"{API}/audits", self.list_audits, "the audit log, newest first",
+              response="array"),
+        ]  # fmt: skip
+
+    def build_app(self, *, max_body: int, extra_routes: list[web.RouteDef] = ()) -> web.Application:
+        app = web.Application(middlewares=[self.middleware], client_max_size=max_body)
+        for route in self.routes:
+            self._by_route[app.router.add_route(route.method, route.path, route.handler)] = route
+        app.add_routes(list(extra_routes))
+        return app
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        route = self._by_route.get(request.match_info.route)
+        if route is None:  # 404/405 from the router, or a static route (docs)
+            try:
+                return await handler(request)
+            except web.HTTPException as exc:
+                if exc.status in (404, 405):
+                    self.on_request(request.method, "(none)", exc.status)
+                    return ApiError(
+                        exc.status,
+                        "not_found" if exc.status == 404 else "method_not_allowed",
+                        f"no route {request.method} {request.path}; see {API}/openapi.json",
+                    ).response()
+                raise
+        status = 500
+        try:
+            response = await self._run(request, handler, route)
+            status = response.status
+            return response
+        except ApiError as exc:
+            status = exc.status
+            await self._audit_failure(request, exc.status)
+            return exc.response()
+        finally:
+            self.on_request(request.method, route.path, status)
+
+    async def _run(self, request: web.Request, handler: Handler, route: Route) -> web.Response:
+        try:
+            async with self.sessions() as session:
+                request["db"] = session
+                if route.auth != "none":
+                    who = await self._authenticate(request, session)
+                    request["principal"] = who
+                    self._authorize(request, route, who)
+                response = await handler(request)
+                if request.method in WRITE_METHODS:
+                    session.add(self._audit_row(request, response.status))
+                await session.commit()
+                return response
+        except ApiError:
+            raise
+        except web.HTTPException as exc:  # a body over server.max_body: 413
+            raise ApiError(exc.status, "http", f"{exc.reason}: {exc.text}") from None
+        except sa_exc.IntegrityError as exc:
+            log.info("conflict on %s %s: %s", request.method, request.path, exc.orig)
+            raise ApiError(
+                409,
+                "conflict",
+                "the change conflicts with existing data (a name or an "
+                "address that exists, or an object still referenced); nothing was changed",
+            ) from None
+        except (sa_exc.DBAPIError, sa_exc.TimeoutError, OSError, TimeoutError) as exc:
+            # (IntegrityError, above, is a DBAPIError too: the order matters.)
+            log.warning(
+                "database unavailable on %s %s: %s",
+                request.method,
+                request.path,
+                exc.__class__.__name__ + ": " + str(exc).splitlines()[0]
+                if str(exc)
+                else exc.__class__.__name__,
+            )
+            raise ApiError(
+                503,
+                "database_unavailable",
+                "the database cannot be reached; nothing was changed; retry later",
+            ) from None
+        except Exception:
+            # A bug: the request fails alone, the manager keeps serving.
+            log.exception("internal error on %s %s", request.method, request.path)
+            raise ApiError(
+                500, "internal", "internal error (logged by the manager); nothing was changed"
+            ) from None
+
+    async def _authenticate(self, request: web.Request, session: AsyncSession) -> auth.Principal:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise ApiError(
+                401,
+                "unauthenticated",
+                f"send Authorization: Bearer <token>: a session token from POST "
+                f"{API}/users/signin or a personal access token",
+            )
+        if token.startswith(auth.SESSION_PREFIX):
+            try:
+                user_id = auth.read_session(self.session_key, token)
+            except auth.SessionInvalid as exc:
+                raise ApiError(401, "unauthenticated", str(exc)) from None
+            user = await session.get(User, user_id)
+            if user is None or user.state != "enable":
+                raise ApiError(
+                    401, "unauthenticated", "the session's user no longer exists or is disabled"
+                )
+            return auth.Principal(user.id, user.name, user.role)
+        pat = await session.scalar(
+            select(PersonalAccessToken).where(
+                PersonalAccessToken.token_hash == auth.token_hash(token)
+            )
+        )
+        if pat is None:
+            raise ApiError(
+                401,
+                "unauthenticated",
+                f"unknown token; create one with POST {API}/personal-access-tokens or sign in",
+            )
+        if pat.state != ACTIVE:
+            raise ApiError(
+                403, "token_inactive", f"token {pat.id} ({pat.name}) was revoked; create a new one"
+            )
+        if pat.expires_at <= time.time():
+            raise ApiError(
+                403,
+                "token_expired",
+                f"token {pat.id} ({pat.name}) expired at {iso(pat.expires_at)}; create a new one",
+            )
+        user = await session.get(User, pat.user_id)
+        if user is None or user.state != "enable":
+            raise ApiError(403, "forbidden", f"the user of token {pat.id} is disabled")
+        return auth.Principal(user.id, user.name, user.role, pat.id, tuple(pat.scopes))
+
+    def _authorize(self, request: web.Request, route: Route, who: auth.Principal) -> None:
+        if route.auth == "self" and who.token_id is None and path_id(request) == who.user_id:
+            return
+        why = who.may(request.method, route.group)
+        if why is not None:
+            raise ApiError(403, "forbidden", why)
+
+    def _audit_row(self, request: web.Request, status: int) -> Audit:
+        who: auth.Principal | None = request.get("principal")
+        actor_type, actor_name = who.actor if who else ("anonymous", request.get("actor", ""))
+        return Audit(
+            actor_type=actor_type,
+            actor_name=actor_name,
+            method=request.method,
+            path=request.path[:1024],
+            status_code=status,
+            state="success" if status < 400 else "failure",
+            created_at=time.time(),
+        )
+
+    async def _audit_failure(self, request: web.Request, status: int) -> None:
+        """A refused write is audited in its own transaction (the request's own was
+        rolled back); best effort: with the database down there is nowhere to write."""
+        if request.method not in WRITE_METHODS:
+            return
+        try:
+            async with self.sessions() as session, session.begin():
+                session.add(self._audit_row(request, status))
+        except (sa_exc.SQLAlchemyError, OSError, TimeoutError) as exc:
+            log.warning(
+                "cannot audit the refused %s %s: %s",
+                request.method,
+                request.path,
+                exc.__class__.__name__,
+            )
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def is_active(self, last_keepalive_at: float, now: float | None = None) -> bool:
+        return (time.time() if now is None else now) - last_keepalive_at < self.keepalive_timeout
+
+    def active_since(self) -> float:
+        return time.time() - self.keepalive_timeout
+
+    # -- health ------------------------------------------------------------------------
+
+    async def healthy(self, request: web.Request) -> web.Response:
+        await db(request).execute(select(1))
+        return web.Response(text="ok")
+
+    # -- users -------------------------------------------------------------------------
+
+    async def signin(self, request: web.Request) -> web.Response:
+        body: s.SignIn = await read_body(request, s.SignIn)
+        request["actor"] = body.name
+        session = db(request)
+        user = await session.scalar(select(User).where(User.name == body.name))
+        # scrypt takes tens of milliseconds: in a thread, so other requests go on. An
+        # unknown name costs a hash too, so the answer's time does not tell names apart.
+        stored = user.password_hash if user is not None else _DUMMY_HASH
+        matches = await asyncio.to_thread(auth.verify_password, body.password, stored)
+        if user is None or not matches:
+            raise ApiError(401, "unauthenticated", "wrong user name or password")
+        if user.state != "enable":
+            raise ApiError(403, "forbidden", f"user {user.name!r} is disabled")
+        request["principal"] = auth.Principal(user.id, user.name, user.role)
+        expires = time.time() + self.session_ttl
+        token = auth.issue_session(self.session_key, user.id, self.session_ttl)
+        return json_response({"token": token, "expires_at": iso(expires), "user": user_out(user)})
+
+    async def me(self, request: web.Request) -> web.Response:
+        user = await get_or_404(db(request), User, principal(request).user_id, "user")
+        return json_response(user_out(user))
+
+    async def list_users(self, request: web.Request) -> web.Response:
+        query = page_of(request)
+        rows, total = await paged(db(request), select(User).order_by(User.id), query)
+        return list_response([user_out(u) for u in rows], total)
+
+    async def create_user(self, request: web.Request) -> web.Response:
+        body: s.UserCreate = await read_body(request, s.UserCreate)
+        session = db(request)
+        if await session.scalar(select(User.id).where(User.name == body.name)) is not None:
+            raise ApiError(
+                409, "conflict", f"user {body.name!r} exists; choose another name", "name"
+            )
+        now = time.time()
+        hashed = await asyncio.to_thread(auth.hash_password, body.password)
+        user = User(
+            name=body.name,
+            email=body.email,
+            role=body.role,
+            state="enable",
+            password_hash=hashed,
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(user)
+        await session.flush()
+        return json_response(user_out(user), status=201)
+
+    async def get_user(self, request: web.Request) -> web.Response:
+        return json_response(
+            user_out(await get_or_404(db(request), User, path_id(request), "user"))
+        )
+
+    async def update_user(self, request: web.Request) -> web.Response:
+        body: s.UserUpdate = await read_body(request, s.UserUpdate)
+        session = db(request)
+        user = await get_or_404(session, User, path_id(request), "user")
+        demoting = (body.role is not msgspec.UNSET and body.role != "root") or (
+            body.state is not msgspec.UNSET and body.state != "enable"
+        )
+        if demoting and user.role == "root":
+            await self._keep_a_root(session, user)
+        for name in ("email", "role", "state"):
+            value = getattr(body, name)
+            if value is not msgspec.UNSET:
+                setattr(user, name, value)
+        user.updated_at = time.time()
+        return json_response(user_out(user))
+
+    async def _keep_a_root(self, session: AsyncSession, user: User) -> None:
+        others = await session.scalar(
+            select(func.count())
+            .select_from(User)
+            .where(User.role == "root", User.state == "enable", User.id != user.id)
+        )
+        if not others:
+            raise ApiError(
+                409,
+                "conflict",
+                f"user {user.name!r} is the last enabled root; make another user root first",
+            )
+
+    async def delete_user(self, request: web.Request) -> web.Response:
+        session = db(request)
+        user = await get_or_404(session, User, path_id(request), "user")
+        if user.role == "root":
+            await self._keep_a_root(session, user)
+        await session.execute(
+            delete(PersonalAccessToken).where(PersonalAccessToken.user_id == user.id)
+        )
+        await session.delete(user)
+        return web.Response(status=204)
+
+    async def reset_password(self, request: web.Request) -> web.Response:
+        body: s.PasswordReset = await read_body(request, s.PasswordReset)
+        session = db(request)
+        user = await get_or_404(session, User, path_id(request), "user")
+        who = principal(request)
+        if who.user_id == user.id and not await asyncio.to_thread(
+            auth.verify_password, body.old_password, user.password_hash
+        ):
+            raise ApiError(403, "forbidden", "old_password is wrong", "old_password")
+        user.password_hash = await asyncio.to_thread(auth.hash_password, body.new_password)
+        user.updated_at = time.time()
+        return web.Response(status=204)
+
+    async def list_roles(self, request: web.Request) -> web.Response:
+        return list_response(
+            [{"name": name, "permissions": text} for name, text in auth.ROLES.items()],
+            len(auth.ROLES),
+        )
+
+    # -- personal access tokens -----------------------------------------------------------
+
+    async def list_tokens(self, request: web.Request) -> web.Response:
+        query = page_of(request)
+        who = principal(request)
+        statement = select(PersonalAccessToken).order_by(PersonalAccessToken.id)
+        if who.role != "root":
+            statement = statement.where(PersonalAccessToken.user_id == who.user_id)
+        rows, total = await paged(db(request), statement, query)
+        return list_response([token_out(t) for t in rows], total)
+
+    async def create_token(self, request: web.Request) -> web.Response:
+        body: s.TokenCreate = await read_body(request, s.TokenCreate)
+        now = time.time()
+        token = auth.new_token()
+        row = PersonalAccessToken(
+            name=body.name, bio=body.bio, token_hash=auth.token_hash(token),
+            token_prefix=token[:12], scopes=sorted(set(body.scopes)), state=ACTIVE,
+            expires_at=now + body.expires_in, user_id=principal(request).user_id,
+            created_at=now, updated_at=now,
+        )  # fmt: skip
+        session = db(request)
+        session.add(row)
+        await session.flush()
+        return json_response({**token_out(row), "token": token}, status=201)
+
+    async def _own_token(self, request: web.Request) -> PersonalAccessToken:
+        row = await get_or_404(db(request), PersonalAccessToken, path_id(request), "token")
+        who = principal(request)
+        if who.role != "root" and row.user_id != who.user_id:
+            raise ApiError(404, "not_found", f"token {row.id} does not exist")
+        return row
+
+    async def get_token(self, request: web.Request) -> web.Response:
+        return json_response(token_out(await self._own_token(request)))
+
+    async def update_token(self, request: web.Request) -> web.Response:
+        body: s.TokenUpdate = await read_body(request, s.TokenUpdate)
+        row = await self._own_token(request)
+        if body.state is not msgspec.UNSET:
+            row.state = body.state
+        if body.bio is not msgspec.UNSET:
+            row.bio = body.bio
+        row.updated_at = time.time()
+        return json_response(token_out(row))
+
+    async def delete_token(self, request: web.Request) -> web.Response:
+        await db(request).delete(await self._own_token(request))
+        return web.Response(status=204)
+
+    # -- clusters --------------------------------------------------------------------------
+
+    async def list_clusters(self, request: web.Request) -> web.Response:
+        query = page_of(request)
+        statement = select(Cluster).order_by(Cluster.id)
+        if query.name:
+            statement = statement.where(Cluster.name == query.name)
+        rows, total = await paged(db(request), statement, query)
+        return list_response([cluster_out(c) for c in rows], total)
+
+    async def _name_free(self, session: AsyncSession, name: str, own_id: int | None) -> None:
+        found = await session.scalar(select(Cluster.id).where(Cluster.name == name))
+        if found is not None and found != own_id:
+            raise ApiError(
+                409,
+                "conflict",
+                f"a cluster named {name!r} exists (id {found}); choose another name",
+                "name",
+            )
+
+    async def _only_default(self, session: AsyncSession, cluster_id: int) -> None:
+        """One default cluster: making one default makes the others not."""
+        await session.execute(
+            update(Cluster)
+            .where(Cluster.id != cluster_id, Cluster.is_default.is_(True))
+            .values(is_default=False)
+        )
+
+    async def create_cluster(self, request: web.Request) -> web.Response:
+        body: s.ClusterCreate = await read_body(request, s.ClusterCreate)
+        session = db(request)
+        await self._name_free(session, body.name, None)
+        now = time.time()
+        cluster = Cluster(
+            name=body.name, bio=body.bio, is_default=body.is_default,
+            scopes=msgspec.to_builtins(body.scopes),
+            scheduler_cluster_config=msgspec.to_builtins(body.scheduler_cluster_config),
+            seed_peer_cluster_config=msgspec.to_builtins(body.seed_peer_cluster_config),
+            peer_cluster_config=msgspec.to_builtins(body.peer_cluster_config),
+            created_at=now, updated_at=now,
+        )  # fmt: skip
+        session.add(cluster)
+        await session.flush()
+        if cluster.is_default:
+            await self._only_default(session, cluster.id)
+        return json_response(cluster_out(cluster), status=201)
+
+    async def get_cluster(self, request: web.Request) -> web.Response:
+        return json_response(
+            cluster_out(await get_or_404(db(request), Cluster, path_id(request), "cluster"))
+        )
+
+    async def update_cluster(self, request: web.Request) -> web.Response:
+        body: s.ClusterUpdate = await read_body(request, s.ClusterUpdate)
+        session = db(request)
+        cluster = await get_or_404(session, Cluster, path_id(request), "cluster")
+        if body.name is not msgspec.UNSET:
+            await self._name_free(session, body.name, cluster.id)
+        for name in body.__struct_fields__:
+            value = getattr(body, name)
+            if value is not msgspec.UNSET:
+                setattr(cluster, name, msgspec.to_builtins(value))
+        cluster.updated_at = time.time()
+        if body.is_default is True:
+            await self._only_default(session, cluster.id)
+        return json_response(cluster_out(cluster))
+
+    async def delete_cluster(self, request: web.Request) -> web.Response:
+        session = db(request)
+        cluster = await get_or_404(session, Cluster, path_id(request), "cluster")
+        since = self.active_since()
+        busy = []
+        for model, what in ((Scheduler, "scheduler"), (SeedPeer, "seed peer")):
+            rows = await session.scalars(
+                select(model).where(model.cluster_id == cluster.id, model.last_keepalive_at > since)
+            )
+            busy += [f"{what} {r.id} ({r.hostname})" for r in rows]
+        if busy:
+            raise ApiError(
+                409,
+                "conflict",
+                f"cluster {cluster.name!r} has active members: {', '.join(busy)}; stop them "
+                f"(or move them to another cluster) and wait {self.keepalive_timeout:g}s "
+                "for them to turn inactive",
+            )
+        for model in (Scheduler, SeedPeer):
+            await session.execute(delete(model).where(model.cluster_id == cluster.id))
+        await session.delete(cluster)
+        return web.Response(status=204)
+
+    async def cluster_config(self, request: web.Request) -> web.Response:
+        session = db(request)
+        cluster = await get_or_404(session, Cluster, path_id(request), "cluster")
+        seeds = await session.scalars(
+            select(SeedPeer)
+            .where(
+                SeedPeer.cluster_id == cluster.id, SeedPeer.last_keepalive_at > self.active_since()
+            )
+            .order_by(SeedPeer.id)
+        )
+        return json_response({
+            "cluster_id": cluster.id,
+            "name": cluster.name,
+            "scheduler_cluster_config": cluster.scheduler_cluster_config,
+            "seed_peer_cluster_config": cluster.seed_peer_cluster_config,
+            "peer_cluster_config": cluster.peer_cluster_config,
+            "seed_peers": [self.member_out(p) for p in seeds],
+        })  # fmt: skip
+
+    # -- schedulers and seed peers ---------------------------------------------------------
+
+    def member_out(self, row: Scheduler | SeedPeer) -> dict[str, Any]:
+        out = {
+            "id": row.id, "hostname": row.hostname, "ip": row.ip, "port": row.port,
+            "idc": row.idc, "location": row.location, "cluster_id": row.cluster_id,
+            "state": ACTIVE if self.is_active(row.last_keepalive_at) else INACTIVE,
+            "last_keepalive_at": iso(row.last_keepalive_at) if row.last_keepalive_at else None,
+            "created_at": iso(row.created_at), "updated_at": iso(row.updated_at),
+        }  # fmt: skip
+        if isinstance(row, Scheduler):
+            out["features"] = row.features
+        else:
+            out["type"] = row.type
+            out["download_port"] = row.download_port
+        return out
+
+    async def _list_members(self, request: web.Request, model: type) -> web.Response:
+        query = page_of(request)
+        statement = select(model).order_by(model.id)
+        if query.cluster_id is not None:
+            statement = statement.where(model.cluster_id == query.cluster_id)
+        rows, total = await paged(db(request), statement, query)
+        return list_response([self.member_out(r) for r in rows], total)
+
+    async def _register(self, request: web.Request, model: type, kind: type) -> web.Response:
+        body = await read_body(request, kind)
+        session = db(request)
+        if await session.get(Cluster, body.cluster_id) is None:
+            raise ApiError(
+                422,
+                "invalid",
+                f"cluster_id {body.cluster_id} is not a cluster; list them with GET {API}/clusters",
+                "cluster_id",
+            )
+        row = await session.scalar(
+            select(model).where(
+                model.hostname == body.hostname,
+                model.ip == body.ip,
+                model.cluster_id == body.cluster_id,
+            )
+        )
+        now = time.time()
+        created = row is None
+        if row is None:
+            row = model(created_at=now)
+            session.add(row)
+        for name in body.__struct_fields__:
+            setattr(row, name, getattr(body, name))
+        row.state, row.last_keepalive_at, row.updated_at = ACTIVE, now, now
+        await session.flush()
+        log.info(
+            "%s registered id=%d hostname=%s ip=%s port=%d cluster=%d",
+            model.__tablename__[:-1].replace("_", " "),
+            row.id,
+            row.hostname,
+            row.ip,
+            row.port,
+            row.cluster_id,
+        )
+        return json_response(self.member_out(row), status=201 if created else 200)
+
+    async def _keepalive(self, request: web.Request, model: type, what: str) -> web.Response:
+        session = db(request)
+        row = await session.get(model, path_id(request))
+        if row is None:
+            raise ApiError(
+                404, "not_found", f"{what} {path_id(request)} does not exist; register again"
+            )
+        now = time.time()
+        if not self.is_active(row.last_keepalive_at, now):
+            log.info("%s active again id=%d hostname=%s", what, row.id, row.hostname)
+        row.state, row.last_keepalive_at, row.updated_at = ACTIVE, now, now
+        return json_response(self.member_out(row))
+
+    async def _delete_member(self, request: web.Request, model: type, what: str) -> web.Response:
+        session = db(request)
+        await session.delete(await get_or_404(session, model, path_id(request), what))
+        return web.Response(status=204)
+
+    async def list_schedulers(self, request: web.Request) -> web.Response:
+        return await self._list_members(request, Scheduler)
+
+    async def register_scheduler(self, request: web.Request) -> web.Response:
+        return await self._register(request, Scheduler, s.SchedulerRegister)
+
+    async def get_scheduler(self, request: web.Request) -> web.Response:
+        row = await get_or_404(db(request), Scheduler, path_id(request), "scheduler")
+        return json_response(self.member_out(row))
+
+    async def keepalive_scheduler(self, request: web.Request) -> web.Response:
+        return await self._keepalive(request, Scheduler, "scheduler")
+
+    async def delete_scheduler(self, request: web.Request) -> web.Response:
+        return await self._delete_member(request, Scheduler, "scheduler")
+
+    async def list_seed_peers(self, request: web.Request) -> web.Response:
+        return await self._list_members(request, SeedPeer)
+
+    async def register_seed_peer(self, request: web.Request) -> web.Response:
+        return await self._register(request, SeedPeer, s.SeedPeerRegister)
+
+    async def get_seed_peer(self, request: web.Request) -> web.Response:
+        row = await get_or_404(db(request), SeedPeer, path_id(request), "seed peer")
+        return json_response(self.member_out(row))
+
+    async def keepalive_seed_peer(self, request: web.Request) -> web.Response:
+        return await self._keepalive(request, SeedPeer, "seed peer")
+
+    async def delete_seed_peer(self, request: web.Request) -> web.Response:
+        return await self._delete_member(request, SeedPeer, "seed peer")
+
+    async def search_schedulers(self, request: web.Request) -> web.Response:
+        query: s.SchedulerSearch = read_query(request, s.SchedulerSearch)
+        session = db(request)
+        since = self.active_since()
+        clusters = list(await session.scalars(select(Cluster).order_by(Cluster.id)))
+        active = list(await session.scalars(
+            select(Scheduler).where(Scheduler.last_keepalive_at > since).order_by(Scheduler.id)
+        ))  # fmt: skip
+        by_cluster: dict[int, list[Scheduler]] = {}
+        for row in active:
+            by_cluster.setdefault(row.cluster_id, []).append(row)
+        candidates = [candidate_of(c, len(by_cluster.get(c.id, []))) for c in clusters]
+        host = searcher.Host(query.hostname, query.ip, query.idc, query.location)
+        ranked = searcher.rank_clusters(host, candidates)
+        names = {c.id: c.name for c in clusters}
+        answer = []
+        for candidate, score in ranked:
+            for row in by_cluster[candidate.cluster_id]:
+                out = self.member_out(row)
+                out["cluster_name"] = names[candidate.cluster_id]
+                out["score"] = round(score, 6)
+                answer.append(out)
+        return list_response(answer, len(answer))
+
+    # -- audits ----------------------------------------------------------------------------
+
+    async def list_audits(self, request: web.Request) -> web.Response:
+        query = page_of(request)
+        rows, total = await paged(db(request), select(Audit).order_by(Audit.id.desc()), query)
+        return list_response([audit_out(a) for a in rows], total)
+
+
+# -- serialization -----------------------------------------------------------------------
+
+
+def iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
+
+
+def list_response(items: list, total: int) -> web.Response:
+    return json_response(items, headers={"X-Total-Count": str(total)})
+
+
+def user_out(user: User) -> dict[str, Any]:
+    return {"id": user.id, "name": user.name, "email": user.email, "role": user.role,
+            "state": user.state, "created_at": iso(user.created_at),
+            "updated_at": iso(user.updated_at)}  # fmt: skip
+
+
+def token_out(row: PersonalAccessToken) -> dict[str, Any]:
+    now = time.time()
+    state = row.state if row.state != ACTIVE or row.expires_at > now else "expired"
+    return {"id": row.id, "name": row.name, "bio": row.bio, "token_prefix": row.token_prefix,
+            "scopes": row.scopes, "state": state, "expires_at": iso(row.expires_at),
+            "user_id": row.user_id, "created_at": iso(row.created_at),
+            "updated_at": iso(row.updated_at)}  # fmt: skip
+
+
+def cluster_out(cluster: Cluster) -> dict[str, Any]:
+    return {"id": cluster.id, "name": cluster.name, "bio": cluster.bio,
+            "scopes": cluster.scopes, "is_default": cluster.is_default,
+            "scheduler_cluster_config": cluster.scheduler_cluster_config,
+            "seed_peer_cluster_config": cluster.seed_peer_cluster_config,
+            "peer_cluster_config": cluster.peer_cluster_config,
+            "created_at": iso(cluster.created_at),
+            "updated_at": iso(cluster.updated_at)}  # fmt: skip
+
+
+def audit_out(row: Audit) -> dict[str, Any]:
+    return {"id": row.id, "actor_type": row.actor_type, "actor_name": row.actor_name,
+            "method": row.method, "path": row.path, "status_code": row.status_code,
+            "state": row.state, "created_at": iso(row.created_at)}  # fmt: skip
+
+
+def candidate_of(cluster: Cluster, active_schedulers: int) -> searcher.Candidate:
+    scopes = cluster.scopes or {}
+    return searcher.Candidate(
+        cluster_id=cluster.id,
+        is_default=cluster.is_default,
+        idc=scopes.get("idc", ""),
+        location=scopes.get("location", ""),
+        cidrs=tuple(scopes.get("cidrs", ())),
+        hostnames=tuple(scopes.get("hostnames", ())),
+        active_schedulers=active_schedulers,
+    )

@@ -1,0 +1,190 @@
+"""Request bodies of the REST API, as msgspec types: decoding is validation.
+
+Every constraint is declared here once (``Meta(ge=..., le=...)``); msgspec's error names
+the field by its JSON path and the allowed range (``Expected `int` <= 20, got 50 - at
+`$.scheduler_cluster_config.candidate_parent_limit```), unknown fields are refused, and
+the same types give the OpenAPI document its schemas (see openapi.py). Ranges and
+defaults are Dragonfly's (manager/types/cluster.go, scheduler.go, seed_peer.go).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import UNSET, Meta, UnsetType
+
+Name = Annotated[str, Meta(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9._-]+$")]
+Hostname = Annotated[str, Meta(min_length=1, max_length=256)]
+Port = Annotated[int, Meta(ge=1, le=65535)]
+Text = Annotated[str, Meta(max_length=1024)]
+Scope = Literal["job", "cluster"]
+Role = Literal["root", "guest"]
+
+
+class ValidationFailed(ValueError):
+    """A value msgspec's types cannot express (a CIDR, a regular expression); the
+    message names the field like msgspec's does."""
+
+
+class Struct(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=False):
+    pass
+
+
+class Scopes(Struct):
+    idc: Text = ""
+    location: Text = ""
+    cidrs: list[str] = msgspec.field(default_factory=list)
+    hostnames: list[str] = msgspec.field(default_factory=list)
+
+
+class SchedulerClusterConfig(Struct):
+    candidate_parent_limit: Annotated[int, Meta(ge=1, le=20)] = 4
+    filter_parent_limit: Annotated[int, Meta(ge=10, le=1000)] = 40
+    job_rate_limit: Annotated[int, Meta(ge=1, le=1_000_000)] = 10
+
+
+class SeedPeerClusterConfig(Struct):
+    load_limit: Annotated[int, Meta(ge=1, le=5000)] = 300
+
+
+class PeerClusterConfig(Struct):
+    load_limit: Annotated[int, Meta(ge=1, le=2000)] = 50
+    block_list: list[Hostname] = msgspec.field(default_factory=list)
+
+
+class ClusterCreate(Struct):
+    name: Name
+    bio: Text = ""
+    scopes: Scopes = msgspec.field(default_factory=Scopes)
+    is_default: bool = False
+    scheduler_cluster_config: SchedulerClusterConfig = msgspec.field(
+        default_factory=SchedulerClusterConfig
+    )
+    seed_peer_cluster_config: SeedPeerClusterConfig = msgspec.field(
+        default_factory=SeedPeerClusterConfig
+    )
+    peer_cluster_config: PeerClusterConfig = msgspec.field(default_factory=PeerClusterConfig)
+
+
+class ClusterUpdate(Struct):
+    """A partial update: the fields given replace the stored ones whole."""
+
+    name: Name | UnsetType = UNSET
+    bio: Text | UnsetType = UNSET
+    scopes: Scopes | UnsetType = UNSET
+    is_default: bool | UnsetType = UNSET
+    scheduler_cluster_config: SchedulerClusterConfig | UnsetType = UNSET
+    seed_peer_cluster_config: SeedPeerClusterConfig | UnsetType = UNSET
+    peer_cluster_config: PeerClusterConfig | UnsetType = UNSET
+
+
+class SchedulerRegister(Struct):
+    """What a scheduler tells the manager when it starts (and may repeat)."""
+
+    hostname: Hostname
+    ip: Annotated[str, Meta(min_length=1, max_length=64)]
+    port: Port
+    cluster_id: Annotated[int, Meta(ge=1)]
+    idc: Text = ""
+    location: Text = ""
+    features: list[Annotated[str, Meta(max_length=64)]] = msgspec.field(default_factory=list)
+
+
+class SeedPeerRegister(Struct):
+    hostname: Hostname
+    ip: Annotated[str, Meta(min_length=1, max_length=64)]
+    port: Port
+    download_port: Port
+    cluster_id: Annotated[int, Meta(ge=1)]
+    type: Literal["super", "strong", "weak"] = "super"
+    idc: Text = ""
+    location: Text = ""
+
+
+class SchedulerSearch(Struct):
+    """Who asks for schedulers: a dfdaemon's host."""
+
+    hostname: Hostname
+    ip: Annotated[str, Meta(min_length=1, max_length=64)]
+    idc: Text = ""
+    location: Text = ""
+
+
+class SignIn(Struct):
+    name: Name
+    password: Annotated[str, Meta(min_length=1, max_length=1024)]
+
+
+class UserCreate(Struct):
+    name: Name
+    password: Annotated[str, Meta(min_length=8, max_length=1024)]
+    email: Text = ""
+    role: Role = "guest"
+
+
+class UserUpdate(Struct):
+    email: Text | UnsetType = UNSET
+    role: Role | UnsetType = UNSET
+    state: Literal["enable", "disable"] | UnsetType = UNSET
+
+
+class PasswordReset(Struct):
+    old_password: Annotated[str, Meta(min_length=1, max_length=1024)]
+    new_password: Annotated[str, Meta(min_length=8, max_length=1024)]
+
+
+class TokenCreate(Struct):
+    name: Name
+    scopes: Annotated[list[Scope], Meta(min_length=1)]
+    #: Lifetime in seconds from now; at most ten years.
+    expires_in: Annotated[int, Meta(ge=60, le=10 * 365 * 86400)]
+    bio: Text = ""
+
+
+class TokenUpdate(Struct):
+    state: Literal["active", "inactive"] | UnsetType = UNSET
+    bio: Text | UnsetType = UNSET
+
+
+def check_scopes(scopes: Scopes, path: str = "$.scopes") -> None:
+    """CIDRs must parse and hostnames must be regular expressions (Dragonfly skips bad
+    ones silently at match time; refusing them at write time is kinder)."""
+    for i, cidr in enumerate(scopes.cidrs):
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ValidationFailed(
+                f"{cidr!r} is not a CIDR (write e.g. 10.0.0.0/8) - at `{path}.cidrs[{i}]`"
+            ) from None
+    for i, pattern in enumerate(scopes.hostnames):
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValidationFailed(
+                f"{pattern!r} is not a regular expression ({exc}) - at `{path}.hostnames[{i}]`"
+            ) from None
+
+
+def check_ip(ip: str, path: str = "$.ip") -> None:
+    try:
+        ipaddress.ip_address(ip)
+    except ValueError:
+        raise ValidationFailed(f"{ip!r} is not an IP address - at `{path}`") from None
+
+
+REQUEST_TYPES: tuple[type, ...] = (
+    ClusterCreate,
+    ClusterUpdate,
+    SchedulerRegister,
+    SeedPeerRegister,
+    SchedulerSearch,
+    SignIn,
+    UserCreate,
+    UserUpdate,
+    PasswordReset,
+    TokenCreate,
+    TokenUpdate,
+)

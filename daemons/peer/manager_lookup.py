@@ -1,0 +1,123 @@
+"""Which scheduler to use, asked of the manager (``manager.address`` instead of
+``scheduler.address``).
+
+Every ``manager.refresh_interval`` (60 s, Dragonfly's) the daemon asks the manager for
+the schedulers that fit this host (``GET /api/v1/schedulers/search``: the active
+schedulers, best-matching cluster first). While the scheduler connection is down, it
+health-checks them in that order (a TCP connect to the scheduler's port) and points the
+:class:`~d7y.daemons.peer.scheduler_client.SchedulerClient` at the first that answers; the
+client's own reconnect loop then connects there. So the daemon keeps the first healthy
+scheduler and moves on when it dies. A manager that cannot be reached leaves the list
+as it was: the daemon goes on with the schedulers it knew.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import aiohttp
+
+from d7y.daemons.peer.scheduler_client import SchedulerClient
+
+log = logging.getLogger("d7y.dfdaemon.scheduler")
+#: How often the connection's state is looked at (cheap: an Event check).
+CHECK_INTERVAL = 0.5
+#: A scheduler that does not accept a TCP connection within this is skipped.
+HEALTH_TIMEOUT = 1.0
+
+
+async def reachable(address: tuple[str, int], timeout: float = HEALTH_TIMEOUT) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(*address), timeout)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
+class SchedulerLookup:
+    def __init__(self, settings: Any, client: SchedulerClient, host: dict[str, str]) -> None:
+        """``settings``: the peer config's ``manager`` section; ``host``: hostname, ip,
+        idc, location of this host (what the manager scores)."""
+        self.settings = settings
+        self.client = client
+        self.host = host
+        base = settings.address.rstrip("/")
+        self.base = base if "://" in base else "http://" + base
+        self.candidates: list[tuple[str, int]] = []
+        self._task: asyncio.Task | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._client_started = False
+        self._warned = False
+
+    def start(self) -> None:
+        token = self.settings.token
+        self._session = aiohttp.ClientSession(
+            headers={"Authorization": f"Bearer {token}"} if token else {},
+            timeout=aiohttp.ClientTimeout(total=10),
+        )
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._session is not None:
+            await self._session.close()
+
+    async def _run(self) -> None:
+        refresh = float(self.settings.refresh_interval)
+        next_refresh = 0.0
+        while True:
+            if time.monotonic() >= next_refresh:
+                await self.refresh()
+                next_refresh = time.monotonic() + refresh
+            if not self.client.connected.is_set():
+                await self._pick()
+            await asyncio.sleep(CHECK_INTERVAL)
+
+    async def refresh(self) -> None:
+        assert self._session is not None
+        try:
+            async with self._session.get(
+                self.base + "/api/v1/schedulers/search", params=self.host
+            ) as response:
+                body = await response.json(content_type=None)
+                if response.status != 200:
+                    message = body.get("message", "") if isinstance(body, dict) else ""
+                    raise ValueError(f"{response.status} {message}")
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+            if not self._warned:  # once per outage
+                log.warning(
+                    "manager %s: cannot list schedulers (%s); keeping %d known",
+                    self.base, exc or exc.__class__.__name__, len(self.candidates),
+                )  # fmt: skip
+                self._warned = True
+            return
+        self._warned = False
+        found = [(s["ip"], int(s["port"])) for s in body]
+        if found != self.candidates:
+            log.info(
+                "manager %s lists schedulers %s", self.base,
+                ",".join(f"{ip}:{port}" for ip, port in found) or "none",
+            )  # fmt: skip
+        self.candidates = found
+
+    async def _pick(self) -> None:
+        """Point the client at the first healthy scheduler (it connects by itself)."""
+        for address in self.candidates:
+            if await reachable(address):
+                if address != self.client.address or not self._client_started:
+                    log.info("using scheduler %s:%d (from the manager)", *address)
+                    self.client.address = address
+                if not self._client_started:
+                    self.client.start()
+                    self._client_started = True
+                return

@@ -1,0 +1,1 @@
+"""dfdaemon's HTTP proxy and registry mirror (port 4001)."""
