@@ -228,6 +228,8 @@ def test_parse_download_request():
         ({"url": "http://x", "headers": {"a": 1}}, "must map strings to strings"),
         ({"url": "http://x", "output": "relative/path"}, "must be an absolute path"),
         ({"url": "http://x", "output": "/no/such/dir/f"}, "does not exist"),
+        ({"url": "http://x", "filtered_query_params": ["a", 1]}, "must be a list of strings"),
+        ({"url": "http://x", "piece_length": True}, "'piece_length' must be an integer"),
     ],
 )
 def test_parse_download_request_errors(body, message):

@@ -73,6 +73,14 @@ def parse_download_request(body: Any) -> tuple[DownloadRequest, Path | None, boo
     headers = body.get("headers", {})
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
         raise ValueError("field 'headers' must map strings to strings")
+    params = body.get("filtered_query_params") or []
+    if not all(isinstance(p, str) for p in params):
+        raise ValueError(
+            f"field 'filtered_query_params' must be a list of strings, got {params!r:.200}"
+        )
+    for name in ("piece_length", "priority"):  # bool is an int to isinstance
+        if isinstance(body.get(name), bool):
+            raise ValueError(f"field {name!r} must be an integer, got {body[name]!r}")
     request = DownloadRequest(**{k: v for k, v in body.items() if k in _REQUEST_FIELDS})
     output = body.get("output")
     if output is not None:

@@ -33,6 +33,7 @@ import contextlib
 import errno
 import logging
 import os
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -173,7 +174,7 @@ class TaskManager:
             raise DownloadError(FailureKind.INTERNAL, "dfdaemon is shutting down")
         try:
             tid = request.task_id()
-        except (TypeError, ValueError) as exc:
+        except ValueError as exc:  # a URL or piece length the task ID cannot be made of
             raise DownloadError(FailureKind.BAD_REQUEST, str(exc)) from None
         try:
             check_url(request.url)
@@ -264,7 +265,7 @@ class TaskManager:
 
     async def _record_failure(self, task: Task, exc: DownloadError) -> None:
         self.metrics.tasks.labels("failed").inc()
-        with contextlib.suppress(Exception):
+        try:
             if exc.kind in (FailureKind.DIGEST, FailureKind.NO_SPACE):
                 # Wrong bytes must never be served, and a task that cannot fit frees
                 # what it took; both start from scratch next time. On a full disk the
@@ -276,6 +277,13 @@ class TaskManager:
                     await self.store.remove_content(task.id)
             else:
                 await self.store.mark_failed(task.id, str(exc))
+        except (OSError, sqlite3.Error) as record_exc:
+            # The disk that failed the download may fail its bookkeeping too: the task
+            # has failed either way, and the next download's checks see what is left.
+            log.warning("could not record the failure task=%s error=%s", task.id, record_exc)
+        except Exception:
+            # A bug: say where; the download's own failure is still what the user gets.
+            log.exception("recording the failure of task %s crashed", task.id)
 
     # -- the download ----------------------------------------------------------------
 
@@ -359,8 +367,12 @@ class TaskManager:
         report, so the report goes where the scheduler now expects it."""
         restoring = task.restoring
         if restoring is not None and not restoring.done():
-            with contextlib.suppress(Exception):  # TimeoutError included: report anyway
+            try:
                 await asyncio.wait_for(asyncio.shield(restoring), 5.0)
+            except TimeoutError:
+                pass  # report anyway, on whichever stream there is
+            except Exception:
+                log.exception("moving task %s to a new scheduler stream crashed", task.id)
             restoring.cancel()
 
     def _source(self, task: Task) -> Source:

@@ -229,10 +229,8 @@ class TaskStore:
         if task_id not in self._writing:
             return
         self._writing.discard(task_id)
-        with contextlib.suppress(Exception):
-            await self.storage.run(
-                self.verifier.settle, task_id, self.storage.content_path(task_id)
-            )
+        # settle() handles a missing or unreadable file itself (one stat).
+        await self.storage.run(self.verifier.settle, task_id, self.storage.content_path(task_id))
 
     # -- reading -----------------------------------------------------------------------
 

@@ -174,7 +174,9 @@ class ProxyServer:
         except h11.RemoteProtocolError as exc:
             self.metrics.errors.labels("bad_request").inc()
             if http.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                with contextlib.suppress(Exception):
+                # h11 may refuse to answer (the request line never completed): then the
+                # close is the answer.
+                with contextlib.suppress(OSError, ssl.SSLError, h11.LocalProtocolError):
                     await self._answer(
                         stream, http, exc.error_status_hint, f"bad request: {exc}", "bad_request"
                     )
