@@ -13,7 +13,6 @@ from __future__ import annotations
 import collections
 import datetime
 import ipaddress
-import os
 import ssl
 import tempfile
 from collections.abc import Callable
@@ -23,6 +22,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from d7y.daemons.certs import create_ca
 
 #: Leaf certificates kept (one per host name).
 LEAF_CACHE_SIZE = 1024
@@ -48,45 +49,7 @@ def write_ca(directory: Path, common_name: str = "d7y proxy CA") -> tuple[Path, 
     for path in (cert_path, key_path):
         if path.exists():
             raise CAError(f"{str(path)!r} exists already: remove it or pick another directory")
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = _now()
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - CLOCK_SKEW)
-        .not_valid_after(now + CA_VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    create_ca(directory, common_name=common_name)  # the services' CA maker (d7y certs)
     return cert_path, key_path
 
 
