@@ -346,6 +346,12 @@ class PiecePicker:
         if not any(not p.reported for p in self._parents.values()):
             return []
         started: list[tuple[int, str]] = []
+        # The parents that may take a request now, in the parents' order: found once per
+        # call and kept up to date as requests start (only ``active`` changes within a
+        # call), instead of a scan of every parent for every piece tried -- a swarm
+        # peer has up to 50 parents and tries many pieces per call.
+        limit = self._parent_limit()
+        able = [p for p in self._parents.values() if p.can_take(now, limit)]
         retry = self._retry
         if retry:
             for piece in list(retry):
@@ -354,38 +360,37 @@ class PiecePicker:
                 if self._have.test(piece) or piece in self._by_piece:
                     del retry[piece]
                     continue
-                if not self._try_start(piece, (), now, started):
+                if not self._try_start(piece, (), now, started, able, limit):
                     continue  # nobody usable holds it now; keep it for later
                 del retry[piece]
                 slots -= 1
         if slots > 0:
             if self.order == "announced":
-                slots = self._start_announced(now, slots, started)
+                slots = self._start_announced(now, slots, started, able, limit)
             else:
-                slots = self._start_rarest(now, slots, started)
+                slots = self._start_rarest(now, slots, started, able, limit)
         if slots > 0 and self.endgame and self.size - self._have_count <= self.max_in_flight:
             for piece, holders in list(self._by_piece.items()):
                 if len(holders) != 1:
                     continue
-                if not self._try_start(piece, holders, now, started):
+                if not self._try_start(piece, holders, now, started, able, limit):
                     continue
                 slots -= 1
                 if slots == 0:
                     break
         return started
 
-    def _start_rarest(self, now: float, slots: int, started: list) -> int:
+    def _start_rarest(
+        self, now: float, slots: int, started: list, able: list[_Parent], limit: int
+    ) -> int:
         # Only pieces some parent able to take a request now holds: with per-parent
         # limits and busy parents, most pieces may be out of reach, and a download is
         # pumped on every piece its parents announce.
-        limit = self._parent_limit()
-        reachable = None
-        for p in self._parents.values():
-            if p.can_take(now, limit):
-                reachable = p.bitmap.copy() if reachable is None else reachable
-                reachable.update(p.bitmap)
-        if reachable is None:
+        if not able:
             return slots
+        reachable = able[0].bitmap.copy()
+        for p in able[1:]:
+            reachable.update(p.bitmap)
         need = self._need
         # x.and_not(y) is y & ~x: (reachable - need) taken from reachable = the overlap
         candidates = need.and_not(reachable).and_not(reachable)
@@ -394,11 +399,13 @@ class PiecePicker:
             if piece < 0:
                 break
             candidates.clear(piece)
-            if self._try_start(piece, (), now, started):
+            if self._try_start(piece, (), now, started, able, limit):
                 slots -= 1
         return slots
 
-    def _start_announced(self, now: float, slots: int, started: list) -> int:
+    def _start_announced(
+        self, now: float, slots: int, started: list, able: list[_Parent], limit: int
+    ) -> int:
         """Dragonfly's dispatch: announcement order; a piece waits until every parent
         announced it or ``dispatch_wait`` passed since the first did."""
         need = self._need
@@ -413,7 +420,7 @@ class PiecePicker:
                 continue
             if now < first + wait and not all(p.bitmap.test(piece) for p in live):
                 continue
-            if self._try_start(piece, (), now, started):
+            if self._try_start(piece, (), now, started, able, limit):
                 slots -= 1
         return slots
 
@@ -421,14 +428,24 @@ class PiecePicker:
         """Requests one parent may have outstanding (no per-parent limit: any number)."""
         return self.per_parent_limit or self.max_in_flight + 1
 
-    def _try_start(self, piece: int, exclude: Iterable[str], now: float, started: list) -> bool:
-        """Request ``piece`` from a parent chosen for it (not in ``exclude``); False if
-        none can take it now."""
-        parent = self._choose_parent(piece, exclude, now)
-        if parent is None:
+    def _try_start(
+        self,
+        piece: int,
+        exclude: Iterable[str],
+        now: float,
+        started: list,
+        able: list[_Parent],
+        limit: int,
+    ) -> bool:
+        """Request ``piece`` from a parent of ``able`` chosen for it (not in ``exclude``);
+        False if none can take it now. A parent that reaches ``limit`` leaves ``able``."""
+        state = self._choose_parent(piece, exclude, able)
+        if state is None:
             return False
-        self._start(piece, parent, now)
-        started.append((piece, parent))
+        self._start(piece, state.id, now)
+        started.append((piece, state.id))
+        if state.active >= limit:
+            able.remove(state)
         return True
 
     def wakeup(self, now: float) -> float:
@@ -461,14 +478,13 @@ class PiecePicker:
                     i = candidates.first_set(i + 1) if i + 1 < self.size else -1
         return rarity.rarest(candidates, self.rng.randrange(self.size))
 
-    def _choose_parent(self, piece: int, exclude: Iterable[str], now: float) -> str | None:
+    def _choose_parent(
+        self, piece: int, exclude: Iterable[str], able: list[_Parent]
+    ) -> _Parent | None:
+        """A holder of ``piece`` among ``able`` (the parents that can take a request now),
+        weighted by spare capacity, avoiding parents that failed it while others hold it."""
         failed = self._failed_for.get(piece)
-        limit = self._parent_limit()
-        holders = [
-            p
-            for p in self._parents.values()
-            if p.can_take(now, limit) and p.id not in exclude and p.bitmap.test(piece)
-        ]
+        holders = [p for p in able if p.id not in exclude and p.bitmap.test(piece)]
         if failed:
             fresh = [p for p in holders if p.id not in failed]
             if fresh:
@@ -477,18 +493,18 @@ class PiecePicker:
         if not holders:
             return None
         if len(holders) == 1:
-            return holders[0].id
+            return holders[0]
         total = 0.0
         for p in holders:
             total += p.weight
         if total <= 0:
-            return holders[self.rng.randrange(len(holders))].id
+            return holders[self.rng.randrange(len(holders))]
         point = self.rng.random() * total
         for p in holders:
             point -= p.weight
             if point < 0:
-                return p.id
-        return holders[-1].id  # rounding left a sliver at the top
+                return p
+        return holders[-1]  # rounding left a sliver at the top
 
     def _start(self, piece: int, parent: str, now: float) -> None:
         self._requests[(piece, parent)] = now
