@@ -351,7 +351,17 @@ class PiecePicker:
         # call), instead of a scan of every parent for every piece tried -- a swarm
         # peer has up to 50 parents and tries many pieces per call.
         limit = self._parent_limit()
-        able = [p for p in self._parents.values() if p.can_take(now, limit)]
+        # _Parent.can_take, inlined: this runs on every pump of every download.
+        able = [
+            p
+            for p in self._parents.values()
+            if not p.reported and p.active < limit and p.busy_until <= now
+        ]
+        # Pieces some parent of ``able`` holds (a superset once parents leave ``able``):
+        # a piece outside it cannot start, so the retry and endgame loops skip it without
+        # looking for holders (a try that fails has no side effect and draws no random
+        # number, so skipping it changes nothing).
+        reach = self._union(able)
         retry = self._retry
         if retry:
             for piece in list(retry):
@@ -360,6 +370,8 @@ class PiecePicker:
                 if self._have.test(piece) or piece in self._by_piece:
                     del retry[piece]
                     continue
+                if reach is None or not reach.test(piece):
+                    continue  # nobody usable holds it now; keep it for later
                 if not self._try_start(piece, (), now, started, able, limit):
                     continue  # nobody usable holds it now; keep it for later
                 del retry[piece]
@@ -371,7 +383,7 @@ class PiecePicker:
                 slots = self._start_rarest(now, slots, started, able, limit)
         if slots > 0 and self.endgame and self.size - self._have_count <= self.max_in_flight:
             for piece, holders in list(self._by_piece.items()):
-                if len(holders) != 1:
+                if len(holders) != 1 or reach is None or not reach.test(piece):
                     continue
                 if not self._try_start(piece, holders, now, started, able, limit):
                     continue
@@ -386,11 +398,9 @@ class PiecePicker:
         # Only pieces some parent able to take a request now holds: with per-parent
         # limits and busy parents, most pieces may be out of reach, and a download is
         # pumped on every piece its parents announce.
-        if not able:
+        reachable = self._union(able)  # exact: ``able`` as it is now
+        if reachable is None:
             return slots
-        reachable = able[0].bitmap.copy()
-        for p in able[1:]:
-            reachable.update(p.bitmap)
         need = self._need
         # x.and_not(y) is y & ~x: (reachable - need) taken from reachable = the overlap
         candidates = need.and_not(reachable).and_not(reachable)
@@ -423,6 +433,16 @@ class PiecePicker:
             if self._try_start(piece, (), now, started, able, limit):
                 slots -= 1
         return slots
+
+    @staticmethod
+    def _union(parents: list[_Parent]) -> Any:
+        """The pieces any of ``parents`` holds (None if there is none)."""
+        if not parents:
+            return None
+        union = parents[0].bitmap.copy()
+        for p in parents[1:]:
+            union.update(p.bitmap)
+        return union
 
     def _parent_limit(self) -> int:
         """Requests one parent may have outstanding (no per-parent limit: any number)."""
