@@ -83,6 +83,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _sweep(args: argparse.Namespace) -> int:
     try:
+        import dask.distributed  # noqa: F401 (runs go there: fail now, not after planning)
+
         from d7y.sim import scenario as sc
         from d7y.sim import sweep
     except ImportError as exc:  # simpy, networkx, matplotlib or dask missing
