@@ -361,8 +361,9 @@ class PiecePicker:
         # a piece outside it cannot start, so the retry and endgame loops skip it without
         # looking for holders (a try that fails has no side effect and draws no random
         # number, so skipping it changes nothing).
-        reach = self._union(able)
         retry = self._retry
+        endgame = self.endgame and self.size - self._have_count <= self.max_in_flight
+        reach = self._union(able) if retry or endgame else None
         if retry:
             for piece in list(retry):
                 if slots == 0:
@@ -381,7 +382,7 @@ class PiecePicker:
                 slots = self._start_announced(now, slots, started, able, limit)
             else:
                 slots = self._start_rarest(now, slots, started, able, limit)
-        if slots > 0 and self.endgame and self.size - self._have_count <= self.max_in_flight:
+        if slots > 0 and endgame:
             for piece, holders in list(self._by_piece.items()):
                 if len(holders) != 1 or reach is None or not reach.test(piece):
                     continue
@@ -405,6 +406,16 @@ class PiecePicker:
         # x.and_not(y) is y & ~x: (reachable - need) taken from reachable = the overlap
         candidates = need.and_not(reachable).and_not(reachable)
         while slots > 0:
+            if not able and not self.streaming:
+                # No parent can take a request any more: every remaining candidate would
+                # be drawn, tried and fail, then one last draw finds none. Only the
+                # random numbers are left to draw -- the same ones, as the rng's later
+                # users (other pieces, other downloads) must see the same sequence.
+                rarity = self._rarity
+                left = sum(1 for i in candidates.iter_set() if rarity.count(i))
+                for _ in range(left + 1):
+                    self.rng.randrange(self.size)
+                break
             piece = self._choose_piece(candidates)
             if piece < 0:
                 break
