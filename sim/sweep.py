@@ -135,7 +135,7 @@ def plan(
                     RunSpec(
                         len(runs),
                         base.name,
-                        str(base.base_dir),
+                        str(base.base_dir.resolve()),  # workers may run elsewhere
                         data,
                         base.seed + i,
                         label,
