@@ -109,6 +109,9 @@ class PiecePicker:
     """Piece and parent choice for one download of ``piece_count`` pieces."""
 
     __slots__ = (
+        "_able",
+        "_able_key",
+        "_able_until",
         "_announced",
         "_bitmaps",
         "_by_piece",
@@ -120,6 +123,7 @@ class PiecePicker:
         "_rarity",
         "_requests",
         "_retry",
+        "_version",
         "dispatch_wait",
         "endgame",
         "failure_limit",
@@ -200,6 +204,17 @@ class PiecePicker:
         # Pieces whose request failed, timed out or lost its parent: retried first, in
         # failure order, so a failure costs one round trip rather than a place in line.
         self._retry: dict[int, None] = {}
+        # The parents able to take a request, kept from one next_requests to the next
+        # while nothing they depend on changed: ``_version`` counts the changes (a
+        # request started or ended, a busy answer, a failure report, a parent added or
+        # removed); ``_able_key`` is (version, limit, time built); ``_able_until`` the
+        # first back-off to end after that time, when a parent may become able again.
+        # A swarm peer is pumped on every piece its neighbours announce, which changes
+        # none of these.
+        self._version = 0
+        self._able: list[_Parent] = []
+        self._able_key: tuple[int, int, float] = (-1, 0, math.inf)
+        self._able_until = -math.inf
 
     def _bitmap(self, value: Any, what: str) -> Any:
         """A private Bitmap from None, a Bitmap, a BitTorrent bitfield, or piece numbers."""
@@ -283,6 +298,7 @@ class PiecePicker:
             raise TypeError(f"parent_id must be a non-empty str, got {parent_id!r}")
         _check_load(tx, max_tx)
         bm = self._bitmap(bitmap, f"parent {parent_id}")
+        self._version += 1
         old = self._parents.get(parent_id)
         if old is not None:
             self._rarity.remove(old.bitmap)
@@ -303,6 +319,7 @@ class PiecePicker:
         state = self._parents.pop(parent_id, None)
         if state is None:
             return []
+        self._version += 1
         self._rarity.remove(state.bitmap)
         orphaned = [key for key in self._requests if key[1] == parent_id]
         for piece, parent in orphaned:
@@ -351,12 +368,7 @@ class PiecePicker:
         # call), instead of a scan of every parent for every piece tried -- a swarm
         # peer has up to 50 parents and tries many pieces per call.
         limit = self._parent_limit()
-        # _Parent.can_take, inlined: this runs on every pump of every download.
-        able = [
-            p
-            for p in self._parents.values()
-            if not p.reported and p.active < limit and p.busy_until <= now
-        ]
+        able = self._able_now(now, limit)
         # Pieces some parent of ``able`` holds (a superset once parents leave ``able``):
         # a piece outside it cannot start, so the retry and endgame loops skip it without
         # looking for holders (a try that fails has no side effect and draws no random
@@ -445,6 +457,26 @@ class PiecePicker:
                 slots -= 1
         return slots
 
+    def _able_now(self, now: float, limit: int) -> list[_Parent]:
+        """The parents that can take a request at ``now`` (:meth:`_Parent.can_take`), in
+        the parents' order: the kept list while it is still exact, else a new one."""
+        version, kept_limit, built = self._able_key
+        if version == self._version and kept_limit == limit and built <= now < self._able_until:
+            return self._able
+        able = []
+        until = math.inf
+        for p in self._parents.values():
+            busy_until = p.busy_until
+            if busy_until > now:
+                if busy_until < until:
+                    until = busy_until
+            elif not p.reported and p.active < limit:
+                able.append(p)
+        self._able = able
+        self._able_key = (self._version, limit, now)
+        self._able_until = until
+        return able
+
     @staticmethod
     def _union(parents: list[_Parent]) -> Any:
         """The pieces any of ``parents`` holds (None if there is none)."""
@@ -483,10 +515,14 @@ class PiecePicker:
         """The earliest time after ``now`` at which :meth:`next_requests` may start
         something it cannot start now without any new event: a busy parent's back-off
         ending, or an announced piece's ``dispatch_wait`` running out (inf: none)."""
-        at = math.inf
-        for p in self._parents.values():
-            if now < p.busy_until < at:
-                at = p.busy_until
+        version, _limit, built = self._able_key
+        if version == self._version and built <= now < self._able_until:
+            at = self._able_until  # the first back-off to end, found with the able list
+        else:
+            at = math.inf
+            for p in self._parents.values():
+                if now < p.busy_until < at:
+                    at = p.busy_until
         if self.order == "announced" and self.dispatch_wait > 0:
             need = self._need
             for piece, first in self._announced.items():
@@ -540,6 +576,7 @@ class PiecePicker:
     def _start(self, piece: int, parent: str, now: float) -> None:
         self._requests[(piece, parent)] = now
         self._parents[parent].active += 1
+        self._version += 1
         holders = self._by_piece.get(piece)
         if holders is None:
             self._by_piece[piece] = [parent]
@@ -552,6 +589,7 @@ class PiecePicker:
         fetches it. False if there was no such request."""
         if self._requests.pop((piece, parent), None) is None:
             return False
+        self._version += 1
         state = self._parents.get(parent)
         if state is not None:
             state.active -= 1
@@ -582,6 +620,7 @@ class PiecePicker:
         cancels: list[tuple[int, str]] = []
         holders = self._by_piece.pop(piece, None)
         if holders:
+            self._version += 1
             parents = self._parents
             for other in holders:
                 del self._requests[(piece, other)]
@@ -608,6 +647,7 @@ class PiecePicker:
         state = self._parents.get(parent)
         if state is not None:
             state.busy_until = now + backoff
+            self._version += 1
         return True
 
     def piece_failed(self, piece: int, parent: str, now: float) -> PieceFailure:
@@ -631,6 +671,7 @@ class PiecePicker:
             if state.failures >= self.failure_limit and not state.reported:
                 state.reported = True
                 report = True
+                self._version += 1
         return PieceFailure(piece, parent, report)
 
     def check_timeouts(self, now: float) -> list[PieceFailure]:
