@@ -10,7 +10,9 @@ peak RSS are its own. Reported per run: wall seconds, peak RSS, simulated events
 second (SimPy events processed / wall), flows (piece transfers) per second, the
 makespan T, the Kumar-Ross T_min and T/T_min, the origin's egress / file size.
 
-Targets (issue 5): 1,000 hosts <= 60 s wall; 10,000 hosts <= 15 min and <= 4 GiB RSS.
+Targets (issue 14): 1,000 hosts <= 30 s wall; 10,000 hosts <= 5 min and <= 2 GiB RSS
+(issue 5's were 60 s, 15 min, 4 GiB). ``cpu s`` is the run's CPU time and ``load``
+the 1-minute load average at its end: on a shared machine the wall time includes waiting.
 The anchor of the T figures is the Kumar-Ross bound of the same scenario.
 """
 
@@ -26,8 +28,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = {1000: "flash-crowd-1000", 10000: "flash-crowd-10000"}
-TARGET_WALL = {1000: 60.0, 10000: 900.0}
-TARGET_RSS_GIB = {10000: 4.0}
+TARGET_WALL = {1000: 30.0, 10000: 300.0}
+TARGET_RSS_GIB = {10000: 2.0}
 
 
 def one(scenario_name: str, policy: str) -> dict:
@@ -38,8 +40,12 @@ def one(scenario_name: str, policy: str) -> dict:
 
     s = sc.load(find_scenario(scenario_name))
     started = time.perf_counter()
+    cpu_started = time.process_time()
     sim, result, bounds = run_policy(s, sc.parse_policy(policy))
     wall = time.perf_counter() - started
+    # CPU seconds too: on a shared machine (load above the core count) wall time
+    # measures the neighbours as much as the simulator.
+    cpu = time.process_time() - cpu_started
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     summary = result.summary
     return {
@@ -47,6 +53,10 @@ def one(scenario_name: str, policy: str) -> dict:
         "hosts": len(sim.normal_hosts),
         "policy": policy,
         "wall": wall,
+        "cpu": cpu,
+        "loadavg": Path("/proc/loadavg").read_text().split()[0]
+        if Path("/proc/loadavg").exists()
+        else "",
         "peak_rss_mib": peak_kib / 1024,
         "events": sim.events,
         "events_per_s": sim.events / wall,
@@ -102,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             print(_line(row), file=sys.stderr, flush=True)
     print()
     head = (
-        f"{'hosts':>6} {'policy':<24} {'wall s':>8} {'target':>8} {'peak RSS':>9} "
+        f"{'hosts':>6} {'policy':<24} {'wall s':>8} {'cpu s':>8} {'load':>6} {'target':>8} "
+        f"{'peak RSS':>9} "
         f"{'events/s':>9} {'flows/s':>8} {'done':>11} {'T s':>8} {'T_min s':>8} "
         f"{'T/T_min':>8} {'origin/F':>8}"
     )
@@ -117,7 +128,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         worst = max(r["wall"] for r in mine)
         rss = max(r["peak_rss_mib"] for r in mine) / 1024
+        worst_cpu = max(r["cpu"] for r in mine)
         verdict = "met" if worst <= TARGET_WALL[hosts] else "MISSED"
+        verdict += f" (slowest CPU time {worst_cpu:.1f} s: " + (
+            "met)" if worst_cpu <= TARGET_WALL[hosts] else "MISSED)"
+        )
         extra = ""
         if hosts in TARGET_RSS_GIB:
             ok = rss <= TARGET_RSS_GIB[hosts]
@@ -137,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
 def _line(r: dict) -> str:
     target = TARGET_WALL[r["hosts"]] if r["hosts"] in TARGET_WALL else float("nan")
     return (
-        f"{r['hosts']:>6} {r['policy']:<24} {r['wall']:>8.1f} {target:>8.0f} "
+        f"{r['hosts']:>6} {r['policy']:<24} {r['wall']:>8.1f} {r['cpu']:>8.1f} "
+        f"{r['loadavg']:>6} {target:>8.0f} "
         f"{r['peak_rss_mib']:>6.0f} MiB {r['events_per_s']:>9.0f} {r['flows_per_s']:>8.0f} "
         f"{r['done']:>5}/{r['downloads']:<5} {r['makespan']:>8.1f} {r['t_min']:>8.2f} "
         f"{r['t_over_t_min']:>8.2f} {r['origin_over_size']:>8.1f}"

@@ -890,13 +890,13 @@ class Network:
 
     def max_min_error(self) -> float:
         """Largest relative gap between the current rates and exact max-min rates
-        (tests; O(resources x flows))."""
-        from d7y.sim.maxmin import max_min_rates
+        (tests; progressive filling over the whole network, numpy on large ones)."""
+        from d7y.sim.maxmin_np import solve
 
         pairs = [q for q in self._pairs.values() if q.k]
         if not pairs:
             return 0.0
-        exact = max_min_rates(
+        exact = solve(
             [q.path for q in pairs], {r: r.cap for r in self.resources}, [q.k for q in pairs]
         )
         return max(abs(q.rate - e) / e for q, e in zip(pairs, exact, strict=True))

@@ -109,6 +109,9 @@ class PiecePicker:
     """Piece and parent choice for one download of ``piece_count`` pieces."""
 
     __slots__ = (
+        "_able",
+        "_able_key",
+        "_able_until",
         "_announced",
         "_bitmaps",
         "_by_piece",
@@ -120,6 +123,7 @@ class PiecePicker:
         "_rarity",
         "_requests",
         "_retry",
+        "_version",
         "dispatch_wait",
         "endgame",
         "failure_limit",
@@ -200,6 +204,17 @@ class PiecePicker:
         # Pieces whose request failed, timed out or lost its parent: retried first, in
         # failure order, so a failure costs one round trip rather than a place in line.
         self._retry: dict[int, None] = {}
+        # The parents able to take a request, kept from one next_requests to the next
+        # while nothing they depend on changed: ``_version`` counts the changes (a
+        # request started or ended, a busy answer, a failure report, a parent added or
+        # removed); ``_able_key`` is (version, limit, time built); ``_able_until`` the
+        # first back-off to end after that time, when a parent may become able again.
+        # A swarm peer is pumped on every piece its neighbours announce, which changes
+        # none of these.
+        self._version = 0
+        self._able: list[_Parent] = []
+        self._able_key: tuple[int, int, float] = (-1, 0, math.inf)
+        self._able_until = -math.inf
 
     def _bitmap(self, value: Any, what: str) -> Any:
         """A private Bitmap from None, a Bitmap, a BitTorrent bitfield, or piece numbers."""
@@ -283,6 +298,7 @@ class PiecePicker:
             raise TypeError(f"parent_id must be a non-empty str, got {parent_id!r}")
         _check_load(tx, max_tx)
         bm = self._bitmap(bitmap, f"parent {parent_id}")
+        self._version += 1
         old = self._parents.get(parent_id)
         if old is not None:
             self._rarity.remove(old.bitmap)
@@ -303,6 +319,7 @@ class PiecePicker:
         state = self._parents.pop(parent_id, None)
         if state is None:
             return []
+        self._version += 1
         self._rarity.remove(state.bitmap)
         orphaned = [key for key in self._requests if key[1] == parent_id]
         for piece, parent in orphaned:
@@ -346,7 +363,19 @@ class PiecePicker:
         if not any(not p.reported for p in self._parents.values()):
             return []
         started: list[tuple[int, str]] = []
+        # The parents that may take a request now, in the parents' order: found once per
+        # call and kept up to date as requests start (only ``active`` changes within a
+        # call), instead of a scan of every parent for every piece tried -- a swarm
+        # peer has up to 50 parents and tries many pieces per call.
+        limit = self._parent_limit()
+        able = self._able_now(now, limit)
+        # Pieces some parent of ``able`` holds (a superset once parents leave ``able``):
+        # a piece outside it cannot start, so the retry and endgame loops skip it without
+        # looking for holders (a try that fails has no side effect and draws no random
+        # number, so skipping it changes nothing).
         retry = self._retry
+        endgame = self.endgame and self.size - self._have_count <= self.max_in_flight
+        reach = self._union(able) if retry or endgame else None
         if retry:
             for piece in list(retry):
                 if slots == 0:
@@ -354,51 +383,62 @@ class PiecePicker:
                 if self._have.test(piece) or piece in self._by_piece:
                     del retry[piece]
                     continue
-                if not self._try_start(piece, (), now, started):
+                if reach is None or not reach.test(piece):
+                    continue  # nobody usable holds it now; keep it for later
+                if not self._try_start(piece, (), now, started, able, limit):
                     continue  # nobody usable holds it now; keep it for later
                 del retry[piece]
                 slots -= 1
         if slots > 0:
             if self.order == "announced":
-                slots = self._start_announced(now, slots, started)
+                slots = self._start_announced(now, slots, started, able, limit)
             else:
-                slots = self._start_rarest(now, slots, started)
-        if slots > 0 and self.endgame and self.size - self._have_count <= self.max_in_flight:
+                slots = self._start_rarest(now, slots, started, able, limit)
+        if slots > 0 and endgame:
             for piece, holders in list(self._by_piece.items()):
-                if len(holders) != 1:
+                if len(holders) != 1 or reach is None or not reach.test(piece):
                     continue
-                if not self._try_start(piece, holders, now, started):
+                if not self._try_start(piece, holders, now, started, able, limit):
                     continue
                 slots -= 1
                 if slots == 0:
                     break
         return started
 
-    def _start_rarest(self, now: float, slots: int, started: list) -> int:
+    def _start_rarest(
+        self, now: float, slots: int, started: list, able: list[_Parent], limit: int
+    ) -> int:
         # Only pieces some parent able to take a request now holds: with per-parent
         # limits and busy parents, most pieces may be out of reach, and a download is
         # pumped on every piece its parents announce.
-        limit = self._parent_limit()
-        reachable = None
-        for p in self._parents.values():
-            if p.can_take(now, limit):
-                reachable = p.bitmap.copy() if reachable is None else reachable
-                reachable.update(p.bitmap)
+        reachable = self._union(able)  # exact: ``able`` as it is now
         if reachable is None:
             return slots
         need = self._need
         # x.and_not(y) is y & ~x: (reachable - need) taken from reachable = the overlap
         candidates = need.and_not(reachable).and_not(reachable)
         while slots > 0:
+            if not able and not self.streaming:
+                # No parent can take a request any more: every remaining candidate would
+                # be drawn, tried and fail, then one last draw finds none. Only the
+                # random numbers are left to draw -- the same ones, as the rng's later
+                # users (other pieces, other downloads) must see the same sequence.
+                rarity = self._rarity
+                left = sum(1 for i in candidates.iter_set() if rarity.count(i))
+                for _ in range(left + 1):
+                    self.rng.randrange(self.size)
+                break
             piece = self._choose_piece(candidates)
             if piece < 0:
                 break
             candidates.clear(piece)
-            if self._try_start(piece, (), now, started):
+            if self._try_start(piece, (), now, started, able, limit):
                 slots -= 1
         return slots
 
-    def _start_announced(self, now: float, slots: int, started: list) -> int:
+    def _start_announced(
+        self, now: float, slots: int, started: list, able: list[_Parent], limit: int
+    ) -> int:
         """Dragonfly's dispatch: announcement order; a piece waits until every parent
         announced it or ``dispatch_wait`` passed since the first did."""
         need = self._need
@@ -413,32 +453,76 @@ class PiecePicker:
                 continue
             if now < first + wait and not all(p.bitmap.test(piece) for p in live):
                 continue
-            if self._try_start(piece, (), now, started):
+            if self._try_start(piece, (), now, started, able, limit):
                 slots -= 1
         return slots
+
+    def _able_now(self, now: float, limit: int) -> list[_Parent]:
+        """The parents that can take a request at ``now`` (:meth:`_Parent.can_take`), in
+        the parents' order: the kept list while it is still exact, else a new one."""
+        version, kept_limit, built = self._able_key
+        if version == self._version and kept_limit == limit and built <= now < self._able_until:
+            return self._able
+        able = []
+        until = math.inf
+        for p in self._parents.values():
+            busy_until = p.busy_until
+            if busy_until > now:
+                if busy_until < until:
+                    until = busy_until
+            elif not p.reported and p.active < limit:
+                able.append(p)
+        self._able = able
+        self._able_key = (self._version, limit, now)
+        self._able_until = until
+        return able
+
+    @staticmethod
+    def _union(parents: list[_Parent]) -> Any:
+        """The pieces any of ``parents`` holds (None if there is none)."""
+        if not parents:
+            return None
+        union = parents[0].bitmap.copy()
+        for p in parents[1:]:
+            union.update(p.bitmap)
+        return union
 
     def _parent_limit(self) -> int:
         """Requests one parent may have outstanding (no per-parent limit: any number)."""
         return self.per_parent_limit or self.max_in_flight + 1
 
-    def _try_start(self, piece: int, exclude: Iterable[str], now: float, started: list) -> bool:
-        """Request ``piece`` from a parent chosen for it (not in ``exclude``); False if
-        none can take it now."""
-        parent = self._choose_parent(piece, exclude, now)
-        if parent is None:
+    def _try_start(
+        self,
+        piece: int,
+        exclude: Iterable[str],
+        now: float,
+        started: list,
+        able: list[_Parent],
+        limit: int,
+    ) -> bool:
+        """Request ``piece`` from a parent of ``able`` chosen for it (not in ``exclude``);
+        False if none can take it now. A parent that reaches ``limit`` leaves ``able``."""
+        state = self._choose_parent(piece, exclude, able)
+        if state is None:
             return False
-        self._start(piece, parent, now)
-        started.append((piece, parent))
+        self._start(piece, state.id, now)
+        started.append((piece, state.id))
+        if state.active >= limit:
+            able.remove(state)
         return True
 
     def wakeup(self, now: float) -> float:
         """The earliest time after ``now`` at which :meth:`next_requests` may start
         something it cannot start now without any new event: a busy parent's back-off
         ending, or an announced piece's ``dispatch_wait`` running out (inf: none)."""
-        at = math.inf
-        for p in self._parents.values():
-            if now < p.busy_until < at:
-                at = p.busy_until
+        version, _limit, built = self._able_key
+        if version == self._version and built <= now < self._able_until:
+            at = self._able_until  # the first back-off to end, found with the able list
+        else:
+            at = math.inf
+            for p in self._parents.values():
+                if now < p.busy_until < at:
+                    at = p.busy_until
         if self.order == "announced" and self.dispatch_wait > 0:
             need = self._need
             for piece, first in self._announced.items():
@@ -461,14 +545,13 @@ class PiecePicker:
                     i = candidates.first_set(i + 1) if i + 1 < self.size else -1
         return rarity.rarest(candidates, self.rng.randrange(self.size))
 
-    def _choose_parent(self, piece: int, exclude: Iterable[str], now: float) -> str | None:
+    def _choose_parent(
+        self, piece: int, exclude: Iterable[str], able: list[_Parent]
+    ) -> _Parent | None:
+        """A holder of ``piece`` among ``able`` (the parents that can take a request now),
+        weighted by spare capacity, avoiding parents that failed it while others hold it."""
         failed = self._failed_for.get(piece)
-        limit = self._parent_limit()
-        holders = [
-            p
-            for p in self._parents.values()
-            if p.can_take(now, limit) and p.id not in exclude and p.bitmap.test(piece)
-        ]
+        holders = [p for p in able if p.id not in exclude and p.bitmap.test(piece)]
         if failed:
             fresh = [p for p in holders if p.id not in failed]
             if fresh:
@@ -477,22 +560,23 @@ class PiecePicker:
         if not holders:
             return None
         if len(holders) == 1:
-            return holders[0].id
+            return holders[0]
         total = 0.0
         for p in holders:
             total += p.weight
         if total <= 0:
-            return holders[self.rng.randrange(len(holders))].id
+            return holders[self.rng.randrange(len(holders))]
         point = self.rng.random() * total
         for p in holders:
             point -= p.weight
             if point < 0:
-                return p.id
-        return holders[-1].id  # rounding left a sliver at the top
+                return p
+        return holders[-1]  # rounding left a sliver at the top
 
     def _start(self, piece: int, parent: str, now: float) -> None:
         self._requests[(piece, parent)] = now
         self._parents[parent].active += 1
+        self._version += 1
         holders = self._by_piece.get(piece)
         if holders is None:
             self._by_piece[piece] = [parent]
@@ -505,6 +589,7 @@ class PiecePicker:
         fetches it. False if there was no such request."""
         if self._requests.pop((piece, parent), None) is None:
             return False
+        self._version += 1
         state = self._parents.get(parent)
         if state is not None:
             state.active -= 1
@@ -535,6 +620,7 @@ class PiecePicker:
         cancels: list[tuple[int, str]] = []
         holders = self._by_piece.pop(piece, None)
         if holders:
+            self._version += 1
             parents = self._parents
             for other in holders:
                 del self._requests[(piece, other)]
@@ -561,6 +647,7 @@ class PiecePicker:
         state = self._parents.get(parent)
         if state is not None:
             state.busy_until = now + backoff
+            self._version += 1
         return True
 
     def piece_failed(self, piece: int, parent: str, now: float) -> PieceFailure:
@@ -584,6 +671,7 @@ class PiecePicker:
             if state.failures >= self.failure_limit and not state.reported:
                 state.reported = True
                 report = True
+                self._version += 1
         return PieceFailure(piece, parent, report)
 
     def check_timeouts(self, now: float) -> list[PieceFailure]:
