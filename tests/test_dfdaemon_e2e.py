@@ -616,3 +616,53 @@ def test_task_that_does_not_fit_makes_room_first(origin, tmp_path):
         urls = fetch_three_touching_the_first(origin, peer, tmp_path, "m")
         assert peer.api("GET", f"/v1/tasks/{task_id(urls[1])}")[0] == 404
         assert "gc evicted task=" + task_id(urls[1]) in peer.log()
+
+
+def test_upload_servers_listen_on_the_announced_address_by_default(tmp_path):
+    """Issue 13: with upload.listen unset the piece port and the HTTP endpoint bind to
+    host.ip (what the scheduler tells other peers), not to every interface."""
+    import socket
+
+    peer = PeerProcess(tmp_path, host={"ip": "127.0.0.2"})
+    peer.config["upload"].pop("listen")
+    with peer:
+        for port in (peer.piece_port, peer.upload_port):
+            socket.create_connection(("127.0.0.2", port), timeout=5).close()
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", port), timeout=5)
+        assert "upload_port=" in peer.log()
+
+
+def test_download_token_guards_the_http_endpoint(origin, tmp_path):
+    """Issue 13: with upload.download_token set, /download answers 401 (with a Bearer
+    challenge) unless the request carries the token; with it, the bytes."""
+    import urllib.error
+    import urllib.request
+
+    url = origin.add_file("guarded.bin", size=1000, seed=24)
+    with PeerProcess(tmp_path, upload={"download_token": "s3cret"}) as peer:
+        assert peer.dfget(url, tmp_path / "x", "--no-progress").returncode == 0
+        endpoint = f"http://127.0.0.1:{peer.upload_port}/download/{task_id(url)}"
+        for auth in (None, "Bearer wrong", "Bearer s3cre", "s3cret"):
+            request = urllib.request.Request(endpoint)
+            if auth:
+                request.add_header("Authorization", auth)
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=10)
+            assert refused.value.code == 401
+            assert refused.value.headers["WWW-Authenticate"].startswith("Bearer")
+        request = urllib.request.Request(endpoint, headers={"Authorization": "Bearer s3cret"})
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            assert answer.read() == origin.content("guarded.bin")
+
+
+def test_stored_bytes_are_private_to_the_daemon(origin, peer, tmp_path):
+    """Issue 13: content files 0600, their directories 0700."""
+    import stat
+
+    url = origin.add_file("private.bin", size=5000, seed=25)
+    assert peer.dfget(url, tmp_path / "x", "--no-progress").returncode == 0
+    content = peer.data_dir / "content" / "tasks" / task_id(url)[:3] / task_id(url)
+    assert stat.S_IMODE(content.stat().st_mode) == 0o600
+    for directory in (content.parent, peer.data_dir / "content" / "tasks"):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory

@@ -92,8 +92,17 @@ class DownloadConfig:
 
 @dataclasses.dataclass
 class UploadConfig:
-    listen: str = field("0.0.0.0", "address of the upload servers (piece protocol and HTTP)")
+    listen: str = field(
+        "",
+        "address of the upload servers (piece protocol and HTTP); empty: host.ip, the "
+        "address announced to the scheduler (0.0.0.0 listens on every interface)",
+    )
     port: int = field(4000, "HTTP read-only endpoint serving task bytes with Range")
+    download_token: str = field(
+        "",
+        "when set, GET /download/<task_id> on the HTTP endpoint needs 'Authorization: "
+        "Bearer <token>' (peers use the piece port and are not affected); empty: open",
+    )
     piece_port: int = field(4005, "framed piece protocol for other peers")
     rate_limit: Size = field(Size(0), "upload bytes/s for the whole daemon (0 = unlimited)")
     max_concurrent: int = field(64, "pieces served at once; more get a 'busy' error")
@@ -241,6 +250,11 @@ class PeerConfig:
         if self.scheduler.stall_timeout:
             fields["stall_timeout"] = float(self.scheduler.stall_timeout)
         return LoopConfig(policy=self.download.policy, **fields)
+
+    @property
+    def upload_listen(self) -> str:
+        """Where the upload servers listen: upload.listen, else the announced address."""
+        return self.upload.listen or self.host.ip
 
     @property
     def socket_path(self) -> Path:

@@ -115,8 +115,9 @@ class PeerDaemon:
             request_timeout=float(cfg.upload.request_timeout),
             max_connections=cfg.upload.max_connections,
             max_connections_per_ip=cfg.upload.max_connections_per_ip,
+            download_token=cfg.upload.download_token,
         )
-        await self.http_upload.start(cfg.upload.listen, cfg.upload.port)
+        await self.http_upload.start(cfg.upload_listen, cfg.upload.port)
         hostname = cfg.host.hostname or socket.gethostname()
         self.host_id = ids.host_id(cfg.host.ip, hostname, seed=cfg.seed_peer)
         # Under mutual TLS the scheduler holds this host to its certificate's identity.
@@ -139,7 +140,7 @@ class PeerDaemon:
         )
         if cfg.testing.corrupt_uploads:
             log.warning("testing.corrupt_uploads is on: every piece served is corrupted")
-        await self.piece_server.start(cfg.upload.listen, cfg.upload.piece_port)
+        await self.piece_server.start(cfg.upload_listen, cfg.upload.piece_port)
         if cfg.scheduler.address or cfg.manager.address:
             self._connect_scheduler(hostname)
         if cfg.proxy.port:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -84,8 +85,11 @@ class HTTPUploadServer:
         request_timeout: float = 10.0,
         max_connections: int = 0,
         max_connections_per_ip: int = 0,
+        download_token: str = "",
     ) -> None:
         self.storage = storage
+        # upload.download_token: the bearer token /download asks of every client.
+        self._authorization = b"Bearer " + download_token.encode() if download_token else None
         # (task_id, offset, length) -> None when the stored bytes are good, else why
         # not (TaskManager.check_before_serving).
         self._verify = verify
@@ -217,6 +221,17 @@ class HTTPUploadServer:
                 stream, http, 405, f"method {method.decode()} not allowed: use GET", head=head
             )
             return
+        if self._authorization is not None and not self._authorized(req):
+            challenge = [(b"www-authenticate", b'Bearer realm="d7y download"')]
+            await self._simple(
+                stream,
+                http,
+                401,
+                "this endpoint needs 'Authorization: Bearer <token>' (upload.download_token)",
+                challenge,
+                head=head,
+            )
+            return
         prefix = "/download/"
         if not path.startswith(prefix):
             await self._simple(
@@ -278,6 +293,11 @@ class HTTPUploadServer:
                     await stream.send_all(http.send(h11.EndOfMessage()))
                 finally:
                     os.close(fd)
+
+    def _authorized(self, req: h11.Request) -> bool:
+        given = next((v for k, v in req.headers if k == b"authorization"), b"")
+        # Constant time: how much of a guess matched must not show in the answer's timing.
+        return hmac.compare_digest(given, self._authorization or b"")
 
     async def _check_stored(self, task_id: str, start: int, count: int) -> str | None:
         """Whether the stored bytes [start, start + count) may be served: None when

@@ -221,7 +221,10 @@ class Storage:
         self.data_dir = Path(data_dir)
         self.content_dir = self.data_dir / "content" / "tasks"
         try:
-            self.content_dir.mkdir(parents=True, exist_ok=True)
+            # Task bytes are private to the daemon's user: others may not even list them
+            # (the HTTP endpoint and the piece port are how they are shared).
+            self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.content_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageError(
                 f"cannot create data dir {str(self.data_dir)!r}: {exc.strerror}; set "
@@ -271,8 +274,8 @@ class Storage:
         at once with a clear error instead of after gigabytes of transfer.
         """
         path = self.content_path(task_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             if content_length:
                 self._check_quota(task_id, content_length)
