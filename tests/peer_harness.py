@@ -106,6 +106,9 @@ class PeerProcess(DaemonProcess):
             # loopback must be allowed explicitly (source.allow refuses it by default).
             "source": {"allow": LOOPBACK},
             "log": {"level": "debug"},
+            # A SIGTERM with a dfget attached drains for up to this long; it must end
+            # well inside stop()'s grace, or a test would fail on a slow teardown.
+            "lifecycle": {"drain_timeout": "10s"},
         }
         self._merge(config_overrides)
 

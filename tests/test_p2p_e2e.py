@@ -122,10 +122,17 @@ class Cluster:
         return outputs
 
     def stop(self) -> None:
-        for peer in [*self.peers, self.seed]:
-            if peer.proc is not None and peer.proc.poll() is None:
-                peer.stop()
-        self.scheduler.stop()
+        """Stop every daemon, even when one of them fails to stop (then raise its error
+        after the others are down, so no daemon outlives the test)."""
+        errors = []
+        for daemon in [*self.peers, self.seed, self.scheduler]:
+            if daemon.proc is not None and daemon.proc.poll() is None:
+                try:
+                    daemon.stop()
+                except AssertionError as exc:
+                    errors.append(exc)
+        if errors:
+            raise errors[0]
 
 
 def assert_a_late_peer_is_served_by_the_swarm(cluster, origin, url: str, name: str) -> None:
