@@ -521,6 +521,25 @@ def test_head_request_refused_without_a_body(peer):
     assert "Traceback" not in peer.log()
 
 
+def test_method_names_are_case_sensitive(peer):
+    """Found by the long fuzzing run: "head" (lower case) was taken for HEAD by the
+    server but not by h11, and the error answer crashed the connection. It is just an
+    unknown method: 405, with the whole body, and the connection goes on."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", peer.upload_port), timeout=10) as s:
+        s.sendall(b"head /download/x HTTP/1.1\r\nHost: d7y\r\n\r\n")
+        reply = b""
+        while b"use GET\n" not in reply:
+            chunk = s.recv(65536)
+            assert chunk, reply
+            reply += chunk
+        assert reply.startswith(b"HTTP/1.1 405")
+        s.sendall(b"GET /download/x HTTP/1.1\r\nHost: d7y\r\n\r\n")
+        assert s.recv(65536).startswith(b"HTTP/1.1 404")
+    assert "Traceback" not in peer.log()
+
+
 def test_local_api_refuses_a_deeply_nested_body(peer):
     """Found by fuzzing: JSON nested past the parser's recursion limit crashed the
     handler with a traceback; it is a bad request like any other malformed body."""

@@ -213,7 +213,10 @@ class HTTPUploadServer:
         self, stream: Stream, http: h11.Connection, req: h11.Request, deadline: float | None
     ) -> None:
         await self._drain_request_body(stream, http, deadline)
-        method = req.method.upper()
+        # Methods are case-sensitive (RFC 9110), and h11 frames the answer by the exact
+        # bytes: upper-casing here once made "head" look like HEAD to us but not to h11,
+        # whose answer then lacked its body (found by the fuzzer).
+        method = req.method
         head = method == b"HEAD"
         path = req.target.decode("latin-1").split("?", 1)[0]
         if method not in (b"GET", b"HEAD"):
