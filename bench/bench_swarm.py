@@ -120,14 +120,20 @@ class RunResult:
     run: int
     t_min: float
     limit: float
-    t: float | None  # until the last peer finished; None: not every peer did in time
-    finished: int
-    peer_times: list[float | None]
+    peer_times: list[float | None]  # per peer; None: it did not finish in time
     origin_bytes: int  # as counted by the origin (nginx body bytes / seeder payload)
     seed_bytes: int  # as counted by the seed (d7y metrics / libtorrent payload)
     origin_link: int | None = None  # eth0 tx bytes of the origin's host (netns)
     seed_link: int | None = None
     details: dict = field(default_factory=dict)
+    # Derived from peer_times (kept as fields so the JSON output carries them).
+    t: float | None = field(init=False)  # until the last peer finished; None: not all did
+    finished: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        done = [t for t in self.peer_times if t is not None]
+        self.finished = len(done)
+        self.t = max(done) if self.finished == len(self.peer_times) and done else None
 
     @property
     def ratio(self) -> float | None:
@@ -520,8 +526,6 @@ def loopback_run(
             run=run,
             t_min=t_min,
             limit=limit,
-            t=max(times) if all(t is not None for t in times) else None,
-            finished=sum(t is not None for t in times),
             peer_times=times,
             origin_bytes=origin_bytes,
             seed_bytes=int(seed.metrics().get("d7y_peer_upload_bytes_total", 0)),
@@ -678,8 +682,6 @@ def netns_d7y_run(
             run=run,
             t_min=t_min,
             limit=limit,
-            t=max(times) if all(t is not None for t in times) else None,
-            finished=sum(t is not None for t in times),
             peer_times=times,
             origin_bytes=origin_bytes,
             seed_bytes=int(seed.metrics().get("d7y_peer_upload_bytes_total", 0)),
@@ -804,8 +806,6 @@ def netns_lt_run(
             run=run,
             t_min=t_min,
             limit=limit,
-            t=max(times) if all(t is not None for t in times) else None,
-            finished=sum(t is not None for t in times),
             peer_times=times,
             origin_bytes=last["origin"]["upload"],
             seed_bytes=last["seed"]["upload"],
