@@ -215,6 +215,28 @@ class OriginClient:
         self.bytes_received = 0
         self.requests = 0
 
+    @classmethod
+    def for_settings(
+        cls,
+        settings: SourceSettings | None,
+        *,
+        policy: SourcePolicy | None = None,
+        authorizer: Authorizer | None = None,
+        error_reader: ErrorReader | None = None,
+    ) -> OriginClient:
+        """A client configured as every source of a daemon is (``download.*``'s retry
+        policy and request timeout, the TLS trust of ``settings.ssl``); the defaults
+        without settings. The s3 and oci sources add their ``authorizer`` and
+        ``error_reader``."""
+        return cls(
+            retry=settings.retry if settings is not None else None,
+            request_timeout=settings.request_timeout if settings is not None else 300.0,
+            ssl=settings.ssl if settings is not None else True,
+            policy=policy,
+            authorizer=authorizer,
+            error_reader=error_reader,
+        )
+
     # -- lifecycle -----------------------------------------------------------------
 
     async def __aenter__(self) -> OriginClient:
@@ -884,12 +906,7 @@ class HttpSource:
         self, settings: SourceSettings | None = None, *, policy: SourcePolicy | None = None
     ) -> None:
         self.policy = policy
-        self.client = OriginClient(
-            retry=settings.retry if settings else None,
-            request_timeout=settings.request_timeout if settings else 300.0,
-            policy=policy,
-            ssl=settings.ssl if settings else True,
-        )
+        self.client = OriginClient.for_settings(settings, policy=policy)
         self.fast_range = FastRangeFetcher(policy=policy)
 
     @property

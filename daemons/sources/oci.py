@@ -305,12 +305,8 @@ class OciSource:
         self.policy = policy
         client_ref: list[OriginClient] = []
         self.auth = _RegistryAuth(self.config, client_ref)
-        self.client = OriginClient(
-            retry=settings.retry if settings is not None else None,
-            request_timeout=settings.request_timeout if settings is not None else 300.0,
-            policy=policy,
-            authorizer=self.auth,
-            error_reader=self._read_error,
+        self.client = OriginClient.for_settings(
+            settings, policy=policy, authorizer=self.auth, error_reader=self._read_error
         )
         client_ref.append(self.client)
 

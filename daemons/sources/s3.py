@@ -385,12 +385,8 @@ class S3Source:
         self.config = settings.s3 if settings is not None else S3Config()
         self.policy = policy
         self._signer = _Signer()
-        self.client = OriginClient(
-            retry=settings.retry if settings is not None else None,
-            request_timeout=settings.request_timeout if settings is not None else 300.0,
-            policy=policy,
-            authorizer=self._signer,
-            error_reader=self._read_error,
+        self.client = OriginClient.for_settings(
+            settings, policy=policy, authorizer=self._signer, error_reader=self._read_error
         )
         # s3:// URL -> its HTTP URL, resolved by the probe and reused for the pieces;
         # and back, for messages. Bounded: see _http_url.
