@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 
+from d7y.daemons.manager.caller import ManagerCaller
 from d7y.daemons.peer.scheduler_client import SchedulerClient
 
 log = logging.getLogger("d7y.dfdaemon.scheduler")
@@ -41,36 +42,16 @@ async def reachable(address: tuple[str, int], timeout: float = HEALTH_TIMEOUT) -
     return True
 
 
-class SchedulerLookup:
+class SchedulerLookup(ManagerCaller):
     def __init__(self, settings: Any, client: SchedulerClient, host: dict[str, str]) -> None:
         """``settings``: the peer config's ``manager`` section; ``host``: hostname, ip,
         idc, location of this host (what the manager scores)."""
-        self.settings = settings
+        super().__init__(settings)
         self.client = client
         self.host = host
-        base = settings.address.rstrip("/")
-        self.base = base if "://" in base else "http://" + base
         self.candidates: list[tuple[str, int]] = []
-        self._task: asyncio.Task | None = None
-        self._session: aiohttp.ClientSession | None = None
         self._client_started = False
         self._warned = False
-
-    def start(self) -> None:
-        token = self.settings.token
-        self._session = aiohttp.ClientSession(
-            headers={"Authorization": f"Bearer {token}"} if token else {},
-            timeout=aiohttp.ClientTimeout(total=10),
-        )
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._session is not None:
-            await self._session.close()
 
     async def _run(self) -> None:
         refresh = float(self.settings.refresh_interval)

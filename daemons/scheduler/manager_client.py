@@ -11,7 +11,6 @@ it has and registers again when the manager answers.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import socket
@@ -21,11 +20,12 @@ from typing import Any
 import aiohttp
 
 from d7y.core.scheduling.config import SchedulerConfig
+from d7y.daemons.manager.caller import ManagerCaller
 
 log = logging.getLogger("d7y.scheduler")
 
 
-class ManagerClient:
+class ManagerClient(ManagerCaller):
     def __init__(
         self,
         settings: Any,  # scheduler config's ManagerConfig section
@@ -34,33 +34,13 @@ class ManagerClient:
         get_config: Callable[[], SchedulerConfig],
         set_config: Callable[[SchedulerConfig], None],
     ) -> None:
-        self.settings = settings
+        super().__init__(settings)
         self.port = port
         self.get_config = get_config
         self.set_config = set_config
-        self.base = settings.address.rstrip("/")
-        if "://" not in self.base:
-            self.base = "http://" + self.base
         self.scheduler_id: int | None = None
         self.applied: dict[str, int] = {}
         self._unreachable = False  # warned once; the next warning waits for a success
-        self._session: aiohttp.ClientSession | None = None
-        self._task: asyncio.Task | None = None
-
-    def start(self) -> None:
-        headers = {"Authorization": f"Bearer {self.settings.token}"} if self.settings.token else {}
-        self._session = aiohttp.ClientSession(
-            headers=headers, timeout=aiohttp.ClientTimeout(total=10)
-        )
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._session is not None:
-            await self._session.close()
 
     async def _call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         assert self._session is not None
