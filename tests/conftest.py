@@ -94,3 +94,29 @@ def postgres():
         pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
     with PostgresServer() as server:
         yield server
+
+
+@pytest.fixture
+def mount_tmpfs(tmp_path):
+    """``mount_tmpfs(name, size)``: a real tmpfs of ``size`` (e.g. "24m") mounted at
+    ``tmp_path/name``, for a data or output dir that can fill up; unmounted after the
+    test. Skips where mounting is not allowed."""
+    import subprocess
+
+    mounts = []
+
+    def mount(name: str, size: str):
+        path = tmp_path / name
+        path.mkdir()
+        proc = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+            capture_output=True,
+        )
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
+        mounts.append(path)
+        return path
+
+    yield mount
+    for path in mounts:
+        subprocess.run(["umount", "-l", str(path)], check=False)

@@ -467,18 +467,8 @@ def test_sigterm_mid_download_leaves_consistent_metadata(tmp_path):
 
 
 @pytest.fixture
-def small_tmpfs(tmp_path):
-    mount = tmp_path / "tmpfs"
-    mount.mkdir()
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mount)], capture_output=True
-    )
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+def small_tmpfs(mount_tmpfs):
+    return mount_tmpfs("tmpfs", "12m")
 
 
 def test_disk_full_fails_clearly_and_daemon_keeps_serving(origin, tmp_path, small_tmpfs):

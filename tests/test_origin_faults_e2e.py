@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 import time
 from pathlib import Path
 
@@ -129,19 +128,9 @@ def test_connection_reset_mid_body_is_an_origin_error(origin, peer, tmp_path):
 
 
 @pytest.fixture
-def tiny_fs(tmp_path):
+def tiny_fs(mount_tmpfs):
     """A real 24 MiB filesystem (tmpfs) for a data dir that can fill up."""
-    mount = tmp_path / "tinyfs"
-    mount.mkdir()
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], capture_output=True
-    )
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+    return mount_tmpfs("tinyfs", "24m")
 
 
 def fill(directory: Path) -> Path:
