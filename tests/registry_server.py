@@ -23,7 +23,6 @@ import hashlib
 import http.server
 import json
 import shutil
-import subprocess
 import threading
 import urllib.error
 import urllib.parse
@@ -32,7 +31,8 @@ from pathlib import Path
 
 import yaml
 
-from tests.peer_harness import free_port, wait_for
+from d7y.daemons.procman import ServiceProcess
+from tests.peer_harness import free_port
 
 REGISTRY_BINARY = shutil.which("docker-registry") or "/usr/bin/docker-registry"
 REGISTRY_USER = ("puller", "s3cret-pass")
@@ -124,7 +124,7 @@ class Registry:
             config["auth"] = {"silly": {"realm": token_realm, "service": "d7y-test-registry"}}
         self.config_path = self.workdir / "registry.yml"
         self.config_path.write_text(yaml.safe_dump(config))
-        self.proc: subprocess.Popen | None = None
+        self.service: ServiceProcess | None = None
 
     def _authorization(self) -> dict[str, str]:
         if self.auth == "basic":
@@ -144,19 +144,12 @@ class Registry:
             return False
 
     def start(self) -> Registry:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [REGISTRY_BINARY, "serve", str(self.config_path)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            wait_for(lambda: self.proc.poll() is not None or self._answers(), "the registry")
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"docker-registry exited:\n{self.log_path.read_text()}")
-        except BaseException:
-            self.stop()
-            raise
+        self.service = ServiceProcess(
+            "docker-registry",
+            [REGISTRY_BINARY, "serve", str(self.config_path)],
+            log_path=self.log_path,
+            ready=self._answers,
+        ).start()
         return self
 
     def request(
@@ -222,13 +215,8 @@ class Registry:
         return self.push_manifest(repo, tag, manifest, OCI_MANIFEST), digests
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.service is not None:
+            self.service.stop(grace=10)
 
     def __enter__(self) -> Registry:
         return self.start()

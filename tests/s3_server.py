@@ -11,13 +11,12 @@ harness only, to set up users, buckets and objects.
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
-from tests.peer_harness import free_port, wait_for
+from d7y.daemons.procman import ServiceProcess
+from tests.peer_harness import free_port
 
 MOTO_SERVER = Path(sys.executable).with_name("moto_server")
 #: create_user, create_access_key, put_user_policy of the admin: unchecked.
@@ -40,22 +39,18 @@ class MotoS3:
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.log_path = self.workdir / "moto.log"
-        self.proc: subprocess.Popen | None = None
+        self.service: ServiceProcess | None = None
         self.admin: tuple[str, str] = ("", "")
 
     def start(self) -> MotoS3:
-        env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT=str(_SETUP_ACTIONS))
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(self.port)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
+        self.service = ServiceProcess(
+            "moto_server",
+            [str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(self.port)],
+            log_path=self.log_path,
+            env={"INITIAL_NO_AUTH_ACTION_COUNT": str(_SETUP_ACTIONS)},
+            ready=lambda: _accepts(self.port),
+        ).start()
         try:
-            wait_for(lambda: self._exited() or _accepts(self.port), "moto_server to listen")
-            if self._exited():
-                raise RuntimeError(f"moto_server exited early:\n{self.log_path.read_text()}")
             iam = self.client("iam", ("setup", "setup"))
             iam.create_user(UserName="admin")
             key = iam.create_access_key(UserName="admin")["AccessKey"]
@@ -67,9 +62,6 @@ class MotoS3:
             self.stop()
             raise
         return self
-
-    def _exited(self) -> bool:
-        return self.proc is not None and self.proc.poll() is not None
 
     def client(self, service: str = "s3", keys: tuple[str, str] | None = None):
         import boto3
@@ -103,13 +95,8 @@ class MotoS3:
         return s3.put_object(Bucket=bucket, Key=key, Body=data)["ETag"]
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.service is not None:
+            self.service.stop(grace=10)
 
     def __enter__(self) -> MotoS3:
         return self.start()
