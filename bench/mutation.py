@@ -105,6 +105,70 @@ TESTS_FOR: list[tuple[str, list[str]]] = [
             "not corrupt and not killed and not seed_stopped and not tiny",
         ],
     ),
+    (
+        "daemons/peer/api.py",
+        [
+            "tests/test_peer_units.py",
+            "tests/test_dfdaemon_e2e.py",
+            "-k",
+            "download_request or list_and_delete or local_api or daemon_not_running "
+            "or concurrent or digest or stdout or sizes",
+        ],
+    ),
+    ("daemons/peer/config.py", ["tests/test_peer_units.py"]),
+    (
+        "daemons/peer/daemon.py",
+        [
+            "tests/test_service_lifecycle.py",
+            "tests/test_dfdaemon_e2e.py",
+            "-k",
+            "not sigterm_mid and not restart_resumes and not disk_full and not gc_ "
+            "and not watermark and not does_not_fit",
+        ],
+    ),
+    (
+        "daemons/peer/limits.py",
+        ["tests/test_peer_units.py", "tests/test_dfdaemon_e2e.py", "-k", "token or rate_limit"],
+    ),
+    ("daemons/peer/manager_lookup.py", ["tests/test_manager_process.py", "-k", "dfdaemon"]),
+    ("daemons/peer/metrics.py", ["tests/test_dfdaemon_e2e.py", "-k", "metrics"]),
+    (
+        "daemons/peer/piece_client.py",
+        ["tests/test_piece_server_e2e.py", "tests/test_hostile_parent_e2e.py"],
+    ),
+    (
+        "daemons/peer/scheduler_client.py",
+        [
+            "tests/test_scheduler_daemon.py",
+            "tests/test_p2p_e2e.py",
+            "-k",
+            "not corrupt and not killed and not seed_stopped and not tiny",
+        ],
+    ),
+    ("daemons/peer/storage.py", ["tests/test_peer_units.py", "tests/test_task_store.py"]),
+    ("daemons/peer/task.py", ["tests/test_task_store.py", "tests/test_stored_integrity_e2e.py"]),
+    (
+        "daemons/peer/verify.py",
+        ["tests/test_piece_verifier.py", "tests/test_stored_integrity_e2e.py"],
+    ),
+    ("daemons/scheduler/config.py", ["tests/test_scheduler_daemon.py"]),
+    ("daemons/scheduler/manager_client.py", ["tests/test_manager_process.py", "-k", "scheduler"]),
+    ("daemons/service.py", ["tests/test_service_lifecycle.py"]),
+    ("daemons/procman.py", ["tests/test_procman.py"]),
+    ("daemons/stream.py", ["tests/test_framing.py", "tests/test_hostile_frames_e2e.py"]),
+    (
+        "daemons/framing.py",
+        ["tests/test_framing.py", "tests/test_protocol.py", "tests/test_hostile_frames_e2e.py"],
+    ),
+    ("daemons/listener.py", ["tests/test_tls_e2e.py", "tests/test_connection_limits_e2e.py"]),
+    ("daemons/sources/policy.py", ["tests/test_source_policy.py"]),
+    ("daemons/sources/s3.py", ["tests/test_source_s3.py"]),
+    ("daemons/sources/oci.py", ["tests/test_source_oci.py"]),
+    ("daemons/sources/fast_range.py", ["tests/test_fast_range.py", "tests/test_origin.py"]),
+    (
+        "daemons/sources/*",
+        ["tests/test_origin.py", "tests/test_fast_range.py", "tests/test_source_policy.py"],
+    ),
 ]
 
 #: What ``--package`` (and the default run) covers: core/ whole, and the daemon
@@ -119,6 +183,18 @@ TARGETS = {
         "daemons/peer/piece_server.py",
         "daemons/peer/http_upload.py",
         "daemons/scheduler/server.py",
+    ],
+    # Every daemon-side module below the CLI, the manager and the proxy: the peer, the
+    # scheduler service, the service/process/stream plumbing and the origin sources.
+    "daemons-all": [
+        "daemons/peer",
+        "daemons/scheduler",
+        "daemons/service.py",
+        "daemons/procman.py",
+        "daemons/stream.py",
+        "daemons/sources",
+        "daemons/framing.py",
+        "daemons/listener.py",
     ],
 }
 GOALS = {"core": 0.90, "daemons": 0.80}
@@ -156,11 +232,22 @@ def modules_of(targets: list[str]) -> list[str]:
             found += sorted(
                 str(p.relative_to(REPO))
                 for p in path.rglob("*.py")
-                if "__pycache__" not in p.parts and not p.name.endswith("_py.py")
+                if "__pycache__" not in p.parts
+                and not p.name.endswith("_py.py")
+                and _has_code(p)
             )
         else:
             raise SystemExit(f"mutation: {target!r} is neither a file nor a folder of {REPO}")
     return found
+
+
+def _has_code(path: Path) -> bool:
+    """False for a module that is only a docstring (a package's ``__init__.py``): there is
+    nothing to mutate and no tests to map."""
+    body = ast.parse(path.read_text()).body
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        body = body[1:]
+    return bool(body)
 
 
 def tests_for(module: str) -> list[str]:
@@ -491,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     targets = list(args.module)
-    for package in args.package or ([] if targets else list(TARGETS)):
+    for package in args.package or ([] if targets else ["core", "daemons"]):
         targets += TARGETS[package]
     modules = modules_of(targets)
     if args.list:
