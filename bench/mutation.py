@@ -5,6 +5,8 @@
     python bench/mutation.py --module core/ids.py --module core/pieces.py
     python bench/mutation.py --package daemons --max-mutants 40   # a sample per module
     python bench/mutation.py --list                 # the modules and the tests that judge them
+    python bench/mutation.py --package daemons-all --max-mutants 5   # every daemon-side module
+    python bench/mutation.py --workdir DIR --retest-survivors ...    # after writing tests
 
 For each module, cosmic-ray (``pip install -r bench/requirements-mutation.txt``) plants
 one small bug at a time (a flipped comparison, a changed number, a removed ``break``...)
@@ -37,6 +39,7 @@ import platform
 import random
 import shlex
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -232,9 +235,7 @@ def modules_of(targets: list[str]) -> list[str]:
             found += sorted(
                 str(p.relative_to(REPO))
                 for p in path.rglob("*.py")
-                if "__pycache__" not in p.parts
-                and not p.name.endswith("_py.py")
-                and _has_code(p)
+                if "__pycache__" not in p.parts and not p.name.endswith("_py.py") and _has_code(p)
             )
         else:
             raise SystemExit(f"mutation: {target!r} is neither a file nor a folder of {REPO}")
@@ -411,6 +412,20 @@ def run_module(
     return result
 
 
+def retest_survivors(src: Path, workdir: Path, modules: list[str]) -> None:
+    """Make the surviving mutants of the given modules pending again and give the copy
+    this checkout's tests (the modules themselves stay as they were copied, so the
+    verdicts compare the same mutants against old and new tests)."""
+    shutil.copytree(REPO / "tests", src / "tests", dirs_exist_ok=True)
+    for module in modules:
+        session = workdir / "sessions" / f"{module.replace('/', '_').removesuffix('.py')}.sqlite"
+        if not session.exists():
+            continue
+        with contextlib.closing(sqlite3.connect(session)) as db, db:
+            reset = db.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED'").rowcount
+        print(f"{module}: {reset} surviving mutants to test again", flush=True)
+
+
 def _read_results(session: Path, result: ModuleResult) -> None:
     """Fill ``result`` from a session (finished or not: pending mutants are left out)."""
     from cosmic_ray.work_db import WorkDB, use_db
@@ -575,6 +590,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="report what the sessions in --workdir hold so far; run nothing",
     )
+    parser.add_argument(
+        "--retest-survivors",
+        action="store_true",
+        help="with the --workdir of an earlier run: refresh the copy's tests/ from this "
+        "checkout and run again only the mutants that survived (after writing tests for them)",
+    )
     args = parser.parse_args(argv)
 
     targets = list(args.module)
@@ -597,6 +618,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.report_only and args.workdir is None:
         parser.error("--report-only needs the --workdir of an earlier run")
+    if args.retest_survivors and args.workdir is None:
+        parser.error("--retest-survivors needs the --workdir of an earlier run")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="d7y-mutation-"))
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -606,6 +629,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         src = copy_checkout(workdir, modules)
         check_copy_is_imported(src, env)
+        if args.retest_survivors:
+            retest_survivors(src, workdir, modules)
 
     started = time.monotonic()
     results = []

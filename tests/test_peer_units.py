@@ -207,6 +207,17 @@ def test_quota_refuses_a_task_that_does_not_fit(tmp_path):
         storage.close()
 
 
+def test_quota_accepts_a_task_that_fits_beside_the_stored_ones(tmp_path):
+    # 6 MiB stored + 1 MiB new <= 8 MiB: the check adds the new task to what is stored.
+    storage = Storage(tmp_path / "q", quota=8 << 20)
+    try:
+        os.close(storage.open_for_write("a" * 64, 6 << 20))
+        os.close(storage.open_for_write("b" * 64, 1 << 20))
+        assert storage.content_path("b" * 64).stat().st_size == 1 << 20
+    finally:
+        storage.close()
+
+
 # -- local API request validation -------------------------------------------------------
 
 
