@@ -88,6 +88,9 @@ SCHEDULER_PATH = [
     "test_scheduler_address_from_the_environment",
 ]
 
+#: Every config key's default is pinned by the generated docs/configuration.md.
+CONFIG_DOC = "tests/test_peer_units.py::test_configuration_doc_is_current"
+
 #: The tests that judge each module (glob patterns, first match wins; pytest arguments). A module is
 #: judged by the tests written for it; unit tests of other modules that happen to run
 #: its code are left out so each mutant costs seconds, which makes the score a lower
@@ -164,9 +167,9 @@ TESTS_FOR: list[tuple[str, list[str]]] = [
         "daemons/peer/verify.py",
         ["tests/test_piece_verifier.py", "tests/test_stored_integrity_e2e.py"],
     ),
-    ("daemons/scheduler/config.py", ["tests/test_scheduler_daemon.py"]),
+    ("daemons/scheduler/config.py", ["tests/test_scheduler_daemon.py", CONFIG_DOC]),
     ("daemons/scheduler/manager_client.py", ["tests/test_manager_process.py", "-k", "scheduler"]),
-    ("daemons/service.py", ["tests/test_service_lifecycle.py"]),
+    ("daemons/service.py", ["tests/test_service_lifecycle.py", CONFIG_DOC]),
     ("daemons/procman.py", ["tests/test_procman.py"]),
     ("daemons/stream.py", ["tests/test_framing.py", "tests/test_hostile_frames_e2e.py"]),
     (

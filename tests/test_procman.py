@@ -86,3 +86,31 @@ def test_a_process_never_ready_is_killed_not_left_half_started(tmp_path):
     with pytest.raises(ProcessError, match=r"did not become ready within 0\.3s"):
         proc.start(timeout=0.3)
     assert not proc.running
+
+
+def test_a_long_log_is_quoted_by_its_tail(tmp_path):
+    # 10,000 numbered lines then the reason: the error quotes the end (the reason), marked
+    # as cut, not the whole log and not its start.
+    program = "import sys\nfor n in range(10000): print(f'line {n}')\nsys.exit('the reason')\n"
+    proc = ServiceProcess(
+        "chatty", [PYTHON, "-c", program], log_path=tmp_path / "c.log", notify=True
+    )
+    with pytest.raises(ProcessError, match="exited early with status 1") as excinfo:
+        proc.start(timeout=30)
+    message = str(excinfo.value)
+    assert "...\n" in message and "the reason" in message
+    assert "line 9999" in message and "line 0\n" not in message
+    assert len(message) < len(proc.log())
+
+
+def test_wait_log_gives_up_after_its_timeout_on_a_running_process(tmp_path):
+    proc = ServiceProcess(
+        "quiet", [PYTHON, "-c", IGNORES_SIGTERM], log_path=tmp_path / "w.log", ready_log="up"
+    ).start(timeout=30)
+    try:
+        proc.wait_log("up")  # already there: returns at once
+        with pytest.raises(ProcessError, match=r"quiet did not log 'never' within 0\.3s"):
+            proc.wait_log("never", timeout=0.3)
+        assert proc.running
+    finally:
+        proc.stop(grace=0.2)
