@@ -257,3 +257,22 @@ def test_configuration_doc_is_current():
     assert doc.read_text() == config_docs(), (
         "docs/configuration.md is stale: run `d7y config-docs > docs/configuration.md`"
     )
+
+
+# -- which failure a failed group of origin workers stands for --------------------------
+
+
+def test_a_changed_object_is_the_cause_among_the_workers_failures():
+    # One worker saw the object change; another failed afterwards because of it (a short
+    # body of the new version). The task's failure is the change, so the download can
+    # start over once with the new version instead of failing on the consequence.
+    from d7y.daemons.peer.task import ContentChangedError, DownloadError, FailureKind
+    from d7y.daemons.peer.task_manager import _first_cause
+
+    consequence = DownloadError(FailureKind.ORIGIN, "short body", status=206)
+    changed = ContentChangedError("ETag changed", status=200, validator="ETag")
+    group = BaseExceptionGroup("workers", [consequence, ExceptionGroup("inner", [changed])])
+    assert _first_cause(group) is changed
+    assert _first_cause(BaseExceptionGroup("workers", [consequence])) is consequence
+    bug = KeyError("bug")
+    assert _first_cause(BaseExceptionGroup("workers", [changed, bug])) is bug
