@@ -30,6 +30,7 @@ from d7y.daemons.sources.base import (
     SourceError,
     SourceInfo,
 )
+from d7y.daemons.sources import SourceSettings, open_source
 from d7y.daemons.sources.http import OriginClient
 from tests.origin_server import (
     OriginServer,
@@ -775,6 +776,19 @@ def test_https_origin(tls_files: tuple[Path, Path]) -> None:
                 with pytest.raises(SourceError, match="TLS error") as excinfo:
                     await untrusting.probe(url)
                 assert excinfo.value.retryable is False
+            # A daemon's source settings verify certificates unless told otherwise: the
+            # default trusts the system's CAs only, so this self-signed origin is refused.
+            source = open_source(url, settings=SourceSettings(retry=FAST))
+            try:
+                with pytest.raises(SourceError, match="TLS error"):
+                    await source.probe(url, {})
+            finally:
+                await source.close()
+            source = open_source(url, settings=SourceSettings(retry=FAST, ssl=trusting))
+            try:
+                assert (await source.probe(url, {})).content_length == 300_000
+            finally:
+                await source.close()
 
     asyncio.run(main())
 
