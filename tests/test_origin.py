@@ -23,6 +23,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from d7y.daemons.sources import SourceSettings, open_source
 from d7y.daemons.sources.base import (
     ContentChanged,
     RetryPolicy,
@@ -30,7 +31,6 @@ from d7y.daemons.sources.base import (
     SourceError,
     SourceInfo,
 )
-from d7y.daemons.sources import SourceSettings, open_source
 from d7y.daemons.sources.http import OriginClient
 from tests.origin_server import (
     OriginServer,
