@@ -171,7 +171,10 @@ TESTS_FOR: list[tuple[str, list[str]]] = [
     ("daemons/scheduler/manager_client.py", ["tests/test_manager_process.py", "-k", "scheduler"]),
     ("daemons/service.py", ["tests/test_service_lifecycle.py", CONFIG_DOC]),
     ("daemons/procman.py", ["tests/test_procman.py"]),
-    ("daemons/stream.py", ["tests/test_framing.py", "tests/test_hostile_frames_e2e.py"]),
+    (
+        "daemons/stream.py",
+        ["tests/test_framing.py", "tests/test_hostile_frames_e2e.py", "tests/test_tls_e2e.py"],
+    ),
     (
         "daemons/framing.py",
         ["tests/test_framing.py", "tests/test_protocol.py", "tests/test_hostile_frames_e2e.py"],
