@@ -138,13 +138,14 @@ TESTS_FOR: list[tuple[str, list[str]]] = [
     ),
     ("daemons/peer/config.py", ["tests/test_peer_units.py"]),
     (
+        # The daemon wires the rest: its GC, its seed triggers (a P2P test), its lifecycle.
         "daemons/peer/daemon.py",
         [
             "tests/test_service_lifecycle.py",
             "tests/test_dfdaemon_e2e.py",
+            f"{P2P}::test_swarm_serves_the_origin_once",
             "-k",
-            "not sigterm_mid and not restart_resumes and not disk_full and not gc_ "
-            "and not watermark and not does_not_fit",
+            "not sigterm_mid and not restart_resumes and not disk_full",
         ],
     ),
     (
