@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from d7y.daemons.sources import SourceSettings, open_source
+from d7y.daemons.sources import SourceSettings, check_url, open_source
 from d7y.daemons.sources.base import (
     ContentChanged,
     RetryPolicy,
@@ -465,6 +465,20 @@ def test_unsupported_scheme_fails_before_any_io(url: str) -> None:
 
     asyncio.run(main())
     assert "'ftp'" in _error_text("ftp://h/x")
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [("ftp://h/x", "unsupported URL scheme 'ftp' in ftp://h/x"), ("a.bin", "has no scheme")],
+)
+def test_a_url_no_source_serves_is_refused_naming_every_scheme_there_is(
+    url: str, problem: str
+) -> None:
+    with pytest.raises(SourceError) as excinfo:
+        check_url(url)
+    error = expect_error(excinfo)
+    assert problem in str(error) and "use http, https, s3 or oci" in str(error), str(error)
+    assert error.bad_input
 
 
 def _error_text(url: str) -> str:
