@@ -15,6 +15,7 @@ import sys
 import zlib
 from pathlib import Path
 
+import psutil
 import pytest
 
 from d7y.core.messages import AnnounceHost, Error, GetPiece, Hello, Piece, Ping, Pong
@@ -132,6 +133,13 @@ def test_a_tls_stream_carries_frames_and_piece_payloads(pki, tmp_path):
     assert [(i.name, i.role) for i in seen] == [(ALICE, "peer")]
 
 
+def sockets_to(port: int) -> list:
+    """This process's open TCP sockets connected to ``port`` on loopback."""
+    me = psutil.Process()
+    connections = getattr(me, "net_connections", None) or me.connections  # psutil < 6
+    return [c for c in connections("tcp") if c.raddr and c.raddr.port == port]
+
+
 def test_a_certificate_from_another_ca_is_refused_in_the_handshake(pki):
     """Server side: a client with the rogue CA's certificate (same name as a member)
     does not get a single frame answered; client side: a server with one is not
@@ -164,10 +172,14 @@ def test_a_certificate_from_another_ca_is_refused_in_the_handshake(pki):
 
         rogue_server = Listener(serve, tls=server_context(tls_config(pki, ALICE, "rogue")))
         await rogue_server.start("127.0.0.1", 0)
-        with pytest.raises(ssl.SSLCertVerificationError):
+        with pytest.raises(ssl.SSLCertVerificationError) as refused:
             await FramedStream.connect(
                 "127.0.0.1", rogue_server.port, tls=client_context(tls_config(pki, BOB))
             )
+        # The refused connection's socket is closed then and there, not left to the
+        # garbage collector (the traceback held here keeps the socket object alive).
+        assert not sockets_to(rogue_server.port), sockets_to(rogue_server.port)
+        del refused
         await rogue_server.stop()
 
     asyncio.run(main())
