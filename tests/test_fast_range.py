@@ -65,6 +65,25 @@ def test_fetch_to_moves_the_range_in_order_in_chunks_and_reuses_the_connection()
     asyncio.run(main())
 
 
+def test_a_response_head_of_several_kilobytes_is_read_whole() -> None:
+    # Origins behind CDNs answer with many long headers (cookies, tracing, policies): a
+    # head of 8 KiB is still well within the fast path's limit and must not push the
+    # fetch off it.
+    async def main() -> None:
+        async with OriginServer() as origin:
+            url = origin.add_file("padded.bin", DATA)
+            origin.set_faults("/padded.bin", headers={"X-Padding": "p" * 8000})
+            fetcher = FastRangeFetcher()
+            try:
+                sink = RecordingSink()
+                await fetcher.fetch_to(url, {}, 5, 1000, sink)
+                assert b"".join(sink.chunks) == DATA[5:1005]
+            finally:
+                fetcher.close()
+
+    asyncio.run(main())
+
+
 @pytest.mark.parametrize(
     "fault",
     [{"close_after": {"bytes": BODY_CHUNK + 10}}, {"truncate": {"missing": 5}}],
