@@ -114,7 +114,12 @@ TESTS_FOR: list[tuple[str, list[str]]] = [
     ),
     (
         "daemons/peer/http_upload.py",
-        ["tests/test_dfdaemon_e2e.py", "-k", "http or garbage or without_range_or_length"],
+        [
+            "tests/test_dfdaemon_e2e.py",
+            "tests/test_connection_limits_e2e.py",
+            "-k",
+            "http or garbage or without_range_or_length or stalled_connections_are_closed",
+        ],
     ),
     (
         "daemons/peer/task_store.py",
