@@ -122,6 +122,13 @@ def test_token_bucket_rejects_negative_rate():
         TokenBucket(-1)
 
 
+@pytest.mark.parametrize("burst", [0, -5])
+def test_token_bucket_refuses_a_burst_that_lets_nothing_through(burst):
+    with pytest.raises(ValueError, match=f"burst must be > 0 bytes, got {burst}"):
+        TokenBucket(100.0, burst)
+    assert TokenBucket(0, 0).unlimited  # no rate: the burst does not matter
+
+
 # -- storage --------------------------------------------------------------------------
 
 TID = "ab" + "c" * 62
