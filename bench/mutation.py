@@ -125,7 +125,13 @@ TESTS_FOR: list[tuple[str, list[str]]] = [
         "daemons/peer/task_store.py",
         ["tests/test_task_store.py", "tests/test_stored_integrity_e2e.py"],
     ),
-    ("daemons/peer/piece_server.py", ["tests/test_piece_server_e2e.py"]),
+    (
+        "daemons/peer/piece_server.py",
+        [
+            "tests/test_piece_server_e2e.py",
+            "tests/test_connection_limits_e2e.py::test_a_subscriber_is_not_idle_while_its_task_runs",
+        ],
+    ),
     ("daemons/peer/p2p.py", [f"{P2P}::{t}" for t in P2P_PATH]),
     (
         "daemons/scheduler/server.py",

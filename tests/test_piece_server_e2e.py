@@ -30,7 +30,7 @@ from d7y.ext.bitmap import Bitmap
 from tests import frames
 from tests.frames import recv_exact
 from tests.origin_server import ThreadedOriginServer
-from tests.peer_harness import PeerProcess
+from tests.peer_harness import PeerProcess, wait_for
 
 PIECE = 4 * MiB
 SIZE = 2 * PIECE + 1000
@@ -286,3 +286,32 @@ def test_subscriber_gets_every_piece_as_it_lands_between_other_answers(tmp_path)
                 assert digest == f"crc32:{zlib.crc32(data[n * PIECE : (n + 1) * PIECE])}"
             s.sendall(encode_frame(Unsubscribe(task_id=tid), stream_id=9))
         assert proc.wait(60) == 0
+
+
+def test_pieces_beyond_max_concurrent_are_refused_busy(tmp_path):
+    """upload.max_concurrent = 1: while one piece is being served (held back by the
+    upload rate limit), a request for another gets ``busy`` at once, not a queue."""
+    with (
+        ThreadedOriginServer() as origin,
+        PeerProcess(tmp_path, upload={"max_concurrent": 1, "rate_limit": "1MiB"}) as peer,
+    ):
+        url = origin.add_file("busy.bin", size=SIZE, seed=32)
+        assert peer.dfget(url, tmp_path / "out", "--no-progress").returncode == 0
+        tid = task_id(url)
+        with connect(peer) as first, connect(peer) as second:
+            # Piece 0 uses up the bucket's one-piece burst; piece 1 then waits 4 s for
+            # tokens, counted as an active upload all the while.
+            first.sendall(encode_frame(GetPiece(task_id=tid, number=0), stream_id=1))
+            _, piece = read_frame(first)
+            assert isinstance(piece, Piece)
+            recv_exact(first, piece.length)
+            first.sendall(encode_frame(GetPiece(task_id=tid, number=1), stream_id=3))
+            wait_for(
+                lambda: peer.metrics().get("d7y_peer_active_uploads") == 1,
+                "piece 1 to be an active upload",
+            )
+            second.sendall(encode_frame(GetPiece(task_id=tid, number=2), stream_id=5))
+            header, refusal = read_frame(second)
+            assert header.stream_id == 5
+            assert isinstance(refusal, Error) and refusal.code == "busy", refusal
+            assert "serving 1 pieces already" in refusal.message
