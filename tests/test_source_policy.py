@@ -81,12 +81,26 @@ def test_deny_wins_over_allow_and_over_public() -> None:
             policy.check_address(host, address, f"http://{host}/")
 
 
+def test_a_refusal_names_the_host_and_the_address_it_resolved_to() -> None:
+    policy = SourcePolicy(deny=["*.bad.example"])
+    for host in ("0.bad.example", "z.bad.example"):
+        with pytest.raises(SourceRefused, match=rf"{host} \(1\.1\.1\.1\) is denied"):
+            policy.check_address(host, "1.1.1.1", f"http://{host}/")
+    with pytest.raises(SourceRefused, match=r"remote party: 10\.0\.0\.1 is a private"):
+        SourcePolicy().check_address("10.0.0.1", "10.0.0.1", "http://10.0.0.1/")
+
+
 def test_host_patterns_match_names_not_addresses() -> None:
     policy = SourcePolicy(allow=["origin.internal", "*.corp.example"])
     policy.check_address("origin.internal", "10.0.0.5", "http://origin.internal/")
     policy.check_address("a.b.corp.example", "10.0.0.6", "http://a.b.corp.example/")
     policy.check_address("ORIGIN.INTERNAL.", "10.0.0.5", "http://ORIGIN.INTERNAL./")
-    for host in ("corp.example", "evilorigin.internal", "origin.internal.evil.example"):
+    for host in (
+        "corp.example",
+        "evilcorp.example",  # ends with "corp.example" but is not below it
+        "evilorigin.internal",
+        "origin.internal.evil.example",
+    ):
         with pytest.raises(SourceRefused):
             policy.check_address(host, "10.0.0.5", f"http://{host}/")
 
