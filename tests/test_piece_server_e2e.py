@@ -7,6 +7,7 @@ import struct
 import time
 import zlib
 
+import psutil
 import pytest
 
 from d7y.core.ids import task_id
@@ -163,6 +164,7 @@ def test_piece_client_fetches_and_verifies(served):
         client = PieceClient()
         try:
             info = await client.task_info(address, tid)
+            used = [local_ports_to(peer.piece_port)]
             buffer = bytearray(PIECE)
             got = []
             for n in range(info.piece_count):
@@ -171,11 +173,21 @@ def test_piece_client_fetches_and_verifies(served):
                 )
                 assert digest == info.digests[n]
                 got.append(bytes(buffer[:length]))
+                used.append(local_ports_to(peer.piece_port))
+            # Every request went over the one pooled connection (same local port).
+            assert len(used[0]) == 1 and all(ports == used[0] for ports in used), used
             return b"".join(got)
         finally:
             client.close()
 
     assert run(scenario()) == data
+
+
+def local_ports_to(port: int) -> set[int]:
+    """The local ports of this process's TCP connections to ``port``."""
+    me = psutil.Process()
+    connections = getattr(me, "net_connections", None) or me.connections  # psutil < 6
+    return {c.laddr.port for c in connections("tcp") if c.raddr and c.raddr.port == port}
 
 
 def test_piece_client_catches_a_wrong_digest(served):
