@@ -133,6 +133,34 @@ def test_a_tls_stream_carries_frames_and_piece_payloads(pki, tmp_path):
     assert [(i.name, i.role) for i in seen] == [(ALICE, "peer")]
 
 
+def test_stop_accepting_closes_the_port_and_the_open_connections_go_on():
+    """A drain: once a listener stops accepting, a new connection is refused by the
+    kernel (the listening socket is closed, not just no longer accepted from), while a
+    connection already open is still answered."""
+
+    async def serve(stream, _address):
+        framed = FramedStream(stream)
+        while True:
+            stream_id, ping = await framed.read()
+            await framed.send(Pong(nonce=ping.nonce), stream_id)
+
+    async def main():
+        listener = Listener(serve)
+        await listener.start("127.0.0.1", 0)
+        client = await FramedStream.connect("127.0.0.1", listener.port)
+        await client.send(Ping(nonce=1), 1)
+        assert (await client.read())[1] == Pong(nonce=1)
+        await listener.stop_accepting()
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", listener.port), timeout=5).close()
+        await client.send(Ping(nonce=2), 3)
+        assert (await client.read())[1] == Pong(nonce=2)
+        client.close()
+        await listener.stop()
+
+    asyncio.run(main())
+
+
 def sockets_to(port: int) -> list:
     """This process's open TCP sockets connected to ``port`` on loopback."""
     me = psutil.Process()
