@@ -86,6 +86,7 @@ SCHEDULER_PATH = [
     "test_download_that_outlives_its_scheduler_is_announced_to_the_new_one",
     "test_scheduler_answers_a_restored_running_peer_on_its_new_stream",
     "test_scheduler_address_from_the_environment",
+    "test_scheduler_survives_bad_frames",
 ]
 
 #: Every config key's default is pinned by the generated docs/configuration.md.

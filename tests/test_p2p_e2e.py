@@ -330,20 +330,23 @@ def read_frame(sock: socket.socket):
 
 
 @pytest.mark.parametrize(
-    ("frame", "code"),
+    ("frame", "code", "stream"),
     [
-        (b"NO" + bytes(10), "protocol_error"),
-        (struct.pack(">2sBBII", MAGIC, 1, 0x31, 1, 0x7FFFFFFF), "frame_too_large"),
-        (struct.pack(">2sBBII", MAGIC, 1, 0x31, 1, 3) + b"\x81\xa1a", "bad_request"),
+        (b"NO" + bytes(10), "protocol_error", 0),
+        (struct.pack(">2sBBII", MAGIC, 1, 0x31, 7, 0x7FFFFFFF), "frame_too_large", 7),
+        (struct.pack(">2sBBII", MAGIC, 1, 0x31, 9, 3) + b"\x81\xa1a", "bad_request", 9),
     ],
     ids=["bad-magic", "oversized", "malformed-register"],
 )
-def test_scheduler_survives_bad_frames(tmp_path, frame, code):
+def test_scheduler_survives_bad_frames(tmp_path, frame, code, stream):
     with SchedulerProcess(tmp_path) as scheduler:
         with socket.create_connection(("127.0.0.1", scheduler.port), timeout=5) as s:
             s.sendall(frame)
-            error = read_frame(s)
+            # The error answers on the frame's stream; on stream 0 (the connection) when
+            # the header was too broken to name one.
+            stream_id, error = read_frame_on(s)
             assert isinstance(error, Error) and error.code == code
+            assert stream_id == stream
         with socket.create_connection(("127.0.0.1", scheduler.port), timeout=5) as s:
             s.sendall(encode_frame(Ping(nonce=3)))  # a truncated frame next
             assert read_frame(s) == Pong(nonce=3)
