@@ -136,7 +136,11 @@ TESTS_FOR: list[tuple[str, list[str]]] = [
     ("daemons/peer/p2p.py", [f"{P2P}::{t}" for t in P2P_PATH]),
     (
         "daemons/scheduler/server.py",
-        ["tests/test_scheduler_daemon.py", *(f"{P2P}::{t}" for t in SCHEDULER_PATH)],
+        [
+            "tests/test_scheduler_daemon.py",
+            "tests/test_scheduler_identity_e2e.py",
+            *(f"{P2P}::{t}" for t in SCHEDULER_PATH),
+        ],
     ),
     (
         "daemons/peer/api.py",

@@ -117,6 +117,8 @@ def test_a_second_connection_cannot_take_over_a_live_seed_host(tmp_path):
                 peer.sendall(encode_frame(request, 1))
                 stream, trigger = read_frame(seed)
                 assert isinstance(trigger, TriggerSeed), trigger
+                # A stream the scheduler opens has an even id (the peer's are odd).
+                assert stream > 0 and stream % 2 == 0, stream
                 assert trigger.task_id == TASK and trigger.headers == request.headers
         assert "refused AnnounceHost" in scheduler.log()
 
