@@ -184,7 +184,15 @@ TESTS_FOR: list[tuple[str, list[str]]] = [
         "daemons/peer/verify.py",
         ["tests/test_piece_verifier.py", "tests/test_stored_integrity_e2e.py"],
     ),
-    ("daemons/scheduler/config.py", ["tests/test_scheduler_daemon.py", CONFIG_DOC]),
+    (
+        "daemons/scheduler/config.py",
+        [
+            "tests/test_scheduler_daemon.py",
+            CONFIG_DOC,
+            "tests/test_manager_process.py::"
+            "test_a_scheduler_registers_keeps_alive_and_applies_its_cluster_config",
+        ],
+    ),
     ("daemons/scheduler/manager_client.py", ["tests/test_manager_process.py", "-k", "scheduler"]),
     ("daemons/service.py", ["tests/test_service_lifecycle.py", CONFIG_DOC]),
     ("daemons/procman.py", ["tests/test_procman.py"]),
