@@ -24,6 +24,7 @@ import http.server
 import json
 import shutil
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -47,9 +48,16 @@ def digest_of(data: bytes) -> str:
 class TokenService:
     """A token endpoint (the ``realm``): records each request's query and Authorization
     header, answers ``{"token": ..., "expires_in": 300}``; with ``require`` set, only
-    to that Basic user (401 otherwise)."""
+    to that Basic user (401 otherwise); with ``padding``, the answer carries that many
+    bytes more; with ``split``, its first bytes come 0.2 s before the rest."""
 
-    def __init__(self, require: tuple[str, str] | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        require: tuple[str, str] | None = None,
+        host: str = "127.0.0.1",
+        padding: int = 0,
+        split: bool = False,
+    ) -> None:
         self.port = free_port()
         self.realm = f"http://{host}:{self.port}/token"
         self.requests: list[tuple[dict[str, str], str]] = []
@@ -70,14 +78,19 @@ class TokenService:
                         self.send_header("Content-Length", "0")
                         self.end_headers()
                         return
-                body = json.dumps(
-                    {"token": f"token-{len(service.requests)}", "expires_in": 300}
-                ).encode()
+                answer = {"token": f"token-{len(service.requests)}", "expires_in": 300}
+                if padding:  # a hostile or broken service: an answer of ``padding`` bytes
+                    answer["padding"] = "x" * padding
+                body = json.dumps(answer).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                if split:  # the answer in two parts, as a slow network delivers it
+                    self.wfile.write(body[:10])
+                    self.wfile.flush()
+                    time.sleep(0.2)  # a fault injected, not a wait for anything
+                self.wfile.write(body[10:] if split else body)
 
             def log_message(self, *args: object) -> None:
                 pass

@@ -152,6 +152,28 @@ def test_a_token_service_that_refuses_says_what_to_set(tmp_path):
         assert fetch_all(url, right)[1] == b"x" * 100
 
 
+def test_a_token_answer_that_arrives_in_parts_is_read_whole(tmp_path):
+    with (
+        TokenService(split=True) as slow,
+        Registry(tmp_path, auth="token", token_realm=slow.realm) as server,
+    ):
+        server.push_artifact(REPO, "v1", [b"x" * 100])
+        assert fetch_all(f"oci://{server.host}/{REPO}:v1")[1] == b"x" * 100
+
+
+def test_an_oversized_token_answer_is_not_read_whole(tmp_path):
+    # A token answer is a few KiB; one of 2 MiB is read only up to the 1 MiB limit and
+    # refused (never held whole in memory).
+    with (
+        TokenService(padding=2 * 1024 * 1024) as bloated,
+        Registry(tmp_path, auth="token", token_realm=bloated.realm) as server,
+    ):
+        server.push_artifact(REPO, "v1", [b"x" * 100])
+        error = probe_error(f"oci://{server.host}/{REPO}:v1")
+        assert "answered more than 1048576 bytes" in str(error), str(error)
+        assert len(bloated.requests) == 1
+
+
 def test_basic_auth_registry(tmp_path):
     with Registry(tmp_path, auth="basic") as server:
         server.push_artifact(REPO, "v1", [LAYER[:1000]])

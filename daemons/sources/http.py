@@ -69,6 +69,7 @@ __all__ = [
     "HttpSource",
     "OriginClient",
     "OriginStream",
+    "read_up_to",
 ]
 
 log = logging.getLogger(__name__)
@@ -738,6 +739,21 @@ class OriginStream:
 
 
 # -- helpers -------------------------------------------------------------------------
+
+
+async def read_up_to(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """A response body's first ``limit`` bytes (the whole body when it is shorter).
+
+    ``StreamReader.read(n)`` returns as soon as *some* bytes have arrived, so a small body
+    the network delivers in two parts (a token, a manifest, an error document) would be
+    cut at the first; this reads until the limit or the end of the body."""
+    body = bytearray()
+    while len(body) < limit:
+        chunk = await content.read(limit - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return bytes(body)
 
 
 def _check_url(url: str) -> None:

@@ -48,7 +48,7 @@ from yarl import URL
 
 from d7y.daemons.config import field
 from d7y.daemons.sources.base import HeadersLike, SourceError, SourceInfo
-from d7y.daemons.sources.http import OriginClient, OriginStream
+from d7y.daemons.sources.http import OriginClient, OriginStream, read_up_to
 
 if TYPE_CHECKING:
     from d7y.daemons.sources import SourceSettings
@@ -266,7 +266,13 @@ class _RegistryAuth:
                     status=resp.status,
                     retryable=resp.status >= 500,
                 )
-            body = await resp.content.read(_TOKEN_LIMIT)
+            body = await read_up_to(resp.content, _TOKEN_LIMIT + 1)
+        if len(body) > _TOKEN_LIMIT:
+            raise SourceError(
+                f"the token service {URL(realm).origin()} of registry {host} answered more "
+                f"than {_TOKEN_LIMIT} bytes for {scope}: not a token answer",
+                url=url,
+            )
         try:
             answer = json.loads(body)
             token = answer.get("token") or answer.get("access_token")
@@ -386,7 +392,7 @@ class OciSource:
         async def attempt() -> bytes:
             async with self.client.request(target, request_headers.copy()) as resp:
                 await self.client.check_status(target, resp, ok=(200,))
-                body = await resp.content.read(_MANIFEST_LIMIT + 1)
+                body = await read_up_to(resp.content, _MANIFEST_LIMIT + 1)
                 if len(body) > _MANIFEST_LIMIT:
                     raise SourceError(
                         f"the manifest of {url} is larger than {_MANIFEST_LIMIT} bytes: not a "
@@ -474,7 +480,7 @@ class OciSource:
         code, message = "", ""
         if resp.method != "HEAD":
             try:
-                body = await resp.content.read(64 * 1024)
+                body = await read_up_to(resp.content, 64 * 1024)
                 errors = json.loads(body).get("errors") or []
                 if errors and isinstance(errors[0], dict):
                     code = str(errors[0].get("code") or "")

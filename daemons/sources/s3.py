@@ -45,7 +45,7 @@ from yarl import URL
 
 from d7y.daemons.config import field
 from d7y.daemons.sources.base import HeadersLike, SourceError, SourceInfo
-from d7y.daemons.sources.http import OriginClient, OriginStream
+from d7y.daemons.sources.http import OriginClient, OriginStream, read_up_to
 
 if TYPE_CHECKING:
     from d7y.daemons.sources import SourceSettings
@@ -482,7 +482,7 @@ class S3Source:
         code, message, region = "", "", resp.headers.get("x-amz-bucket-region", "")
         if resp.method != "HEAD":
             try:
-                body = await resp.content.read(_ERROR_BODY_LIMIT)
+                body = await read_up_to(resp.content, _ERROR_BODY_LIMIT)
             except (aiohttp.ClientError, TimeoutError):
                 body = b""
             try:
