@@ -185,6 +185,20 @@ def test_s3_errors_name_the_object_and_the_fix(s3, reader, url, status, expected
         assert reader[0] in str(error) and "s3:GetObject" in str(error)
 
 
+def test_concurrent_failures_each_name_their_own_object(s3, reader):
+    # Two probes in flight on one source: each error names its own s3:// URL (the
+    # source maps the HTTP URL it requested back to the object), not the HTTP URL.
+    urls = [f"s3://{BUCKET}/missing/{name}" for name in ("first", "second")]
+
+    async def scenario(source):
+        return await asyncio.gather(*(source.probe(url) for url in urls), return_exceptions=True)
+
+    errors = run(URL, settings(s3, reader), scenario)
+    for url, error in zip(urls, errors, strict=True):
+        assert isinstance(error, SourceError), error
+        assert f"S3 object {url} does not exist" in str(error), str(error)
+
+
 def test_a_wrong_secret_is_a_signature_error(s3, reader):
     async def scenario(source):
         with pytest.raises(SourceError, match="SignatureDoesNotMatch") as excinfo:
