@@ -23,6 +23,7 @@ from d7y.daemons.sources import (
     open_source,
 )
 from d7y.daemons.sources.s3 import resolve_settings
+from tests.origin_server import ThreadedOriginServer
 from tests.peer_harness import PeerProcess, SchedulerProcess, peer_config, wait_for
 from tests.s3_server import MotoS3
 
@@ -197,6 +198,24 @@ def test_concurrent_failures_each_name_their_own_object(s3, reader):
     for url, error in zip(urls, errors, strict=True):
         assert isinstance(error, SourceError), error
         assert f"S3 object {url} does not exist" in str(error), str(error)
+
+
+def test_an_s3_error_without_advice_of_its_own_is_quoted_as_answered():
+    # An endpoint (here a plain HTTP server) answering a status S3 gives no code for:
+    # the message quotes the answer, not the advice that belongs to another error.
+    with ThreadedOriginServer() as origin:
+        origin.set_faults(None, fail={"status": 400, "count": -1})
+        config = S3Config(endpoint=origin.base_url, anonymous=True)
+
+        async def scenario(source):
+            with pytest.raises(SourceError) as excinfo:
+                await source.probe(URL)
+            return excinfo.value
+
+        error = run(URL, SourceSettings(retry=FAST, s3=config), scenario)
+    assert error.status == 400 and not error.retryable
+    assert f"S3 answered 400 for {URL}" in str(error), str(error)
+    assert "region" not in str(error)
 
 
 def test_a_wrong_secret_is_a_signature_error(s3, reader):
