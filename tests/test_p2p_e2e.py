@@ -211,6 +211,12 @@ def test_corrupt_parent_is_caught_and_blocklisted(cluster_factory, origin):
     assert "dropping parent" in logs
     assert liar.metrics().get("d7y_peer_upload_bytes_total", 0) > 0
     assert "type=PieceFailed" not in cluster.scheduler.log()  # handled, not refused
+    # A child whose only parent was dropped waits for the scheduler: it goes to the origin
+    # only when the scheduler sends it there (or its download loop gives up), and says so.
+    for peer in honest:
+        if bytes_by_source(peer)[0] > 0:
+            reason = r"scheduler sends task to source|falling back to the origin"
+            assert re.search(reason, peer.log()), peer.log()[-3000:]
 
 
 def test_parent_killed_mid_transfer(cluster_factory, origin):
