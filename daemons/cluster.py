@@ -257,7 +257,12 @@ class LocalCluster:
             f"  {'id':>3}  {'hostname':<12} {'address':<22} {'cluster':>7}  {'state':<8} "
             "last keepalive"
         )
-        for row in self.registered_schedulers():
+        try:
+            rows = self.registered_schedulers()
+        except OSError as exc:  # urllib's URLError and HTTPError included
+            rows = []
+            lines.append(f"  the manager did not answer: {exc}; see {self.work / 'manager.log'}")
+        for row in rows:
             lines.append(
                 f"  {row['id']:>3}  {row['hostname']:<12} {row['ip'] + ':' + str(row['port']):<22} "
                 f"{row['cluster_id']:>7}  {row['state']:<8} {row['last_keepalive_at']}"
