@@ -763,6 +763,7 @@ class Scheduler:
             del task.peers_by_host[peer.host.id]
         task.peer_list.discard(peer)
         task.servable.discard(peer)
+        task.starting.discard(peer)
         task.back_to_source_peers.discard(peer.id)
         del peer.host.peers[peer.id]
         del self._peers[peer.id]
