@@ -82,6 +82,7 @@ def cluster(request, tmp_path_factory):
         peer = stack.enter_context(PeerProcess(work, "peer", **peer_config(scheduler, "peer")))
         seed_host = ids.host_id("127.0.0.1", "seed", seed=True)
         scheduler.wait_log(f"host announced host={seed_host} type=seed")
+        assert f"job_queue={request.param}" in manager.log()  # the backend under test
         client = manager.client(PAT)
         wait_for(
             lambda: any(s["state"] == "active" for s in client.get("/api/v1/schedulers")),
@@ -212,8 +213,18 @@ def test_failures_name_the_url_and_the_cause(cluster):
     unreachable = results["unreachable"]["result"]["tasks"][0]["error"]
     assert "unreachable" in unreachable and closed in unreachable
     # The manager and the cluster go on serving: a good preheat still succeeds.
-    ok = finished(client, preheat(client, {"type": "file", "url": no_blob.replace(
-        "sha256:" + "0" * 64, registry.push_blob(REPO, b"still serving" * 100))})["id"])
+    ok = finished(
+        client,
+        preheat(
+            client,
+            {
+                "type": "file",
+                "url": no_blob.replace(
+                    "sha256:" + "0" * 64, registry.push_blob(REPO, b"still serving" * 100)
+                ),
+            },
+        )["id"],
+    )
     assert ok["state"] == "SUCCESS", ok
 
 
@@ -255,7 +266,7 @@ def test_registry_credentials(cluster, tmp_path, auth):
 
 
 def test_jobs_api_validation_auth_and_audit(cluster):
-    manager, client = cluster.manager, cluster.client
+    manager = cluster.manager
     root = manager.signin()
     url = "http://127.0.0.1:9/file.bin"
 
@@ -279,8 +290,17 @@ def test_jobs_api_validation_auth_and_audit(cluster):
             field="args.speed", words=["unknown field"])  # fmt: skip
     refused({"type": "preheat", "args": {"type": "file", "url": url, "headers": {"a b": "c"}}},
             field="args.headers")  # fmt: skip
-    refused({"type": "preheat", "args": {"type": "image", "url": url.replace(
-        "file.bin", "v2/r/manifests/t"), "platform": "amd64"}}, field="args.platform")
+    refused(
+        {
+            "type": "preheat",
+            "args": {
+                "type": "image",
+                "url": url.replace("file.bin", "v2/r/manifests/t"),
+                "platform": "amd64",
+            },
+        },
+        field="args.platform",
+    )
     refused({"type": "preheat", "args": {"type": "file", "url": url},
              "scheduler_cluster_ids": [1, 999999]}, field="scheduler_cluster_ids[1]",
             words=["999999"])  # fmt: skip
@@ -333,3 +353,33 @@ def test_a_cluster_without_a_scheduler_fails_at_once(cluster):
     assert job["state"] == "FAILURE"
     error = job["result"]["tasks"][0]["error"]
     assert f"scheduler cluster {empty['id']} has no active scheduler" in error
+
+
+def test_job_rate_limit_caps_the_tasks_a_cluster_gets_per_second(cluster):
+    """job_rate_limit 1: however many tasks a scheduler asks for, each claim (one per
+    second's window) gets one, until all are handed out."""
+    client = cluster.client
+    name = f"slow-{uuid.uuid4().hex[:6]}"
+    slow = client.ok(
+        "POST",
+        "/api/v1/clusters",
+        {"name": name, "scheduler_cluster_config": {"job_rate_limit": 1}},
+        201,
+    )
+    sched = client.ok("POST", "/api/v1/schedulers", {"hostname": name, "ip": "127.0.0.77",
+                      "port": 8002, "cluster_id": slow["id"]}, 201)  # fmt: skip
+    jobs = [preheat(client, {"type": "file", "url": f"http://127.0.0.1:9/r{i}"},
+                    clusters=[slow["id"]]) for i in range(3)]  # fmt: skip
+    wait_for(
+        lambda: all(client.get(f"/api/v1/jobs/{j['id']}")["result"]["tasks"] for j in jobs),
+        "the jobs' tasks to be queued",
+    )
+    claimed = []
+    while len(claimed) < 3:
+        got = client.ok("POST", f"/api/v1/schedulers/{sched['id']}/jobs/claim",
+                        {"max_tasks": 10, "wait": 10})  # fmt: skip
+        assert len(got) == 1, got
+        claimed += got
+    assert sorted(t["url"] for t in claimed) == [f"http://127.0.0.1:9/r{i}" for i in range(3)]
+    for job in jobs:
+        assert client.get(f"/api/v1/jobs/{job['id']}")["state"] == "RUNNING"
