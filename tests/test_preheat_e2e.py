@@ -433,3 +433,36 @@ def test_a_stopped_scheduler_s_task_goes_to_another_and_a_late_job_times_out(
         )
         assert ended["state"] == "FAILURE"
         assert "timed out: not done within 4s" in ended["result"]["tasks"][0]["error"]
+
+
+def test_file_preheat_with_tag_filtered_params_and_headers_serves_dfget_p2p(
+    cluster, origin, tmp_path
+):
+    """A file preheat's task ID is dfget's: the same tag, the same filtered query
+    parameter (with another value: a new signature) finds the seed peer's copy, and the
+    origin serves nothing more. The headers reached the origin with the seed's fetch."""
+    client = cluster.client
+    name = f"signed-{cluster.backend}.bin"
+    base = origin.add_file(name, size=6 << 20, seed=41)
+    job = preheat(client, {"type": "file", "url": f"{base}?sig=first&keep=1", "tag": "t1",
+                           "filtered_query_params": "sig&Expires",
+                           "headers": {"X-Preheat": "yes"}})  # fmt: skip
+    job = finished(client, job["id"])
+    assert job["state"] == "SUCCESS", job
+    (task,) = job["result"]["tasks"]
+    names = ["sig", "Expires"]
+    assert task["task_id"] == ids.task_id(
+        f"{base}?sig=other&keep=1", tag="t1", filtered_query_params=names
+    )
+    stats = origin.stats(f"/{name}")
+    assert stats["requests"] >= 1
+    assert all(h.get("X-Preheat") == "yes" for h in stats["headers"])
+    served = stats["bytes_sent"]
+    out = tmp_path / "signed.out"
+    result = cluster.peer.dfget(
+        f"{base}?sig=other&keep=1", out, "--tag", "t1",
+        "--filtered-query-param", "sig", "--filtered-query-param", "Expires",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes() == origin.content(name)
+    assert origin.stats(f"/{name}")["bytes_sent"] == served, "dfget reached the origin"
