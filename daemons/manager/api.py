@@ -47,6 +47,9 @@ from d7y.daemons.manager.validation import explain
 
 log = logging.getLogger("d7y.manager")
 API = "/api/v1"
+#: Dragonfly's token-guarded "open API" (/oapi/v1/jobs): the same operations, for
+#: clients written against Dragonfly's manager.
+OAPI = "/oapi/v1"
 WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 MAX_PER_PAGE = 1000
 #: Checked against when the user name is unknown (see signin).
@@ -92,11 +95,15 @@ class Route:
     response: str = "object"  # "object" | "array" | "none" (documentation only)
     #: The answer's type (responses.py; an array's item type), for the document.
     returns: type | None = None
+    #: The document's operationId when the handler serves two paths (default: its name).
+    operation_id: str = ""
 
     @property
     def group(self) -> str:
-        rest = self.path[len(API) + 1 :] if self.path.startswith(API + "/") else ""
-        return rest.split("/", 1)[0]
+        for prefix in (API, OAPI):
+            if self.path.startswith(prefix + "/"):
+                return self.path[len(prefix) + 1 :].split("/", 1)[0]
+        return ""
 
 
 # -- request helpers ------------------------------------------------------------------

@@ -12,6 +12,7 @@ from d7y.daemons.manager import responses as out
 from d7y.daemons.manager import schemas as s
 from d7y.daemons.manager.api import (
     API,
+    OAPI,
     ApiError,
     ListQuery,
     Route,
@@ -49,6 +50,15 @@ class JobHandlers:
             Route("DELETE", f"{API}/jobs/{i}", self.delete_job,
                   "delete a job and its results (tasks still queued are dropped)",
                   response="none"),
+            # Dragonfly's open API paths for the same operations.
+            Route("GET", f"{OAPI}/jobs", self.list_jobs, "list jobs (as GET /api/v1/jobs)",
+                  query=s.JobQuery, response="array", returns=out.JobOut,
+                  operation_id="oapi_list_jobs"),
+            Route("POST", f"{OAPI}/jobs", self.create_job,
+                  "create a preheat job (as POST /api/v1/jobs)", body=s.JobCreate,
+                  returns=out.JobOut, operation_id="oapi_create_job"),
+            Route("GET", f"{OAPI}/jobs/{i}", self.get_job, "one job (as GET /api/v1/jobs/{id})",
+                  returns=out.JobOut, operation_id="oapi_get_job"),
             Route("POST", f"{API}/schedulers/{i}/jobs/claim", self.claim_tasks,
                   "a scheduler takes queued preheat tasks of its cluster (waits up to "
                   "`wait` seconds for some)", body=s.JobClaim, response="array",

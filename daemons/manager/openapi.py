@@ -55,7 +55,7 @@ def build_document(routes: list[Route], version: str) -> dict[str, Any]:
     for route in routes:
         operation: dict[str, Any] = {
             "summary": route.summary,
-            "operationId": route.handler.__name__,
+            "operationId": route.operation_id or route.handler.__name__,
             "tags": [route.group or "service"],
             "responses": _responses(route),
         }
