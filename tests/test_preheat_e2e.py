@@ -58,6 +58,15 @@ def push_image(work: Path, registry: Registry, tag: str, seed: int) -> list[str]
     return layers
 
 
+def peer_bytes(peer: PeerProcess) -> tuple[float, float]:
+    """(bytes the peer fetched from origins, bytes it fetched from other peers)."""
+    metrics = peer.metrics()
+    return (
+        metrics.get("d7y_peer_download_origin_bytes_total", 0.0),
+        metrics.get("d7y_peer_download_peer_bytes_total", 0.0),
+    )
+
+
 def blob_gets(registry: Registry) -> int:
     """GETs of blobs the registry answered so far (its access log)."""
     return len(re.findall(rf'"GET /v2/{REPO}/blobs/sha256:', registry.log_path.read_text()))
@@ -143,11 +152,15 @@ def test_image_preheat_fills_the_seed_peer_and_a_later_pull_is_p2p(cluster, tmp_
         assert status == 200 and "sha256:" + hashlib.sha256(body).hexdigest() == digest
     # A peer's download of a layer is P2P: the registry serves no blob for it.
     fetched = blob_gets(registry)
+    origin_before, peers_before = peer_bytes(cluster.peer)
     out = tmp_path / "layer.out"
     result = cluster.peer.dfget(tasks[1]["url"], out)
     assert result.returncode == 0, result.stderr
     assert "sha256:" + hashlib.sha256(out.read_bytes()).hexdigest() == layers[0]
     assert blob_gets(registry) == fetched, "the peer's download reached the registry"
+    origin_after, peers_after = peer_bytes(cluster.peer)
+    assert origin_after == origin_before  # 0 bytes from the registry, by its own count
+    assert peers_after - peers_before == out.stat().st_size  # all of it from the seed
     # Preheating the same image again finds it on the seed peer: no blob is fetched.
     again = finished(client, preheat(client, {"type": "image", "url": url})["id"])
     assert again["state"] == "SUCCESS" and blob_gets(registry) == fetched
