@@ -47,6 +47,9 @@ from d7y.daemons.manager.validation import explain
 
 log = logging.getLogger("d7y.manager")
 API = "/api/v1"
+#: Dragonfly's token-guarded "open API" (/oapi/v1/jobs): the same operations, for
+#: clients written against Dragonfly's manager.
+OAPI = "/oapi/v1"
 WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 MAX_PER_PAGE = 1000
 #: Checked against when the user name is unknown (see signin).
@@ -92,11 +95,15 @@ class Route:
     response: str = "object"  # "object" | "array" | "none" (documentation only)
     #: The answer's type (responses.py; an array's item type), for the document.
     returns: type | None = None
+    #: The document's operationId when the handler serves two paths (default: its name).
+    operation_id: str = ""
 
     @property
     def group(self) -> str:
-        rest = self.path[len(API) + 1 :] if self.path.startswith(API + "/") else ""
-        return rest.split("/", 1)[0]
+        for prefix in (API, OAPI):
+            if self.path.startswith(prefix + "/"):
+                return self.path[len(prefix) + 1 :].split("/", 1)[0]
+        return ""
 
 
 # -- request helpers ------------------------------------------------------------------
@@ -127,6 +134,8 @@ async def read_body(request: web.Request, kind: type) -> Any:
             s.check_scopes(value.scopes)
         if isinstance(value, s.SchedulerRegister | s.SeedPeerRegister | s.SchedulerSearch):
             s.check_ip(value.ip)
+        if isinstance(value, s.JobCreate):
+            s.check_preheat_args(value.args)
     except s.ValidationFailed as exc:
         text = str(exc)
         raise ApiError(422, "invalid", f"invalid request body: {text}", _field_of(text)) from None
@@ -213,13 +222,14 @@ class ManagerApi:
         session_ttl: float,
         keepalive_timeout: float,
         on_request: Callable[[str, str, int], None] | None = None,
+        extra_routes: list[Route] = (),
     ) -> None:
         self.sessions = sessions
         self.session_key = session_key
         self.session_ttl = session_ttl
         self.keepalive_timeout = keepalive_timeout
         self.on_request = on_request or (lambda _m, _p, _s: None)
-        self.routes = self._routes()
+        self.routes = self._routes() + list(extra_routes)
         self._by_route: dict[Any, Route] = {}  # aiohttp's route object -> ours
 
     # -- wiring ------------------------------------------------------------------------
@@ -355,6 +365,8 @@ class ManagerApi:
                 if request.method in WRITE_METHODS:
                     session.add(self._audit_row(request, response.status))
                 await session.commit()
+                for callback in request.get("after_commit", ()):
+                    callback()
                 return response
         except ApiError:
             raise
