@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from d7y.daemons.manager import auth, db
 from d7y.daemons.manager.api import API, ManagerApi, json_response
 from d7y.daemons.manager.config import ManagerConfig
+from d7y.daemons.manager.console import console_routes
 from d7y.daemons.manager.models import ACTIVE, INACTIVE, Scheduler, SeedPeer
 from d7y.daemons.manager.openapi import DOCS_PAGE, build_document
 
@@ -168,7 +169,7 @@ class ManagerService:
 
 
 def build_application(api: ManagerApi, *, max_body: int) -> web.Application:
-    """The REST API with its OpenAPI document and the docs page."""
+    """The REST API with its OpenAPI document and the docs page, and the console at /."""
     document = build_document(api.routes, _version())
 
     async def openapi(_request: web.Request) -> web.Response:
@@ -179,7 +180,11 @@ def build_application(api: ManagerApi, *, max_body: int) -> web.Application:
 
     return api.build_app(
         max_body=max_body,
-        extra_routes=[web.get(f"{API}/openapi.json", openapi), web.get("/api/docs", docs)],
+        extra_routes=[
+            web.get(f"{API}/openapi.json", openapi),
+            web.get("/api/docs", docs),
+            *console_routes(api),
+        ],
     )
 
 
