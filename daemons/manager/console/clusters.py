@@ -66,9 +66,11 @@ class ClusterPages:
         )  # fmt: skip
 
     async def new(self, call: Call) -> web.Response:
+        self.guard.require_write(call, GROUP)
         return self._form(call, None, forms.cluster_values(None))
 
     async def edit(self, call: Call) -> web.Response:
+        self.guard.require_write(call, GROUP)
         cluster = await get_or_404(call.db, Cluster, call.int_param(), "cluster")
         return self._form(call, _heading(cluster), forms.cluster_values(cluster))
 

@@ -105,6 +105,13 @@ class Guard:
         response.headers.setdefault("Referrer-Policy", "same-origin")
         return response
 
+    def require_write(self, call: Call, group: str) -> None:
+        """A form page for changing something: a role that may only read gets the 403
+        up front rather than a form it cannot submit."""
+        why = call.who.may("POST", group) if call.who is not None else "sign in first"
+        if why is not None:
+            raise ApiError(403, "forbidden", why)
+
     # -- running a view ----------------------------------------------------------------
 
     def page(self, view: View, *, group: str, public: bool = False) -> web.RouteDef | Any:

@@ -110,6 +110,7 @@ class PreheatPages:
     async def new(self, call: Call) -> web.Response:
         if self.jobs is None:
             return self._unavailable(call)
+        self.guard.require_write(call, GROUP)
         return await self._form(call)
 
     async def create(self, call: Call) -> web.Response:
