@@ -153,9 +153,8 @@ def test_range_errors_name_field_range_and_value():
 
 
 def test_openapi_document_validates_and_lists_every_route():
-    from openapi_spec_validator import validate
-
     from aiohttp import web
+    from openapi_spec_validator import validate
 
     from d7y.daemons.manager.api import ManagerApi
     from d7y.daemons.manager.console import console_routes
