@@ -468,6 +468,22 @@ def test_every_answer_matches_its_documented_schema(manager, root):
     call("GET", "/api/v1/seed-peers")
     call("GET", f"/api/v1/clusters/{cluster['id']}/config", template=clusters + "/config")
     call("GET", "/api/v1/audits")
+    jobs = ident.replace("v1", "v1/jobs")
+    job = call("POST", "/api/v1/jobs", {"type": "preheat", "args": {
+        "type": "file", "url": "http://127.0.0.1:9/f.bin"},
+        "scheduler_cluster_ids": [cluster["id"]]}, 201)  # fmt: skip
+    assert job["state"] == "PENDING" and job["result"] == {"tasks": []}
+    call("GET", f"/api/v1/jobs/{job['id']}", template=jobs)
+    call("GET", "/api/v1/jobs")
+    # The scheduler registered above is active: its cluster's task is queued for it.
+    claimed = call("POST", f"/api/v1/schedulers/{sched['id']}/jobs/claim", {"wait": 10},
+                   template=scheds + "/jobs/claim")  # fmt: skip
+    assert [t["url"] for t in claimed] == ["http://127.0.0.1:9/f.bin"]
+    call("POST", f"/api/v1/schedulers/{sched['id']}/jobs/report",
+         {"tasks": [{"id": claimed[0]["id"], "state": "SUCCESS", "seed_peer": "s"}]},
+         template=scheds + "/jobs/report")  # fmt: skip
+    done = call("GET", f"/api/v1/jobs/{job['id']}", template=jobs)
+    assert done["state"] == "SUCCESS" and done["result"]["tasks"][0]["seed_peer"] == "s"
     # Every operation that answers JSON was checked.
     with_json = {
         (method.upper(), path)

@@ -127,6 +127,8 @@ def decode_body(raw: bytes, kind: type) -> Any:
             s.check_scopes(value.scopes)
         if isinstance(value, s.SchedulerRegister | s.SeedPeerRegister | s.SchedulerSearch):
             s.check_ip(value.ip)
+        if isinstance(value, s.JobCreate):
+            s.check_preheat_args(value.args)
     except s.ValidationFailed as exc:
         text = str(exc)
         raise ApiError(422, "invalid", f"invalid request body: {text}", _field_of(text)) from None
@@ -237,6 +239,7 @@ class ManagerApi:
         session_ttl: float,
         keepalive_timeout: float,
         on_request: Callable[[str, str, int], None] | None = None,
+        extra_routes: list[Route] = (),
     ) -> None:
         self.sessions = sessions
         self.session_key = session_key
@@ -245,7 +248,7 @@ class ManagerApi:
         #: The service layer, shared with the console.
         self.ops = ManagerOperations(keepalive_timeout)
         self.on_request = on_request or (lambda _m, _p, _s: None)
-        self.routes = self._routes()
+        self.routes = self._routes() + list(extra_routes)
         self._by_route: dict[Any, Route] = {}  # aiohttp's route object -> ours
 
     # -- wiring ------------------------------------------------------------------------
@@ -383,6 +386,8 @@ class ManagerApi:
                 if request.method in WRITE_METHODS:
                     session.add(self.audit_row(request, response.status))
                 await session.commit()
+                for callback in request.get("after_commit", ()):
+                    callback()
                 return response
         except ApiError:
             raise
