@@ -5,13 +5,18 @@ the page shows and what the API and the database hold afterwards."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import itertools
 import os
+import shutil
 import uuid
 from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
 
 import pytest
 
+from d7y.core import ids
 from tests.cdp import CHROMIUM, Browser, Chromium, Page
 from tests.manager_harness import ROOT_PASSWORD, ManagerProcess
 
@@ -346,3 +351,92 @@ def test_a_form_without_the_csrf_token_is_refused(manager, root, chromium):
 
     in_browser(chromium, scenario)
     assert root.get(f"/api/v1/clusters?name={name}") == []
+
+
+# -- preheat: a real scheduler, seed peer and registry -------------------------------------
+
+PAT = "d7y_pat_console-preheat-token"
+
+
+@pytest.fixture(scope="module")
+def preheat_cluster(tmp_path_factory):
+    from tests.peer_harness import PeerProcess, SchedulerProcess, peer_config, wait_for
+    from tests.registry_server import Registry
+
+    missing = shutil.which("skopeo") is None or shutil.which("docker-registry") is None
+    if missing and not os.environ.get("D7Y_REQUIRE_TOOLS"):
+        pytest.skip("needs skopeo and docker-registry (scripts/test.sh installs them)")
+    work = tmp_path_factory.mktemp("console-preheat")
+    with contextlib.ExitStack() as stack:
+        manager = stack.enter_context(ManagerProcess(work, pat=PAT))
+        scheduler = stack.enter_context(SchedulerProcess(work, manager={
+            "address": f"127.0.0.1:{manager.port}", "token": PAT, "hostname": "sched-console",
+            "keepalive_interval": "200ms",
+        }))  # fmt: skip
+        seed = stack.enter_context(
+            PeerProcess(work, "seed", **peer_config(scheduler, "seed", seed=True))
+        )
+        seed_host = ids.host_id("127.0.0.1", "seed", seed=True)
+        scheduler.wait_log(f"host announced host={seed_host} type=seed")
+        client = manager.client(PAT)
+        wait_for(
+            lambda: any(s["state"] == "active" for s in client.get("/api/v1/schedulers")),
+            "the scheduler to register with the manager",
+        )
+        registry_dir = work / "registry"
+        registry_dir.mkdir()
+        registry = stack.enter_context(Registry(registry_dir))
+        yield SimpleNamespace(
+            work=work, manager=manager, seed=seed, seed_host=seed_host, client=client,
+            registry=registry,
+        )  # fmt: skip
+
+
+def test_preheat_an_image_from_the_console_reaches_success(preheat_cluster, chromium):
+    from tests.test_preheat_e2e import REPO, push_image
+
+    cluster = preheat_cluster
+    manager, registry = cluster.manager, cluster.registry
+    layers = push_image(cluster.work, registry, "console", seed=31)
+    url = f"{registry.base}/v2/{REPO}/manifests/console"
+    seen: dict[str, int] = {}
+
+    async def scenario(page: Page) -> None:
+        await sign_in(page, manager, "root", ROOT_PASSWORD)
+        await page.goto(f"{manager.url}/preheat")
+        await page.click_and_load("#new-preheat")
+        # A blob URL is not a manifest: refused next to the URL input, nothing started.
+        await page.fill("#f-args\\.url", url.replace("/manifests/console", "/blobs/sha256:00"))
+        await page.click_and_load("#start-preheat")
+        assert "is not a manifest URL" in await page.text("#e-args\\.url")
+
+        await page.fill("#f-args\\.url", url)
+        await page.click_and_load("#start-preheat")
+        path = await page.evaluate("location.pathname")
+        assert path.startswith("/preheat/"), path
+        seen["id"] = int(path.rsplit("/", 1)[1])
+        # The page reloads itself until the job ends; each load is re-checked.
+        await page.wait_until(
+            "['SUCCESS', 'FAILURE'].includes("
+            "document.querySelector('#job-state').innerText.trim())",
+            timeout=90,
+        )
+        assert await page.text("#job-state") == "SUCCESS"
+        assert await page.texts("#tasks .task-state") == ["SUCCESS"] * 4
+        assert not await page.exists("#refreshing")
+        await page.goto(f"{manager.url}/preheat")
+        row = await page.text(f"#jobs tr[data-job-id='{seen['id']}']")
+        assert "SUCCESS" in row and "4 / 4 done" in row, row
+
+    in_browser(chromium, scenario)
+    job = cluster.client.get(f"/api/v1/jobs/{seen['id']}")
+    assert job["state"] == "SUCCESS" and job["args"]["url"] == url
+    tasks = job["result"]["tasks"]
+    assert [t["url"] for t in tasks[1:]] == [f"{registry.base}/v2/{REPO}/blobs/{d}" for d in layers]
+    assert all(t["seed_peer"] == cluster.seed_host for t in tasks)
+    # The seed peer holds every layer whole.
+    for task, digest in zip(tasks[1:], layers, strict=True):
+        status, body = cluster.seed.http_get(task["task_id"])
+        assert status == 200 and "sha256:" + hashlib.sha256(body).hexdigest() == digest
+    # Only the one job started: the refused form created none.
+    assert [j["id"] for j in cluster.client.get("/api/v1/jobs")] == [seen["id"]]
