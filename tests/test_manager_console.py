@@ -181,7 +181,7 @@ def test_create_cluster_shows_the_apis_validation_errors_then_saves(manager, roo
     ]
 
 
-def test_cluster_detail_shows_members_state_and_edit_saves(manager, root, chromium):
+def test_cluster_detail_shows_members_refuses_delete_and_edit_saves(manager, root, chromium):
     cluster = root.ok("POST", "/api/v1/clusters", {"name": unique("members")}, status=201)
     cid = cluster["id"]
     scheduler = root.ok(
@@ -208,6 +208,14 @@ def test_cluster_detail_shows_members_state_and_edit_saves(manager, root, chromi
         seed_row = await page.text("#seed-peers tbody tr")
         assert "seed-a" in seed_row and "download 65001" in seed_row and "active" in seed_row
 
+        # Deleting it while its members are alive is refused with the API's 409.
+        await page.accept_dialogs()
+        await page.goto(f"{manager.url}/clusters/{cid}")
+        await page.click_and_load("#delete-cluster")
+        assert (await page.evaluate("document.title")).startswith("Conflict")
+        assert "has active members: scheduler" in await page.text("#error-message")
+
+        await page.goto(f"{manager.url}/clusters/{cid}")
         await page.click_and_load("#edit-cluster")
         await page.fill("#f-scopes\\.location", "asia|beijing")
         await page.fill("#f-peer_cluster_config\\.block_list", "bad-host-1\nbad-host-2")
