@@ -27,6 +27,7 @@ from d7y.daemons.manager.api import (
     read_body,
     read_query,
 )
+from d7y.daemons.manager.job_queue import QueueUnavailable
 from d7y.daemons.manager.jobs import JobService, job_out
 from d7y.daemons.manager.models import Cluster, Job, JobTask, Scheduler
 
@@ -132,7 +133,10 @@ class JobHandlers:
         scheduler_id, cluster_id = scheduler.id, scheduler.cluster_id
         # Hold no database connection while waiting for work.
         await db(request).commit()
-        tasks = await self.service.claim(scheduler_id, cluster_id, body.max_tasks, body.wait)
+        try:
+            tasks = await self.service.claim(scheduler_id, cluster_id, body.max_tasks, body.wait)
+        except QueueUnavailable as exc:
+            raise ApiError(503, "queue_unavailable", f"{exc}; retry later") from None
         return list_response(tasks, len(tasks))
 
     async def report_tasks(self, request: web.Request) -> web.Response:

@@ -21,6 +21,7 @@ SQL and in Redis (shared by every manager process) for Redis.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Protocol
 
@@ -28,6 +29,11 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from d7y.daemons.manager.models import JobTask
+
+
+class QueueUnavailable(Exception):
+    """The queue's server (Redis) cannot be reached; the message says which."""
+
 
 #: How often a waiting claim looks at the table again (SQL: other managers' tasks).
 SQL_POLL = 1.0
@@ -54,11 +60,12 @@ class JobQueue(Protocol):
 class _Window:
     """A one-second window counter per cluster, in this process."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock=time.time) -> None:
         self._counts: dict[int, tuple[int, int]] = {}
+        self.clock = clock
 
     def take(self, cluster_id: int, want: int, limit: int) -> tuple[int, float]:
-        now = time.time()
+        now = self.clock()
         second = int(now)
         window, used = self._counts.get(cluster_id, (second, 0))
         if window != second:
@@ -69,17 +76,17 @@ class _Window:
 
     def give_back(self, cluster_id: int, count: int) -> None:
         window, used = self._counts.get(cluster_id, (0, 0))
-        if window == int(time.time()):
+        if window == int(self.clock()):
             self._counts[cluster_id] = (window, max(0, used - count))
 
 
 class SqlJobQueue:
     name = "sql"
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], clock=time.time) -> None:
         self.sessions = sessions
         self._events: dict[int, asyncio.Event] = {}
-        self._window = _Window()
+        self._window = _Window(clock)
 
     async def start(self) -> None:
         pass
@@ -126,7 +133,11 @@ class SqlJobQueue:
 class RedisJobQueue:
     name = "redis"
 
-    def __init__(self, address: str, *, password: str = "", db: int = 0, prefix: str = "d7y:"):
+    def __init__(
+        self, address: str, *, password: str = "", db: int = 0, prefix: str = "d7y:",
+        clock=time.time,
+    ) -> None:  # fmt: skip
+        self.clock = clock
         self.address = address if "://" in address else f"redis://{address}"
         self.password = password or None
         self.db = db
@@ -155,9 +166,26 @@ class RedisJobQueue:
 
     async def push(self, cluster_id: int, task_ids: list[int]) -> None:
         if task_ids:
-            await self.client.rpush(self._key(cluster_id), *task_ids)
+            async with self._errors():
+                await self.client.rpush(self._key(cluster_id), *task_ids)
+
+    @contextlib.asynccontextmanager
+    async def _errors(self):
+        from redis.exceptions import RedisError
+
+        try:
+            yield
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise QueueUnavailable(
+                f"the job queue in Redis at {self.address} cannot be reached "
+                f"({exc.__class__.__name__}: {exc})"
+            ) from None
 
     async def pop(self, cluster_id: int, count: int, timeout: float) -> list[int]:
+        async with self._errors():
+            return await self._pop(cluster_id, count, timeout)
+
+    async def _pop(self, cluster_id: int, count: int, timeout: float) -> list[int]:
         key = self._key(cluster_id)
         first = await self.client.lpop(key)
         if first is None:
@@ -174,7 +202,11 @@ class RedisJobQueue:
         return ids
 
     async def take(self, cluster_id: int, want: int, limit: int) -> tuple[int, float]:
-        now = time.time()
+        async with self._errors():
+            return await self._take(cluster_id, want, limit)
+
+    async def _take(self, cluster_id: int, want: int, limit: int) -> tuple[int, float]:
+        now = self.clock()
         second = int(now)
         key = f"{self.prefix}rate:{cluster_id}:{second}"
         async with self.client.pipeline(transaction=True) as pipe:
@@ -189,8 +221,8 @@ class RedisJobQueue:
 
     async def give_back(self, cluster_id: int, count: int) -> None:
         if count > 0:
-            key = f"{self.prefix}rate:{cluster_id}:{int(time.time())}"
-            async with self.client.pipeline(transaction=True) as pipe:
+            key = f"{self.prefix}rate:{cluster_id}:{int(self.clock())}"
+            async with self._errors(), self.client.pipeline(transaction=True) as pipe:
                 pipe.decrby(key, count)
                 pipe.expire(key, 2)
                 await pipe.execute()

@@ -35,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from d7y.core import ids
 from d7y.daemons.manager import schemas as s
-from d7y.daemons.manager.job_queue import JobQueue
+from d7y.daemons.manager.job_queue import JobQueue, QueueUnavailable
 from d7y.daemons.manager.models import Cluster, Job, JobTask, Scheduler
 from d7y.daemons.manager.oci import ImageResolver, ResolveError
 
@@ -282,9 +282,9 @@ class JobService:
         async with self._slots:
             try:
                 await self._resolve(job_id)
-            except (sa_exc.SQLAlchemyError, OSError, TimeoutError) as exc:
-                # The job stays RUNNING without tasks; the sweep fails it at its deadline.
-                log.warning("job %d: cannot store its tasks: %s", job_id, exc)
+            except (sa_exc.SQLAlchemyError, OSError, TimeoutError, QueueUnavailable) as exc:
+                # The job stays RUNNING; the sweep fails what is unfinished at its deadline.
+                log.warning("job %d: cannot store or queue its tasks: %s", job_id, exc)
             except Exception:
                 log.exception("job %d: resolving crashed", job_id)
 
@@ -371,8 +371,8 @@ class JobService:
         while True:
             try:
                 await self.sweep()
-            except (sa_exc.SQLAlchemyError, OSError, TimeoutError) as exc:
-                log.warning("job sweep: database error (will retry): %s", exc)
+            except (sa_exc.SQLAlchemyError, OSError, TimeoutError, QueueUnavailable) as exc:
+                log.warning("job sweep failed (will retry): %s", exc)
             await asyncio.sleep(SWEEP_INTERVAL)
 
     async def sweep(self) -> None:
