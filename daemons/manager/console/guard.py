@@ -20,7 +20,6 @@ import hmac
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
@@ -50,7 +49,7 @@ class Call:
 
 
 View = Callable[[Call], Awaitable[web.StreamResponse]]
-ErrorPage = Callable[[web.Request, ApiError, "auth.Principal | None"], web.Response]
+ErrorPage = Callable[[web.Request, ApiError, auth.Principal | None], web.Response]
 
 
 class Guard:
@@ -114,7 +113,9 @@ class Guard:
 
     # -- running a view ----------------------------------------------------------------
 
-    def page(self, view: View, *, group: str, public: bool = False) -> web.RouteDef | Any:
+    def page(
+        self, view: View, *, group: str, public: bool = False
+    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         """An aiohttp handler around ``view``: ``group`` is the API group whose RBAC the
         view follows (clusters, personal-access-tokens, users, jobs); a public view
         (sign-in) runs without a session."""
@@ -161,10 +162,16 @@ class Guard:
         except ApiError as exc:
             await self.api.audit_failure(request, exc.status)
             return self.error_page(request, exc, who)
-        except web.HTTPException as exc:  # a form over server.max_body: 413
-            return self.error_page(request, ApiError(exc.status, "http", exc.reason), who)
         except Exception as exc:
-            return self.error_page(request, failure_of(request, exc), who)
+            # A form over server.max_body (413), the database gone (503), a bug (500):
+            # rolled back, audited like the API's, and an error page.
+            failure = (
+                ApiError(exc.status, "http", f"{exc.reason}: {exc.text}")
+                if isinstance(exc, web.HTTPException)
+                else failure_of(request, exc)
+            )
+            await self.api.audit_failure(request, failure.status)
+            return self.error_page(request, failure, who)
 
     async def _principal(
         self, request: web.Request, session: AsyncSession
