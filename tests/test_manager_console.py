@@ -343,6 +343,36 @@ def test_guest_reads_everything_and_every_write_is_refused(manager, root, chromi
     ]
 
 
+def test_root_changes_a_role_but_cannot_demote_the_last_root(manager, root, chromium):
+    name = unique("ops")
+    user = root.ok(
+        "POST", "/api/v1/users", {"name": name, "password": "ops-password-1"}, status=201
+    )
+    row = f"#users tr[data-user-id='{user['id']}']"
+
+    async def set_role(page: Page, row: str, role: str) -> None:
+        await page.evaluate(
+            f"document.querySelector({row + ' select[name=role]'!r}).value = {role!r}"
+        )
+        await page.click_and_load(f"{row} button[type=submit]")
+
+    async def scenario(page: Page) -> None:
+        await sign_in(page, manager, "root", ROOT_PASSWORD)
+        await page.goto(f"{manager.url}/users")
+        await set_role(page, row, "root")
+        assert await page.text("#notice") == f"Saved user {name}."
+        assert root.get(f"/api/v1/users/{user['id']}")["role"] == "root"
+        await set_role(page, row, "guest")
+        # root (user 1) is now the only root: demoting it is refused, with the reason.
+        await set_role(page, "#users tr[data-user-id='1']", "guest")
+        assert (await page.evaluate("document.title")).startswith("Conflict")
+        assert "is the last enabled root" in await page.text("#error-message")
+
+    in_browser(chromium, scenario)
+    assert root.get(f"/api/v1/users/{user['id']}")["role"] == "guest"
+    assert root.get("/api/v1/users/1")["role"] == "root"
+
+
 def test_a_form_without_the_csrf_token_is_refused(manager, root, chromium):
     name = unique("csrf")
 
