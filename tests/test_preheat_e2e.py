@@ -383,3 +383,86 @@ def test_job_rate_limit_caps_the_tasks_a_cluster_gets_per_second(cluster):
     assert sorted(t["url"] for t in claimed) == [f"http://127.0.0.1:9/r{i}" for i in range(3)]
     for job in jobs:
         assert client.get(f"/api/v1/jobs/{job['id']}")["state"] == "RUNNING"
+
+
+@pytest.mark.parametrize("backend", ["sql", "redis"])
+def test_a_stopped_scheduler_s_task_goes_to_another_and_a_late_job_times_out(
+    request, tmp_path, backend
+):
+    """Schedulers are played through the API here (register, keepalive, claim, report):
+    a task held by a scheduler whose keepalives stop is handed to another one, the old
+    holder's late report is ignored; a task nobody finishes fails the job at its
+    deadline."""
+    overrides: dict = {"keepalive": {"timeout": "1s"}, "job": {"preheat_timeout": "4s"}}
+    if backend == "redis":
+        redis = request.getfixturevalue("redis_server")
+        overrides["redis"] = {"address": redis.address, "key_prefix": f"s{uuid.uuid4().hex[:8]}:"}
+    with ManagerProcess(tmp_path, pat=PAT, **overrides) as manager:
+        client = manager.client(PAT)
+
+        def register(name: str) -> int:
+            body = {"hostname": name, "ip": "127.0.0.1", "port": 8002, "cluster_id": 1}
+            return client.ok("POST", "/api/v1/schedulers", body, 201)["id"]
+
+        def claim(sched: int) -> list:
+            client.ok("POST", f"/api/v1/schedulers/{sched}/keepalive")
+            return client.ok("POST", f"/api/v1/schedulers/{sched}/jobs/claim", {"wait": 0.2})
+
+        first = register("first")
+        job = preheat(client, {"type": "file", "url": "http://127.0.0.1:9/lost"})
+        (task,) = wait_for(lambda: claim(first), "the first scheduler to get the task")
+        second = register("second")
+        # The first sends no keepalive from now on: the task moves to the second.
+        (again,) = wait_for(lambda: claim(second), "the task to be handed out again")
+        assert again["id"] == task["id"]
+        manager.wait_log(f"preheat task requeued id={task['id']}")
+        late = {"tasks": [{"id": task["id"], "state": "FAILURE", "error": "late"}]}
+        assert client.ok("POST", f"/api/v1/schedulers/{first}/jobs/report", late) == {
+            "recorded": 0, "ignored": 1}  # fmt: skip
+        done = {"tasks": [{"id": task["id"], "state": "SUCCESS", "seed_peer": "s2"}]}
+        assert client.ok("POST", f"/api/v1/schedulers/{second}/jobs/report", done)["recorded"] == 1
+        assert finished(client, job["id"])["state"] == "SUCCESS"
+        # Claimed and never reported (the scheduler lives on): the deadline fails it.
+        slow = preheat(client, {"type": "file", "url": "http://127.0.0.1:9/slow"})
+        wait_for(lambda: claim(second), "the second scheduler to take the slow task")
+        ended = wait_for(
+            lambda: (lambda j: j if j["state"] != "RUNNING" else claim(second) and None)(
+                client.get(f"/api/v1/jobs/{slow['id']}")
+            ),
+            "the slow job to time out",
+        )
+        assert ended["state"] == "FAILURE"
+        assert "timed out: not done within 4s" in ended["result"]["tasks"][0]["error"]
+
+
+def test_file_preheat_with_tag_filtered_params_and_headers_serves_dfget_p2p(
+    cluster, origin, tmp_path
+):
+    """A file preheat's task ID is dfget's: the same tag, the same filtered query
+    parameter (with another value: a new signature) finds the seed peer's copy, and the
+    origin serves nothing more. The headers reached the origin with the seed's fetch."""
+    client = cluster.client
+    name = f"signed-{cluster.backend}.bin"
+    base = origin.add_file(name, size=6 << 20, seed=41)
+    job = preheat(client, {"type": "file", "url": f"{base}?sig=first&keep=1", "tag": "t1",
+                           "filtered_query_params": "sig&Expires",
+                           "headers": {"X-Preheat": "yes"}})  # fmt: skip
+    job = finished(client, job["id"])
+    assert job["state"] == "SUCCESS", job
+    (task,) = job["result"]["tasks"]
+    names = ["sig", "Expires"]
+    assert task["task_id"] == ids.task_id(
+        f"{base}?sig=other&keep=1", tag="t1", filtered_query_params=names
+    )
+    stats = origin.stats(f"/{name}")
+    assert stats["requests"] >= 1
+    assert all(h.get("X-Preheat") == "yes" for h in stats["headers"])
+    served = stats["bytes_sent"]
+    out = tmp_path / "signed.out"
+    result = cluster.peer.dfget(
+        f"{base}?sig=other&keep=1", out, "--tag", "t1",
+        "--filtered-query-param", "sig", "--filtered-query-param", "Expires",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes() == origin.content(name)
+    assert origin.stats(f"/{name}")["bytes_sent"] == served, "dfget reached the origin"

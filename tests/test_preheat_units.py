@@ -125,3 +125,23 @@ def test_args_shown_without_credentials():
     shown = redacted_args({"password": "p", "headers": {"authorization": "x", "X-A": "1"}})
     assert shown == {"password": "******", "headers": {"authorization": "******", "X-A": "1"}}
     assert redacted_args({"password": "", "headers": {}})["password"] == ""
+
+
+def test_a_redis_that_is_not_there_stops_the_start_with_a_clear_message(tmp_path):
+    import subprocess
+    import sys
+
+    port = free_port()  # nothing listens there
+    config = tmp_path / "m.yaml"
+    config.write_text(
+        f"data_dir: {tmp_path}/d\nserver: {{port: 0}}\nmetrics: {{port: 0}}\n"
+        f"redis: {{address: 'redis://:hunter2secret@127.0.0.1:{port}/0'}}\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "d7y.daemons.cli", "manager", "--config", str(config)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "cannot use the job queue (redis)" in result.stderr, result.stderr
+    assert f"redis://127.0.0.1:{port}/0" in result.stderr and "check redis.address" in result.stderr
+    assert "hunter2secret" not in result.stderr  # the password is not echoed

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from typing import Protocol
 
@@ -139,6 +140,8 @@ class RedisJobQueue:
     ) -> None:  # fmt: skip
         self.clock = clock
         self.address = address if "://" in address else f"redis://{address}"
+        #: The address for messages: without a password it may carry.
+        self.shown = re.sub(r"//[^@/]*@", "//", self.address)
         self.password = password or None
         self.db = db
         self.prefix = prefix
@@ -177,7 +180,7 @@ class RedisJobQueue:
             yield
         except (RedisError, OSError, TimeoutError) as exc:
             raise QueueUnavailable(
-                f"the job queue in Redis at {self.address} cannot be reached "
+                f"the job queue in Redis at {self.shown} cannot be reached "
                 f"({exc.__class__.__name__}: {exc})"
             ) from None
 

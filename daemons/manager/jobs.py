@@ -140,7 +140,9 @@ class JobService:
         while True:
             async with self.sessions() as session:
                 cluster = await session.get(Cluster, cluster_id)
-                limit = int((cluster.scheduler_cluster_config or {}).get("job_rate_limit", 10))
+            if cluster is None:  # deleted meanwhile: nothing is queued for it
+                return []
+            limit = int((cluster.scheduler_cluster_config or {}).get("job_rate_limit", 10))
             granted, retry_after = await self.queue.take(cluster_id, max_tasks, limit)
             left = deadline - time.monotonic()
             if granted == 0:
@@ -298,7 +300,9 @@ class JobService:
                 await session.scalars(select(Cluster.id).order_by(Cluster.id))
             )
         urls, headers, error = [args.url], dict(args.headers), ""
-        if args.type == "image":
+        if not cluster_ids:
+            error = f"{args.url}: there is no scheduler cluster to preheat in; create one"
+        elif args.type == "image":
             resolver = ImageResolver(
                 self._http, username=args.username, password=args.password, headers=headers
             )

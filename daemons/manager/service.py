@@ -108,9 +108,10 @@ class ManagerService:
             await self.jobs.start()
         except Exception as exc:  # redis: refused connection, bad password, no package
             await self.engine.dispose()
+            shown = getattr(self.jobs.queue, "shown", "")
             raise ManagerError(
-                f"cannot use the job queue ({self.jobs.queue.name}) at "
-                f"{config.redis.address!r}: {exc.__class__.__name__}: {exc}; check redis.address"
+                f"cannot use the job queue ({self.jobs.queue.name}) at {shown}: "
+                f"{exc.__class__.__name__}: {str(exc).rstrip('.')}; check redis.address"
             ) from None
         self.api = ManagerApi(
             sessions,

@@ -126,9 +126,11 @@ class SeedPreheater:
             self._resolve((message.task_id, host_id), Outcome(SUCCESS, host_id))
         elif isinstance(message, m.DownloadFailed):
             url = self._url(message.task_id)
+            reason = message.reason or "the seed peer failed"
             self._resolve(
                 (message.task_id, host_id),
-                Outcome(FAILURE, host_id, f"{url}: {message.reason or 'the seed peer failed'}"),
+                # The seed's reason usually names the URL already: say it once.
+                Outcome(FAILURE, host_id, reason if url in reason else f"{url}: {reason}"),
             )
 
     def host_gone(self, host_id: str) -> None:
