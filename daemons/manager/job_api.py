@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from aiohttp import web
 from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from d7y.daemons.manager import responses as out
 from d7y.daemons.manager import schemas as s
@@ -30,6 +31,20 @@ from d7y.daemons.manager.api import (
 from d7y.daemons.manager.job_queue import QueueUnavailable
 from d7y.daemons.manager.jobs import JobService, job_out
 from d7y.daemons.manager.models import Cluster, Job, JobTask, Scheduler
+
+
+async def check_clusters_exist(session: AsyncSession, body: s.JobCreate) -> None:
+    """Every cluster a job names exists (422 naming the first that does not); shared
+    with the console's preheat form."""
+    for index, cluster_id in enumerate(body.scheduler_cluster_ids):
+        if await session.get(Cluster, cluster_id) is None:
+            raise ApiError(
+                422,
+                "invalid",
+                f"scheduler_cluster_ids[{index}]: cluster {cluster_id} does not exist; "
+                f"list them with GET {API}/clusters",
+                f"scheduler_cluster_ids[{index}]",
+            )
 
 
 class JobHandlers:
@@ -96,15 +111,7 @@ class JobHandlers:
     async def create_job(self, request: web.Request) -> web.Response:
         body: s.JobCreate = await read_body(request, s.JobCreate)
         session = db(request)
-        for index, cluster_id in enumerate(body.scheduler_cluster_ids):
-            if await session.get(Cluster, cluster_id) is None:
-                raise ApiError(
-                    422,
-                    "invalid",
-                    f"scheduler_cluster_ids[{index}]: cluster {cluster_id} does not exist; "
-                    f"list them with GET {API}/clusters",
-                    f"scheduler_cluster_ids[{index}]",
-                )
+        await check_clusters_exist(session, body)
         job = await self.service.create(session, body, principal(request).user_id)
         request.setdefault("after_commit", []).append(self.service.wake)
         return json_response(job_out(job, [], iso), status=201)

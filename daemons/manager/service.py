@@ -24,6 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from d7y.daemons.manager import auth, db
 from d7y.daemons.manager.api import API, ManagerApi, json_response
 from d7y.daemons.manager.config import ManagerConfig
+from d7y.daemons.manager.console import console_routes
+from d7y.daemons.manager.console.jobs_access import ServiceJobs
 from d7y.daemons.manager.job_api import JobHandlers
 from d7y.daemons.manager.job_queue import JobQueue, RedisJobQueue, SqlJobQueue
 from d7y.daemons.manager.jobs import JobService
@@ -119,7 +121,7 @@ class ManagerService:
             on_request=self._count,
             extra_routes=JobHandlers(self.jobs).routes(),
         )
-        app = build_application(self.api, max_body=config.server.max_body)
+        app = build_application(self.api, max_body=config.server.max_body, jobs=self.jobs)
         self._runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE
         )
@@ -204,8 +206,11 @@ class ManagerService:
                 self.metrics.active.labels(kind).set(alive or 0)
 
 
-def build_application(api: ManagerApi, *, max_body: int) -> web.Application:
-    """The REST API with its OpenAPI document and the docs page."""
+def build_application(
+    api: ManagerApi, *, max_body: int, jobs: JobService | None = None
+) -> web.Application:
+    """The REST API with its OpenAPI document and the docs page, and the console at /
+    (its preheat pages on ``jobs``)."""
     document = build_document(api.routes, _version())
 
     async def openapi(_request: web.Request) -> web.Response:
@@ -216,7 +221,11 @@ def build_application(api: ManagerApi, *, max_body: int) -> web.Application:
 
     return api.build_app(
         max_body=max_body,
-        extra_routes=[web.get(f"{API}/openapi.json", openapi), web.get("/api/docs", docs)],
+        extra_routes=[
+            web.get(f"{API}/openapi.json", openapi),
+            web.get("/api/docs", docs),
+            *console_routes(api, ServiceJobs(jobs) if jobs is not None else None),
+        ],
     )
 
 
