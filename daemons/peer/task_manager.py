@@ -46,8 +46,10 @@ from d7y.core.pieces import (
     iter_pieces,
     piece_count,
 )
+from d7y.core.scheduling.origin_window import OriginWindow
 from d7y.daemons.peer.limits import TokenBucket
 from d7y.daemons.peer.metrics import PeerMetrics
+from d7y.daemons.peer.origin_gate import OriginGate
 from d7y.daemons.peer.p2p import P2PDownloader
 from d7y.daemons.peer.scheduler_client import SchedulerUnavailable
 from d7y.daemons.peer.storage import TASK_SUCCEEDED, StorageError, TaskRecord
@@ -564,58 +566,72 @@ class TaskManager:
         if not missing:
             return
         limit = self.concurrency
+        window: OriginWindow | None = None
         if self.p2p is not None and (task.seed_trigger or task.stream is not None):
-            # Other peers wait for these pieces: a few ranges at a time, so each lands
-            # soon and is relayed (16 parallel ranges on a slow origin finish together,
-            # late), as the download loop's origin_in_flight says.
-            limit = min(limit, self.p2p.download_config.origin_in_flight)
+            # Other peers wait for these pieces: few ranges at a time, so each lands
+            # soon and is relayed (parallel ranges on a slow origin land together,
+            # late), as the download loop's origin_in_flight / origin_window say.
+            rules = self.p2p.download_config
+            limit = min(limit, rules.origin_in_flight)
+            if rules.origin_window:
+                window = OriginWindow(limit)
         workers = max(1, min(limit, PIECE_BUFFER_BUDGET // task.piece_length))
         queue: asyncio.Queue[Piece] = asyncio.Queue()
         for piece in missing:
             queue.put_nowait(piece)
+        gate = OriginGate(window)
 
         source = self._source(task)
 
         async def worker() -> None:
             buffer: bytearray | None = None  # for sources without a sink path, reused
             while True:
+                token = await gate.enter()
+                fetching = True
                 try:
-                    piece = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    return
-                await self.limiter.take(piece.length)
-                started = time.monotonic_ns()
-                landing: PieceSink | memoryview
-                try:
-                    if isinstance(source, RangeToSink):
-                        # The body goes into the file as it arrives, chunk by chunk,
-                        # while it is in the cache (see daemons/sources/fast_range.py).
-                        landing = sink = file.sink(piece)
-                        await source.fetch_range_to(
-                            info.final_url,
-                            task.request.headers,
-                            piece.offset,
-                            piece.length,
-                            sink,
-                            info=info,
-                        )
-                    else:
-                        if buffer is None:
-                            buffer = bytearray(task.piece_length)
-                        landing = view = memoryview(buffer)[: piece.length]
-                        await source.fetch_range(
-                            info.final_url,
-                            task.request.headers,
-                            piece.offset,
-                            piece.length,
-                            view,
-                            info=info,
-                        )
-                except SourceError as exc:
-                    self.metrics.piece_failures.inc()
-                    raise _source_failure(exc) from None
-                cost = time.monotonic_ns() - started
-                await self._land_piece(task, file, piece, landing, FROM_ORIGIN, cost)
+                    try:
+                        piece = queue.get_nowait()
+                    except asyncio.QueueEmpty:
+                        return
+                    await self.limiter.take(piece.length)
+                    started = time.monotonic_ns()
+                    landing: PieceSink | memoryview
+                    try:
+                        if isinstance(source, RangeToSink):
+                            # The body goes into the file as it arrives, chunk by chunk,
+                            # while it is in the cache (see daemons/sources/fast_range.py).
+                            landing = sink = file.sink(piece)
+                            await source.fetch_range_to(
+                                info.final_url,
+                                task.request.headers,
+                                piece.offset,
+                                piece.length,
+                                sink,
+                                info=info,
+                            )
+                        else:
+                            if buffer is None:
+                                buffer = bytearray(task.piece_length)
+                            landing = view = memoryview(buffer)[: piece.length]
+                            await source.fetch_range(
+                                info.final_url,
+                                task.request.headers,
+                                piece.offset,
+                                piece.length,
+                                view,
+                                info=info,
+                            )
+                    except SourceError as exc:
+                        self.metrics.piece_failures.inc()
+                        raise _source_failure(exc) from None
+                    cost = time.monotonic_ns() - started
+                    gate.landed(token, piece.length, cost / 1e9)
+                    fetching = False
+                    gate.leave()  # the next range may start while this one lands
+                    await self._land_piece(task, file, piece, landing, FROM_ORIGIN, cost)
+                finally:
+                    if fetching:
+                        gate.leave()
 
         try:
             async with asyncio.TaskGroup() as group:
