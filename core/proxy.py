@@ -20,6 +20,7 @@ these functions.
 from __future__ import annotations
 
 import dataclasses
+import posixpath
 import re
 from collections.abc import Iterable, Sequence
 from urllib.parse import urlsplit, urlunsplit
@@ -102,6 +103,17 @@ class DragonflyOptions:
     piece_length: int | None = None
     use_p2p: bool = False
     registry: str = ""
+    #: On a Range request, also fetch the whole task in the background (None: the
+    #: proxy's ``prefetch`` setting decides).
+    prefetch: bool | None = None
+    #: Absolute path the whole object is also written to (a hard link to the task's
+    #: content when the filesystem allows, else a copy); "" for none.
+    output_path: str = ""
+    #: The output must be a hard link: fail rather than copy.
+    force_hard_link: bool = False
+    #: The task ID is the SHA-256 of this text instead of the URL's (Dragonfly's
+    #: X-Dragonfly-Content-For-Calculating-Task-ID); "" for the URL's.
+    content_for_task_id: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +146,22 @@ def parse_dragonfly_headers(headers: Sequence[tuple[bytes, bytes]]) -> Dragonfly
     piece_text = _one(headers, b"x-dragonfly-piece-length")
     filtered_text = header_values(headers, b"x-dragonfly-filtered-query-params")
     use_p2p = _one(headers, b"x-dragonfly-use-p2p").lower()
+    prefetch = _boolean(headers, b"x-dragonfly-prefetch", "X-Dragonfly-Prefetch")
+    force_hard_link = _boolean(
+        headers, b"x-dragonfly-force-hard-link", "X-Dragonfly-Force-Hard-Link"
+    )
+    output_path = _one(headers, b"x-dragonfly-output-path")
+    if output_path and (
+        not posixpath.isabs(output_path) or "\x00" in output_path or output_path.endswith("/")
+    ):
+        raise ProxyRequestError(
+            f"X-Dragonfly-Output-Path {output_path[:200]!r} is not an absolute file path: "
+            f"give e.g. /var/lib/app/blob.bin"
+        )
+    if force_hard_link and not output_path:
+        raise ProxyRequestError(
+            "X-Dragonfly-Force-Hard-Link: true needs X-Dragonfly-Output-Path (the path to link)"
+        )
     try:
         priority = int(priority_text) if priority_text else 0
     except ValueError:
@@ -159,7 +187,21 @@ def parse_dragonfly_headers(headers: Sequence[tuple[bytes, bytes]]) -> Dragonfly
         piece_length=piece_length,
         use_p2p=use_p2p == "true",
         registry=_one(headers, b"x-dragonfly-registry"),
+        prefetch=prefetch,
+        output_path=posixpath.normpath(output_path) if output_path else "",
+        force_hard_link=bool(force_hard_link),
+        content_for_task_id=_one(headers, b"x-dragonfly-content-for-calculating-task-id"),
     )
+
+
+def _boolean(headers: Sequence[tuple[bytes, bytes]], name: bytes, shown: str) -> bool | None:
+    """A true/false header (any case); None when absent."""
+    text = _one(headers, name).lower()
+    if not text:
+        return None
+    if text not in ("true", "false"):
+        raise ProxyRequestError(f"{shown} {text[:100]!r} must be true or false")
+    return text == "true"
 
 
 def _normalize_registry(value: str, plain_http: Iterable[str] = ()) -> str:
