@@ -20,6 +20,7 @@ these functions.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import posixpath
 import re
 from collections.abc import Iterable, Sequence
@@ -334,6 +335,52 @@ def task_headers(headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
         text = value.decode("latin-1")
         out[key] = f"{out[key]}, {text}" if key in out else text
     return out
+
+
+class UpstreamAllowlist:
+    """Which upstream hosts the proxy may reach (``proxy.upstream_allow``).
+
+    Empty: any host, as Dragonfly's proxy. Otherwise a host must be an address inside
+    one of the CIDRs, or a name listed exactly or matched by a ``*.suffix`` pattern;
+    a name is judged as written, never resolved (so a refused one costs no DNS query).
+    It keeps a proxy reachable by hostile clients (a fuzzer, a shared network) from
+    being a relay into the rest of the network."""
+
+    def __init__(self, entries: Iterable[str] = ()) -> None:
+        self.networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        self.names: list[str] = []
+        for entry in entries:
+            text = str(entry).strip().lower()
+            try:
+                self.networks.append(ipaddress.ip_network(text, strict=False))
+                continue
+            except ValueError:
+                pass
+            labels = text.removeprefix("*.").split(".")
+            if not text or not all(re.fullmatch(r"[a-z0-9_-]{1,63}", label) for label in labels):
+                raise ValueError(
+                    f"{entry!r} is neither a CIDR (127.0.0.0/8), an address, a host name "
+                    f"(registry.internal) nor a pattern (*.corp.example)"
+                )
+            self.names.append(text)
+
+    def __bool__(self) -> bool:
+        return bool(self.networks or self.names)
+
+    def allows(self, host: str) -> bool:
+        if not self:
+            return True
+        host = host.strip("[]").rstrip(".").lower()
+        try:
+            address = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return any(
+                host == name or (name.startswith("*.") and host.endswith(name[1:]))
+                for name in self.names
+            )
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.networks)
 
 
 def split_authority(authority: str, default_port: int) -> tuple[str, int]:

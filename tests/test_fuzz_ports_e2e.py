@@ -41,9 +41,12 @@ def rss(pid: int) -> int:
 def cluster(tmp_path_factory):
     work = tmp_path_factory.mktemp("fuzz")
     quiet = {"log": {"level": "info"}}
+    # The proxy port is fuzzed too: it may reach loopback only, so no input makes it a
+    # relay to any other address.
+    guarded = {"proxy": {"upstream_allow": fuzzing.PROXY_ALLOW}}
     with ThreadedOriginServer() as origin, SchedulerProcess(work, **quiet) as scheduler:
         seed = PeerProcess(work, "seed", **peer_config(scheduler, "seed", seed=True), **quiet)
-        peer = PeerProcess(work, "peer", **peer_config(scheduler, "peer"), **quiet)
+        peer = PeerProcess(work, "peer", **peer_config(scheduler, "peer", **guarded), **quiet)
         with seed, peer:
             yield origin, scheduler, seed, peer
 

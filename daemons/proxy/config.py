@@ -5,7 +5,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from d7y.core.proxy import DEFAULT_FILTERED_QUERY_PARAMS, DEFAULT_RULE_REGEX, Rule
+from d7y.core.proxy import (
+    DEFAULT_FILTERED_QUERY_PARAMS,
+    DEFAULT_RULE_REGEX,
+    Rule,
+    UpstreamAllowlist,
+)
 from d7y.daemons.config import ConfigError, Duration, field, section
 
 
@@ -85,6 +90,12 @@ class ProxyConfig:
     )
     insecure_skip_verify: bool = field(
         False, "do not verify upstream https certificates (tests, private registries)"
+    )
+    upstream_allow: list[str] = field(
+        [],
+        "upstream hosts the proxy may reach (CIDRs, host names, *.suffix patterns; names "
+        "are matched as written, not resolved); others get 403; empty: any host, as "
+        "Dragonfly (set it when untrusted clients can reach the proxy)",
     )
     prefetch: bool = field(
         False,
@@ -169,6 +180,10 @@ class ProxyConfig:
             raise ConfigError(f"config key 'proxy.rate_limit' must be >= 0, got {self.rate_limit}")
         if self.basic_auth.password and not self.basic_auth.username:
             raise ConfigError("config key 'proxy.basic_auth.password' needs a username too")
+        try:
+            UpstreamAllowlist(self.upstream_allow)
+        except ValueError as exc:
+            raise ConfigError(f"config key 'proxy.upstream_allow': {exc}") from None
         for i, directory in enumerate(self.output_dirs):
             if not directory.is_absolute() or not directory.is_dir():
                 raise ConfigError(

@@ -154,6 +154,8 @@ class ProxyServer:
         self._rate = _RequestRate(float(config.rate_limit))
         self.outputs = OutputWriter(list(config.output_dirs), manager.storage.data_dir)
         self._background: set[asyncio.Task[None]] = set()  # prefetches
+        self.allowlist = routing.UpstreamAllowlist(config.upstream_allow)
+        self.listen_host = config.listen
         self.pool = UpstreamPool(
             max_idle_per_host=config.upstream_max_idle_per_host,
             max_idle=config.upstream_max_idle,
@@ -175,6 +177,7 @@ class ProxyServer:
         return self._listener.port
 
     async def start(self, host: str, port: int) -> None:
+        self.listen_host = host
         await self._listener.start(host, port)
 
     async def stop(self) -> None:
@@ -265,6 +268,22 @@ class ProxyServer:
             "proxy_auth",
             [(b"proxy-authenticate", b'Basic realm="d7y proxy"')],
         )
+
+    def _forbidden(self, authority: str, default_port: int) -> str | None:
+        """Why the proxy must not reach ``authority`` (host[:port]), or None: a host
+        outside proxy.upstream_allow, or this proxy's own port (a request loop)."""
+        try:
+            host, port = routing.split_authority(authority, default_port)
+        except ValueError:
+            return None  # not an address at all: the route answers it (400, 502)
+        if not self.allowlist.allows(host):
+            return (
+                f"upstream {host!r} is not in proxy.upstream_allow: this proxy may reach "
+                f"only {', '.join(self.config.upstream_allow)}"
+            )
+        if port == self.port and host in ("127.0.0.1", "::1", "localhost", self.listen_host):
+            return f"upstream {authority!r} is this proxy itself: a request loop"
+        return None
 
     async def _next_request(self, stream: _Stream, http: h11.Connection) -> h11.Request | None:
         """The next request head: the first bytes within the idle timeout, the rest of
@@ -357,6 +376,15 @@ class ProxyServer:
             await self._answer(stream, http, 400, str(exc), "bad_request", head=head)
             return False
         choice = routing.route(method, url, options, self.rules)
+        target_parts = urlsplit(choice.url)
+        forbidden = self._forbidden(
+            target_parts.netloc, 443 if target_parts.scheme == "https" else 80
+        )
+        if forbidden is not None:
+            self.metrics.errors.labels("upstream_forbidden").inc()
+            await self._drain_body(stream, http)
+            await self._answer(stream, http, 403, forbidden, "upstream_forbidden", head=head)
+            return True
         self.metrics.active.inc()
         try:
             if choice.p2p:
@@ -809,6 +837,11 @@ class ProxyServer:
             await self._answer(stream, http, 400, f"bad CONNECT target: {exc}", "bad_request")
             return
         self.metrics.requests.labels("connect").inc()
+        forbidden = self._forbidden(authority, 443)
+        if forbidden is not None:
+            self.metrics.errors.labels("upstream_forbidden").inc()
+            await self._answer(stream, http, 403, forbidden, "upstream_forbidden")
+            return
         if self.leaves is None:
             await self._tunnel(stream, http, host, port)
             return
