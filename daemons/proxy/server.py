@@ -27,6 +27,7 @@ import base64
 import contextlib
 import hmac
 import logging
+import os
 import socket
 import ssl
 import time
@@ -60,6 +61,7 @@ from d7y.daemons.proxy.streams import (
     open_connection,
 )
 from d7y.daemons.proxy.tls import LeafCertificates, upstream_context
+from d7y.ext.transfer import send_file
 
 log = logging.getLogger("d7y.dfdaemon.proxy")
 
@@ -456,15 +458,18 @@ class ProxyServer:
             if prefetch:
                 self._prefetch(request, task)
         start, count = (selected.start, selected.length) if selected else (0, length)
-        blocks = self._task_bytes(request, task, spec is None, start, start + count)
-        try:
+        if not await self._send_stored(stream, http, task, selected, start, count):
+            blocks = self._task_bytes(request, task, spec is None, start, start + count)
             try:
-                first = await self._next_block(blocks) if count else None
-            except DownloadError as exc:
-                return await self._failed_before_body(stream, http, headers, choice.url, task, exc)
-            await self._send_task(stream, http, task, selected, count, first, blocks)
-        finally:
-            await blocks.aclose()
+                try:
+                    first = await self._next_block(blocks) if count else None
+                except DownloadError as exc:
+                    return await self._failed_before_body(
+                        stream, http, headers, choice.url, task, exc
+                    )
+                await self._send_task(stream, http, task, selected, count, first, blocks)
+            finally:
+                await blocks.aclose()
         if output is not None:
             await self._write_output(task, output, options.force_hard_link)
         await stream.sendall(http.send(h11.EndOfMessage()))
@@ -601,17 +606,42 @@ class ProxyServer:
         )
         return True
 
-    async def _send_task(
+    async def _send_stored(
         self,
         stream: _Stream,
         http: h11.Connection,
         task: Task,
         selected,
+        start: int,
         count: int,
-        first: bytes | None,
-        blocks: AsyncIterator[bytes],
-    ) -> None:
-        """The answer's head and body (not its end: an output path may still fail)."""
+    ) -> bool:
+        """The fast path: every piece the answer needs is stored (a cached blob) and the
+        client is a plain socket, so the body goes from the page cache by sendfile(2),
+        after the pieces are checked as for any upload. False when it does not apply
+        (the caller streams the task as it lands instead)."""
+        if not count or not isinstance(stream, SocketStream) or task.bitmap is None:
+            return False
+        pieces = range(start // task.piece_length, (start + count - 1) // task.piece_length + 1)
+        if not all(task.bitmap.test(n) for n in pieces):
+            return False
+        with self.manager.pin(task.id):
+            if await self.manager.check_before_serving(task.id, start, count) is not None:
+                return False  # damaged pieces were dropped: the task fetches them again
+            try:
+                fd = os.open(self.manager.storage.content_path(task.id), os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return False
+            try:
+                await stream.sendall(http.send(self._task_head(task, selected, count)))
+                # h11 tracks the body length; the bytes themselves go by sendfile.
+                http.send_with_data_passthrough(h11.Data(data=_SendfileBody(count)))
+                await send_file(stream.sock, fd, start, count)
+                self.metrics.response_bytes.labels("p2p").inc(count)
+            finally:
+                os.close(fd)
+        return True
+
+    def _task_head(self, task: Task, selected, count: int) -> h11.Response:
         out = [
             (b"server", SERVER),
             (b"content-type", b"application/octet-stream"),
@@ -623,7 +653,20 @@ class ProxyServer:
             status = 206
             out.append((b"content-range", selected.content_range(task.content_length).encode()))
         out.append((b"content-length", str(count).encode()))
-        await stream.sendall(http.send(h11.Response(status_code=status, headers=out)))
+        return h11.Response(status_code=status, headers=out)
+
+    async def _send_task(
+        self,
+        stream: _Stream,
+        http: h11.Connection,
+        task: Task,
+        selected,
+        count: int,
+        first: bytes | None,
+        blocks: AsyncIterator[bytes],
+    ) -> None:
+        """The answer's head and body (not its end: an output path may still fail)."""
+        await stream.sendall(http.send(self._task_head(task, selected, count)))
         sent = 0
         block = first
         try:
@@ -910,6 +953,19 @@ def _range_spec(headers: list[tuple[bytes, bytes]]) -> RangeSpec | None:
         return parse_range_spec(values[-1])
     except RangeError:
         return None
+
+
+class _SendfileBody:
+    """Stands in for body bytes in h11 (which only needs their length) while the real
+    bytes travel by sendfile."""
+
+    __slots__ = ("length",)
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
 
 
 class _RequestRate:
