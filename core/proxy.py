@@ -389,9 +389,9 @@ def split_authority(authority: str, default_port: int) -> tuple[str, int]:
     try:
         port = parts.port
     except ValueError:
-        raise ValueError(f"{authority!r} has a bad port") from None
+        raise ValueError(f"{authority[:200]!r} has a bad port") from None
     if not parts.hostname:
-        raise ValueError(f"{authority!r} has no host")
+        raise ValueError(f"{authority[:200]!r} has no host")
     return parts.hostname, port or default_port
 
 

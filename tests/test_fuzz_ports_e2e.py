@@ -70,6 +70,10 @@ def test_port_survives_generated_and_mutated_input(cluster, port_name):
     assert daemon.ready(), f"{daemon.name} stopped answering /healthy"
     for d in (scheduler, seed, peer):
         assert "Traceback" not in d.log(), d.log()[-6000:]
+    if port_name == "proxy":
+        # The inputs asked for addresses outside loopback: refused, never reached.
+        forbidden = peer.metrics().get('d7y_proxy_errors_total{type="upstream_forbidden"}', 0)
+        assert forbidden > 0, "no input was refused by proxy.upstream_allow"
     grew = rss(daemon.proc.pid) - before
     assert grew < RSS_GROWTH_LIMIT, f"{daemon.name} RSS grew by {grew / 2**20:.1f} MiB"
 

@@ -205,7 +205,8 @@ class ProxyServer:
                     status, message, kind, extra = refusal
                     self.metrics.errors.labels(kind).inc()
                     await self._drain_body(stream, http)
-                    await self._answer(stream, http, status, message, kind, extra)
+                    head = event.method.upper() == b"HEAD"
+                    await self._answer(stream, http, status, message, kind, extra, head=head)
                     if http.our_state is not h11.DONE or http.their_state is not h11.DONE:
                         return
                     http.start_next_cycle()
@@ -724,7 +725,10 @@ class ProxyServer:
             host, port = routing.split_authority(parts.netloc, 443 if scheme == "https" else 80)
         except ValueError as exc:
             self.metrics.errors.labels("bad_request").inc()
-            await self._answer(stream, http, 400, f"bad upstream {url!r}: {exc}", "bad_request")
+            await self._answer(
+                stream, http, 400, f"bad upstream {url[:200]!r}: {str(exc)[:300]}",
+                "bad_request", head=head,
+            )  # fmt: skip
             return False
         key = (scheme, host, port)
         pooled = self.pool.take(key)
