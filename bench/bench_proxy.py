@@ -25,6 +25,7 @@ import hashlib
 import os
 import platform
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -33,6 +34,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from statistics import median
+
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -58,6 +61,21 @@ def machine() -> str:
 
 def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds the processes used so far."""
+    total = 0.0
+    for pid in pids:
+        times = psutil.Process(pid).cpu_times()
+        total += times.user + times.system
+    return total
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's finished children (the skopeo runs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def write_random(path: Path, size: int) -> None:
@@ -175,6 +193,9 @@ def pull(work: Path, layer_size: int, layers: int, peers: int) -> None:
                     node.start()
                 try:
                     mark = len(registry.log_path.read_text(errors="replace"))
+                    daemons = [scheduler.proc.pid, seed.proc.pid] + [n.proc.pid for n in nodes]
+                    registry_pid = registry.service.proc.pid
+                    cpu_before = cpu_seconds(daemons), cpu_seconds([registry_pid]), children_cpu()
 
                     def through(i: int) -> float:
                         conf = work / f"mirror{i}.conf"
@@ -190,6 +211,11 @@ def pull(work: Path, layer_size: int, layers: int, peers: int) -> None:
                     with ThreadPoolExecutor(peers) as pool:
                         each = list(pool.map(through, range(peers)))
                     wall_p2p = time.monotonic() - started
+                    cpu_p2p = (
+                        cpu_seconds(daemons) - cpu_before[0],
+                        cpu_seconds([registry_pid]) - cpu_before[1],
+                        children_cpu() - cpu_before[2],
+                    )
                     blob_bytes, all_bytes = registry_egress(registry, mark)
                     for i in range(peers):
                         check_dir_image(work / f"out-p2p{i}", digests)
@@ -202,6 +228,8 @@ def pull(work: Path, layer_size: int, layers: int, peers: int) -> None:
         for i in range(peers):
             shutil.rmtree(work / f"out-p2p{i}", ignore_errors=True)
         mark = len(registry.log_path.read_text(errors="replace"))
+        registry_pid = registry.service.proc.pid
+        cpu_before = cpu_seconds([registry_pid]), children_cpu()
         started = time.monotonic()
         with ThreadPoolExecutor(peers) as pool:
             direct_each = list(
@@ -211,6 +239,7 @@ def pull(work: Path, layer_size: int, layers: int, peers: int) -> None:
                 )
             )
         wall_direct = time.monotonic() - started
+        cpu_direct = cpu_seconds([registry_pid]) - cpu_before[0], children_cpu() - cpu_before[1]
         direct_blob_bytes, _ = registry_egress(registry, mark)
         for i in range(peers):
             check_dir_image(work / f"out-direct{i}", digests)
@@ -218,6 +247,12 @@ def pull(work: Path, layer_size: int, layers: int, peers: int) -> None:
             f"pull through proxies: each {', '.join(f'{t:.1f}' for t in each)} s; "
             f"direct: each {', '.join(f'{t:.1f}' for t in direct_each)} s; "
             f"p2p requests {p2p_requests:.0f}"
+        )
+        print(
+            f"CPU seconds, through the proxies: d7y daemons {cpu_p2p[0]:.1f}, registry "
+            f"{cpu_p2p[1]:.1f}, skopeo {cpu_p2p[2]:.1f} (total {sum(cpu_p2p):.1f}); "
+            f"direct: registry {cpu_direct[0]:.1f}, skopeo {cpu_direct[1]:.1f} "
+            f"(total {sum(cpu_direct):.1f}); the machine has {os.cpu_count()} CPUs"
         )
         print(
             f"PULL: {layers} x {layer_size / 2**20:.0f} MiB image, {peers} peers at once: "
