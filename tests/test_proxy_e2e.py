@@ -312,6 +312,15 @@ def test_malformed_and_oversized_requests(peer):
     bad_priority = b"GET /x HTTP/1.1\r\nHost: a\r\nX-Dragonfly-Priority: high\r\n\r\n"
     answer = _raw_exchange(peer, bad_priority)
     assert answer.startswith(b"HTTP/1.1 400") and b"X-Dragonfly-Priority" in answer
+    # Refusals of HEAD requests carry no body; "head" is another method (methods are
+    # case-sensitive) and its refusal does (both crashed the connection: the fuzzer).
+    for method, body in ((b"HEAD", False), (b"head", True)):
+        for target in (b"http://127.0.0.1:1x/x", b"/x"):
+            request = method + b" " + target + b" HTTP/1.1\r\nHost: a\r\n"
+            answer = _raw_exchange(peer, request + b"X-Dragonfly-Use-P2P: maybe\r\n\r\n")
+            assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+            assert answer.endswith(b"\r\n\r\n") != body, answer[-200:]
+    assert "Traceback" not in peer.log()
     assert peer.healthy()
 
 

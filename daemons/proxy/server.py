@@ -205,13 +205,13 @@ class ProxyServer:
                     status, message, kind, extra = refusal
                     self.metrics.errors.labels(kind).inc()
                     await self._drain_body(stream, http)
-                    head = event.method.upper() == b"HEAD"
+                    head = event.method == b"HEAD"
                     await self._answer(stream, http, status, message, kind, extra, head=head)
                     if http.our_state is not h11.DONE or http.their_state is not h11.DONE:
                         return
                     http.start_next_cycle()
                     continue
-                if event.method.upper() == b"CONNECT":
+                if event.method == b"CONNECT":
                     if tunnel is not None:
                         await self._answer(
                             stream, http, 400, "CONNECT inside a tunnel is not supported",
@@ -259,7 +259,7 @@ class ProxyServer:
         absolute = req.target.startswith((b"http://", b"https://"))
         if self._credentials is None or tunnel is not None:
             return None
-        if not absolute and req.method.upper() != b"CONNECT":
+        if not absolute and req.method != b"CONNECT":
             return None  # a registry-mirror request: the runtime cannot authenticate it
         given = [v for k, v in req.headers if k == b"proxy-authorization"]
         if given and hmac.compare_digest(given[-1].strip(), self._credentials):
@@ -362,7 +362,9 @@ class ProxyServer:
     ) -> bool:
         """Answer one request; False when the connection must close."""
         headers = list(req.headers.raw_items())
-        method = req.method.decode("latin-1").upper()
+        # Methods are case-sensitive (RFC 9110 9.1), and h11 frames the answer by the
+        # method as sent: "head" is not HEAD, and its answer has a body.
+        method = req.method.decode("latin-1")
         target = req.target.decode("latin-1")
         head = method == "HEAD"
         try:
