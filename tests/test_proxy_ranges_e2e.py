@@ -19,7 +19,7 @@ from d7y.core import ids
 from d7y.core.proxy import DEFAULT_FILTERED_QUERY_PARAMS
 from d7y.daemons.proxy.tls import LeafCertificates, write_ca
 from tests.nginx_origin import NginxOrigin, nginx_binary
-from tests.peer_harness import PeerProcess, free_port, wait_for
+from tests.peer_harness import PeerProcess, SchedulerProcess, free_port, peer_config, wait_for
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl"),
@@ -326,3 +326,37 @@ def test_direct_route_reuses_upstream_connections_until_idle(peer, nginx, tmp_pa
     )
     assert get(url) == 200
     assert len(connections()) == 2
+
+
+def test_range_through_parents_fetches_only_its_pieces(nginx, tmp_path):
+    """In a cluster, a Range's partial download takes its pieces from a parent (a seed
+    peer that holds the blob), not the whole task; a later whole request takes only the
+    rest."""
+    name, data = blob(9), content(9)[:SIZE]
+    url = nginx.url(name)
+    quiet = {"log": {"level": "info"}}
+    with SchedulerProcess(tmp_path, **quiet) as scheduler:
+        seed = PeerProcess(tmp_path, "seed", **peer_config(scheduler, "seed", seed=True), **quiet)
+        child = PeerProcess(tmp_path, "child", **peer_config(scheduler, "child"), **quiet)
+        with seed, child:
+            result = seed.dfget(url, tmp_path / "seed.out", "--no-progress")
+            assert result.returncode == 0, result.stderr
+            from_origin = served(nginx, name)
+
+            def peer_bytes() -> float:
+                return child.metrics().get("d7y_peer_download_peer_bytes_total", 0.0)
+
+            first, last = PIECE + 10, PIECE + 20_000  # inside piece 1
+            code, headers, err = curl(child, url, tmp_path / "part", "-r", f"{first}-{last}")
+            assert code == 0, err
+            assert headers[":status"] == "206"
+            assert (tmp_path / "part").read_bytes() == data[first : last + 1]
+            assert peer_bytes() == PIECE  # one piece from the seed, not five
+            assert task_state(child, task_of(url)) != "succeeded"
+
+            code, headers, err = curl(child, url, tmp_path / "whole")
+            assert code == 0, err
+            assert (tmp_path / "whole").read_bytes() == data
+            assert peer_bytes() == SIZE  # the other four pieces, piece 1 reused
+            assert child.metrics().get("d7y_peer_download_origin_bytes_total", 0.0) == 0
+            assert served(nginx, name) == from_origin
