@@ -360,3 +360,23 @@ def test_range_through_parents_fetches_only_its_pieces(nginx, tmp_path):
             assert peer_bytes() == SIZE  # the other four pieces, piece 1 reused
             assert child.metrics().get("d7y_peer_download_origin_bytes_total", 0.0) == 0
             assert served(nginx, name) == from_origin
+
+
+def test_a_damaged_cached_piece_is_fetched_again_not_served(peer, nginx, tmp_path):
+    name, data = blob(10), content(10)[:SIZE]
+    url = nginx.url(name)
+    code, headers, err = curl(peer, url, tmp_path / "whole")
+    assert code == 0, err
+    task_id = headers["x-dragonfly-task-id"]
+    wait_for(lambda: task_state(peer, task_id) == "succeeded", "the blob to be cached")
+    before = served(nginx, name)
+    stored = peer.data_dir / "content" / "tasks" / task_id[:3] / task_id
+    fd = os.open(stored, os.O_WRONLY)
+    try:
+        os.pwrite(fd, bytes(b ^ 0xFF for b in data[PIECE + 5 : PIECE + 9]), PIECE + 5)
+    finally:
+        os.close(fd)
+    code, headers, err = curl(peer, url, tmp_path / "part", "-r", f"{PIECE}-{PIECE + 99}")
+    assert code == 0, err
+    assert (tmp_path / "part").read_bytes() == data[PIECE : PIECE + 100]
+    assert PIECE <= served(nginx, name) - before <= PIECE + SLACK  # that piece, again

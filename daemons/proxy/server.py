@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import enum
 import hmac
 import logging
 import os
@@ -461,7 +462,13 @@ class ProxyServer:
             if prefetch:
                 self._prefetch(request, task)
         start, count = (selected.start, selected.length) if selected else (0, length)
-        if not await self._send_stored(stream, http, task, selected, start, count):
+        sent = await self._send_stored(stream, http, task, selected, start, count)
+        if sent is _Stored.DAMAGED:
+            # Stored pieces failed their check and were dropped: a new download of the
+            # task fetches them again, and the answer streams from it.
+            await self.manager.wait_ended(task)
+            task = self.manager.start(request, streaming=True, byte_range=spec)
+        if sent is not _Stored.SENT:
             blocks = self._task_bytes(request, task, spec is None, start, start + count)
             try:
                 try:
@@ -617,23 +624,25 @@ class ProxyServer:
         selected,
         start: int,
         count: int,
-    ) -> bool:
+    ) -> _Stored:
         """The fast path: every piece the answer needs is stored (a cached blob) and the
         client is a plain socket, so the body goes from the page cache by sendfile(2),
-        after the pieces are checked as for any upload. False when it does not apply
-        (the caller streams the task as it lands instead)."""
+        after the pieces are checked as for any upload. NOT_APPLICABLE: the caller
+        streams the task as it lands instead; DAMAGED: from a new download."""
         if not count or not isinstance(stream, SocketStream) or task.bitmap is None:
-            return False
+            return _Stored.NOT_APPLICABLE
         pieces = range(start // task.piece_length, (start + count - 1) // task.piece_length + 1)
         if not all(task.bitmap.test(n) for n in pieces):
-            return False
+            return _Stored.NOT_APPLICABLE
         with self.manager.pin(task.id):
-            if await self.manager.check_before_serving(task.id, start, count) is not None:
-                return False  # damaged pieces were dropped: the task fetches them again
+            problem = await self.manager.check_before_serving(task.id, start, count)
+            if problem is not None:
+                log.warning("not serving stored pieces task=%s: %s", task.id, problem)
+                return _Stored.DAMAGED
             try:
                 fd = os.open(self.manager.storage.content_path(task.id), os.O_RDONLY | os.O_CLOEXEC)
             except OSError:
-                return False
+                return _Stored.NOT_APPLICABLE
             try:
                 await stream.sendall(http.send(self._task_head(task, selected, count)))
                 # h11 tracks the body length; the bytes themselves go by sendfile.
@@ -642,7 +651,7 @@ class ProxyServer:
                 self.metrics.response_bytes.labels("p2p").inc(count)
             finally:
                 os.close(fd)
-        return True
+        return _Stored.SENT
 
     def _task_head(self, task: Task, selected, count: int) -> h11.Response:
         out = [
@@ -959,6 +968,14 @@ def _range_spec(headers: list[tuple[bytes, bytes]]) -> RangeSpec | None:
         return parse_range_spec(values[-1])
     except RangeError:
         return None
+
+
+class _Stored(enum.Enum):
+    """What :meth:`ProxyServer._send_stored` did."""
+
+    SENT = "sent"
+    NOT_APPLICABLE = "not applicable"
+    DAMAGED = "damaged"
 
 
 class _SendfileBody:
