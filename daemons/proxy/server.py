@@ -43,6 +43,7 @@ import h11
 from d7y.core import proxy as routing
 from d7y.core.http_range import RangeError, RangeSpec, parse_range_spec
 from d7y.daemons.listener import Listener
+from d7y.daemons.peer.http_upload import SendfileBody
 from d7y.daemons.peer.storage import TASK_SUCCEEDED
 from d7y.daemons.peer.task_manager import (
     DownloadError,
@@ -646,7 +647,7 @@ class ProxyServer:
             try:
                 await stream.sendall(http.send(self._task_head(task, selected, count)))
                 # h11 tracks the body length; the bytes themselves go by sendfile.
-                http.send_with_data_passthrough(h11.Data(data=_SendfileBody(count)))
+                http.send_with_data_passthrough(h11.Data(data=SendfileBody(count)))
                 await send_file(stream.sock, fd, start, count)
                 self.metrics.response_bytes.labels("p2p").inc(count)
             finally:
@@ -976,19 +977,6 @@ class _Stored(enum.Enum):
     SENT = "sent"
     NOT_APPLICABLE = "not applicable"
     DAMAGED = "damaged"
-
-
-class _SendfileBody:
-    """Stands in for body bytes in h11 (which only needs their length) while the real
-    bytes travel by sendfile."""
-
-    __slots__ = ("length",)
-
-    def __init__(self, length: int) -> None:
-        self.length = length
-
-    def __len__(self) -> int:
-        return self.length
 
 
 class _RequestRate:
