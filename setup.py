@@ -97,7 +97,12 @@ class OptionalBuildExt(build_ext):
 setup(
     packages=sorted(package_dir),
     package_dir=package_dir,
-    package_data={"d7y.ext": ["*.pxd", "*.pyx"], "d7y.sim": ["scenarios/*.yaml"]},
+    package_data={
+        "d7y.ext": ["*.pxd", "*.pyx"],
+        "d7y.sim": ["scenarios/*.yaml"],
+        # the manager's console: its Jinja2 templates and stylesheet
+        "d7y.daemons.manager.console": ["templates/*.html", "static/*"],
+    },
     ext_modules=ext_modules,
     cmdclass={"build_ext": OptionalBuildExt},
 )

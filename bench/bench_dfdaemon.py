@@ -12,7 +12,7 @@ with like:
 3. dfdaemon's peak RSS while downloading RSS_SIZE. Target: < 150 MiB.
 
 nginx comes from Debian (apt-get install nginx-light); without it the benchmark says so
-and stops. nginx (bench/nginx_origin.py) and dfdaemon (tests/peer_harness.py) are run by
+and stops. nginx (tests/nginx_origin.py) and dfdaemon (tests/peer_harness.py) are run by
 d7y's process manager.
 """
 
@@ -34,10 +34,9 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from nginx_origin import NginxOrigin, nginx_binary
-
 from d7y.core.ids import task_id
 from d7y.daemons.config import parse_size
+from tests.nginx_origin import NginxOrigin, nginx_binary
 from tests.peer_harness import PeerProcess, free_port
 
 ROUNDS = 5

@@ -63,11 +63,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from nginx_origin import NginxOrigin, nginx_binary
 from swarm_net import SUBNET, Host, Network, call_in_netns, leftovers, remove_namespace
 
 from d7y.daemons.config import parse_size
 from d7y.daemons.procman import ServiceProcess
+from tests.nginx_origin import NginxOrigin, nginx_binary
 from tests.peer_harness import PeerProcess, SchedulerProcess, dfget_command, free_port
 
 SYSTEM_PYTHON = "/usr/bin/python3"

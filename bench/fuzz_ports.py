@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         quiet = {"log": {"level": "info"}}
         with ThreadedOriginServer() as origin, SchedulerProcess(work, **quiet) as scheduler:
             seed = PeerProcess(work, "seed", **peer_config(scheduler, "seed", seed=True), **quiet)
-            peer = PeerProcess(work, "peer", **peer_config(scheduler, "peer"), **quiet)
+            guarded = {"proxy": {"upstream_allow": fuzzing.PROXY_ALLOW}}  # no relay out
+            peer = PeerProcess(work, "peer", **peer_config(scheduler, "peer", **guarded), **quiet)
             with seed, peer:
                 targets = fuzzing.targets(scheduler, peer)
                 print(

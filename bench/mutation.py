@@ -185,6 +185,18 @@ TESTS_FOR: list[tuple[str, list[str]]] = [
         ["tests/test_piece_verifier.py", "tests/test_stored_integrity_e2e.py"],
     ),
     (
+        # The origin window's gate: every origin download passes it; a seed's (others
+        # wait for it) is the one the window narrows.
+        "daemons/peer/origin_gate.py",
+        [
+            "tests/test_dfdaemon_e2e.py",
+            f"{P2P}::test_swarm_serves_the_origin_once",
+            "-k",
+            "in_flight or sizes or concurrent or swarm",
+        ],
+    ),
+    ("daemons/scheduler/preheat.py", ["tests/test_preheat_units.py", "tests/test_preheat_e2e.py"]),
+    (
         "daemons/scheduler/config.py",
         [
             "tests/test_scheduler_daemon.py",

@@ -49,20 +49,51 @@ class ByteRange(NamedTuple):
         return pieces_covering(self.start, self.length, piece_length)
 
 
-def parse_range(header: str, content_length: int) -> ByteRange:
-    """Parse a Range header value against ``content_length``.
+class RangeSpec(NamedTuple):
+    """One ``bytes=`` range as the client wrote it, before the content length is known
+    (a proxy must decide which pieces to fetch once the length is learnt):
+    ``first``-``last`` (``last`` None: to the end), or the last ``suffix`` bytes."""
 
-    Returns the selected byte range (an end past the content is clamped, as RFC 9110
-    says). Raises :class:`RangeError` for multiple ranges, other units, malformed specs,
-    and (``unsatisfiable=True``) ranges that select nothing.
-    """
+    first: int | None
+    last: int | None
+    suffix: int | None = None
+
+    def resolve(self, content_length: int) -> ByteRange:
+        """The bytes this range selects of a ``content_length``-byte content; RangeError
+        (``unsatisfiable``) when it selects none. An end past the content is clamped."""
+        if content_length < 0:
+            raise ValueError(f"content_length must be >= 0, got {content_length}")
+        if self.suffix is not None:
+            if self.suffix == 0 or content_length == 0:
+                raise RangeError(
+                    f"Range {self.header()!r} selects no bytes of a {content_length}-byte content",
+                    unsatisfiable=True,
+                )
+            length = min(self.suffix, content_length)
+            return ByteRange(content_length - length, length)
+        assert self.first is not None
+        if self.first >= content_length:
+            raise RangeError(
+                f"Range {self.header()!r} starts at {self.first}, past the end of a "
+                f"{content_length}-byte content",
+                unsatisfiable=True,
+            )
+        last = content_length - 1 if self.last is None else min(self.last, content_length - 1)
+        return ByteRange(self.first, last - self.first + 1)
+
+    def header(self) -> str:
+        """The Range header value for this range."""
+        if self.suffix is not None:
+            return f"bytes=-{self.suffix}"
+        return f"bytes={self.first}-{'' if self.last is None else self.last}"
+
+
+def parse_range_spec(header: str) -> RangeSpec:
+    """Parse a Range header value without knowing the content's length.
+
+    Raises :class:`RangeError` for multiple ranges, other units and malformed specs."""
     if not isinstance(header, str):
         raise TypeError(f"Range header must be a str, got {type(header).__name__}: {header!r}")
-    if isinstance(content_length, bool) or not isinstance(content_length, int):
-        raise TypeError(f"content_length must be an int, got {content_length!r}")
-    if content_length < 0:
-        raise ValueError(f"content_length must be >= 0, got {content_length}")
-
     unit, sep, specs = header.partition("=")
     if not sep or unit.strip().lower() != "bytes":
         raise RangeError(f"Range {header!r} is not a byte range: use 'bytes=first-last'")
@@ -75,28 +106,24 @@ def parse_range(header: str, content_length: int) -> ByteRange:
     if match is None or match.group(1) == match.group(2) == "":
         raise RangeError(f"Range {header!r} is malformed: expected bytes=a-b, bytes=a- or bytes=-n")
     first_text, last_text = match.groups()
-
-    if first_text == "":  # suffix range: the last n bytes
-        suffix = int(last_text)
-        if suffix == 0 or content_length == 0:
-            raise RangeError(
-                f"Range {header!r} selects no bytes of a {content_length}-byte content",
-                unsatisfiable=True,
-            )
-        length = min(suffix, content_length)
-        return ByteRange(content_length - length, length)
-
+    if first_text == "":
+        return RangeSpec(None, None, int(last_text))
     first = int(first_text)
-    if last_text != "":
-        last = int(last_text)
-        if last < first:
-            raise RangeError(f"Range {header!r} is malformed: last byte {last} < first {first}")
-    else:
-        last = content_length - 1
-    if first >= content_length:
-        raise RangeError(
-            f"Range {header!r} starts at {first}, past the end of a {content_length}-byte content",
-            unsatisfiable=True,
-        )
-    last = min(last, content_length - 1)
-    return ByteRange(first, last - first + 1)
+    last = int(last_text) if last_text != "" else None
+    if last is not None and last < first:
+        raise RangeError(f"Range {header!r} is malformed: last byte {last} < first {first}")
+    return RangeSpec(first, last)
+
+
+def parse_range(header: str, content_length: int) -> ByteRange:
+    """Parse a Range header value against ``content_length``.
+
+    Returns the selected byte range (an end past the content is clamped, as RFC 9110
+    says). Raises :class:`RangeError` for multiple ranges, other units, malformed specs,
+    and (``unsatisfiable=True``) ranges that select nothing.
+    """
+    if isinstance(content_length, bool) or not isinstance(content_length, int):
+        raise TypeError(f"content_length must be an int, got {content_length!r}")
+    if content_length < 0:
+        raise ValueError(f"content_length must be >= 0, got {content_length}")
+    return parse_range_spec(header).resolve(content_length)

@@ -140,6 +140,15 @@ def task_id(
     return hasher.hexdigest()
 
 
+def content_task_id(content: str) -> str:
+    """The task ID given by the content a client names instead of the URL (Dragonfly's
+    X-Dragonfly-Content-For-Calculating-Task-ID): the SHA-256 hex of its UTF-8 bytes,
+    nothing else mixed in, so every client naming the same content shares the task."""
+    if not isinstance(content, str) or not content:
+        raise ValueError(f"content for the task ID must be a non-empty str, got {content!r}")
+    return hashlib.sha256(content.encode()).hexdigest()
+
+
 def _check_host(ip: object, hostname: object) -> None:
     for name, value in (("ip", ip), ("hostname", hostname)):
         if not isinstance(value, str) or not value:

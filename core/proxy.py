@@ -20,6 +20,8 @@ these functions.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import posixpath
 import re
 from collections.abc import Iterable, Sequence
 from urllib.parse import urlsplit, urlunsplit
@@ -102,6 +104,17 @@ class DragonflyOptions:
     piece_length: int | None = None
     use_p2p: bool = False
     registry: str = ""
+    #: On a Range request, also fetch the whole task in the background (None: the
+    #: proxy's ``prefetch`` setting decides).
+    prefetch: bool | None = None
+    #: Absolute path the whole object is also written to (a hard link to the task's
+    #: content when the filesystem allows, else a copy); "" for none.
+    output_path: str = ""
+    #: The output must be a hard link: fail rather than copy.
+    force_hard_link: bool = False
+    #: The task ID is the SHA-256 of this text instead of the URL's (Dragonfly's
+    #: X-Dragonfly-Content-For-Calculating-Task-ID); "" for the URL's.
+    content_for_task_id: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +147,22 @@ def parse_dragonfly_headers(headers: Sequence[tuple[bytes, bytes]]) -> Dragonfly
     piece_text = _one(headers, b"x-dragonfly-piece-length")
     filtered_text = header_values(headers, b"x-dragonfly-filtered-query-params")
     use_p2p = _one(headers, b"x-dragonfly-use-p2p").lower()
+    prefetch = _boolean(headers, b"x-dragonfly-prefetch", "X-Dragonfly-Prefetch")
+    force_hard_link = _boolean(
+        headers, b"x-dragonfly-force-hard-link", "X-Dragonfly-Force-Hard-Link"
+    )
+    output_path = _one(headers, b"x-dragonfly-output-path")
+    if output_path and (
+        not posixpath.isabs(output_path) or "\x00" in output_path or output_path.endswith("/")
+    ):
+        raise ProxyRequestError(
+            f"X-Dragonfly-Output-Path {output_path[:200]!r} is not an absolute file path: "
+            f"give e.g. /var/lib/app/blob.bin"
+        )
+    if force_hard_link and not output_path:
+        raise ProxyRequestError(
+            "X-Dragonfly-Force-Hard-Link: true needs X-Dragonfly-Output-Path (the path to link)"
+        )
     try:
         priority = int(priority_text) if priority_text else 0
     except ValueError:
@@ -159,7 +188,21 @@ def parse_dragonfly_headers(headers: Sequence[tuple[bytes, bytes]]) -> Dragonfly
         piece_length=piece_length,
         use_p2p=use_p2p == "true",
         registry=_one(headers, b"x-dragonfly-registry"),
+        prefetch=prefetch,
+        output_path=posixpath.normpath(output_path) if output_path else "",
+        force_hard_link=bool(force_hard_link),
+        content_for_task_id=_one(headers, b"x-dragonfly-content-for-calculating-task-id"),
     )
+
+
+def _boolean(headers: Sequence[tuple[bytes, bytes]], name: bytes, shown: str) -> bool | None:
+    """A true/false header (any case); None when absent."""
+    text = _one(headers, name).lower()
+    if not text:
+        return None
+    if text not in ("true", "false"):
+        raise ProxyRequestError(f"{shown} {text[:100]!r} must be true or false")
+    return text == "true"
 
 
 def _normalize_registry(value: str, plain_http: Iterable[str] = ()) -> str:
@@ -294,15 +337,61 @@ def task_headers(headers: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
     return out
 
 
+class UpstreamAllowlist:
+    """Which upstream hosts the proxy may reach (``proxy.upstream_allow``).
+
+    Empty: any host, as Dragonfly's proxy. Otherwise a host must be an address inside
+    one of the CIDRs, or a name listed exactly or matched by a ``*.suffix`` pattern;
+    a name is judged as written, never resolved (so a refused one costs no DNS query).
+    It keeps a proxy reachable by hostile clients (a fuzzer, a shared network) from
+    being a relay into the rest of the network."""
+
+    def __init__(self, entries: Iterable[str] = ()) -> None:
+        self.networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        self.names: list[str] = []
+        for entry in entries:
+            text = str(entry).strip().lower()
+            try:
+                self.networks.append(ipaddress.ip_network(text, strict=False))
+                continue
+            except ValueError:
+                pass
+            labels = text.removeprefix("*.").split(".")
+            if not text or not all(re.fullmatch(r"[a-z0-9_-]{1,63}", label) for label in labels):
+                raise ValueError(
+                    f"{entry!r} is neither a CIDR (127.0.0.0/8), an address, a host name "
+                    f"(registry.internal) nor a pattern (*.corp.example)"
+                )
+            self.names.append(text)
+
+    def __bool__(self) -> bool:
+        return bool(self.networks or self.names)
+
+    def allows(self, host: str) -> bool:
+        if not self:
+            return True
+        host = host.strip("[]").rstrip(".").lower()
+        try:
+            address = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return any(
+                host == name or (name.startswith("*.") and host.endswith(name[1:]))
+                for name in self.names
+            )
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.networks)
+
+
 def split_authority(authority: str, default_port: int) -> tuple[str, int]:
     """``host:port`` (IPv6 in brackets) into host and port; ValueError names it."""
     parts = urlsplit(f"//{authority}")
     try:
         port = parts.port
     except ValueError:
-        raise ValueError(f"{authority!r} has a bad port") from None
+        raise ValueError(f"{authority[:200]!r} has a bad port") from None
     if not parts.hostname:
-        raise ValueError(f"{authority!r} has no host")
+        raise ValueError(f"{authority[:200]!r} has no host")
     return parts.hostname, port or default_port
 
 

@@ -153,7 +153,9 @@ _NOTES = {
         "certificate from another CA ends the connection in the handshake. The scheduler",
         "accepts an `AnnounceHost` only for the host ID of the connection's certificate,",
         "and a seed host only with a seed certificate. The HTTP upload endpoint (for curl",
-        "and people) stays plain HTTP. `d7y cluster demo --tls` runs the whole demo so.",
+        "and people) stays plain HTTP. `d7y cluster demo --tls` runs the whole demo so",
+        "(its manager's REST API, which the scheduler and the peers call, is plain HTTP on",
+        "loopback).",
     ],
 }
 

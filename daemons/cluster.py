@@ -3,12 +3,19 @@
     d7y cluster demo [--peers 4] [--size 256MiB | --url URL] [--tls]
     d7y cluster up   [--peers 4] [--tls]    # leave it running; Ctrl-C stops it
 
-``demo`` starts an origin serving a generated file (or uses the URL given), a scheduler,
-one seed peer and N peers, each with its own data dir and ports, runs dfget on every
-peer at once, checks every output's SHA-256, prints who got what from where and how
+``demo`` starts an origin serving a generated file (or uses the URL given), a manager, a
+scheduler, one seed peer and N peers, each with its own data dir and ports, runs dfget on
+every peer at once, checks every output's SHA-256, prints who got what from where and how
 much the origin sent compared to the file size, then stops everything cleanly.
+
+The manager (SQLite in the work dir) is how the others meet, as in a real deployment:
+the scheduler registers with it and keeps alive; the seed peer and the peers are given
+only ``manager.address`` and ask it for their scheduler. Both carry a personal access
+token the manager seeds from ``$D7Y_PAT`` (kept in ``manager.token`` in the work dir);
+root's password is generated at the work dir's first start and printed once.
 With ``--tls`` every protocol connection (scheduler and piece ports) is mutual TLS:
-a CA and one certificate per service are made in the work dir (d7y.daemons.certs).
+a CA and one certificate per service are made in the work dir (d7y.daemons.certs). The
+manager's REST API stays plain HTTP on loopback.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ import hashlib
 import json
 import os
 import random
+import re
+import secrets
 import shutil
 import signal
 import socket
@@ -34,6 +43,8 @@ import yaml
 from d7y.daemons.procman import ServiceProcess
 
 PYTHON = sys.executable
+#: What a dfdaemon logs when it points its scheduler client at one the manager listed.
+FROM_MANAGER = re.compile(r"using scheduler (\S+) \(from the manager\)")
 
 
 def _free_port() -> int:
@@ -61,6 +72,10 @@ class LocalCluster:
         self._ca = None
         self.services: list[ServiceProcess] = []  # in start order; stopped in reverse
         self.scheduler_port = _free_port()
+        self.manager_port = _free_port()
+        self.manager_data = work / "manager"
+        self.root_password: str | None = None  # set when this start seeded root
+        self.manager_token = ""
         self.peers: list[dict] = []
         self.seed: dict | None = None
         self.origin_url: str | None = None
@@ -69,11 +84,18 @@ class LocalCluster:
     def _cli(self, *args: str) -> list[str]:
         return [PYTHON, "-m", "d7y.daemons.cli", *args]
 
-    def _service(self, name: str, *args: str) -> ServiceProcess:
-        """A d7y service of this cluster; ready when it notifies READY=1."""
-        service = ServiceProcess(
-            name, self._cli(*args), log_path=self.work / f"{name}.log", notify=True
-        )
+    @property
+    def manager_url(self) -> str:
+        return f"http://127.0.0.1:{self.manager_port}"
+
+    def _service(self, name: str, *args: str, env: dict[str, str] | None = None) -> ServiceProcess:
+        """A d7y service of this cluster; ready when it notifies READY=1. A log left by an
+        earlier run in the same work dir is moved to ``<name>.previous.log``: what this run
+        waits for and reads (a URL, a log line) must be this run's."""
+        log_path = self.work / f"{name}.log"
+        if log_path.exists():
+            log_path.replace(self.work / f"{name}.previous.log")
+        service = ServiceProcess(name, self._cli(*args), log_path=log_path, env=env, notify=True)
         self.services.append(service)
         return service
 
@@ -113,7 +135,8 @@ class LocalCluster:
             "metrics": {"listen": "127.0.0.1", "port": metrics},
             # Each peer's proxy / registry mirror on a port of its own (the seed has none).
             "proxy": {"listen": "127.0.0.1", "port": 0 if seed else _free_port()},
-            "scheduler": {"address": f"127.0.0.1:{self.scheduler_port}"},
+            # No scheduler.address: the daemon asks the manager which scheduler to use.
+            "manager": {"address": self.manager_url},
             # The demo's origin is on loopback and the seed fetches it for the peers: a
             # download a remote party caused, refused on loopback unless allowed.
             "source": {"allow": ["127.0.0.0/8", "::1/128"]},
@@ -123,23 +146,69 @@ class LocalCluster:
         path.write_text(yaml.safe_dump(config))
         return {
             "name": name,
-            "service": self._service(name, "dfdaemon", "--config", str(path)),
+            "service": self._service(
+                name,
+                "dfdaemon",
+                "--config",
+                str(path),
+                env={"D7Y_DFDAEMON_MANAGER__TOKEN": self.manager_token},
+            ),
             "socket": data_dir / "dfdaemon.sock",
             "metrics": metrics,
             "proxy_port": config["proxy"]["port"],
             "config": path,
         }
 
+    def _cluster_token(self) -> str:
+        """The personal access token the scheduler and the peers call the manager with:
+        made at the work dir's first start, kept (owner-only) for the next ones and for
+        whoever wants to call the REST API by hand."""
+        path = self.work / "manager.token"
+        if path.exists():
+            return path.read_text().strip()
+        token = "d7y-cluster-" + secrets.token_urlsafe(24)
+        path.touch(mode=0o600)
+        path.write_text(token + "\n")
+        return token
+
+    def start_manager(self) -> None:
+        """The manager, with SQLite in the work dir. root's password is generated when
+        the database is new (seeded then; an existing one keeps its root)."""
+        self.manager_token = self._cluster_token()
+        env = {"D7Y_PAT": self.manager_token}
+        if not (self.manager_data / "manager.db").exists():
+            self.root_password = secrets.token_urlsafe(12)
+            env["D7Y_INITIAL_ROOT_PASSWORD"] = self.root_password
+        config = {
+            "data_dir": str(self.manager_data),
+            "server": {"listen": "127.0.0.1", "port": self.manager_port},
+            "metrics": {"listen": "127.0.0.1", "port": _free_port()},
+        }
+        path = self.work / "manager.yaml"
+        path.write_text(yaml.safe_dump(config))
+        self._service("manager", "manager", "--config", str(path), env=env).start(timeout=60)
+
     def start(self) -> None:
-        sched_metrics = _free_port()
+        self.start_manager()
         config = {
             "server": {"listen": "127.0.0.1", "port": self.scheduler_port},
-            "metrics": {"listen": "127.0.0.1", "port": sched_metrics},
+            "metrics": {"listen": "127.0.0.1", "port": _free_port()},
+            # It registers (and keeps alive) in the default cluster; peers find it there.
+            "manager": {"address": self.manager_url, "hostname": "scheduler", "ip": "127.0.0.1"},
             **self._security("scheduler", "scheduler"),
         }
         path = self.work / "scheduler.yaml"
         path.write_text(yaml.safe_dump(config))
-        self._service("scheduler", "scheduler", "--config", str(path)).start()
+        scheduler = self._service(
+            "scheduler",
+            "scheduler",
+            "--config",
+            str(path),
+            env={"D7Y_SCHEDULER_MANAGER__TOKEN": self.manager_token},
+        ).start()
+        # Registered before any peer asks the manager: a peer's first answer lists it
+        # (the next would be a refresh interval, a minute, later).
+        scheduler.wait_log("registered with the manager id=")
         self.seed = self._peer("seed", True)
         self.peers = [self._peer(f"peer{i}", False) for i in range(self.peer_count)]
         nodes = [self.seed, *self.peers]
@@ -149,6 +218,68 @@ class LocalCluster:
             node["service"].wait_ready()
         for node in nodes:  # it announces its host first thing on the connection
             node["service"].wait_log("connected to scheduler address=")
+
+    def registered_schedulers(self) -> list[dict]:
+        """The schedulers of every cluster as the manager's REST API lists them."""
+        request = urllib.request.Request(
+            self.manager_url + "/api/v1/schedulers",
+            headers={"Authorization": f"Bearer {self.manager_token}"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return json.load(resp)
+
+    def schedulers_found(self) -> dict[str, str]:
+        """{node name: the scheduler address its daemon took from the manager}, read from
+        each daemon's log (a node missing here was not pointed at one by the manager)."""
+        found = {}
+        for node in [self.seed, *self.peers]:
+            match = FROM_MANAGER.search(node["service"].log())
+            if match:
+                found[node["name"]] = match.group(1)
+        return found
+
+    def describe_manager(self) -> list[str]:
+        """What to tell the user about the manager: where its console is, how to sign
+        in, the schedulers it lists and which nodes found theirs through it."""
+        lines = [
+            f"\nmanager console: {self.manager_url}/  (REST API /api/v1, docs /api/docs)",
+            f"  SQLite database {self.manager_data / 'manager.db'}",
+        ]
+        if self.root_password is not None:
+            lines.append(f"  user root, password {self.root_password}  (generated now; shown once)")
+        else:
+            lines.append("  user root, with the password printed when this work dir was first used")
+        lines += [
+            f"  REST API token (scopes cluster, job) in {self.work / 'manager.token'}",
+            "schedulers registered in the manager (GET /api/v1/schedulers):",
+        ]
+        lines.append(
+            f"  {'id':>3}  {'hostname':<12} {'address':<22} {'cluster':>7}  {'state':<8} "
+            "last keepalive"
+        )
+        try:
+            rows = self.registered_schedulers()
+        except OSError as exc:  # urllib's URLError and HTTPError included
+            rows = []
+            lines.append(f"  the manager did not answer: {exc}; see {self.work / 'manager.log'}")
+        for row in rows:
+            lines.append(
+                f"  {row['id']:>3}  {row['hostname']:<12} {row['ip'] + ':' + str(row['port']):<22} "
+                f"{row['cluster_id']:>7}  {row['state']:<8} {row['last_keepalive_at']}"
+            )
+        found = self.schedulers_found()
+        by_address: dict[str, list[str]] = {}
+        for name, address in found.items():
+            by_address.setdefault(address, []).append(name)
+        for address, names in by_address.items():
+            lines.append(
+                f"{', '.join(names)} found scheduler {address} through the manager "
+                "(manager.address only; no scheduler.address in their config)"
+            )
+        missing = [n["name"] for n in [self.seed, *self.peers] if n["name"] not in found]
+        if missing:
+            lines.append(f"not pointed at a scheduler by the manager: {', '.join(missing)}")
+        return [*lines, ""]
 
     def stop(self) -> None:
         for service in reversed(self.services):
@@ -207,9 +338,17 @@ def demo(args: argparse.Namespace) -> int:
             _generate(www / "demo.bin", size)
             expected = hashlib.sha256((www / "demo.bin").read_bytes()).hexdigest()
             url = cluster.start_origin(www, args.origin_rate) + "demo.bin"
-        mtls = ", mutual TLS between all of them" if args.tls else ""
-        print(f"d7y local cluster in {work}: scheduler, 1 seed peer, {args.peers} peers{mtls}")
+        mtls = (
+            ", mutual TLS between scheduler and peers (the manager's REST API: HTTP on loopback)"
+            if args.tls
+            else ""
+        )
+        print(
+            f"d7y local cluster in {work}: manager, scheduler, 1 seed peer, "
+            f"{args.peers} peers{mtls}"
+        )
         cluster.start()
+        print("\n".join(cluster.describe_manager()))
         print(f"downloading {url} on {args.peers} peers at once ...")
         with concurrent.futures.ThreadPoolExecutor(args.peers) as pool:
             runs = list(
@@ -278,11 +417,12 @@ def up(args: argparse.Namespace) -> int:
     try:
         cluster.start()
         print(f"d7y cluster up in {work} (scheduler 127.0.0.1:{cluster.scheduler_port})")
+        print("\n".join(cluster.describe_manager()))
         for node in [cluster.seed, *cluster.peers]:
             print(f"  {node['name']:<8} dfget URL -O FILE --daemon-socket {node['socket']}")
             if node["proxy_port"]:
                 print(f"  {'':<8} proxy / registry mirror 127.0.0.1:{node['proxy_port']}")
-        print("Ctrl-C stops the cluster.")
+        print(f"Ctrl-C (or kill -TERM {os.getpid()}) stops the cluster.")
         while not stop:
             time.sleep(0.5)
     except KeyboardInterrupt:

@@ -7,12 +7,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # Debian packages the tests run for real: docker-registry (the oci source's tests,
 # tests/registry_server.py, and the registry mirror's), the proxy's real clients (curl,
-# skopeo, aria2, containerd) and PostgreSQL (the manager's tests run on SQLite and on a
-# PostgreSQL server they start themselves). Installed only when missing, and only as root.
+# skopeo, aria2, containerd), nginx (the proxy's plain and HTTPS test origins,
+# tests/nginx_origin.py), PostgreSQL (the manager's tests run on SQLite and on a
+# PostgreSQL server they start themselves), redis-server (the manager's Redis job queue,
+# started by the tests on a private port) and Chromium (the manager console's tests drive
+# it headless over the DevTools protocol, tests/cdp.py). Installed only when missing, and
+# only as root.
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     missing=""
     for pkg in docker-registry:docker-registry curl:curl skopeo:skopeo aria2c:aria2 \
-        containerd:containerd; do
+        containerd:containerd nginx:nginx-light redis-server:redis-server chromium:chromium; do
         command -v "${pkg%%:*}" >/dev/null 2>&1 || missing="$missing ${pkg##*:}"
     done
     if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1

@@ -96,6 +96,21 @@ def postgres():
         yield server
 
 
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """One real redis-server for the session (the manager's Redis job queue); each user
+    takes its own key prefix. Skipped where redis-server is missing, unless
+    D7Y_REQUIRE_TOOLS=1 (scripts/test.sh installs it)."""
+    from tests.redis_server import RedisServer, installed
+
+    if not installed():
+        if REQUIRE_POSTGRES:
+            raise AssertionError("redis-server is not installed but D7Y_REQUIRE_TOOLS is set")
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
 @pytest.fixture
 def mount_tmpfs(tmp_path):
     """``mount_tmpfs(name, size)``: a real tmpfs of ``size`` (e.g. "24m") mounted at

@@ -293,16 +293,19 @@ _BODIES = (
 )
 
 
-def http_input(rng: random.Random, paths: tuple[bytes, ...]) -> bytes:
+def http_input(
+    rng: random.Random, paths: tuple[bytes, ...], extra_headers: tuple[bytes, ...] = ()
+) -> bytes:
     """One connection's bytes for an HTTP port: requests built from hostile parts,
-    sometimes pipelined, sometimes cut short, sometimes byte-mutated."""
+    sometimes pipelined, sometimes cut short, sometimes byte-mutated. ``extra_headers``
+    join the pool of headers (a port's own, e.g. the proxy's X-Dragonfly-*)."""
     requests = []
     for _ in range(rng.choice((1, 1, 1, 2, 3))):
         method = rng.choice(_METHODS)
         path = rng.choice(paths) + rng.choice((b"", b"?a=b", b"/../..", b"%00", b"#x", b"x" * 9000))
         version = rng.choice((b"HTTP/1.1", b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0", b"HTTP/9", b""))
         head = [method + b" " + path + b" " + version]
-        head += rng.sample(_HEADERS, rng.randrange(4))
+        head += rng.sample(_HEADERS + extra_headers, rng.randrange(4))
         body = rng.choice(_BODIES)
         if body and not any(h.startswith(b"Content-Length") for h in head):
             head.append(b"Content-Length: %d" % len(body))
@@ -420,7 +423,51 @@ def tcp(port: int):
 HTTP_LINGER = 0.05
 
 #: The ports fuzzed, by name (the keys of :func:`targets`).
-PORTS = ("scheduler", "scheduler-metrics", "piece", "upload-http", "local-api", "peer-metrics")
+PORTS = (
+    "scheduler",
+    "scheduler-metrics",
+    "piece",
+    "upload-http",
+    "local-api",
+    "peer-metrics",
+    "proxy",
+)
+
+#: Request targets for the proxy: registry-mirror paths (the P2P rule's blobs among
+#: them), forward-proxy URLs and CONNECT authorities, on closed loopback ports and on
+#: addresses outside the loopback allowlist the fuzzed peer must be given
+#: (``proxy.upstream_allow``, :data:`PROXY_ALLOW`): those are refused, never reached.
+PROXY_PATHS = (
+    b"/v2/",
+    b"/v2/lib/app/blobs/sha256:" + b"a" * 64,
+    b"/v2/lib/app/manifests/latest?ns=127.0.0.1:1",
+    b"http://127.0.0.1:1/x",
+    b"http://127.0.0.1:1/v2/lib/app/blobs/sha256:" + b"b" * 64,
+    b"https://127.0.0.1:1/x",
+    b"http://169.254.169.254/latest/meta-data/",
+    b"http://10.0.0.1/x",
+    b"http://internal.example/x",
+    b"ftp://127.0.0.1:1/x",
+    b"127.0.0.1:1",
+    b"169.254.169.254:443",
+    b"[::1]:1",
+)
+PROXY_HEADERS = (
+    b"X-Dragonfly-Registry: http://169.254.169.254",
+    b"X-Dragonfly-Registry: ::::",
+    b"X-Dragonfly-Use-P2P: true",
+    b"X-Dragonfly-Use-P2P: maybe",
+    b"X-Dragonfly-Piece-Length: 1",
+    b"X-Dragonfly-Priority: " + b"9" * 50,
+    b"X-Dragonfly-Prefetch: true",
+    b"X-Dragonfly-Output-Path: /etc/passwd",
+    b"X-Dragonfly-Output-Path: ../../x",
+    b"X-Dragonfly-Force-Hard-Link: true",
+    b"X-Dragonfly-Content-For-Calculating-Task-ID: x",
+    b"Proxy-Authorization: Basic Og==",
+)
+#: proxy.upstream_allow of a fuzzed peer: loopback only.
+PROXY_ALLOW = ["127.0.0.0/8", "::1/128"]
 
 
 def targets(scheduler, peer) -> dict:
@@ -454,6 +501,12 @@ def targets(scheduler, peer) -> dict:
             peer,
             tcp(peer.metrics_port),
             lambda rng: http_input(rng, metrics_paths),
+            HTTP_LINGER,
+        ),
+        "proxy": (
+            peer,
+            tcp(peer.proxy_port),
+            lambda rng: http_input(rng, PROXY_PATHS, PROXY_HEADERS),
             HTTP_LINGER,
         ),
     }

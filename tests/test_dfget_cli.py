@@ -24,6 +24,7 @@ import pytest
 
 from d7y.core.ids import task_id
 from d7y.core.pieces import MiB
+from tests.manager_harness import ApiClient
 from tests.peer_harness import PYTHON, PeerProcess, wait_for
 
 PIECE = 4 * MiB
@@ -246,11 +247,26 @@ def test_d7y_cluster_up_serves_dfget_until_sigterm(origin, tmp_path):
         assert proc.stdout is not None
         for line in proc.stdout:
             lines.append(line)
-            if "Ctrl-C stops the cluster." in line:
+            if "stops the cluster." in line:
                 break
+        printed = "".join(lines)
+        assert f"Ctrl-C (or kill -TERM {proc.pid}) stops the cluster." in printed
         sockets = dict(re.findall(r"^\s+(\S+)\s+dfget URL -O FILE --daemon-socket (\S+)$",
-                                  "".join(lines), re.M))  # fmt: skip
-        assert set(sockets) == {"seed", "peer0", "peer1"}, "".join(lines)
+                                  printed, re.M))  # fmt: skip
+        assert set(sockets) == {"seed", "peer0", "peer1"}, printed
+        # The manager is up with it: root signs in with the password printed once, and
+        # the cluster's token lists the scheduler, alive.
+        console = re.search(r"manager console: (http://127\.0\.0\.1:\d+)/ ", printed)
+        password = re.search(r"user root, password (\S+) ", printed)
+        assert console and password, printed
+        manager = ApiClient(console.group(1))
+        status, body, _ = manager.call(
+            "POST", "/api/v1/users/signin", {"name": "root", "password": password.group(1)}
+        )
+        assert status == 200, body
+        manager.token = (work / "manager.token").read_text().strip()
+        schedulers = manager.get("/api/v1/schedulers")
+        assert [(s["hostname"], s["state"]) for s in schedulers] == [("scheduler", "active")]
         for name in ("peer0", "peer1"):
             out = tmp_path / f"{name}.out"
             result = subprocess.run(

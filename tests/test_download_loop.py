@@ -267,7 +267,7 @@ def test_d7y_stall_goes_to_the_origin_and_dragonfly_never_stalls(bitmap_impl):
 
 
 def test_going_to_the_origin_fetches_what_is_missing_from_it(bitmap_impl):
-    dl = make(bitmap_impl, pieces=4, origin="origin", per_parent_limit=1)
+    dl = make(bitmap_impl, pieces=4, origin="origin", per_parent_limit=1, origin_window=False)
     (fetch,) = of(Fetch, dl.add_parents([("a", full(bitmap_impl, 4), 0, 0)], 0.0))
     dl.piece_done(fetch.piece, "a", 1.0, 1.0)
     actions = dl.back_to_source("scheduler", 2.0)
@@ -275,6 +275,42 @@ def test_going_to_the_origin_fetches_what_is_missing_from_it(bitmap_impl):
     origin_fetches = of(Fetch, actions)
     assert {f.parent for f in origin_fetches} == {"origin"}
     assert sorted(f.piece for f in origin_fetches) == sorted(set(range(4)) - {fetch.piece})
+
+
+def test_d7y_origin_window_starts_with_one_range_and_opens_while_it_pays(bitmap_impl):
+    """d7y: the origin path keeps one range in flight, then two once a range landed;
+    the second limit's ranges (sent under it) are measured: at the same cost per range
+    (a distant origin: the round trip dominates) two in flight is twice the rate, so a
+    third is tried; when the cost per range grows in step (a slow origin shared by the
+    ranges), the step back to the last good limit is final."""
+    dl = make(bitmap_impl, pieces=16, origin="origin")
+    first = of(Fetch, dl.back_to_source("scheduler", 0.0))
+    assert len(first) == 1 and first[0].parent == "origin"
+    # One range at limit 1 lands: the window opens to 2 (one more range starts).
+    second = of(Fetch, dl.piece_done(first[0].piece, "origin", 1.0, 1.0))
+    assert len(second) == 2 and dl.in_flight == 2
+    # Both ranges sent under limit 2 land in 1 s each: 2 x the rate -> limit 3.
+    more = of(Fetch, dl.piece_done(second[0].piece, "origin", 1.0, 2.0))
+    assert dl.origin_window.limit == 2 and len(more) == 1  # one sample of two so far
+    more += of(Fetch, dl.piece_done(second[1].piece, "origin", 1.0, 2.0))
+    assert dl.origin_window.limit == 3 and dl.in_flight == 3 and len(more) == 3
+    # Only ranges sent under limit 3 count for it: the first one (sent under 2) does
+    # not; the three after it take 3 s each (the origin is shared): no gain -> 2, for
+    # good.
+    dl.piece_done(more[0].piece, "origin", 3.0, 5.0)
+    later = of(Fetch, dl.pump(5.0))
+    in_flight = [f for f, _parent in dl.picker.in_flight]
+    assert dl.origin_window.limit == 3 and len(in_flight) == 3
+    for piece in in_flight:
+        dl.piece_done(piece, "origin", 3.0, 8.0)
+    assert dl.origin_window.limit == 2 and dl.origin_window.settled
+    assert dl.in_flight == 2 and later == []
+
+
+def test_dragonfly_origin_fetches_are_a_fixed_number_at_once(bitmap_impl):
+    dl = make(bitmap_impl, pieces=16, policy="dragonfly", origin="origin")
+    assert len(of(Fetch, dl.back_to_source("scheduler", 0.0))) == 8
+    assert dl.origin_window is None
 
 
 def test_d7y_asks_for_more_parents_while_it_has_few_even_when_busy(bitmap_impl):

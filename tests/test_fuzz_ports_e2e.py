@@ -41,9 +41,12 @@ def rss(pid: int) -> int:
 def cluster(tmp_path_factory):
     work = tmp_path_factory.mktemp("fuzz")
     quiet = {"log": {"level": "info"}}
+    # The proxy port is fuzzed too: it may reach loopback only, so no input makes it a
+    # relay to any other address.
+    guarded = {"proxy": {"upstream_allow": fuzzing.PROXY_ALLOW}}
     with ThreadedOriginServer() as origin, SchedulerProcess(work, **quiet) as scheduler:
         seed = PeerProcess(work, "seed", **peer_config(scheduler, "seed", seed=True), **quiet)
-        peer = PeerProcess(work, "peer", **peer_config(scheduler, "peer"), **quiet)
+        peer = PeerProcess(work, "peer", **peer_config(scheduler, "peer", **guarded), **quiet)
         with seed, peer:
             yield origin, scheduler, seed, peer
 
@@ -67,6 +70,10 @@ def test_port_survives_generated_and_mutated_input(cluster, port_name):
     assert daemon.ready(), f"{daemon.name} stopped answering /healthy"
     for d in (scheduler, seed, peer):
         assert "Traceback" not in d.log(), d.log()[-6000:]
+    if port_name == "proxy":
+        # The inputs asked for addresses outside loopback: refused, never reached.
+        forbidden = peer.metrics().get('d7y_proxy_errors_total{type="upstream_forbidden"}', 0)
+        assert forbidden > 0, "no input was refused by proxy.upstream_allow"
     grew = rss(daemon.proc.pid) - before
     assert grew < RSS_GROWTH_LIMIT, f"{daemon.name} RSS grew by {grew / 2**20:.1f} MiB"
 

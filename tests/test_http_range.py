@@ -82,3 +82,20 @@ def test_ranges_stay_inside_the_content(length, data):
 def test_content_length_must_be_a_real_int(length):
     with pytest.raises(TypeError, match="content_length must be an int"):
         parse_range("bytes=0-1", length)
+
+
+def test_range_spec_is_resolved_once_the_length_is_known():
+    from d7y.core.http_range import RangeSpec, parse_range_spec
+
+    assert parse_range_spec("bytes=5-14") == RangeSpec(5, 14)
+    assert parse_range_spec("bytes=5-") == RangeSpec(5, None)
+    assert parse_range_spec("bytes=-7") == RangeSpec(None, None, 7)
+    for header in ("bytes=5-14", "bytes=5-", "bytes=-7", "bytes=90-200"):
+        spec = parse_range_spec(header)
+        assert spec.resolve(100) == parse_range(header, 100)
+        assert parse_range_spec(spec.header()) == spec
+    with pytest.raises(RangeError) as info:
+        parse_range_spec("bytes=100-").resolve(100)
+    assert info.value.unsatisfiable
+    with pytest.raises(RangeError, match="several ranges"):
+        parse_range_spec("bytes=0-1,2-3")

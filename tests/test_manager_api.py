@@ -468,6 +468,38 @@ def test_every_answer_matches_its_documented_schema(manager, root):
     call("GET", "/api/v1/seed-peers")
     call("GET", f"/api/v1/clusters/{cluster['id']}/config", template=clusters + "/config")
     call("GET", "/api/v1/audits")
+    jobs = ident.replace("v1", "v1/jobs")
+    job = call("POST", "/api/v1/jobs", {"type": "preheat", "args": {
+        "type": "file", "url": "http://127.0.0.1:9/f.bin"},
+        "scheduler_cluster_ids": [cluster["id"]]}, 201)  # fmt: skip
+    assert job["state"] == "PENDING" and job["result"] == {"tasks": []}
+    call("GET", f"/api/v1/jobs/{job['id']}", template=jobs)
+    call("GET", "/api/v1/jobs")
+    # Dragonfly's open API paths: the same operations.
+    oapi = call("POST", "/oapi/v1/jobs", {"type": "preheat", "args": {
+        "type": "file", "url": "http://127.0.0.1:9/o.bin"},
+        "scheduler_cluster_ids": [cluster["id"]]}, 201)  # fmt: skip
+    assert (
+        call("GET", f"/oapi/v1/jobs/{oapi['id']}", template="/oapi/v1/jobs/{id}")["id"]
+        == (oapi["id"])
+    )
+    assert oapi["id"] in [j["id"] for j in call("GET", "/oapi/v1/jobs")]
+    # The scheduler registered above is active: its cluster's tasks are queued for it
+    # (the two jobs' tasks may come in one answer or in two).
+    claimed: list = []
+    while len(claimed) < 2:
+        got = call("POST", f"/api/v1/schedulers/{sched['id']}/jobs/claim", {"wait": 10},
+                   template=scheds + "/jobs/claim")  # fmt: skip
+        assert got, "no task within the claim's wait"
+        claimed += got
+    assert sorted(t["url"] for t in claimed) == [
+        "http://127.0.0.1:9/f.bin", "http://127.0.0.1:9/o.bin"]  # fmt: skip
+    claimed = [t for t in claimed if t["url"] == "http://127.0.0.1:9/f.bin"]
+    call("POST", f"/api/v1/schedulers/{sched['id']}/jobs/report",
+         {"tasks": [{"id": claimed[0]["id"], "state": "SUCCESS", "seed_peer": "s"}]},
+         template=scheds + "/jobs/report")  # fmt: skip
+    done = call("GET", f"/api/v1/jobs/{job['id']}", template=jobs)
+    assert done["state"] == "SUCCESS" and done["result"]["tasks"][0]["seed_peer"] == "s"
     # Every operation that answers JSON was checked.
     with_json = {
         (method.upper(), path)

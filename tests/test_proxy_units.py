@@ -192,3 +192,144 @@ def test_d7y_init_writes_backs_up_and_is_idempotent(tmp_path, capsys):
     assert main(["podman", "--registries-conf", str(tmp_path / "r.conf"),
                  "--registry", "a.example", "--registry", "b.example"]) == 1  # fmt: skip
     assert "one --registry" in capsys.readouterr().err
+
+
+def test_prefetch_output_path_and_content_headers():
+    options = routing.parse_dragonfly_headers(
+        [
+            (b"X-Dragonfly-Prefetch", b"TRUE"),
+            (b"X-Dragonfly-Output-Path", b"/data/out/../blob.bin"),
+            (b"X-Dragonfly-Force-Hard-Link", b"true"),
+            (b"X-Dragonfly-Content-For-Calculating-Task-ID", b"weights@v1"),
+        ]
+    )
+    assert options.prefetch is True
+    assert options.output_path == "/data/blob.bin"
+    assert options.force_hard_link is True
+    assert options.content_for_task_id == "weights@v1"
+    assert routing.parse_dragonfly_headers([]).prefetch is None  # the config decides
+    bad = [
+        [(b"x-dragonfly-prefetch", b"1")],
+        [(b"x-dragonfly-output-path", b"relative/x")],
+        [(b"x-dragonfly-output-path", b"/dir/")],
+        [(b"x-dragonfly-force-hard-link", b"true")],  # nothing to link
+        [(b"x-dragonfly-force-hard-link", b"yes"), (b"x-dragonfly-output-path", b"/a")],
+    ]
+    for headers in bad:
+        with pytest.raises(routing.ProxyRequestError, match="X-Dragonfly-"):
+            routing.parse_dragonfly_headers(headers)
+
+
+def test_content_task_id_is_the_sha256_of_the_content():
+    import hashlib
+
+    from d7y.core.ids import content_task_id
+    from d7y.daemons.peer.task import DownloadRequest
+
+    expected = hashlib.sha256(b"This is a test file").hexdigest()
+    assert content_task_id("This is a test file") == expected
+    # Dragonfly's own test vector for TaskIDParameter::Content.
+    assert expected == "e2d0fe1585a63ec6009c8016ff8dda8b17719a637405a4e23c0ff81339148249"
+    a = DownloadRequest(url="http://a/x", content_for_task_id="c", tag="t")
+    b = DownloadRequest(url="http://b/y", content_for_task_id="c")
+    assert a.task_id() == b.task_id() == content_task_id("c")
+    assert DownloadRequest(url="http://a/x").task_id() != a.task_id()
+    with pytest.raises(ValueError, match="non-empty"):
+        content_task_id("")
+
+
+def test_upstream_allowlist():
+    anyone = routing.UpstreamAllowlist([])
+    assert not anyone and anyone.allows("169.254.169.254") and anyone.allows("x.example")
+    guard = routing.UpstreamAllowlist(["127.0.0.0/8", "::1/128", "registry.local", "*.corp.io"])
+    for host in ("127.0.0.1", "[::1]", "::ffff:127.0.0.1", "registry.local", "a.b.corp.io"):
+        assert guard.allows(host), host
+    for host in ("169.254.169.254", "10.0.0.1", "localhost", "corp.io", "xcorp.io", "::2"):
+        assert not guard.allows(host), host
+    with pytest.raises(ValueError, match="neither a CIDR"):
+        routing.UpstreamAllowlist(["not a host!"])
+
+
+def test_proxy_config_new_keys_are_checked(tmp_path):
+    path = tmp_path / "c.yaml"
+    for proxy, message in (
+        ({"upstream_allow": ["bad host!"]}, "proxy.upstream_allow"),
+        ({"output_dirs": ["relative"]}, "proxy.output_dirs"),
+        ({"output_dirs": [str(tmp_path / "missing")]}, "proxy.output_dirs"),
+        ({"upstream_max_idle": -1}, "proxy.upstream_max_idle"),
+    ):
+        path.write_text(json.dumps({"proxy": proxy}))
+        with pytest.raises(ConfigError, match=message):
+            load_peer_config(path)
+
+
+def test_upstream_pool_bounds_and_drops_closed_connections():
+    import asyncio
+    import socket
+
+    from d7y.daemons.proxy.pool import UpstreamPool
+
+    class Conn:
+        def __init__(self) -> None:
+            self.sock, self.peer = socket.socketpair()
+            self.closed = False
+
+        def close(self) -> None:
+            self.closed = True
+            self.sock.close()
+
+    async def scenario() -> None:
+        pool = UpstreamPool(max_idle_per_host=2, max_idle=3, idle_timeout=30)
+        a, b, c = Conn(), Conn(), Conn()
+        key = ("http", "h", 80)
+        for conn in (a, b, c):
+            pool.give(key, conn)
+        assert len(pool) == 2 and a.closed  # per host: the oldest went
+        other = [Conn(), Conn()]
+        for conn in other:
+            pool.give(("http", "o", 80), conn)
+        assert len(pool) == 3 and b.closed  # in all: the oldest went
+        assert pool.take(key) is c  # the newest first
+        pool.give(key, c)
+        c.peer.close()  # the upstream closed it while parked
+        assert pool.take(key) is None and c.closed
+        quick = UpstreamPool(max_idle_per_host=2, max_idle=3, idle_timeout=0.01)
+        d = Conn()
+        quick.give(key, d)
+        while len(quick):  # the idle timer closes it (an event on the loop)
+            await asyncio.sleep(0.01)
+        assert d.closed
+        off = UpstreamPool(max_idle_per_host=0, max_idle=3, idle_timeout=30)
+        e = Conn()
+        off.give(key, e)
+        assert e.closed and len(off) == 0
+        pool.close()
+        assert all(conn.closed for conn in other)
+
+    asyncio.run(scenario())
+
+
+def test_output_writer_checks_paths(tmp_path):
+    from d7y.daemons.proxy.output import OutputPathError, OutputWriter
+
+    allowed = tmp_path / "out"
+    allowed.mkdir()
+    data = tmp_path / "data"
+    data.mkdir()
+    content = data / "content"
+    content.write_bytes(b"x" * 1000)
+    writer = OutputWriter([allowed], data)
+    target = writer.check(str(allowed / "a.bin"), force_hard_link=True)
+    assert writer.write(content, target, force_hard_link=True) == "hard link"
+    assert target.stat().st_ino == content.stat().st_ino
+    for path, status in (
+        (str(tmp_path / "b.bin"), 403),
+        (str(allowed / "a.bin"), 400),  # exists
+        (str(allowed / "no" / "c.bin"), 400),  # no such directory
+    ):
+        with pytest.raises(OutputPathError) as info:
+            writer.check(path, force_hard_link=False)
+        assert info.value.status == status, path
+    with pytest.raises(OutputPathError) as info:
+        OutputWriter([], data).check(str(allowed / "d.bin"), force_hard_link=False)
+    assert info.value.status == 403 and "proxy.output_dirs" in str(info.value)

@@ -861,6 +861,69 @@ def test_d7y_keeps_serving_parents_and_tops_up(bitmap_impl):
     s.verify_invariants()
 
 
+def _burst(bitmap_impl, source_upload=GBIT, **hosts):
+    """d7y: a parent on host 'hs' serving from the origin, child 'a' just given it (not
+    started), then 'b' registers. Returns the scheduler and b's parents."""
+    s = make(bitmap_impl, policy="d7y")
+    add_host(s, "hs", upload_limit_bps=source_upload, **hosts.get("hs", {}))
+    for h in ("ha", "hb"):
+        add_host(s, h, download_limit_bps=GBIT, **hosts.get(h, {}))
+    source_peer(s, "src", "hs")
+    assert [p.peer_id for p in s.register_peer("a", "t", "ha", "u", 1).parents] == ["src"]
+    assert s.peer("a").state is PeerState.RECEIVED_NORMAL
+    return s, [p.peer_id for p in s.register_peer("b", "t", "hb", "u", 2).parents]
+
+
+def test_d7y_burst_takes_a_starting_peer_before_overfilling_a_capped_parent(bitmap_impl):
+    """The parent feeds one child at full speed (1 Gbit/s up, 1 Gbit/s children) and has
+    it: a second child would halve both. 'a' was just given parents and relays as soon
+    as its first piece lands: 'b' gets 'a', and the parent keeps one child."""
+    s, parents = _burst(bitmap_impl)
+    assert parents == ["a"]
+    assert s.task("t").dag.parents("b").keys() == {"a"}
+    assert s.task("t").dag.children("src").keys() == {"a"}
+    s.verify_invariants()
+    # 'a' starts: it is no longer starting, and b keeps it in its next round.
+    s.download_started("a", 3)
+    assert s.peer("a") not in s.task("t").starting
+    s.reschedule("b", (), 4)
+    assert "a" in s.task("t").dag.parents("b")
+
+
+def test_d7y_burst_overfills_a_parent_when_one_more_child_costs_little(bitmap_impl):
+    """A parent that feeds two children (2 Gbit/s up) and has two takes a third (each
+    keeps 2/3 of its share, OVERFILL) rather than sending the child to a starting peer."""
+    s = make(bitmap_impl, policy="d7y")
+    add_host(s, "hs", upload_limit_bps=2 * GBIT)
+    for h in ("ha", "hx", "hb"):
+        add_host(s, h, download_limit_bps=GBIT)
+    source_peer(s, "src", "hs")
+    s.register_peer("a", "t", "ha", "u", 1)
+    s.register_peer("x", "t", "hx", "u", 1)
+    assert s.task("t").dag.children("src").keys() == {"a", "x"}
+    assert [p.peer_id for p in s.register_peer("b", "t", "hb", "u", 2).parents] == ["src"]
+
+
+def test_d7y_burst_starting_peer_must_be_as_near_as_the_full_parent(bitmap_impl):
+    """Nearest first: a starting peer in another IDC does not replace a full parent in
+    the child's own IDC (the child takes the over-full local one)."""
+    _, parents = _burst(bitmap_impl, hs={"idc": "east"}, ha={"idc": "west"}, hb={"idc": "east"})
+    assert parents == ["src"]
+    _, parents = _burst(bitmap_impl, hs={"idc": "east"}, ha={"idc": "east"}, hb={"idc": "east"})
+    assert parents == ["a"]
+
+
+def test_dragonfly_has_no_burst_rule(bitmap_impl):
+    """Dragonfly's filter: a peer not started yet is no candidate (ReceivedNormal is a bad
+    node), and there is no capacity cap: 'b' gets the source too."""
+    s = make(bitmap_impl)
+    for h in ("hs", "ha", "hb"):
+        add_host(s, h)
+    source_peer(s, "src", "hs")
+    s.register_peer("a", "t", "ha", "u", 1)
+    assert [p.peer_id for p in s.register_peer("b", "t", "hb", "u", 2).parents] == ["src"]
+
+
 def test_answer_loop_triggers_the_seed_then_retries_until_an_answer(bitmap_impl):
     from d7y.core.scheduling import answers
 

@@ -11,9 +11,9 @@ import random
 
 from d7y.core.scheduling.config import SchedulerConfig
 from d7y.core.scheduling.evaluator import Evaluator
-from d7y.core.scheduling.ranking import rank
+from d7y.core.scheduling.ranking import nearness, rank
 from d7y.core.scheduling.resource import Host, Peer
-from d7y.core.scheduling.serving import Servability, has_parents
+from d7y.core.scheduling.serving import Servability, has_parents, is_starting
 from d7y.core.states import PeerState
 
 _SUCCEEDED = PeerState.SUCCEEDED
@@ -30,6 +30,20 @@ def children_cap(parent: Host, child: Host, factor: int) -> int:
     if down <= 0:
         return factor
     return factor * max(1, up // down)
+
+
+#: Over-filling a parent is the lesser evil while it leaves its children at least 1/1.5
+#: of their share: a 10 Gbit/s seed feeding 1 Gbit/s children takes an 11th child (10 %
+#: less each), a capped seed with one child does not take a second (half each).
+OVERFILL = 1.5
+
+
+def _overfill(candidates: list[Peer], child: Host, factor: int) -> float:
+    """Children over capacity that the least loaded candidate would have with one more."""
+    return min(
+        (c.host.concurrent_upload_count + 1) / children_cap(c.host, child, factor)
+        for c in candidates
+    )
 
 
 class ParentSelector:
@@ -74,15 +88,19 @@ class ParentSelector:
                 out.append(pool[i])
         return out
 
-    def filter(self, peer: Peer, sample: list[Peer], succeeded_only: bool) -> list[Peer]:
+    def filter(
+        self, peer: Peer, sample: list[Peer], succeeded_only: bool, starting: bool = False
+    ) -> list[Peer]:
         """DESIGN's filters, in order: the peer itself, its host, its blocklist, peers that
         cannot serve, bad parents, and any edge that would close a cycle (Dragonfly has
         no upload-slot filter: the limits exist but the filter does not read them), and
-        for the d7y policy the peer's current parents."""
+        for the d7y policy the peer's current parents. With ``starting`` the sample is
+        of starting peers (:func:`is_starting`), which stand in for servable ones."""
         host = peer.host
         blocklist = peer.blocklist
         task = peer.task
-        servable = task.servable._index  # membership without a method call (hot path)
+        # membership without a method call (hot path)
+        servable = task.starting._index if starting else task.servable._index
         in_edges = task.dag._parents
         is_bad = self.evaluator.is_bad_parent
         about_to_serve = self.serving.about_to_serve
@@ -96,7 +114,8 @@ class ParentSelector:
                 continue
             if succeeded_only and cand.fsm.state is not _SUCCEEDED:
                 continue
-            if is_bad(cand) and not about_to_serve(cand):
+            # A starting peer is "bad" by state alone (Dragonfly: ReceivedNormal).
+            if is_bad(cand) and not (starting or about_to_serve(cand)):
                 continue
             # A cycle needs a path peer -> ... -> cand, so cand must have a parent: roots
             # (succeeded, back-to-source and seed peers, usually) are safe without a walk.
@@ -125,16 +144,49 @@ class ParentSelector:
             # few children that relay, instead of trickling to all. Over-full parents
             # are used only when the peer would otherwise have none.
             host = peer.host
-            room = [
-                c
-                for c in candidates
-                if c.host.concurrent_upload_count < children_cap(c.host, host, factor)
-            ]
+            room = self._with_room(candidates, host, factor)
+            if (
+                not room
+                and not has_parents(peer)
+                and _overfill(candidates, host, factor) > OVERFILL
+            ):
+                # Every servable candidate is full, and one more child would cut its
+                # children's share deeply (a registration burst at a capped seed: the
+                # seed took its one child a moment ago). A peer just given parents
+                # relays as soon as its first piece lands: take one with room instead.
+                # With nearest-first ranking, only as near as the nearest full parent:
+                # a chain that crosses an IDC link to spare a local seed is slower.
+                room = self._with_room(self._starting_candidates(peer), host, factor)
+                if room and self.config.prefer_locality:
+                    nearest = max(nearness(c.host, host) for c in candidates)
+                    room = [c for c in room if nearness(c.host, host) >= nearest]
             if room or has_parents(peer):
                 candidates = room
             if not candidates:
                 return []
         return self._rank(peer, candidates, limit)
+
+    @staticmethod
+    def _with_room(candidates: list[Peer], child: Host, factor: int) -> list[Peer]:
+        return [
+            c
+            for c in candidates
+            if c.host.concurrent_upload_count < children_cap(c.host, child, factor)
+        ]
+
+    def _starting_candidates(self, peer: Peer) -> list[Peer]:
+        """Up to ``filter_parent_limit`` starting peers of the task (sampled only when
+        there are more), filtered like any candidate."""
+        pool = peer.task.starting.items
+        if not pool:
+            return []
+        k = self.config.filter_parent_limit
+        sample = self.rng.sample(pool, k) if len(pool) > k else list(pool)
+        return [
+            c
+            for c in self.filter(peer, sample, succeeded_only=False, starting=True)
+            if is_starting(c)
+        ]
 
     def success_parent(self, peer: Peer) -> tuple[Peer, float] | None:
         """One succeeded parent (for a SMALL task's one-piece answer), or None."""

@@ -94,9 +94,10 @@ class SchedulerConfig:
     #: d7y: rank candidates nearest first (same IDC, then location), by score within
     #: (dragonfly: the score alone, where IDC and location are weights).
     prefer_locality: bool = None  # type: ignore[assignment]
-    #: A peer just given parents is a candidate before its download starts (off for
-    #: both policies: it keeps a capped seed to one child in a registration burst, but
-    #: makes the relay trees of a download-bound crowd deeper; docs/simulation.md).
+    #: A peer just given parents is a candidate before its download starts, always (off
+    #: for both policies: it makes the relay trees of a download-bound crowd deeper).
+    #: d7y takes such a peer only as a last resort, before over-filling a parent
+    #: (candidates.OVERFILL; docs/simulation.md, "The d7y policy").
     early_parents: bool = None  # type: ignore[assignment]
     #: Failed rounds after which the peer is told scheduling failed.
     retry_limit: int = 5

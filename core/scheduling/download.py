@@ -34,6 +34,7 @@ from collections.abc import Iterable
 from types import ModuleType
 from typing import Any, NamedTuple
 
+from d7y.core.scheduling.origin_window import OriginWindow
 from d7y.core.scheduling.picker import PiecePicker
 
 # --------------------------------------------------------------------- actions --
@@ -120,6 +121,7 @@ DOWNLOAD_POLICY_DEFAULTS: dict[str, dict[str, Any]] = {
         "max_reschedules": 5,
         "parent_idle_timeout": 360.0,
         "origin_in_flight": 8,
+        "origin_window": False,
         "min_parents": 0,
     },
     "d7y": {
@@ -133,7 +135,8 @@ DOWNLOAD_POLICY_DEFAULTS: dict[str, dict[str, Any]] = {
         "reschedule_when": "idle",
         "max_reschedules": 0,
         "parent_idle_timeout": math.inf,
-        "origin_in_flight": 4,
+        "origin_in_flight": 8,
+        "origin_window": True,
         "min_parents": 2,
     },
 }
@@ -172,9 +175,14 @@ class DownloadConfig:
     #: reschedule_interval) even when busy: one shared parent is a slow one (0: only
     #: when idle).
     min_parents: int = None  # type: ignore[assignment]
-    #: Pieces fetched from the origin at once (a few: on a slow origin, 16 parallel
-    #: ranges finish together and nothing can be relayed until they do).
+    #: Pieces fetched from the origin at once (the most, with ``origin_window``).
     origin_in_flight: int = None  # type: ignore[assignment]
+    #: d7y: a download others wait for (a seed peer's, one streaming to a proxy client)
+    #: starts with one origin range in flight and opens up to ``origin_in_flight`` only
+    #: while that raises its throughput (core/scheduling/origin_window.py): parallel
+    #: ranges share the origin and land together, late, so nothing can be relayed
+    #: until they do. dragonfly: a fixed ``origin_in_flight``.
+    origin_window: bool = None  # type: ignore[assignment]
     #: At most one Reschedule per this many seconds unless it names bad parents.
     reschedule_interval: float = 1.0
     #: A parent that answered "busy" is not asked again for this long.
@@ -196,6 +204,8 @@ class DownloadConfig:
             _check_int(name, getattr(self, name), 1)
         for name in ("per_parent_limit", "max_reschedules", "min_parents"):
             _check_int(name, getattr(self, name), 0)
+        if not isinstance(self.origin_window, bool):
+            raise TypeError(f"origin_window must be a bool, got {self.origin_window!r}")
         if self.order not in ("rarest", "announced"):
             raise ValueError(f"order must be 'rarest' or 'announced', got {self.order!r}")
         if self.reschedule_when not in ("idle", "orphaned"):
@@ -244,6 +254,8 @@ class Download:
         "mean_cost",
         "origin",
         "origin_reason",
+        "origin_tokens",
+        "origin_window",
         "parents",
         "picker",
         "reschedules",
@@ -298,6 +310,9 @@ class Download:
         self.reschedules = 0
         self.mean_cost = 0.0
         self.origin_reason = ""
+        #: With ``config.origin_window``: the window and each origin request's token.
+        self.origin_window: OriginWindow | None = None
+        self.origin_tokens: dict[int, int] = {}
 
     # ------------------------------------------------------------------- views --
 
@@ -351,6 +366,10 @@ class Download:
         picker = self.picker
         actions: list = [Cancel(*c) for c in picker.piece_done(piece, parent, cost, now)]
         self.last_progress = now
+        window = self.origin_window
+        if window is not None and parent == self.origin:
+            token = self.origin_tokens.pop(piece, 0)
+            picker.max_in_flight = window.done(token, 1, cost)
         if parent in self.parents:
             self.parents[parent] = now
         if cost > 0:
@@ -471,6 +490,8 @@ class Download:
             return
         for piece, parent in self.picker.next_requests(now):
             actions.append(Fetch(piece, parent))
+            if state is ORIGIN and self.origin_window is not None:
+                self.origin_tokens[piece] = self.origin_window.started()
         if state is not P2P:
             return
         if not self.picker._requests:
@@ -535,11 +556,14 @@ class Download:
             return
         # A fresh picker over what is held, with the origin as the only parent: origin
         # fetches are plain ranged GETs with no piece timeout and no endgame.
+        window = None
+        if self.config.origin_window:
+            window = self.origin_window = OriginWindow(self.config.origin_in_flight)
         self.picker = PiecePicker(
             self.size,
             self.rng,
             have=picker.have_bitmap(),
-            max_in_flight=self.config.origin_in_flight,
+            max_in_flight=window.limit if window is not None else self.config.origin_in_flight,
             piece_timeout=1e12,
             endgame=False,
             streaming=self.streaming,
@@ -551,6 +575,8 @@ class Download:
         self.picker.parent_added(self.origin, full, now=now)
         for piece, parent in self.picker.next_requests(now):
             actions.append(Fetch(piece, parent))
+            if window is not None:
+                self.origin_tokens[piece] = window.started()
 
 
 __all__ = [

@@ -566,6 +566,7 @@ class Task:
         "seed_peers",
         "seed_triggered_at",
         "servable",
+        "starting",
         "updated_at",
         "url",
     )
@@ -597,6 +598,9 @@ class Task:
         # Peers able to serve (see serving.can_serve), kept incrementally so "is any
         # peer available" and the servable-only sampling knob cost O(1), not O(peers).
         self.servable: IndexedSet[Peer] = IndexedSet()
+        # Peers just given parents whose download has not started (RECEIVED_NORMAL with
+        # an in-edge): the d7y policy's parents of last resort (see candidates.py).
+        self.starting: IndexedSet[Peer] = IndexedSet()
         self.back_to_source_peers: set[str] = set()
         self.piece_digests: dict[int, str] = {}
         self.digest_conflicts = 0

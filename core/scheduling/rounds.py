@@ -100,9 +100,11 @@ class Rounds:
             return
         is_bad = self.selector.evaluator.is_bad_parent
         servable = task.servable._index
+        starting = task.starting._index  # a parent of last resort about to serve
         for pid in list(in_edges):
             parent = task.peers[pid]
-            if pid in peer.blocklist or parent not in servable or is_bad(parent):
+            gone = parent not in servable and parent not in starting
+            if pid in peer.blocklist or gone or is_bad(parent):
                 self.ledger.delete_edge(task, pid, peer)
 
 

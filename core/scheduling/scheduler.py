@@ -176,6 +176,11 @@ class Scheduler:
     def seed_hosts(self) -> frozenset[str]:
         return self._ring.nodes
 
+    def seed_hosts_for(self, task_id: str) -> list[str]:
+        """Seed hosts in the hash ring's order for ``task_id``, its owner first: the
+        seed a peer's registration would trigger, then the ones that take over."""
+        return list(self._ring.iter_nodes(task_id))
+
     def piece_digests(self, task_id: str) -> Mapping[int, str]:
         """Piece number -> digest recorded from the origin fetch (read-only view)."""
         return MappingProxyType(self.task(task_id).piece_digests)
@@ -763,6 +768,7 @@ class Scheduler:
             del task.peers_by_host[peer.host.id]
         task.peer_list.discard(peer)
         task.servable.discard(peer)
+        task.starting.discard(peer)
         task.back_to_source_peers.discard(peer.id)
         del peer.host.peers[peer.id]
         del self._peers[peer.id]

@@ -46,6 +46,12 @@ def has_available_peer(peer: Peer) -> bool:
     return False
 
 
+def is_starting(peer: Peer) -> bool:
+    """A normal peer just given parents whose download has not started yet (it will
+    relay as soon as its first piece lands)."""
+    return peer.fsm.state is _RECEIVED_NORMAL and bool(peer.task.dag._parents[peer.id])
+
+
 class Servability:
     """The servable-set rules of one scheduler (``early_parents`` is its config's)."""
 
@@ -55,22 +61,24 @@ class Servability:
         self.early_parents = early_parents
 
     def about_to_serve(self, peer: Peer) -> bool:
-        """d7y (``early_parents``): a normal peer just given parents, whose download has
-        not started yet, is already a candidate. In a registration burst the next
-        peer's round often comes before the first one's DownloadStarted; without this
-        it finds no parent with room and takes an over-full one (the seed)."""
-        return (
-            self.early_parents
-            and peer.fsm.state is _RECEIVED_NORMAL
-            and bool(peer.task.dag._parents[peer.id])
-        )
+        """``early_parents``: a starting peer (see :func:`is_starting`) is already a
+        candidate. In a registration burst the next peer's round often comes before the
+        first one's DownloadStarted; without this it finds no parent with room."""
+        return self.early_parents and is_starting(peer)
 
     def refresh(self, peer: Peer) -> None:
-        """Add the peer to its task's servable set or take it out, as it is now."""
-        if can_serve(peer) or self.about_to_serve(peer):
-            peer.task.servable.add(peer)
+        """Put the peer in its task's servable and starting sets or take it out, as it
+        is now."""
+        task = peer.task
+        starting = is_starting(peer)
+        if can_serve(peer) or (starting and self.early_parents):
+            task.servable.add(peer)
         else:
-            peer.task.servable.discard(peer)
+            task.servable.discard(peer)
+        if starting:
+            task.starting.add(peer)
+        else:
+            task.starting.discard(peer)
 
 
-__all__ = ["Servability", "can_serve", "has_available_peer", "has_parents"]
+__all__ = ["Servability", "can_serve", "has_available_peer", "has_parents", "is_starting"]

@@ -26,16 +26,16 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
-from sqlalchemy import delete, func, select, update
 from sqlalchemy import exc as sa_exc
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from d7y.daemons.manager import auth, searcher
 from d7y.daemons.manager import responses as out
 from d7y.daemons.manager import schemas as s
+from d7y.daemons.manager.errors import ApiError
 from d7y.daemons.manager.models import (
     ACTIVE,
-    INACTIVE,
     Audit,
     Cluster,
     PersonalAccessToken,
@@ -43,10 +43,14 @@ from d7y.daemons.manager.models import (
     SeedPeer,
     User,
 )
+from d7y.daemons.manager.operations import ManagerOperations, get_or_404
 from d7y.daemons.manager.validation import explain
 
 log = logging.getLogger("d7y.manager")
 API = "/api/v1"
+#: Dragonfly's token-guarded "open API" (/oapi/v1/jobs): the same operations, for
+#: clients written against Dragonfly's manager.
+OAPI = "/oapi/v1"
 WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 MAX_PER_PAGE = 1000
 #: Checked against when the user name is unknown (see signin).
@@ -55,16 +59,11 @@ _DUMMY_HASH = auth.hash_password("not a password of anyone")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, error: str, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.error, self.message, self.field = status, error, message, field
-
-    def response(self) -> web.Response:
-        body: dict[str, Any] = {"error": self.error, "message": self.message}
-        if self.field is not None:
-            body["field"] = self.field
-        return json_response(body, status=self.status)
+def error_response(exc: ApiError) -> web.Response:
+    body: dict[str, Any] = {"error": exc.error, "message": exc.message}
+    if exc.field is not None:
+        body["field"] = exc.field
+    return json_response(body, status=exc.status)
 
 
 def json_response(data: Any, status: int = 200, headers: dict | None = None) -> web.Response:
@@ -92,11 +91,15 @@ class Route:
     response: str = "object"  # "object" | "array" | "none" (documentation only)
     #: The answer's type (responses.py; an array's item type), for the document.
     returns: type | None = None
+    #: The document's operationId when the handler serves two paths (default: its name).
+    operation_id: str = ""
 
     @property
     def group(self) -> str:
-        rest = self.path[len(API) + 1 :] if self.path.startswith(API + "/") else ""
-        return rest.split("/", 1)[0]
+        for prefix in (API, OAPI):
+            if self.path.startswith(prefix + "/"):
+                return self.path[len(prefix) + 1 :].split("/", 1)[0]
+        return ""
 
 
 # -- request helpers ------------------------------------------------------------------
@@ -110,7 +113,11 @@ def _field_of(message: str) -> str | None:
 
 
 async def read_body(request: web.Request, kind: type) -> Any:
-    raw = await request.read()
+    return decode_body(await request.read(), kind)
+
+
+def decode_body(raw: bytes, kind: type) -> Any:
+    """The request body as ``kind``, validated: ApiError 400/422 naming the bad field."""
     try:
         value = msgspec.json.decode(raw, type=kind)
     except msgspec.ValidationError as exc:
@@ -127,6 +134,8 @@ async def read_body(request: web.Request, kind: type) -> Any:
             s.check_scopes(value.scopes)
         if isinstance(value, s.SchedulerRegister | s.SeedPeerRegister | s.SchedulerSearch):
             s.check_ip(value.ip)
+        if isinstance(value, s.JobCreate):
+            s.check_preheat_args(value.args)
     except s.ValidationFailed as exc:
         text = str(exc)
         raise ApiError(422, "invalid", f"invalid request body: {text}", _field_of(text)) from None
@@ -192,11 +201,35 @@ def principal(request: web.Request) -> auth.Principal:
     return request["principal"]
 
 
-async def get_or_404(session: AsyncSession, model: type, ident: int, what: str) -> Any:
-    row = await session.get(model, ident)
-    if row is None:
-        raise ApiError(404, "not_found", f"{what} {ident} does not exist")
-    return row
+def failure_of(request: web.Request, exc: Exception) -> ApiError:
+    """What a request that failed with ``exc`` (not an ApiError) answers; its
+    transaction was rolled back, so the message can say nothing was changed."""
+    if isinstance(exc, sa_exc.IntegrityError):
+        log.info("conflict on %s %s: %s", request.method, request.path, exc.orig)
+        return ApiError(
+            409,
+            "conflict",
+            "the change conflicts with existing data (a name or an "
+            "address that exists, or an object still referenced); nothing was changed",
+        )
+    # (IntegrityError, above, is a DBAPIError too: the order matters.)
+    if isinstance(exc, sa_exc.DBAPIError | sa_exc.TimeoutError | OSError | TimeoutError):
+        log.warning(
+            "database unavailable on %s %s: %s",
+            request.method,
+            request.path,
+            exc.__class__.__name__ + ": " + str(exc).splitlines()[0]
+            if str(exc)
+            else exc.__class__.__name__,
+        )
+        return ApiError(
+            503,
+            "database_unavailable",
+            "the database cannot be reached; nothing was changed; retry later",
+        )
+    # A bug: the request fails alone, the manager keeps serving.
+    log.error("internal error on %s %s", request.method, request.path, exc_info=exc)
+    return ApiError(500, "internal", "internal error (logged by the manager); nothing was changed")
 
 
 # -- the API -------------------------------------------------------------------------
@@ -213,13 +246,16 @@ class ManagerApi:
         session_ttl: float,
         keepalive_timeout: float,
         on_request: Callable[[str, str, int], None] | None = None,
+        extra_routes: list[Route] = (),
     ) -> None:
         self.sessions = sessions
         self.session_key = session_key
         self.session_ttl = session_ttl
         self.keepalive_timeout = keepalive_timeout
+        #: The service layer, shared with the console.
+        self.ops = ManagerOperations(keepalive_timeout)
         self.on_request = on_request or (lambda _m, _p, _s: None)
-        self.routes = self._routes()
+        self.routes = self._routes() + list(extra_routes)
         self._by_route: dict[Any, Route] = {}  # aiohttp's route object -> ours
 
     # -- wiring ------------------------------------------------------------------------
@@ -325,11 +361,13 @@ class ManagerApi:
             except web.HTTPException as exc:
                 if exc.status in (404, 405):
                     self.on_request(request.method, "(none)", exc.status)
-                    return ApiError(
-                        exc.status,
-                        "not_found" if exc.status == 404 else "method_not_allowed",
-                        f"no route {request.method} {request.path}; see {API}/openapi.json",
-                    ).response()
+                    return error_response(
+                        ApiError(
+                            exc.status,
+                            "not_found" if exc.status == 404 else "method_not_allowed",
+                            f"no route {request.method} {request.path}; see {API}/openapi.json",
+                        )
+                    )
                 raise
         status = 500
         try:
@@ -338,8 +376,8 @@ class ManagerApi:
             return response
         except ApiError as exc:
             status = exc.status
-            await self._audit_failure(request, exc.status)
-            return exc.response()
+            await self.audit_failure(request, exc.status)
+            return error_response(exc)
         finally:
             self.on_request(request.method, route.path, status)
 
@@ -353,42 +391,17 @@ class ManagerApi:
                     self._authorize(request, route, who)
                 response = await handler(request)
                 if request.method in WRITE_METHODS:
-                    session.add(self._audit_row(request, response.status))
+                    session.add(self.audit_row(request, response.status))
                 await session.commit()
+                for callback in request.get("after_commit", ()):
+                    callback()
                 return response
         except ApiError:
             raise
         except web.HTTPException as exc:  # a body over server.max_body: 413
             raise ApiError(exc.status, "http", f"{exc.reason}: {exc.text}") from None
-        except sa_exc.IntegrityError as exc:
-            log.info("conflict on %s %s: %s", request.method, request.path, exc.orig)
-            raise ApiError(
-                409,
-                "conflict",
-                "the change conflicts with existing data (a name or an "
-                "address that exists, or an object still referenced); nothing was changed",
-            ) from None
-        except (sa_exc.DBAPIError, sa_exc.TimeoutError, OSError, TimeoutError) as exc:
-            # (IntegrityError, above, is a DBAPIError too: the order matters.)
-            log.warning(
-                "database unavailable on %s %s: %s",
-                request.method,
-                request.path,
-                exc.__class__.__name__ + ": " + str(exc).splitlines()[0]
-                if str(exc)
-                else exc.__class__.__name__,
-            )
-            raise ApiError(
-                503,
-                "database_unavailable",
-                "the database cannot be reached; nothing was changed; retry later",
-            ) from None
-        except Exception:
-            # A bug: the request fails alone, the manager keeps serving.
-            log.exception("internal error on %s %s", request.method, request.path)
-            raise ApiError(
-                500, "internal", "internal error (logged by the manager); nothing was changed"
-            ) from None
+        except Exception as exc:
+            raise failure_of(request, exc) from None
 
     async def _authenticate(self, request: web.Request, session: AsyncSession) -> auth.Principal:
         header = request.headers.get("Authorization", "")
@@ -402,16 +415,7 @@ class ManagerApi:
                 f"{API}/users/signin or a personal access token",
             )
         if token.startswith(auth.SESSION_PREFIX):
-            try:
-                user_id = auth.read_session(self.session_key, token)
-            except auth.SessionInvalid as exc:
-                raise ApiError(401, "unauthenticated", str(exc)) from None
-            user = await session.get(User, user_id)
-            if user is None or user.state != "enable":
-                raise ApiError(
-                    401, "unauthenticated", "the session's user no longer exists or is disabled"
-                )
-            return auth.Principal(user.id, user.name, user.role)
+            return await self.session_principal(session, token)
         pat = await session.scalar(
             select(PersonalAccessToken).where(
                 PersonalAccessToken.token_hash == auth.token_hash(token)
@@ -438,6 +442,33 @@ class ManagerApi:
             raise ApiError(403, "forbidden", f"the user of token {pat.id} is disabled")
         return auth.Principal(user.id, user.name, user.role, pat.id, tuple(pat.scopes))
 
+    async def session_principal(self, session: AsyncSession, token: str) -> auth.Principal:
+        """Who a session token (from sign-in; the console keeps it in a cookie) belongs
+        to; ApiError 401 when it is forged, expired, or its user is gone or disabled."""
+        try:
+            user_id = auth.read_session(self.session_key, token)
+        except auth.SessionInvalid as exc:
+            raise ApiError(401, "unauthenticated", str(exc)) from None
+        user = await session.get(User, user_id)
+        if user is None or user.state != "enable":
+            raise ApiError(
+                401, "unauthenticated", "the session's user no longer exists or is disabled"
+            )
+        return auth.Principal(user.id, user.name, user.role)
+
+    async def check_password(self, session: AsyncSession, name: str, password: str) -> User:
+        """The user with this name and password; ApiError 401 (403 when disabled)."""
+        user = await session.scalar(select(User).where(User.name == name))
+        # scrypt takes tens of milliseconds: in a thread, so other requests go on. An
+        # unknown name costs a hash too, so the answer's time does not tell names apart.
+        stored = user.password_hash if user is not None else _DUMMY_HASH
+        matches = await asyncio.to_thread(auth.verify_password, password, stored)
+        if user is None or not matches:
+            raise ApiError(401, "unauthenticated", "wrong user name or password")
+        if user.state != "enable":
+            raise ApiError(403, "forbidden", f"user {user.name!r} is disabled")
+        return user
+
     def _authorize(self, request: web.Request, route: Route, who: auth.Principal) -> None:
         if route.auth == "self" and who.token_id is None and path_id(request) == who.user_id:
             return
@@ -445,7 +476,7 @@ class ManagerApi:
         if why is not None:
             raise ApiError(403, "forbidden", why)
 
-    def _audit_row(self, request: web.Request, status: int) -> Audit:
+    def audit_row(self, request: web.Request, status: int) -> Audit:
         who: auth.Principal | None = request.get("principal")
         actor_type, actor_name = who.actor if who else ("anonymous", request.get("actor", ""))
         return Audit(
@@ -458,14 +489,14 @@ class ManagerApi:
             created_at=time.time(),
         )
 
-    async def _audit_failure(self, request: web.Request, status: int) -> None:
+    async def audit_failure(self, request: web.Request, status: int) -> None:
         """A refused write is audited in its own transaction (the request's own was
         rolled back); best effort: with the database down there is nowhere to write."""
         if request.method not in WRITE_METHODS:
             return
         try:
             async with self.sessions() as session, session.begin():
-                session.add(self._audit_row(request, status))
+                session.add(self.audit_row(request, status))
         except (sa_exc.SQLAlchemyError, OSError, TimeoutError) as exc:
             log.warning(
                 "cannot audit the refused %s %s: %s",
@@ -477,10 +508,10 @@ class ManagerApi:
     # -- helpers -----------------------------------------------------------------------
 
     def is_active(self, last_keepalive_at: float, now: float | None = None) -> bool:
-        return (time.time() if now is None else now) - last_keepalive_at < self.keepalive_timeout
+        return self.ops.is_active(last_keepalive_at, now)
 
     def active_since(self) -> float:
-        return time.time() - self.keepalive_timeout
+        return self.ops.active_since()
 
     # -- health ------------------------------------------------------------------------
 
@@ -493,16 +524,7 @@ class ManagerApi:
     async def signin(self, request: web.Request) -> web.Response:
         body: s.SignIn = await read_body(request, s.SignIn)
         request["actor"] = body.name
-        session = db(request)
-        user = await session.scalar(select(User).where(User.name == body.name))
-        # scrypt takes tens of milliseconds: in a thread, so other requests go on. An
-        # unknown name costs a hash too, so the answer's time does not tell names apart.
-        stored = user.password_hash if user is not None else _DUMMY_HASH
-        matches = await asyncio.to_thread(auth.verify_password, body.password, stored)
-        if user is None or not matches:
-            raise ApiError(401, "unauthenticated", "wrong user name or password")
-        if user.state != "enable":
-            raise ApiError(403, "forbidden", f"user {user.name!r} is disabled")
+        user = await self.check_password(db(request), body.name, body.password)
         request["principal"] = auth.Principal(user.id, user.name, user.role)
         expires = time.time() + self.session_ttl
         token = auth.issue_session(self.session_key, user.id, self.session_ttl)
@@ -519,25 +541,7 @@ class ManagerApi:
 
     async def create_user(self, request: web.Request) -> web.Response:
         body: s.UserCreate = await read_body(request, s.UserCreate)
-        session = db(request)
-        if await session.scalar(select(User.id).where(User.name == body.name)) is not None:
-            raise ApiError(
-                409, "conflict", f"user {body.name!r} exists; choose another name", "name"
-            )
-        now = time.time()
-        hashed = await asyncio.to_thread(auth.hash_password, body.password)
-        user = User(
-            name=body.name,
-            email=body.email,
-            role=body.role,
-            state="enable",
-            password_hash=hashed,
-            created_at=now,
-            updated_at=now,
-        )
-        session.add(user)
-        await session.flush()
-        return json_response(user_out(user), status=201)
+        return json_response(user_out(await self.ops.create_user(db(request), body)), status=201)
 
     async def get_user(self, request: web.Request) -> web.Response:
         return json_response(
@@ -546,42 +550,11 @@ class ManagerApi:
 
     async def update_user(self, request: web.Request) -> web.Response:
         body: s.UserUpdate = await read_body(request, s.UserUpdate)
-        session = db(request)
-        user = await get_or_404(session, User, path_id(request), "user")
-        demoting = (body.role is not msgspec.UNSET and body.role != "root") or (
-            body.state is not msgspec.UNSET and body.state != "enable"
-        )
-        if demoting and user.role == "root":
-            await self._keep_a_root(session, user)
-        for name in ("email", "role", "state"):
-            value = getattr(body, name)
-            if value is not msgspec.UNSET:
-                setattr(user, name, value)
-        user.updated_at = time.time()
+        user = await self.ops.update_user(db(request), path_id(request), body)
         return json_response(user_out(user))
 
-    async def _keep_a_root(self, session: AsyncSession, user: User) -> None:
-        others = await session.scalar(
-            select(func.count())
-            .select_from(User)
-            .where(User.role == "root", User.state == "enable", User.id != user.id)
-        )
-        if not others:
-            raise ApiError(
-                409,
-                "conflict",
-                f"user {user.name!r} is the last enabled root; make another user root first",
-            )
-
     async def delete_user(self, request: web.Request) -> web.Response:
-        session = db(request)
-        user = await get_or_404(session, User, path_id(request), "user")
-        if user.role == "root":
-            await self._keep_a_root(session, user)
-        await session.execute(
-            delete(PersonalAccessToken).where(PersonalAccessToken.user_id == user.id)
-        )
-        await session.delete(user)
+        await self.ops.delete_user(db(request), path_id(request))
         return web.Response(status=204)
 
     async def reset_password(self, request: web.Request) -> web.Response:
@@ -607,50 +580,25 @@ class ManagerApi:
 
     async def list_tokens(self, request: web.Request) -> web.Response:
         query = page_of(request)
-        who = principal(request)
-        statement = select(PersonalAccessToken).order_by(PersonalAccessToken.id)
-        if who.role != "root":
-            statement = statement.where(PersonalAccessToken.user_id == who.user_id)
-        rows, total = await paged(db(request), statement, query)
+        rows, total = await paged(db(request), self.ops.tokens_of(principal(request)), query)
         return list_response([token_out(t) for t in rows], total)
 
     async def create_token(self, request: web.Request) -> web.Response:
         body: s.TokenCreate = await read_body(request, s.TokenCreate)
-        now = time.time()
-        token = auth.new_token()
-        row = PersonalAccessToken(
-            name=body.name, bio=body.bio, token_hash=auth.token_hash(token),
-            token_prefix=token[:12], scopes=sorted(set(body.scopes)), state=ACTIVE,
-            expires_at=now + body.expires_in, user_id=principal(request).user_id,
-            created_at=now, updated_at=now,
-        )  # fmt: skip
-        session = db(request)
-        session.add(row)
-        await session.flush()
+        row, token = await self.ops.create_token(db(request), principal(request), body)
         return json_response({**token_out(row), "token": token}, status=201)
 
-    async def _own_token(self, request: web.Request) -> PersonalAccessToken:
-        row = await get_or_404(db(request), PersonalAccessToken, path_id(request), "token")
-        who = principal(request)
-        if who.role != "root" and row.user_id != who.user_id:
-            raise ApiError(404, "not_found", f"token {row.id} does not exist")
-        return row
-
     async def get_token(self, request: web.Request) -> web.Response:
-        return json_response(token_out(await self._own_token(request)))
+        row = await self.ops.own_token(db(request), principal(request), path_id(request))
+        return json_response(token_out(row))
 
     async def update_token(self, request: web.Request) -> web.Response:
         body: s.TokenUpdate = await read_body(request, s.TokenUpdate)
-        row = await self._own_token(request)
-        if body.state is not msgspec.UNSET:
-            row.state = body.state
-        if body.bio is not msgspec.UNSET:
-            row.bio = body.bio
-        row.updated_at = time.time()
+        row = await self.ops.update_token(db(request), principal(request), path_id(request), body)
         return json_response(token_out(row))
 
     async def delete_token(self, request: web.Request) -> web.Response:
-        await db(request).delete(await self._own_token(request))
+        await self.ops.delete_token(db(request), principal(request), path_id(request))
         return web.Response(status=204)
 
     # -- clusters --------------------------------------------------------------------------
@@ -663,41 +611,9 @@ class ManagerApi:
         rows, total = await paged(db(request), statement, query)
         return list_response([cluster_out(c) for c in rows], total)
 
-    async def _name_free(self, session: AsyncSession, name: str, own_id: int | None) -> None:
-        found = await session.scalar(select(Cluster.id).where(Cluster.name == name))
-        if found is not None and found != own_id:
-            raise ApiError(
-                409,
-                "conflict",
-                f"a cluster named {name!r} exists (id {found}); choose another name",
-                "name",
-            )
-
-    async def _only_default(self, session: AsyncSession, cluster_id: int) -> None:
-        """One default cluster: making one default makes the others not."""
-        await session.execute(
-            update(Cluster)
-            .where(Cluster.id != cluster_id, Cluster.is_default.is_(True))
-            .values(is_default=False)
-        )
-
     async def create_cluster(self, request: web.Request) -> web.Response:
         body: s.ClusterCreate = await read_body(request, s.ClusterCreate)
-        session = db(request)
-        await self._name_free(session, body.name, None)
-        now = time.time()
-        cluster = Cluster(
-            name=body.name, bio=body.bio, is_default=body.is_default,
-            scopes=msgspec.to_builtins(body.scopes),
-            scheduler_cluster_config=msgspec.to_builtins(body.scheduler_cluster_config),
-            seed_peer_cluster_config=msgspec.to_builtins(body.seed_peer_cluster_config),
-            peer_cluster_config=msgspec.to_builtins(body.peer_cluster_config),
-            created_at=now, updated_at=now,
-        )  # fmt: skip
-        session.add(cluster)
-        await session.flush()
-        if cluster.is_default:
-            await self._only_default(session, cluster.id)
+        cluster = await self.ops.create_cluster(db(request), body)
         return json_response(cluster_out(cluster), status=201)
 
     async def get_cluster(self, request: web.Request) -> web.Response:
@@ -707,52 +623,17 @@ class ManagerApi:
 
     async def update_cluster(self, request: web.Request) -> web.Response:
         body: s.ClusterUpdate = await read_body(request, s.ClusterUpdate)
-        session = db(request)
-        cluster = await get_or_404(session, Cluster, path_id(request), "cluster")
-        if body.name is not msgspec.UNSET:
-            await self._name_free(session, body.name, cluster.id)
-        for name in body.__struct_fields__:
-            value = getattr(body, name)
-            if value is not msgspec.UNSET:
-                setattr(cluster, name, msgspec.to_builtins(value))
-        cluster.updated_at = time.time()
-        if body.is_default is True:
-            await self._only_default(session, cluster.id)
+        cluster = await self.ops.update_cluster(db(request), path_id(request), body)
         return json_response(cluster_out(cluster))
 
     async def delete_cluster(self, request: web.Request) -> web.Response:
-        session = db(request)
-        cluster = await get_or_404(session, Cluster, path_id(request), "cluster")
-        since = self.active_since()
-        busy = []
-        for model, what in ((Scheduler, "scheduler"), (SeedPeer, "seed peer")):
-            rows = await session.scalars(
-                select(model).where(model.cluster_id == cluster.id, model.last_keepalive_at > since)
-            )
-            busy += [f"{what} {r.id} ({r.hostname})" for r in rows]
-        if busy:
-            raise ApiError(
-                409,
-                "conflict",
-                f"cluster {cluster.name!r} has active members: {', '.join(busy)}; stop them "
-                f"(or move them to another cluster) and wait {self.keepalive_timeout:g}s "
-                "for them to turn inactive",
-            )
-        for model in (Scheduler, SeedPeer):
-            await session.execute(delete(model).where(model.cluster_id == cluster.id))
-        await session.delete(cluster)
+        await self.ops.delete_cluster(db(request), path_id(request))
         return web.Response(status=204)
 
     async def cluster_config(self, request: web.Request) -> web.Response:
         session = db(request)
         cluster = await get_or_404(session, Cluster, path_id(request), "cluster")
-        seeds = await session.scalars(
-            select(SeedPeer)
-            .where(
-                SeedPeer.cluster_id == cluster.id, SeedPeer.last_keepalive_at > self.active_since()
-            )
-            .order_by(SeedPeer.id)
-        )
+        seeds = await self.ops.members(session, SeedPeer, cluster.id, active_only=True)
         return json_response({
             "cluster_id": cluster.id,
             "name": cluster.name,
@@ -768,7 +649,7 @@ class ManagerApi:
         out = {
             "id": row.id, "hostname": row.hostname, "ip": row.ip, "port": row.port,
             "idc": row.idc, "location": row.location, "cluster_id": row.cluster_id,
-            "state": ACTIVE if self.is_active(row.last_keepalive_at) else INACTIVE,
+            "state": self.ops.member_state(row),
             "last_keepalive_at": iso(row.last_keepalive_at) if row.last_keepalive_at else None,
             "created_at": iso(row.created_at), "updated_at": iso(row.updated_at),
         }  # fmt: skip

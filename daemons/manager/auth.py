@@ -9,7 +9,7 @@
 - Personal access tokens: ``d7y_pat_<random>``, shown once; only their SHA-256 is stored.
 - RBAC: ``root`` may do everything; ``guest`` may read (GET). A token acts as its user,
   narrowed to its scopes: ``cluster`` covers clusters, schedulers, seed peers and the
-  searches; ``job`` covers jobs (none yet). Tokens cannot manage users or tokens.
+  searches; ``job`` covers jobs. Tokens cannot manage users or tokens.
 """
 
 from __future__ import annotations

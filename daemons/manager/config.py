@@ -53,6 +53,33 @@ class KeepaliveConfig:
 
 
 @dataclasses.dataclass
+class RedisConfig:
+    address: str = field(
+        "",
+        "Redis for the job queue, host:port or redis://[:password@]host:port/db; empty: "
+        "jobs are queued in the database (SQL)",
+    )
+    password: str = field("", "Redis password (better given as D7Y_MANAGER_REDIS__PASSWORD)")
+    db: int = field(0, "Redis database number")
+    key_prefix: str = field("d7y:", "prefix of every key the manager writes in Redis")
+
+
+@dataclasses.dataclass
+class JobConfig:
+    preheat_timeout: Duration = field(
+        Duration(30 * 60),
+        "a preheat job whose tasks are not all done within this fails (the unfinished "
+        "ones with 'timed out')",
+    )
+    registry_timeout: Duration = field(
+        Duration(30), "one request to a registry (manifest, token) while resolving an image"
+    )
+    max_attempts: int = field(
+        3, "times a preheat task is handed out again after its scheduler stopped mid-way"
+    )
+
+
+@dataclasses.dataclass
 class MetricsConfig:
     listen: str = field("127.0.0.1", "address of /metrics and /healthy")
     port: int = field(8000, "port of /metrics and /healthy (0 disables)")
@@ -75,6 +102,8 @@ class ManagerConfig:
     database: DatabaseConfig = section(DatabaseConfig, "where the state lives")
     auth: AuthConfig = section(AuthConfig, "sessions and tokens")
     keepalive: KeepaliveConfig = section(KeepaliveConfig, "scheduler and seed-peer liveness")
+    redis: RedisConfig = section(RedisConfig, "optional Redis: the job queue")
+    job: JobConfig = section(JobConfig, "preheat jobs")
     metrics: MetricsConfig = section(MetricsConfig, "Prometheus metrics and health")
     log: LogConfig = section(LogConfig, "logging")
     lifecycle: LifecycleConfig = section(
@@ -89,6 +118,14 @@ class ManagerConfig:
             raise ConfigError("config key 'database.pool_size' must be >= 1")
         if float(self.keepalive.timeout) <= 0:
             raise ConfigError("config key 'keepalive.timeout' must be > 0 (e.g. 15s)")
+        if float(self.job.preheat_timeout) <= 0:
+            raise ConfigError("config key 'job.preheat_timeout' must be > 0 (e.g. 30m)")
+        if float(self.job.registry_timeout) <= 0:
+            raise ConfigError("config key 'job.registry_timeout' must be > 0 (e.g. 30s)")
+        if self.job.max_attempts < 1:
+            raise ConfigError("config key 'job.max_attempts' must be >= 1")
+        if self.redis.db < 0:
+            raise ConfigError("config key 'redis.db' must be >= 0")
         url = self.database.url
         if url and not url.startswith(("sqlite", "postgresql", "postgres://")):
             raise ConfigError(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 ACTIVE = "active"
@@ -117,3 +117,46 @@ class Audit(Base):
     status_code: Mapped[int] = mapped_column(Integer)
     state: Mapped[str] = mapped_column(String(16))  # success | failure
     created_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class Job(Base):
+    """A job (preheat): its arguments as given and its state; its work is in job_tasks."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    type: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16), index=True)  # PENDING RUNNING SUCCESS FAILURE
+    args: Mapped[dict[str, Any]] = mapped_column(JSON)
+    scheduler_cluster_ids: Mapped[list[int]] = mapped_column(JSON)
+    user_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: When the job fails as a whole if tasks are still unfinished (UNIX seconds).
+    deadline: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class JobTask(Base):
+    """One URL of a job in one cluster: queued (PENDING), held by a scheduler (RUNNING),
+    then SUCCESS or FAILURE with the seed peer that did it and the error."""
+
+    __tablename__ = "job_tasks"
+    __table_args__ = (Index("ix_job_tasks_cluster_state", "cluster_id", "state"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    cluster_id: Mapped[int] = mapped_column(Integer)
+    url: Mapped[str] = mapped_column(Text)
+    task_id: Mapped[str] = mapped_column(String(64), default="")
+    tag: Mapped[str] = mapped_column(String(256), default="")
+    filtered_query_params: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    #: Headers for the origin (a registry token obtained for the job included).
+    headers: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    state: Mapped[str] = mapped_column(String(16))
+    seed_peer: Mapped[str] = mapped_column(String(512), default="")
+    error: Mapped[str] = mapped_column(Text, default="")
+    scheduler_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    claimed_at: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)

@@ -55,7 +55,7 @@ def build_document(routes: list[Route], version: str) -> dict[str, Any]:
     for route in routes:
         operation: dict[str, Any] = {
             "summary": route.summary,
-            "operationId": route.handler.__name__,
+            "operationId": route.operation_id or route.handler.__name__,
             "tags": [route.group or "service"],
             "responses": _responses(route),
         }
@@ -109,7 +109,8 @@ def build_document(routes: list[Route], version: str) -> dict[str, Any]:
         "info": {
             "title": "d7y manager",
             "version": version,
-            "description": "Clusters, schedulers, seed peers, users, tokens and audits. "
+            "description": "Clusters, schedulers, seed peers, users, tokens, audits and "
+            "preheat jobs. "
             "Send Authorization: Bearer <token> (a session token from "
             f"POST {API}/users/signin, or a personal access token).",
         },
@@ -162,6 +163,7 @@ _CREATES = {
     schemas.TokenCreate,
     schemas.SchedulerRegister,
     schemas.SeedPeerRegister,
+    schemas.JobCreate,
 }
 
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 from typing import Literal
 
 from d7y.daemons.manager.schemas import (
+    JobState,
     PeerClusterConfig,
+    PreheatArgs,
     SchedulerClusterConfig,
     Scopes,
     SeedPeerClusterConfig,
@@ -118,6 +120,56 @@ class AuditOut(Struct):
     created_at: Time
 
 
+TaskState = Literal["PENDING", "RUNNING", "SUCCESS", "FAILURE"]
+
+
+class JobTaskOut(Struct):
+    """One URL preheated in one cluster: its task ID (as dfget and dfdaemon compute it),
+    the seed peer's host ID once one took it, and why it failed."""
+
+    url: str
+    task_id: str
+    seed_peer: str
+    state: TaskState
+    error: str
+
+
+class JobResultOut(Struct):
+    tasks: list[JobTaskOut]
+
+
+class JobOut(Struct):
+    id: int
+    type: Literal["preheat"]
+    state: JobState
+    #: As given, with the password and credential headers shown as "******".
+    args: PreheatArgs
+    scheduler_cluster_ids: list[int]
+    result: JobResultOut
+    created_at: Time
+    updated_at: Time
+
+
+class ClaimedTaskOut(Struct):
+    """A preheat task handed to a scheduler: what its seed peer fetches."""
+
+    id: int
+    job_id: int
+    url: str
+    task_id: str
+    tag: str
+    filtered_query_params: list[str] | None
+    headers: dict[str, str]
+    #: Seconds left before the job times out.
+    timeout: float
+
+
+class JobReportOut(Struct):
+    recorded: int
+    #: Results for tasks this scheduler no longer holds (requeued, or the job deleted).
+    ignored: int
+
+
 RESPONSE_TYPES: tuple[type, ...] = (
     UserOut,
     SignInOut,
@@ -130,4 +182,9 @@ RESPONSE_TYPES: tuple[type, ...] = (
     SeedPeerOut,
     ClusterConfigOut,
     AuditOut,
+    JobTaskOut,
+    JobResultOut,
+    JobOut,
+    ClaimedTaskOut,
+    JobReportOut,
 )

@@ -149,6 +149,111 @@ class TokenUpdate(Struct):
     bio: Text | UnsetType = UNSET
 
 
+# -- jobs ---------------------------------------------------------------------------------
+
+#: Dragonfly's manifest URL form (pkg/oci/reference.go): <scheme>://<registry>/v2/<repo>/manifests/<ref>
+MANIFEST_URL = re.compile(r"^(https?)://([^/]+)/v2/(.+)/manifests/([^/]+)$")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_PLATFORM = re.compile(r"^[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?$")
+JobState = Literal["PENDING", "RUNNING", "SUCCESS", "FAILURE"]
+
+
+class PreheatArgs(Struct):
+    """What to preheat. ``file``: ``url`` is one file. ``image``: ``url`` is a manifest
+    URL; its config and layers are preheated. ``filtered_query_params``: names left out
+    of the task ID, separated by ``&`` (Dragonfly's form) or ``,``; empty: the default
+    list (S3, GCS, OSS signatures). ``platform``: ``os/arch[/variant]`` chosen from a
+    manifest list or index (empty: linux/amd64)."""
+
+    type: Literal["image", "file"]
+    url: Annotated[str, Meta(min_length=1, max_length=8192)]
+    tag: Annotated[str, Meta(max_length=256)] = ""
+    filtered_query_params: Annotated[str, Meta(max_length=8192)] = ""
+    headers: Annotated[dict[str, Annotated[str, Meta(max_length=8192)]], Meta(max_length=256)] = (
+        msgspec.field(default_factory=dict)
+    )
+    username: Annotated[str, Meta(max_length=1024)] = ""
+    password: Annotated[str, Meta(max_length=1024)] = ""
+    platform: Annotated[str, Meta(max_length=64)] = ""
+
+
+class JobCreate(Struct):
+    type: Literal["preheat"]
+    args: PreheatArgs
+    #: The clusters whose seed peers preheat; empty: every cluster.
+    scheduler_cluster_ids: Annotated[list[Annotated[int, Meta(ge=1)]], Meta(max_length=100)] = (
+        msgspec.field(default_factory=list)
+    )
+
+
+class JobQuery(Struct):
+    page: int = 1
+    per_page: int = 50
+    state: JobState | None = None
+    type: Literal["preheat"] | None = None
+
+
+class JobClaim(Struct):
+    """A scheduler asks for preheat tasks of its cluster; the manager answers as soon as
+    there are some, or after ``wait`` seconds with none."""
+
+    max_tasks: Annotated[int, Meta(ge=1, le=1000)] = 16
+    wait: Annotated[float, Meta(ge=0, le=30)] = 5.0
+
+
+class JobTaskReport(Struct):
+    id: Annotated[int, Meta(ge=1)]
+    state: Literal["SUCCESS", "FAILURE"]
+    seed_peer: Annotated[str, Meta(max_length=512)] = ""
+    error: Annotated[str, Meta(max_length=8192)] = ""
+
+
+class JobReport(Struct):
+    tasks: Annotated[list[JobTaskReport], Meta(min_length=1, max_length=1000)]
+
+
+def split_filtered_query_params(text: str) -> list[str] | None:
+    """``"Expires&Signature"`` -> the names; ``""`` -> None (the default filter list)."""
+    names = [n.strip() for n in re.split(r"[&,]", text) if n.strip()]
+    return names or None
+
+
+def check_preheat_args(args: PreheatArgs, path: str = "$.args") -> None:
+    """What the types cannot say: a URL the seed peers can fetch, a manifest URL for an
+    image, header names and values that fit in a request, a platform of os/arch."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(args.url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValidationFailed(f"{args.url!r} is not an http(s) URL with a host - at `{path}.url`")
+    if args.type == "image" and not MANIFEST_URL.match(args.url):
+        raise ValidationFailed(
+            f"{args.url!r} is not a manifest URL; an image preheat needs "
+            f"<scheme>://<registry>/v2/<repo>/manifests/<tag or digest> - at `{path}.url`"
+        )
+    for name, value in args.headers.items():
+        if not _HEADER_NAME.match(name) or len(name) > 256:
+            raise ValidationFailed(f"{name!r} is not an HTTP header name - at `{path}.headers`")
+        if "\r" in value or "\n" in value:
+            raise ValidationFailed(
+                f"the value of header {name!r} holds a line break - at `{path}.headers`"
+            )
+    names = split_filtered_query_params(args.filtered_query_params) or []
+    if any(len(n) > 256 for n in names) or len(names) > 256:
+        raise ValidationFailed(
+            f"at most 256 names of at most 256 characters each - at `{path}.filtered_query_params`"
+        )
+    if args.platform and not _PLATFORM.match(args.platform):
+        raise ValidationFailed(
+            f"{args.platform!r} is not os/arch[/variant] (e.g. linux/amd64) - at `{path}.platform`"
+        )
+    if (args.username or args.password) and args.type != "image":
+        raise ValidationFailed(
+            "username and password are for a registry (type image); for a file put an "
+            f"Authorization header in headers - at `{path}.username`"
+        )
+
+
 def check_scopes(scopes: Scopes, path: str = "$.scopes") -> None:
     """CIDRs must parse and hostnames must be regular expressions (Dragonfly skips bad
     ones silently at match time; refusing them at write time is kinder)."""
@@ -187,4 +292,9 @@ REQUEST_TYPES: tuple[type, ...] = (
     PasswordReset,
     TokenCreate,
     TokenUpdate,
+    PreheatArgs,
+    JobCreate,
+    JobClaim,
+    JobTaskReport,
+    JobReport,
 )

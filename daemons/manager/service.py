@@ -24,6 +24,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from d7y.daemons.manager import auth, db
 from d7y.daemons.manager.api import API, ManagerApi, json_response
 from d7y.daemons.manager.config import ManagerConfig
+from d7y.daemons.manager.console import console_routes
+from d7y.daemons.manager.console.jobs_access import ServiceJobs
+from d7y.daemons.manager.job_api import JobHandlers
+from d7y.daemons.manager.job_queue import JobQueue, RedisJobQueue, SqlJobQueue
+from d7y.daemons.manager.jobs import JobService
 from d7y.daemons.manager.models import ACTIVE, INACTIVE, Scheduler, SeedPeer
 from d7y.daemons.manager.openapi import DOCS_PAGE, build_document
 
@@ -57,6 +62,7 @@ class ManagerService:
         self.metrics = ManagerMetrics()
         self.engine: AsyncEngine | None = None
         self.api: ManagerApi | None = None
+        self.jobs: JobService | None = None
         self._runner: web.AppRunner | None = None
         self._sweeper: asyncio.Task | None = None
         self.port = 0
@@ -90,14 +96,32 @@ class ManagerService:
                 f"cannot open the database {where}: {exc.__class__.__name__}: "
                 f"{str(exc).splitlines()[0] if str(exc) else ''}; check database.url"
             ) from None
+        self.jobs = JobService(
+            sessions,
+            self._job_queue(sessions),
+            keepalive_timeout=float(config.keepalive.timeout),
+            preheat_timeout=float(config.job.preheat_timeout),
+            registry_timeout=float(config.job.registry_timeout),
+            max_attempts=config.job.max_attempts,
+        )
+        try:
+            await self.jobs.start()
+        except Exception as exc:  # redis: refused connection, bad password, no package
+            await self.engine.dispose()
+            shown = getattr(self.jobs.queue, "shown", "")
+            raise ManagerError(
+                f"cannot use the job queue ({self.jobs.queue.name}) at {shown}: "
+                f"{exc.__class__.__name__}: {str(exc).rstrip('.')}; check redis.address"
+            ) from None
         self.api = ManagerApi(
             sessions,
             key,
             session_ttl=float(config.auth.session_ttl),
             keepalive_timeout=float(config.keepalive.timeout),
             on_request=self._count,
+            extra_routes=JobHandlers(self.jobs).routes(),
         )
-        app = build_application(self.api, max_body=config.server.max_body)
+        app = build_application(self.api, max_body=config.server.max_body, jobs=self.jobs)
         self._runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE
         )
@@ -108,8 +132,21 @@ class ManagerService:
         self._where = where
         self._sweeper = asyncio.create_task(self._sweep_forever(sessions))
 
+    def _job_queue(self, sessions: async_sessionmaker) -> JobQueue:
+        redis = self.config.redis
+        if redis.address:
+            return RedisJobQueue(
+                redis.address, password=redis.password, db=redis.db, prefix=redis.key_prefix
+            )
+        return SqlJobQueue(sessions)
+
     def ready_details(self) -> dict[str, object]:
-        return {"port": self.port, "database": self._where, "data_dir": self.config.data_dir}
+        return {
+            "port": self.port,
+            "database": self._where,
+            "job_queue": self.jobs.queue.name if self.jobs else "",
+            "data_dir": self.config.data_dir,
+        }
 
     def render_metrics(self) -> bytes:
         return generate_latest(self.metrics.registry)
@@ -124,6 +161,8 @@ class ManagerService:
                 await self._sweeper
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.jobs is not None:
+            await self.jobs.stop()
         if self.engine is not None:
             await self.engine.dispose()
 
@@ -167,8 +206,11 @@ class ManagerService:
                 self.metrics.active.labels(kind).set(alive or 0)
 
 
-def build_application(api: ManagerApi, *, max_body: int) -> web.Application:
-    """The REST API with its OpenAPI document and the docs page."""
+def build_application(
+    api: ManagerApi, *, max_body: int, jobs: JobService | None = None
+) -> web.Application:
+    """The REST API with its OpenAPI document and the docs page, and the console at /
+    (its preheat pages on ``jobs``)."""
     document = build_document(api.routes, _version())
 
     async def openapi(_request: web.Request) -> web.Response:
@@ -179,7 +221,11 @@ def build_application(api: ManagerApi, *, max_body: int) -> web.Application:
 
     return api.build_app(
         max_body=max_body,
-        extra_routes=[web.get(f"{API}/openapi.json", openapi), web.get("/api/docs", docs)],
+        extra_routes=[
+            web.get(f"{API}/openapi.json", openapi),
+            web.get("/api/docs", docs),
+            *console_routes(api, ServiceJobs(jobs) if jobs is not None else None),
+        ],
     )
 
 

@@ -20,6 +20,8 @@ _UNKNOWN = re.compile(r"Object contains unknown field `([^`]*)`")
 _MISSING = re.compile(r"Object missing required field `([^`]*)`")
 _SEGMENT = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")
 _MISSING_VALUE = object()
+#: The types of "no value" in a union: None, and UNSET where msgspec.inspect has it.
+_ABSENT = tuple(t for t in (getattr(mi, "UnsetType", None), mi.NoneType) if t is not None)
 
 
 def _segments(path: str) -> list[str | int]:
@@ -45,7 +47,7 @@ def _resolve(info: mi.Type, segments: list[str | int]) -> mi.Type | None:
 def _unwrap(info: mi.Type) -> mi.Type:
     """A field that may be unset or null is its real type, for describing it."""
     if isinstance(info, mi.UnionType):
-        real = [t for t in info.types if not isinstance(t, mi.UnsetType | mi.NoneType)]
+        real = [t for t in info.types if not isinstance(t, _ABSENT)]
         if len(real) == 1:
             return real[0]
     return info

@@ -58,7 +58,7 @@ def _response(status: int, headers: list[tuple[bytes, bytes]]) -> h11.Response:
     )
 
 
-class _SendfileBody:
+class SendfileBody:
     """Stands in for body bytes in h11 (which only needs their length) while the real
     bytes travel by sendfile."""
 
@@ -287,7 +287,7 @@ class HTTPUploadServer:
                     await stream.send_all(http.send(_response(status, headers)))
                     if method == b"GET" and count:
                         # h11 tracks the body length; the bytes themselves go by sendfile.
-                        http.send_with_data_passthrough(h11.Data(data=_SendfileBody(count)))
+                        http.send_with_data_passthrough(h11.Data(data=SendfileBody(count)))
                         self.metrics.active_uploads.inc()
                         try:
                             await self._send_body(stream, fd, start, count)

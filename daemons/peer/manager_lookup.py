@@ -4,7 +4,8 @@
 Every ``manager.refresh_interval`` (60 s, Dragonfly's) the daemon asks the manager for
 the schedulers that fit this host (``GET /api/v1/schedulers/search``: the active
 schedulers, best-matching cluster first). While the scheduler connection is down, it
-health-checks them in that order (a TCP connect to the scheduler's port) and points the
+health-checks them in that order (a connection to the scheduler's port, with the TLS
+handshake when ``security.tls`` is on) and points the
 :class:`~d7y.daemons.peer.scheduler_client.SchedulerClient` at the first that answers; the
 client's own reconnect loop then connects there. So the daemon keeps the first healthy
 scheduler and moves on when it dies. A manager that cannot be reached leaves the list
@@ -14,8 +15,8 @@ as it was: the daemon goes on with the schedulers it knew.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import ssl
 import time
 from typing import Any
 
@@ -23,6 +24,7 @@ import aiohttp
 
 from d7y.daemons.manager.caller import ManagerCaller
 from d7y.daemons.peer.scheduler_client import SchedulerClient
+from d7y.daemons.stream import connect_stream
 
 log = logging.getLogger("d7y.dfdaemon.scheduler")
 #: How often the connection's state is looked at (cheap: an Event check).
@@ -31,14 +33,17 @@ CHECK_INTERVAL = 0.5
 HEALTH_TIMEOUT = 1.0
 
 
-async def reachable(address: tuple[str, int], timeout: float = HEALTH_TIMEOUT) -> bool:
+async def reachable(
+    address: tuple[str, int], tls: ssl.SSLContext | None = None, timeout: float = HEALTH_TIMEOUT
+) -> bool:
+    """The scheduler accepts a connection; with ``tls``, the whole handshake too. A bare
+    TCP connect to a TLS port would be a handshake the scheduler sees cut (and logs as
+    refused), and would not show that this daemon's certificate is accepted there."""
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(*address), timeout)
-    except (OSError, TimeoutError):
+        stream = await connect_stream(*address, tls=tls, timeout=timeout)
+    except (OSError, EOFError):  # TimeoutError and ssl.SSLError are OSErrors
         return False
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
+    stream.close()
     return True
 
 
@@ -94,7 +99,7 @@ class SchedulerLookup(ManagerCaller):
     async def _pick(self) -> None:
         """Point the client at the first healthy scheduler (it connects by itself)."""
         for address in self.candidates:
-            if await reachable(address):
+            if await reachable(address, self.client.tls):
                 if address != self.client.address or not self._client_started:
                     log.info("using scheduler %s:%d (from the manager)", *address)
                     self.client.address = address

@@ -659,18 +659,33 @@ class _Run:
         await store.begin(task, record)
         async with store.open(task, content_length) as file:
             await file.resume()
-            if task.bitmap.all():
+            task.notify_change()  # the geometry is known: range readers resolve
+            if not task.missing_wanted():
                 return True
             return await self._loop(file)
 
     async def _loop(self, file: TaskFile) -> bool:
         task = self.task
+        # A partial download (a Range request) wants some pieces only: to the loop the
+        # others count as held. The wants are taken once; readers that join later and
+        # need more start a new download when this one ends (TaskManager.wait_ended).
+        wanted = task.wanted_pieces()
+        have = task.bitmap.copy()
+        if wanted is not None:
+            for number in wanted.iter_clear():
+                have.set(number)
+
+        def incomplete() -> bool:
+            if wanted is None:
+                return not task.bitmap.all()
+            return task.bitmap.and_not(wanted).any()
+
         self.dl = Download(
             self.count,
             self.owner.rng,
             self.owner.download_config,
             now=time.monotonic(),
-            have=task.bitmap.copy(),
+            have=have,
             streaming=task.streaming,
         )
         offered, self.offered = self.offered, []
@@ -680,7 +695,7 @@ class _Run:
         inflight = self.inflight
         last_poll = 0.0
         try:
-            while not task.bitmap.all():
+            while incomplete():
                 self.handle_answers()
                 clock = time.monotonic()
                 if clock - last_poll >= POLL_INTERVAL:

@@ -16,7 +16,10 @@ import enum
 import time
 from typing import Any
 
+from d7y.core.http_range import RangeError, RangeSpec
+from d7y.core.ids import content_task_id
 from d7y.core.ids import task_id as make_task_id
+from d7y.core.pieces import piece_count, pieces_covering
 from d7y.daemons.peer.scheduler_client import DownloadStream
 from d7y.ext.bitmap import Bitmap
 
@@ -64,8 +67,13 @@ class DownloadRequest:
     digest: str = ""
     disable_back_to_source: bool = False
     priority: int = 0
+    #: When set, the task ID is the SHA-256 of this text, not of the URL (the proxy's
+    #: X-Dragonfly-Content-For-Calculating-Task-ID).
+    content_for_task_id: str = ""
 
     def task_id(self) -> str:
+        if self.content_for_task_id:
+            return content_task_id(self.content_for_task_id)
         return make_task_id(
             self.url,
             tag=self.tag or None,
@@ -94,6 +102,11 @@ class Task:
         self.restoring: asyncio.Future | None = None  # moving to a new stream (p2p.py)
         self.seed_trigger = False  # started by the scheduler's TriggerSeed
         self.streaming = False  # someone reads the bytes in order while they land
+        # What the download fetches: None, every piece; else only the pieces holding
+        # these byte ranges (a proxy Range request: a partial download of the same
+        # task, whose pieces stay in its storage for later requests).
+        self.wanted: list[RangeSpec] | None = None
+        self.runner: asyncio.Task[None] | None = None  # the download (TaskManager._run)
         self.started = time.monotonic()
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._changed = asyncio.Event()
@@ -112,6 +125,40 @@ class Task:
         event = self._changed
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)
+
+    # -- what a (partial) download fetches ----------------------------------------------
+
+    def want(self, spec: RangeSpec | None) -> None:
+        """A reader needs the bytes of ``spec`` (None: the whole task)."""
+        if spec is None:
+            self.wanted = None
+        elif self.wanted is not None and spec not in self.wanted:
+            self.wanted.append(spec)
+
+    def wanted_pieces(self) -> Bitmap | None:
+        """The pieces the download must hold when it ends (None: all of them); needs
+        the geometry. A range past the end selects nothing (its reader answers 416)."""
+        if self.wanted is None or self.content_length is None or not self.piece_length:
+            return None
+        wanted = Bitmap(piece_count(self.content_length, self.piece_length))
+        for spec in self.wanted:
+            try:
+                selected = spec.resolve(self.content_length)
+            except RangeError:
+                continue
+            for number in pieces_covering(selected.start, selected.length, self.piece_length):
+                wanted.set(number)
+        return wanted
+
+    def missing_wanted(self) -> list[int]:
+        """Numbers of the wanted pieces not held yet (all missing ones for a whole
+        download)."""
+        if self.bitmap is None:
+            return []
+        wanted = self.wanted_pieces()
+        if wanted is None:
+            return list(self.bitmap.iter_clear())
+        return list(self.bitmap.and_not(wanted).iter_set())
 
     def has_piece(self, number: int) -> bool:
         return self.bitmap is not None and self.bitmap.test(number)

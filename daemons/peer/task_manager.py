@@ -39,15 +39,18 @@ from collections.abc import AsyncIterator, Callable
 
 from d7y.core import messages as m
 from d7y.core.digest import Digest
+from d7y.core.http_range import RangeSpec
 from d7y.core.pieces import (
     TINY_TASK_MAX_LENGTH,
     Piece,
     compute_piece_length,
-    iter_pieces,
+    piece_at,
     piece_count,
 )
+from d7y.core.scheduling.origin_window import OriginWindow
 from d7y.daemons.peer.limits import TokenBucket
 from d7y.daemons.peer.metrics import PeerMetrics
+from d7y.daemons.peer.origin_gate import OriginGate
 from d7y.daemons.peer.p2p import P2PDownloader
 from d7y.daemons.peer.scheduler_client import SchedulerUnavailable
 from d7y.daemons.peer.storage import TASK_SUCCEEDED, StorageError, TaskRecord
@@ -162,14 +165,22 @@ class TaskManager:
     # -- starting and joining ----------------------------------------------------------
 
     def start(
-        self, request: DownloadRequest, *, seed_trigger: bool = False, streaming: bool = False
+        self,
+        request: DownloadRequest,
+        *,
+        seed_trigger: bool = False,
+        streaming: bool = False,
+        byte_range: RangeSpec | None = None,
     ) -> Task:
         """Start the task for ``request`` or join the one already running.
 
         ``seed_trigger``: the scheduler asked this seed peer to fetch the task from the
         origin (it registers with need_back_to_source). ``streaming``: a consumer reads
         the bytes in order as they land (stdout, proxy), so the piece picker favours the
-        next pieces in order."""
+        next pieces in order. ``byte_range``: the caller needs only these bytes: a new
+        download fetches only the pieces that hold them (a partial download of the same
+        task; its pieces stay for later requests), a running one is asked for them too
+        (a partial one may end without them: see :meth:`wait_ended`)."""
         if self._closing:
             raise DownloadError(FailureKind.INTERNAL, "dfdaemon is shutting down")
         try:
@@ -183,15 +194,26 @@ class TaskManager:
         task = self._running.get(tid)
         if task is not None:
             task.streaming = task.streaming or streaming
+            task.want(byte_range)
             return task
         task = Task(tid, request)
         task.seed_trigger = seed_trigger
         task.streaming = streaming
+        task.wanted = None if byte_range is None else [byte_range]
         self._running[tid] = task
         runner = asyncio.get_running_loop().create_task(self._run(task), name=f"task-{tid[:12]}")
+        task.runner = runner
         self._runners.add(runner)
         runner.add_done_callback(self._runners.discard)
         return task
+
+    async def wait_ended(self, task: Task) -> None:
+        """Return once ``task``'s download has ended and left the running set, so that
+        :meth:`start` makes a new one (a partial download that ended without the pieces
+        a late reader asked for)."""
+        runner = task.runner
+        if runner is not None and not runner.done():
+            await asyncio.wait({runner})
 
     async def close(self) -> None:
         """Stop all downloads: in-flight pieces are dropped, recorded ones stay valid."""
@@ -243,7 +265,8 @@ class TaskManager:
         finally:
             self.metrics.active_tasks.dec()
             await self.store.finish_writing(task.id)
-            self._running.pop(task.id, None)
+            if self._running.get(task.id) is task:
+                self._running.pop(task.id)
             task.notify_change()
         self._mark_consumed(task)
 
@@ -315,9 +338,11 @@ class TaskManager:
                     reason = getattr(answer, "reason", "") or getattr(answer, "message", "")
                     log.info("back to source task=%s reason=%s", task.id, reason)
                 await self._back_to_source(task, expected, stream)
-            if expected is not None:
-                await self.store.verify_whole(task.id, expected)
-            await self.store.mark_succeeded(task)
+            partial = task.bitmap is not None and not task.bitmap.all()
+            if not partial:
+                if expected is not None:
+                    await self.store.verify_whole(task.id, expected)
+                await self.store.mark_succeeded(task)
         except BaseException as exc:
             if task.restoring is not None:
                 task.restoring.cancel()
@@ -331,6 +356,20 @@ class TaskManager:
             raise
         await self._settle_restore(task)
         stream = task.stream  # it may have moved to a new connection's stream
+        if partial:
+            log.info(
+                "partial download done task=%s pieces=%d of %d",
+                task.id,
+                task.bitmap.count(),
+                len(task.bitmap),
+            )
+            if stream is not None:
+                # Not whole: the scheduler must not send children here for the task
+                # (a later whole download registers again and fetches the rest).
+                with contextlib.suppress(SchedulerUnavailable):
+                    await stream.report(m.LeavePeer(peer_id=task.peer_id, task_id=task.id))
+                stream.close()
+            return
         if stream is not None:
             self.p2p.held[task.id] = task.peer_id
             length = task.content_length or 0
@@ -469,9 +508,15 @@ class TaskManager:
         async with self.store.open(task, info.content_length) as file:
             if info.content_length is not None and info.supports_range:
                 await file.resume()
-                await self._fetch_ranges(task, file, info)
+                task.notify_change()  # the geometry is known: range readers resolve
+                # Readers that join a partial download add the pieces they need while
+                # it runs: fetch until none is missing.
+                while await self._fetch_ranges(task, file, info):
+                    pass
             else:
                 await self._fetch_stream(task, file, info)
+            if task.bitmap is not None and not task.bitmap.all():
+                return  # a partial download: nothing whole to check
             digest = self._parse_digest(info.digest)
             if digest is not None and (expected is None or str(expected) != info.digest):
                 # The source names the content by its digest (an OCI blob): check it.
@@ -553,69 +598,82 @@ class TaskManager:
             parent_id = "" if source == FROM_ORIGIN else source
             await self.p2p.report_stored(task, piece, digest, parent_id, cost_ns)
 
-    async def _fetch_ranges(self, task: Task, file: TaskFile, info: SourceInfo) -> None:
-        """Fetch every missing piece with Range requests, ``concurrency`` at a time."""
+    async def _fetch_ranges(self, task: Task, file: TaskFile, info: SourceInfo) -> bool:
+        """Fetch every missing piece the download wants (all of them, unless it is
+        partial) with Range requests, ``concurrency`` at a time; False when there was
+        nothing to fetch."""
         assert task.content_length is not None and task.bitmap is not None
-        missing = [
-            p
-            for p in iter_pieces(task.content_length, task.piece_length)
-            if not task.bitmap.test(p.number)
-        ]
-        if not missing:
-            return
+        numbers = task.missing_wanted()
+        if not numbers:
+            return False
+        missing = [piece_at(n, task.content_length, task.piece_length) for n in numbers]
         limit = self.concurrency
+        window: OriginWindow | None = None
         if self.p2p is not None and (task.seed_trigger or task.stream is not None):
-            # Other peers wait for these pieces: a few ranges at a time, so each lands
-            # soon and is relayed (16 parallel ranges on a slow origin finish together,
-            # late), as the download loop's origin_in_flight says.
-            limit = min(limit, self.p2p.download_config.origin_in_flight)
+            # Other peers wait for these pieces: few ranges at a time, so each lands
+            # soon and is relayed (parallel ranges on a slow origin land together,
+            # late), as the download loop's origin_in_flight / origin_window say.
+            rules = self.p2p.download_config
+            limit = min(limit, rules.origin_in_flight)
+            if rules.origin_window:
+                window = OriginWindow(limit)
         workers = max(1, min(limit, PIECE_BUFFER_BUDGET // task.piece_length))
         queue: asyncio.Queue[Piece] = asyncio.Queue()
         for piece in missing:
             queue.put_nowait(piece)
+        gate = OriginGate(window)
 
         source = self._source(task)
 
         async def worker() -> None:
             buffer: bytearray | None = None  # for sources without a sink path, reused
             while True:
+                token = await gate.enter()
+                fetching = True
                 try:
-                    piece = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    return
-                await self.limiter.take(piece.length)
-                started = time.monotonic_ns()
-                landing: PieceSink | memoryview
-                try:
-                    if isinstance(source, RangeToSink):
-                        # The body goes into the file as it arrives, chunk by chunk,
-                        # while it is in the cache (see daemons/sources/fast_range.py).
-                        landing = sink = file.sink(piece)
-                        await source.fetch_range_to(
-                            info.final_url,
-                            task.request.headers,
-                            piece.offset,
-                            piece.length,
-                            sink,
-                            info=info,
-                        )
-                    else:
-                        if buffer is None:
-                            buffer = bytearray(task.piece_length)
-                        landing = view = memoryview(buffer)[: piece.length]
-                        await source.fetch_range(
-                            info.final_url,
-                            task.request.headers,
-                            piece.offset,
-                            piece.length,
-                            view,
-                            info=info,
-                        )
-                except SourceError as exc:
-                    self.metrics.piece_failures.inc()
-                    raise _source_failure(exc) from None
-                cost = time.monotonic_ns() - started
-                await self._land_piece(task, file, piece, landing, FROM_ORIGIN, cost)
+                    try:
+                        piece = queue.get_nowait()
+                    except asyncio.QueueEmpty:
+                        return
+                    await self.limiter.take(piece.length)
+                    started = time.monotonic_ns()
+                    landing: PieceSink | memoryview
+                    try:
+                        if isinstance(source, RangeToSink):
+                            # The body goes into the file as it arrives, chunk by chunk,
+                            # while it is in the cache (see daemons/sources/fast_range.py).
+                            landing = sink = file.sink(piece)
+                            await source.fetch_range_to(
+                                info.final_url,
+                                task.request.headers,
+                                piece.offset,
+                                piece.length,
+                                sink,
+                                info=info,
+                            )
+                        else:
+                            if buffer is None:
+                                buffer = bytearray(task.piece_length)
+                            landing = view = memoryview(buffer)[: piece.length]
+                            await source.fetch_range(
+                                info.final_url,
+                                task.request.headers,
+                                piece.offset,
+                                piece.length,
+                                view,
+                                info=info,
+                            )
+                    except SourceError as exc:
+                        self.metrics.piece_failures.inc()
+                        raise _source_failure(exc) from None
+                    cost = time.monotonic_ns() - started
+                    gate.landed(token, piece.length, cost / 1e9)
+                    fetching = False
+                    gate.leave()  # the next range may start while this one lands
+                    await self._land_piece(task, file, piece, landing, FROM_ORIGIN, cost)
+                finally:
+                    if fetching:
+                        gate.leave()
 
         try:
             async with asyncio.TaskGroup() as group:
@@ -625,6 +683,7 @@ class TaskManager:
             # One worker's failure cancels the others; the task fails with its cause,
             # not with the group (which would reach the user as "internal error").
             raise _first_cause(failures) from None
+        return True
 
     async def _fetch_stream(self, task: Task, file: TaskFile, info: SourceInfo) -> None:
         """One GET for origins without Range (or length): cut the stream into pieces."""
@@ -691,9 +750,12 @@ class TaskManager:
         running = self._running.get(task_id)
         return await self.store.check_before_serving(task_id, offset, length, held, running=running)
 
-    def read_in_order(self, task: Task) -> AsyncIterator[bytes]:
-        """A task's bytes from the start, each piece as soon as it has landed."""
-        return self.store.read_in_order(task)
+    def read_in_order(
+        self, task: Task, *, start: int = 0, end: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """A task's bytes [start, end) in order, each piece as soon as it has landed
+        (fewer when a partial download ends without the pieces: see :meth:`wait_ended`)."""
+        return self.store.read_in_order(task, start=start, end=end)
 
 
 def _source_failure(exc: SourceError) -> DownloadError:

@@ -300,27 +300,35 @@ class TaskStore:
         """The first ``length`` bytes of a stored task (a tiny task, sent inline)."""
         return await self.storage.run(self.storage.read_content, task_id, length)
 
-    async def read_in_order(self, task: Task, block: int = READ_BLOCK) -> AsyncIterator[bytes]:
-        """Yield a task's bytes from the start, each piece as soon as it has landed.
+    async def read_in_order(
+        self, task: Task, block: int = READ_BLOCK, *, start: int = 0, end: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """Yield a task's bytes [start, end) in order (to its end when ``end`` is None),
+        each piece as soon as it has landed.
 
         Used for ``dfget -O -`` (stdout) and HTTP clients of a running task. Raises the
-        task's DownloadError if it fails before the bytes are all out.
+        task's DownloadError if it fails before the bytes are all out; stops short (the
+        caller sees fewer bytes) when the download ends without a piece it needs (a
+        partial download that was not asked for it). ``start`` > 0 needs the geometry.
         """
         path = self.storage.content_path(task.id)
-        number = 0
-        offset = 0
+        offset = start
         with self.pin(task.id):
             fd = None
             try:
                 while True:
-                    if task.content_length is not None and offset >= task.content_length:
+                    limit = task.content_length
+                    if limit is not None and end is not None:
+                        limit = min(limit, end)
+                    if limit is not None and offset >= limit:
                         return
+                    number = offset // task.piece_length if task.piece_length else 0
                     if task.has_piece(number):
                         if fd is None:
                             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                        end = min((number + 1) * task.piece_length, task.content_length or 0)
-                        while offset < end:
-                            buffer = bytearray(min(block, end - offset))
+                        stop = min((number + 1) * task.piece_length, limit or 0)
+                        while offset < stop:
+                            buffer = bytearray(min(block, stop - offset))
                             n = await self.storage.run(
                                 self.storage.read_into, fd, offset, memoryview(buffer)
                             )
@@ -330,7 +338,6 @@ class TaskStore:
                                 )
                             offset += n
                             yield bytes(buffer[:n]) if n < len(buffer) else bytes(buffer)
-                        number += 1
                         continue
                     if task.done.done():
                         task.done.result()  # raises the failure

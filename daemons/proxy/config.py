@@ -5,7 +5,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from d7y.core.proxy import DEFAULT_FILTERED_QUERY_PARAMS, DEFAULT_RULE_REGEX, Rule
+from d7y.core.proxy import (
+    DEFAULT_FILTERED_QUERY_PARAMS,
+    DEFAULT_RULE_REGEX,
+    Rule,
+    UpstreamAllowlist,
+)
 from d7y.daemons.config import ConfigError, Duration, field, section
 
 
@@ -86,6 +91,33 @@ class ProxyConfig:
     insecure_skip_verify: bool = field(
         False, "do not verify upstream https certificates (tests, private registries)"
     )
+    upstream_allow: list[str] = field(
+        [],
+        "upstream hosts the proxy may reach (CIDRs, host names, *.suffix patterns; names "
+        "are matched as written, not resolved); others get 403; empty: any host, as "
+        "Dragonfly (set it when untrusted clients can reach the proxy)",
+    )
+    prefetch: bool = field(
+        False,
+        "on a P2P Range request, also fetch the whole task in the background once the "
+        "range's pieces are in (the X-Dragonfly-Prefetch header overrides it per request)",
+    )
+    output_dirs: list[Path] = field(
+        [],
+        "directories under which X-Dragonfly-Output-Path may put objects (hard link or "
+        "copy, never over an existing file); empty: the header is refused (403)",
+    )
+    upstream_max_idle_per_host: int = field(
+        8,
+        "kept-alive connections of the direct route parked per upstream (scheme, host, "
+        "port) for the next request; 0: a new connection per request",
+    )
+    upstream_max_idle: int = field(
+        256, "kept-alive upstream connections parked in all (the oldest is closed first)"
+    )
+    upstream_idle_timeout: Duration = field(
+        Duration(30), "a parked upstream connection unused this long is closed"
+    )
     connect_timeout: Duration = field(Duration(10), "longest wait to connect to an upstream")
     read_timeout: Duration = field(
         Duration(60), "an upstream (or P2P task) silent this long is given up (502)"
@@ -148,6 +180,20 @@ class ProxyConfig:
             raise ConfigError(f"config key 'proxy.rate_limit' must be >= 0, got {self.rate_limit}")
         if self.basic_auth.password and not self.basic_auth.username:
             raise ConfigError("config key 'proxy.basic_auth.password' needs a username too")
+        try:
+            UpstreamAllowlist(self.upstream_allow)
+        except ValueError as exc:
+            raise ConfigError(f"config key 'proxy.upstream_allow': {exc}") from None
+        for i, directory in enumerate(self.output_dirs):
+            if not directory.is_absolute() or not directory.is_dir():
+                raise ConfigError(
+                    f"config key 'proxy.output_dirs[{i}]': {str(directory)!r} is not an "
+                    f"absolute path of an existing directory"
+                )
+        for key in ("upstream_max_idle_per_host", "upstream_max_idle"):
+            value = getattr(self, key)
+            if value < 0:
+                raise ConfigError(f"config key 'proxy.{key}' must be >= 0, got {value}")
         for key in ("connect_timeout", "read_timeout", "request_timeout"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"config key 'proxy.{key}' must be > 0")

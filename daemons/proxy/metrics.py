@@ -36,6 +36,16 @@ class ProxyMetrics:
             registry=r,
         )
         self.active = Gauge("d7y_proxy_active_requests", "Proxy requests in progress", registry=r)
+        self.upstream_connections = Counter(
+            "d7y_proxy_upstream_connections",
+            "Connections the direct route opened to upstreams (kept-alive ones are reused)",
+            registry=r,
+        )
+        self.upstream_idle = Gauge(
+            "d7y_proxy_upstream_idle_connections",
+            "Kept-alive upstream connections of the direct route waiting for reuse",
+            registry=r,
+        )
         self.certificates = Counter(
             "d7y_proxy_certificates_issued",
             "Leaf certificates made for hijacked CONNECT hosts",

@@ -25,24 +25,37 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import enum
 import hmac
 import logging
+import os
 import socket
 import ssl
 import time
 from collections.abc import AsyncIterator
 from http import HTTPStatus
+from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
 import h11
 
 from d7y.core import proxy as routing
-from d7y.core.http_range import RangeError, parse_range
+from d7y.core.http_range import RangeError, RangeSpec, parse_range_spec
 from d7y.daemons.listener import Listener
-from d7y.daemons.peer.task_manager import DownloadError, DownloadRequest, FailureKind, TaskManager
+from d7y.daemons.peer.http_upload import SendfileBody
+from d7y.daemons.peer.storage import TASK_SUCCEEDED
+from d7y.daemons.peer.task_manager import (
+    DownloadError,
+    DownloadRequest,
+    FailureKind,
+    Task,
+    TaskManager,
+)
 from d7y.daemons.proxy.config import ProxyConfig
 from d7y.daemons.proxy.metrics import ProxyMetrics
+from d7y.daemons.proxy.output import OutputPathError, OutputWriter
+from d7y.daemons.proxy.pool import UpstreamPool
 from d7y.daemons.proxy.streams import (
     SocketStream,
     StreamTimeout,
@@ -50,6 +63,7 @@ from d7y.daemons.proxy.streams import (
     open_connection,
 )
 from d7y.daemons.proxy.tls import LeafCertificates, upstream_context
+from d7y.ext.transfer import send_file
 
 log = logging.getLogger("d7y.dfdaemon.proxy")
 
@@ -71,6 +85,10 @@ _STATUS_OF_FAILURE = {
 
 _KNOWN_STATUSES = frozenset(int(s) for s in HTTPStatus)
 
+#: How often one P2P answer may start the task again because the download it joined
+#: ended without the pieces it needs (a partial download for another Range).
+_MAX_TASK_RESTARTS = 8
+
 
 class _Stream(Protocol):
     """What the handlers need of a stream (SocketStream or TLSStream)."""
@@ -82,6 +100,27 @@ class _Stream(Protocol):
 
 class _UpstreamCut(Exception):
     """The upstream broke its answer after the status line was sent: cut the client."""
+
+
+class _StaleUpstream(Exception):
+    """A kept-alive upstream connection turned out closed before it answered."""
+
+
+class _Upstream:
+    """A connection to an upstream of the direct route and its HTTP/1.1 client state,
+    kept together so that a kept-alive connection resumes where h11 left it."""
+
+    def __init__(self, stream: _Stream, max_header_size: int) -> None:
+        self.stream = stream
+        self.http = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_header_size)
+        self.reused = False
+
+    @property
+    def sock(self) -> socket.socket:
+        return self.stream.sock  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        self.stream.close()
 
 
 class ProxyServer:
@@ -117,6 +156,16 @@ class ProxyServer:
             else None
         )
         self._rate = _RequestRate(float(config.rate_limit))
+        self.outputs = OutputWriter(list(config.output_dirs), manager.storage.data_dir)
+        self._background: set[asyncio.Task[None]] = set()  # prefetches
+        self.allowlist = routing.UpstreamAllowlist(config.upstream_allow)
+        self.listen_host = config.listen
+        self.pool = UpstreamPool(
+            max_idle_per_host=config.upstream_max_idle_per_host,
+            max_idle=config.upstream_max_idle,
+            idle_timeout=float(config.upstream_idle_timeout),
+        )
+        metrics.upstream_idle.set_function(lambda: len(self.pool))
         self._listener = Listener(
             # The listener is plain TCP here (no ``tls``): its stream is a bare socket,
             # which the proxy's own streams take over (a CONNECT may turn it into TLS).
@@ -132,10 +181,15 @@ class ProxyServer:
         return self._listener.port
 
     async def start(self, host: str, port: int) -> None:
+        self.listen_host = host
         await self._listener.start(host, port)
 
     async def stop(self) -> None:
         await self._listener.stop()
+        self.pool.close()
+        for job in list(self._background):
+            job.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
 
     # -- one client connection -------------------------------------------------------
 
@@ -153,12 +207,13 @@ class ProxyServer:
                     status, message, kind, extra = refusal
                     self.metrics.errors.labels(kind).inc()
                     await self._drain_body(stream, http)
-                    await self._answer(stream, http, status, message, kind, extra)
+                    head = event.method == b"HEAD"
+                    await self._answer(stream, http, status, message, kind, extra, head=head)
                     if http.our_state is not h11.DONE or http.their_state is not h11.DONE:
                         return
                     http.start_next_cycle()
                     continue
-                if event.method.upper() == b"CONNECT":
+                if event.method == b"CONNECT":
                     if tunnel is not None:
                         await self._answer(
                             stream, http, 400, "CONNECT inside a tunnel is not supported",
@@ -206,7 +261,7 @@ class ProxyServer:
         absolute = req.target.startswith((b"http://", b"https://"))
         if self._credentials is None or tunnel is not None:
             return None
-        if not absolute and req.method.upper() != b"CONNECT":
+        if not absolute and req.method != b"CONNECT":
             return None  # a registry-mirror request: the runtime cannot authenticate it
         given = [v for k, v in req.headers if k == b"proxy-authorization"]
         if given and hmac.compare_digest(given[-1].strip(), self._credentials):
@@ -218,6 +273,22 @@ class ProxyServer:
             "proxy_auth",
             [(b"proxy-authenticate", b'Basic realm="d7y proxy"')],
         )
+
+    def _forbidden(self, authority: str, default_port: int) -> str | None:
+        """Why the proxy must not reach ``authority`` (host[:port]), or None: a host
+        outside proxy.upstream_allow, or this proxy's own port (a request loop)."""
+        try:
+            host, port = routing.split_authority(authority, default_port)
+        except ValueError:
+            return None  # not an address at all: the route answers it (400, 502)
+        if not self.allowlist.allows(host):
+            return (
+                f"upstream {host!r} is not in proxy.upstream_allow: this proxy may reach "
+                f"only {', '.join(self.config.upstream_allow)}"
+            )
+        if port == self.port and host in ("127.0.0.1", "::1", "localhost", self.listen_host):
+            return f"upstream {authority!r} is this proxy itself: a request loop"
+        return None
 
     async def _next_request(self, stream: _Stream, http: h11.Connection) -> h11.Request | None:
         """The next request head: the first bytes within the idle timeout, the rest of
@@ -293,7 +364,9 @@ class ProxyServer:
     ) -> bool:
         """Answer one request; False when the connection must close."""
         headers = list(req.headers.raw_items())
-        method = req.method.decode("latin-1").upper()
+        # Methods are case-sensitive (RFC 9110 9.1), and h11 frames the answer by the
+        # method as sent: "head" is not HEAD, and its answer has a body.
+        method = req.method.decode("latin-1")
         target = req.target.decode("latin-1")
         head = method == "HEAD"
         try:
@@ -310,6 +383,15 @@ class ProxyServer:
             await self._answer(stream, http, 400, str(exc), "bad_request", head=head)
             return False
         choice = routing.route(method, url, options, self.rules)
+        target_parts = urlsplit(choice.url)
+        forbidden = self._forbidden(
+            target_parts.netloc, 443 if target_parts.scheme == "https" else 80
+        )
+        if forbidden is not None:
+            self.metrics.errors.labels("upstream_forbidden").inc()
+            await self._drain_body(stream, http)
+            await self._answer(stream, http, 403, forbidden, "upstream_forbidden", head=head)
+            return True
         self.metrics.active.inc()
         try:
             if choice.p2p:
@@ -340,32 +422,179 @@ class ProxyServer:
             ),
             piece_length=options.piece_length,
             priority=options.priority,
+            content_for_task_id=options.content_for_task_id,
         )
         await self._drain_body(stream, http)
+        spec = _range_spec(headers)
+        output = None
+        if options.output_path:
+            try:
+                if spec is not None:
+                    raise OutputPathError(
+                        400,
+                        "X-Dragonfly-Output-Path writes the whole object: send the request "
+                        "without Range",
+                    )
+                output = self.outputs.check(options.output_path, options.force_hard_link)
+            except OutputPathError as exc:
+                self.metrics.errors.labels("output_path").inc()
+                await self._answer(stream, http, exc.status, str(exc), "output_path")
+                return True
         try:
-            task = self.manager.start(request, streaming=True)
+            task = self.manager.start(request, streaming=True, byte_range=spec)
         except DownloadError as exc:
             return await self._task_failed(stream, http, exc, None)
-        blocks = self.manager.read_in_order(task)
         try:
+            await self._wait_geometry(task)
+        except DownloadError as exc:
+            return await self._failed_before_body(stream, http, headers, choice.url, task, exc)
+        length = task.content_length or 0
+        selected = None
+        if spec is not None:
             try:
-                first = await self._next_block(blocks)
-            except DownloadError as exc:
-                if exc.status is not None and exc.status >= 300:
-                    # The origin answered an error status (a 401 challenge, a 404): let the
-                    # client see that answer itself, headers and all.
-                    self.metrics.p2p_fallbacks.inc()
-                    log.info(
-                        "p2p task failed with origin status %s, repeating direct task=%s url=%s",
-                        exc.status,
-                        task.id,
-                        choice.url,
+                selected = spec.resolve(length)
+            except RangeError as exc:
+                self.metrics.errors.labels("range").inc()
+                extra = [(b"content-range", f"bytes */{length}".encode())]
+                extra.append((TASK_ID_HEADER, task.id.encode()))
+                await self._answer(stream, http, 416, str(exc), "range", extra)
+                return True
+            prefetch = self.config.prefetch if options.prefetch is None else options.prefetch
+            if prefetch:
+                self._prefetch(request, task)
+        start, count = (selected.start, selected.length) if selected else (0, length)
+        sent = await self._send_stored(stream, http, task, selected, start, count)
+        if sent is _Stored.DAMAGED:
+            # Stored pieces failed their check and were dropped: a new download of the
+            # task fetches them again, and the answer streams from it.
+            await self.manager.wait_ended(task)
+            task = self.manager.start(request, streaming=True, byte_range=spec)
+        if sent is not _Stored.SENT:
+            blocks = self._task_bytes(request, task, spec is None, start, start + count)
+            try:
+                try:
+                    first = await self._next_block(blocks) if count else None
+                except DownloadError as exc:
+                    return await self._failed_before_body(
+                        stream, http, headers, choice.url, task, exc
                     )
-                    return await self._direct(stream, http, "GET", choice.url, headers)
-                return await self._task_failed(stream, http, exc, task.id)
-            return await self._send_task(stream, http, headers, task, first, blocks)
-        finally:
-            await blocks.aclose()
+                await self._send_task(stream, http, task, selected, count, first, blocks)
+            finally:
+                await blocks.aclose()
+        if output is not None:
+            await self._write_output(task, output, options.force_hard_link)
+        await stream.sendall(http.send(h11.EndOfMessage()))
+        return True
+
+    async def _wait_geometry(self, task: Task) -> None:
+        """Until the task's length and piece length are known (a Range is resolved
+        against them); the task's failure, or TIMEOUT after proxy.read_timeout."""
+        try:
+            async with asyncio.timeout(self.read_timeout):
+                while task.content_length is None or not task.piece_length:
+                    if task.done.done():
+                        task.done.result()  # raises its failure
+                        if task.content_length is None:
+                            raise DownloadError(
+                                FailureKind.INTERNAL, f"task {task.id} ended without a length"
+                            )
+                        return
+                    await task.wait_change()
+        except TimeoutError:
+            raise DownloadError(
+                FailureKind.TIMEOUT,
+                f"the length of the object was not known within proxy.read_timeout "
+                f"({self.read_timeout:g}s)",
+            ) from None
+
+    async def _failed_before_body(
+        self,
+        stream: _Stream,
+        http: h11.Connection,
+        headers: list[tuple[bytes, bytes]],
+        url: str,
+        task: Task,
+        exc: DownloadError,
+    ) -> bool:
+        if exc.status is not None and exc.status >= 300:
+            # The origin answered an error status (a 401 challenge, a 404): let the
+            # client see that answer itself, headers and all.
+            self.metrics.p2p_fallbacks.inc()
+            log.info(
+                "p2p task failed with origin status %s, repeating direct task=%s url=%s",
+                exc.status,
+                task.id,
+                url,
+            )
+            return await self._direct(stream, http, "GET", url, headers)
+        return await self._task_failed(stream, http, exc, task.id)
+
+    async def _task_bytes(
+        self, request: DownloadRequest, task: Task, whole: bool, start: int, end: int
+    ) -> AsyncIterator[bytes]:
+        """The task's bytes [start, end) in order as they land. A download this request
+        joined may be a partial one for another Range, and end without these bytes: then
+        the task is started again for what is still missing (its stored pieces stay)."""
+        offset = start
+        for _ in range(_MAX_TASK_RESTARTS + 1):
+            async for block in self.manager.read_in_order(task, start=offset, end=end):
+                offset += len(block)
+                yield block
+            if offset >= end:
+                return
+            await self.manager.wait_ended(task)
+            log.info("task ended without bytes %d-%d, starting it again task=%s",
+                     offset, end - 1, task.id)  # fmt: skip
+            task = self.manager.start(
+                request, streaming=True, byte_range=None if whole else RangeSpec(offset, end - 1)
+            )
+        raise DownloadError(
+            FailureKind.INTERNAL,
+            f"bytes {offset}-{end - 1} of task {task.id} never arrived after "
+            f"{_MAX_TASK_RESTARTS} restarts",
+        )
+
+    def _prefetch(self, request: DownloadRequest, task: Task) -> None:
+        """X-Dragonfly-Prefetch: once the Range's partial download ends, fetch the whole
+        task in the background (only the pieces still missing)."""
+
+        async def whole() -> None:
+            await self.manager.wait_ended(task)
+            if task.bitmap is not None and task.bitmap.all():
+                return
+            log.info("prefetching the whole task task=%s", task.id)
+            try:
+                await self.manager.start(request).done
+            except DownloadError as exc:
+                log.info("prefetch failed task=%s error=%s", task.id, exc)
+
+        job = asyncio.get_running_loop().create_task(whole(), name=f"prefetch-{task.id[:12]}")
+        self._background.add(job)
+        job.add_done_callback(self._background.discard)
+
+    async def _write_output(self, task: Task, target: Path, force_hard_link: bool) -> None:
+        """X-Dragonfly-Output-Path, after the body went out: link or copy the whole task
+        there. A failure cuts the answer (no end of message), so the client sees it."""
+        current: Task | None = task
+        while current is not None:  # the download this answer read from may have restarted
+            await self.manager.wait_ended(current)
+            current = self.manager.running(task.id)
+        with self.manager.pin(task.id):
+            record = await self.manager.store.record(task.id)
+            try:
+                if record is None or record.state != TASK_SUCCEEDED:
+                    raise OutputPathError(500, f"task {task.id} is not stored whole")
+                how = await asyncio.to_thread(
+                    self.outputs.write,
+                    self.manager.storage.content_path(task.id),
+                    target,
+                    force_hard_link,
+                )
+            except OutputPathError as exc:
+                self.metrics.errors.labels("output_path").inc()
+                log.warning("output path not written task=%s: %s", task.id, exc)
+                raise _UpstreamCut from None
+        log.info("wrote output path task=%s path=%s as=%s", task.id, target, how)
 
     async def _next_block(self, blocks: AsyncIterator[bytes]) -> bytes | None:
         try:
@@ -388,52 +617,77 @@ class ProxyServer:
         )
         return True
 
-    async def _send_task(
+    async def _send_stored(
         self,
         stream: _Stream,
         http: h11.Connection,
-        headers: list[tuple[bytes, bytes]],
-        task,
-        first: bytes | None,
-        blocks: AsyncIterator[bytes],
-    ) -> bool:
-        length = task.content_length or 0
-        status, start, count = 200, 0, length
+        task: Task,
+        selected,
+        start: int,
+        count: int,
+    ) -> _Stored:
+        """The fast path: every piece the answer needs is stored (a cached blob) and the
+        client is a plain socket, so the body goes from the page cache by sendfile(2),
+        after the pieces are checked as for any upload. NOT_APPLICABLE: the caller
+        streams the task as it lands instead; DAMAGED: from a new download."""
+        if not count or not isinstance(stream, SocketStream) or task.bitmap is None:
+            return _Stored.NOT_APPLICABLE
+        pieces = range(start // task.piece_length, (start + count - 1) // task.piece_length + 1)
+        if not all(task.bitmap.test(n) for n in pieces):
+            return _Stored.NOT_APPLICABLE
+        with self.manager.pin(task.id):
+            problem = await self.manager.check_before_serving(task.id, start, count)
+            if problem is not None:
+                log.warning("not serving stored pieces task=%s: %s", task.id, problem)
+                return _Stored.DAMAGED
+            try:
+                fd = os.open(self.manager.storage.content_path(task.id), os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return _Stored.NOT_APPLICABLE
+            try:
+                await stream.sendall(http.send(self._task_head(task, selected, count)))
+                # h11 tracks the body length; the bytes themselves go by sendfile.
+                http.send_with_data_passthrough(h11.Data(data=SendfileBody(count)))
+                await send_file(stream.sock, fd, start, count)
+                self.metrics.response_bytes.labels("p2p").inc(count)
+            finally:
+                os.close(fd)
+        return _Stored.SENT
+
+    def _task_head(self, task: Task, selected, count: int) -> h11.Response:
         out = [
             (b"server", SERVER),
             (b"content-type", b"application/octet-stream"),
             (b"accept-ranges", b"bytes"),
             (TASK_ID_HEADER, task.id.encode()),
         ]
-        range_values = routing.header_values(headers, b"range")
-        if range_values:
-            try:
-                selected = parse_range(range_values[-1], length)
-            except RangeError as exc:
-                if exc.unsatisfiable:
-                    self.metrics.errors.labels("range").inc()
-                    extra = [(b"content-range", f"bytes */{length}".encode())]
-                    extra.append((TASK_ID_HEADER, task.id.encode()))
-                    await self._answer(stream, http, 416, str(exc), "range", extra)
-                    return True
-                selected = None  # a Range we do not serve (several ranges): send it all
-            if selected is not None:
-                status, start, count = 206, selected.start, selected.length
-                out.append((b"content-range", selected.content_range(length).encode()))
+        status = 200
+        if selected is not None:
+            status = 206
+            out.append((b"content-range", selected.content_range(task.content_length).encode()))
         out.append((b"content-length", str(count).encode()))
-        await stream.sendall(http.send(h11.Response(status_code=status, headers=out)))
-        offset, end, sent = 0, start + count, 0
+        return h11.Response(status_code=status, headers=out)
+
+    async def _send_task(
+        self,
+        stream: _Stream,
+        http: h11.Connection,
+        task: Task,
+        selected,
+        count: int,
+        first: bytes | None,
+        blocks: AsyncIterator[bytes],
+    ) -> None:
+        """The answer's head and body (not its end: an output path may still fail)."""
+        await stream.sendall(http.send(self._task_head(task, selected, count)))
+        sent = 0
         block = first
         try:
-            while block is not None and offset < end:
-                block_end = offset + len(block)
-                if block_end > start:
-                    view = memoryview(block)[max(start - offset, 0) : min(end, block_end) - offset]
-                    for chunk in http.send_with_data_passthrough(h11.Data(data=view)):
-                        await stream.sendall(chunk)
-                    sent += len(view)
-                offset = block_end
-                if offset >= end:
+            while block is not None:
+                for chunk in http.send_with_data_passthrough(h11.Data(data=block)):
+                    await stream.sendall(chunk)
+                sent += len(block)
+                if sent >= count:
                     break
                 block = await self._next_block(blocks)
         except DownloadError as exc:
@@ -446,8 +700,6 @@ class ProxyServer:
             self.metrics.errors.labels("internal").inc()
             log.warning("p2p stream short task=%s sent=%d of %d", task.id, sent, count)
             raise _UpstreamCut
-        await stream.sendall(http.send(h11.EndOfMessage()))
-        return True
 
     async def _drain_body(self, stream: _Stream, http: h11.Connection) -> None:
         """Read (and drop) a request body the route does not forward."""
@@ -485,8 +737,18 @@ class ProxyServer:
             host, port = routing.split_authority(parts.netloc, 443 if scheme == "https" else 80)
         except ValueError as exc:
             self.metrics.errors.labels("bad_request").inc()
-            await self._answer(stream, http, 400, f"bad upstream {url!r}: {exc}", "bad_request")
+            await self._answer(
+                stream, http, 400, f"bad upstream {url[:200]!r}: {str(exc)[:300]}",
+                "bad_request", head=head,
+            )  # fmt: skip
             return False
+        key = (scheme, host, port)
+        pooled = self.pool.take(key)
+        if pooled is not None:
+            try:
+                return await self._exchange_on(stream, http, key, pooled, method, parts, headers)
+            except _StaleUpstream:
+                pass  # closed by the upstream while parked: once more on a new connection
         try:
             upstream = await self._open_upstream(scheme, host, port)
         except (OSError, TimeoutError, StreamTimeout) as exc:
@@ -502,10 +764,31 @@ class ProxyServer:
                 f"proxy.upstream_ca_bundle",
                 head,
             )
+        self.metrics.upstream_connections.inc()
+        fresh = _Upstream(upstream, self.config.max_header_size)
+        return await self._exchange_on(stream, http, key, fresh, method, parts, headers)
+
+    async def _exchange_on(
+        self,
+        client: _Stream,
+        http: h11.Connection,
+        key: tuple[str, str, int],
+        upstream: _Upstream,
+        method: str,
+        parts,
+        headers: list[tuple[bytes, bytes]],
+    ) -> bool:
+        """One exchange on ``upstream``, which is parked for reuse afterwards when it
+        ended cleanly and closed otherwise."""
         try:
-            return await self._exchange(stream, http, upstream, method, parts, headers)
+            return await self._exchange(client, http, upstream, method, parts, headers)
         finally:
-            upstream.close()
+            if upstream.http.our_state is h11.DONE and upstream.http.their_state is h11.DONE:
+                upstream.http.start_next_cycle()
+                upstream.reused = True
+                self.pool.give(key, upstream)
+            else:
+                upstream.close()
 
     async def _upstream_failed(
         self, stream: _Stream, http: h11.Connection, kind: str, message: str, head: bool
@@ -520,14 +803,17 @@ class ProxyServer:
         self,
         client: _Stream,
         http: h11.Connection,
-        upstream: _Stream,
+        connection: _Upstream,
         method: str,
         parts,
         headers: list[tuple[bytes, bytes]],
     ) -> bool:
         """Forward one request to a connected upstream and its answer back, streaming
-        both bodies. False when the client connection must close."""
-        up = h11.Connection(h11.CLIENT, max_incomplete_event_size=self.config.max_header_size)
+        both bodies. False when the client connection must close. _StaleUpstream when a
+        reused connection broke before the answer and the request can be sent again (it
+        had no body)."""
+        up, upstream = connection.http, connection.stream
+        has_body = http.their_state is h11.SEND_BODY
         forwarded = [(b"host", parts.netloc.encode("latin-1"))]
         forwarded += [
             (k, v) for k, v in routing.forwardable(headers) if k.lower() not in (b"host", b"expect")
@@ -564,6 +850,8 @@ class ProxyServer:
                 if isinstance(event, h11.ConnectionClosed):
                     raise h11.RemoteProtocolError("upstream closed without answering")
         except (h11.RemoteProtocolError, ConnectionError, OSError, StreamTimeout) as exc:
+            if connection.reused and not has_body and not isinstance(exc, StreamTimeout):
+                raise _StaleUpstream from None
             head = method == "HEAD"
             return await self._upstream_failed(
                 client, http, "upstream", f"upstream {parts.netloc} failed: {exc}", head
@@ -608,6 +896,11 @@ class ProxyServer:
             await self._answer(stream, http, 400, f"bad CONNECT target: {exc}", "bad_request")
             return
         self.metrics.requests.labels("connect").inc()
+        forbidden = self._forbidden(authority, 443)
+        if forbidden is not None:
+            self.metrics.errors.labels("upstream_forbidden").inc()
+            await self._answer(stream, http, 403, forbidden, "upstream_forbidden")
+            return
         if self.leaves is None:
             await self._tunnel(stream, http, host, port)
             return
@@ -664,6 +957,26 @@ async def _pump(source: SocketStream, sink: SocketStream) -> None:
         for end in (source, sink):
             with contextlib.suppress(OSError):
                 end.sock.shutdown(socket.SHUT_RDWR)
+
+
+def _range_spec(headers: list[tuple[bytes, bytes]]) -> RangeSpec | None:
+    """The request's one byte range; None for none, or for a Range we do not serve
+    (several ranges, another unit: the whole object is sent, as RFC 9110 allows)."""
+    values = routing.header_values(headers, b"range")
+    if not values:
+        return None
+    try:
+        return parse_range_spec(values[-1])
+    except RangeError:
+        return None
+
+
+class _Stored(enum.Enum):
+    """What :meth:`ProxyServer._send_stored` did."""
+
+    SENT = "sent"
+    NOT_APPLICABLE = "not applicable"
+    DAMAGED = "damaged"
 
 
 class _RequestRate:

@@ -102,6 +102,18 @@ class LeafCertificates:
         return context
 
     def _make_context(self, host: str) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.set_alpn_protocols(["http/1.1"])  # the tunnel speaks HTTP/1.1 only
+        # load_cert_chain reads files only: write the pair to a private temporary file.
+        with tempfile.NamedTemporaryFile("wb", suffix=".pem") as tmp:  # mode 0600
+            tmp.write(self.leaf_pem(host))
+            tmp.flush()
+            context.load_cert_chain(tmp.name)
+        return context
+
+    def leaf_pem(self, host: str) -> bytes:
+        """A new leaf certificate for ``host`` signed by the CA, then the CA's
+        certificate, then the leaf's private key, in one PEM (what a TLS server loads)."""
         try:
             san: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
         except ValueError:
@@ -126,10 +138,7 @@ class LeafCertificates:
         )
         if self._on_issue is not None:
             self._on_issue()
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.set_alpn_protocols(["http/1.1"])  # the tunnel speaks HTTP/1.1 only
-        # load_cert_chain reads files only: write the pair to a private temporary file.
-        pem = (
+        return (
             cert.public_bytes(serialization.Encoding.PEM)
             + self._ca.public_bytes(serialization.Encoding.PEM)
             + self._leaf_key.private_bytes(
@@ -138,11 +147,6 @@ class LeafCertificates:
                 serialization.NoEncryption(),
             )
         )
-        with tempfile.NamedTemporaryFile("wb", suffix=".pem") as tmp:  # mode 0600
-            tmp.write(pem)
-            tmp.flush()
-            context.load_cert_chain(tmp.name)
-        return context
 
 
 def _rsa_key_type() -> type:

@@ -93,6 +93,11 @@ class ManagerConfig:
     config_interval: Duration = field(
         Duration(60), "how often to fetch the cluster's config and apply its parent limits"
     )
+    preheat_concurrency: int = field(
+        8,
+        "preheat tasks of the cluster this scheduler runs at once (its seed peers fetch "
+        "them); it takes them from the manager's job queue",
+    )
 
 
 @dataclasses.dataclass
@@ -137,6 +142,8 @@ class SchedulerDaemonConfig:
                 raise ConfigError(
                     f"config key 'scheduling.{key}' must be >= 1, or 0 for the policy's value"
                 )
+        if self.manager.preheat_concurrency < 1:
+            raise ConfigError("config key 'manager.preheat_concurrency' must be >= 1")
         if self.manager.address and self.manager.cluster_id < 1:
             raise ConfigError("config key 'manager.cluster_id' must be >= 1")
         validate_tls(self.security.tls)

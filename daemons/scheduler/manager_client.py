@@ -39,8 +39,14 @@ class ManagerClient(ManagerCaller):
         self.get_config = get_config
         self.set_config = set_config
         self.scheduler_id: int | None = None
+        #: Set while the scheduler is registered (scheduler_id is known).
+        self.registered = asyncio.Event()
         self.applied: dict[str, int] = {}
         self._unreachable = False  # warned once; the next warning waits for a success
+
+    async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """One call to the manager on this client's session: (status, decoded JSON)."""
+        return await self._call(method, path, body)
 
     async def _call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         assert self._session is not None
@@ -91,6 +97,7 @@ class ManagerClient(ManagerCaller):
         status, answer = await self._call("POST", "/api/v1/schedulers", body)
         if status in (200, 201):
             self.scheduler_id = answer["id"]
+            self.registered.set()
             log.info(
                 "registered with the manager id=%d cluster=%d", self.scheduler_id, s.cluster_id
             )
@@ -103,6 +110,7 @@ class ManagerClient(ManagerCaller):
         )
         if status == 404:  # deleted meanwhile: register again
             self.scheduler_id = None
+            self.registered.clear()
         elif status != 200:
             log.warning("keepalive refused: %s %s", status, _message(answer))
 

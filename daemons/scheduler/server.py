@@ -32,11 +32,14 @@ from d7y.core.scheduling.scheduler import Scheduler, SchedulerError
 from d7y.daemons.framing import FramedStream, ReadTimeout
 from d7y.daemons.listener import Listener
 from d7y.daemons.scheduler.config import SchedulerDaemonConfig
+from d7y.daemons.scheduler.preheat import SeedPreheater
 from d7y.daemons.stream import PeerIdentity, Stream
 from d7y.daemons.tls import server_context
 
 log = logging.getLogger("d7y.scheduler")
 
+#: Reports that may end a seed peer's preheat of a task.
+_PREHEAT_REPORTS = (m.DownloadFinished, m.DownloadFailed, m.RestorePeer)
 #: Requests for another connection's host or peers one connection may send before it is
 #: closed: a daemon's own mistake is refused and answered, a stream of them is an attack.
 MAX_REFUSED = 16
@@ -141,6 +144,8 @@ class SchedulerService:
         self._tasks: set[asyncio.Task] = set()
         self.port = 0
         self._manager = None  # a ManagerClient when manager.address is set
+        self._preheat_worker = None  # a PreheatWorker, with the ManagerClient
+        self.preheater = SeedPreheater(self)
 
     def now(self) -> float:
         return asyncio.get_running_loop().time()
@@ -162,6 +167,12 @@ class SchedulerService:
                 set_config=lambda new: setattr(self.core, "config", new),
             )
             self._manager.start()
+            from d7y.daemons.scheduler.preheat import PreheatWorker
+
+            self._preheat_worker = PreheatWorker(
+                self._manager, self.preheater, cfg.manager.preheat_concurrency
+            )
+            self._preheat_worker.start()
 
     def ready_details(self) -> dict[str, object]:
         return {
@@ -179,6 +190,8 @@ class SchedulerService:
             await asyncio.wait(pending)
 
     async def stop(self) -> None:
+        if self._preheat_worker is not None:
+            await self._preheat_worker.stop()
         if self._manager is not None:
             await self._manager.stop()
         await self._listener.stop()
@@ -260,6 +273,8 @@ class SchedulerService:
                     continue
                 try:
                     await self._dispatch(conn, stream_id, message)
+                    if isinstance(message, _PREHEAT_REPORTS):
+                        self.preheater.observe(conn.host_id, message)
                 except (SchedulerError, ValueError) as exc:
                     # A request that does not fit the scheduler's state (unknown peer,
                     # illegal transition, a size that contradicts the task's): answer
@@ -353,6 +368,7 @@ class SchedulerService:
             self._forget(peer_id)
         if conn.host_id and self.host_conns.get(conn.host_id) is conn:
             del self.host_conns[conn.host_id]
+            self.preheater.host_gone(conn.host_id)
             with contextlib.suppress(SchedulerError):
                 left = self.core.leave_host(conn.host_id, now)
                 for peer_id in left.peer_ids:

@@ -1,4 +1,5 @@
-"""A real nginx as the benchmark's origin, with a private config and its own access log.
+"""A real nginx as an origin (tests and benchmarks), with a private config and its own
+access log; plain HTTP, or HTTPS with a certificate the caller's own CA signed.
 
 nginx runs as one foreground process (``daemon off; master_process off``) so the
 benchmark owns exactly one pid, managed by d7y's process manager (``d7y.daemons.procman``)
@@ -11,15 +12,32 @@ from __future__ import annotations
 
 import re
 import shutil
+import ssl
 import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 from d7y.daemons.procman import ProcessError, ServiceProcess
 
-LOG_FORMAT = '$remote_addr $status $body_bytes_sent $request_time "$request" "$http_range"'
-LOG_LINE = re.compile(r'^(\S+) (\d{3}) (\d+) (\S+) "([^"]*)" "([^"]*)"$')
+# The last field is nginx's connection serial number: requests with the same one came
+# over one kept-alive connection.
+LOG_FORMAT = (
+    '$remote_addr $status $body_bytes_sent $request_time "$request" "$http_range" $connection'
+)
+LOG_LINE = re.compile(r'^(\S+) (\d{3}) (\d+) (\S+) "([^"]*)" "([^"]*)" (\d+)$')
+
+
+class LoggedRequest(NamedTuple):
+    """One line of the access log."""
+
+    client: str
+    status: int
+    body_bytes: int
+    request: str  # the request line, e.g. "GET /a.bin HTTP/1.1"
+    range: str  # the Range header, "-" when absent
+    connection: int  # nginx's serial number of the connection it came on
 
 
 def nginx_binary() -> str | None:
@@ -28,9 +46,13 @@ def nginx_binary() -> str | None:
     )
 
 
-def _config(work: Path, root: Path, listen: str, access_log: Path) -> str:
+def _config(work: Path, root: Path, listen: str, access_log: Path, tls_pem: Path | None) -> str:
     temp = work / "nginx-temp"
     temp.mkdir(exist_ok=True)
+    tls = ""
+    if tls_pem is not None:
+        # One PEM holds the leaf, its CA and the key: nginx finds each in it.
+        tls = f"ssl_certificate {tls_pem}; ssl_certificate_key {tls_pem};"
     return f"""
 daemon off;
 master_process off;
@@ -49,7 +71,8 @@ http {{
     sendfile on;
     keepalive_requests 100000;
     server {{
-        listen {listen};
+        listen {listen}{" ssl" if tls_pem is not None else ""};
+        {tls}
         root {root};
         location / {{ }}
     }}
@@ -59,7 +82,10 @@ http {{
 
 class NginxOrigin:
     """nginx serving ``root`` on ``listen`` (``ip:port``); ``wrap`` prefixes its argv
-    (``ip netns exec NS``) and ``call`` runs a probe where its address is reachable."""
+    (``ip netns exec NS``) and ``call`` runs a probe where its address is reachable.
+    ``tls_pem``: serve HTTPS with this PEM (certificate chain and key, e.g.
+    :meth:`d7y.daemons.proxy.tls.LeafCertificates.leaf_pem`), ``ca`` the CA file the
+    readiness probe trusts."""
 
     def __init__(
         self,
@@ -68,6 +94,9 @@ class NginxOrigin:
         listen: str,
         wrap: Callable[[list[str]], list[str]] = lambda argv: argv,
         call: Callable = lambda fn, *args: fn(*args),
+        *,
+        tls_pem: Path | None = None,
+        ca: Path | None = None,
     ) -> None:
         binary = nginx_binary()
         if binary is None:
@@ -76,19 +105,24 @@ class NginxOrigin:
         self.listen = listen
         self.access_log = work / "nginx-access.log"
         self.conf = work / "nginx.conf"
-        self.conf.write_text(_config(work, root, listen, self.access_log))
+        self.conf.write_text(_config(work, root, listen, self.access_log, tls_pem))
         self.call = call
+        self.scheme = "https" if tls_pem is not None else "http"
+        self.ca = ca
         self.service = ServiceProcess(
             "nginx", wrap([binary, "-c", str(self.conf)]), log_path=work / "nginx.log"
         )
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.listen}/"
+        return f"{self.scheme}://{self.listen}/"
+
+    def url(self, name: str) -> str:
+        return self.base_url + name
 
     def start(self, probe_file: str, timeout: float = 15.0) -> None:
         url = self.base_url + probe_file
-        self.service.ready_check = lambda: self.call(_head_ok, url)
+        self.service.ready_check = lambda: self.call(_head_ok, url, self.ca)
         try:
             self.service.start(timeout)
         except ProcessError:
@@ -99,6 +133,26 @@ class NginxOrigin:
 
     def stop(self) -> None:
         self.service.stop()
+
+    def __enter__(self) -> NginxOrigin:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def requests(self) -> list[LoggedRequest]:
+        """Every logged request since start, in log order."""
+        if not self.access_log.exists():
+            return []
+        out = []
+        for line in self.access_log.read_text(errors="replace").splitlines():
+            match = LOG_LINE.match(line)
+            if match is not None:
+                client, status, sent, _time, request, rng, connection = match.groups()
+                out.append(
+                    LoggedRequest(client, int(status), int(sent), request, rng, int(connection))
+                )
+        return out
 
     def traffic(self) -> tuple[int, int, Counter]:
         """(body bytes sent, requests, body bytes per client address) since start."""
@@ -117,9 +171,11 @@ class NginxOrigin:
         return total, requests, per_client
 
 
-def _head_ok(url: str) -> bool:
+def _head_ok(url: str, ca: Path | None = None) -> bool:
+    context = ssl.create_default_context(cafile=str(ca)) if ca is not None else None
+    request = urllib.request.Request(url, method="HEAD")
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=1) as r:
+        with urllib.request.urlopen(request, timeout=1, context=context) as r:
             return r.status == 200
     except OSError:
         return False

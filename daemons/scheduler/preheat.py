@@ -1,0 +1,237 @@
+"""Preheat on the scheduler's side: take the cluster's preheat tasks from the manager,
+make a seed peer fetch each one, report how it ended.
+
+:class:`PreheatWorker` long-polls the manager over the scheduler's manager connection
+(``POST /api/v1/schedulers/{id}/jobs/claim``) for at most ``manager.preheat_concurrency``
+tasks at a time and reports each result (``.../jobs/report``). :class:`SeedPreheater`
+does one task: the seed host the hash ring assigns to the task ID (the one a peer's
+registration would trigger, so a later download finds it there) gets the scheduler's
+ordinary ``TriggerSeed``; the seed peer registers for the task, fetches it from the
+origin and reports DownloadFinished or DownloadFailed, which the scheduler's dispatch
+hands to :meth:`SeedPreheater.observe`. A seed peer that already holds the task is a
+success at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import aiohttp
+
+from d7y.core import ids
+from d7y.core import messages as m
+from d7y.core.states import PeerState
+
+if TYPE_CHECKING:
+    from d7y.daemons.scheduler.manager_client import ManagerClient
+    from d7y.daemons.scheduler.server import SchedulerService
+
+log = logging.getLogger("d7y.scheduler")
+
+SUCCESS, FAILURE = "SUCCESS", "FAILURE"
+#: Seconds the manager may hold a claim open waiting for tasks (under CALL_TIMEOUT).
+CLAIM_WAIT = 5.0
+#: Tries to deliver one result to the manager before it is given up (the manager then
+#: hands the task out again once this scheduler is seen gone, or times the job out).
+REPORT_ATTEMPTS = 5
+
+
+class Outcome(NamedTuple):
+    state: str
+    seed_peer: str = ""
+    error: str = ""
+
+
+class SeedPreheater:
+    def __init__(self, service: SchedulerService) -> None:
+        self.service = service
+        self._waiters: dict[tuple[str, str], list[asyncio.Future[Outcome]]] = {}
+
+    async def preheat(
+        self,
+        url: str,
+        task_id: str,
+        *,
+        tag: str = "",
+        filtered_query_params: list[str] | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 1800.0,
+    ) -> Outcome:
+        try:
+            expected = ids.task_id(
+                url, tag=tag or None, filtered_query_params=filtered_query_params
+            )
+        except (ValueError, TypeError) as exc:
+            return Outcome(FAILURE, error=f"{url}: cannot compute its task ID: {exc}")
+        if expected != task_id:
+            return Outcome(
+                FAILURE,
+                error=f"{url}: the manager's task ID {task_id} differs from this scheduler's "
+                f"{expected} (different d7y versions?)",
+            )
+        core = self.service.core
+        task = core.tasks.get(task_id)
+        failed: set[str] = set()
+        if task is not None:
+            for peer_id in task.seed_peers:
+                peer = core.peers.get(peer_id)
+                if peer is not None and peer.fsm.state is PeerState.SUCCEEDED:
+                    return Outcome(SUCCESS, peer.host.id)
+            failed = set(task.failed_seed_hosts)
+        connected = [h for h in core.seed_hosts_for(task_id) if h in self.service.host_conns]
+        if not connected:
+            return Outcome(
+                FAILURE,
+                error=f"{url}: no seed peer is connected to the scheduler on port "
+                f"{self.service.port}; start one (seed_peer: true) with this scheduler",
+            )
+        host_id = ([h for h in connected if h not in failed] or connected)[0]
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        key = (task_id, host_id)
+        self._waiters.setdefault(key, []).append(future)
+        try:
+            conn = self.service.host_conns[host_id]
+            trigger = m.TriggerSeed(
+                task_id=task_id,
+                url=url,
+                tag=tag,
+                filtered_query_params=filtered_query_params,
+                headers=dict(headers or {}),
+            )
+            log.info("preheat trigger seed host=%s task=%s url=%s", host_id, task_id, url)
+            if not await conn.send(trigger, conn.open_stream()):
+                return Outcome(FAILURE, host_id, f"{url}: the connection to seed peer is gone")
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            return Outcome(
+                FAILURE, host_id, f"{url}: seed peer did not finish it within {timeout:g}s"
+            )
+        finally:
+            waiting = self._waiters.get(key, [])
+            if future in waiting:
+                waiting.remove(future)
+            if not waiting:
+                self._waiters.pop(key, None)
+
+    def observe(self, host_id: str | None, message: m.Message) -> None:
+        """A report from a host's connection: a seed's download of a task ended."""
+        if host_id is None or not self._waiters:
+            return
+        if isinstance(message, m.DownloadFinished) or (
+            isinstance(message, m.RestorePeer) and message.succeeded
+        ):
+            self._resolve((message.task_id, host_id), Outcome(SUCCESS, host_id))
+        elif isinstance(message, m.DownloadFailed):
+            url = self._url(message.task_id)
+            reason = message.reason or "the seed peer failed"
+            self._resolve(
+                (message.task_id, host_id),
+                # The seed's reason usually names the URL already: say it once.
+                Outcome(FAILURE, host_id, reason if url in reason else f"{url}: {reason}"),
+            )
+
+    def host_gone(self, host_id: str) -> None:
+        for key in [k for k in self._waiters if k[1] == host_id]:
+            url = self._url(key[0])
+            self._resolve(key, Outcome(FAILURE, host_id, f"{url}: the seed peer disconnected"))
+
+    def _url(self, task_id: str) -> str:
+        task = self.service.core.tasks.get(task_id)
+        return task.url if task is not None else f"task {task_id}"
+
+    def _resolve(self, key: tuple[str, str], outcome: Outcome) -> None:
+        for future in self._waiters.pop(key, []):
+            if not future.done():
+                future.set_result(outcome)
+
+
+class PreheatWorker:
+    def __init__(self, client: ManagerClient, preheater: SeedPreheater, concurrency: int):
+        self.client = client
+        self.preheater = preheater
+        self.concurrency = max(1, concurrency)
+        self._inflight: set[asyncio.Task] = set()
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        for task in [self._task, *self._inflight]:
+            if task is not None:
+                task.cancel()
+        for task in [self._task, *self._inflight]:
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _run(self) -> None:
+        retry = float(self.client.settings.keepalive_interval)
+        while True:
+            await self.client.registered.wait()
+            scheduler_id = self.client.scheduler_id
+            free = self.concurrency - len(self._inflight)
+            if scheduler_id is None:  # dropped meanwhile; registration sets it again
+                await asyncio.sleep(retry)
+                continue
+            if free <= 0:
+                await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            try:
+                status, answer = await self.client.call(
+                    "POST",
+                    f"/api/v1/schedulers/{scheduler_id}/jobs/claim",
+                    {"max_tasks": free, "wait": CLAIM_WAIT},
+                )
+            except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+                log.debug("preheat claim failed: %s", exc.__class__.__name__)
+                await asyncio.sleep(retry)
+                continue
+            if status != 200 or not isinstance(answer, list):
+                log.warning("preheat claim refused: %s %s", status, _message(answer))
+                await asyncio.sleep(retry)
+                continue
+            for item in answer:
+                task = asyncio.get_running_loop().create_task(self._one(scheduler_id, item))
+                self._inflight.add(task)
+                task.add_done_callback(self._inflight.discard)
+
+    async def _one(self, scheduler_id: int, item: dict[str, Any]) -> None:
+        try:
+            outcome = await self.preheater.preheat(
+                item["url"],
+                item["task_id"],
+                tag=item.get("tag", ""),
+                filtered_query_params=item.get("filtered_query_params"),
+                headers=item.get("headers") or {},
+                timeout=float(item.get("timeout", 1800.0)),
+            )
+        except Exception as exc:  # a bug: report it as the task's failure, keep serving
+            log.exception("preheat task %s crashed", item.get("id"))
+            outcome = Outcome(FAILURE, error=f"{item.get('url')}: scheduler error: {exc!r}")
+        log.info(
+            "preheat %s task=%s seed=%s%s",
+            outcome.state, item["task_id"], outcome.seed_peer,
+            f" error={outcome.error}" if outcome.error else "",
+        )  # fmt: skip
+        report = {"tasks": [{"id": item["id"], **outcome._asdict()}]}
+        report["tasks"][0]["error"] = outcome.error[:8192]
+        for attempt in range(REPORT_ATTEMPTS):
+            try:
+                status, answer = await self.client.call(
+                    "POST", f"/api/v1/schedulers/{scheduler_id}/jobs/report", report
+                )
+                if status == 200:
+                    return
+                log.warning("preheat report refused: %s %s", status, _message(answer))
+                return
+            except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+                await asyncio.sleep(float(self.client.settings.keepalive_interval) * (attempt + 1))
+        log.warning("preheat result of task %s not delivered to the manager", item["id"])
+
+
+def _message(answer: Any) -> str:
+    return answer.get("message", "") if isinstance(answer, dict) else ""
