@@ -178,6 +178,26 @@ class Flow:
         return self.pair.rate
 
 
+def _water_fill(
+    order: list[tuple[float, int]], recs: list[tuple[int, Any, int, Any]], cap: float, total: int
+) -> tuple[float, int]:
+    """Water-filling at one resource of capacity ``cap``: ``order`` holds (cap of the
+    entry, index into ``recs``) sorted, ``recs[index][0]`` the entry's flows, ``total``
+    all flows. Returns the level of the flows not held below it, and how many entries
+    (the first of ``order``) are held below it."""
+    rem = cap
+    below = 0
+    for c, j in order:
+        if c * total < rem:
+            k = recs[j][0]
+            rem -= c * k
+            total -= k
+            below += 1
+        else:
+            break
+    return (rem / total if total else INF), below
+
+
 class _Flush(simpy.Event):
     """An already-triggered event: SimPy runs its callbacks when popped from the queue
     (the same state ``Event.succeed`` sets, without its NORMAL priority)."""
@@ -263,7 +283,7 @@ class Network:
             pair.flows[flow] = None
             self._advance(grp, now)
             if grp.n == 0:
-                grp.lam = self._join_level(grp, 1)
+                grp.lam = self._join_level(grp, pair)
             pair.grp = grp
             grp.members[pair] = None
             grp.n += 1
@@ -311,10 +331,16 @@ class Network:
         self._seq += 1
         heappush(grp.heap, (flow.target, self._seq, flow))
 
-    def _join_level(self, r: Resource, k: int) -> float:
-        """Per-flow level ``k`` new flows would get at an empty group ``r``."""
+    def _join_level(self, r: Resource, q: Pair) -> float:
+        """Per-flow level the first flow of pair ``q`` (not attached yet) gets at ``r``,
+        which has no group: provisional, the flush re-solves ``r``. At a full non-hub,
+        the level squeezing its faster pairs would give (:meth:`_level_with`), not its
+        spare capacity (about nothing), so that the flow never starts starved even if
+        that re-solve is cut short; a hub's own re-solve pulls its faster pairs in."""
         spare = r.cap - r.load()
-        return max(spare / k, r.cap * 1e-12)
+        if not r.hub and spare < r.cap * REL_TOL:
+            spare = self._level_with(r, q, 0.0)
+        return max(spare, r.cap * 1e-12)
 
     def _initial_group(self, pair: Pair) -> Resource:
         """Where a pair's first flow is bottlenecked until the re-solve: the resource
@@ -566,17 +592,9 @@ class Network:
         if not i:
             return
         order.sort()
-        rem = r.cap
-        below = 0
-        for c, j in order:
-            if c * total < rem:
-                k = recs[j][0]
-                rem -= c * k
-                total -= k
-                below += 1
-            else:
-                break
-        lam = rem / total if total else INF
+        lam, below = _water_fill(order, recs, r.cap, total)
+        if rise_ok and not squeeze:
+            lam, below = self._recheck_spare_caps(r, old, order, recs, lam, below, total)
         if not rise_ok and lam > old:
             lam = old
         hi = lam * (1 + REL_TOL)
@@ -663,6 +681,53 @@ class Network:
                     self._mark(s, depth, True)  # a new group's level: solve it fully
                 else:
                     self._mark(s, nxt, to.lam > old or s is to)
+
+    def _recheck_spare_caps(
+        self,
+        r: Resource,
+        old: float,
+        order: list[tuple[float, int]],
+        recs: list[tuple[int, Any, int, Any]],
+        lam: float,
+        below: int,
+        total: int,
+    ) -> tuple[float, int]:
+        """Depth 0: a member that would leave ``r`` for a resource with no group and no
+        spare capacity (a full host link whose pairs are bottlenecked elsewhere) would
+        get about nothing there, though that resource's re-solve would squeeze its
+        faster pairs and give it a fair share. Re-cap such members with the squeezing
+        level (:meth:`_level_with`) and water-fill again; ``order`` and ``recs`` are
+        updated in place. Only the would-be leavers are re-capped, so the common case
+        (nobody leaves) costs nothing. Hubs are left to their own re-solve, which pulls
+        in the faster pairs whatever the budget (:meth:`_hub_drop`)."""
+        rechecked: set[int] = set()
+        while True:
+            lo = lam * (1 - REL_TOL)
+            changed = False
+            for idx in range(below):
+                c, j = order[idx]
+                if c >= lo:
+                    continue
+                k, q, kind, to = recs[j]
+                if kind or to is None or to.n or to.hub or j in rechecked:
+                    continue
+                rechecked.add(j)
+                c2 = INF
+                to2 = None
+                for s in q.path:
+                    if s is not r:
+                        a = s.lam if s.n else self._level_with(s, q, old)
+                        if a < c2:
+                            c2 = a
+                            to2 = s
+                if c2 > c:
+                    order[idx] = (c2, j)
+                    recs[j] = (k, q, 0, to2)
+                    changed = True
+            if not changed:
+                return lam, below
+            order.sort()
+            lam, below = _water_fill(order, recs, r.cap, total)
 
     def _level_with(self, s: Resource, q: Pair, x_q: float) -> float:
         """The per-flow rate pair ``q`` (now at ``x_q`` per flow) could get at ``s``, a
