@@ -43,6 +43,14 @@ in tests/test_sim_network.py and documented in docs/simulation.md):
 - At depth 0 a pair's cap at a resource without a group of its own is that resource's
   spare capacity; with propagation it is the level the pair would get by squeezing the
   faster pairs there (:meth:`Network._level_with`), which the exact convergence needs.
+  At depth 0 too, a pair that this cap would move to a full non-hub (no spare: its
+  pairs are bottlenecked elsewhere) is re-capped with the squeezing level first, and a
+  new pair's provisional level there is that level: with the spare capacity alone it
+  got about nothing there, and between such a link and two hubs carrying the same
+  pairs (a multi-IDC path) it bounced until the re-solve budget ran out and stayed at
+  ~0 until a flow ended there (tens of seconds). The tests check after every re-solve
+  that no flow gets less than an equal share of the tightest resource of its path
+  (its *fair-share floor*, a lower bound of its max-min rate).
 - A resource is fully re-solved at most ``MAX_FULL_SOLVES * (depth + 1)`` times per
   instant (a pair two resources limit equally could otherwise bounce between them);
   after that only feasibility is restored.
@@ -551,6 +559,7 @@ class Network:
         total = 0
         level_with = self._level_with
         squeeze = self.depth > 0
+        spare_capped = False  # a member capped by a groupless non-hub's spare capacity
         for q in r.members:
             k = q.k
             if rise_ok:
@@ -569,6 +578,8 @@ class Network:
                         if a < c:
                             c = a
                             to = s
+                if not squeeze and to is not None and not to.n and not to.hub:
+                    spare_capped = True
             else:
                 c = old
                 to = None
@@ -592,8 +603,19 @@ class Network:
         if not i:
             return
         order.sort()
-        lam, below = _water_fill(order, recs, r.cap, total)
-        if rise_ok and not squeeze:
+        rem = r.cap
+        below = 0
+        left = total
+        for c, j in order:
+            if c * left < rem:
+                k = recs[j][0]
+                rem -= c * k
+                left -= k
+                below += 1
+            else:
+                break
+        lam = rem / left if left else INF
+        if spare_capped:
             lam, below = self._recheck_spare_caps(r, old, order, recs, lam, below, total)
         if not rise_ok and lam > old:
             lam = old
