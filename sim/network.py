@@ -559,7 +559,7 @@ class Network:
         total = 0
         level_with = self._level_with
         squeeze = self.depth > 0
-        spare_capped = False  # a member capped by a groupless non-hub's spare capacity
+        spare_capped = INF  # lowest cap of a member bound by a groupless non-hub's spare
         for q in r.members:
             k = q.k
             if rise_ok:
@@ -578,8 +578,8 @@ class Network:
                         if a < c:
                             c = a
                             to = s
-                if not squeeze and to is not None and not to.n and not to.hub:
-                    spare_capped = True
+                if c < spare_capped and not squeeze and not to.n and not to.hub:  # type: ignore[union-attr]
+                    spare_capped = c
             else:
                 c = old
                 to = None
@@ -615,7 +615,7 @@ class Network:
             else:
                 break
         lam = rem / left if left else INF
-        if spare_capped:
+        if spare_capped < lam * (1 - REL_TOL):  # such a member would leave r
             lam, below = self._recheck_spare_caps(r, old, order, recs, lam, below, total)
         if not rise_ok and lam > old:
             lam = old
