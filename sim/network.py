@@ -43,6 +43,14 @@ in tests/test_sim_network.py and documented in docs/simulation.md):
 - At depth 0 a pair's cap at a resource without a group of its own is that resource's
   spare capacity; with propagation it is the level the pair would get by squeezing the
   faster pairs there (:meth:`Network._level_with`), which the exact convergence needs.
+  At depth 0 too, a pair that this cap would move to a full non-hub (no spare: its
+  pairs are bottlenecked elsewhere) is re-capped with the squeezing level first, and a
+  new pair's provisional level there is that level: with the spare capacity alone it
+  got about nothing there, and between such a link and two hubs carrying the same
+  pairs (a multi-IDC path) it bounced until the re-solve budget ran out and stayed at
+  ~0 until a flow ended there (tens of seconds). The tests check after every re-solve
+  that no flow gets less than an equal share of the tightest resource of its path
+  (its *fair-share floor*, a lower bound of its max-min rate).
 - A resource is fully re-solved at most ``MAX_FULL_SOLVES * (depth + 1)`` times per
   instant (a pair two resources limit equally could otherwise bounce between them);
   after that only feasibility is restored.
@@ -178,6 +186,26 @@ class Flow:
         return self.pair.rate
 
 
+def _water_fill(
+    order: list[tuple[float, int]], recs: list[tuple[int, Any, int, Any]], cap: float, total: int
+) -> tuple[float, int]:
+    """Water-filling at one resource of capacity ``cap``: ``order`` holds (cap of the
+    entry, index into ``recs``) sorted, ``recs[index][0]`` the entry's flows, ``total``
+    all flows. Returns the level of the flows not held below it, and how many entries
+    (the first of ``order``) are held below it."""
+    rem = cap
+    below = 0
+    for c, j in order:
+        if c * total < rem:
+            k = recs[j][0]
+            rem -= c * k
+            total -= k
+            below += 1
+        else:
+            break
+    return (rem / total if total else INF), below
+
+
 class _Flush(simpy.Event):
     """An already-triggered event: SimPy runs its callbacks when popped from the queue
     (the same state ``Event.succeed`` sets, without its NORMAL priority)."""
@@ -263,7 +291,7 @@ class Network:
             pair.flows[flow] = None
             self._advance(grp, now)
             if grp.n == 0:
-                grp.lam = self._join_level(grp, 1)
+                grp.lam = self._join_level(grp, pair)
             pair.grp = grp
             grp.members[pair] = None
             grp.n += 1
@@ -311,10 +339,16 @@ class Network:
         self._seq += 1
         heappush(grp.heap, (flow.target, self._seq, flow))
 
-    def _join_level(self, r: Resource, k: int) -> float:
-        """Per-flow level ``k`` new flows would get at an empty group ``r``."""
+    def _join_level(self, r: Resource, q: Pair) -> float:
+        """Per-flow level the first flow of pair ``q`` (not attached yet) gets at ``r``,
+        which has no group: provisional, the flush re-solves ``r``. At a full non-hub,
+        the level squeezing its faster pairs would give (:meth:`_level_with`), not its
+        spare capacity (about nothing), so that the flow never starts starved even if
+        that re-solve is cut short; a hub's own re-solve pulls its faster pairs in."""
         spare = r.cap - r.load()
-        return max(spare / k, r.cap * 1e-12)
+        if not r.hub and spare < r.cap * REL_TOL:
+            spare = self._level_with(r, q, 0.0)
+        return max(spare, r.cap * 1e-12)
 
     def _initial_group(self, pair: Pair) -> Resource:
         """Where a pair's first flow is bottlenecked until the re-solve: the resource
@@ -525,6 +559,7 @@ class Network:
         total = 0
         level_with = self._level_with
         squeeze = self.depth > 0
+        spare_capped = INF  # lowest cap of a member bound by a groupless non-hub's spare
         for q in r.members:
             k = q.k
             if rise_ok:
@@ -543,6 +578,8 @@ class Network:
                         if a < c:
                             c = a
                             to = s
+                if c < spare_capped and not squeeze and not to.n and not to.hub:  # type: ignore[union-attr]
+                    spare_capped = c
             else:
                 c = old
                 to = None
@@ -568,15 +605,18 @@ class Network:
         order.sort()
         rem = r.cap
         below = 0
+        left = total
         for c, j in order:
-            if c * total < rem:
+            if c * left < rem:
                 k = recs[j][0]
                 rem -= c * k
-                total -= k
+                left -= k
                 below += 1
             else:
                 break
-        lam = rem / total if total else INF
+        lam = rem / left if left else INF
+        if spare_capped < lam * (1 - REL_TOL):  # such a member would leave r
+            lam, below = self._recheck_spare_caps(r, old, order, recs, lam, below, total)
         if not rise_ok and lam > old:
             lam = old
         hi = lam * (1 + REL_TOL)
@@ -663,6 +703,53 @@ class Network:
                     self._mark(s, depth, True)  # a new group's level: solve it fully
                 else:
                     self._mark(s, nxt, to.lam > old or s is to)
+
+    def _recheck_spare_caps(
+        self,
+        r: Resource,
+        old: float,
+        order: list[tuple[float, int]],
+        recs: list[tuple[int, Any, int, Any]],
+        lam: float,
+        below: int,
+        total: int,
+    ) -> tuple[float, int]:
+        """Depth 0: a member that would leave ``r`` for a resource with no group and no
+        spare capacity (a full host link whose pairs are bottlenecked elsewhere) would
+        get about nothing there, though that resource's re-solve would squeeze its
+        faster pairs and give it a fair share. Re-cap such members with the squeezing
+        level (:meth:`_level_with`) and water-fill again; ``order`` and ``recs`` are
+        updated in place. Only the would-be leavers are re-capped, so the common case
+        (nobody leaves) costs nothing. Hubs are left to their own re-solve, which pulls
+        in the faster pairs whatever the budget (:meth:`_hub_drop`)."""
+        rechecked: set[int] = set()
+        while True:
+            lo = lam * (1 - REL_TOL)
+            changed = False
+            for idx in range(below):
+                c, j = order[idx]
+                if c >= lo:
+                    continue
+                k, q, kind, to = recs[j]
+                if kind or to is None or to.n or to.hub or j in rechecked:
+                    continue
+                rechecked.add(j)
+                c2 = INF
+                to2 = None
+                for s in q.path:
+                    if s is not r:
+                        a = s.lam if s.n else self._level_with(s, q, old)
+                        if a < c2:
+                            c2 = a
+                            to2 = s
+                if c2 > c:
+                    order[idx] = (c2, j)
+                    recs[j] = (k, q, 0, to2)
+                    changed = True
+            if not changed:
+                return lam, below
+            order.sort()
+            lam, below = _water_fill(order, recs, r.cap, total)
 
     def _level_with(self, s: Resource, q: Pair, x_q: float) -> float:
         """The per-flow rate pair ``q`` (now at ``x_q`` per flow) could get at ``s``, a
