@@ -27,7 +27,6 @@ from d7y.core.protocol import ProtocolError, encode_frame
 from d7y.core.scheduling import answers, translate
 from d7y.core.scheduling import results as r
 from d7y.core.scheduling.config import SchedulerConfig
-from d7y.core.scheduling.evaluator import make_evaluator
 from d7y.core.scheduling.scheduler import Scheduler, SchedulerError
 from d7y.daemons.framing import FramedStream, ReadTimeout
 from d7y.daemons.listener import Listener
@@ -124,9 +123,8 @@ class SchedulerService:
             task_ttl=float(config.gc.task_ttl),
         )
         self.rng = random.Random(s.seed or None)
-        self.core = Scheduler(
-            core_config, rng=self.rng, evaluator=make_evaluator(s.algorithm, self.rng)
-        )
+        # The evaluator is the one core_config.algorithm names (one source of truth).
+        self.core = Scheduler(core_config, rng=self.rng)
         self.metrics = SchedulerMetrics()
         self.routes: dict[str, Route] = {}
         self.host_conns: dict[str, Connection] = {}
