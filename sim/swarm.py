@@ -271,6 +271,7 @@ class Simulation:
         spec = scenario.peer
         self.sched_latency = spec.scheduler_latency
         self.download_config = scenario.download_config(policy)
+        self._arm_idle_pumps = self.download_config.order != "rarest"  # see pump()
         # hosts
         g = self.topology.graph
         self.hosts: dict[str, Host] = {}
@@ -506,9 +507,19 @@ class Simulation:
             self.run_actions(peer, peer.dl.tick(self.env.now))
 
     def pump(self, peer: Peer) -> None:
-        """Start what the download loop can start now."""
-        if peer.dl is not None and peer.state in (RUNNING, BTS):
-            self.run_actions(peer, peer.dl.pump(self.env.now))
+        """Start what the download loop can start now (a parent announced a piece)."""
+        dl = peer.dl
+        if dl is not None and peer.state in (RUNNING, BTS):
+            actions = dl.pump(self.env.now)
+            if actions or self._arm_idle_pumps:
+                self.run_actions(peer, actions)
+            # No action (rarest first): the loop's state is as it was after its last
+            # change, which was followed by _arm (every call into the loop is, but
+            # parent_has, which in rarest-first order only delays the parent-idle
+            # deadline; in announcement order it also starts a dispatch wait). For a
+            # given state next_timer never decreases as time goes on, so arming again
+            # would find the timer set early enough and do nothing. Most pumps of a
+            # swarm peer are these.
 
     def _report_failed(self, peer: Peer, action: ReportFailed) -> None:
         """dfdaemon's PieceFailed report; the scheduler may answer with new parents."""

@@ -472,9 +472,8 @@ class PiecePicker:
                 # be drawn, tried and fail, then one last draw finds none. Only the
                 # random numbers are left to draw -- the same ones, as the rng's later
                 # users (other pieces, other downloads) must see the same sequence.
-                rarity = self._rarity
-                left = sum(1 for i in candidates.iter_set() if rarity.count(i))
-                for _ in range(left + 1):
+                # (Every candidate has a nonzero count: some parent holds it.)
+                for _ in range(candidates.count() + 1):
                     self.rng.randrange(self.size)
                 break
             piece = self._choose_piece(candidates)
@@ -643,7 +642,10 @@ class PiecePicker:
         """A holder of ``piece`` among ``able`` (the parents that can take a request now),
         weighted by spare capacity, avoiding parents that failed it while others hold it."""
         failed = self._failed_for.get(piece)
-        holders = [p for p in able if p.id not in exclude and p.bitmap.test(piece)]
+        if exclude:
+            holders = [p for p in able if p.id not in exclude and p.bitmap.test(piece)]
+        else:
+            holders = [p for p in able if p.bitmap.test(piece)]
         if failed:
             fresh = [p for p in holders if p.id not in failed]
             if fresh:
