@@ -376,6 +376,8 @@ def test_kept_able_list_matches_a_scan(limit, bitmap_impl):
                 assert (p._reach if p._reach is not None else bitmap_impl.Bitmap(size)) == union
             if p._quiet:
                 assert not p._need.and_not(union).and_not(union).any()
+            assert sorted(p._retry) == list(p._retry_set.iter_set())
+            assert p._live == sum(not q.reported for q in p._parents.values())
 
 
 def test_endgame_starts_exactly_when_the_missing_pieces_fit_in_flight(bitmap_impl):

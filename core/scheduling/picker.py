@@ -129,6 +129,7 @@ class PiecePicker:
         "_failed_for",
         "_have",
         "_have_count",
+        "_live",
         "_need",
         "_order",
         "_parents",
@@ -138,6 +139,7 @@ class PiecePicker:
         "_reach_exact",
         "_requests",
         "_retry",
+        "_retry_set",
         "_tickets",
         "dispatch_wait",
         "endgame",
@@ -219,6 +221,8 @@ class PiecePicker:
         # Pieces whose request failed, timed out or lost its parent: retried first, in
         # failure order, so a failure costs one round trip rather than a place in line.
         self._retry: dict[int, None] = {}
+        self._retry_set = bitmaps.Bitmap(piece_count)  # the same pieces, as a bitmap
+        self._live = 0  # parents not reported
         # The parents able to take a request (:meth:`_Parent.can_take`) at ``_clock``,
         # the latest time a call gave, in the parents' order: kept up to date as
         # requests start and end, parents answer busy, are reported, come and go, and
@@ -333,6 +337,7 @@ class PiecePicker:
         else:
             state = self._parents[parent_id] = _Parent(parent_id, bm, tx, max_tx, self._order)
             self._order += 1
+            self._live += 1
             self._refresh(state)
         self._rarity.add(bm)
         if self.order == "announced":
@@ -349,6 +354,8 @@ class PiecePicker:
             return []
         if state.able:
             self._leave(state)
+        if not state.reported:
+            self._live -= 1
         self._rarity.remove(state.bitmap)
         orphaned = [key for key in self._requests if key[1] == parent_id]
         for piece, parent in orphaned:
@@ -412,8 +419,8 @@ class PiecePicker:
             # neighbours announce, mostly pieces of parents that cannot take a request.
             self.rng.randrange(self.size)
             return []
-        if not any(not p.reported for p in self._parents.values()):
-            return []
+        if not self._live:
+            return []  # every parent is reported
         started: list[tuple[int, str]] = []
         # Pieces some parent of ``able`` holds (a superset once parents leave ``able``):
         # a piece outside it cannot start, so the retry and endgame loops skip it without
@@ -423,18 +430,24 @@ class PiecePicker:
         # (The union object is not changed in place within a call: a parent leaving
         # ``able`` only marks it stale.)
         reach = self._reach_now() if retry or endgame else None
-        if retry:
+        # A retry piece is wanted (neither held nor in flight: it leaves the retry list
+        # when it starts or arrives), so with none of them in reach the loop would only
+        # skip each one.
+        if retry and reach is not None and self._retry_set.and_not(reach).and_not(reach).any():
+            retry_set = self._retry_set
             for piece in list(retry):
                 if slots == 0:
                     break
                 if self._have.test(piece) or piece in self._by_piece:
                     del retry[piece]
+                    retry_set.clear(piece)
                     continue
-                if reach is None or not reach.test(piece):
+                if not reach.test(piece):
                     continue  # nobody usable holds it now; keep it for later
                 if not self._try_start(piece, (), now, started, able, limit):
                     continue  # nobody usable holds it now; keep it for later
                 del retry[piece]
+                retry_set.clear(piece)
                 slots -= 1
         if slots > 0:
             if self.order == "announced":
@@ -697,6 +710,7 @@ class PiecePicker:
             if not self._have.test(piece):
                 self._need.set(piece)
                 self._retry[piece] = None
+                self._retry_set.set(piece)
                 self._quiet = False
         return True
 
@@ -714,6 +728,7 @@ class PiecePicker:
             self._need.clear(piece)
             self._failed_for.pop(piece, None)
             self._retry.pop(piece, None)
+            self._retry_set.clear(piece)
             self._announced.pop(piece, None)
         cancels: list[tuple[int, str]] = []
         holders = self._by_piece.pop(piece, None)
@@ -771,6 +786,7 @@ class PiecePicker:
             state.failures += 1
             if state.failures >= self.failure_limit and not state.reported:
                 state.reported = True
+                self._live -= 1
                 report = True
                 if state.able:
                     self._leave(state)
