@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 import simpy
+from simpy.events import NORMAL
 
 from d7y.core import ids
 from d7y.core.scheduling import (
@@ -247,6 +248,30 @@ class Transfer:
         self.slot: Host | None = None  # the host whose upload slot this transfer holds
 
 
+class _Call:
+    """An event that calls ``fn(*args)`` when SimPy processes it: what a Timeout with
+    one callback does (the same queue entry, so the same order and event count), in one
+    small object instead of a Timeout, its callback list and a closure -- a run
+    schedules millions of these."""
+
+    __slots__ = ("_ok", "_value", "args", "callbacks", "fn")
+
+    def __init__(self, fn: Callable, args: tuple) -> None:
+        self.fn = fn
+        self.args = args
+        self.callbacks = _RUN_CALL
+        self._ok = True
+        self._value = None
+
+
+def _run_call(event: _Call) -> None:
+    event.fn(*event.args)
+
+
+# Shared by every _Call: SimPy only iterates an event's callbacks (and then drops them).
+_RUN_CALL = (_run_call,)
+
+
 class Simulation:
     """Runs ``scenario`` with one ``policy``; :meth:`run` returns the raw outcome."""
 
@@ -271,6 +296,7 @@ class Simulation:
         spec = scenario.peer
         self.sched_latency = spec.scheduler_latency
         self.download_config = scenario.download_config(policy)
+        self._arm_idle_pumps = self.download_config.order != "rarest"  # see pump()
         # hosts
         g = self.topology.graph
         self.hosts: dict[str, Host] = {}
@@ -332,8 +358,9 @@ class Simulation:
 
     def later(self, delay: float, fn: Callable, *args: Any) -> None:
         """Run ``fn(*args)`` after ``delay`` simulated seconds (now if 0, in order)."""
-        ev = self.env.timeout(delay)
-        ev.callbacks.append(lambda _e: fn(*args))
+        if delay < 0:
+            raise ValueError(f"negative delay {delay}")
+        self.env.schedule(_Call(fn, args), NORMAL, delay)
 
     def _path(self, src: Host, dst: Host) -> tuple[Any, float]:
         """The network pair from ``src`` to ``dst`` and the path's one-way latency."""
@@ -506,9 +533,19 @@ class Simulation:
             self.run_actions(peer, peer.dl.tick(self.env.now))
 
     def pump(self, peer: Peer) -> None:
-        """Start what the download loop can start now."""
-        if peer.dl is not None and peer.state in (RUNNING, BTS):
-            self.run_actions(peer, peer.dl.pump(self.env.now))
+        """Start what the download loop can start now (a parent announced a piece)."""
+        dl = peer.dl
+        if dl is not None and peer.state in (RUNNING, BTS):
+            actions = dl.pump(self.env.now)
+            if actions or self._arm_idle_pumps:
+                self.run_actions(peer, actions)
+            # No action (rarest first): the loop's state is as it was after its last
+            # change, which was followed by _arm (every call into the loop is, but
+            # parent_has, which in rarest-first order only delays the parent-idle
+            # deadline; in announcement order it also starts a dispatch wait). For a
+            # given state next_timer never decreases as time goes on, so arming again
+            # would find the timer set early enough and do nothing. Most pumps of a
+            # swarm peer are these.
 
     def _report_failed(self, peer: Peer, action: ReportFailed) -> None:
         """dfdaemon's PieceFailed report; the scheduler may answer with new parents."""

@@ -324,6 +324,62 @@ def test_picker_invariants(events, seed, streaming, bitmap_impl):
         assert not any(p.has(piece) for piece, _ in flights)
 
 
+@pytest.mark.parametrize("limit", [0, 1, 2])
+def test_kept_able_list_matches_a_scan(limit, bitmap_impl):
+    """The picker keeps the parents able to take a request (and the pieces they hold)
+    up to date instead of scanning every parent per call: after any sequence of events
+    -- busy answers and back-offs ending, limits reached, reports, parents coming and
+    going, time going back -- the kept list is what a scan finds, in the parents' order,
+    and a picker that believes no able parent holds a needed piece ("quiet") is right."""
+    size = 24
+    for seed in range(40):
+        rng = random.Random(seed)
+        p = make(bitmap_impl, size, seed=seed, max_in_flight=6, per_parent_limit=limit)
+        now = 0.0
+        for _ in range(300):
+            now = max(0.0, now + (-1.0 if rng.random() < 0.01 else rng.choice((0, 0.05, 0.1))))
+            parent = rng.choice("abcdef")
+            known = parent in p.parent_ids
+            kind = rng.choice("aaxhhhhhrrrrrrwtdddbbbbf")
+            if kind == "a":
+                p.parent_added(parent, {i for i in range(size) if rng.random() < 0.3})
+            elif kind == "x":
+                p.parent_removed(parent)
+            elif kind == "h" and known:
+                p.parent_has(parent, rng.randrange(size))
+            elif kind == "r":
+                p.next_requests(now)
+            elif kind == "w":
+                p.wakeup(now)
+            elif kind == "t":
+                p.check_timeouts(now + rng.choice((0, 40)))
+            elif kind in "dbf" and p.in_flight:
+                piece, who = rng.choice(p.in_flight)
+                if kind == "d":
+                    p.piece_done(piece, who, 0.1, now)
+                elif kind == "b":
+                    p.piece_busy(piece, who, now, rng.choice((0.0, 0.1, 0.3)))
+                else:
+                    p.piece_failed(piece, who, now)
+            cap = p._parent_limit()
+            scan = [
+                q
+                for q in p._parents.values()
+                if not q.reported and q.active < cap and q.busy_until <= p._clock
+            ]
+            assert p._able == scan
+            assert all(q.able == (q in scan) for q in p._parents.values())
+            union = bitmap_impl.Bitmap(size)
+            for q in scan:
+                union.update(q.bitmap)
+            if p._reach_exact:
+                assert (p._reach if p._reach is not None else bitmap_impl.Bitmap(size)) == union
+            if p._quiet:
+                assert not p._need.and_not(union).and_not(union).any()
+            assert sorted(p._retry) == list(p._retry_set.iter_set())
+            assert p._live == sum(not q.reported for q in p._parents.values())
+
+
 def test_endgame_starts_exactly_when_the_missing_pieces_fit_in_flight(bitmap_impl):
     """The boundary: endgame duplicates start when missing <= max_in_flight, not only
     when missing < max_in_flight. Piece 3 is held by nobody, so after the three

@@ -40,7 +40,10 @@ from __future__ import annotations
 
 import math
 import random
+from bisect import insort
 from collections.abc import Iterable
+from heapq import heapify, heappop, heappush
+from operator import attrgetter
 from types import ModuleType
 from typing import Any, NamedTuple
 
@@ -56,6 +59,7 @@ class PieceFailure(NamedTuple):
 
 class _Parent:
     __slots__ = (
+        "able",
         "active",
         "bitmap",
         "busy_until",
@@ -63,14 +67,17 @@ class _Parent:
         "failures",
         "id",
         "max_tx",
+        "order",
         "pieces_done",
         "reported",
         "tx",
         "weight",
     )
 
-    def __init__(self, parent_id: str, bitmap: Any, tx: int, max_tx: int) -> None:
+    def __init__(self, parent_id: str, bitmap: Any, tx: int, max_tx: int, order: int) -> None:
         self.id = parent_id
+        self.order = order  # position among the picker's parents (insertion order)
+        self.able = False  # in the picker's list of parents able to take a request
         self.bitmap = bitmap
         self.active = 0  # requests outstanding at this parent
         self.busy_until = -math.inf  # answered "busy": not asked again before then
@@ -89,6 +96,9 @@ class _Parent:
         self.tx = tx
         self.max_tx = max_tx
         self.weight = max(max_tx - tx, max_tx / 10, 0)
+
+
+_ORDER = attrgetter("order")
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
@@ -110,20 +120,27 @@ class PiecePicker:
 
     __slots__ = (
         "_able",
-        "_able_key",
-        "_able_until",
+        "_able_limit",
         "_announced",
+        "_backoffs",
         "_bitmaps",
         "_by_piece",
+        "_clock",
         "_failed_for",
         "_have",
         "_have_count",
+        "_live",
         "_need",
+        "_order",
         "_parents",
+        "_quiet",
         "_rarity",
+        "_reach",
+        "_reach_exact",
         "_requests",
         "_retry",
-        "_version",
+        "_retry_set",
+        "_tickets",
         "dispatch_wait",
         "endgame",
         "failure_limit",
@@ -204,17 +221,28 @@ class PiecePicker:
         # Pieces whose request failed, timed out or lost its parent: retried first, in
         # failure order, so a failure costs one round trip rather than a place in line.
         self._retry: dict[int, None] = {}
-        # The parents able to take a request, kept from one next_requests to the next
-        # while nothing they depend on changed: ``_version`` counts the changes (a
-        # request started or ended, a busy answer, a failure report, a parent added or
-        # removed); ``_able_key`` is (version, limit, time built); ``_able_until`` the
-        # first back-off to end after that time, when a parent may become able again.
-        # A swarm peer is pumped on every piece its neighbours announce, which changes
-        # none of these.
-        self._version = 0
+        self._retry_set = bitmaps.Bitmap(piece_count)  # the same pieces, as a bitmap
+        self._live = 0  # parents not reported
+        # The parents able to take a request (:meth:`_Parent.can_take`) at ``_clock``,
+        # the latest time a call gave, in the parents' order: kept up to date as
+        # requests start and end, parents answer busy, are reported, come and go, and
+        # as back-offs end (``_backoffs``: a heap of (busy_until, ticket, parent), stale
+        # entries skipped), instead of a scan of every parent on every call -- a swarm
+        # peer has up to 50 parents and is pumped on every piece its neighbours announce.
+        self._order = 0  # the next parent's ``order``
         self._able: list[_Parent] = []
-        self._able_key: tuple[int, int, float] = (-1, 0, math.inf)
-        self._able_until = -math.inf
+        self._able_limit = self._parent_limit()
+        self._clock = -math.inf
+        self._backoffs: list[tuple[float, int, _Parent]] = []  # (.., unique ticket, ..)
+        self._tickets = 0
+        # The pieces some able parent holds, while ``_reach_exact`` (else found again
+        # when needed: a parent leaving the list cannot be taken out of a union).
+        self._reach: Any = None
+        self._reach_exact = True
+        # True while no able parent holds a piece of ``_need``: set by a call that found
+        # none, cleared when a parent becomes able, an able parent announces a piece or
+        # a piece is wanted again. Such a call starts nothing (see next_requests).
+        self._quiet = False
 
     def _bitmap(self, value: Any, what: str) -> Any:
         """A private Bitmap from None, a Bitmap, a BitTorrent bitfield, or piece numbers."""
@@ -298,14 +326,19 @@ class PiecePicker:
             raise TypeError(f"parent_id must be a non-empty str, got {parent_id!r}")
         _check_load(tx, max_tx)
         bm = self._bitmap(bitmap, f"parent {parent_id}")
-        self._version += 1
         old = self._parents.get(parent_id)
         if old is not None:
             self._rarity.remove(old.bitmap)
             old.bitmap = bm
             old.set_load(tx, max_tx)
+            if old.able:  # its pieces in the union are replaced
+                self._reach_exact = False
+                self._quiet = False
         else:
-            self._parents[parent_id] = _Parent(parent_id, bm, tx, max_tx)
+            state = self._parents[parent_id] = _Parent(parent_id, bm, tx, max_tx, self._order)
+            self._order += 1
+            self._live += 1
+            self._refresh(state)
         self._rarity.add(bm)
         if self.order == "announced":
             announced = self._announced
@@ -319,7 +352,10 @@ class PiecePicker:
         state = self._parents.pop(parent_id, None)
         if state is None:
             return []
-        self._version += 1
+        if state.able:
+            self._leave(state)
+        if not state.reported:
+            self._live -= 1
         self._rarity.remove(state.bitmap)
         orphaned = [key for key in self._requests if key[1] == parent_id]
         for piece, parent in orphaned:
@@ -344,6 +380,10 @@ class PiecePicker:
         if not bitmap.test(piece):
             bitmap.set(piece)
             self._rarity.increment(piece)
+            if state.able:
+                if self._reach_exact:
+                    self._reach.set(piece)
+                self._quiet = False
             if self.order == "announced" and piece not in self._announced:
                 self._announced[piece] = now
         return True
@@ -360,34 +400,54 @@ class PiecePicker:
         slots = self.max_in_flight - len(self._requests)
         if slots <= 0 or self._have_count == self.size:
             return []
-        if not any(not p.reported for p in self._parents.values()):
-            return []
-        started: list[tuple[int, str]] = []
-        # The parents that may take a request now, in the parents' order: found once per
-        # call and kept up to date as requests start (only ``active`` changes within a
-        # call), instead of a scan of every parent for every piece tried -- a swarm
-        # peer has up to 50 parents and tries many pieces per call.
+        # The parents that may take a request now, in the parents' order; a parent that
+        # reaches ``limit`` leaves the list as a request starts (only ``active`` changes
+        # within a call).
         limit = self._parent_limit()
         able = self._able_now(now, limit)
+        endgame = self.endgame and self.size - self._have_count <= self.max_in_flight
+        if not able:
+            # Nothing can start: every parent is reported, at its limit or backing off
+            # (the retry and rarest-first passes below would find no holder).
+            if not endgame and self.order == "rarest":
+                return []
+        elif self._quiet and not endgame and self.order == "rarest" and not self.streaming:
+            # No able parent holds a piece still needed, as the last call found: the
+            # passes below would start nothing, the rarest-first one after drawing one
+            # random number, which must be drawn all the same (the generator is shared
+            # with the rest of the run). A swarm peer is pumped on every piece its
+            # neighbours announce, mostly pieces of parents that cannot take a request.
+            self.rng.randrange(self.size)
+            return []
+        if not self._live:
+            return []  # every parent is reported
+        started: list[tuple[int, str]] = []
         # Pieces some parent of ``able`` holds (a superset once parents leave ``able``):
         # a piece outside it cannot start, so the retry and endgame loops skip it without
         # looking for holders (a try that fails has no side effect and draws no random
         # number, so skipping it changes nothing).
         retry = self._retry
-        endgame = self.endgame and self.size - self._have_count <= self.max_in_flight
-        reach = self._union(able) if retry or endgame else None
-        if retry:
+        # (The union object is not changed in place within a call: a parent leaving
+        # ``able`` only marks it stale.)
+        reach = self._reach_now() if retry or endgame else None
+        # A retry piece is wanted (neither held nor in flight: it leaves the retry list
+        # when it starts or arrives), so with none of them in reach the loop would only
+        # skip each one.
+        if retry and reach is not None and self._retry_set.and_not(reach).and_not(reach).any():
+            retry_set = self._retry_set
             for piece in list(retry):
                 if slots == 0:
                     break
                 if self._have.test(piece) or piece in self._by_piece:
                     del retry[piece]
+                    retry_set.clear(piece)
                     continue
-                if reach is None or not reach.test(piece):
+                if not reach.test(piece):
                     continue  # nobody usable holds it now; keep it for later
                 if not self._try_start(piece, (), now, started, able, limit):
                     continue  # nobody usable holds it now; keep it for later
                 del retry[piece]
+                retry_set.clear(piece)
                 slots -= 1
         if slots > 0:
             if self.order == "announced":
@@ -411,25 +471,28 @@ class PiecePicker:
         # Only pieces some parent able to take a request now holds: with per-parent
         # limits and busy parents, most pieces may be out of reach, and a download is
         # pumped on every piece its parents announce.
-        reachable = self._union(able)  # exact: ``able`` as it is now
+        reachable = self._reach_now()  # exact: ``able`` as it is now
         if reachable is None:
             return slots
         need = self._need
         # x.and_not(y) is y & ~x: (reachable - need) taken from reachable = the overlap
         candidates = need.and_not(reachable).and_not(reachable)
+        if not candidates.any():
+            self._quiet = True  # no able parent holds a needed piece
         while slots > 0:
             if not able and not self.streaming:
                 # No parent can take a request any more: every remaining candidate would
                 # be drawn, tried and fail, then one last draw finds none. Only the
                 # random numbers are left to draw -- the same ones, as the rng's later
                 # users (other pieces, other downloads) must see the same sequence.
-                rarity = self._rarity
-                left = sum(1 for i in candidates.iter_set() if rarity.count(i))
-                for _ in range(left + 1):
+                # (Every candidate has a nonzero count: some parent holds it.)
+                for _ in range(candidates.count() + 1):
                     self.rng.randrange(self.size)
                 break
             piece = self._choose_piece(candidates)
             if piece < 0:
+                # Every candidate was tried: each started or no able parent holds it.
+                self._quiet = True
                 break
             candidates.clear(piece)
             if self._try_start(piece, (), now, started, able, limit):
@@ -459,23 +522,65 @@ class PiecePicker:
 
     def _able_now(self, now: float, limit: int) -> list[_Parent]:
         """The parents that can take a request at ``now`` (:meth:`_Parent.can_take`), in
-        the parents' order: the kept list while it is still exact, else a new one."""
-        version, kept_limit, built = self._able_key
-        if version == self._version and kept_limit == limit and built <= now < self._able_until:
+        the parents' order: the kept list, with the back-offs ended by ``now`` added."""
+        if now < self._clock or limit != self._able_limit:
+            self._rebuild(now, limit)  # time went back, or the limit changed
             return self._able
+        self._clock = now
+        heap = self._backoffs
+        while heap and heap[0][0] <= now:
+            busy_until, _ticket, p = heappop(heap)
+            if p.busy_until == busy_until and not p.able and self._parents.get(p.id) is p:
+                self._refresh(p)
+        return self._able
+
+    def _rebuild(self, now: float, limit: int) -> None:
+        """Find the able parents, the back-offs and the union again from scratch."""
+        self._clock = now
+        self._able_limit = limit
+        for p in self._able:
+            p.able = False
         able = []
-        until = math.inf
+        heap = []
         for p in self._parents.values():
-            busy_until = p.busy_until
-            if busy_until > now:
-                if busy_until < until:
-                    until = busy_until
+            if p.busy_until > now:
+                self._tickets += 1
+                heap.append((p.busy_until, self._tickets, p))
             elif not p.reported and p.active < limit:
+                p.able = True
                 able.append(p)
+        heapify(heap)
         self._able = able
-        self._able_key = (self._version, limit, now)
-        self._able_until = until
-        return able
+        self._backoffs = heap
+        self._reach_exact = False
+        self._quiet = False
+
+    def _refresh(self, p: _Parent) -> None:
+        """Put ``p`` in or out of the able list after one of its fields changed."""
+        if not p.reported and p.active < self._able_limit and p.busy_until <= self._clock:
+            if not p.able:
+                p.able = True
+                insort(self._able, p, key=_ORDER)
+                self._quiet = False
+                if self._reach_exact:
+                    if self._reach is None:
+                        self._reach = p.bitmap.copy()
+                    else:
+                        self._reach.update(p.bitmap)
+        elif p.able:
+            self._leave(p)
+
+    def _leave(self, p: _Parent) -> None:
+        p.able = False
+        self._able.remove(p)
+        self._reach_exact = False
+
+    def _reach_now(self) -> Any:
+        """The pieces any able parent holds (None if no parent is able)."""
+        if not self._reach_exact:
+            self._reach = self._union(self._able)
+            self._reach_exact = True
+        return self._reach
 
     @staticmethod
     def _union(parents: list[_Parent]) -> Any:
@@ -505,24 +610,23 @@ class PiecePicker:
         state = self._choose_parent(piece, exclude, able)
         if state is None:
             return False
-        self._start(piece, state.id, now)
+        self._start(piece, state.id, now)  # takes it out of ``able`` at ``limit``
         started.append((piece, state.id))
-        if state.active >= limit:
-            able.remove(state)
         return True
 
     def wakeup(self, now: float) -> float:
         """The earliest time after ``now`` at which :meth:`next_requests` may start
         something it cannot start now without any new event: a busy parent's back-off
         ending, or an announced piece's ``dispatch_wait`` running out (inf: none)."""
-        version, _limit, built = self._able_key
-        if version == self._version and built <= now < self._able_until:
-            at = self._able_until  # the first back-off to end, found with the able list
-        else:
-            at = math.inf
-            for p in self._parents.values():
-                if now < p.busy_until < at:
-                    at = p.busy_until
+        self._able_now(now, self._parent_limit())  # ends the back-offs due by now
+        at = math.inf
+        heap = self._backoffs
+        while heap:
+            busy_until, _ticket, p = heap[0]
+            if p.busy_until == busy_until and self._parents.get(p.id) is p:
+                at = busy_until  # the first back-off to end (all left end after now)
+                break
+            heappop(heap)  # stale: the parent's back-off changed, or it left
         if self.order == "announced" and self.dispatch_wait > 0:
             need = self._need
             for piece, first in self._announced.items():
@@ -551,7 +655,10 @@ class PiecePicker:
         """A holder of ``piece`` among ``able`` (the parents that can take a request now),
         weighted by spare capacity, avoiding parents that failed it while others hold it."""
         failed = self._failed_for.get(piece)
-        holders = [p for p in able if p.id not in exclude and p.bitmap.test(piece)]
+        if exclude:
+            holders = [p for p in able if p.id not in exclude and p.bitmap.test(piece)]
+        else:
+            holders = [p for p in able if p.bitmap.test(piece)]
         if failed:
             fresh = [p for p in holders if p.id not in failed]
             if fresh:
@@ -575,8 +682,10 @@ class PiecePicker:
 
     def _start(self, piece: int, parent: str, now: float) -> None:
         self._requests[(piece, parent)] = now
-        self._parents[parent].active += 1
-        self._version += 1
+        state = self._parents[parent]
+        state.active += 1
+        if state.able and state.active >= self._able_limit:
+            self._leave(state)
         holders = self._by_piece.get(piece)
         if holders is None:
             self._by_piece[piece] = [parent]
@@ -589,10 +698,11 @@ class PiecePicker:
         fetches it. False if there was no such request."""
         if self._requests.pop((piece, parent), None) is None:
             return False
-        self._version += 1
         state = self._parents.get(parent)
         if state is not None:
             state.active -= 1
+            if not state.able:
+                self._refresh(state)
         holders = self._by_piece[piece]
         holders.remove(parent)
         if not holders:
@@ -600,6 +710,8 @@ class PiecePicker:
             if not self._have.test(piece):
                 self._need.set(piece)
                 self._retry[piece] = None
+                self._retry_set.set(piece)
+                self._quiet = False
         return True
 
     # ------------------------------------------------------------------ outcomes --
@@ -616,17 +728,19 @@ class PiecePicker:
             self._need.clear(piece)
             self._failed_for.pop(piece, None)
             self._retry.pop(piece, None)
+            self._retry_set.clear(piece)
             self._announced.pop(piece, None)
         cancels: list[tuple[int, str]] = []
         holders = self._by_piece.pop(piece, None)
         if holders:
-            self._version += 1
             parents = self._parents
             for other in holders:
                 del self._requests[(piece, other)]
                 state = parents.get(other)
                 if state is not None:
                     state.active -= 1
+                    if not state.able:
+                        self._refresh(state)
                 if other != parent:
                     cancels.append((piece, other))
         if parent is not None:
@@ -647,7 +761,9 @@ class PiecePicker:
         state = self._parents.get(parent)
         if state is not None:
             state.busy_until = now + backoff
-            self._version += 1
+            self._tickets += 1  # unique: two entries never compare their parents
+            heappush(self._backoffs, (state.busy_until, self._tickets, state))
+            self._refresh(state)
         return True
 
     def piece_failed(self, piece: int, parent: str, now: float) -> PieceFailure:
@@ -670,8 +786,10 @@ class PiecePicker:
             state.failures += 1
             if state.failures >= self.failure_limit and not state.reported:
                 state.reported = True
+                self._live -= 1
                 report = True
-                self._version += 1
+                if state.able:
+                    self._leave(state)
         return PieceFailure(piece, parent, report)
 
     def check_timeouts(self, now: float) -> list[PieceFailure]:
