@@ -147,6 +147,7 @@ class ParentSelector:
             room = self._with_room(candidates, host, factor)
             if (
                 not room
+                and self.config.starting_overflow
                 and not has_parents(peer)
                 and _overfill(candidates, host, factor) > OVERFILL
             ):

@@ -46,6 +46,7 @@ POLICY_DEFAULTS: dict[str, dict[str, object]] = {
         "prefer_locality": False,
         "retry_interval": 0.5,
         "early_parents": False,
+        "starting_overflow": False,
     },
     "d7y": {
         "filter_parent_limit": 40,
@@ -60,6 +61,7 @@ POLICY_DEFAULTS: dict[str, dict[str, object]] = {
         "prefer_locality": True,
         "retry_interval": 0.2,
         "early_parents": False,
+        "starting_overflow": False,
     },
 }
 
@@ -96,9 +98,13 @@ class SchedulerConfig:
     prefer_locality: bool = None  # type: ignore[assignment]
     #: A peer just given parents is a candidate before its download starts, always (off
     #: for both policies: it makes the relay trees of a download-bound crowd deeper).
-    #: d7y takes such a peer only as a last resort, before over-filling a parent
-    #: (candidates.OVERFILL; docs/simulation.md, "The d7y policy").
     early_parents: bool = None  # type: ignore[assignment]
+    #: With ``children_per_capacity``: a peer whose candidates are all full takes a peer
+    #: just given parents before over-filling one whose children would lose more than
+    #: a third of their share (candidates.OVERFILL). Off for both policies: it keeps a
+    #: capped seed to one child in a registration burst, but at 1,000 hosts its chains
+    #: of not-yet-started parents made the crowd 1.7 x slower (docs/simulation.md).
+    starting_overflow: bool = None  # type: ignore[assignment]
     #: Failed rounds after which the peer is told scheduling failed.
     retry_limit: int = 5
     #: Failed rounds after which the peer goes back to source (when allowed).
@@ -187,6 +193,8 @@ class SchedulerConfig:
                 f"max_parents ({self.max_parents}) must be >= candidate_parent_limit "
                 f"({self.candidate_parent_limit})"
             )
+        if not isinstance(self.starting_overflow, bool):
+            raise TypeError(f"starting_overflow must be a bool, got {self.starting_overflow!r}")
         if not isinstance(self.early_parents, bool):
             raise TypeError(f"early_parents must be a bool, got {self.early_parents!r}")
         if not isinstance(self.prefer_locality, bool):
