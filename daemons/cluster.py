@@ -422,7 +422,10 @@ def up(args: argparse.Namespace) -> int:
             print(f"  {node['name']:<8} dfget URL -O FILE --daemon-socket {node['socket']}")
             if node["proxy_port"]:
                 print(f"  {'':<8} proxy / registry mirror 127.0.0.1:{node['proxy_port']}")
-        print(f"Ctrl-C (or kill -TERM {os.getpid()}) stops the cluster.")
+            print(f"  {'':<8} metrics http://127.0.0.1:{node['metrics']}/metrics")
+        # Flushed: with stdout in a file (``d7y cluster up > cluster.log &``) a script waits
+        # for this line to know the cluster is up.
+        print(f"Ctrl-C (or kill -TERM {os.getpid()}) stops the cluster.", flush=True)
         while not stop:
             time.sleep(0.5)
     except KeyboardInterrupt:

@@ -241,6 +241,9 @@ def test_d7y_cluster_up_serves_dfget_until_sigterm(origin, tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # Block-buffered stdout, as with `d7y cluster up > cluster.log &`: the lines up to
+        # "stops the cluster." must still arrive while the cluster runs.
+        env={k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"},
     )
     try:
         lines = []
@@ -254,6 +257,10 @@ def test_d7y_cluster_up_serves_dfget_until_sigterm(origin, tmp_path):
         sockets = dict(re.findall(r"^\s+(\S+)\s+dfget URL -O FILE --daemon-socket (\S+)$",
                                   printed, re.M))  # fmt: skip
         assert set(sockets) == {"seed", "peer0", "peer1"}, printed
+        # Each node's metrics URL follows its dfget line (and proxy line, for a peer).
+        metrics = dict(re.findall(r"^\s+(\S+)\s+dfget URL.*\n(?:.*proxy.*\n)?\s+metrics (\S+)$",
+                                  printed, re.M))  # fmt: skip
+        assert set(metrics) == set(sockets) and len(set(metrics.values())) == 3, printed
         # The manager is up with it: root signs in with the password printed once, and
         # the cluster's token lists the scheduler, alive.
         console = re.search(r"manager console: (http://127\.0\.0\.1:\d+)/ ", printed)
@@ -276,6 +283,14 @@ def test_d7y_cluster_up_serves_dfget_until_sigterm(origin, tmp_path):
             )  # fmt: skip
             assert result.returncode == 0, result.stderr.decode()
             assert out.read_bytes() == origin.content("up.bin")
+            # The printed metrics URL is this peer's: it counts the one download.
+            with urllib.request.urlopen(metrics[name], timeout=10) as answer:
+                text = answer.read().decode()
+            counted = dict(re.findall(r"^(d7y_peer_download_\w+_bytes_total) (\S+)$", text, re.M))
+            fetched = float(counted["d7y_peer_download_origin_bytes_total"]) + float(
+                counted["d7y_peer_download_peer_bytes_total"]
+            )
+            assert fetched == PIECE + 77, text
         # The seed fetched it once; the second peer got it from the swarm.
         assert origin.stats("/up.bin")["bytes_sent"] <= PIECE + 77 + 1
     finally:
