@@ -914,6 +914,41 @@ def test_d7y_burst_starting_peer_must_be_as_near_as_the_full_parent(bitmap_impl)
     assert parents == ["a"]
 
 
+def test_d7y_peer_with_one_parent_may_take_an_overfull_second_one(bitmap_impl):
+    """d7y: a peer with one parent asks again (the download loop's min_parents) and
+    every other candidate is full (1 Gbit/s parents, 1 Gbit/s children: one child
+    each). It still takes a full parent that could feed it alone ('fast'), but not a
+    slower one ('slow', 0.5 Gbit/s up) and not a seed peer, whose upload stays at its
+    cap."""
+    s = make(bitmap_impl, policy="d7y")  # up to 4 new parents a round
+    add_host(s, "hseed", seed=True)
+    add_host(s, "hslow", upload_limit_bps=GBIT // 2)
+    for h in ("hfast", "hmine"):
+        add_host(s, h)
+    for h in ("h1", "h2", "h3", "hc"):
+        add_host(s, h, download_limit_bps=GBIT)
+    # One root at a time, each taking the next child as its one child (the children stay
+    # registered, not started: no candidates themselves).
+    for root, host, child, child_host in (
+        ("seed", "hseed", "c1", "h1"),
+        ("slow", "hslow", "c2", "h2"),
+        ("fast", "hfast", "c3", "h3"),
+    ):
+        source_peer(s, root, host)
+        assert [p.peer_id for p in s.register_peer(child, "t", child_host, "u", 1).parents] == [
+            root
+        ]
+    source_peer(s, "mine", "hmine")
+    assert [p.peer_id for p in s.register_peer("c", "t", "hc", "u", 2).parents] == ["mine"]
+    s.download_started("c", 2)
+    r = s.reschedule("c", (), 3)
+    assert [p.peer_id for p in r.parents] == ["fast"]
+    assert s.task("t").dag.parents("c").keys() == {"mine", "fast"}
+    # With two parents, only parents with room: none is left.
+    assert s.reschedule("c", (), 5).parents == ()
+    s.verify_invariants()
+
+
 def test_d7y_burst_rule_is_off_by_default(bitmap_impl):
     """Off by default (it deepens big crowds): 'b' over-fills the source."""
     s = make(bitmap_impl, policy="d7y")

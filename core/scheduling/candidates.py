@@ -142,7 +142,8 @@ class ParentSelector:
             # download speed (a 16 MiB/s seed with fast children: one; a 10 Gbit/s seed
             # with 1 Gbit/s children: ten, times the factor), so its bandwidth goes to
             # few children that relay, instead of trickling to all. Over-full parents
-            # are used only when the peer would otherwise have none.
+            # are used only when the peer would otherwise have none, or as its second
+            # parent (_second_parents).
             host = peer.host
             room = self._with_room(candidates, host, factor)
             if (
@@ -161,11 +162,28 @@ class ParentSelector:
                 if room and self.config.prefer_locality:
                     nearest = max(nearness(c.host, host) for c in candidates)
                     room = [c for c in room if nearness(c.host, host) >= nearest]
-            if room or has_parents(peer):
+            parents = len(peer.task.dag._parents[peer.id])
+            if room or parents > 1:
                 candidates = room
+            elif parents == 1:
+                candidates = self._second_parents(candidates, host)
             if not candidates:
                 return []
         return self._rank(peer, candidates, limit)
+
+    @staticmethod
+    def _second_parents(candidates: list[Peer], child: Host) -> list[Peer]:
+        """Full candidates a peer with one parent may still take: one parent is a chain
+        link (the child gets only what that parent gets), and a second, over-full
+        parent that could feed the child alone (its upload >= the child's download)
+        doubles the inflow at a small cost to that parent's other child. Seed peers
+        stay at their cap (their upload is the source of the whole swarm), and so do
+        parents slower than the child (an upload-bound crowd: splitting them slows the
+        chains they feed). Flash crowd of 100: 15.4 -> 13.2 s; docs/simulation.md."""
+        down = child.download_limit_bps or child.upload_limit_bps
+        if down <= 0:
+            return []
+        return [c for c in candidates if not c.host.is_seed and c.host.upload_limit_bps >= down]
 
     @staticmethod
     def _with_room(candidates: list[Peer], child: Host, factor: int) -> list[Peer]:
