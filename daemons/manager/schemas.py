@@ -197,7 +197,7 @@ class PreheatArgs(Struct):
     password: Annotated[str, Meta(max_length=1024)] = ""
     platform: Annotated[str, Meta(max_length=64)] = ""
     scope: PreheatScope = "single_seed_peer"
-    timeout: Annotated[float, Meta(gt=0, le=MAX_PREHEAT_TIMEOUT)] | None = None
+    timeout: Annotated[float, Meta(ge=1, le=MAX_PREHEAT_TIMEOUT)] | None = None
 
     def all_urls(self) -> list[str]:
         """The URLs to preheat as given (an image's is its manifest), duplicates once."""
