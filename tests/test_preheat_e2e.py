@@ -446,6 +446,12 @@ def test_a_stopped_scheduler_s_task_goes_to_another_and_a_late_job_times_out(
         )
         assert ended["state"] == "FAILURE"
         assert "timed out: not done within 4s" in ended["result"]["tasks"][0]["error"]
+        # A job's own timeout replaces job.preheat_timeout, and its error says which.
+        short = preheat(client, {"type": "file", "url": "http://127.0.0.1:9/short",
+                                 "timeout": 1})  # fmt: skip
+        short = finished(client, short["id"])
+        assert short["state"] == "FAILURE"
+        assert "not done within 1s (args.timeout)" in short["result"]["tasks"][0]["error"]
 
 
 def test_file_preheat_with_tag_filtered_params_and_headers_serves_dfget_p2p(
@@ -479,3 +485,63 @@ def test_file_preheat_with_tag_filtered_params_and_headers_serves_dfget_p2p(
     assert result.returncode == 0, result.stderr
     assert out.read_bytes() == origin.content(name)
     assert origin.stats(f"/{name}")["bytes_sent"] == served, "dfget reached the origin"
+
+
+def test_all_seed_peers_and_all_peers_fill_every_host(cluster, origin):
+    """Scope all_seed_peers: each of two seed peers downloads the task (one result row
+    each) and holds it whole; its application and piece length are in the task ID.
+    Scope all_peers: the ordinary peer downloads it too, from the seed peers (P2P: no
+    byte from the origin), with a row of its own."""
+    client, name = cluster.client, f"scoped-{cluster.backend}"
+    seed2_host = ids.host_id("127.0.0.1", name, seed=True)
+    peer_host = ids.host_id("127.0.0.1", "peer")
+    with PeerProcess(
+        cluster.work, name, **peer_config(cluster.scheduler, name, seed=True)
+    ) as seed2:
+        cluster.scheduler.wait_log(f"host announced host={seed2_host} type=seed")
+        url = origin.add_file(f"{name}.bin", size=5 << 20, seed=43)
+        job = preheat(client, {"type": "file", "url": url, "scope": "all_seed_peers",
+                               "application": "app-x", "piece_length": 4 << 20})  # fmt: skip
+        assert job["args"]["scope"] == "all_seed_peers"
+        job = finished(client, job["id"])
+        assert job["state"] == "SUCCESS", job
+        tasks = job["result"]["tasks"]
+        assert sorted(t["seed_peer"] for t in tasks) == sorted([cluster.seed_host, seed2_host])
+        task_id = ids.task_id(url, application="app-x", piece_length=4 << 20)
+        content = origin.content(f"{name}.bin")
+        for task in tasks:
+            assert (task["state"], task["task_id"], task["url"]) == ("SUCCESS", task_id, url)
+        for holder in (cluster.seed, seed2):
+            status, body = holder.http_get(task_id)
+            assert status == 200 and body == content, holder.name
+        assert cluster.peer.http_get(task_id)[0] != 200  # not preheated there
+        served = origin.stats(f"/{name}.bin")["bytes_sent"]
+        origin_before, peers_before = peer_bytes(cluster.peer)
+
+        job = finished(client, preheat(client, {"type": "file", "url": url, "scope": "all_peers",
+                                                "application": "app-x",
+                                                "piece_length": 4 << 20})["id"])  # fmt: skip
+        assert job["state"] == "SUCCESS", job
+        hosts = sorted(t["seed_peer"] for t in job["result"]["tasks"])
+        assert hosts == sorted([cluster.seed_host, seed2_host, peer_host])
+        status, body = cluster.peer.http_get(task_id)
+        assert status == 200 and body == content
+        origin_after, peers_after = peer_bytes(cluster.peer)
+        assert origin_after == origin_before and peers_after - peers_before == len(content)
+        assert origin.stats(f"/{name}.bin")["bytes_sent"] == served  # the seeds had it
+    cluster.scheduler.wait_log(f"host left host={seed2_host}")
+
+
+def test_a_file_preheat_of_several_urls(cluster, origin):
+    """``urls``: one task per file, each with its own task ID, each on the seed peer."""
+    client, names = cluster.client, [f"many-{cluster.backend}-{i}.bin" for i in range(2)]
+    urls = [origin.add_file(n, size=(1 << 20) + i, seed=50 + i) for i, n in enumerate(names)]
+    job = finished(client, preheat(client, {"type": "file", "urls": urls, "tag": "t2"})["id"])
+    assert job["state"] == "SUCCESS", job
+    tasks = job["result"]["tasks"]
+    assert [t["url"] for t in tasks] == urls
+    for task, name in zip(tasks, names, strict=True):
+        assert task["seed_peer"] == cluster.seed_host
+        assert task["task_id"] == ids.task_id(task["url"], tag="t2")
+        status, body = cluster.seed.http_get(task["task_id"])
+        assert status == 200 and body == origin.content(name)

@@ -1,9 +1,10 @@
 """The job queues' rate window and Redis list, against a real redis-server; the
-preheat argument checks; the task IDs the manager gives preheat tasks."""
+preheat argument checks; the task IDs the manager gives preheat tasks (dfget's)."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
 
 import msgspec
@@ -12,7 +13,9 @@ import pytest
 from d7y.core import ids
 from d7y.daemons.manager import schemas as s
 from d7y.daemons.manager.job_queue import QueueUnavailable, RedisJobQueue, SqlJobQueue
-from d7y.daemons.manager.jobs import redacted_args
+from d7y.daemons.manager.jobs import preheat_task_id, redacted_args
+from d7y.daemons.manager.validation import explain
+from d7y.daemons.peer.task import DownloadRequest
 from tests.peer_harness import free_port
 
 
@@ -106,8 +109,87 @@ def test_preheat_task_ids_are_dfgets():
 
 
 @pytest.mark.parametrize(
+    "extra",
+    [
+        {"tag": "t1"},
+        {"application": "app-a"},
+        {"piece_length": 8 << 20},
+        {"tag": "t1", "application": "app-a", "piece_length": 4 << 20},
+        {"filtered_query_params": "sig&Expires", "application": "app-b"},
+    ],
+)
+def test_preheat_task_id_is_dfgets_with_tag_application_and_piece_length(extra):
+    """The manager's task ID for a preheat is the one dfget's request computes with the
+    same --tag / --application / --piece-length / --filtered-query-param, and each of
+    them changes it."""
+    url = "http://o.example/f.bin?sig=abc&keep=1"
+    args = msgspec.convert({"type": "file", "url": url, **extra}, s.PreheatArgs)
+    filtered = s.split_filtered_query_params(args.filtered_query_params)
+    dfget = DownloadRequest(
+        url=url,
+        tag=args.tag,
+        application=args.application,
+        piece_length=args.piece_length,
+        filtered_query_params=filtered,
+    )
+    assert preheat_task_id(url, args, filtered) == dfget.task_id()
+    plain = msgspec.convert({"type": "file", "url": url}, s.PreheatArgs)
+    assert preheat_task_id(url, args, filtered) != preheat_task_id(url, plain, None)
+
+
+def test_preheat_task_id_is_dragonflys_formula():
+    """sha256(canonical URL + tag + application + piece length + "STANDARD"), pinned by
+    hand so a change of the order or the encoding cannot pass unnoticed."""
+    url = "http://o.example/f.bin"
+    args = msgspec.convert(
+        {"type": "file", "url": url, "tag": "t", "application": "a", "piece_length": 4 << 20},
+        s.PreheatArgs,
+    )
+    expected = hashlib.sha256(f"{url}ta{4 << 20}STANDARD".encode()).hexdigest()
+    assert preheat_task_id(url, args, None) == expected
+
+
+@pytest.mark.parametrize(
+    ("args", "field", "words"),
+    [
+        ({"scope": "everyone"}, "args.scope",
+         ["single_seed_peer", "all_seed_peers", "all_peers", "everyone"]),
+        ({"piece_length": 1 << 20}, "args.piece_length", ["4194304", "1073741824", "1048576"]),
+        ({"timeout": 0}, "args.timeout", ["timeout"]),
+        ({"timeout": 10**9}, "args.timeout", ["604800"]),
+        ({"urls": "http://o/a"}, "args.urls", ["a list"]),
+    ],
+)  # fmt: skip
+def test_preheat_args_out_of_range_name_the_field_and_the_allowed_values(args, field, words):
+    raw = msgspec.json.encode({"type": "preheat", "args": {"type": "file", "url": "http://o/f",
+                                                           **args}})  # fmt: skip
+    with pytest.raises(msgspec.ValidationError) as caught:
+        msgspec.json.decode(raw, type=s.JobCreate)
+    message, named = explain(caught.value, s.JobCreate, raw)
+    assert named == field, message
+    for word in words:
+        assert word in message, message
+
+
+def test_preheat_args_defaults_and_urls():
+    args = msgspec.convert({"type": "file", "url": "http://o/f"}, s.PreheatArgs)
+    assert (args.scope, args.timeout, args.piece_length, args.application) == (
+        "single_seed_peer", None, None, "")  # fmt: skip
+    assert args.all_urls() == ["http://o/f"]
+    several = msgspec.convert(
+        {"type": "file", "urls": ["http://o/a", "http://o/b", "http://o/a"]}, s.PreheatArgs
+    )
+    s.check_preheat_args(several)
+    assert several.all_urls() == ["http://o/a", "http://o/b"]
+
+
+@pytest.mark.parametrize(
     ("args", "field"),
     [
+        ({"type": "file"}, "url"),
+        ({"type": "file", "url": "http://o/f", "urls": ["http://o/g"]}, "url"),
+        ({"type": "image", "urls": ["http://r/v2/a/manifests/t"]}, "urls"),
+        ({"type": "file", "urls": ["http://o/a", "ftp://o/b"]}, r"urls\[1\]"),
         ({"type": "image", "url": "http://r/v2/a/blobs/sha256:0"}, "url"),
         ({"type": "file", "url": "file:///etc/passwd"}, "url"),
         ({"type": "file", "url": "http://o/f", "headers": {"X": "a\r\nB: c"}}, "headers"),

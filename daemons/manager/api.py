@@ -44,6 +44,7 @@ from d7y.daemons.manager.models import (
     User,
 )
 from d7y.daemons.manager.operations import ManagerOperations, get_or_404
+from d7y.daemons.manager.response_cache import CLUSTERS, ResponseCache, changed_resources
 from d7y.daemons.manager.validation import explain
 
 log = logging.getLogger("d7y.manager")
@@ -247,8 +248,11 @@ class ManagerApi:
         keepalive_timeout: float,
         on_request: Callable[[str, str, int], None] | None = None,
         extra_routes: list[Route] = (),
+        cache: ResponseCache | None = None,
     ) -> None:
         self.sessions = sessions
+        #: Answers of hot reads in Redis (does nothing without it).
+        self.cache = cache or ResponseCache()
         self.session_key = session_key
         self.session_ttl = session_ttl
         self.keepalive_timeout = keepalive_timeout
@@ -393,6 +397,7 @@ class ManagerApi:
                 if request.method in WRITE_METHODS:
                     session.add(self.audit_row(request, response.status))
                 await session.commit()
+                await self.cache.invalidate(changed_resources(session))
                 for callback in request.get("after_commit", ()):
                     callback()
                 return response
@@ -605,11 +610,21 @@ class ManagerApi:
 
     async def list_clusters(self, request: web.Request) -> web.Response:
         query = page_of(request)
+        # The answer depends on the clusters and the query only (not on who asks: the
+        # route's RBAC check ran before), so it is cached by the query.
+        variant = msgspec.json.encode([query.page, query.per_page, query.name]).decode()
+        cached, key = await self.cache.get(CLUSTERS, variant)
+        if cached is not None:
+            return web.Response(
+                body=cached.body, content_type="application/json", headers=cached.headers
+            )
         statement = select(Cluster).order_by(Cluster.id)
         if query.name:
             statement = statement.where(Cluster.name == query.name)
         rows, total = await paged(db(request), statement, query)
-        return list_response([cluster_out(c) for c in rows], total)
+        response = list_response([cluster_out(c) for c in rows], total)
+        await self.cache.put(key, response.body, {"X-Total-Count": str(total)})
+        return response
 
     async def create_cluster(self, request: web.Request) -> web.Response:
         body: s.ClusterCreate = await read_body(request, s.ClusterCreate)

@@ -62,6 +62,11 @@ class RedisConfig:
     password: str = field("", "Redis password (better given as D7Y_MANAGER_REDIS__PASSWORD)")
     db: int = field(0, "Redis database number")
     key_prefix: str = field("d7y:", "prefix of every key the manager writes in Redis")
+    cache_ttl: Duration = field(
+        Duration(60),
+        "with Redis: how long an answer of GET /api/v1/clusters stays cached (a write to "
+        "a cluster drops the cached answers at once); 0 turns the response cache off",
+    )
 
 
 @dataclasses.dataclass
@@ -102,7 +107,9 @@ class ManagerConfig:
     database: DatabaseConfig = section(DatabaseConfig, "where the state lives")
     auth: AuthConfig = section(AuthConfig, "sessions and tokens")
     keepalive: KeepaliveConfig = section(KeepaliveConfig, "scheduler and seed-peer liveness")
-    redis: RedisConfig = section(RedisConfig, "optional Redis: the job queue")
+    redis: RedisConfig = section(
+        RedisConfig, "optional Redis: the job queue and the response cache"
+    )
     job: JobConfig = section(JobConfig, "preheat jobs")
     metrics: MetricsConfig = section(MetricsConfig, "Prometheus metrics and health")
     log: LogConfig = section(LogConfig, "logging")

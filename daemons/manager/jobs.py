@@ -13,10 +13,13 @@ peer downloads the task):
    (``POST /api/v1/schedulers/{id}/jobs/claim``, a long poll, at most
    ``job_rate_limit`` tasks a second per cluster), makes its seed peer fetch each one,
    and reports SUCCESS or FAILURE with the seed peer and the error
-   (``POST /api/v1/schedulers/{id}/jobs/report``).
+   (``POST /api/v1/schedulers/{id}/jobs/report``). With ``scope`` ``all_seed_peers``
+   (every seed peer) or ``all_peers`` (every host the scheduler knows) it reports one
+   result per host, each stored as its own row.
 4. When every task is done the job is SUCCESS, or FAILURE if any failed. A sweep fails
-   what is unfinished at the job's deadline (``job.preheat_timeout``) and queues again
-   the tasks of a scheduler that stopped (up to ``job.max_attempts`` times).
+   what is unfinished at the job's deadline (``args.timeout``, by default
+   ``job.preheat_timeout``) and queues again the tasks of a scheduler that stopped (up
+   to ``job.max_attempts`` times).
 """
 
 from __future__ import annotations
@@ -109,7 +112,7 @@ class JobService:
             args=msgspec.to_builtins(body.args),
             scheduler_cluster_ids=list(dict.fromkeys(body.scheduler_cluster_ids)),
             user_id=user_id,
-            deadline=now + self.preheat_timeout,
+            deadline=now + (body.args.timeout or self.preheat_timeout),
             created_at=now,
             updated_at=now,
         )
@@ -117,7 +120,8 @@ class JobService:
         await session.flush()
         log.info(
             "job created id=%d type=%s url=%s clusters=%s",
-            job.id, body.args.type, body.args.url, job.scheduler_cluster_ids or "all",
+            job.id, body.args.type, " ".join(body.args.all_urls()),
+            job.scheduler_cluster_ids or "all",
         )  # fmt: skip
         return job
 
@@ -195,10 +199,15 @@ class JobService:
         answer = []
         for row in sorted(rows, key=lambda r: r.id):
             job = jobs.get(row.job_id)
+            args = job.args if job is not None else {}
             answer.append({
                 "id": row.id, "job_id": row.job_id, "url": row.url, "task_id": row.task_id,
                 "tag": row.tag, "filtered_query_params": row.filtered_query_params,
                 "headers": row.headers,
+                # Kept in the job's args (the same for all its tasks), not in the task row.
+                "application": args.get("application", ""),
+                "piece_length": args.get("piece_length") or 0,
+                "scope": args.get("scope", "single_seed_peer"),
                 "timeout": max(1.0, (job.deadline if job else now) - now),
             })  # fmt: skip
             log.info(
@@ -214,11 +223,28 @@ class JobService:
         was thought gone, or its job deleted) is ignored and counted as such."""
         now = time.time()
         recorded, ignored, jobs = 0, 0, set()
+        taken: dict[int, JobTask] = {}  # rows this report ended, by ID
         for item in body.tasks:
-            row = await session.get(JobTask, item.id)
-            if row is None or row.scheduler_id != scheduler_id or row.state != RUNNING:
-                ignored += 1
-                continue
+            if item.id in taken:
+                # Another target of the same task (scope all_seed_peers / all_peers):
+                # its own result row, a copy of the task's.
+                first = taken[item.id]
+                row = self._task(
+                    first.job_id, first.cluster_id, first.url, first.task_id, first.tag,
+                    first.filtered_query_params, first.headers, RUNNING, "", now,
+                )  # fmt: skip
+                row.scheduler_id, row.attempts, row.claimed_at = (
+                    scheduler_id,
+                    first.attempts,
+                    first.claimed_at,
+                )
+                session.add(row)
+            else:
+                row = await session.get(JobTask, item.id)
+                if row is None or row.scheduler_id != scheduler_id or row.state != RUNNING:
+                    ignored += 1
+                    continue
+                taken[item.id] = row
             row.state, row.seed_peer, row.error, row.updated_at = (
                 item.state,
                 item.seed_peer,
@@ -299,9 +325,9 @@ class JobService:
             cluster_ids = job.scheduler_cluster_ids or list(
                 await session.scalars(select(Cluster.id).order_by(Cluster.id))
             )
-        urls, headers, error = [args.url], dict(args.headers), ""
+        urls, headers, error = args.all_urls(), dict(args.headers), ""
         if not cluster_ids:
-            error = f"{args.url}: there is no scheduler cluster to preheat in; create one"
+            error = f"{urls[0]}: there is no scheduler cluster to preheat in; create one"
         elif args.type == "image":
             resolver = ImageResolver(
                 self._http, username=args.username, password=args.password, headers=headers
@@ -325,7 +351,7 @@ class JobService:
             if error:
                 first = cluster_ids[0] if cluster_ids else 0
                 session.add(
-                    self._task(job_id, first, args.url, "", args.tag, filtered, {}, FAILURE,
+                    self._task(job_id, first, urls[0], "", args.tag, filtered, {}, FAILURE,
                                error, now)
                 )  # fmt: skip
             else:
@@ -344,7 +370,7 @@ class JobService:
                     for url in urls:
                         row = self._task(
                             job_id, cluster_id, url,
-                            ids.task_id(url, tag=args.tag or None, filtered_query_params=filtered),
+                            preheat_task_id(url, args, filtered),
                             args.tag, filtered, headers, FAILURE if why else PENDING, why, now,
                         )  # fmt: skip
                         session.add(row)
@@ -388,11 +414,14 @@ class JobService:
             ))  # fmt: skip
             for job in late:
                 timeout = f"{job.deadline - job.created_at:g}s"
+                setting = (
+                    "args.timeout" if (job.args or {}).get("timeout") else ("job.preheat_timeout")
+                )
                 for row in await session.scalars(
                     select(JobTask).where(JobTask.job_id == job.id, JobTask.state.not_in(DONE))
                 ):
                     row.state, row.updated_at = FAILURE, now
-                    row.error = f"timed out: not done within {timeout} (job.preheat_timeout)"
+                    row.error = f"timed out: not done within {timeout} ({setting})"
                 job.state, job.updated_at = FAILURE, now
                 log.info("job FAILURE id=%d: timed out after %s", job.id, timeout)
             since = now - self.keepalive_timeout
@@ -420,6 +449,19 @@ class JobService:
                 await self.settle(session, job_id)
         for cluster_id, task_ids in requeue.items():
             await self.queue.push(cluster_id, task_ids)
+
+
+def preheat_task_id(url: str, args: s.PreheatArgs, filtered: list[str] | None) -> str:
+    """The task ID dfget computes for ``url`` with the job's tag, application, piece
+    length and filtered query parameters (``--tag``, ``--application``,
+    ``--piece-length``, ``--filtered-query-param``)."""
+    return ids.task_id(
+        url,
+        tag=args.tag or None,
+        application=args.application or None,
+        piece_length=args.piece_length,
+        filtered_query_params=filtered,
+    )
 
 
 # -- serialization -----------------------------------------------------------------------

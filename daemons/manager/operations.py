@@ -29,6 +29,7 @@ from d7y.daemons.manager.models import (
     SeedPeer,
     User,
 )
+from d7y.daemons.manager.response_cache import CLUSTERS, mark_changed
 
 
 async def get_or_404(session: AsyncSession, model: type, ident: int, what: str) -> Any:
@@ -90,6 +91,7 @@ class ManagerOperations:
         await session.flush()
         if cluster.is_default:
             await self._only_default(session, cluster.id)
+        mark_changed(session, CLUSTERS)
         return cluster
 
     async def update_cluster(
@@ -105,6 +107,7 @@ class ManagerOperations:
         cluster.updated_at = time.time()
         if body.is_default is True:
             await self._only_default(session, cluster.id)
+        mark_changed(session, CLUSTERS)
         return cluster
 
     async def delete_cluster(self, session: AsyncSession, cluster_id: int) -> None:
@@ -127,6 +130,7 @@ class ManagerOperations:
         for model in (Scheduler, SeedPeer):
             await session.execute(delete(model).where(model.cluster_id == cluster.id))
         await session.delete(cluster)
+        mark_changed(session, CLUSTERS)
 
     async def members(
         self, session: AsyncSession, model: type, cluster_id: int, *, active_only: bool = False

@@ -151,7 +151,9 @@ class JobOut(Struct):
 
 
 class ClaimedTaskOut(Struct):
-    """A preheat task handed to a scheduler: what its seed peer fetches."""
+    """A preheat task handed to a scheduler: what its seed peer (or, by ``scope``, its
+    seed peers or every host) fetches; ``application`` and ``piece_length`` (0: derived
+    from the length) are part of its task ID as in dfget."""
 
     id: int
     job_id: int
@@ -160,6 +162,9 @@ class ClaimedTaskOut(Struct):
     tag: str
     filtered_query_params: list[str] | None
     headers: dict[str, str]
+    application: str
+    piece_length: int
+    scope: Literal["single_seed_peer", "all_seed_peers", "all_peers"]
     #: Seconds left before the job times out.
     timeout: float
 

@@ -158,16 +158,37 @@ _PLATFORM = re.compile(r"^[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?$")
 JobState = Literal["PENDING", "RUNNING", "SUCCESS", "FAILURE"]
 
 
+PreheatScope = Literal["single_seed_peer", "all_seed_peers", "all_peers"]
+#: The most URLs one file preheat may name (each is one task per cluster).
+MAX_PREHEAT_URLS = 1000
+#: The longest a preheat may take (seconds): a week.
+MAX_PREHEAT_TIMEOUT = 7 * 24 * 3600
+#: Dragonfly's piece length bounds for a user's choice (core/pieces.py): 4 MiB..1 GiB.
+MIN_PIECE_LENGTH, MAX_PIECE_LENGTH = 4 << 20, 1 << 30
+
+
 class PreheatArgs(Struct):
-    """What to preheat. ``file``: ``url`` is one file. ``image``: ``url`` is a manifest
-    URL; its config and layers are preheated. ``filtered_query_params``: names left out
-    of the task ID, separated by ``&`` (Dragonfly's form) or ``,``; empty: the default
-    list (S3, GCS, OSS signatures). ``platform``: ``os/arch[/variant]`` chosen from a
-    manifest list or index (empty: linux/amd64)."""
+    """What to preheat. ``file``: ``url`` is one file, or ``urls`` several (one of the
+    two). ``image``: ``url`` is a manifest URL; its config and layers are preheated.
+    ``filtered_query_params``: names left out of the task ID, separated by ``&``
+    (Dragonfly's form) or ``,``; empty: the default list (S3, GCS, OSS signatures).
+    ``tag``, ``application`` and ``piece_length`` take part in the task ID as in dfget
+    (``--tag``, ``--application``, ``--piece-length``): give the same ones a later
+    download uses. ``platform``: ``os/arch[/variant]`` chosen from a manifest list or
+    index (empty: linux/amd64). ``scope``: which hosts of each cluster download
+    (``single_seed_peer``: the seed peer the task hashes to; ``all_seed_peers``: every
+    seed peer; ``all_peers``: every host, seed or not, the scheduler knows).
+    ``timeout``: seconds the job may take (unset: the manager's job.preheat_timeout)."""
 
     type: Literal["image", "file"]
-    url: Annotated[str, Meta(min_length=1, max_length=8192)]
+    url: Annotated[str, Meta(max_length=8192)] = ""
+    urls: Annotated[
+        list[Annotated[str, Meta(min_length=1, max_length=8192)]],
+        Meta(max_length=MAX_PREHEAT_URLS),
+    ] = msgspec.field(default_factory=list)
     tag: Annotated[str, Meta(max_length=256)] = ""
+    application: Annotated[str, Meta(max_length=256)] = ""
+    piece_length: Annotated[int, Meta(ge=MIN_PIECE_LENGTH, le=MAX_PIECE_LENGTH)] | None = None
     filtered_query_params: Annotated[str, Meta(max_length=8192)] = ""
     headers: Annotated[dict[str, Annotated[str, Meta(max_length=8192)]], Meta(max_length=256)] = (
         msgspec.field(default_factory=dict)
@@ -175,6 +196,12 @@ class PreheatArgs(Struct):
     username: Annotated[str, Meta(max_length=1024)] = ""
     password: Annotated[str, Meta(max_length=1024)] = ""
     platform: Annotated[str, Meta(max_length=64)] = ""
+    scope: PreheatScope = "single_seed_peer"
+    timeout: Annotated[float, Meta(ge=1, le=MAX_PREHEAT_TIMEOUT)] | None = None
+
+    def all_urls(self) -> list[str]:
+        """The URLs to preheat as given (an image's is its manifest), duplicates once."""
+        return list(dict.fromkeys(self.urls)) if self.urls else [self.url]
 
 
 class JobCreate(Struct):
@@ -209,6 +236,9 @@ class JobTaskReport(Struct):
 
 
 class JobReport(Struct):
+    """Results of claimed tasks. A task of scope ``all_seed_peers`` or ``all_peers`` has
+    one item per host that downloaded it (the same ``id``): each becomes a result row."""
+
     tasks: Annotated[list[JobTaskReport], Meta(min_length=1, max_length=1000)]
 
 
@@ -223,9 +253,20 @@ def check_preheat_args(args: PreheatArgs, path: str = "$.args") -> None:
     image, header names and values that fit in a request, a platform of os/arch."""
     from urllib.parse import urlsplit
 
-    parts = urlsplit(args.url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValidationFailed(f"{args.url!r} is not an http(s) URL with a host - at `{path}.url`")
+    if bool(args.url) == bool(args.urls):
+        raise ValidationFailed(
+            "give either url (one file or an image's manifest) or urls (several files), "
+            f"not {'both' if args.url else 'neither'} - at `{path}.url`"
+        )
+    if args.urls and args.type != "file":
+        raise ValidationFailed(
+            f"urls is for type file; an image preheat takes its manifest in url - at `{path}.urls`"
+        )
+    for index, url in enumerate(args.urls or [args.url]):
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            where = f"{path}.urls[{index}]" if args.urls else f"{path}.url"
+            raise ValidationFailed(f"{url!r} is not an http(s) URL with a host - at `{where}`")
     if args.type == "image" and not MANIFEST_URL.match(args.url):
         raise ValidationFailed(
             f"{args.url!r} is not a manifest URL; an image preheat needs "

@@ -31,6 +31,7 @@ from d7y.daemons.manager.job_queue import JobQueue, RedisJobQueue, SqlJobQueue
 from d7y.daemons.manager.jobs import JobService
 from d7y.daemons.manager.models import ACTIVE, INACTIVE, Scheduler, SeedPeer
 from d7y.daemons.manager.openapi import DOCS_PAGE, build_document
+from d7y.daemons.manager.response_cache import ResponseCache
 
 log = logging.getLogger("d7y.manager")
 #: A request still running when the manager stops gets this long.
@@ -63,6 +64,7 @@ class ManagerService:
         self.engine: AsyncEngine | None = None
         self.api: ManagerApi | None = None
         self.jobs: JobService | None = None
+        self.cache: ResponseCache | None = None
         self._runner: web.AppRunner | None = None
         self._sweeper: asyncio.Task | None = None
         self.port = 0
@@ -113,9 +115,20 @@ class ManagerService:
                 f"cannot use the job queue ({self.jobs.queue.name}) at {shown}: "
                 f"{exc.__class__.__name__}: {str(exc).rstrip('.')}; check redis.address"
             ) from None
+        self.cache = self._response_cache()
+        try:
+            await self.cache.start()
+        except Exception as exc:
+            await self.jobs.stop()
+            await self.engine.dispose()
+            raise ManagerError(
+                f"cannot use the response cache at {self.cache.shown}: "
+                f"{exc.__class__.__name__}: {exc}; check redis.address"
+            ) from None
         self.api = ManagerApi(
             sessions,
             key,
+            cache=self.cache,
             session_ttl=float(config.auth.session_ttl),
             keepalive_timeout=float(config.keepalive.timeout),
             on_request=self._count,
@@ -131,6 +144,13 @@ class ManagerService:
         self.port = self._runner.addresses[0][1]
         self._where = where
         self._sweeper = asyncio.create_task(self._sweep_forever(sessions))
+
+    def _response_cache(self) -> ResponseCache:
+        redis = self.config.redis
+        return ResponseCache(
+            redis.address, password=redis.password, db=redis.db, prefix=redis.key_prefix,
+            ttl=float(redis.cache_ttl),
+        )  # fmt: skip
 
     def _job_queue(self, sessions: async_sessionmaker) -> JobQueue:
         redis = self.config.redis
@@ -163,6 +183,8 @@ class ManagerService:
             await self._runner.cleanup()
         if self.jobs is not None:
             await self.jobs.stop()
+        if self.cache is not None:
+            await self.cache.close()
         if self.engine is not None:
             await self.engine.dispose()
 

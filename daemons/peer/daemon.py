@@ -241,7 +241,8 @@ class PeerDaemon:
         )
 
     def _on_trigger(self, trigger: m.TriggerSeed) -> None:
-        """The scheduler asks this seed peer to fetch a task from the origin."""
+        """The scheduler asks this host to fetch a task: a seed peer from the origin; an
+        ordinary peer (a preheat of scope all_peers) by an ordinary P2P download."""
         assert self.manager is not None
         if self._draining:
             log.info("seed trigger refused while draining task=%s", trigger.task_id)
@@ -255,7 +256,7 @@ class PeerDaemon:
             piece_length=trigger.piece_length or None,
         )
         try:
-            task = self.manager.start(request, seed_trigger=True)
+            task = self.manager.start(request, seed_trigger=self.config.seed_peer, remote=True)
         except DownloadError as exc:
             log.warning("cannot start triggered task task=%s error=%s", trigger.task_id, exc)
             return

@@ -101,6 +101,9 @@ class Task:
         self.stream: DownloadStream | None = None  # its scheduler stream, if any
         self.restoring: asyncio.Future | None = None  # moving to a new stream (p2p.py)
         self.seed_trigger = False  # started by the scheduler's TriggerSeed
+        # Asked for by the scheduler (a seed trigger, or a preheat of scope all_peers on
+        # an ordinary peer), not by a local user: origin fetches follow the source policy.
+        self.remote = False
         self.streaming = False  # someone reads the bytes in order while they land
         # What the download fetches: None, every piece; else only the pieces holding
         # these byte ranges (a proxy Range request: a partial download of the same

@@ -169,13 +169,16 @@ class TaskManager:
         request: DownloadRequest,
         *,
         seed_trigger: bool = False,
+        remote: bool = False,
         streaming: bool = False,
         byte_range: RangeSpec | None = None,
     ) -> Task:
         """Start the task for ``request`` or join the one already running.
 
         ``seed_trigger``: the scheduler asked this seed peer to fetch the task from the
-        origin (it registers with need_back_to_source). ``streaming``: a consumer reads
+        origin (it registers with need_back_to_source). ``remote``: the scheduler asked
+        for it (an ordinary peer's preheat): an ordinary P2P download whose origin
+        fetches, if any, follow the source policy like a seed's. ``streaming``: a consumer reads
         the bytes in order as they land (stdout, proxy), so the piece picker favours the
         next pieces in order. ``byte_range``: the caller needs only these bytes: a new
         download fetches only the pieces that hold them (a partial download of the same
@@ -198,6 +201,7 @@ class TaskManager:
             return task
         task = Task(tid, request)
         task.seed_trigger = seed_trigger
+        task.remote = seed_trigger or remote
         task.streaming = streaming
         task.wanted = None if byte_range is None else [byte_range]
         self._running[tid] = task
@@ -417,7 +421,7 @@ class TaskManager:
     def _source(self, task: Task) -> Source:
         """The source for this task's origin requests, by its URL's scheme: a download
         the scheduler asked for on behalf of another host goes through the fetch policy."""
-        sources = self.remote_sources if task.seed_trigger else self.sources
+        sources = self.remote_sources if task.seed_trigger or task.remote else self.sources
         try:
             return sources.for_url(task.request.url)
         except SourceError as exc:

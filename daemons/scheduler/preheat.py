@@ -9,7 +9,10 @@ registration would trigger, so a later download finds it there) gets the schedul
 ordinary ``TriggerSeed``; the seed peer registers for the task, fetches it from the
 origin and reports DownloadFinished or DownloadFailed, which the scheduler's dispatch
 hands to :meth:`SeedPreheater.observe`. A seed peer that already holds the task is a
-success at once.
+success at once. That is scope ``single_seed_peer``; ``all_seed_peers`` sends the same
+trigger to every connected seed peer, ``all_peers`` to every connected host: an ordinary
+peer takes it as an ordinary P2P download (the peer daemon's ``_on_trigger``), so it
+fetches from the seed peers rather than the origin. Each host's result is reported.
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ CLAIM_WAIT = 5.0
 REPORT_ATTEMPTS = 5
 
 
+#: Which hosts of the cluster download a preheated task (the manager's args.scope).
+SCOPES = ("single_seed_peer", "all_seed_peers", "all_peers")
+
+
 class Outcome(NamedTuple):
     state: str
     seed_peer: str = ""
@@ -56,24 +63,65 @@ class SeedPreheater:
         task_id: str,
         *,
         tag: str = "",
+        application: str = "",
+        piece_length: int = 0,
         filtered_query_params: list[str] | None = None,
         headers: dict[str, str] | None = None,
+        scope: str = "single_seed_peer",
         timeout: float = 1800.0,
-    ) -> Outcome:
+    ) -> list[Outcome]:
+        """Have the task downloaded by the hosts ``scope`` names; one outcome per host
+        (one only, without a host, when none can be asked)."""
         try:
             expected = ids.task_id(
-                url, tag=tag or None, filtered_query_params=filtered_query_params
+                url,
+                tag=tag or None,
+                application=application or None,
+                piece_length=piece_length or None,
+                filtered_query_params=filtered_query_params,
             )
         except (ValueError, TypeError) as exc:
-            return Outcome(FAILURE, error=f"{url}: cannot compute its task ID: {exc}")
+            return [Outcome(FAILURE, error=f"{url}: cannot compute its task ID: {exc}")]
         if expected != task_id:
-            return Outcome(
+            return [Outcome(
                 FAILURE,
                 error=f"{url}: the manager's task ID {task_id} differs from this scheduler's "
                 f"{expected} (different d7y versions?)",
-            )
-        core = self.service.core
-        task = core.tasks.get(task_id)
+            )]  # fmt: skip
+        trigger = m.TriggerSeed(
+            task_id=task_id,
+            url=url,
+            tag=tag,
+            application=application,
+            filtered_query_params=filtered_query_params,
+            headers=dict(headers or {}),
+            piece_length=piece_length,
+        )
+        if scope == "single_seed_peer":
+            return [await self._one_seed(trigger, timeout)]
+        if scope not in SCOPES:
+            return [Outcome(FAILURE, error=f"{url}: unknown scope {scope!r}; use one of {SCOPES}")]
+        seeds = [
+            h for h in self.service.core.seed_hosts_for(task_id) if h in self.service.host_conns
+        ]
+        hosts = seeds
+        if scope == "all_peers":
+            hosts = seeds + sorted(h for h in self.service.host_conns if h not in seeds)
+        if not hosts:
+            what = "seed peer" if scope == "all_seed_peers" else "host"
+            return [Outcome(
+                FAILURE,
+                error=f"{url}: no {what} is connected to the scheduler on port "
+                f"{self.service.port}; start one with this scheduler",
+            )]  # fmt: skip
+        return list(await asyncio.gather(*(self._on_host(h, trigger, timeout) for h in hosts)))
+
+    async def _one_seed(self, trigger: m.TriggerSeed, timeout: float) -> Outcome:
+        """Scope single_seed_peer: the seed peer a peer's registration would trigger (the
+        hash ring's owner of the task), or the next connected one; a seed peer that holds
+        the task already is a success at once."""
+        core, url = self.service.core, trigger.url
+        task = core.tasks.get(trigger.task_id)
         failed: set[str] = set()
         if task is not None:
             for peer_id in task.seed_peers:
@@ -81,7 +129,9 @@ class SeedPreheater:
                 if peer is not None and peer.fsm.state is PeerState.SUCCEEDED:
                     return Outcome(SUCCESS, peer.host.id)
             failed = set(task.failed_seed_hosts)
-        connected = [h for h in core.seed_hosts_for(task_id) if h in self.service.host_conns]
+        connected = [
+            h for h in core.seed_hosts_for(trigger.task_id) if h in self.service.host_conns
+        ]
         if not connected:
             return Outcome(
                 FAILURE,
@@ -89,25 +139,36 @@ class SeedPreheater:
                 f"{self.service.port}; start one (seed_peer: true) with this scheduler",
             )
         host_id = ([h for h in connected if h not in failed] or connected)[0]
+        return await self._on_host(host_id, trigger, timeout)
+
+    def _holds(self, host_id: str, task_id: str) -> bool:
+        task = self.service.core.tasks.get(task_id)
+        return task is not None and any(
+            peer.host.id == host_id and peer.fsm.state is PeerState.SUCCEEDED
+            for peer in task.peers.values()
+        )
+
+    async def _on_host(self, host_id: str, trigger: m.TriggerSeed, timeout: float) -> Outcome:
+        """One host downloads the task: the scheduler's TriggerSeed on its connection (a
+        seed peer fetches from the origin, an ordinary peer downloads P2P), then its
+        DownloadFinished or DownloadFailed (:meth:`observe`)."""
+        url, task_id = trigger.url, trigger.task_id
+        if self._holds(host_id, task_id):
+            return Outcome(SUCCESS, host_id)
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         key = (task_id, host_id)
         self._waiters.setdefault(key, []).append(future)
         try:
-            conn = self.service.host_conns[host_id]
-            trigger = m.TriggerSeed(
-                task_id=task_id,
-                url=url,
-                tag=tag,
-                filtered_query_params=filtered_query_params,
-                headers=dict(headers or {}),
-            )
-            log.info("preheat trigger seed host=%s task=%s url=%s", host_id, task_id, url)
+            conn = self.service.host_conns.get(host_id)
+            if conn is None:
+                return Outcome(FAILURE, host_id, f"{url}: the host is no longer connected")
+            log.info("preheat trigger host=%s task=%s url=%s", host_id, task_id, url)
             if not await conn.send(trigger, conn.open_stream()):
-                return Outcome(FAILURE, host_id, f"{url}: the connection to seed peer is gone")
+                return Outcome(FAILURE, host_id, f"{url}: the connection to the host is gone")
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
             return Outcome(
-                FAILURE, host_id, f"{url}: seed peer did not finish it within {timeout:g}s"
+                FAILURE, host_id, f"{url}: the host did not finish it within {timeout:g}s"
             )
         finally:
             waiting = self._waiters.get(key, [])
@@ -201,24 +262,33 @@ class PreheatWorker:
 
     async def _one(self, scheduler_id: int, item: dict[str, Any]) -> None:
         try:
-            outcome = await self.preheater.preheat(
+            outcomes = await self.preheater.preheat(
                 item["url"],
                 item["task_id"],
                 tag=item.get("tag", ""),
+                application=item.get("application", ""),
+                piece_length=int(item.get("piece_length") or 0),
                 filtered_query_params=item.get("filtered_query_params"),
                 headers=item.get("headers") or {},
+                scope=item.get("scope", "single_seed_peer"),
                 timeout=float(item.get("timeout", 1800.0)),
             )
         except Exception as exc:  # a bug: report it as the task's failure, keep serving
             log.exception("preheat task %s crashed", item.get("id"))
-            outcome = Outcome(FAILURE, error=f"{item.get('url')}: scheduler error: {exc!r}")
-        log.info(
-            "preheat %s task=%s seed=%s%s",
-            outcome.state, item["task_id"], outcome.seed_peer,
-            f" error={outcome.error}" if outcome.error else "",
-        )  # fmt: skip
-        report = {"tasks": [{"id": item["id"], **outcome._asdict()}]}
-        report["tasks"][0]["error"] = outcome.error[:8192]
+            outcomes = [Outcome(FAILURE, error=f"{item.get('url')}: scheduler error: {exc!r}")]
+        for outcome in outcomes:
+            log.info(
+                "preheat %s task=%s seed=%s%s",
+                outcome.state, item["task_id"], outcome.seed_peer,
+                f" error={outcome.error}" if outcome.error else "",
+            )  # fmt: skip
+        # One item per host: the manager keeps a result row for each.
+        report = {
+            "tasks": [
+                {"id": item["id"], **outcome._asdict(), "error": outcome.error[:8192]}
+                for outcome in outcomes
+            ]
+        }
         for attempt in range(REPORT_ATTEMPTS):
             try:
                 status, answer = await self.client.call(

@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from d7y.daemons.manager import auth
 from d7y.daemons.manager.api import ManagerApi, failure_of
 from d7y.daemons.manager.errors import ApiError
+from d7y.daemons.manager.response_cache import changed_resources
 
 SESSION_COOKIE = "d7y_session"
 CSRF_COOKIE = "d7y_csrf"
@@ -155,6 +156,7 @@ class Guard:
                 if write:
                     session.add(self.api.audit_row(request, response.status))
                 await session.commit()
+                await self.api.cache.invalidate(changed_resources(session))
             # What must wait for the commit (waking the job queue for a new job).
             for callback in request.get("after_commit", ()):
                 callback()
