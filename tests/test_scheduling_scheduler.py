@@ -862,11 +862,11 @@ def test_d7y_keeps_serving_parents_and_tops_up(bitmap_impl):
 
 
 def _burst(bitmap_impl, source_upload=GBIT, **hosts):
-    """d7y with ``starting_overflow``: a parent on host 'hs' serving from the origin,
+    """d7y (``starting_overflow``): a seed peer on host 'hs' serving from the origin,
     child 'a' just given it (not started), then 'b' registers. Returns the scheduler and
     b's parents."""
-    s = make(bitmap_impl, policy="d7y", starting_overflow=True)
-    add_host(s, "hs", upload_limit_bps=source_upload, **hosts.get("hs", {}))
+    s = make(bitmap_impl, policy="d7y")
+    add_host(s, "hs", seed=True, upload_limit_bps=source_upload, **hosts.get("hs", {}))
     for h in ("ha", "hb"):
         add_host(s, h, download_limit_bps=GBIT, **hosts.get(h, {}))
     source_peer(s, "src", "hs")
@@ -894,8 +894,8 @@ def test_d7y_burst_takes_a_starting_peer_before_overfilling_a_capped_parent(bitm
 def test_d7y_burst_overfills_a_parent_when_one_more_child_costs_little(bitmap_impl):
     """A parent that feeds two children (2 Gbit/s up) and has two takes a third (each
     keeps 2/3 of its share, OVERFILL) rather than sending the child to a starting peer."""
-    s = make(bitmap_impl, policy="d7y", starting_overflow=True)
-    add_host(s, "hs", upload_limit_bps=2 * GBIT)
+    s = make(bitmap_impl, policy="d7y")
+    add_host(s, "hs", seed=True, upload_limit_bps=2 * GBIT)
     for h in ("ha", "hx", "hb"):
         add_host(s, h, download_limit_bps=GBIT)
     source_peer(s, "src", "hs")
@@ -949,16 +949,26 @@ def test_d7y_peer_with_one_parent_may_take_an_overfull_second_one(bitmap_impl):
     s.verify_invariants()
 
 
-def test_d7y_burst_rule_is_off_by_default(bitmap_impl):
-    """Off by default (it deepens big crowds): 'b' over-fills the source."""
+@pytest.mark.parametrize("overflow", [True, False])
+def test_d7y_burst_rule_protects_seed_peers_only(bitmap_impl, overflow):
+    """The rule needs a seed peer among the full candidates: a full normal parent is
+    over-filled as before (chains of not-yet-started parents slow big crowds), and with
+    ``starting_overflow`` off a full seed peer is over-filled too."""
     s = make(bitmap_impl, policy="d7y")
-    assert s.config.starting_overflow is False
     add_host(s, "hs")
     for h in ("ha", "hb"):
         add_host(s, h, download_limit_bps=GBIT)
     source_peer(s, "src", "hs")
     s.register_peer("a", "t", "ha", "u", 1)
     assert [p.peer_id for p in s.register_peer("b", "t", "hb", "u", 2).parents] == ["src"]
+    s = make(bitmap_impl, policy="d7y", starting_overflow=overflow)
+    add_host(s, "hs", seed=True)
+    for h in ("ha", "hb"):
+        add_host(s, h, download_limit_bps=GBIT)
+    source_peer(s, "src", "hs")
+    s.register_peer("a", "t", "ha", "u", 1)
+    parents = [p.peer_id for p in s.register_peer("b", "t", "hb", "u", 2).parents]
+    assert parents == (["a"] if overflow else ["src"])
 
 
 def test_dragonfly_has_no_burst_rule(bitmap_impl):

@@ -150,6 +150,7 @@ class ParentSelector:
                 not room
                 and self.config.starting_overflow
                 and not has_parents(peer)
+                and any(c.host.is_seed for c in candidates)
                 and _overfill(candidates, host, factor) > OVERFILL
             ):
                 # Every servable candidate is full, and one more child would cut its

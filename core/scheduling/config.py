@@ -61,7 +61,7 @@ POLICY_DEFAULTS: dict[str, dict[str, object]] = {
         "prefer_locality": True,
         "retry_interval": 0.2,
         "early_parents": False,
-        "starting_overflow": False,
+        "starting_overflow": True,
     },
 }
 
@@ -99,11 +99,12 @@ class SchedulerConfig:
     #: A peer just given parents is a candidate before its download starts, always (off
     #: for both policies: it makes the relay trees of a download-bound crowd deeper).
     early_parents: bool = None  # type: ignore[assignment]
-    #: With ``children_per_capacity``: a peer whose candidates are all full takes a peer
-    #: just given parents before over-filling one whose children would lose more than
-    #: a third of their share (candidates.OVERFILL). Off for both policies: it keeps a
-    #: capped seed to one child in a registration burst, but at 1,000 hosts its chains
-    #: of not-yet-started parents made the crowd 1.7 x slower (docs/simulation.md).
+    #: With ``children_per_capacity``: a peer whose candidates are all full, a seed peer
+    #: among them, takes a peer just given parents before over-filling one whose
+    #: children would lose more than a third of their share (candidates.OVERFILL): it
+    #: keeps a capped seed to one child in a registration burst (d7y: on; dragonfly:
+    #: off). Applied to full normal peers too, it made a 1,000-host crowd 1.7 x slower
+    #: (chains of not-yet-started parents; docs/simulation.md).
     starting_overflow: bool = None  # type: ignore[assignment]
     #: Failed rounds after which the peer is told scheduling failed.
     retry_limit: int = 5
