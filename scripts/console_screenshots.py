@@ -22,12 +22,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.cdp import Browser, Chromium, Page  # noqa: E402
-from tests.manager_harness import ROOT_PASSWORD, ManagerProcess  # noqa: E402
+from tests.manager_harness import (  # noqa: E402
+    ROOT_PASSWORD,
+    ManagerProcess,
+    start_managed_cluster,
+)
 from tests.origin_server import ThreadedOriginServer  # noqa: E402
 from tests.peer_harness import (  # noqa: E402
     PeerProcess,
-    SchedulerProcess,
-    peer_config,
     wait_for,
 )
 
@@ -121,13 +123,8 @@ def main() -> int:
         work = Path(tmp)
         origin = stack.enter_context(ThreadedOriginServer())
         origin.add_file("models/resnet50.bin", size=6 << 20, seed=1)
-        manager = stack.enter_context(ManagerProcess(work, pat=PAT))
-        scheduler = stack.enter_context(SchedulerProcess(work, manager={
-            "address": f"127.0.0.1:{manager.port}", "token": PAT, "hostname": "scheduler-1",
-            "keepalive_interval": "1s",
-        }))  # fmt: skip
-        seed = stack.enter_context(
-            PeerProcess(work, "seed", **peer_config(scheduler, "seed", seed=True))
+        manager, scheduler, seed = start_managed_cluster(
+            stack, work, pat=PAT, hostname="scheduler-1", keepalive="1s"
         )
         scheduler.wait_log("type=seed")
         job_id = populate(manager, seed, origin.base_url.rstrip("/"))

@@ -603,18 +603,7 @@ class Network:
         if not i:
             return
         order.sort()
-        rem = r.cap
-        below = 0
-        left = total
-        for c, j in order:
-            if c * left < rem:
-                k = recs[j][0]
-                rem -= c * k
-                left -= k
-                below += 1
-            else:
-                break
-        lam = rem / left if left else INF
+        lam, below = _water_fill(order, recs, r.cap, total)
         if spare_capped < lam * (1 - REL_TOL):  # such a member would leave r
             lam, below = self._recheck_spare_caps(r, old, order, recs, lam, below, total)
         if not rise_ok and lam > old:

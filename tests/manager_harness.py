@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.peer_harness import DaemonProcess, free_port
+from tests.peer_harness import (
+    DaemonProcess,
+    PeerProcess,
+    SchedulerProcess,
+    free_port,
+    peer_config,
+)
 
 ROOT_PASSWORD = "root-password-for-tests"
 
@@ -58,6 +65,35 @@ class ManagerProcess(DaemonProcess):
         )
         assert status == 200, body
         return self.client(body["token"])
+
+
+def start_managed_cluster(
+    stack: contextlib.ExitStack,
+    work: Path,
+    *,
+    pat: str,
+    hostname: str,
+    keepalive: str = "200ms",
+    **manager_config: Any,
+) -> tuple[ManagerProcess, SchedulerProcess, PeerProcess]:
+    """A manager (seeded with the token ``pat``), a scheduler registered with it as
+    ``hostname`` and a seed peer on that scheduler, each stopped by ``stack``."""
+    manager = stack.enter_context(ManagerProcess(work, pat=pat, **manager_config))
+    scheduler = stack.enter_context(
+        SchedulerProcess(
+            work,
+            manager={
+                "address": f"127.0.0.1:{manager.port}",
+                "token": pat,
+                "hostname": hostname,
+                "keepalive_interval": keepalive,
+            },
+        )
+    )
+    seed = stack.enter_context(
+        PeerProcess(work, "seed", **peer_config(scheduler, "seed", seed=True))
+    )
+    return manager, scheduler, seed
 
 
 class ApiClient:

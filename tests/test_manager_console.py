@@ -18,7 +18,7 @@ import pytest
 
 from d7y.core import ids
 from tests.cdp import CHROMIUM, Browser, Chromium, Page
-from tests.manager_harness import ROOT_PASSWORD, ManagerProcess
+from tests.manager_harness import ROOT_PASSWORD, ManagerProcess, start_managed_cluster
 
 # Skipped without Chromium, except in CI (D7Y_REQUIRE_TOOLS), where that is a failure.
 pytestmark = pytest.mark.skipif(
@@ -398,7 +398,7 @@ PAT = "d7y_pat_console-preheat-token"
 
 @pytest.fixture(scope="module")
 def preheat_cluster(tmp_path_factory):
-    from tests.peer_harness import PeerProcess, SchedulerProcess, peer_config, wait_for
+    from tests.peer_harness import wait_for
     from tests.registry_server import Registry
 
     missing = shutil.which("skopeo") is None or shutil.which("docker-registry") is None
@@ -406,13 +406,8 @@ def preheat_cluster(tmp_path_factory):
         pytest.skip("needs skopeo and docker-registry (scripts/test.sh installs them)")
     work = tmp_path_factory.mktemp("console-preheat")
     with contextlib.ExitStack() as stack:
-        manager = stack.enter_context(ManagerProcess(work, pat=PAT))
-        scheduler = stack.enter_context(SchedulerProcess(work, manager={
-            "address": f"127.0.0.1:{manager.port}", "token": PAT, "hostname": "sched-console",
-            "keepalive_interval": "200ms",
-        }))  # fmt: skip
-        seed = stack.enter_context(
-            PeerProcess(work, "seed", **peer_config(scheduler, "seed", seed=True))
+        manager, scheduler, seed = start_managed_cluster(
+            stack, work, pat=PAT, hostname="sched-console"
         )
         seed_host = ids.host_id("127.0.0.1", "seed", seed=True)
         scheduler.wait_log(f"host announced host={seed_host} type=seed")

@@ -22,8 +22,8 @@ from types import SimpleNamespace
 import pytest
 
 from d7y.core import ids
-from tests.manager_harness import ManagerProcess
-from tests.peer_harness import PeerProcess, SchedulerProcess, free_port, peer_config, wait_for
+from tests.manager_harness import ManagerProcess, start_managed_cluster
+from tests.peer_harness import PeerProcess, free_port, peer_config, wait_for
 from tests.registry_server import (
     OCI_INDEX,
     OCI_MANIFEST,
@@ -80,13 +80,8 @@ def cluster(request, tmp_path_factory):
         redis = request.getfixturevalue("redis_server")
         overrides["redis"] = {"address": redis.address, "key_prefix": f"t{uuid.uuid4().hex[:8]}:"}
     with contextlib.ExitStack() as stack:
-        manager = stack.enter_context(ManagerProcess(work, pat=PAT, **overrides))
-        scheduler = stack.enter_context(SchedulerProcess(work, manager={
-            "address": f"127.0.0.1:{manager.port}", "token": PAT, "hostname": "sched-preheat",
-            "keepalive_interval": "200ms",
-        }))  # fmt: skip
-        seed = stack.enter_context(
-            PeerProcess(work, "seed", **peer_config(scheduler, "seed", seed=True))
+        manager, scheduler, seed = start_managed_cluster(
+            stack, work, pat=PAT, hostname="sched-preheat", **overrides
         )
         peer = stack.enter_context(PeerProcess(work, "peer", **peer_config(scheduler, "peer")))
         seed_host = ids.host_id("127.0.0.1", "seed", seed=True)
