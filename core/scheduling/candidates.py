@@ -13,7 +13,7 @@ from d7y.core.scheduling.config import SchedulerConfig
 from d7y.core.scheduling.evaluator import Evaluator
 from d7y.core.scheduling.ranking import nearness, rank
 from d7y.core.scheduling.resource import Host, Peer
-from d7y.core.scheduling.serving import Servability, has_parents, is_starting
+from d7y.core.scheduling.serving import Servability, is_starting
 from d7y.core.states import PeerState
 
 _SUCCEEDED = PeerState.SUCCEEDED
@@ -146,10 +146,11 @@ class ParentSelector:
             # parent (_second_parents).
             host = peer.host
             room = self._with_room(candidates, host, factor)
+            parents = len(peer.task.dag._parents[peer.id])
             if (
                 not room
                 and self.config.starting_overflow
-                and not has_parents(peer)
+                and parents == 0
                 and any(c.host.is_seed for c in candidates)
                 and _overfill(candidates, host, factor) > OVERFILL
             ):
@@ -163,7 +164,6 @@ class ParentSelector:
                 if room and self.config.prefer_locality:
                     nearest = max(nearness(c.host, host) for c in candidates)
                     room = [c for c in room if nearness(c.host, host) >= nearest]
-            parents = len(peer.task.dag._parents[peer.id])
             if room or parents > 1:
                 candidates = room
             elif parents == 1:

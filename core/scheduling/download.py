@@ -573,10 +573,7 @@ class Download:
         for i in range(self.size):
             full.set(i)
         self.picker.parent_added(self.origin, full, now=now)
-        for piece, parent in self.picker.next_requests(now):
-            actions.append(Fetch(piece, parent))
-            if window is not None:
-                self.origin_tokens[piece] = window.started()
+        self._pump(now, actions)  # the first origin requests (and their window tokens)
 
 
 __all__ = [
