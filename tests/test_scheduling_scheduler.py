@@ -32,6 +32,7 @@ from d7y.core.scheduling import (
 from d7y.core.states import PeerState, TaskState
 
 MiB = 1024 * 1024
+GiB = 1024 * MiB
 GBIT = 1_000_000_000
 LENGTH = 100 * MiB  # 25 pieces of 4 MiB
 PIECE = 4 * MiB
@@ -914,39 +915,100 @@ def test_d7y_burst_starting_peer_must_be_as_near_as_the_full_parent(bitmap_impl)
     assert parents == ["a"]
 
 
-def test_d7y_peer_with_one_parent_may_take_an_overfull_second_one(bitmap_impl):
-    """d7y: a peer with one parent asks again (the download loop's min_parents) and
-    every other candidate is full (1 Gbit/s parents, 1 Gbit/s children: one child
-    each). It still takes a full parent that could feed it alone ('fast'), but not a
-    slower one ('slow', 0.5 Gbit/s up) and not a seed peer, whose upload stays at its
-    cap."""
-    s = make(bitmap_impl, policy="d7y")  # up to 4 new parents a round
+def _with_one_parent(bitmap_impl, content_length: int, full_upload: int = GBIT // 2, **config):
+    """d7y: every root is full (one child each: 1 Gbit/s children, parents of at most
+    1 Gbit/s up) but 'mine', which child 'c' takes as its first parent; 'c' starts and
+    asks for more (the download loop's min_parents). 'full' is slower than the child
+    unless ``full_upload`` says otherwise. Returns the scheduler and c's new parents."""
+    s = make(bitmap_impl, policy="d7y", **config)  # up to 4 new parents a round
     add_host(s, "hseed", seed=True)
-    add_host(s, "hslow", upload_limit_bps=GBIT // 2)
-    for h in ("hfast", "hmine"):
-        add_host(s, h)
-    for h in ("h1", "h2", "h3", "hc"):
+    add_host(s, "hfull", upload_limit_bps=full_upload)
+    add_host(s, "hmine")
+    for h in ("h1", "h2", "hc"):
         add_host(s, h, download_limit_bps=GBIT)
+
+    def root(pid: str, host: str) -> None:
+        r = s.register_peer(pid, "t", host, "u", 0, content_length=content_length)
+        if not isinstance(r, NeedBackToSource):
+            s.download_started(pid, 0, back_to_source=True)
+        s.piece_finished(pid, 0, None, 0.1, "crc32:0", 0)
+
     # One root at a time, each taking the next child as its one child (the children stay
-    # registered, not started: no candidates themselves).
-    for root, host, child, child_host in (
+    # registered, not started: no candidates themselves). A parentless peer keeps to the
+    # cap: 'c' takes only 'mine' at registration, though the task has 256 pieces.
+    for pid, host, child, child_host in (
         ("seed", "hseed", "c1", "h1"),
-        ("slow", "hslow", "c2", "h2"),
-        ("fast", "hfast", "c3", "h3"),
+        ("full", "hfull", "c2", "h2"),
     ):
-        source_peer(s, root, host)
-        assert [p.peer_id for p in s.register_peer(child, "t", child_host, "u", 1).parents] == [
-            root
-        ]
-    source_peer(s, "mine", "hmine")
+        root(pid, host)
+        assert [p.peer_id for p in s.register_peer(child, "t", child_host, "u", 1).parents] == [pid]
+    root("mine", "hmine")
     assert [p.peer_id for p in s.register_peer("c", "t", "hc", "u", 2).parents] == ["mine"]
     s.download_started("c", 2)
-    r = s.reschedule("c", (), 3)
-    assert [p.peer_id for p in r.parents] == ["fast"]
-    assert s.task("t").dag.parents("c").keys() == {"mine", "fast"}
-    # With two parents, only parents with room: none is left.
-    assert s.reschedule("c", (), 5).parents == ()
+    parents = [p.peer_id for p in s.reschedule("c", (), 3).parents]
     s.verify_invariants()
+    return s, parents
+
+
+def test_d7y_peer_with_a_parent_may_add_a_full_normal_parent_of_a_many_piece_task(bitmap_impl):
+    """A 1 GiB task (256 pieces, extra_parent_pieces 32): a full normal parent may take
+    up to 8 children as an extra parent; the full seed peer stays at its cap."""
+    s, parents = _with_one_parent(bitmap_impl, GiB)
+    assert parents == ["full"]
+    assert s.task("t").dag.parents("c").keys() == {"mine", "full"}
+    assert s.task("t").dag.children("seed").keys() == {"c1"}
+
+
+@pytest.mark.parametrize(
+    ("content_length", "extra_parent_pieces", "added"),
+    [
+        (100 * MiB, 32, False),  # 25 pieces: fewer than 32, the tree stays a chain
+        (GiB, 256, False),  # limit 1 child: 'full' has it
+        (GiB, 128, True),  # limit 2 children
+        (GiB, 0, False),  # the rule off
+    ],
+)
+def test_d7y_extra_parent_limit_follows_the_piece_count(
+    bitmap_impl, content_length, extra_parent_pieces, added
+):
+    _, parents = _with_one_parent(
+        bitmap_impl, content_length, extra_parent_pieces=extra_parent_pieces
+    )
+    assert parents == (["full"] if added else [])
+
+
+@pytest.mark.parametrize(("full_upload", "added"), [(GBIT, True), (GBIT // 2, False)])
+def test_d7y_peer_with_one_parent_may_take_a_full_second_one_that_could_feed_it(
+    bitmap_impl, full_upload, added
+):
+    """A 25-piece task (no extra parents by piece count): a peer with one parent still
+    takes a full normal parent that could feed it alone (upload >= its download), not a
+    slower one, and never the full seed peer; with two parents, none of them."""
+    s, parents = _with_one_parent(bitmap_impl, 100 * MiB, full_upload=full_upload)
+    assert parents == (["full"] if added else [])
+    assert s.task("t").dag.children("seed").keys() == {"c1"}
+    if added:
+        assert s.reschedule("c", (), 5).parents == ()
+
+
+def test_children_cap_divides_a_parent_by_its_childs_relay_rate(bitmap_impl):
+    """A 1 Gbit/s seed over children that download at 1 Gbit/s but upload at 200 Mbit/s
+    takes five (each passes on only 200 Mbit/s of what it gets); children whose upload
+    is as fast as their download, or unknown, count by their download."""
+    from d7y.core.scheduling.candidates import children_cap
+
+    s = make(bitmap_impl, policy="d7y")
+    add_host(s, "hs", seed=True)
+    add_host(s, "slow_up", upload_limit_bps=GBIT // 5, download_limit_bps=GBIT)
+    add_host(s, "even", download_limit_bps=GBIT)
+    add_host(s, "fast_down", upload_limit_bps=GBIT, download_limit_bps=2 * GBIT)
+    add_host(s, "unknown_up", upload_limit_bps=0, download_limit_bps=GBIT // 2)
+    seed = s.host("hs")
+    assert children_cap(seed, s.host("slow_up"), 1) == 5
+    assert children_cap(seed, s.host("slow_up"), 2) == 10
+    assert children_cap(seed, s.host("even"), 1) == 1
+    assert children_cap(seed, s.host("fast_down"), 1) == 1
+    assert children_cap(seed, s.host("unknown_up"), 1) == 2
 
 
 @pytest.mark.parametrize("overflow", [True, False])
@@ -1010,6 +1072,7 @@ def test_config_defaults_are_dragonflys():
     assert (c.seed_peer_trigger_timeout, c.hash_ring_vnodes) == (60.0, 100)
     assert c.sample_servable_only is False
     assert (c.children_per_capacity, c.prefer_locality) == (0, False)
+    assert c.extra_parent_pieces == 0
 
 
 def test_config_defaults_of_the_d7y_policy():
@@ -1019,9 +1082,10 @@ def test_config_defaults_of_the_d7y_policy():
         "d7y",
         40,
         4,
-        8,
+        12,
     )
     assert (c.retry_interval, c.concurrent_piece_count, c.children_per_capacity) == (0.2, 4, 1)
+    assert c.extra_parent_pieces == 32
     assert c.sample_servable_only is True and c.prefer_locality is True
     assert (c.register_backoff_min, c.register_backoff_max) == (0.0, 0.0)
     assert c.blocklist_previous_parents is False

@@ -12,7 +12,7 @@ import random
 from d7y.core.scheduling.config import SchedulerConfig
 from d7y.core.scheduling.evaluator import Evaluator
 from d7y.core.scheduling.ranking import nearness, rank
-from d7y.core.scheduling.resource import Host, Peer
+from d7y.core.scheduling.resource import Host, Peer, Task
 from d7y.core.scheduling.serving import Servability, is_starting
 from d7y.core.states import PeerState
 
@@ -20,13 +20,20 @@ _SUCCEEDED = PeerState.SUCCEEDED
 
 
 def children_cap(parent: Host, child: Host, factor: int) -> int:
-    """Children a parent host feeds at full speed: its upload over the child's download
-    (the child's upload when its download is not announced), times ``factor``; a parent
-    of unknown upload is not capped, a child of unknown speed takes a whole parent."""
+    """Children a parent host feeds usefully: its upload over the rate at which the child
+    takes pieces and passes them on, times ``factor``. That rate is the child's download,
+    or its upload when slower (or when the download is not announced): a 1 Gbit/s seed
+    feeding children that download at 1 Gbit/s but upload at 200 Mbit/s takes five, so
+    five relays carry its distinct pieces instead of one (Kumar and Ross: the server
+    splits its upload by its children's uploads). A parent of unknown upload is not
+    capped, a child of unknown speed takes a whole parent."""
     up = parent.upload_limit_bps
     if up <= 0:
         return 1 << 30
     down = child.download_limit_bps or child.upload_limit_bps
+    relay = child.upload_limit_bps
+    if 0 < relay < down:
+        down = relay
     if down <= 0:
         return factor
     return factor * max(1, up // down)
@@ -142,8 +149,8 @@ class ParentSelector:
             # download speed (a 16 MiB/s seed with fast children: one; a 10 Gbit/s seed
             # with 1 Gbit/s children: ten, times the factor), so its bandwidth goes to
             # few children that relay, instead of trickling to all. Over-full parents
-            # are used only when the peer would otherwise have none, or as its second
-            # parent (_second_parents).
+            # are used only when the peer would otherwise have none, or as an extra
+            # parent (_extra_parents).
             host = peer.host
             room = self._with_room(candidates, host, factor)
             parents = len(peer.task.dag._parents[peer.id])
@@ -164,27 +171,55 @@ class ParentSelector:
                 if room and self.config.prefer_locality:
                     nearest = max(nearness(c.host, host) for c in candidates)
                     room = [c for c in room if nearness(c.host, host) >= nearest]
-            if room or parents > 1:
-                candidates = room
-            elif parents == 1:
-                candidates = self._second_parents(candidates, host)
+            if parents:
+                candidates = self._extra_parents(candidates, room, peer.task, host, parents)
+            else:
+                candidates = room or candidates
             if not candidates:
                 return []
         return self._rank(peer, candidates, limit)
 
-    @staticmethod
-    def _second_parents(candidates: list[Peer], child: Host) -> list[Peer]:
-        """Full candidates a peer with one parent may still take: one parent is a chain
-        link (the child gets only what that parent gets), and a second, over-full
-        parent that could feed the child alone (its upload >= the child's download)
-        doubles the inflow at a small cost to that parent's other child. Seed peers
-        stay at their cap (their upload is the source of the whole swarm), and so do
-        parents slower than the child (an upload-bound crowd: splitting them slows the
-        chains they feed). Flash crowd of 100: 15.4 -> 13.2 s; docs/simulation.md."""
+    def _extra_parents(
+        self, candidates: list[Peer], room: list[Peer], task: Task, child: Host, parents: int
+    ) -> list[Peer]:
+        """Candidates a peer that already has a parent may add: those with room, and
+        full normal peers (seed peers stay at their cap: their upload is the swarm's only
+        source of new pieces) that pass one of two tests. A first parent keeps to the
+        cap: it decides where the peer sits in the relay tree; an extra one only adds
+        inflow, at a cost to the parent's other children.
+
+        - Many pieces: the parent's children number fewer than the task's pieces over
+          ``extra_parent_pieces``. Each child more makes every piece the parent relays
+          take that much longer to pass, which costs little while one piece is a small
+          part of the task: a 1 GiB task (256 pieces) lets a parent take 8 children, a
+          64 MiB one (16 pieces) none beyond its cap, and its tree stays a chain of
+          whole-speed links. Flash crowd of 100: 13.3 -> 10.4 s; multi-IDC 17.4 ->
+          13.0 s; upload-bound 68.1 -> 56.0 s (docs/simulation.md).
+        - Second parent: the peer has one parent, a chain link (it gets only what that
+          parent gets), and this one could feed it alone (upload >= its download), so
+          the inflow doubles at a small cost to the parent's other child. Parents slower
+          than the child do not pass: splitting them slows the chains they feed (an
+          upload-bound crowd). Flash crowd of 100: 15.4 -> 13.2 s.
+        """
+        divisor = self.config.extra_parent_pieces
+        pieces = task.piece_count or 0
+        limit = pieces // divisor if divisor else 0
         down = child.download_limit_bps or child.upload_limit_bps
-        if down <= 0:
-            return []
-        return [c for c in candidates if not c.host.is_seed and c.host.upload_limit_bps >= down]
+        second = parents == 1 and down > 0
+        if not limit and not second:
+            return room
+        return [
+            c
+            for c in candidates
+            if c in room
+            or (
+                not c.host.is_seed
+                and (
+                    c.host.concurrent_upload_count < limit
+                    or (second and c.host.upload_limit_bps >= down)
+                )
+            )
+        ]
 
     @staticmethod
     def _with_room(candidates: list[Peer], child: Host, factor: int) -> list[Peer]:

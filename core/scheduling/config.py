@@ -47,11 +47,12 @@ POLICY_DEFAULTS: dict[str, dict[str, object]] = {
         "retry_interval": 0.5,
         "early_parents": False,
         "starting_overflow": False,
+        "extra_parent_pieces": 0,
     },
     "d7y": {
         "filter_parent_limit": 40,
         "candidate_parent_limit": 4,
-        "max_parents": 8,
+        "max_parents": 12,
         "concurrent_piece_count": 4,
         "register_backoff_min": 0.0,
         "register_backoff_max": 0.0,
@@ -62,6 +63,7 @@ POLICY_DEFAULTS: dict[str, dict[str, object]] = {
         "retry_interval": 0.2,
         "early_parents": False,
         "starting_overflow": True,
+        "extra_parent_pieces": 32,
     },
 }
 
@@ -106,6 +108,11 @@ class SchedulerConfig:
     #: off). Applied to full normal peers too, it made a 1,000-host crowd 1.7 x slower
     #: (chains of not-yet-started parents; docs/simulation.md).
     starting_overflow: bool = None  # type: ignore[assignment]
+    #: With ``children_per_capacity``: a peer that already has a parent may add a full
+    #: normal parent while that parent's children number fewer than the task's pieces /
+    #: this (d7y 32: a 1 GiB task of 256 pieces, 8 children; a 64 MiB task of 16
+    #: pieces, none). 0: peers with parents take parents with room only.
+    extra_parent_pieces: int = None  # type: ignore[assignment]
     #: Failed rounds after which the peer is told scheduling failed.
     retry_limit: int = 5
     #: Failed rounds after which the peer goes back to source (when allowed).
@@ -171,7 +178,12 @@ class SchedulerConfig:
             "hash_ring_vnodes",
         ):
             _check_int(name, getattr(self, name), minimum=1)
-        for name in ("retry_back_to_source_limit", "back_to_source_limit", "children_per_capacity"):
+        for name in (
+            "retry_back_to_source_limit",
+            "back_to_source_limit",
+            "children_per_capacity",
+            "extra_parent_pieces",
+        ):
             _check_int(name, getattr(self, name), minimum=0)
         for name in (
             "retry_interval",
