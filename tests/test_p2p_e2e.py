@@ -479,6 +479,49 @@ def test_download_that_outlives_its_scheduler_is_announced_to_the_new_one(
     assert_a_late_peer_is_served_by_the_swarm(cluster, origin, url, "outlive.bin")
 
 
+def test_an_idle_download_asks_for_digests_ahead_of_need(cluster_factory, origin):
+    """A peer that holds every piece its parent (the seed) has, and waits for more, asks
+    the scheduler for the digests it lacks about once a second: when the parent
+    announces its next piece the digest is known already, instead of the piece being
+    held back for a round trip to the scheduler at every hop of a relay chain. Without
+    the prefetch nobody asks while nothing is held back, and the count stands still."""
+    size = 10 * PIECE
+    url = origin.add_file("prefetch.bin", size=size, seed=69)
+    origin.set_faults("/prefetch.bin", delay={"seconds": 0.3, "count": -1})
+    cluster = cluster_factory(peers=0, seed_extra={"download": {"concurrency": 1}})
+    # A peer that waits for its parent rather than stalling to the origin after 3 s.
+    config = peer_config(cluster.scheduler, "peer0")
+    config["scheduler"]["stall_timeout"] = "120s"
+    peer = PeerProcess(cluster.work, "peer0", **config).start()
+    cluster.peers.append(peer)
+    cluster.wait_connected([peer], {})
+    proc = peer.dfget_popen(url, cluster.work / "prefetch.out", "--no-progress")
+    tid = task_id(url)
+
+    def completed(daemon: PeerProcess) -> int:
+        status, info = daemon.api("GET", f"/v1/tasks/{tid}")
+        return info.get("completed_bytes", 0) if status == 200 else 0
+
+    wait_for(lambda: completed(peer) >= PIECE, "the peer to store a piece from the seed")
+    # The origin now holds every answer: the seed gets nothing more, and the peer, once
+    # it holds what the seed holds, waits with nothing to ask for.
+    origin.set_faults("/prefetch.bin", hold={"count": -1})
+    wait_for(
+        lambda: completed(peer) >= completed(cluster.seed) >= PIECE,
+        "the peer to hold every piece the seed holds",
+    )
+
+    def asked() -> float:
+        return cluster.scheduler.metrics().get("d7y_scheduler_digest_requests_total", 0.0)
+
+    before = asked()
+    wait_for(lambda: asked() >= before + 3, "the waiting peer to ask for digests again")
+    origin.set_faults("/prefetch.bin", clear=True)
+    assert proc.wait(180) == 0, proc.stderr.read().decode() + peer.log()[-3000:]
+    expected = hashlib.sha256(origin.content("prefetch.bin")).hexdigest()
+    assert sha256(cluster.work / "prefetch.out") == expected
+
+
 def test_download_started_without_a_scheduler_is_announced_when_one_appears(
     cluster_factory, origin
 ):

@@ -60,6 +60,11 @@ log = logging.getLogger("d7y.dfdaemon.p2p")
 
 POLL_INTERVAL = 0.1  # how often parents are asked what they hold while pieces are missing
 DIGEST_REFRESH = 0.1  # at most this often the scheduler is asked for new digests
+#: While nothing is in flight and some digests are unknown, they are asked for this often
+#: ahead of need: a peer at the end of a relay chain then knows a piece's digest when its
+#: parent announces the piece, instead of holding the piece back for a round trip to the
+#: scheduler at every hop (netns, 16 hosts at 4 MiB/s: ~0.15 s per hop).
+DIGEST_PREFETCH = 1.0
 RESUBSCRIBE_AFTER = 0.5  # a parent that does not hold the task yet: subscribe again then
 
 
@@ -392,6 +397,7 @@ class _Run:
         self.polled: set[str] = set()
         self.held_back: dict[str, set[int]] = {}
         self.news = asyncio.Event()
+        stream.on_answer = self.news.set  # an answer (parents, digests) wakes the loop too
         # The loop's in-flight fetches and the actions waiting to be sent to the scheduler.
         self.inflight: dict[tuple[int, str], asyncio.Future] = {}
         self.buffers: list[bytearray] = []
@@ -541,9 +547,9 @@ class _Run:
         if self.stream.broken and not self.parents and not self.offered:
             self.fallback = True
 
-    async def ask_digests(self, force: bool = False) -> None:
+    async def ask_digests(self, force: bool = False, every: float = DIGEST_REFRESH) -> None:
         stamp = time.monotonic()
-        if force or stamp - self.last_digest_ask >= DIGEST_REFRESH:
+        if force or stamp - self.last_digest_ask >= every:
             self.last_digest_ask = stamp
             await self.stream.report(
                 m.GetTaskDigests(peer_id=self.task.peer_id, task_id=self.task.id)
@@ -709,6 +715,8 @@ class _Run:
                 wait = min(max(self.dl.next_timer(time.monotonic()) - time.monotonic(), 0.0),
                            POLL_INTERVAL)  # fmt: skip
                 if not inflight:
+                    if len(self.digests) < self.count:
+                        await self.ask_digests(every=DIGEST_PREFETCH)
                     await self.wait_for_news(wait)
                     continue
                 news = asyncio.ensure_future(self.news.wait())

@@ -40,6 +40,9 @@ class DownloadStream:
         self.stream_id = stream_id
         self.answers: asyncio.Queue[m.Message | None] = asyncio.Queue()
         self.broken = False
+        #: Called when an answer arrives, so a loop that polls ``pending`` can wake at
+        #: once instead of on its next tick (a P2P download sets its news event here).
+        self.on_answer: Callable[[], None] | None = None
 
     async def send(self, message: m.Message) -> None:
         """Send a request or report; raises SchedulerUnavailable when disconnected."""
@@ -76,9 +79,14 @@ class DownloadStream:
     def close(self) -> None:
         self.client._streams.pop(self.stream_id, None)
 
+    def _deliver(self, message: m.Message | None) -> None:
+        self.answers.put_nowait(message)
+        if self.on_answer is not None:
+            self.on_answer()
+
     def _lost(self) -> None:
         self.broken = True
-        self.answers.put_nowait(None)
+        self._deliver(None)
 
 
 class SchedulerClient:
@@ -237,7 +245,7 @@ class SchedulerClient:
                 continue
             stream = self._streams.get(stream_id)
             if stream is not None:
-                stream.answers.put_nowait(message)
+                stream._deliver(message)
             elif isinstance(message, m.Error):
                 # On stream 0 it is about the host itself (e.g. an announce refused):
                 # the operator must see it.

@@ -95,6 +95,11 @@ class SchedulerMetrics:
         self.errors = Counter(
             "d7y_scheduler_errors", "Requests answered with an error", ["code"], registry=reg
         )
+        self.digest_requests = Counter(
+            "d7y_scheduler_digest_requests",
+            "GetTaskDigests answered (peers asking for the digests of pieces to verify)",
+            registry=reg,
+        )
 
 
 class SchedulerService:
@@ -410,6 +415,7 @@ class SchedulerService:
         elif isinstance(msg, m.DownloadStarted):
             translate.download_started(core, msg, now)
         elif isinstance(msg, m.GetTaskDigests):
+            self.metrics.digest_requests.inc()
             await conn.send(translate.task_digests(core, msg.task_id), stream)
         elif isinstance(msg, m.Reschedule):
             bad = list(msg.bad_parents)
