@@ -297,6 +297,10 @@ class Simulation:
         self.sched_latency = spec.scheduler_latency
         self.download_config = scenario.download_config(policy)
         self._arm_idle_pumps = self.download_config.order != "rarest"  # see pump()
+        # A download's parent_has for a piece it holds only records when the parent was
+        # last heard of, which nothing reads without a parent idle timeout: then
+        # _deliver skips the children holding the piece (half of a swarm's news).
+        self._news_timed = self.download_config.parent_idle_timeout < math.inf
         # hosts
         g = self.topology.graph
         self.hosts: dict[str, Host] = {}
@@ -671,11 +675,14 @@ class Simulation:
             max_in_flight = self.download_config.max_in_flight
             wake = []
             pid = peer.id
+            timed = self._news_timed
             for child in peer.children:
                 cdl = child.dl
-                # True: the child lacks the piece, so a free slot may now start it.
+                # parent_has True: the child lacks the piece, so a free slot may now
+                # start it.
                 if (
                     cdl is not None
+                    and (timed or not cdl.held.test(piece))
                     and cdl.parent_has(pid, piece, now)
                     and len(child.inflight) < max_in_flight
                 ):
