@@ -656,7 +656,7 @@ class Simulation:
             peer.from_seeds += size
         else:
             peer.from_peers += size
-        if dl.picker.has(piece):  # an endgame duplicate that lost: nothing to record
+        if dl.held.test(piece):  # an endgame duplicate that lost: nothing to record
             return
         cost = now - tr.start
         parent_id = tr.parent_id
@@ -687,8 +687,14 @@ class Simulation:
                     and len(child.inflight) < max_in_flight
                 ):
                     wake.append(child)
+            # self.pump(child) for each, inline: a swarm peer's pumps are mostly these
+            arm_idle = self._arm_idle_pumps
             for child in wake:
-                self.pump(child)
+                cdl = child.dl
+                if cdl is not None and child.state in (RUNNING, BTS):
+                    pumped = cdl.pump(now)
+                    if pumped or arm_idle:
+                        self.run_actions(child, pumped)
         self.run_actions(peer, actions)
 
     # ------------------------------------------------------------ life events --
