@@ -236,7 +236,13 @@ class Network:
         self.hub_slack = hub_slack
         self.resources: list[Resource] = []
         self._pairs: dict[Any, Pair] = {}
-        self._heap: list[tuple[float, int, Resource]] = []  # (time, seq, group)
+        # Group completion events: the distinct times pending (a heap of floats), and
+        # the groups due at each, in the order they were scheduled -- the order a heap of
+        # (time, seq, group) would pop them in, with cheaper pushes and pops (most
+        # entries go stale before their time: the group's event moved; they are kept,
+        # as each pending time arms a wake-up).
+        self._times: list[float] = []
+        self._due: dict[float, list[Resource]] = {}
         self._seq = 0
         self._queue: deque[Resource] = deque()
         self._touched: dict[Resource, None] = {}  # groups whose next event may move
@@ -873,7 +879,8 @@ class Network:
     # ---------------------------------------------------------------- completions --
 
     def _reschedule(self, now: float) -> None:
-        heap = self._heap
+        times = self._times
+        due = self._due
         for g in self._touched:
             t = INF
             gh = g.heap
@@ -889,39 +896,46 @@ class Network:
             if t != g.evtime:
                 g.evtime = t
                 if t < INF:
-                    self._seq += 1
-                    heappush(heap, (t, self._seq, g))
+                    self._seq += 1  # (kept: the flows' heaps share the counter)
+                    groups = due.get(t)
+                    if groups is None:
+                        due[t] = [g]
+                        heappush(times, t)
+                    else:
+                        groups.append(g)
         self._touched.clear()
-        if heap and heap[0][0] < self._wake_at:
-            self._wake_at = t = heap[0][0]
+        if times and times[0] < self._wake_at:
+            self._wake_at = t = times[0]
             self.env.timeout(t - now).callbacks.append(self._wake)
 
     def _wake(self, _event: Any) -> None:
         now = self.env.now
         if now >= self._wake_at:
             self._wake_at = INF
-        heap = self._heap
+        times = self._times
+        due = self._due
         done: list[Flow] = []
-        while heap and heap[0][0] <= now:
-            t, _s, g = heappop(heap)
-            if g.evtime != t:
-                continue
-            g.evtime = INF
-            self._touched[g] = None
-            self._advance(g, now)
-            # Done: within rounding of its target, or so close that no later instant
-            # representable as a float would show progress (4 ulps of ``now``).
-            lim = g.V + max(1e-9 * abs(g.V) + 1e-6, 4.0 * g.lam * math.ulp(now))
-            gh = g.heap
-            while gh:
-                target, _s2, f = gh[0]
-                if not (f.alive and f.pair.grp is g and f.target == target):
+        while times and times[0] <= now:
+            t = heappop(times)
+            for g in due.pop(t):
+                if g.evtime != t:
+                    continue  # stale: the group's event moved since
+                g.evtime = INF
+                self._touched[g] = None
+                self._advance(g, now)
+                # Done: within rounding of its target, or so close that no later instant
+                # representable as a float would show progress (4 ulps of ``now``).
+                lim = g.V + max(1e-9 * abs(g.V) + 1e-6, 4.0 * g.lam * math.ulp(now))
+                gh = g.heap
+                while gh:
+                    target, _s2, f = gh[0]
+                    if not (f.alive and f.pair.grp is g and f.target == target):
+                        heappop(gh)
+                        continue
+                    if target > lim:
+                        break
                     heappop(gh)
-                    continue
-                if target > lim:
-                    break
-                heappop(gh)
-                done.append(f)
+                    done.append(f)
         for f in done:
             if f.alive:  # an earlier callback may have cancelled it
                 self._remove_flow(f)
@@ -929,8 +943,8 @@ class Network:
                 f.callback(f)
         if self._touched or self._queue:
             self._request_flush()
-        elif heap and heap[0][0] < self._wake_at:  # a stale wake: re-arm only
-            self._wake_at = t = heap[0][0]
+        elif times and times[0] < self._wake_at:  # a stale wake: re-arm only
+            self._wake_at = t = times[0]
             self.env.timeout(t - now).callbacks.append(self._wake)
 
     # --------------------------------------------------------------------- checks --

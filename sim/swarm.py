@@ -297,6 +297,10 @@ class Simulation:
         self.sched_latency = spec.scheduler_latency
         self.download_config = scenario.download_config(policy)
         self._arm_idle_pumps = self.download_config.order != "rarest"  # see pump()
+        # A download's parent_has for a piece it holds only records when the parent was
+        # last heard of, which nothing reads without a parent idle timeout: then
+        # _deliver skips the children holding the piece (half of a swarm's news).
+        self._news_timed = self.download_config.parent_idle_timeout < math.inf
         # hosts
         g = self.topology.graph
         self.hosts: dict[str, Host] = {}
@@ -652,7 +656,7 @@ class Simulation:
             peer.from_seeds += size
         else:
             peer.from_peers += size
-        if dl.picker.has(piece):  # an endgame duplicate that lost: nothing to record
+        if dl.held.test(piece):  # an endgame duplicate that lost: nothing to record
             return
         cost = now - tr.start
         parent_id = tr.parent_id
@@ -671,17 +675,26 @@ class Simulation:
             max_in_flight = self.download_config.max_in_flight
             wake = []
             pid = peer.id
+            timed = self._news_timed
             for child in peer.children:
                 cdl = child.dl
-                # True: the child lacks the piece, so a free slot may now start it.
+                # parent_has True: the child lacks the piece, so a free slot may now
+                # start it.
                 if (
                     cdl is not None
+                    and (timed or not cdl.held.test(piece))
                     and cdl.parent_has(pid, piece, now)
                     and len(child.inflight) < max_in_flight
                 ):
                     wake.append(child)
+            # self.pump(child) for each, inline: a swarm peer's pumps are mostly these
+            arm_idle = self._arm_idle_pumps
             for child in wake:
-                self.pump(child)
+                cdl = child.dl
+                if cdl is not None and child.state in (RUNNING, BTS):
+                    pumped = cdl.pump(now)
+                    if pumped or arm_idle:
+                        self.run_actions(child, pumped)
         self.run_actions(peer, actions)
 
     # ------------------------------------------------------------ life events --

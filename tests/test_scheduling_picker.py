@@ -468,3 +468,71 @@ def test_parent_ids_and_timeouts_are_checked(bitmap_impl):
     assert make(bitmap_impl, 4, piece_timeout=0.5).piece_timeout == 0.5
     with pytest.raises(ValueError, match="piece_timeout must be a finite number"):
         make(bitmap_impl, 4, piece_timeout=-1)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 8, 100, 255, 256, 257, 1000])
+def test_inline_draws_advance_the_generator_as_randrange_does(bitmap_impl, size):
+    # The picker draws randrange(size) itself (the values it throws away, the start of
+    # the rarest-first scan): the generator, shared with the rest of a run, must end in
+    # the very state randrange leaves it in.
+    rng = random.Random(7)
+    twin = random.Random(7)
+    p = PiecePicker(size, rng, bitmaps=bitmap_impl)
+    p._skip_draws(300)
+    for _ in range(300):
+        twin.randrange(size)
+    assert rng.getstate() == twin.getstate()
+
+
+class _CountingRandom(random.Random):
+    """randrange overridden: the picker must call it rather than draw inline."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed)
+        self.randrange_calls = 0
+
+    def randrange(self, *args, **kwargs):  # type: ignore[override]
+        self.randrange_calls += 1
+        return super().randrange(*args, **kwargs)
+
+
+def _busy_swarm_run(bitmap_impl, rng: random.Random) -> list:
+    """A picker through announcements, busy answers, back-offs and completions; returns
+    every answer it gave."""
+    driver = random.Random(3)
+    p = PiecePicker(40, rng, bitmaps=bitmap_impl, per_parent_limit=2, max_in_flight=6)
+    for name in "abcdef":
+        p.parent_added(name, driver.sample(range(40), 10))
+    answers = []
+    now = 0.0
+    for _ in range(400):
+        now += driver.choice((0.0, 0.05, 0.3))
+        p.parent_has(driver.choice("abcdef"), driver.randrange(40), now)
+        started = p.next_requests(now)
+        answers.append(started)
+        for piece, parent in started:
+            roll = driver.random()
+            if roll < 0.4:
+                p.piece_busy(piece, parent, now, 1.0)
+            elif roll < 0.8:
+                answers.append(p.piece_done(piece, parent, 0.1, now))
+        answers.append(p.wakeup(now))
+    return answers
+
+
+def test_inline_draws_give_the_answers_randrange_gives(bitmap_impl):
+    plain = random.Random(11)
+    counting = _CountingRandom(11)
+    assert _busy_swarm_run(bitmap_impl, plain) == _busy_swarm_run(bitmap_impl, counting)
+    assert counting.randrange_calls > 20  # the fallback path was the one taken
+    assert plain.getstate() == counting.getstate()
+
+
+def test_held_is_the_live_bitmap_of_pieces_held(bitmap_impl):
+    p = make(bitmap_impl, 8, have=[1])
+    held = p.held
+    assert [i for i in range(8) if held.test(i)] == [1]
+    p.parent_added("a", range(8))
+    for piece, parent in p.next_requests(0.0):
+        p.piece_done(piece, parent, 0.1, 0.0)
+    assert p.held is held and all(held.test(i) for i in range(8))

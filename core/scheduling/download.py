@@ -249,6 +249,7 @@ class Download:
         "_bitmaps",
         "bad",
         "config",
+        "held",
         "last_progress",
         "last_reschedule",
         "mean_cost",
@@ -303,6 +304,8 @@ class Download:
             bitmaps=bitmaps,
         )
         self.state = DONE if self.picker.done else P2P
+        #: The pieces held (the picker's bitmap, live; read only).
+        self.held = self.picker.held
         self.parents: dict[str, float] = {}  # parent -> last news from it (announce, piece)
         self.bad: set[str] = set()
         self.last_progress = now

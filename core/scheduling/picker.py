@@ -48,6 +48,19 @@ from types import ModuleType
 from typing import Any, NamedTuple
 
 
+def _randbelow_inlinable(rng: random.Random) -> bool:
+    """Whether ``rng.randrange(n)`` is ``random.Random``'s own: one ``getrandbits(k)``
+    (k = n.bit_length()) and another while the result is >= n. Then the picker draws
+    that way itself, the very same numbers, without randrange's two Python frames (a
+    swarm peer makes millions of draws whose value it does not use; see
+    :meth:`PiecePicker._skip_draws`). Any other generator is called as it is."""
+    cls = type(rng)
+    return (
+        cls.randrange is random.Random.randrange
+        and cls._randbelow is random.Random._randbelow_with_getrandbits  # type: ignore[attr-defined]
+    )
+
+
 class PieceFailure(NamedTuple):
     """A failed or timed-out request. ``report_parent``: this parent just reached the
     failure limit; report it to the scheduler (reschedule with it as a bad parent)."""
@@ -126,7 +139,9 @@ class PiecePicker:
         "_bitmaps",
         "_by_piece",
         "_clock",
+        "_draw_bits",
         "_failed_for",
+        "_getrandbits",
         "_have",
         "_have_count",
         "_live",
@@ -144,6 +159,7 @@ class PiecePicker:
         "dispatch_wait",
         "endgame",
         "failure_limit",
+        "held",
         "max_in_flight",
         "order",
         "per_parent_limit",
@@ -195,6 +211,9 @@ class PiecePicker:
         self._bitmaps = bitmaps
         self.size = piece_count
         self.rng = rng
+        # randrange(piece_count) drawn inline (_randbelow_inlinable); 0: call randrange.
+        self._draw_bits = piece_count.bit_length() if _randbelow_inlinable(rng) else 0
+        self._getrandbits = rng.getrandbits
         self.max_in_flight = max_in_flight
         self.streaming = bool(streaming)
         self.streaming_window = streaming_window
@@ -208,6 +227,10 @@ class PiecePicker:
         # announcement order.
         self._announced: dict[int, float] = {}
         self._have = self._bitmap(have, "have")
+        #: The pieces held: the picker's own bitmap, live, for reading only (a driver
+        #: telling many downloads about one piece skips those that hold it). Change it
+        #: through piece_done.
+        self.held = self._have
         self._have_count = self._have.count()
         need = bitmaps.Bitmap(piece_count)
         for i in self._have.iter_clear():
@@ -402,9 +425,14 @@ class PiecePicker:
             return []
         # The parents that may take a request now, in the parents' order; a parent that
         # reaches ``limit`` leaves the list as a request starts (only ``active`` changes
-        # within a call).
-        limit = self._parent_limit()
-        able = self._able_now(now, limit)
+        # within a call). Most calls find the kept list as it is (_able_now inline).
+        limit = self.per_parent_limit or self.max_in_flight + 1  # _parent_limit()
+        backoffs = self._backoffs
+        if now < self._clock or limit != self._able_limit or (backoffs and backoffs[0][0] <= now):
+            able = self._able_now(now, limit)
+        else:
+            self._clock = now
+            able = self._able
         endgame = self.endgame and self.size - self._have_count <= self.max_in_flight
         if not able:
             # Nothing can start: every parent is reported, at its limit or backing off
@@ -417,7 +445,14 @@ class PiecePicker:
             # random number, which must be drawn all the same (the generator is shared
             # with the rest of the run). A swarm peer is pumped on every piece its
             # neighbours announce, mostly pieces of parents that cannot take a request.
-            self.rng.randrange(self.size)
+            bits = self._draw_bits
+            if bits:  # rng.randrange(self.size), inline (_randbelow_inlinable)
+                size = self.size
+                getrandbits = self._getrandbits
+                while getrandbits(bits) >= size:
+                    pass
+            else:
+                self.rng.randrange(self.size)
             return []
         if not self._live:
             return []  # every parent is reported
@@ -486,8 +521,7 @@ class PiecePicker:
                 # random numbers are left to draw -- the same ones, as the rng's later
                 # users (other pieces, other downloads) must see the same sequence.
                 # (Every candidate has a nonzero count: some parent holds it.)
-                for _ in range(candidates.count() + 1):
-                    self.rng.randrange(self.size)
+                self._skip_draws(candidates.count() + 1)
                 break
             piece = self._choose_piece(candidates)
             if piece < 0:
@@ -519,6 +553,22 @@ class PiecePicker:
             if self._try_start(piece, (), now, started, able, limit):
                 slots -= 1
         return slots
+
+    def _skip_draws(self, count: int) -> None:
+        """Advance the generator as ``count`` calls of ``rng.randrange(self.size)`` would,
+        their values unused: the generator is shared with the rest of the run, whose
+        later draws must see the very same sequence."""
+        bits = self._draw_bits
+        if bits:
+            size = self.size
+            getrandbits = self._getrandbits
+            for _ in range(count):
+                while getrandbits(bits) >= size:  # rejection, exactly as randrange
+                    pass
+        else:
+            randrange = self.rng.randrange
+            for _ in range(count):
+                randrange(self.size)
 
     def _able_now(self, now: float, limit: int) -> list[_Parent]:
         """The parents that can take a request at ``now`` (:meth:`_Parent.can_take`), in
@@ -618,9 +668,14 @@ class PiecePicker:
         """The earliest time after ``now`` at which :meth:`next_requests` may start
         something it cannot start now without any new event: a busy parent's back-off
         ending, or an announced piece's ``dispatch_wait`` running out (inf: none)."""
-        self._able_now(now, self._parent_limit())  # ends the back-offs due by now
-        at = math.inf
         heap = self._backoffs
+        limit = self.per_parent_limit or self.max_in_flight + 1  # _parent_limit()
+        if now < self._clock or limit != self._able_limit or (heap and heap[0][0] <= now):
+            self._able_now(now, limit)  # ends the back-offs due by now
+            heap = self._backoffs  # a rebuild makes a new heap
+        else:
+            self._clock = now
+        at = math.inf
         while heap:
             busy_until, _ticket, p = heap[0]
             if p.busy_until == busy_until and self._parents.get(p.id) is p:
@@ -647,7 +702,16 @@ class PiecePicker:
                     if rarity.count(i):
                         return i
                     i = candidates.first_set(i + 1) if i + 1 < self.size else -1
-        return rarity.rarest(candidates, self.rng.randrange(self.size))
+        bits = self._draw_bits
+        if bits:  # rng.randrange(self.size), inline (_randbelow_inlinable)
+            size = self.size
+            getrandbits = self._getrandbits
+            start = getrandbits(bits)
+            while start >= size:
+                start = getrandbits(bits)
+        else:
+            start = self.rng.randrange(self.size)
+        return rarity.rarest(candidates, start)
 
     def _choose_parent(
         self, piece: int, exclude: Iterable[str], able: list[_Parent]
@@ -672,7 +736,15 @@ class PiecePicker:
         for p in holders:
             total += p.weight
         if total <= 0:
-            return holders[self.rng.randrange(len(holders))]
+            n = len(holders)
+            if self._draw_bits:  # rng.randrange(n), inline (_randbelow_inlinable)
+                bits = n.bit_length()
+                getrandbits = self._getrandbits
+                i = getrandbits(bits)
+                while i >= n:
+                    i = getrandbits(bits)
+                return holders[i]
+            return holders[self.rng.randrange(n)]
         point = self.rng.random() * total
         for p in holders:
             point -= p.weight
@@ -796,6 +868,11 @@ class PiecePicker:
         """Requests older than ``piece_timeout``, each handled as :meth:`piece_failed`
         (the caller also cancels them)."""
         limit = self.piece_timeout
+        requests = self._requests
+        # Requests are kept oldest first (as next_timer reads them): none expired if the
+        # oldest did not -- most checks, made when a timer fires for another reason.
+        if not requests or now < next(iter(requests.values())) + limit:
+            return []
         # ``started + limit`` as the caller's timer computes it: a check at that very
         # time expires the request (no rounding gap that would re-arm the same timer).
         expired = [key for key, started in self._requests.items() if now >= started + limit]
