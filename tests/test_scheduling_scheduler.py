@@ -977,6 +977,14 @@ def test_d7y_extra_parent_limit_follows_the_piece_count(
     assert parents == (["full"] if added else [])
 
 
+@pytest.mark.parametrize(("below", "added"), [(1, False), (2, True), (0, True)])
+def test_d7y_extra_parents_go_to_peers_with_few_parents(bitmap_impl, below, added):
+    """'c' holds one parent: with ``extra_parents_below`` 1 that is enough and it takes
+    parents with room only; with 2 (or no bound) it may add the full 'full'."""
+    _, parents = _with_one_parent(bitmap_impl, GiB, extra_parents_below=below)
+    assert parents == (["full"] if added else [])
+
+
 @pytest.mark.parametrize(("full_upload", "added"), [(GBIT, True), (GBIT // 2, False)])
 def test_d7y_peer_with_one_parent_may_take_a_full_second_one_that_could_feed_it(
     bitmap_impl, full_upload, added
@@ -1072,7 +1080,7 @@ def test_config_defaults_are_dragonflys():
     assert (c.seed_peer_trigger_timeout, c.hash_ring_vnodes) == (60.0, 100)
     assert c.sample_servable_only is False
     assert (c.children_per_capacity, c.prefer_locality) == (0, False)
-    assert c.extra_parent_pieces == 0
+    assert (c.extra_parent_pieces, c.extra_parents_below) == (0, 0)
 
 
 def test_config_defaults_of_the_d7y_policy():
@@ -1085,7 +1093,7 @@ def test_config_defaults_of_the_d7y_policy():
         12,
     )
     assert (c.retry_interval, c.concurrent_piece_count, c.children_per_capacity) == (0.2, 4, 1)
-    assert c.extra_parent_pieces == 32
+    assert (c.extra_parent_pieces, c.extra_parents_below) == (32, 4)
     assert c.sample_servable_only is True and c.prefer_locality is True
     assert (c.register_backoff_min, c.register_backoff_max) == (0.0, 0.0)
     assert c.blocklist_previous_parents is False

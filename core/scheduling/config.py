@@ -48,6 +48,7 @@ POLICY_DEFAULTS: dict[str, dict[str, object]] = {
         "early_parents": False,
         "starting_overflow": False,
         "extra_parent_pieces": 0,
+        "extra_parents_below": 0,
     },
     "d7y": {
         "filter_parent_limit": 40,
@@ -64,6 +65,7 @@ POLICY_DEFAULTS: dict[str, dict[str, object]] = {
         "early_parents": False,
         "starting_overflow": True,
         "extra_parent_pieces": 32,
+        "extra_parents_below": 4,
     },
 }
 
@@ -113,6 +115,10 @@ class SchedulerConfig:
     #: this (d7y 32: a 1 GiB task of 256 pieces, 8 children; a 64 MiB task of 16
     #: pieces, none). 0: peers with parents take parents with room only.
     extra_parent_pieces: int = None  # type: ignore[assignment]
+    #: The extra-parent rule serves peers with fewer parents than this (d7y 4): beyond,
+    #: a peer takes parents with room only, so a full parent's spare places go to peers
+    #: that have few (0: no bound).
+    extra_parents_below: int = None  # type: ignore[assignment]
     #: Failed rounds after which the peer is told scheduling failed.
     retry_limit: int = 5
     #: Failed rounds after which the peer goes back to source (when allowed).
@@ -183,6 +189,7 @@ class SchedulerConfig:
             "back_to_source_limit",
             "children_per_capacity",
             "extra_parent_pieces",
+            "extra_parents_below",
         ):
             _check_int(name, getattr(self, name), minimum=0)
         for name in (
