@@ -214,9 +214,10 @@ class SchedulerProcess(DaemonProcess):
 
 
 def peer_config(
-    scheduler: SchedulerProcess | str | None, hostname: str, *, seed: bool = False, **extra
+    scheduler: SchedulerProcess | str | None, hostname: str, /, *, seed: bool = False, **extra
 ) -> dict:
-    """Config overrides for a PeerProcess in a cluster: its own host name, the scheduler."""
+    """Config overrides for a PeerProcess in a cluster: its own host name, the scheduler.
+    ``extra`` sections merge into these, ``scheduler={"stall_timeout": "120s"}`` too."""
     address = scheduler if isinstance(scheduler, str) or scheduler is None else scheduler.address
     config: dict = {
         "host": {"hostname": hostname},

@@ -490,11 +490,7 @@ def test_an_idle_download_asks_for_digests_ahead_of_need(cluster_factory, origin
     origin.set_faults("/prefetch.bin", delay={"seconds": 0.3, "count": -1})
     cluster = cluster_factory(peers=0, seed_extra={"download": {"concurrency": 1}})
     # A peer that waits for its parent rather than stalling to the origin after 3 s.
-    config = peer_config(cluster.scheduler, "peer0")
-    config["scheduler"]["stall_timeout"] = "120s"
-    peer = PeerProcess(cluster.work, "peer0", **config).start()
-    cluster.peers.append(peer)
-    cluster.wait_connected([peer], {})
+    peer = cluster.add_peer("peer0", scheduler={"stall_timeout": "120s"})
     proc = peer.dfget_popen(url, cluster.work / "prefetch.out", "--no-progress")
     tid = task_id(url)
 

@@ -19,6 +19,12 @@ from d7y.core.states import PeerState
 _SUCCEEDED = PeerState.SUCCEEDED
 
 
+def _intake(child: Host) -> int:
+    """The rate a child takes pieces at: its announced download, else its upload (0:
+    unknown)."""
+    return child.download_limit_bps or child.upload_limit_bps
+
+
 def children_cap(parent: Host, child: Host, factor: int) -> int:
     """Children a parent host feeds usefully: its upload over the rate at which the child
     takes pieces and passes them on, times ``factor``. That rate is the child's download,
@@ -30,7 +36,7 @@ def children_cap(parent: Host, child: Host, factor: int) -> int:
     up = parent.upload_limit_bps
     if up <= 0:
         return 1 << 30
-    down = child.download_limit_bps or child.upload_limit_bps
+    down = _intake(child)
     relay = child.upload_limit_bps
     if 0 < relay < down:
         down = relay
@@ -210,7 +216,7 @@ class ParentSelector:
         # that registered early (10,000 hosts: a peer with two parents found no third
         # for 23 s while others held twelve; flash crowd of 1,000: 1.52 -> 1.46 x T_min).
         limit = pieces // divisor if divisor and (not below or parents < below) else 0
-        down = child.download_limit_bps or child.upload_limit_bps
+        down = _intake(child)
         second = parents == 1 and down > 0
         if not limit and not second:
             return room
