@@ -28,6 +28,7 @@ import yaml
 from d7y.core.pieces import compute_piece_length
 from d7y.core.scheduling import SchedulerConfig
 from d7y.core.scheduling.download import DownloadConfig
+from d7y.core.scheduling.upload_slots import FAIR_SLOT_WINDOW
 from d7y.sim import topology as topo
 from d7y.sim.units import parse_bandwidth, parse_duration, parse_size
 
@@ -98,6 +99,9 @@ DEFAULTS: dict[str, Any] = {
         # d7y: concurrent piece uploads a host serves; more are answered "busy"
         "upload_slots": 8,
         "seed_upload_slots": 32,
+        # d7y: a child served within this window yields a free slot to one answered
+        # "busy" within it (core/scheduling/upload_slots.py); None: the policy's own
+        "fair_slot_window": None,
     },
     "bittorrent": {
         "neighbours": 20,
@@ -152,6 +156,7 @@ class PeerSpec:
     endgame: bool | None
     upload_slots: int
     seed_upload_slots: int
+    fair_slot_window: float | None = None
 
 
 @dataclass(frozen=True)
@@ -251,15 +256,19 @@ class Scenario:
         except (TypeError, ValueError) as exc:
             raise ScenarioError(f"download settings for {policy.label}: {exc}") from None
 
-    def upload_slots(self, policy: Policy) -> tuple[int, int]:
-        """(per peer host, per seed host) concurrent piece uploads; 0: no limit.
-        dragonfly and its variants use Dragonfly's limits; d7y the scenario's."""
+    def upload_slots(self, policy: Policy) -> tuple[int, int, float]:
+        """(per peer host, per seed host) concurrent piece uploads (0: no limit), and the
+        fair-slot window (0: first come, first served). dragonfly and its variants use
+        Dragonfly's limits, first come first served; d7y the scenario's, fair."""
         if policy.name == "bittorrent":
-            return self.bittorrent.unchoke_slots, self.bittorrent.unchoke_slots
+            return self.bittorrent.unchoke_slots, self.bittorrent.unchoke_slots, 0.0
         if policy.name == "d7y":
-            return self.peer.upload_slots, self.peer.seed_upload_slots
+            window = self.peer.fair_slot_window
+            if window is None:
+                window = FAIR_SLOT_WINDOW
+            return self.peer.upload_slots, self.peer.seed_upload_slots, window
         cfg = self.scheduler_config(policy)
-        return cfg.peer_concurrent_upload_limit, cfg.seed_peer_concurrent_upload_limit
+        return cfg.peer_concurrent_upload_limit, cfg.seed_peer_concurrent_upload_limit, 0.0
 
     def build_topology(self) -> topo.Topology:
         t = self.topology
@@ -442,6 +451,7 @@ def parse(data: Any, *, name: str = "scenario", base_dir: Path = Path(".")) -> S
         endgame=_opt(_bool, p["endgame"], "peer.endgame"),
         upload_slots=_int(p["upload_slots"], "peer.upload_slots", 0),
         seed_upload_slots=_int(p["seed_upload_slots"], "peer.seed_upload_slots", 0),
+        fair_slot_window=_opt(_dur, p["fair_slot_window"], "peer.fair_slot_window"),
     )
     if peer.piece_timeout is not None and peer.piece_timeout <= 0:
         raise ScenarioError("peer.piece_timeout must be > 0")

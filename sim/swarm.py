@@ -55,6 +55,7 @@ from d7y.core.scheduling.download import (
     ReportFailed,
     Unfollow,
 )
+from d7y.core.scheduling.upload_slots import UploadSlots
 from d7y.ext.bitmap import backend as bitmaps
 from d7y.sim.network import Flow, Network, Resource
 from d7y.sim.scenario import Policy, Scenario, TaskSpec
@@ -69,7 +70,6 @@ STATE_NAMES = ("pending", "running", "back_to_source", "done", "left", "failed")
 
 class Host:
     __slots__ = (
-        "active",
         "alive",
         "down",
         "download",
@@ -88,8 +88,7 @@ class Host:
     )
 
     def __init__(self, index: int, name: str, attrs: dict[str, Any], net: Network) -> None:
-        self.active = 0  # piece uploads being served
-        self.slots = 0  # upload slots (0: no limit); set by the policy
+        self.slots = UploadSlots()  # piece uploads being served; set by the policy
         self.index = index
         self.name = name
         self.kind = attrs["kind"]
@@ -346,13 +345,13 @@ class Simulation:
                 )
         self.cs = policy.name == "client_server"
         self.bt = policy.name == "bittorrent"
-        peer_slots, seed_slots = scenario.upload_slots(policy)
+        peer_slots, seed_slots, window = scenario.upload_slots(policy)
         for h in self.normal_hosts:
-            h.slots = peer_slots
+            h.slots = UploadSlots(peer_slots, window)
         for h in self.seed_hosts:
-            h.slots = seed_slots
+            h.slots = UploadSlots(seed_slots, window)
         if self.bt:
-            self.origin.slots = seed_slots
+            self.origin.slots = UploadSlots(seed_slots)
             for task in self.tasks:
                 seeder = Peer(ORIGIN_ID, self.origin, task, 0.0)
                 seeder.state = DONE
@@ -589,15 +588,14 @@ class Simulation:
             return
         src = tr.src
         parent = tr.parent
-        if (src.slots and src.active >= src.slots) or (
-            parent is not None and parent.state in (LEFT, FAILED)
+        if (parent is not None and parent.state in (LEFT, FAILED)) or not src.slots.acquire(
+            tr.peer.id, self.env.now
         ):
             if tr.latency > 0:
                 self.later(tr.latency, self._busy, tr)
             else:
                 self._busy(tr)
             return
-        src.active += 1
         tr.slot = src
         tr.flow = self.net.start_flow(tr.pair, tr.size, self._flow_done, tr)
 
@@ -615,7 +613,7 @@ class Simulation:
     def _free_slot(self, tr: Transfer) -> None:
         host = tr.slot
         if host is not None:
-            host.active -= 1
+            host.slots.release(tr.peer.id, self.env.now)
             tr.slot = None
 
     def _flow_done(self, flow: Flow) -> None:

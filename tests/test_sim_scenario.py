@@ -53,8 +53,14 @@ def test_defaults():
     # None: each policy's own download loop values.
     assert s.download_config(sc.parse_policy("dragonfly")).max_in_flight == 8
     assert s.download_config(sc.parse_policy("d7y")).stall_timeout == 120
-    assert s.upload_slots(sc.parse_policy("d7y")) == (8, 32)
-    assert s.upload_slots(sc.parse_policy("dragonfly")) == (200, 2000)
+    # d7y's slots are fair (0.1 s window), Dragonfly's first come, first served.
+    assert s.upload_slots(sc.parse_policy("d7y")) == (8, 32, 0.1)
+    assert s.upload_slots(sc.parse_policy("dragonfly")) == (200, 2000, 0.0)
+    assert sc.parse({"peer": {"fair_slot_window": "0s"}}).upload_slots(sc.parse_policy("d7y")) == (
+        8,
+        32,
+        0.0,
+    )
     assert s.depth == 0 and s.hub_slack == 0.005
     assert s.linger == math.inf and s.churn_rate == 0
 
