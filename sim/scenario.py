@@ -245,6 +245,7 @@ class Scenario:
                 per_parent_limit=2,
                 busy_backoff=1.0,
                 min_parents=0,
+                top_up_parents=0,
             )
         fields.update(
             (k.removeprefix("download."), v)

@@ -307,6 +307,43 @@ def test_d7y_origin_window_starts_with_one_range_and_opens_while_it_pays(bitmap_
     assert dl.in_flight == 2 and later == []
 
 
+@pytest.mark.parametrize(
+    ("parents", "max_in_flight", "top_up", "asks"),
+    [
+        (4, 16, 4, True),  # four busy parents, 4 of 16 requests going: ask
+        (3, 16, 4, False),  # fewer: min_parents and the idle rule decide
+        (4, 4, 4, False),  # every request slot used: enough parents
+        (4, 16, 0, False),  # the rule off
+    ],
+)
+def test_d7y_asks_for_more_parents_when_its_parents_cannot_fill_the_window(
+    bitmap_impl, parents, max_in_flight, top_up, asks
+):
+    dl = make(
+        bitmap_impl,
+        pieces=64,
+        per_parent_limit=1,
+        max_in_flight=max_in_flight,
+        top_up_parents=top_up,
+        reschedule_interval=1.0,
+    )
+    offers = [(f"p{i}", full(bitmap_impl, 64), 0, 0) for i in range(parents)]
+    actions = dl.add_parents(offers, 0.0)
+    assert len(of(Fetch, actions)) == min(parents, max_in_flight)
+    expected = [AskParents((), "parents busy")] if asks else []
+    assert of(AskParents, actions) == expected
+    assert of(AskParents, dl.pump(0.5)) == []  # at most once per interval
+    assert of(AskParents, dl.tick(1.0)) == expected
+    assert (dl.next_timer(1.0) == pytest.approx(2.0)) is asks
+
+
+def test_dragonfly_never_tops_up(bitmap_impl):
+    assert DownloadConfig(policy="dragonfly").top_up_parents == 0
+    assert DownloadConfig(policy="d7y").top_up_parents == 4
+    with pytest.raises(ValueError, match="top_up_parents must be >= 0, got -1"):
+        DownloadConfig(top_up_parents=-1)
+
+
 def test_dragonfly_origin_fetches_are_a_fixed_number_at_once(bitmap_impl):
     dl = make(bitmap_impl, pieces=16, policy="dragonfly", origin="origin")
     assert len(of(Fetch, dl.back_to_source("scheduler", 0.0))) == 8

@@ -300,6 +300,42 @@ def test_subscriber_gets_every_piece_as_it_lands_between_other_answers(tmp_path)
         assert proc.wait(60) == 0
 
 
+def test_a_child_just_served_yields_its_slot_to_one_refused(tmp_path):
+    """upload.fair_window: 'second' was refused while 'first' held the only slot; when
+    first's piece ends and first asks again at once, it is answered busy (it yields),
+    and second's retry gets the slot. Without the window, first would keep it."""
+    window = {"max_concurrent": 1, "rate_limit": "1MiB", "fair_window": "60s"}
+    with ThreadedOriginServer() as origin, PeerProcess(tmp_path, upload=window) as peer:
+        url = origin.add_file("fair.bin", size=SIZE, seed=33)
+        assert peer.dfget(url, tmp_path / "out", "--no-progress").returncode == 0
+        tid = task_id(url)
+        with connect(peer) as first, connect(peer) as second:
+            # Piece 0 uses up the bucket's burst; piece 1 then holds the slot for seconds.
+            for number, stream_id in ((0, 1), (1, 3)):
+                first.sendall(encode_frame(GetPiece(task_id=tid, number=number), stream_id))
+                if number == 1:
+                    wait_for(
+                        lambda: peer.metrics().get("d7y_peer_active_uploads") == 1,
+                        "piece 1 to be an active upload",
+                    )
+                    second.sendall(encode_frame(GetPiece(task_id=tid, number=2), stream_id=5))
+                    _, refusal = read_frame(second)
+                    assert isinstance(refusal, Error) and refusal.code == "busy", refusal
+                    assert "serving 1 pieces already" in refusal.message
+                _, piece = read_frame(first)
+                assert isinstance(piece, Piece) and piece.number == number
+                recv_exact(first, piece.length)
+            # The slot is free; first asks at once and yields it.
+            first.sendall(encode_frame(GetPiece(task_id=tid, number=0), stream_id=7))
+            _, yielded = read_frame(first)
+            assert isinstance(yielded, Error) and yielded.code == "busy", yielded
+            assert "a child refused a moment ago goes first" in yielded.message
+            second.sendall(encode_frame(GetPiece(task_id=tid, number=2), stream_id=9))
+            _, piece = read_frame(second)
+            assert isinstance(piece, Piece) and piece.number == 2
+            recv_exact(second, piece.length)
+
+
 def test_pieces_beyond_max_concurrent_are_refused_busy(tmp_path):
     """upload.max_concurrent = 1: while one piece is being served (held back by the
     upload rate limit), a request for another gets ``busy`` at once, not a queue."""

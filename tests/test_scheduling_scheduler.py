@@ -999,6 +999,63 @@ def test_d7y_peer_with_one_parent_may_take_a_full_second_one_that_could_feed_it(
         assert s.reschedule("c", (), 5).parents == ()
 
 
+def _behind_the_swarm(bitmap_impl, child_pieces: int, **config) -> list[str]:
+    """d7y, a 1 GiB task: child 'c' holds four parents (the roots r1-r4, 200 pieces
+    each), so the extra-parent rule no longer serves it. 'fin' finished and 'run' holds
+    200 pieces; both have one child, 'k' (their cap: 1 Gbit/s up, 1 Gbit/s children).
+    'c', holding ``child_pieces``, asks for more. Returns its new parents."""
+    s = make(bitmap_impl, policy="d7y", **config)
+
+    def root(pid: str, pieces: int) -> None:
+        add_host(s, f"h{pid}")
+        r = s.register_peer(pid, "t", f"h{pid}", "u", 0, content_length=GiB)
+        if not isinstance(r, NeedBackToSource):
+            s.download_started(pid, 0, back_to_source=True)
+        for i in range(pieces):
+            s.piece_finished(pid, i, None, 0.1, f"crc32:{i}", 0)
+
+    for pid in ("r1", "r2", "r3", "r4"):
+        root(pid, 200)
+    add_host(s, "hc", download_limit_bps=GBIT)
+    assert {p.peer_id for p in s.register_peer("c", "t", "hc", "u", 1).parents} == {
+        "r1",
+        "r2",
+        "r3",
+        "r4",
+    }
+    s.download_started("c", 1)
+    for i in range(child_pieces):
+        s.piece_finished("c", 255 - i, "r1", 0.1, f"crc32:{255 - i}", 1)
+    root("fin", 256)
+    s.download_finished("fin", 1)
+    root("run", 200)
+    add_host(s, "hk", download_limit_bps=GBIT)
+    # (k may take 'c' too: it has parents and room)
+    assert {"fin", "run"} <= {p.peer_id for p in s.register_peer("k", "t", "hk", "u", 1).parents}
+    parents = [p.peer_id for p in s.reschedule("c", (), 2).parents]
+    s.verify_invariants()
+    return parents
+
+
+@pytest.mark.parametrize(
+    ("child_pieces", "lagging_ratio", "takes_fin"),
+    [
+        (10, 0.9, True),  # 10 pieces against a mean near 200: behind
+        (250, 0.9, False),  # ahead of the swarm: parents with room only
+        (10, 0.0, False),  # the rule off
+    ],
+)
+def test_d7y_peer_behind_the_swarm_may_add_a_finished_parent_over_its_cap(
+    bitmap_impl, child_pieces, lagging_ratio, takes_fin
+):
+    """A peer behind the swarm may add a finished parent over its cap (fewer children
+    than pieces/32), however many parents it holds; a running parent over its cap is
+    not offered to it, nor is the finished one to a peer that is not behind."""
+    parents = _behind_the_swarm(bitmap_impl, child_pieces, lagging_ratio=lagging_ratio)
+    assert ("fin" in parents) is takes_fin
+    assert "run" not in parents
+
+
 def test_children_cap_divides_a_parent_by_its_childs_relay_rate(bitmap_impl):
     """A 1 Gbit/s seed over children that download at 1 Gbit/s but upload at 200 Mbit/s
     takes five (each passes on only 200 Mbit/s of what it gets); children whose upload

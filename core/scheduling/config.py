@@ -49,6 +49,7 @@ POLICY_DEFAULTS: dict[str, dict[str, object]] = {
         "starting_overflow": False,
         "extra_parent_pieces": 0,
         "extra_parents_below": 0,
+        "lagging_ratio": 0.0,
     },
     "d7y": {
         "filter_parent_limit": 40,
@@ -66,6 +67,7 @@ POLICY_DEFAULTS: dict[str, dict[str, object]] = {
         "starting_overflow": True,
         "extra_parent_pieces": 32,
         "extra_parents_below": 4,
+        "lagging_ratio": 0.9,
     },
 }
 
@@ -119,6 +121,12 @@ class SchedulerConfig:
     #: a peer takes parents with room only, so a full parent's spare places go to peers
     #: that have few (0: no bound).
     extra_parents_below: int = None  # type: ignore[assignment]
+    #: With ``extra_parent_pieces``: a peer holding fewer pieces than this fraction of
+    #: its sampled candidates' mean is behind the swarm, and may add a finished peer
+    #: over its cap while that has fewer children than the extra-parent limit, however
+    #: many parents it holds (d7y 0.9; 0: off). Finished peers whose children left sit
+    #: idle while the last downloads share busy parents (docs/simulation.md).
+    lagging_ratio: float = None  # type: ignore[assignment]
     #: Failed rounds after which the peer is told scheduling failed.
     retry_limit: int = 5
     #: Failed rounds after which the peer goes back to source (when allowed).
@@ -224,6 +232,9 @@ class SchedulerConfig:
                 "blocklist_previous_parents must be a bool, got "
                 f"{self.blocklist_previous_parents!r}"
             )
+        ratio = self.lagging_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio <= 1:
+            raise ValueError(f"lagging_ratio must be a number in [0, 1] (0: off), got {ratio!r}")
         _check_seconds("retry_jitter", self.retry_jitter)
         if self.retry_jitter > 1:
             raise ValueError(f"retry_jitter must be in [0, 1], got {self.retry_jitter}")

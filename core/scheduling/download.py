@@ -123,6 +123,7 @@ DOWNLOAD_POLICY_DEFAULTS: dict[str, dict[str, Any]] = {
         "origin_in_flight": 8,
         "origin_window": False,
         "min_parents": 0,
+        "top_up_parents": 0,
     },
     "d7y": {
         "max_in_flight": 16,
@@ -138,6 +139,7 @@ DOWNLOAD_POLICY_DEFAULTS: dict[str, dict[str, Any]] = {
         "origin_in_flight": 8,
         "origin_window": True,
         "min_parents": 2,
+        "top_up_parents": 4,
     },
 }
 DOWNLOAD_POLICIES = tuple(DOWNLOAD_POLICY_DEFAULTS)
@@ -175,6 +177,15 @@ class DownloadConfig:
     #: reschedule_interval) even when busy: one shared parent is a slow one (0: only
     #: when idle).
     min_parents: int = None  # type: ignore[assignment]
+    #: d7y: a download that holds at least this many parents but cannot keep
+    #: ``max_in_flight`` requests going asks for more every ``reschedule_interval``,
+    #: busy or not (0: never). Its parents may all be busy feeding other children while
+    #: peers that finished sit idle: the scheduler then offers parents with room, and
+    #: to a peer behind the swarm finished ones over their cap (SchedulerConfig
+    #: ``lagging_ratio``). Below this many parents the ``min_parents`` and idle rules
+    #: ask, and the scheduler's extra-parent rule answers: asking more often there
+    #: over-fills parents (docs/simulation.md).
+    top_up_parents: int = None  # type: ignore[assignment]
     #: Pieces fetched from the origin at once (the most, with ``origin_window``).
     origin_in_flight: int = None  # type: ignore[assignment]
     #: d7y: a download others wait for (a seed peer's, one streaming to a proxy client)
@@ -202,7 +213,7 @@ class DownloadConfig:
                 object.__setattr__(self, name, value)
         for name in ("max_in_flight", "failure_limit", "origin_in_flight"):
             _check_int(name, getattr(self, name), 1)
-        for name in ("per_parent_limit", "max_reschedules", "min_parents"):
+        for name in ("per_parent_limit", "max_reschedules", "min_parents", "top_up_parents"):
             _check_int(name, getattr(self, name), 0)
         if not isinstance(self.origin_window, bool):
             raise TypeError(f"origin_window must be a bool, got {self.origin_window!r}")
@@ -451,7 +462,7 @@ class Download:
             if due < at:
                 at = due
         if (not requests and (cfg.reschedule_when == "idle" or not self.parents)) or (
-            requests and len(self.parents) < cfg.min_parents
+            requests and self._wants_parents(len(requests))
         ):
             due = self.last_reschedule + cfg.reschedule_interval
             if due < at:
@@ -497,10 +508,22 @@ class Download:
                 self.origin_tokens[piece] = self.origin_window.started()
         if state is not P2P:
             return
-        if not self.picker._requests:
+        requests = len(self.picker._requests)
+        if not requests:
             self._idle(now, actions)
-        elif len(self.parents) < self.config.min_parents and self._ask_due(now):
-            self._ask(now, (), "too few parents", actions)
+        elif self._wants_parents(requests) and self._ask_due(now):
+            few = len(self.parents) < self.config.min_parents
+            self._ask(now, (), "too few parents" if few else "parents busy", actions)
+
+    def _wants_parents(self, requests: int) -> bool:
+        """Busy, but short of parents: fewer than ``min_parents``, or at least
+        ``top_up_parents`` of them and fewer than ``max_in_flight`` requests going."""
+        cfg = self.config
+        parents = len(self.parents)
+        if parents < cfg.min_parents:
+            return True
+        top_up = cfg.top_up_parents
+        return bool(top_up) and parents >= top_up and requests < cfg.max_in_flight
 
     def _idle(self, now: float, actions: list) -> None:
         """Nothing in flight: fall back after the stall timeout, else ask for parents

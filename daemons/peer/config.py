@@ -106,6 +106,12 @@ class UploadConfig:
     piece_port: int = field(4005, "framed piece protocol for other peers")
     rate_limit: Size = field(Size(0), "upload bytes/s for the whole daemon (0 = unlimited)")
     max_concurrent: int = field(64, "pieces served at once; more get a 'busy' error")
+    fair_window: Duration = field(
+        Duration(0.1),
+        "while some child got 'busy' within this window, a child served within it yields a "
+        "freed upload slot ('busy' too), so children that hold slots cannot starve the "
+        "others; about the children's busy back-off. 0 = first come, first served",
+    )
     max_frame: Size = field(Size(1024 * 1024), "largest protocol frame body accepted")
     idle_timeout: Duration = field(
         Duration(60),

@@ -128,6 +128,7 @@ class PeerDaemon:
             limiter=upload_limit,
             metrics=self.metrics,
             max_concurrent=cfg.upload.max_concurrent,
+            fair_window=float(cfg.upload.fair_window),
             max_frame=int(cfg.upload.max_frame),
             peer_id=self.peer_id,
             host_id=self.host_id,

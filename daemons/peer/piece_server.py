@@ -10,10 +10,12 @@ Speaks the framed protocol of docs/protocol.md on ``upload.piece_port``:
     Hello / Ping               -> Hello / Pong
 
 Anything this peer cannot answer gets an explicit Error frame (``not_found`` for an
-unknown task or a piece it does not hold, ``busy`` above ``upload.max_concurrent``),
-never silence. A malformed frame gets an Error too; when the framing itself is lost
-(bad magic, oversized or truncated frame) the connection is closed after it. Requests on
-one connection are answered in order; peers open several connections for parallelism.
+unknown task or a piece it does not hold, ``busy`` above ``upload.max_concurrent``, and
+to a child just served while another was refused within ``upload.fair_window``: fair
+slots, core/scheduling/upload_slots.py), never silence. A malformed frame gets an Error
+too; when the framing itself is lost (bad magic, oversized or truncated frame) the
+connection is closed after it. Requests on one connection are answered in order; peers
+open several connections for parallelism.
 A push (HavePieces) waits for the answer being written on its connection, so frames and
 piece payloads never interleave; pieces stored meanwhile go out together in one frame.
 """
@@ -24,6 +26,7 @@ import asyncio
 import logging
 import os
 import ssl
+import time
 
 from d7y.core.messages import (
     Error,
@@ -41,6 +44,7 @@ from d7y.core.messages import (
 )
 from d7y.core.pieces import piece_at, piece_count
 from d7y.core.protocol import PROTOCOL_MINOR_VERSION, ProtocolError, encode_frame
+from d7y.core.scheduling.upload_slots import UploadSlots
 from d7y.core.states import TaskState
 from d7y.daemons.framing import FramedStream, IdleTimeout, ReadTimeout
 from d7y.daemons.listener import Listener
@@ -87,6 +91,7 @@ class PieceServer:
         limiter: TokenBucket | None = None,
         metrics: PeerMetrics | None = None,
         max_concurrent: int = 64,
+        fair_window: float = 0.0,
         max_frame: int = 1024 * 1024,
         peer_id: str = "",
         host_id: str = "",
@@ -113,7 +118,9 @@ class PieceServer:
         # that keeps a connection pooled just opens a new one.
         self.idle_timeout = idle_timeout or None
         self.request_timeout = request_timeout or None
-        self._active = 0
+        # Upload slots, handed out fairly (core/scheduling/upload_slots.py); a child is
+        # known by its connection (on loopback every child has the same address).
+        self._slots = UploadSlots(max_concurrent, fair_window)
         self._subscriptions: dict[str, dict[_Subscription, None]] = {}  # task id -> subs
         self._flushes: set[asyncio.Task] = set()
         manager.piece_listeners.append(self._piece_stored)
@@ -341,17 +348,35 @@ class PieceServer:
                 stream_id,
             )
             return
-        if self._active >= self.max_concurrent:
+        child = id(conn)
+        if not self._slots.acquire(child, time.monotonic()):
+            active = self._slots.active
+            message = (
+                f"serving {active} pieces already; retry elsewhere"
+                if self._slots.full
+                else f"serving {active} pieces; a child refused a moment ago goes first"
+            )
             await conn.send(
                 Error(
                     code=ErrorCode.BUSY,
-                    message=f"serving {self._active} pieces already; retry elsewhere",
+                    message=message,
                     task_id=request.task_id,
                     piece_number=request.number,
                 ),
                 stream_id,
             )
             return
+        self.metrics.active_uploads.inc()
+        try:
+            await self._serve_piece(conn, stream_id, request, held, digest)
+        finally:
+            self._slots.release(child, time.monotonic())
+            self.metrics.active_uploads.dec()
+
+    async def _serve_piece(
+        self, conn: FramedStream, stream_id: int, request: GetPiece, held, digest: str
+    ) -> None:
+        """Send a piece this host holds, in an upload slot already taken."""
         content_length, piece_length = held[0], held[1]
         piece = piece_at(request.number, content_length, piece_length)
         # The stored bytes must still match the digest sent with them (verify.py).
@@ -369,42 +394,34 @@ class PieceServer:
                 stream_id,
             )
             return
-        self._active += 1
-        self.metrics.active_uploads.inc()
-        try:
-            with self.manager.pin(request.task_id):
-                try:
-                    fd = os.open(
-                        self.storage.content_path(request.task_id), os.O_RDONLY | os.O_CLOEXEC
-                    )
-                except FileNotFoundError:  # deleted between the lookup and the open
-                    await conn.send(
-                        Error(
-                            code=ErrorCode.NOT_FOUND,
-                            message=f"task {request.task_id} was just removed",
-                            task_id=request.task_id,
-                            piece_number=request.number,
-                        ),
-                        stream_id,
-                    )
-                    return
-                try:
-                    await self.limiter.take(piece.length)
-                    header = Piece(
+        with self.manager.pin(request.task_id):
+            try:
+                fd = os.open(self.storage.content_path(request.task_id), os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:  # deleted between the lookup and the open
+                await conn.send(
+                    Error(
+                        code=ErrorCode.NOT_FOUND,
+                        message=f"task {request.task_id} was just removed",
                         task_id=request.task_id,
-                        number=piece.number,
-                        offset=piece.offset,
-                        length=piece.length,
-                        digest=digest,
-                    )
-                    await conn.send(header, stream_id)
-                    if self.corrupt:
-                        await self._send_corrupted(conn, fd, piece)
-                    else:
-                        await conn.stream.send_file(fd, piece.offset, piece.length)
-                    self.metrics.bytes_uploaded.inc(piece.length)
-                finally:
-                    os.close(fd)
-        finally:
-            self._active -= 1
-            self.metrics.active_uploads.dec()
+                        piece_number=request.number,
+                    ),
+                    stream_id,
+                )
+                return
+            try:
+                await self.limiter.take(piece.length)
+                header = Piece(
+                    task_id=request.task_id,
+                    number=piece.number,
+                    offset=piece.offset,
+                    length=piece.length,
+                    digest=digest,
+                )
+                await conn.send(header, stream_id)
+                if self.corrupt:
+                    await self._send_corrupted(conn, fd, piece)
+                else:
+                    await conn.stream.send_file(fd, piece.offset, piece.length)
+                self.metrics.bytes_uploaded.inc(piece.length)
+            finally:
+                os.close(fd)
