@@ -69,6 +69,7 @@ from heapq import heapify, heappop, heappush
 from typing import Any
 
 import simpy
+from simpy.events import NORMAL
 
 INF = math.inf
 #: Relative tolerance on levels: a pair moves between groups only when its rate
@@ -206,15 +207,19 @@ def _water_fill(
     return (rem / total if total else INF), below
 
 
-class _Flush(simpy.Event):
-    """An already-triggered event: SimPy runs its callbacks when popped from the queue
-    (the same state ``Event.succeed`` sets, without its NORMAL priority)."""
+class _Callback:
+    """An already-triggered event that calls ``callbacks`` when SimPy pops it from its
+    queue: what a Timeout (or a triggered Event) with those callbacks is to SimPy's
+    step() -- the same queue entry, so the same order and event count -- without
+    Event.__init__, the callback list and its append (a run schedules hundreds of
+    thousands of flushes and completion wake-ups)."""
 
-    def __init__(self, env: simpy.Environment, callback) -> None:
-        super().__init__(env)
+    __slots__ = ("_ok", "_value", "callbacks")
+
+    def __init__(self, callbacks: tuple) -> None:
         self._ok = True
         self._value = None
-        self.callbacks.append(callback)
+        self.callbacks = callbacks
 
 
 class Network:
@@ -248,6 +253,8 @@ class Network:
         self._touched: dict[Resource, None] = {}  # groups whose next event may move
         self._flush_pending = False
         self._wake_at = INF
+        self._flush_callbacks = (self._flush,)
+        self._wake_callbacks = (self._wake,)
         #: counters, for the bench and the summary
         self.flows_started = 0
         self.flows_completed = 0
@@ -503,7 +510,7 @@ class Network:
         if not self._flush_pending:
             self._flush_pending = True
             # Priority 2: after every NORMAL (1) event of this instant.
-            self.env.schedule(_Flush(self.env, self._flush), priority=2)
+            self.env.schedule(_Callback(self._flush_callbacks), 2)
 
     def _flush(self, _event: Any = None) -> None:
         self._flush_pending = False
@@ -906,7 +913,7 @@ class Network:
         self._touched.clear()
         if times and times[0] < self._wake_at:
             self._wake_at = t = times[0]
-            self.env.timeout(t - now).callbacks.append(self._wake)
+            self.env.schedule(_Callback(self._wake_callbacks), NORMAL, t - now)
 
     def _wake(self, _event: Any) -> None:
         now = self.env.now
@@ -945,7 +952,7 @@ class Network:
             self._request_flush()
         elif times and times[0] < self._wake_at:  # a stale wake: re-arm only
             self._wake_at = t = times[0]
-            self.env.timeout(t - now).callbacks.append(self._wake)
+            self.env.schedule(_Callback(self._wake_callbacks), NORMAL, t - now)
 
     # --------------------------------------------------------------------- checks --
 
