@@ -473,7 +473,8 @@ class Network:
         del g.members[q]
         g.n -= q.k
         v = g.V
-        flows = [(f, max(0.0, f.target - v)) for f in q.flows]
+        # (bytes left: max(0.0, f.target - v), without the call)
+        flows = [(f, left if (left := f.target - v) > 0.0 else 0.0) for f in q.flows]
         q.grp = None
         if not g.n:
             g.lam = INF
@@ -546,15 +547,21 @@ class Network:
                 if full and r.n and r.cap - r.load() > self.hub_slack * r.cap:
                     r.full_solves += 1
                     self._solve(r, now, depth, True)
-            elif not r.n and r.load() <= r.cap * (1 + REL_TOL):
-                # No pair is bottlenecked here and the pairs crossing it fit: a
-                # re-solve would change nothing (their own groups decide their rates).
-                continue
-            elif depth <= limit and full:
-                r.full_solves += 1
-                self._solve(r, now, depth, True)
-            elif (dm >= 0 or not full) and r.load() > r.cap * (1 + REL_TOL):
-                self._solve(r, now, depth, False)
+            else:
+                if not r.n:
+                    load = r.F  # r.load(), inline (no group here): most resources
+                    for hub, k in r.hubK.items():
+                        load += k * hub.lam
+                    if load <= r.cap * (1 + REL_TOL):
+                        # No pair is bottlenecked here and the pairs crossing it fit: a
+                        # re-solve would change nothing (their own groups decide their
+                        # rates).
+                        continue
+                if depth <= limit and full:
+                    r.full_solves += 1
+                    self._solve(r, now, depth, True)
+                elif (dm >= 0 or not full) and r.load() > r.cap * (1 + REL_TOL):
+                    self._solve(r, now, depth, False)
         self._reschedule(now)
 
     def _solve(self, r: Resource, now: float, depth: int, rise_ok: bool) -> None:
@@ -585,7 +592,10 @@ class Network:
                         elif squeeze:
                             a = level_with(s, q, old)
                         else:
-                            a = (s.cap - s.load()) / k + old
+                            a = s.F  # s.load(), inline (s has no group)
+                            for hub, kk in s.hubK.items():
+                                a += kk * hub.lam
+                            a = (s.cap - a) / k + old
                             if a < 0.0:
                                 a = 0.0
                         if a < c:
