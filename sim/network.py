@@ -473,8 +473,12 @@ class Network:
         del g.members[q]
         g.n -= q.k
         v = g.V
-        # (bytes left: max(0.0, f.target - v), without the call)
-        flows = [(f, left if (left := f.target - v) > 0.0 else 0.0) for f in q.flows]
+        # bytes left, max(0.0, f.target - v), without a call (nor a comprehension's frame:
+        # most pairs hold one flow)
+        flows = []
+        for f in q.flows:
+            left = f.target - v
+            flows.append((f, left if left > 0.0 else 0.0))
         q.grp = None
         if not g.n:
             g.lam = INF
@@ -576,6 +580,8 @@ class Network:
         # at another hub (one block; cap: that hub's level).
         order: list[tuple[float, int]] = []
         recs: list[tuple[int, Any, int, Any]] = []
+        order_append = order.append
+        recs_append = recs.append
         total = 0
         level_with = self._level_with
         squeeze = self.depth > 0
@@ -606,21 +612,21 @@ class Network:
             else:
                 c = old
                 to = None
-            order.append((c, len(recs)))
-            recs.append((k, q, 0, to))
+            order_append((c, len(recs)))
+            recs_append((k, q, 0, to))
             total += k
         f_sum = 0.0
         for q in r.foreign:
             x = q.grp.lam  # type: ignore[union-attr]
             k = q.k
             f_sum += k * x
-            order.append((x, len(recs)))
-            recs.append((k, q, 1, None))
+            order_append((x, len(recs)))
+            recs_append((k, q, 1, None))
             total += k
         r.F = f_sum  # recomputed: no drift
         for hub, k in r.hubK.items():
-            order.append((hub.lam, len(recs)))
-            recs.append((k, hub, 2, None))
+            order_append((hub.lam, len(recs)))
+            recs_append((k, hub, 2, None))
             total += k
         i = len(recs)
         if not i:
