@@ -69,6 +69,7 @@ from heapq import heapify, heappop, heappush
 from typing import Any
 
 import simpy
+from simpy.events import NORMAL
 
 INF = math.inf
 #: Relative tolerance on levels: a pair moves between groups only when its rate
@@ -206,15 +207,19 @@ def _water_fill(
     return (rem / total if total else INF), below
 
 
-class _Flush(simpy.Event):
-    """An already-triggered event: SimPy runs its callbacks when popped from the queue
-    (the same state ``Event.succeed`` sets, without its NORMAL priority)."""
+class _Callback:
+    """An already-triggered event that calls ``callbacks`` when SimPy pops it from its
+    queue: what a Timeout (or a triggered Event) with those callbacks is to SimPy's
+    step() -- the same queue entry, so the same order and event count -- without
+    Event.__init__, the callback list and its append (a run schedules hundreds of
+    thousands of flushes and completion wake-ups)."""
 
-    def __init__(self, env: simpy.Environment, callback) -> None:
-        super().__init__(env)
+    __slots__ = ("_ok", "_value", "callbacks")
+
+    def __init__(self, callbacks: tuple) -> None:
         self._ok = True
         self._value = None
-        self.callbacks.append(callback)
+        self.callbacks = callbacks
 
 
 class Network:
@@ -248,6 +253,8 @@ class Network:
         self._touched: dict[Resource, None] = {}  # groups whose next event may move
         self._flush_pending = False
         self._wake_at = INF
+        self._flush_callbacks = (self._flush,)
+        self._wake_callbacks = (self._wake,)
         #: counters, for the bench and the summary
         self.flows_started = 0
         self.flows_completed = 0
@@ -466,7 +473,12 @@ class Network:
         del g.members[q]
         g.n -= q.k
         v = g.V
-        flows = [(f, max(0.0, f.target - v)) for f in q.flows]
+        # bytes left, max(0.0, f.target - v), without a call (nor a comprehension's frame:
+        # most pairs hold one flow)
+        flows = []
+        for f in q.flows:
+            left = f.target - v
+            flows.append((f, left if left > 0.0 else 0.0))
         q.grp = None
         if not g.n:
             g.lam = INF
@@ -503,7 +515,7 @@ class Network:
         if not self._flush_pending:
             self._flush_pending = True
             # Priority 2: after every NORMAL (1) event of this instant.
-            self.env.schedule(_Flush(self.env, self._flush), priority=2)
+            self.env.schedule(_Callback(self._flush_callbacks), 2)
 
     def _flush(self, _event: Any = None) -> None:
         self._flush_pending = False
@@ -539,15 +551,21 @@ class Network:
                 if full and r.n and r.cap - r.load() > self.hub_slack * r.cap:
                     r.full_solves += 1
                     self._solve(r, now, depth, True)
-            elif not r.n and r.load() <= r.cap * (1 + REL_TOL):
-                # No pair is bottlenecked here and the pairs crossing it fit: a
-                # re-solve would change nothing (their own groups decide their rates).
-                continue
-            elif depth <= limit and full:
-                r.full_solves += 1
-                self._solve(r, now, depth, True)
-            elif (dm >= 0 or not full) and r.load() > r.cap * (1 + REL_TOL):
-                self._solve(r, now, depth, False)
+            else:
+                if not r.n:
+                    load = r.F  # r.load(), inline (no group here): most resources
+                    for hub, k in r.hubK.items():
+                        load += k * hub.lam
+                    if load <= r.cap * (1 + REL_TOL):
+                        # No pair is bottlenecked here and the pairs crossing it fit: a
+                        # re-solve would change nothing (their own groups decide their
+                        # rates).
+                        continue
+                if depth <= limit and full:
+                    r.full_solves += 1
+                    self._solve(r, now, depth, True)
+                elif (dm >= 0 or not full) and r.load() > r.cap * (1 + REL_TOL):
+                    self._solve(r, now, depth, False)
         self._reschedule(now)
 
     def _solve(self, r: Resource, now: float, depth: int, rise_ok: bool) -> None:
@@ -562,6 +580,8 @@ class Network:
         # at another hub (one block; cap: that hub's level).
         order: list[tuple[float, int]] = []
         recs: list[tuple[int, Any, int, Any]] = []
+        order_append = order.append
+        recs_append = recs.append
         total = 0
         level_with = self._level_with
         squeeze = self.depth > 0
@@ -578,7 +598,10 @@ class Network:
                         elif squeeze:
                             a = level_with(s, q, old)
                         else:
-                            a = (s.cap - s.load()) / k + old
+                            a = s.F  # s.load(), inline (s has no group)
+                            for hub, kk in s.hubK.items():
+                                a += kk * hub.lam
+                            a = (s.cap - a) / k + old
                             if a < 0.0:
                                 a = 0.0
                         if a < c:
@@ -589,21 +612,21 @@ class Network:
             else:
                 c = old
                 to = None
-            order.append((c, len(recs)))
-            recs.append((k, q, 0, to))
+            order_append((c, len(recs)))
+            recs_append((k, q, 0, to))
             total += k
         f_sum = 0.0
         for q in r.foreign:
             x = q.grp.lam  # type: ignore[union-attr]
             k = q.k
             f_sum += k * x
-            order.append((x, len(recs)))
-            recs.append((k, q, 1, None))
+            order_append((x, len(recs)))
+            recs_append((k, q, 1, None))
             total += k
         r.F = f_sum  # recomputed: no drift
         for hub, k in r.hubK.items():
-            order.append((hub.lam, len(recs)))
-            recs.append((k, hub, 2, None))
+            order_append((hub.lam, len(recs)))
+            recs_append((k, hub, 2, None))
             total += k
         i = len(recs)
         if not i:
@@ -906,7 +929,7 @@ class Network:
         self._touched.clear()
         if times and times[0] < self._wake_at:
             self._wake_at = t = times[0]
-            self.env.timeout(t - now).callbacks.append(self._wake)
+            self.env.schedule(_Callback(self._wake_callbacks), NORMAL, t - now)
 
     def _wake(self, _event: Any) -> None:
         now = self.env.now
@@ -945,7 +968,7 @@ class Network:
             self._request_flush()
         elif times and times[0] < self._wake_at:  # a stale wake: re-arm only
             self._wake_at = t = times[0]
-            self.env.timeout(t - now).callbacks.append(self._wake)
+            self.env.schedule(_Callback(self._wake_callbacks), NORMAL, t - now)
 
     # --------------------------------------------------------------------- checks --
 

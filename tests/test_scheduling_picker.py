@@ -324,6 +324,66 @@ def test_picker_invariants(events, seed, streaming, bitmap_impl):
         assert not any(p.has(piece) for piece, _ in flights)
 
 
+@pytest.mark.parametrize("order", ["rarest", "announced"])
+@pytest.mark.parametrize("limit", [0, 1, 2])
+def test_nothing_to_start_stands_for_next_requests(limit, order, bitmap_impl):
+    """Two pickers driven through the same random events, one pumped with
+    next_requests, the other with nothing_to_start first (next_requests only when it
+    says False, as Download.pump does): whenever nothing_to_start answers True,
+    next_requests started nothing; and after every step both pickers hold the same
+    requests and their generators the same state (the quiet state's draw was made)."""
+    size = 24
+    shortcuts = quiet_draws = 0
+    for seed in range(30):
+        rng = random.Random(seed)
+        kw = dict(max_in_flight=6, per_parent_limit=limit, order=order)
+        ref = make(bitmap_impl, size, seed=seed, **kw)
+        fast = make(bitmap_impl, size, seed=seed, **kw)
+        now = 0.0
+        for _ in range(300):
+            now = max(0.0, now + (-1.0 if rng.random() < 0.01 else rng.choice((0, 0.05, 0.1))))
+            parent = rng.choice("abcdef")
+            known = parent in ref.parent_ids
+            kind = rng.choice("aaxhhhhhrrrrrrrrwtdddbbbbf")
+            for p in (ref, fast):
+                if kind == "a":
+                    p.parent_added(parent, {i for i in range(size) if (i * 7 + seed) % 3})
+                elif kind == "x":
+                    p.parent_removed(parent)
+                elif kind == "w":
+                    p.wakeup(now)
+                elif kind == "t":
+                    p.check_timeouts(now + 40 * (seed % 2))
+            if kind == "h" and known:
+                piece = rng.randrange(size)
+                assert ref.parent_has(parent, piece) == fast.parent_has(parent, piece)
+            elif kind == "r":
+                got = ref.next_requests(now)
+                before = fast.rng.getstate()
+                if fast.nothing_to_start(now):
+                    shortcuts += 1
+                    quiet_draws += fast.rng.getstate() != before
+                    assert got == []
+                else:
+                    assert fast.next_requests(now) == got
+            elif kind in "dbf" and ref.in_flight:
+                piece, who = rng.choice(ref.in_flight)
+                for p in (ref, fast):
+                    if kind == "d":
+                        p.piece_done(piece, who, 0.1, now)
+                    elif kind == "b":
+                        p.piece_busy(piece, who, now, 0.3)
+                    else:
+                        p.piece_failed(piece, who, now)
+            assert fast.in_flight == ref.in_flight
+            assert fast.rng.getstate() == ref.rng.getstate()
+            assert fast._clock == ref._clock
+    # The shortcut was taken, not only the fallback: in announcement order only for a
+    # full picker; in rarest-first order also with no able parent and when quiet.
+    assert shortcuts > (100 if order == "rarest" else 0)
+    assert quiet_draws > (10 if order == "rarest" else -1)
+
+
 @pytest.mark.parametrize("limit", [0, 1, 2])
 def test_kept_able_list_matches_a_scan(limit, bitmap_impl):
     """The picker keeps the parents able to take a request (and the pieces they hold)

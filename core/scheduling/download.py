@@ -372,6 +372,15 @@ class Download:
     def pump(self, now: float) -> list:
         """Start what can start now (after news, or when a timer fired)."""
         actions: list = []
+        picker = self.picker
+        if self.state is P2P and picker.nothing_to_start(now):
+            # _pump with next_requests' empty answer already had (most pumps of a swarm
+            # peer: a neighbour's news it cannot act on yet): what is left of _pump.
+            if not picker._requests:
+                self._idle(now, actions)
+            elif len(self.parents) < self.config.min_parents and self._ask_due(now):
+                self._ask(now, (), "too few parents", actions)
+            return actions
         self._pump(now, actions)
         return actions
 

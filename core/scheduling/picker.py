@@ -500,6 +500,39 @@ class PiecePicker:
                     break
         return started
 
+    def nothing_to_start(self, now: float) -> bool:
+        """True if :meth:`next_requests` (``now``) would start nothing without looking at
+        a piece: no free slot, no parent able to take a request, or (the "quiet" state)
+        no able parent holding a needed piece -- and then this call did what that call
+        does (its one random draw in the quiet state), so the caller need not make it.
+        False: call next_requests. A swarm peer is pumped on every piece its neighbours
+        announce, and most such pumps start nothing."""
+        if self.max_in_flight - len(self._requests) <= 0 or self._have_count == self.size:
+            return True
+        backoffs = self._backoffs
+        if (
+            now < self._clock
+            or (self.per_parent_limit or self.max_in_flight + 1) != self._able_limit
+            or (backoffs and backoffs[0][0] <= now)
+            or self.order != "rarest"
+            or (self.endgame and self.size - self._have_count <= self.max_in_flight)
+        ):
+            return False  # next_requests' own path: rebuild, back-offs ending, endgame
+        self._clock = now
+        if not self._able:
+            return True
+        if not self._quiet or self.streaming:
+            return False
+        bits = self._draw_bits  # next_requests' quiet path: its one draw
+        if bits:
+            size = self.size
+            getrandbits = self._getrandbits
+            while getrandbits(bits) >= size:
+                pass
+        else:
+            self.rng.randrange(self.size)
+        return True
+
     def _start_rarest(
         self, now: float, slots: int, started: list, able: list[_Parent], limit: int
     ) -> int:
