@@ -376,10 +376,7 @@ class Download:
         if self.state is P2P and picker.nothing_to_start(now):
             # _pump with next_requests' empty answer already had (most pumps of a swarm
             # peer: a neighbour's news it cannot act on yet): what is left of _pump.
-            if not picker._requests:
-                self._idle(now, actions)
-            elif len(self.parents) < self.config.min_parents and self._ask_due(now):
-                self._ask(now, (), "too few parents", actions)
+            self._want_more(now, actions)
             return actions
         self._pump(now, actions)
         return actions
@@ -515,8 +512,11 @@ class Download:
             actions.append(Fetch(piece, parent))
             if state is ORIGIN and self.origin_window is not None:
                 self.origin_tokens[piece] = self.origin_window.started()
-        if state is not P2P:
-            return
+        if state is P2P:
+            self._want_more(now, actions)
+
+    def _want_more(self, now: float, actions: list) -> None:
+        """After a pump in P2P: idle, or busy but short of parents, asks for more."""
         requests = len(self.picker._requests)
         if not requests:
             self._idle(now, actions)
