@@ -123,6 +123,7 @@ DOWNLOAD_POLICY_DEFAULTS: dict[str, dict[str, Any]] = {
         "origin_in_flight": 8,
         "origin_window": False,
         "min_parents": 0,
+        "min_parents_pieces": 0,
     },
     "d7y": {
         "max_in_flight": 16,
@@ -138,6 +139,7 @@ DOWNLOAD_POLICY_DEFAULTS: dict[str, dict[str, Any]] = {
         "origin_in_flight": 8,
         "origin_window": True,
         "min_parents": 2,
+        "min_parents_pieces": 64,
     },
 }
 DOWNLOAD_POLICIES = tuple(DOWNLOAD_POLICY_DEFAULTS)
@@ -175,6 +177,11 @@ class DownloadConfig:
     #: reschedule_interval) even when busy: one shared parent is a slow one (0: only
     #: when idle).
     min_parents: int = None  # type: ignore[assignment]
+    #: d7y: ``min_parents`` holds for downloads of more than this many pieces only; one
+    #: of fewer (a 64 MiB task of 4 MiB pieces: 16) asks for parents when idle, so a
+    #: parent that frees up goes to a peer starved of pieces, not to one its relay chain
+    #: already feeds at full speed (0: every download; dragonfly 0).
+    min_parents_pieces: int = None  # type: ignore[assignment]
     #: Pieces fetched from the origin at once (the most, with ``origin_window``).
     origin_in_flight: int = None  # type: ignore[assignment]
     #: d7y: a download others wait for (a seed peer's, one streaming to a proxy client)
@@ -202,7 +209,7 @@ class DownloadConfig:
                 object.__setattr__(self, name, value)
         for name in ("max_in_flight", "failure_limit", "origin_in_flight"):
             _check_int(name, getattr(self, name), 1)
-        for name in ("per_parent_limit", "max_reschedules", "min_parents"):
+        for name in ("per_parent_limit", "max_reschedules", "min_parents", "min_parents_pieces"):
             _check_int(name, getattr(self, name), 0)
         if not isinstance(self.origin_window, bool):
             raise TypeError(f"origin_window must be a bool, got {self.origin_window!r}")
@@ -253,6 +260,7 @@ class Download:
         "last_progress",
         "last_reschedule",
         "mean_cost",
+        "min_parents",
         "origin",
         "origin_reason",
         "origin_tokens",
@@ -311,6 +319,8 @@ class Download:
         self.last_progress = now
         self.last_reschedule = -math.inf
         self.reschedules = 0
+        #: ``config.min_parents``, or 0 for a download of few pieces (min_parents_pieces).
+        self.min_parents = cfg.min_parents if piece_count > cfg.min_parents_pieces else 0
         self.mean_cost = 0.0
         self.origin_reason = ""
         #: With ``config.origin_window``: the window and each origin request's token.
@@ -451,7 +461,7 @@ class Download:
             if due < at:
                 at = due
         if (not requests and (cfg.reschedule_when == "idle" or not self.parents)) or (
-            requests and len(self.parents) < cfg.min_parents
+            requests and len(self.parents) < self.min_parents
         ):
             due = self.last_reschedule + cfg.reschedule_interval
             if due < at:
@@ -499,7 +509,7 @@ class Download:
             return
         if not self.picker._requests:
             self._idle(now, actions)
-        elif len(self.parents) < self.config.min_parents and self._ask_due(now):
+        elif len(self.parents) < self.min_parents and self._ask_due(now):
             self._ask(now, (), "too few parents", actions)
 
     def _idle(self, now: float, actions: list) -> None:
