@@ -332,13 +332,13 @@ def test_d7y_asks_for_more_parents_while_it_has_few_even_when_busy(bitmap_impl):
     assert of(AskParents, dl.tick(3.0)) == []  # two parents: enough
 
 
-@pytest.mark.parametrize(("pieces", "asks"), [(16, False), (64, False), (65, True), (256, True)])
+@pytest.mark.parametrize(("pieces", "asks"), [(8, False), (16, False), (17, True), (256, True)])
 def test_d7y_few_piece_download_asks_for_parents_only_when_idle(bitmap_impl, pieces, asks):
-    """min_parents holds above min_parents_pieces (d7y 64) only: a 64 MiB task (16
+    """min_parents holds above min_parents_pieces (d7y 16) only: a 64 MiB task (16
     pieces) fed by one relay-chain parent does not ask for a second while it has a
     request in flight; a larger one does. Idle, both ask."""
     dl = make(bitmap_impl, pieces=pieces, per_parent_limit=1, reschedule_interval=1.0)
-    assert (dl.config.min_parents, dl.config.min_parents_pieces) == (2, 64)
+    assert (dl.config.min_parents, dl.config.min_parents_pieces) == (2, 16)
     one = bitmap_impl.Bitmap(pieces)
     one.set(0)
     actions = dl.add_parents([("a", one, 0, 0)], 0.0)

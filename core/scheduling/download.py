@@ -139,7 +139,7 @@ DOWNLOAD_POLICY_DEFAULTS: dict[str, dict[str, Any]] = {
         "origin_in_flight": 8,
         "origin_window": True,
         "min_parents": 2,
-        "min_parents_pieces": 64,
+        "min_parents_pieces": 16,
     },
 }
 DOWNLOAD_POLICIES = tuple(DOWNLOAD_POLICY_DEFAULTS)
@@ -178,9 +178,9 @@ class DownloadConfig:
     #: when idle).
     min_parents: int = None  # type: ignore[assignment]
     #: d7y: ``min_parents`` holds for downloads of more than this many pieces only; one
-    #: of fewer (a 64 MiB task of 4 MiB pieces: 16) asks for parents when idle, so a
-    #: parent that frees up goes to a peer starved of pieces, not to one its relay chain
-    #: already feeds at full speed (0: every download; dragonfly 0).
+    #: of at most this many (d7y 16: a 64 MiB task of 4 MiB pieces) asks for parents when
+    #: idle, so a parent that frees up goes to a peer starved of pieces, not to one its
+    #: relay chain already feeds at full speed (0: every download; dragonfly 0).
     min_parents_pieces: int = None  # type: ignore[assignment]
     #: Pieces fetched from the origin at once (the most, with ``origin_window``).
     origin_in_flight: int = None  # type: ignore[assignment]
