@@ -64,6 +64,7 @@ def test_policy_defaults():
     )
     assert df.stall_timeout == math.inf and df.reschedule_when == "orphaned"
     assert (df.max_reschedules, df.parent_idle_timeout) == (5, 360.0)
+    assert (df.min_parents, df.min_parents_pieces) == (0, 0)
     d7y = DownloadConfig()
     assert d7y.policy == "d7y" and d7y.order == "rarest" and d7y.per_parent_limit >= 1
     assert d7y.timeout_factor > 0 and d7y.reschedule_when == "idle"
@@ -79,6 +80,7 @@ def test_policy_defaults():
         ({"piece_timeout": 0}, "piece_timeout must be > 0"),
         ({"reschedule_when": "never"}, "reschedule_when must be"),
         ({"busy_backoff": -1}, "busy_backoff must be"),
+        ({"min_parents_pieces": -1}, "min_parents_pieces must be >= 0"),
     ],
 )
 def test_bad_config_names_the_field(fields, message):
@@ -351,7 +353,13 @@ def test_dragonfly_origin_fetches_are_a_fixed_number_at_once(bitmap_impl):
 
 
 def test_d7y_asks_for_more_parents_while_it_has_few_even_when_busy(bitmap_impl):
-    dl = make(bitmap_impl, per_parent_limit=1, min_parents=2, reschedule_interval=1.0)
+    dl = make(
+        bitmap_impl,
+        per_parent_limit=1,
+        min_parents=2,
+        min_parents_pieces=0,
+        reschedule_interval=1.0,
+    )
     actions = dl.add_parents([("a", full(bitmap_impl, 8), 0, 0)], 0.0)
     assert of(Fetch, actions) and AskParents((), "too few parents") in actions
     assert of(AskParents, dl.pump(0.5)) == []  # at most once per interval
@@ -359,3 +367,21 @@ def test_d7y_asks_for_more_parents_while_it_has_few_even_when_busy(bitmap_impl):
     assert AskParents((), "too few parents") in dl.tick(1.0)
     dl.add_parents([("b", full(bitmap_impl, 8), 0, 0)], 1.5)
     assert of(AskParents, dl.tick(3.0)) == []  # two parents: enough
+
+
+@pytest.mark.parametrize(("pieces", "asks"), [(8, False), (16, False), (17, True), (256, True)])
+def test_d7y_few_piece_download_asks_for_parents_only_when_idle(bitmap_impl, pieces, asks):
+    """min_parents holds above min_parents_pieces (d7y 16) only: a 64 MiB task (16
+    pieces) fed by one relay-chain parent does not ask for a second while it has a
+    request in flight; a larger one does. Idle, both ask."""
+    dl = make(bitmap_impl, pieces=pieces, per_parent_limit=1, reschedule_interval=1.0)
+    assert (dl.config.min_parents, dl.config.min_parents_pieces) == (2, 16)
+    one = bitmap_impl.Bitmap(pieces)
+    one.set(0)
+    actions = dl.add_parents([("a", one, 0, 0)], 0.0)
+    assert of(Fetch, actions) == [Fetch(0, "a")]
+    assert (AskParents((), "too few parents") in actions) is asks
+    assert (AskParents((), "too few parents") in dl.tick(1.0)) is asks
+    assert (dl.next_timer(1.0) <= 2.0) is asks  # a reschedule timer only when it asks
+    # The one piece the parent has landed: idle, every download asks.
+    assert AskParents((), "waiting for pieces") in dl.piece_done(0, "a", 1.0, 2.5)

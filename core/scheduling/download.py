@@ -124,6 +124,7 @@ DOWNLOAD_POLICY_DEFAULTS: dict[str, dict[str, Any]] = {
         "origin_window": False,
         "min_parents": 0,
         "top_up_parents": 0,
+        "min_parents_pieces": 0,
     },
     "d7y": {
         "max_in_flight": 16,
@@ -140,6 +141,7 @@ DOWNLOAD_POLICY_DEFAULTS: dict[str, dict[str, Any]] = {
         "origin_window": True,
         "min_parents": 2,
         "top_up_parents": 4,
+        "min_parents_pieces": 16,
     },
 }
 DOWNLOAD_POLICIES = tuple(DOWNLOAD_POLICY_DEFAULTS)
@@ -177,6 +179,11 @@ class DownloadConfig:
     #: reschedule_interval) even when busy: one shared parent is a slow one (0: only
     #: when idle).
     min_parents: int = None  # type: ignore[assignment]
+    #: d7y: ``min_parents`` holds for downloads of more than this many pieces only; one
+    #: of at most this many (d7y 16: a 64 MiB task of 4 MiB pieces) asks for parents when
+    #: idle, so a parent that frees up goes to a peer starved of pieces, not to one its
+    #: relay chain already feeds at full speed (0: every download; dragonfly 0).
+    min_parents_pieces: int = None  # type: ignore[assignment]
     #: d7y: a download that holds at least this many parents but cannot keep
     #: ``max_in_flight`` requests going asks for more every ``reschedule_interval``,
     #: busy or not (0: never). Its parents may all be busy feeding other children while
@@ -213,7 +220,13 @@ class DownloadConfig:
                 object.__setattr__(self, name, value)
         for name in ("max_in_flight", "failure_limit", "origin_in_flight"):
             _check_int(name, getattr(self, name), 1)
-        for name in ("per_parent_limit", "max_reschedules", "min_parents", "top_up_parents"):
+        for name in (
+            "per_parent_limit",
+            "max_reschedules",
+            "min_parents",
+            "min_parents_pieces",
+            "top_up_parents",
+        ):
             _check_int(name, getattr(self, name), 0)
         if not isinstance(self.origin_window, bool):
             raise TypeError(f"origin_window must be a bool, got {self.origin_window!r}")
@@ -264,6 +277,7 @@ class Download:
         "last_progress",
         "last_reschedule",
         "mean_cost",
+        "min_parents",
         "origin",
         "origin_reason",
         "origin_tokens",
@@ -322,6 +336,8 @@ class Download:
         self.last_progress = now
         self.last_reschedule = -math.inf
         self.reschedules = 0
+        #: ``config.min_parents``, or 0 for a download of few pieces (min_parents_pieces).
+        self.min_parents = cfg.min_parents if piece_count > cfg.min_parents_pieces else 0
         self.mean_cost = 0.0
         self.origin_reason = ""
         #: With ``config.origin_window``: the window and each origin request's token.
@@ -521,15 +537,16 @@ class Download:
         if not requests:
             self._idle(now, actions)
         elif self._wants_parents(requests) and self._ask_due(now):
-            few = len(self.parents) < self.config.min_parents
+            few = len(self.parents) < self.min_parents
             self._ask(now, (), "too few parents" if few else "parents busy", actions)
 
     def _wants_parents(self, requests: int) -> bool:
-        """Busy, but short of parents: fewer than ``min_parents``, or at least
-        ``top_up_parents`` of them and fewer than ``max_in_flight`` requests going."""
+        """Busy, but short of parents: fewer than ``min_parents`` (0 for a download of
+        few pieces: ``min_parents_pieces``), or at least ``top_up_parents`` of them and
+        fewer than ``max_in_flight`` requests going."""
         cfg = self.config
         parents = len(self.parents)
-        if parents < cfg.min_parents:
+        if parents < self.min_parents:
             return True
         top_up = cfg.top_up_parents
         return bool(top_up) and parents >= top_up and requests < cfg.max_in_flight
