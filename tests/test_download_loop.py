@@ -339,6 +339,16 @@ def test_d7y_asks_for_more_parents_when_its_parents_cannot_fill_the_window(
     assert (dl.next_timer(1.0) == pytest.approx(2.0)) is asks
 
 
+@pytest.mark.parametrize(("pieces", "asks"), [(16, False), (17, True)])
+def test_a_download_of_few_pieces_does_not_top_up(bitmap_impl, pieces, asks):
+    """top_up_pieces (d7y 16): a 64 MiB task's relay chain asks when idle only."""
+    dl = make(bitmap_impl, pieces=pieces, per_parent_limit=1, reschedule_interval=1.0)
+    assert dl.config.top_up_pieces == 16
+    offers = [(f"p{i}", full(bitmap_impl, pieces), 0, 0) for i in range(4)]
+    actions = dl.add_parents(offers, 0.0)
+    assert (AskParents((), "parents busy") in actions) is asks
+
+
 def test_dragonfly_never_tops_up(bitmap_impl):
     assert DownloadConfig(policy="dragonfly").top_up_parents == 0
     assert DownloadConfig(policy="d7y").top_up_parents == 4
@@ -371,10 +381,17 @@ def test_d7y_asks_for_more_parents_while_it_has_few_even_when_busy(bitmap_impl):
 
 @pytest.mark.parametrize(("pieces", "asks"), [(8, False), (16, False), (17, True), (256, True)])
 def test_d7y_few_piece_download_asks_for_parents_only_when_idle(bitmap_impl, pieces, asks):
-    """min_parents holds above min_parents_pieces (d7y 16) only: a 64 MiB task (16
-    pieces) fed by one relay-chain parent does not ask for a second while it has a
-    request in flight; a larger one does. Idle, both ask."""
-    dl = make(bitmap_impl, pieces=pieces, per_parent_limit=1, reschedule_interval=1.0)
+    """min_parents holds above min_parents_pieces (16 here; d7y's default 0: off) only:
+    a 64 MiB task (16 pieces) fed by one relay-chain parent does not ask for a second
+    while it has a request in flight; a larger one does. Idle, both ask."""
+    assert DownloadConfig(policy="d7y").min_parents_pieces == 0
+    dl = make(
+        bitmap_impl,
+        pieces=pieces,
+        per_parent_limit=1,
+        reschedule_interval=1.0,
+        min_parents_pieces=16,
+    )
     assert (dl.config.min_parents, dl.config.min_parents_pieces) == (2, 16)
     one = bitmap_impl.Bitmap(pieces)
     one.set(0)
