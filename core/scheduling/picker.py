@@ -445,14 +445,7 @@ class PiecePicker:
             # random number, which must be drawn all the same (the generator is shared
             # with the rest of the run). A swarm peer is pumped on every piece its
             # neighbours announce, mostly pieces of parents that cannot take a request.
-            bits = self._draw_bits
-            if bits:  # rng.randrange(self.size), inline (_randbelow_inlinable)
-                size = self.size
-                getrandbits = self._getrandbits
-                while getrandbits(bits) >= size:
-                    pass
-            else:
-                self.rng.randrange(self.size)
+            self._quiet_draw()
             return []
         if not self._live:
             return []  # every parent is reported
@@ -523,7 +516,13 @@ class PiecePicker:
             return True
         if not self._quiet or self.streaming:
             return False
-        bits = self._draw_bits  # next_requests' quiet path: its one draw
+        self._quiet_draw()  # next_requests' quiet path: its one draw
+        return True
+
+    def _quiet_draw(self) -> None:
+        """The one random draw next_requests makes in the quiet state:
+        ``rng.randrange(self.size)``, inline (``_randbelow_inlinable``)."""
+        bits = self._draw_bits
         if bits:
             size = self.size
             getrandbits = self._getrandbits
@@ -531,7 +530,6 @@ class PiecePicker:
                 pass
         else:
             self.rng.randrange(self.size)
-        return True
 
     def _start_rarest(
         self, now: float, slots: int, started: list, able: list[_Parent], limit: int
