@@ -139,11 +139,11 @@ class PiecePicker:
         "_bitmaps",
         "_by_piece",
         "_clock",
-        "_draw_bits",
         "_failed_for",
         "_getrandbits",
         "_have",
         "_have_count",
+        "_inline_draws",
         "_live",
         "_need",
         "_order",
@@ -211,8 +211,8 @@ class PiecePicker:
         self._bitmaps = bitmaps
         self.size = piece_count
         self.rng = rng
-        # randrange(piece_count) drawn inline (_randbelow_inlinable); 0: call randrange.
-        self._draw_bits = piece_count.bit_length() if _randbelow_inlinable(rng) else 0
+        # rng.randrange drawn by _randbelow itself (_randbelow_inlinable), or called.
+        self._inline_draws = _randbelow_inlinable(rng)
         self._getrandbits = rng.getrandbits
         self.max_in_flight = max_in_flight
         self.streaming = bool(streaming)
@@ -425,14 +425,9 @@ class PiecePicker:
             return []
         # The parents that may take a request now, in the parents' order; a parent that
         # reaches ``limit`` leaves the list as a request starts (only ``active`` changes
-        # within a call). Most calls find the kept list as it is (_able_now inline).
-        limit = self.per_parent_limit or self.max_in_flight + 1  # _parent_limit()
-        backoffs = self._backoffs
-        if now < self._clock or limit != self._able_limit or (backoffs and backoffs[0][0] <= now):
-            able = self._able_now(now, limit)
-        else:
-            self._clock = now
-            able = self._able
+        # within a call). Most calls find the kept list as it is.
+        limit = self._parent_limit()
+        able = self._able if self._able_kept(now, limit) else self._able_now(now, limit)
         endgame = self.endgame and self.size - self._have_count <= self.max_in_flight
         if not able:
             # Nothing can start: every parent is reported, at its limit or backing off
@@ -445,7 +440,7 @@ class PiecePicker:
             # random number, which must be drawn all the same (the generator is shared
             # with the rest of the run). A swarm peer is pumped on every piece its
             # neighbours announce, mostly pieces of parents that cannot take a request.
-            self._quiet_draw()
+            self._randbelow(self.size)
             return []
         if not self._live:
             return []  # every parent is reported
@@ -502,34 +497,31 @@ class PiecePicker:
         announce, and most such pumps start nothing."""
         if self.max_in_flight - len(self._requests) <= 0 or self._have_count == self.size:
             return True
-        backoffs = self._backoffs
         if (
-            now < self._clock
-            or (self.per_parent_limit or self.max_in_flight + 1) != self._able_limit
-            or (backoffs and backoffs[0][0] <= now)
-            or self.order != "rarest"
+            self.order != "rarest"
             or (self.endgame and self.size - self._have_count <= self.max_in_flight)
+            or not self._able_kept(now, self._parent_limit())
         ):
-            return False  # next_requests' own path: rebuild, back-offs ending, endgame
-        self._clock = now
+            return False  # next_requests' own path: endgame, rebuild, back-offs ending
         if not self._able:
             return True
         if not self._quiet or self.streaming:
             return False
-        self._quiet_draw()  # next_requests' quiet path: its one draw
+        self._randbelow(self.size)  # next_requests' quiet path: its one draw
         return True
 
-    def _quiet_draw(self) -> None:
-        """The one random draw next_requests makes in the quiet state:
-        ``rng.randrange(self.size)``, inline (``_randbelow_inlinable``)."""
-        bits = self._draw_bits
-        if bits:
-            size = self.size
+    def _randbelow(self, n: int) -> int:
+        """``rng.randrange(n)``. With ``random.Random``'s own (_randbelow_inlinable)
+        drawn here as it draws it, the very same numbers in one Python frame instead of
+        randrange's two (a swarm peer makes millions of draws); else by the generator."""
+        if self._inline_draws:
+            bits = n.bit_length()
             getrandbits = self._getrandbits
-            while getrandbits(bits) >= size:
-                pass
-        else:
-            self.rng.randrange(self.size)
+            r = getrandbits(bits)
+            while r >= n:
+                r = getrandbits(bits)
+            return r
+        return self.rng.randrange(n)
 
     def _start_rarest(
         self, now: float, slots: int, started: list, able: list[_Parent], limit: int
@@ -589,17 +581,20 @@ class PiecePicker:
         """Advance the generator as ``count`` calls of ``rng.randrange(self.size)`` would,
         their values unused: the generator is shared with the rest of the run, whose
         later draws must see the very same sequence."""
-        bits = self._draw_bits
-        if bits:
-            size = self.size
-            getrandbits = self._getrandbits
-            for _ in range(count):
-                while getrandbits(bits) >= size:  # rejection, exactly as randrange
-                    pass
-        else:
-            randrange = self.rng.randrange
-            for _ in range(count):
-                randrange(self.size)
+        randbelow = self._randbelow
+        size = self.size
+        for _ in range(count):
+            randbelow(size)
+
+    def _able_kept(self, now: float, limit: int) -> bool:
+        """Whether :meth:`_able_now` would return the kept list as it is (time did not go
+        back, the limit is the same, no back-off ends by ``now``); then the list's clock
+        moves to ``now``, as it would have. Most calls are these."""
+        backoffs = self._backoffs
+        if now < self._clock or limit != self._able_limit or (backoffs and backoffs[0][0] <= now):
+            return False
+        self._clock = now
+        return True
 
     def _able_now(self, now: float, limit: int) -> list[_Parent]:
         """The parents that can take a request at ``now`` (:meth:`_Parent.can_take`), in
@@ -699,13 +694,10 @@ class PiecePicker:
         """The earliest time after ``now`` at which :meth:`next_requests` may start
         something it cannot start now without any new event: a busy parent's back-off
         ending, or an announced piece's ``dispatch_wait`` running out (inf: none)."""
-        heap = self._backoffs
-        limit = self.per_parent_limit or self.max_in_flight + 1  # _parent_limit()
-        if now < self._clock or limit != self._able_limit or (heap and heap[0][0] <= now):
+        limit = self._parent_limit()
+        if not self._able_kept(now, limit):
             self._able_now(now, limit)  # ends the back-offs due by now
-            heap = self._backoffs  # a rebuild makes a new heap
-        else:
-            self._clock = now
+        heap = self._backoffs  # (after: a rebuild makes a new heap)
         at = math.inf
         while heap:
             busy_until, _ticket, p = heap[0]
@@ -733,16 +725,7 @@ class PiecePicker:
                     if rarity.count(i):
                         return i
                     i = candidates.first_set(i + 1) if i + 1 < self.size else -1
-        bits = self._draw_bits
-        if bits:  # rng.randrange(self.size), inline (_randbelow_inlinable)
-            size = self.size
-            getrandbits = self._getrandbits
-            start = getrandbits(bits)
-            while start >= size:
-                start = getrandbits(bits)
-        else:
-            start = self.rng.randrange(self.size)
-        return rarity.rarest(candidates, start)
+        return rarity.rarest(candidates, self._randbelow(self.size))
 
     def _choose_parent(
         self, piece: int, exclude: Iterable[str], able: list[_Parent]
@@ -767,15 +750,7 @@ class PiecePicker:
         for p in holders:
             total += p.weight
         if total <= 0:
-            n = len(holders)
-            if self._draw_bits:  # rng.randrange(n), inline (_randbelow_inlinable)
-                bits = n.bit_length()
-                getrandbits = self._getrandbits
-                i = getrandbits(bits)
-                while i >= n:
-                    i = getrandbits(bits)
-                return holders[i]
-            return holders[self.rng.randrange(n)]
+            return holders[self._randbelow(len(holders))]
         point = self.rng.random() * total
         for p in holders:
             point -= p.weight
