@@ -1217,3 +1217,35 @@ def test_results_are_immutable_values():
         instance = cls(**{f.name: None for f in dataclasses.fields(cls)})
         with pytest.raises(dataclasses.FrozenInstanceError):
             instance.__setattr__(dataclasses.fields(cls)[0].name, 1)
+
+
+def test_d7y_peer_with_parents_is_never_offered_its_own_descendant(bitmap_impl):
+    """d7y makes the cycle test after choosing the candidates a peer with parents may
+    add (to walk the DAG only when one of them has a parent); a descendant with room
+    is still never offered. 'c' (parent r1) feeds 'd'; both have room, as has 'x'."""
+    s = make(bitmap_impl, policy="d7y")
+
+    def root(pid: str) -> None:
+        add_host(s, f"h{pid}")
+        r = s.register_peer(pid, "t", f"h{pid}", "u", 0, content_length=GiB)
+        if not isinstance(r, NeedBackToSource):
+            s.download_started(pid, 0, back_to_source=True)
+        s.piece_finished(pid, 0, None, 0.1, "crc32:0", 0)
+
+    root("r1")
+    for pid in ("c", "d"):
+        add_host(s, f"h{pid}")
+        s.register_peer(pid, "t", f"h{pid}", "u", 1)
+    s.reschedule("c", (), 1)
+    s.download_started("c", 1)
+    s.piece_finished("c", 0, "r1", 0.1, None, 1)
+    s.reschedule("d", ["r1"], 1)  # d's only candidate left is c
+    s.download_started("d", 1)
+    s.piece_finished("d", 0, "c", 0.1, None, 1)
+    dag = s.task("t").dag
+    assert dag.parents("c").keys() == {"r1"} and dag.parents("d").keys() == {"c"}
+    root("x")
+    parents = [p.peer_id for p in s.reschedule("c", (), 2).parents]
+    assert parents == ["x"]
+    s.verify_invariants()
+    assert dag.is_acyclic()

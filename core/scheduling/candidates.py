@@ -102,13 +102,20 @@ class ParentSelector:
         return out
 
     def filter(
-        self, peer: Peer, sample: list[Peer], succeeded_only: bool, starting: bool = False
+        self,
+        peer: Peer,
+        sample: list[Peer],
+        succeeded_only: bool,
+        starting: bool = False,
+        acyclic: bool = True,
     ) -> list[Peer]:
         """DESIGN's filters, in order: the peer itself, its host, its blocklist, peers that
         cannot serve, bad parents, and any edge that would close a cycle (Dragonfly has
         no upload-slot filter: the limits exist but the filter does not read them), and
         for the d7y policy the peer's current parents. With ``starting`` the sample is
-        of starting peers (:func:`is_starting`), which stand in for servable ones."""
+        of starting peers (:func:`is_starting`), which stand in for servable ones. With
+        ``acyclic`` False the cycle test is left to the caller (:meth:`_acyclic`), to be
+        made on fewer candidates."""
         host = peer.host
         blocklist = peer.blocklist
         task = peer.task
@@ -117,7 +124,6 @@ class ParentSelector:
         in_edges = task.dag._parents
         is_bad = self.evaluator.is_bad_parent
         about_to_serve = self.serving.about_to_serve
-        descendants: set[str] | None = None
         kept: list[Peer] = []
         current = in_edges[peer.id]
         for cand in sample:
@@ -130,15 +136,29 @@ class ParentSelector:
             # A starting peer is "bad" by state alone (Dragonfly: ReceivedNormal).
             if is_bad(cand) and not (starting or about_to_serve(cand)):
                 continue
-            # A cycle needs a path peer -> ... -> cand, so cand must have a parent: roots
-            # (succeeded, back-to-source and seed peers, usually) are safe without a walk.
+            kept.append(cand)
+        return self._acyclic(peer, kept) if acyclic else kept
+
+    @staticmethod
+    def _acyclic(peer: Peer, candidates: list[Peer]) -> list[Peer]:
+        """The candidates that would not close a cycle as parents of ``peer``.
+
+        A cycle needs a path peer -> ... -> cand, so cand must have a parent: roots
+        (succeeded, back-to-source and seed peers, usually) are safe without a walk, and
+        so is every candidate of a peer with no children. Otherwise the peer's
+        descendants are walked once: in a dense swarm (1,000 running peers, 3 parents
+        each) most of the DAG, and then the largest cost of a round.
+        """
+        dag = peer.task.dag
+        in_edges = dag._parents
+        if not candidates or not dag.out_degree(peer.id):
+            return candidates
+        descendants: set[str] | None = None
+        kept: list[Peer] = []
+        for cand in candidates:
             if in_edges[cand.id]:
                 if descendants is None:
-                    # The peer's descendants, once per round: empty for a new peer; in a
-                    # dense swarm (1,000 running peers, 3 parents each) most of the DAG,
-                    # and then this walk is the largest cost of a round.
-                    dag = task.dag
-                    descendants = dag.descendants(peer.id) if dag.out_degree(peer.id) else set()
+                    descendants = dag.descendants(peer.id)
                 if cand.id in descendants:
                     continue
             kept.append(cand)
@@ -146,10 +166,19 @@ class ParentSelector:
 
     def candidate_parents(self, peer: Peer, limit: int) -> list[tuple[Peer, float]]:
         """The best ``limit`` new parents for a peer in a scheduling round, scored."""
-        candidates = self.filter(peer, self.sample(peer), succeeded_only=False)
+        factor = self.config.children_per_capacity
+        parents = len(peer.task.dag._parents[peer.id])
+        # d7y with parents: the cycle test runs on the few candidates the round may add
+        # (often none: a top-up round of a peer whose candidates are all full), not on
+        # the sample; at 10,000 hosts the walk over its descendants was a third of the
+        # run (bench/RESULTS.md). Its lagging test then reads the sample before the cycle
+        # test, descendants included: they are as good an estimate of the swarm.
+        late_cycle_test = bool(factor and parents)
+        candidates = self.filter(
+            peer, self.sample(peer), succeeded_only=False, acyclic=not late_cycle_test
+        )
         if not candidates:
             return []
-        factor = self.config.children_per_capacity
         if factor:
             # d7y: a parent takes about as many children as its upload can feed at their
             # download speed (a 16 MiB/s seed with fast children: one; a 10 Gbit/s seed
@@ -159,7 +188,6 @@ class ParentSelector:
             # parent (_extra_parents).
             host = peer.host
             room = self._with_room(candidates, host, factor)
-            parents = len(peer.task.dag._parents[peer.id])
             if (
                 not room
                 and self.config.starting_overflow
@@ -178,8 +206,11 @@ class ParentSelector:
                     nearest = max(nearness(c.host, host) for c in candidates)
                     room = [c for c in room if nearness(c.host, host) >= nearest]
             if parents:
-                candidates = self._extra_parents(
-                    candidates, room, peer.task, host, parents, self._lagging(peer, candidates)
+                candidates = self._acyclic(
+                    peer,
+                    self._extra_parents(
+                        candidates, room, peer.task, host, parents, self._lagging(peer, candidates)
+                    ),
                 )
             else:
                 candidates = room or candidates
