@@ -561,6 +561,8 @@ class Simulation:
                     peer.parents[action.parent] = parent
                     if parent.state != DONE:
                         parent.children[peer] = None
+                        if self.cut_through:
+                            self._receiving_news(peer, parent)
             elif kind is Unfollow:
                 parent = peer.parents.pop(action.parent, None)
                 if parent is not None:
@@ -927,6 +929,21 @@ class Simulation:
             tr.cancelled = True
             actions += dl.piece_failed(tr.piece, tr.parent_id, NOT_FOUND, now)
         self.run_actions(peer, actions)
+
+    def _receiving_news(self, peer: Peer, parent: Peer) -> None:
+        """``peer`` follows ``parent``: besides the pieces it holds (its bitmap, given
+        with the offer), it hears of those the parent is receiving now, as it would
+        have had it followed earlier; a pump follows once the actions are carried out."""
+        dl = peer.dl
+        if dl is None:
+            return
+        now = self.env.now
+        news = False
+        for tr in list(parent.inflight.values()):
+            if not tr.cancelled and (tr.flow is not None or tr.sent):
+                news = dl.parent_receiving(parent.id, tr.piece, now) or news
+        if news:
+            self.later(0, self.pump, peer)
 
     def _announce_receiving(self, tr: Transfer) -> None:
         """``tr.peer`` started receiving ``tr.piece``: its children hear of it (and may
