@@ -102,6 +102,9 @@ DEFAULTS: dict[str, Any] = {
         # d7y: a child served within this window yields a free slot to one answered
         # "busy" within it (core/scheduling/upload_slots.py); None: the policy's own
         "fair_slot_window": None,
+        # download.cut_through: a piece transfer is modelled as this many blocks in a
+        # row, each relayed on once it has landed (docs/simulation.md, "Cut-through")
+        "cut_through_blocks": 16,
     },
     "bittorrent": {
         "neighbours": 20,
@@ -157,6 +160,7 @@ class PeerSpec:
     upload_slots: int
     seed_upload_slots: int
     fair_slot_window: float | None = None
+    cut_through_blocks: int = 16
 
 
 @dataclass(frozen=True)
@@ -453,6 +457,7 @@ def parse(data: Any, *, name: str = "scenario", base_dir: Path = Path(".")) -> S
         upload_slots=_int(p["upload_slots"], "peer.upload_slots", 0),
         seed_upload_slots=_int(p["seed_upload_slots"], "peer.seed_upload_slots", 0),
         fair_slot_window=_opt(_dur, p["fair_slot_window"], "peer.fair_slot_window"),
+        cut_through_blocks=_int(p["cut_through_blocks"], "peer.cut_through_blocks", 1),
     )
     if peer.piece_timeout is not None and peer.piece_timeout <= 0:
         raise ScenarioError("peer.piece_timeout must be > 0")

@@ -16,6 +16,16 @@ carries out their actions on a simulated transport:
   latency again to arrive;
 - a parent's new pieces reach the downloads following it at once (dfdaemon's children
   subscribe to their parents and are pushed each new piece).
+
+Cut-through relaying (``DownloadConfig.cut_through``, opt-in; the daemons do not have
+it): every piece transfer is ``peer.cut_through_blocks`` flows in a row, one block
+each, and a block is at the receiver one latency after its flow ends. A peer announces
+a piece to its children when the first block of its own transfer of it starts; a
+child's request for a piece its parent is still receiving sends each block only once
+that block has reached the parent, so the relayed stream is never ahead of the
+parent's (store-and-forward per block, not per piece). If the parent's transfer ends
+without the piece, its children are told (``Download.parent_lost_piece``) and a
+transfer relaying it is cancelled.
 """
 
 from __future__ import annotations
@@ -46,6 +56,7 @@ from d7y.core.scheduling import (
 )
 from d7y.core.scheduling.download import (
     BUSY,
+    NOT_FOUND,
     AskParents,
     Cancel,
     Download,
@@ -220,15 +231,19 @@ class Transfer:
 
     __slots__ = (
         "cancelled",
+        "feeding",
         "flow",
+        "landed",
         "latency",
         "pair",
         "parent",
         "parent_id",
         "peer",
         "piece",
+        "sent",
         "size",
         "slot",
+        "source",
         "src",
         "start",
     )
@@ -246,6 +261,14 @@ class Transfer:
         self.latency = 0.0
         self.pair = None
         self.slot: Host | None = None  # the host whose upload slot this transfer holds
+        # Cut-through only (Simulation.cut_through): blocks whose flow ended, blocks
+        # that reached the receiver, the parent's transfer of the piece that this one
+        # relays (None: the parent holds the piece whole), and the children's transfers
+        # relaying this one.
+        self.sent = 0
+        self.landed = 0
+        self.source: Transfer | None = None
+        self.feeding: list[Transfer] | None = None
 
 
 class _Call:
@@ -301,6 +324,9 @@ class Simulation:
         # last heard of, which nothing reads without a parent idle timeout: then
         # _deliver skips the children holding the piece (half of a swarm's news).
         self._news_timed = self.download_config.parent_idle_timeout < math.inf
+        # Cut-through relaying (see the module docstring): piece transfers in blocks.
+        self.cut_through = self.download_config.cut_through
+        self.blocks = spec.cut_through_blocks
         # hosts
         g = self.topology.graph
         self.hosts: dict[str, Host] = {}
@@ -535,6 +561,8 @@ class Simulation:
                     peer.parents[action.parent] = parent
                     if parent.state != DONE:
                         parent.children[peer] = None
+                        if self.cut_through:
+                            self._receiving_news(peer, parent)
             elif kind is Unfollow:
                 parent = peer.parents.pop(action.parent, None)
                 if parent is not None:
@@ -625,6 +653,9 @@ class Simulation:
         upload slots are taken (or it no longer holds the task)."""
         if tr.cancelled:
             return
+        if self.cut_through:
+            self._begin_blocks(tr)
+            return
         src = tr.src
         parent = tr.parent
         if (parent is not None and parent.state in (LEFT, FAILED)) or not src.slots.acquire(
@@ -671,10 +702,14 @@ class Simulation:
             tr.src.uploaded += self.net.cancel(tr.flow)
             tr.flow = None
         self._free_slot(tr)
+        if self.cut_through:
+            self._unlink(tr)
 
     def _deliver(self, tr: Transfer) -> None:
         if tr.cancelled:
             return
+        if tr.feeding:
+            self._release(tr)  # the piece is whole at tr.peer now
         peer = tr.peer
         key = (tr.piece, tr.parent_id)
         if peer.inflight.get(key) is not tr:
@@ -733,6 +768,204 @@ class Simulation:
                     if pumped or arm_idle:
                         self.run_actions(child, pumped)
         self.run_actions(peer, actions)
+
+    # ------------------------------------------------------------ cut-through --
+
+    def _begin_blocks(self, tr: Transfer) -> None:
+        """Cut-through's :meth:`_begin`: a piece the parent holds streams at once; one
+        it is receiving streams block by block behind its own transfer; one it neither
+        holds nor receives any more is answered "not there"; busy as in _begin."""
+        parent = tr.parent
+        source = None
+        gone = parent is not None and parent.state in (LEFT, FAILED)
+        if parent is not None and not gone and not self._holds(parent, tr.piece):
+            source = self._receiving(parent, tr.piece)
+            if source is None:
+                self._answer_later(tr, self._not_there)
+                return
+        if gone or not tr.src.slots.acquire(tr.peer.id, self.env.now):
+            self._answer_later(tr, self._busy)
+            return
+        tr.slot = tr.src
+        if source is not None:
+            tr.source = source
+            if source.feeding is None:
+                source.feeding = []
+            source.feeding.append(tr)
+        self._next_block(tr)
+
+    def _answer_later(self, tr: Transfer, answer: Callable[[Transfer], None]) -> None:
+        if tr.latency > 0:
+            self.later(tr.latency, answer, tr)
+        else:
+            answer(tr)
+
+    @staticmethod
+    def _holds(peer: Peer, piece: int) -> bool:
+        # (the picker's own bitmap: Download.held is the first picker's, which a download
+        # that went to the origin replaced)
+        return peer.state == DONE or (peer.dl is not None and peer.dl.picker.has(piece))
+
+    @staticmethod
+    def _receiving(peer: Peer, piece: int) -> Transfer | None:
+        """``peer``'s transfer of ``piece`` that its sender accepted and that is furthest
+        along (None: it is not receiving the piece)."""
+        best = None
+        for t in peer.inflight.values():
+            if (
+                t.piece == piece
+                and not t.cancelled
+                and (t.slot is not None or t.sent)
+                and (best is None or t.landed > best.landed)
+            ):
+                best = t
+        return best
+
+    def _next_block(self, tr: Transfer) -> None:
+        """Start the transfer's next block, unless it relays a transfer that has not
+        landed that block yet (then that transfer's landing starts it)."""
+        source = tr.source
+        if source is not None and source.landed <= tr.sent:
+            return
+        first = tr.sent == 0
+        tr.flow = self.net.start_flow(tr.pair, tr.size / self.blocks, self._block_done, tr)
+        if first:
+            self._announce_receiving(tr)
+
+    def _block_done(self, flow: Flow) -> None:
+        tr: Transfer = flow.arg
+        tr.flow = None
+        tr.sent += 1
+        tr.src.uploaded += flow.size
+        if tr.sent < self.blocks:
+            self._next_block(tr)  # the sender streams on
+            if tr.latency > 0:
+                self.later(tr.latency, self._block_landed, tr)
+            else:
+                self._block_landed(tr)
+            return
+        self._free_slot(tr)
+        if tr.latency > 0:
+            self.later(tr.latency, self._deliver, tr)
+        else:
+            self._deliver(tr)
+
+    def _block_landed(self, tr: Transfer) -> None:
+        if tr.cancelled:
+            return
+        tr.landed += 1
+        if tr.feeding:
+            for child_tr in tr.feeding:
+                if child_tr.flow is None and not child_tr.cancelled:
+                    self._next_block(child_tr)
+
+    def _release(self, tr: Transfer) -> None:
+        """``tr.peer`` holds the piece whole: the transfers relaying ``tr`` go on from
+        its copy, at their own pace."""
+        feeding, tr.feeding = tr.feeding, None
+        tr.landed = self.blocks
+        for child_tr in feeding or ():
+            child_tr.source = None
+            if child_tr.flow is None and not child_tr.cancelled and child_tr.sent < self.blocks:
+                self._next_block(child_tr)
+
+    def _unlink(self, tr: Transfer) -> None:
+        """``tr`` was cancelled: it relays nothing any more, and what relays it goes on
+        from the parent's piece or another transfer of it, or is taken back."""
+        source = tr.source
+        if source is not None:
+            tr.source = None
+            if source.feeding:
+                source.feeding.remove(tr)
+        feeding = tr.feeding
+        if feeding is None:
+            return
+        tr.feeding = None
+        peer = tr.peer
+        if self._holds(peer, tr.piece):  # an endgame copy that lost: the other landed
+            tr.feeding = feeding
+            self._release(tr)
+            return
+        other = self._receiving(peer, tr.piece)
+        if other is not None:  # the same bytes come by another of its transfers
+            if other.feeding is None:
+                other.feeding = []
+            for child_tr in feeding:
+                child_tr.source = other
+                other.feeding.append(child_tr)
+                if child_tr.flow is None and not child_tr.cancelled:
+                    self._next_block(child_tr)
+            return
+        if peer.state in (LEFT, FAILED):
+            return  # its children drop it as a parent (leave): their requests go too
+        # Its children heard it was receiving the piece: take that back (the relaying
+        # transfers are cancelled by their downloads' Cancel actions).
+        self._lost_piece(peer, tr.piece, [child_tr.peer for child_tr in feeding])
+
+    def _lost_piece(self, peer: Peer, piece: int, also: list[Peer]) -> None:
+        now = self.env.now
+        told = dict.fromkeys(peer.children)
+        told.update(dict.fromkeys(also))
+        for child in told:
+            cdl = child.dl
+            if cdl is not None and child.state in (RUNNING, BTS):
+                self.run_actions(child, cdl.parent_lost_piece(peer.id, piece, now))
+
+    def _not_there(self, tr: Transfer) -> None:
+        """The parent answered that it neither holds nor receives the piece (the
+        transfer it announced the piece for ended without it)."""
+        if tr.cancelled:
+            return
+        peer = tr.peer
+        key = (tr.piece, tr.parent_id)
+        dl = peer.dl
+        if peer.inflight.get(key) is not tr or dl is None:
+            return
+        now = self.env.now
+        actions = dl.parent_lost_piece(tr.parent_id, tr.piece, now)
+        if Cancel(tr.piece, tr.parent_id) not in actions:
+            # not taken back as a receiving announcement: a plain "not found"
+            del peer.inflight[key]
+            tr.cancelled = True
+            actions += dl.piece_failed(tr.piece, tr.parent_id, NOT_FOUND, now)
+        self.run_actions(peer, actions)
+
+    def _receiving_news(self, peer: Peer, parent: Peer) -> None:
+        """``peer`` follows ``parent``: besides the pieces it holds (its bitmap, given
+        with the offer), it hears of those the parent is receiving now, as it would
+        have had it followed earlier; a pump follows once the actions are carried out."""
+        dl = peer.dl
+        if dl is None:
+            return
+        now = self.env.now
+        news = False
+        for tr in list(parent.inflight.values()):
+            if not tr.cancelled and (tr.flow is not None or tr.sent):
+                news = dl.parent_receiving(parent.id, tr.piece, now) or news
+        if news:
+            self.later(0, self.pump, peer)
+
+    def _announce_receiving(self, tr: Transfer) -> None:
+        """``tr.peer`` started receiving ``tr.piece``: its children hear of it (and may
+        ask for it) as they hear of a piece it holds."""
+        peer = tr.peer
+        if not peer.children or peer.dl is None:
+            return
+        now = self.env.now
+        piece = tr.piece
+        pid = peer.id
+        max_in_flight = self.download_config.max_in_flight
+        wake = []
+        for child in peer.children:
+            cdl = child.dl
+            if (
+                cdl is not None
+                and cdl.parent_receiving(pid, piece, now)
+                and len(child.inflight) < max_in_flight
+            ):
+                wake.append(child)
+        for child in wake:
+            self.pump(child)
 
     # ------------------------------------------------------------ life events --
 

@@ -218,6 +218,12 @@ class DownloadConfig:
     failure_limit: int = 3
     #: Request a straggling piece from a second parent once the rest is in flight.
     endgame: bool = True
+    #: Cut-through relaying (opt-in; the simulator models it, the daemons do not
+    #: implement it yet): parents announce a piece when they start receiving it
+    #: (:meth:`Download.parent_receiving`) and serve it while it arrives, so a child
+    #: may request it from a parent still receiving it when no parent holds it whole;
+    #: the child checks the piece's digest at the end as always (docs/simulation.md).
+    cut_through: bool = False
 
     def __post_init__(self) -> None:
         if self.policy not in DOWNLOAD_POLICY_DEFAULTS:
@@ -238,8 +244,9 @@ class DownloadConfig:
             "top_up_pieces",
         ):
             _check_int(name, getattr(self, name), 0)
-        if not isinstance(self.origin_window, bool):
-            raise TypeError(f"origin_window must be a bool, got {self.origin_window!r}")
+        for name in ("origin_window", "cut_through"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.order not in ("rarest", "announced"):
             raise ValueError(f"order must be 'rarest' or 'announced', got {self.order!r}")
         if self.reschedule_when not in ("idle", "orphaned"):
@@ -392,6 +399,28 @@ class Download:
             return False
         self.parents[parent_id] = now
         return self.picker.parent_has(parent_id, piece, now)
+
+    def parent_receiving(self, parent_id: str, piece: int, now: float) -> bool:
+        """Cut-through: a followed parent started receiving ``piece`` and will stream it
+        as it arrives. True if the download lacks it (the driver may then :meth:`pump`).
+        Ignored unless ``config.cut_through``."""
+        if not self.config.cut_through or parent_id not in self.parents:
+            return False
+        self.parents[parent_id] = now
+        return self.picker.parent_receiving(parent_id, piece, now)
+
+    def parent_lost_piece(self, parent_id: str, piece: int, now: float) -> list:
+        """Cut-through: a parent that announced ``piece`` while receiving it stopped
+        receiving it without the whole piece. A request for it there is cancelled and
+        the piece asked again, elsewhere if another parent holds it; not a failure of the
+        parent (it served what it had)."""
+        actions: list = []
+        if parent_id not in self.parents:
+            return actions
+        if self.picker.parent_lost_piece(parent_id, piece):
+            actions.append(Cancel(piece, parent_id))
+        self._pump(now, actions)
+        return actions
 
     def parent_load(self, parent_id: str, tx: int, max_tx: int) -> None:
         """A parent's live load (bits/s) changed."""

@@ -32,6 +32,10 @@ Policy (DESIGN.md section 4, "Peer side"):
   avoided for that piece while another holder exists); a parent with ``failure_limit`` (3)
   failures in a row is reported once (``PieceFailure.report_parent``) for the caller to
   reschedule, and is not used again until it is removed and re-added.
+- Cut-through relaying (opt-in, simulated only so far: ``DownloadConfig.cut_through``):
+  a parent may announce a piece it is still receiving (:meth:`parent_receiving`) and
+  take the news back if that transfer ends without the piece (:meth:`parent_lost_piece`).
+  Such a parent counts as a holder, taken only when no parent holds the piece whole.
 
 Deterministic for a seeded ``rng`` and a given sequence of calls.
 """
@@ -148,6 +152,7 @@ class PiecePicker:
         "_need",
         "_order",
         "_parents",
+        "_partial",
         "_quiet",
         "_rarity",
         "_reach",
@@ -241,6 +246,10 @@ class PiecePicker:
         self._requests: dict[tuple[int, str], float] = {}  # (piece, parent) -> started at
         self._by_piece: dict[int, list[str]] = {}  # piece -> parents it is requested from
         self._failed_for: dict[int, set[str]] = {}  # piece -> parents that failed it
+        # Cut-through (:meth:`parent_receiving`): piece -> the parents that announced it
+        # while still receiving it. Their bitmap holds the piece like a whole one; the
+        # parent choice prefers whole holders. Empty unless a driver relays cut-through.
+        self._partial: dict[int, set[str]] = {}
         # Pieces whose request failed, timed out or lost its parent: retried first, in
         # failure order, so a failure costs one round trip rather than a place in line.
         self._retry: dict[int, None] = {}
@@ -352,6 +361,8 @@ class PiecePicker:
         old = self._parents.get(parent_id)
         if old is not None:
             self._rarity.remove(old.bitmap)
+            if self._partial:
+                self._forget_partial(parent_id)
             old.bitmap = bm
             old.set_load(tx, max_tx)
             if old.able:  # its pieces in the union are replaced
@@ -380,6 +391,8 @@ class PiecePicker:
         if not state.reported:
             self._live -= 1
         self._rarity.remove(state.bitmap)
+        if self._partial:
+            self._forget_partial(parent_id)
         orphaned = [key for key in self._requests if key[1] == parent_id]
         for piece, parent in orphaned:
             self._drop_request(piece, parent)
@@ -401,15 +414,69 @@ class PiecePicker:
             return False
         bitmap = state.bitmap
         if not bitmap.test(piece):
-            bitmap.set(piece)
-            self._rarity.increment(piece)
-            if state.able:
-                if self._reach_exact:
-                    self._reach.set(piece)
-                self._quiet = False
-            if self.order == "announced" and piece not in self._announced:
-                self._announced[piece] = now
+            self._holds(state, piece, now)
+        elif self._partial:
+            # It was receiving the piece: now it holds it whole.
+            partial = self._partial.get(piece)
+            if partial is not None:
+                partial.discard(parent_id)
+                if not partial:
+                    del self._partial[piece]
         return True
+
+    def _holds(self, state: _Parent, piece: int, now: float) -> None:
+        """Record that the parent of ``state`` holds (or is receiving) ``piece``."""
+        state.bitmap.set(piece)
+        self._rarity.increment(piece)
+        if state.able:
+            if self._reach_exact:
+                self._reach.set(piece)
+            self._quiet = False
+        if self.order == "announced" and piece not in self._announced:
+            self._announced[piece] = now
+
+    def parent_receiving(self, parent_id: str, piece: int, now: float = 0.0) -> bool:
+        """Cut-through relaying: a parent announced it started receiving ``piece`` and
+        will stream it as it arrives. Until it announces the piece whole
+        (:meth:`parent_has`) or takes the news back (:meth:`parent_lost_piece`), it is a
+        holder of the piece that the parent choice takes only when no parent holds the
+        piece whole. Returns whether this download lacks the piece."""
+        state = self._parents.get(parent_id)
+        if state is None:
+            state = self._parent(parent_id)  # raises the KeyError naming it
+        if self._have.test(piece):
+            return False
+        if not state.bitmap.test(piece):
+            self._holds(state, piece, now)
+            self._partial.setdefault(piece, set()).add(parent_id)
+        return True
+
+    def parent_lost_piece(self, parent_id: str, piece: int) -> bool:
+        """A parent that announced ``piece`` while receiving it stopped receiving it
+        without the whole piece (its own request was cancelled or failed): it no longer
+        holds the piece. An outstanding request for it there is dropped, not counted as
+        a failure (the caller cancels it); the piece is wanted again. Returns whether
+        such a request was outstanding. News of a piece the parent holds whole, or of a
+        parent that never announced it as receiving, changes nothing."""
+        partial = self._partial.get(piece)
+        if partial is None or parent_id not in partial:
+            return False
+        partial.discard(parent_id)
+        if not partial:
+            del self._partial[piece]
+        state = self._parents[parent_id]
+        state.bitmap.clear(piece)
+        self._rarity.decrement(piece)
+        if state.able:
+            self._reach_exact = False  # the union cannot lose one parent's bit
+        return self._drop_request(piece, parent_id)
+
+    def _forget_partial(self, parent_id: str) -> None:
+        for piece in [i for i, ids in self._partial.items() if parent_id in ids]:
+            ids = self._partial[piece]
+            ids.discard(parent_id)
+            if not ids:
+                del self._partial[piece]
 
     def parent_load(self, parent_id: str, tx: int, max_tx: int) -> None:
         """A parent's announced load changed (bits/s)."""
@@ -742,6 +809,14 @@ class PiecePicker:
             if fresh:
                 holders = fresh
             # else every holder failed this piece once already: try them again.
+        if self._partial:
+            partial = self._partial.get(piece)
+            if partial is not None:
+                # Cut-through: a parent still receiving the piece can send it no faster
+                # than it arrives there; a whole holder is taken first.
+                whole = [p for p in holders if p.id not in partial]
+                if whole:
+                    holders = whole
         if not holders:
             return None
         if len(holders) == 1:
@@ -808,6 +883,8 @@ class PiecePicker:
             self._retry.pop(piece, None)
             self._retry_set.clear(piece)
             self._announced.pop(piece, None)
+            if self._partial:
+                self._partial.pop(piece, None)
         cancels: list[tuple[int, str]] = []
         holders = self._by_piece.pop(piece, None)
         if holders:
