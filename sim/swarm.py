@@ -802,9 +802,7 @@ class Simulation:
 
     @staticmethod
     def _holds(peer: Peer, piece: int) -> bool:
-        # (the picker's own bitmap: Download.held is the first picker's, which a download
-        # that went to the origin replaced)
-        return peer.state == DONE or (peer.dl is not None and peer.dl.picker.has(piece))
+        return peer.state == DONE or (peer.dl is not None and peer.dl.held.test(piece))
 
     @staticmethod
     def _receiving(peer: Peer, piece: int) -> Transfer | None:

@@ -277,6 +277,10 @@ def test_going_to_the_origin_fetches_what_is_missing_from_it(bitmap_impl):
     origin_fetches = of(Fetch, actions)
     assert {f.parent for f in origin_fetches} == {"origin"}
     assert sorted(f.piece for f in origin_fetches) == sorted(set(range(4)) - {fetch.piece})
+    # Download.held is the live view of what is held, from the origin too.
+    other = origin_fetches[0].piece
+    dl.piece_done(other, "origin", 1.0, 3.0)
+    assert dl.held.test(fetch.piece) and dl.held.test(other)
 
 
 def test_d7y_origin_window_starts_with_one_range_and_opens_while_it_pays(bitmap_impl):

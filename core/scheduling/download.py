@@ -663,6 +663,7 @@ class Download:
             streaming=self.streaming,
             bitmaps=self._bitmaps,
         )
+        self.held = self.picker.held  # the view follows the picker that now fills it
         full = self._bitmaps.Bitmap(self.size)
         for i in range(self.size):
             full.set(i)
