@@ -25,7 +25,7 @@ def checked(net: Network) -> Network:
         net.check()
         assert_fair_share_floor(net)
 
-    net._flush = flush_and_check
+    net._flush_callbacks = (flush_and_check,)
     return net
 
 
