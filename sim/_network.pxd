@@ -69,7 +69,10 @@ cdef class Network:
     cdef public double hub_slack
     cdef public list resources
     cdef public dict _pairs
-    cdef public list _times
+    # the pending completion times: a binary heap of C doubles, _th_n of _th_cap used
+    cdef double* _th
+    cdef Py_ssize_t _th_n
+    cdef Py_ssize_t _th_cap
     cdef public dict _due
     cdef public long long _seq
     # the re-solve queue: a list read from _qhead (FIFO, as the twin's deque)
@@ -93,6 +96,8 @@ cdef class Network:
     cdef Py_ssize_t _cap_recs
 
     cdef int _grow(self, Py_ssize_t need) except -1
+    cdef int _times_push(self, double t) except -1
+    cdef double _times_pop(self) noexcept
     cdef void _advance(self, Resource r, double now) noexcept
     cdef int _push_flow(self, Resource grp, Flow flow, double remaining) except -1
     cdef double _join_level(self, Resource r, Pair q) except? -1.0

@@ -20,6 +20,8 @@ comments here say only what differs in the implementation:
 from libc.math cimport INFINITY, fabs, isinf, nextafter
 from libc.stdlib cimport free, qsort, realloc
 
+cimport cython
+
 import math
 from heapq import heapify, heappop, heappush
 
@@ -63,6 +65,23 @@ cdef int _ent_cmp(const void* a, const void* b) noexcept nogil:
     if x.j > y.j:
         return 1
     return 0
+
+
+@cython.freelist(256)
+@cython.final
+cdef class _FEnt:
+    """An entry of a group's completion heap: the twin's (target, seq, flow) tuple, with
+    the comparison in C and the target unboxed. seq is unique, so (target, seq) orders
+    the entries totally, as the tuples are ordered: the same pops in the same order."""
+
+    cdef double target
+    cdef long long seq
+    cdef Flow flow
+
+    def __lt__(self, _FEnt other):
+        return self.target < other.target or (
+            self.target == other.target and self.seq < other.seq
+        )
 
 
 cdef class Resource:
@@ -197,12 +216,16 @@ cdef class Network:
     """Flows on resources, advanced by ``env`` (see the twin's module docstring)."""
 
     def __cinit__(self, *args, **kwargs):
+        self._th = NULL
+        self._th_n = 0
+        self._th_cap = 0
         self._order = NULL
         self._ks = NULL
         self._kinds = NULL
         self._cap_recs = 0
 
     def __dealloc__(self):
+        free(self._th)
         free(self._order)
         free(self._ks)
         free(self._kinds)
@@ -217,7 +240,7 @@ cdef class Network:
         self.hub_slack = hub_slack
         self.resources = []
         self._pairs = {}
-        self._times = []
+        self._th_n = 0
         self._due = {}
         self._seq = 0
         self._queue = []
@@ -254,6 +277,65 @@ cdef class Network:
         self._kinds = kinds
         self._cap_recs = cap
         return 0
+
+    # The pending completion times: a heap of C doubles (the twin's heapq list of
+    # floats). The times are distinct (one entry per time, its groups in _due) and never
+    # NaN, so any heap pops them in the twin's order.
+
+    cdef int _times_push(self, double t) except -1:
+        cdef Py_ssize_t cap = self._th_cap
+        cdef double* th
+        if self._th_n == cap:
+            cap = cap * 2 if cap else 64
+            th = <double*>realloc(self._th, cap * sizeof(double))
+            if th == NULL:
+                raise MemoryError()
+            self._th = th
+            self._th_cap = cap
+        th = self._th
+        cdef Py_ssize_t i = self._th_n
+        cdef Py_ssize_t parent
+        self._th_n += 1
+        while i > 0:
+            parent = (i - 1) >> 1
+            if t < th[parent]:
+                th[i] = th[parent]
+                i = parent
+            else:
+                break
+        th[i] = t
+        return 0
+
+    cdef double _times_pop(self) noexcept:
+        # the caller checks _th_n > 0
+        cdef double* th = self._th
+        cdef double top = th[0]
+        cdef Py_ssize_t n = self._th_n - 1
+        cdef double last = th[n]
+        cdef Py_ssize_t i = 0
+        cdef Py_ssize_t child
+        self._th_n = n
+        if n == 0:
+            return top
+        while True:
+            child = 2 * i + 1
+            if child >= n:
+                break
+            if child + 1 < n and th[child + 1] < th[child]:
+                child += 1
+            if th[child] < last:
+                th[i] = th[child]
+                i = child
+            else:
+                break
+        th[i] = last
+        return top
+
+    @property
+    def _times(self) -> list:
+        """The pending completion times, sorted (a copy, for tests and debugging)."""
+        cdef Py_ssize_t i
+        return sorted([self._th[i] for i in range(self._th_n)])
 
     # ------------------------------------------------------------------ building --
 
@@ -345,7 +427,11 @@ cdef class Network:
     cdef int _push_flow(self, Resource grp, Flow flow, double remaining) except -1:
         flow.target = grp.V + remaining
         self._seq += 1
-        heappush(grp.heap, (flow.target, self._seq, flow))
+        cdef _FEnt e = _FEnt.__new__(_FEnt)
+        e.target = flow.target
+        e.seq = self._seq
+        e.flow = flow
+        heappush(grp.heap, e)
         return 0
 
     cdef double _join_level(self, Resource r, Pair q) except? -1.0:
@@ -462,7 +548,9 @@ cdef class Network:
             g.V = 0.0
             g.heap.clear()
         elif len(g.heap) > 2 * g.n + 64:
-            g.heap = [e for e in g.heap if (<Flow>e[2]).alive and (<Flow>e[2]).pair.grp is g]
+            g.heap = [
+                e for e in g.heap if (<_FEnt>e).flow.alive and (<_FEnt>e).flow.pair.grp is g
+            ]
             heapify(g.heap)
         for r in q.path:
             self._mark(r, 0, False)
@@ -956,19 +1044,19 @@ cdef class Network:
     # ---------------------------------------------------------------- completions --
 
     cdef int _reschedule(self, double now) except -1:
-        cdef list times = self._times
         cdef dict due = self._due
         cdef Resource g
         cdef Flow f
         cdef list gh
         cdef double t, target
+        cdef _FEnt fe
         for g in self._touched:
             t = C_INF
             gh = g.heap
             while gh:
-                entry = gh[0]
-                target = entry[0]
-                f = <Flow>entry[2]
+                fe = <_FEnt>gh[0]
+                target = fe.target
+                f = fe.flow
                 if f.alive and f.pair.grp is g and f.target == target:
                     if g.lam > 0:
                         t = g.t + (target - g.V) / g.lam
@@ -983,13 +1071,13 @@ cdef class Network:
                     groups = due.get(t)
                     if groups is None:
                         due[t] = [g]
-                        heappush(times, t)
+                        self._times_push(t)
                     else:
                         (<list>groups).append(g)
         self._touched.clear()
         cdef double first
-        if times:
-            first = times[0]
+        if self._th_n:
+            first = self._th[0]
             if first < self._wake_at:
                 self._wake_at = first
                 self._schedule(_new_callback(self._wake_callbacks), _NORMAL, first - now)
@@ -999,15 +1087,15 @@ cdef class Network:
         cdef double now = self.env.now
         if now >= self._wake_at:
             self._wake_at = C_INF
-        cdef list times = self._times
         cdef dict due = self._due
         cdef list done = []
         cdef Resource g
         cdef Flow f
         cdef list gh
         cdef double t, lim, a, b, target
-        while times and <double>times[0] <= now:
-            t = heappop(times)
+        cdef _FEnt fe
+        while self._th_n and self._th[0] <= now:
+            t = self._times_pop()
             for g in due.pop(t):
                 if g.evtime != t:
                     continue  # stale: the group's event moved since
@@ -1021,9 +1109,9 @@ cdef class Network:
                 lim = g.V + (b if b > a else a)
                 gh = g.heap
                 while gh:
-                    entry = gh[0]
-                    target = entry[0]
-                    f = <Flow>entry[2]
+                    fe = <_FEnt>gh[0]
+                    target = fe.target
+                    f = fe.flow
                     if not (f.alive and f.pair.grp is g and f.target == target):
                         heappop(gh)
                         continue
@@ -1039,8 +1127,8 @@ cdef class Network:
         cdef double first
         if self._touched or self._qhead < len(self._queue):
             self._request_flush()
-        elif times:
-            first = times[0]
+        elif self._th_n:
+            first = self._th[0]
             if first < self._wake_at:  # a stale wake: re-arm only
                 self._wake_at = first
                 self._schedule(_new_callback(self._wake_callbacks), _NORMAL, first - now)
