@@ -25,6 +25,8 @@ def checked(net: Network) -> Network:
         net.check()
         assert_fair_share_floor(net)
 
+    # SimPy calls the flush through this tuple (bound when the network was made):
+    # replacing net._flush would not reach it.
     net._flush_callbacks = (flush_and_check,)
     return net
 
