@@ -44,18 +44,24 @@ CAPS = [1.0, 2.0, 5.0, 7.0, 10.0, 125e6, 125e6, 1.25e9]
 SIZES = [1.0, 3.5, 10.0, 4 * 2**20, 1e3]
 
 
-def trace(backend: ModuleType, seed: int, depth: int, hub_slack: float) -> list:
+def trace(
+    backend: ModuleType, seed: int, depth: int, hub_slack: float, scale: int = 1
+) -> list:
     """Drive a random workload on ``backend``'s Network: flows starting (some at the
     same instant, some more on completions) over host links, hubs and shared links,
-    some cancelled. Returns everything observable: each completion and cancel with its
-    time and bytes, every pair's rate after every re-solve, and the counters."""
+    some cancelled; ``scale`` multiplies the hosts and the operations (large groups,
+    heaps rebuilt, hubs holding many pairs). Returns everything observable: each
+    completion and cancel with its time and bytes, every pair's rate after every
+    re-solve, and the counters."""
     rng = random.Random(seed)
     env = simpy.Environment()
     net = backend.Network(env, depth=depth, hub_slack=hub_slack)
-    hosts = rng.randint(2, 7)
+    hosts = rng.randint(2, 7 * scale)
     up = [net.resource(f"u{i}", rng.choice(CAPS), hub=rng.random() < 0.3) for i in range(hosts)]
     down = [net.resource(f"d{i}", rng.choice(CAPS)) for i in range(hosts)]
     links = [net.resource(f"L{i}", rng.choice(CAPS), hub=True) for i in range(2)]
+    # an origin every host fetches from: at scale, a hub group of many pairs
+    origin = net.resource("origin", rng.choice(CAPS), hub=True)
     log: list = []
     live: list = []
 
@@ -70,8 +76,8 @@ def trace(backend: ModuleType, seed: int, depth: int, hub_slack: float) -> list:
     def start(tag) -> None:
         s = rng.randrange(hosts)
         r = (s + 1 + rng.randrange(hosts - 1)) % hosts
-        route = rng.randrange(3)
-        path = [up[s], *links[:route], down[r]]
+        route = rng.randrange(4)
+        path = [up[s], *links[:route], down[r]] if route < 3 else [origin, down[r]]
         size = rng.choice(SIZES) * (0.5 + rng.random())
         live.append(net.start_flow(net.pair((s, r, route), path), size, done, tag))
 
@@ -82,12 +88,14 @@ def trace(backend: ModuleType, seed: int, depth: int, hub_slack: float) -> list:
             start((flow.arg, "next"))
 
     def driver():
-        for i in range(rng.randint(5, 50)):
+        for i in range(rng.randint(5, 50 * scale)):
             gap = rng.choice([0.0, 0.0, rng.expovariate(2.0), rng.expovariate(1e-3)])
             yield env.timeout(gap)
             if live and rng.random() < 0.15:
                 flow = live.pop(rng.randrange(len(live)))
                 log.append(("cancel", flow.arg, env.now, net.cancel(flow)))
+                if rng.random() < 0.2:  # cancelling a finished flow returns 0 bytes
+                    log.append(("again", flow.arg, net.cancel(flow)))
             else:
                 start(i)
 
@@ -117,6 +125,18 @@ def test_random_workloads_give_identical_traces(seed, depth, hub_slack):
     compiled = _compiled()
     got = trace(compiled, seed, depth, hub_slack)
     want = trace(_twin(), seed, depth, hub_slack)
+    assert got == want
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    depth=st.sampled_from([0, 1, 100]),
+    hub_slack=st.sampled_from([0.0, 0.005]),
+)
+def test_large_random_workloads_give_identical_traces(seed, depth, hub_slack):
+    got = trace(_compiled(), seed, depth, hub_slack, scale=8)
+    want = trace(_twin(), seed, depth, hub_slack, scale=8)
     assert got == want
 
 
