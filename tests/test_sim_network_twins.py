@@ -44,9 +44,7 @@ CAPS = [1.0, 2.0, 5.0, 7.0, 10.0, 125e6, 125e6, 1.25e9]
 SIZES = [1.0, 3.5, 10.0, 4 * 2**20, 1e3]
 
 
-def trace(
-    backend: ModuleType, seed: int, depth: int, hub_slack: float, scale: int = 1
-) -> list:
+def trace(backend: ModuleType, seed: int, depth: int, hub_slack: float, scale: int = 1) -> list:
     """Drive a random workload on ``backend``'s Network: flows starting (some at the
     same instant, some more on completions) over host links, hubs and shared links,
     some cancelled; ``scale`` multiplies the hosts and the operations (large groups,
