@@ -41,6 +41,14 @@ EXTENSIONS = {
     ),
     "_bitmap": dict(sources=["ext/_bitmap.pyx"]),
     "_transfer": dict(sources=["ext/_transfer.pyx"]),
+    # The simulator's network model (its twin is sim/_network_py.py). Its results must be
+    # the twin's bit for bit: no fused multiply-add (GCC contracts a*b+c by default where
+    # the target has FMA), no fast-math reassociation.
+    "sim._network": dict(
+        sources=["sim/_network.pyx"],
+        depends=["sim/_network.pxd"],
+        extra_compile_args=["-ffp-contract=off", "-fno-fast-math"],
+    ),
 }
 # D7Y_EXT_ONLY=_crc32,_bitmap builds a subset (handy while working on one kernel).
 only = {n for n in os.environ.get("D7Y_EXT_ONLY", "").split(",") if n}
@@ -49,22 +57,31 @@ ext_modules = []
 if not no_ext:
     from Cython.Build import cythonize
 
+    def extension(name: str, spec: dict) -> Extension:
+        # a bare name is a kernel of d7y.ext; "sim._network" is d7y.sim._network
+        spec = dict(spec)
+        args = ["-O3", *spec.pop("extra_compile_args", [])]
+        full = f"d7y.{name}" if "." in name else f"d7y.ext.{name}"
+        return Extension(full, extra_compile_args=args, **spec)
+
     wanted = [
-        Extension(f"d7y.ext.{name}", extra_compile_args=["-O3"], **spec)
+        extension(name, spec)
         for name, spec in EXTENSIONS.items()
         if (not only or name in only) and all(os.path.exists(p) for p in spec["sources"])
     ]
     if wanted:
         # Cython finds a module's own .pxd, and resolves `cimport d7y.ext.X`, through the
-        # package layout d7y/ext/X.pxd, which this tree lacks (ext/ is mapped to d7y.ext).
-        # Give it that layout: build/cython-include/d7y/ext -> ext/.
+        # package layout d7y/ext/X.pxd, which this tree lacks (ext/ is mapped to d7y.ext,
+        # sim/ to d7y.sim). Give it that layout: build/cython-include/d7y/ext -> ext/,
+        # and d7y/sim -> sim/.
         cy_include = os.path.join("build", "cython-include")
-        ext_link = os.path.join(cy_include, "d7y", "ext")
-        if os.path.realpath(ext_link) != os.path.realpath("ext"):  # missing or stale
-            os.makedirs(os.path.dirname(ext_link), exist_ok=True)
-            if os.path.lexists(ext_link):
-                os.remove(ext_link)
-            os.symlink(os.path.abspath("ext"), ext_link)
+        for folder in ("ext", "sim"):
+            link = os.path.join(cy_include, "d7y", folder)
+            if os.path.realpath(link) != os.path.realpath(folder):  # missing or stale
+                os.makedirs(os.path.dirname(link), exist_ok=True)
+                if os.path.lexists(link):
+                    os.remove(link)
+                os.symlink(os.path.abspath(folder), link)
         ext_modules = cythonize(
             wanted,
             include_path=[cy_include],
@@ -99,7 +116,7 @@ setup(
     package_dir=package_dir,
     package_data={
         "d7y.ext": ["*.pxd", "*.pyx"],
-        "d7y.sim": ["scenarios/*.yaml"],
+        "d7y.sim": ["*.pxd", "*.pyx", "scenarios/*.yaml"],
         # the manager's console: its Jinja2 templates and stylesheet
         "d7y.daemons.manager.console": ["templates/*.html", "static/*"],
     },

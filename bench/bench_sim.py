@@ -32,12 +32,22 @@ TARGET_WALL = {1000: 30.0, 10000: 300.0}
 TARGET_RSS_GIB = {10000: 2.0}
 
 
-def one(scenario_name: str, policy: str) -> dict:
-    """Run one policy in this process; returns its figures (called in a subprocess)."""
+def one(scenario_name: str, policy: str, network: str = "default") -> dict:
+    """Run one policy in this process; returns its figures (called in a subprocess).
+    ``network`` "py": the network model's pure-Python twin even where the compiled one
+    is built (the before/after of bench/RESULTS.md; the kernels of d7y.ext stay as
+    they are, which D7Y_NO_EXTENSIONS=1 would not)."""
+    from d7y.sim import network as net_mod
     from d7y.sim import scenario as sc
+    from d7y.sim import swarm
     from d7y.sim.cli import find_scenario
     from d7y.sim.runner import run_policy
 
+    backend = net_mod.backend
+    if network == "py":
+        from d7y.sim import _network_py as backend
+
+        swarm.Network = backend.Network  # the one name swarm builds its network with
     s = sc.load(find_scenario(scenario_name))
     started = time.perf_counter()
     cpu_started = time.process_time()
@@ -52,6 +62,7 @@ def one(scenario_name: str, policy: str) -> dict:
         "scenario": scenario_name,
         "hosts": len(sim.normal_hosts),
         "policy": policy,
+        "network": backend.__name__,
         "wall": wall,
         "cpu": cpu,
         "loadavg": Path("/proc/loadavg").read_text().split()[0]
@@ -80,10 +91,16 @@ def main(argv: list[str] | None = None) -> int:
         "--policies", default=None, help="comma-separated (default: the scenario's)"
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument(
+        "--network",
+        choices=["default", "py"],
+        default="default",
+        help="py: the network model's pure-Python twin (default: the compiled one if built)",
+    )
     parser.add_argument("--one", nargs=2, metavar=("SCENARIO", "POLICY"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
-        print(json.dumps(one(*args.one)))
+        print(json.dumps(one(*args.one, network=args.network)))
         return 0
 
     from d7y.sim import scenario as sc
@@ -99,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         for policy in policies:
             print(f"running {name} / {policy} ...", file=sys.stderr, flush=True)
             proc = subprocess.run(
-                [sys.executable, __file__, "--one", name, policy],
+                [sys.executable, __file__, "--one", name, policy, "--network", args.network],
                 capture_output=True,
                 text=True,
                 cwd=ROOT,
@@ -109,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             row = json.loads(proc.stdout.strip().splitlines()[-1])
             rows.append(row)
-            print(_line(row), file=sys.stderr, flush=True)
+            print(_line(row) + f"  [{row['network']}]", file=sys.stderr, flush=True)
     print()
     head = (
         f"{'hosts':>6} {'policy':<24} {'wall s':>8} {'cpu s':>8} {'load':>6} {'target':>8} "

@@ -14,11 +14,12 @@ from types import ModuleType
 NO_EXTENSIONS = os.environ.get("D7Y_NO_EXTENSIONS", "") not in ("", "0")
 
 
-def load_backend(name: str) -> ModuleType:
-    """Import ``d7y.ext._<name>`` (compiled) or, failing that or when disabled, its twin."""
+def load_backend(name: str, package: str = "d7y.ext") -> ModuleType:
+    """Import ``<package>._<name>`` (compiled) or, failing that or when disabled, its
+    twin ``<package>._<name>_py`` (the simulator's network model lives in d7y.sim)."""
     if not NO_EXTENSIONS:
         try:
-            return importlib.import_module(f"d7y.ext._{name}")
+            return importlib.import_module(f"{package}._{name}")
         except ImportError:
             pass
-    return importlib.import_module(f"d7y.ext._{name}_py")
+    return importlib.import_module(f"{package}._{name}_py")

@@ -43,3 +43,11 @@ export D7Y_FUZZ_INPUTS="${D7Y_FUZZ_INPUTS:-20000}"
 echo "--- end-to-end again on the pure-Python twins (D7Y_NO_EXTENSIONS=1) ---"
 D7Y_NO_EXTENSIONS=1 .venv/bin/python -m pytest tests/test_dfdaemon_e2e.py \
     tests/test_piece_server_e2e.py tests/test_p2p_e2e.py::test_swarm_serves_the_origin_once
+# The simulator's tests again on the network model's Python twin (d7y.sim._network_py):
+# the first pass ran them on the compiled one. (test_sim_network_twins.py compares the two
+# in one process; test_sim_sweep.py and test_sim_cli.py do not reach the model's code
+# paths any differently.)
+echo "--- the simulator's tests on the network model's pure-Python twin ---"
+D7Y_NO_EXTENSIONS=1 .venv/bin/python -m pytest tests/test_sim_network.py \
+    tests/test_sim_correctness.py tests/test_sim_unchanged.py tests/test_sim_determinism.py \
+    tests/test_sim_scenario.py

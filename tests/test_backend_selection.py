@@ -1,4 +1,5 @@
-"""D7Y_NO_EXTENSIONS=1 selects the pure-Python twins; otherwise the compiled kernels."""
+"""D7Y_NO_EXTENSIONS=1 selects the pure-Python twins; otherwise the compiled kernels (those
+of d7y.ext and the simulator's network model)."""
 
 import os
 import subprocess
@@ -8,15 +9,16 @@ import pytest
 
 from tests.conftest import REQUIRE_EXTENSIONS
 
-KERNELS = ["crc32", "bitmap", "transfer"]
+# public module (under d7y) whose ``backend`` is _<last part> or _<last part>_py
+KERNELS = ["ext.crc32", "ext.bitmap", "ext.transfer", "sim.network"]
 
 
-def backend_file(kernel: str, no_extensions: bool) -> str:
+def backend_file(module: str, no_extensions: bool) -> str:
     env = dict(os.environ)
     env.pop("D7Y_NO_EXTENSIONS", None)
     if no_extensions:
         env["D7Y_NO_EXTENSIONS"] = "1"
-    code = f"import d7y.ext.{kernel} as k; print(k.backend.__file__)"
+    code = f"import d7y.{module} as k; print(k.backend.__file__)"
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
@@ -25,12 +27,14 @@ def backend_file(kernel: str, no_extensions: bool) -> str:
 
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_no_extensions_selects_the_twin(kernel):
-    assert backend_file(kernel, no_extensions=True).endswith(f"_{kernel}_py.py")
+    name = kernel.rsplit(".", 1)[1]
+    assert backend_file(kernel, no_extensions=True).endswith(f"_{name}_py.py")
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_compiled_kernel_is_used_by_default(kernel):
     path = backend_file(kernel, no_extensions=False)
+    name = kernel.rsplit(".", 1)[1]
     if not REQUIRE_EXTENSIONS and path.endswith(".py"):
-        pytest.skip(f"d7y.ext._{kernel} not built here")
-    assert path.endswith(".so") and f"_{kernel}." in os.path.basename(path)
+        pytest.skip(f"d7y.{kernel}'s compiled backend is not built here")
+    assert path.endswith(".so") and f"_{name}." in os.path.basename(path)
