@@ -112,6 +112,12 @@ class UploadConfig:
     )
     piece_port: int = field(4005, "framed piece protocol for other peers")
     rate_limit: Size = field(Size(0), "upload bytes/s for the whole daemon (0 = unlimited)")
+    rate_chunk: Size = field(
+        Size(0),
+        "with rate_limit: a piece is sent in chunks of this many bytes, each paced by the "
+        "limit, like a link of that rate (0: each piece waits for its turn, then goes out "
+        "at once); a relay that receives pieces cut-through passes them on as they flow",
+    )
     max_concurrent: int = field(64, "pieces served at once; more get a 'busy' error")
     fair_window: Duration = field(
         Duration(0.1),

@@ -60,6 +60,11 @@ class PeerMetrics:
             "Pieces served while still being received here (cut-through relaying)",
             registry=r,
         )
+        self.active_relays = Gauge(
+            "d7y_peer_active_relays",
+            "Pieces being served while still being received here (cut-through relaying)",
+            registry=r,
+        )
         self.relays_aborted = Counter(
             "d7y_peer_relays_aborted",
             "Relayed pieces cut off because this daemon's own transfer of them failed",

@@ -102,6 +102,7 @@ class PieceServer:
         max_concurrent: int = 64,
         fair_window: float = 0.0,
         max_frame: int = 1024 * 1024,
+        rate_chunk: int = 0,
         peer_id: str = "",
         host_id: str = "",
         corrupt: bool = False,
@@ -117,6 +118,9 @@ class PieceServer:
         self.metrics = metrics or PeerMetrics()
         self.max_concurrent = max_concurrent
         self.max_frame = max_frame
+        # With a rate limit: bytes of a piece sent per take of the bucket (0: the whole
+        # piece at once, after its turn); cut-through relays are paced per landed chunk.
+        self.rate_chunk = rate_chunk
         self.peer_id = peer_id
         self.host_id = host_id
         # Test-only fault switch (testing.corrupt_uploads): serve every piece with one
@@ -447,6 +451,7 @@ class PieceServer:
                 )
                 return
             self.metrics.active_uploads.inc()
+            self.metrics.active_relays.inc()
             self.metrics.relayed_pieces.inc()
             log.debug("relaying a piece being received task=%s piece=%d landed=%d/%d",
                       request.task_id, request.number, record.landed, record.length)  # fmt: skip
@@ -470,6 +475,8 @@ class PieceServer:
                         self.metrics.relays_aborted.inc()
                         log.info("closing a relay: %s", exc)
                         raise ConnectionAbortedError(str(exc)) from None
+                    if self.rate_chunk and not self.limiter.unlimited:
+                        upto = min(upto, sent + self.rate_chunk)
                     await self.limiter.take(upto - sent)
                     await conn.stream.send_all(record.view[sent:upto])
                     self.metrics.bytes_uploaded.inc(upto - sent)
@@ -477,6 +484,7 @@ class PieceServer:
             finally:
                 self._slots.release(child, time.monotonic())
                 self.metrics.active_uploads.dec()
+                self.metrics.active_relays.dec()
         finally:
             record.detach()
 
@@ -516,7 +524,6 @@ class PieceServer:
                 )
                 return
             try:
-                await self.limiter.take(piece.length)
                 header = Piece(
                     task_id=request.task_id,
                     number=piece.number,
@@ -524,6 +531,17 @@ class PieceServer:
                     length=piece.length,
                     digest=digest,
                 )
+                chunk = self.rate_chunk
+                if chunk and not self.limiter.unlimited and not self.corrupt:
+                    # Paced like a link: a chunk at a time, each behind the bucket.
+                    await conn.send(header, stream_id)
+                    for start in range(0, piece.length, chunk):
+                        size = min(chunk, piece.length - start)
+                        await self.limiter.take(size)
+                        await conn.stream.send_file(fd, piece.offset + start, size)
+                        self.metrics.bytes_uploaded.inc(size)
+                    return
+                await self.limiter.take(piece.length)
                 await conn.send(header, stream_id)
                 if self.corrupt:
                     await self._send_corrupted(conn, fd, piece)
