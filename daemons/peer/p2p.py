@@ -646,6 +646,8 @@ class _Run:
         stamp = time.monotonic()
         for number in numbers:
             if not seen.test(number):
+                log.info("parent no longer receives a piece task=%s piece=%d parent=%s",
+                         self.task.id, number, parent_id)  # fmt: skip
                 self.run(self.dl.parent_lost_piece(parent_id, number, stamp))
         return True
 
