@@ -85,12 +85,13 @@ class DownloadConfig:
         "a piece request to a parent times out after this at the least (0: the policy's, "
         "30 s growing with the measured piece time / dragonfly 360 s)",
     )
-    cut_through: bool = field(
-        False,
+    cut_through: bool | None = field(
+        None,
         "cut-through relaying: announce a piece to children as soon as it starts arriving "
         "from a parent and stream it on as its bytes land (the child still checks the "
         "whole piece's digest); children use such pieces only with this on too "
-        "(docs/protocol.md)",
+        "(docs/protocol.md); null: the policy's, on for d7y, off for dragonfly (its "
+        "client relays whole pieces)",
     )
     origin_retries: int = field(5, "attempts per origin request (connection errors, 5xx)")
     origin_backoff: Duration = field(Duration(0.1), "first retry delay; doubles per attempt")
@@ -268,9 +269,10 @@ class PeerConfig:
             fields["piece_timeout"] = float(self.download.parent_piece_timeout)
         if self.scheduler.stall_timeout:
             fields["stall_timeout"] = float(self.scheduler.stall_timeout)
-        return LoopConfig(
-            policy=self.download.policy, cut_through=self.download.cut_through, **fields
-        )
+        cut_through = self.download.cut_through
+        if cut_through is None:
+            cut_through = self.download.policy == "d7y"
+        return LoopConfig(policy=self.download.policy, cut_through=cut_through, **fields)
 
     @property
     def upload_listen(self) -> str:
