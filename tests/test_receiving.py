@@ -4,18 +4,20 @@ server streaming a piece from one while it lands (daemons/peer/receiving.py)."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import zlib
 
 import pytest
 
 from d7y.core.messages import Error, GetPiece, Piece, Ping, Pong
+from d7y.core.protocol import encode_frame
 from d7y.daemons.framing import FramedStream
 from d7y.daemons.peer.piece_server import PieceServer
 from d7y.daemons.peer.receiving import ReceivingFailed, ReceivingPieces
 from d7y.daemons.peer.storage import Storage
 from d7y.daemons.peer.task_manager import TaskManager
 from d7y.daemons.peer.task_store import TaskStore
-from d7y.daemons.sources import Sources
+from d7y.daemons.sources import SourcePolicy, Sources
 
 TASK = "a" * 64
 GARBAGE = 0xEE
@@ -88,9 +90,7 @@ async def _serving(tmp_path, body):
         storage.close()
 
 
-def _policy():
-    from d7y.daemons.sources import SourcePolicy
-
+def _policy() -> SourcePolicy:
     return SourcePolicy()
 
 
@@ -188,5 +188,47 @@ def test_a_relay_whose_transfer_fails_is_cut_off_and_the_server_keeps_serving(tm
             assert (await conn.read())[1] == Pong(nonce=9)
         finally:
             conn.close()
+
+    asyncio.run(_serving(tmp_path, body))
+
+
+def test_a_child_that_never_reads_holds_one_slot_and_blocks_nothing_else(tmp_path):
+    """A child asks for a relayed piece and never reads it: its upload stalls, but the
+    transfer being relayed ends (stored) without waiting for it, the buffer it reads from
+    stays its own (``shared``: not reused), and other children are served meanwhile."""
+    length = 8 << 20  # more than the socket buffers hold
+
+    async def body(receiving: ReceivingPieces, server: PieceServer):
+        data = bytes(range(256)) * (length // 256)
+        record = receiving.start(TASK, 1, length, length, f"crc32:{zlib.crc32(data)}",
+                                 memoryview(bytearray(data)))  # fmt: skip
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(stalled, ("127.0.0.1", server.port))
+        try:
+            stalled.send(encode_frame(GetPiece(task_id=TASK, number=1), 1))
+            while not record.readers:
+                await asyncio.sleep(0.01)
+            record.progress(length)
+            record.verify()
+            receiving.end(record, stored=True)  # returns at once: nobody waits for readers
+            assert record.shared and record.readers == 1
+            # Another child is served in full while the first one stalls.
+            other = receiving.start(TASK, 2, 2 * length, 1000, f"crc32:{zlib.crc32(data[:1000])}",
+                                    memoryview(bytearray(data[:1000])))  # fmt: skip
+            other.verify()
+            conn = await FramedStream.connect("127.0.0.1", server.port, timeout=10)
+            try:
+                await conn.send(GetPiece(task_id=TASK, number=2), 1)
+                _, header = await conn.read()
+                assert isinstance(header, Piece) and header.length == 1000
+                view = bytearray(1000)
+                assert await conn.read_payload(view, 1000) == zlib.crc32(data[:1000])
+            finally:
+                conn.close()
+            assert server.metrics.active_relays._value.get() == 1  # the stalled one
+        finally:
+            stalled.close()
 
     asyncio.run(_serving(tmp_path, body))
