@@ -12,6 +12,7 @@ import pytest
 from d7y.core.messages import Error, GetPiece, Piece, Ping, Pong
 from d7y.core.protocol import encode_frame
 from d7y.daemons.framing import FramedStream
+from d7y.daemons.peer.piece_client import PieceClient, PieceFetchError
 from d7y.daemons.peer.piece_server import PieceServer
 from d7y.daemons.peer.receiving import ReceivingFailed, ReceivingPieces
 from d7y.daemons.peer.storage import Storage
@@ -230,5 +231,41 @@ def test_a_child_that_never_reads_holds_one_slot_and_blocks_nothing_else(tmp_pat
             assert server.metrics.active_relays._value.get() == 1  # the stalled one
         finally:
             stalled.close()
+
+    asyncio.run(_serving(tmp_path, body))
+
+
+def test_the_child_takes_a_broken_off_relay_for_a_lost_piece_not_a_bad_parent(tmp_path):
+    """PieceClient.fetch of a piece its parent relays: if the relay breaks off, the
+    error is ``lost`` (ask again, not the parent's fault), not ``connection`` (which
+    drops the parent); and the relay's own progress callback sees every landed byte."""
+    length = 256 * 1024
+
+    async def body(receiving: ReceivingPieces, server: PieceServer):
+        record = receiving.start(TASK, 0, 0, length, "crc32:1", memoryview(bytearray(length)))
+        client = PieceClient(timeout=30)
+        seen: list[int] = []
+
+        def relay(header: Piece):
+            assert header.receiving and header.length == length
+            return seen.append
+
+        async def break_off() -> None:
+            while not seen:  # the child's first bytes are in: cut the relay off
+                await asyncio.sleep(0.01)
+            receiving.end(record, stored=False, reason="its parent went away")
+
+        record.progress(1000)
+        breaker = asyncio.ensure_future(break_off())
+        try:
+            with pytest.raises(PieceFetchError) as info:
+                await client.fetch(
+                    ("127.0.0.1", server.port), TASK, 0, memoryview(bytearray(length)), relay=relay
+                )
+        finally:
+            await breaker
+            client.close()
+        assert info.value.kind == "lost", info.value
+        assert seen and seen[-1] == 1000
 
     asyncio.run(_serving(tmp_path, body))
