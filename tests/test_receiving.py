@@ -78,11 +78,11 @@ def test_a_failed_transfer_aborts_its_readers_and_is_announced():
     asyncio.run(main())
 
 
-async def _serving(tmp_path, body):
+async def _serving(tmp_path, body, **server_args):
     storage = Storage(tmp_path / "data")
     store = TaskStore(storage)
     manager = TaskManager(store, Sources(), remote_sources=Sources(policy=_policy()))
-    server = PieceServer(manager)
+    server = PieceServer(manager, **server_args)
     await server.start("127.0.0.1", 0)
     try:
         return await body(store.receiving, server)
@@ -269,3 +269,26 @@ def test_the_child_takes_a_broken_off_relay_for_a_lost_piece_not_a_bad_parent(tm
         assert seen and seen[-1] == 1000
 
     asyncio.run(_serving(tmp_path, body))
+
+
+def test_a_lying_relay_is_caught_by_the_child_as_corrupt(tmp_path):
+    """testing.corrupt_uploads flips a byte of relayed pieces too: the child's digest
+    check catches it (``corrupt``: the relay is blocklisted)."""
+    length = 64 * 1024
+    data = bytes(range(256)) * (length // 256)
+
+    async def body(receiving: ReceivingPieces, server: PieceServer):
+        digest = f"crc32:{zlib.crc32(data)}"
+        record = receiving.start(TASK, 0, 0, length, digest, memoryview(bytearray(data)))
+        record.verify()
+        client = PieceClient(timeout=30)
+        try:
+            with pytest.raises(PieceFetchError) as info:
+                await client.fetch(
+                    ("127.0.0.1", server.port), TASK, 0, memoryview(bytearray(length)), {0: digest}
+                )
+        finally:
+            client.close()
+        assert info.value.kind == "corrupt", info.value
+
+    asyncio.run(_serving(tmp_path, body, corrupt=True))

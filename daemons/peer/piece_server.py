@@ -83,7 +83,7 @@ class _Subscription:
         self.task_id = task_id
         self.pending: dict[int, str] = {}  # piece number -> digest, not sent yet
         # Cut-through news not sent yet: pieces that started arriving here, and pieces
-        # announced so that are not received any more.
+        # announced as arriving that are no longer received (their transfer failed).
         self.receiving: set[int] = set()
         self.lost: set[int] = set()
         self.flushing = False
@@ -478,7 +478,12 @@ class PieceServer:
                     if self.rate_chunk and not self.limiter.unlimited:
                         upto = min(upto, sent + self.rate_chunk)
                     await self.limiter.take(upto - sent)
-                    await conn.stream.send_all(record.view[sent:upto])
+                    data = record.view[sent:upto]
+                    middle = record.length // 2
+                    if self.corrupt and sent <= middle < upto:
+                        data = bytearray(data)  # testing.corrupt_uploads: relays lie too
+                        data[middle - sent] ^= 0xFF
+                    await conn.stream.send_all(data)
                     self.metrics.bytes_uploaded.inc(upto - sent)
                     sent = upto
             finally:
