@@ -34,10 +34,12 @@ to payload plus protocol overhead).
 A policy label (``--policies``) is ``d7y``, ``dragonfly`` or ``dragonfly:EVALUATOR``; a
 bare evaluator (load_aware, base, random) means Dragonfly's rules with it. The scheduler
 gets ``scheduling.policy`` and ``scheduling.algorithm``, every daemon
-``download.policy``. Every run has a hard limit of ``--time-limit-factor`` x T_min; a
-run past it is stopped and reported as not finished with how many peers
-finished. Every process, namespace, veth and bridge is removed at exit (Ctrl-C too);
-leftovers of a crashed run make it refuse to start unless ``--clean-leftovers``.
+``download.policy``. ``+SECTION.KEY=VALUE`` after a label sets a dfdaemon key on every
+daemon of the run (VALUE read as YAML): ``d7y+download.cut_through=true``. Every run has
+a hard limit of ``--time-limit-factor`` x T_min; a run past it is stopped and reported as
+not finished with how many peers finished. Every process, namespace, veth and bridge is
+removed at exit (Ctrl-C too); leftovers of a crashed run make it refuse to start unless
+``--clean-leftovers``.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -268,16 +272,29 @@ def peer_config(
         },
         "log": {"level": "info"},
     }
-    for section, values in extra.items():
+    for section, values in [*label_overrides(label).items(), *extra.items()]:
         config.setdefault(section, {}).update(values)
     return config
+
+
+def label_overrides(label: str) -> dict[str, dict]:
+    """The dfdaemon keys a label sets after ``+``: ``d7y+download.cut_through=true``."""
+    overrides: dict[str, dict] = {}
+    for item in label.split("+")[1:]:
+        key, eq, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not (eq and dot and section and name):
+            raise ValueError(f"policy label {label!r}: {item!r} is not SECTION.KEY=VALUE")
+        overrides.setdefault(section, {})[name] = yaml.safe_load(value)
+    return overrides
 
 
 def policy_rules(label: str) -> tuple[str, str]:
     """(scheduling/download policy, evaluator) of a --policies label: ``d7y``,
     ``dragonfly``, ``dragonfly:base``; a bare evaluator name (load_aware, base, random)
-    means Dragonfly's rules with that evaluator."""
-    policy, _, evaluator = label.partition(":")
+    means Dragonfly's rules with that evaluator. Overrides after ``+`` are not part of
+    it (:func:`label_overrides`)."""
+    policy, _, evaluator = label.split("+", 1)[0].partition(":")
     if policy in ("load_aware", "base", "random"):
         return "dragonfly", policy
     return policy, evaluator or "load_aware"

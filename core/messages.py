@@ -240,6 +240,9 @@ class TaskInfo(Message, kw_only=True):
     #: Digests the parent knows, by piece number (at least those of held pieces).
     digests: PieceDigests = {}
     state: TaskState
+    #: Cut-through relaying (minor 1): pieces the parent is receiving now, not held yet;
+    #: it serves them as their bytes arrive.
+    receiving: list[PieceNumber] = []
 
     def __post_init__(self) -> None:
         _check_lengths("TaskInfo", self.content_length, self.piece_length, self.piece_count)
@@ -267,6 +270,10 @@ class Piece(Message, kw_only=True):
     offset: NonNegative
     length: PieceSize
     digest: PieceDigest
+    #: Cut-through relaying (minor 1): the parent is still receiving this piece; the
+    #: payload follows as its bytes arrive there, and the connection is closed before the
+    #: payload ends if the parent's own transfer fails (the piece is lost, not corrupt).
+    receiving: bool = False
 
 
 @register
@@ -306,6 +313,11 @@ class HavePieces(Message, kw_only=True):
     digests: PieceDigests = {}
     content_length: MaybeUnknown = -1
     piece_count: MaybeUnknown = -1
+    #: Cut-through relaying (minor 1): pieces the parent started receiving (it serves
+    #: them as their bytes arrive) and pieces it announced so that it no longer receives
+    #: without having stored them (its transfer failed or was cancelled).
+    receiving: list[PieceNumber] = []
+    not_receiving: list[PieceNumber] = []
 
 
 # --- peer -> scheduler (0x30-0x5F) ----------------------------------------------------

@@ -42,7 +42,7 @@ MAGIC = b"D7"
 #: The major version in every header. A change here is wire-incompatible.
 PROTOCOL_VERSION = 1
 #: The minor revision sent in Hello: additions that old peers can ignore.
-PROTOCOL_MINOR_VERSION = 0
+PROTOCOL_MINOR_VERSION = 1
 HEADER_LENGTH = 12
 #: Default cap on a frame body. Piece payloads do not count: they are bounded by
 #: ``Piece.length``'s own limit (1 GiB, the largest piece a user may choose).

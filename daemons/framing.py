@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 from d7y.core.messages import Message
 from d7y.core.protocol import (
@@ -193,15 +193,35 @@ class FramedStream:
                 stream_id=exc.stream_id,
             ) from exc
 
-    async def read_payload(self, into, n: int) -> int:
-        """Read a Piece's ``n`` payload bytes into ``into``; returns their CRC-32."""
+    async def read_payload(
+        self, into, n: int, progress: Callable[[int], None] | None = None
+    ) -> int:
+        """Read a Piece's ``n`` payload bytes into ``into``; returns their CRC-32.
+
+        ``progress``, when given, is called with the count of bytes landed so far after
+        every receive (a relay streams them on as they arrive: cut-through relaying);
+        without it the payload is received in one call."""
         view = memoryview(into)[:n]
         buffered = self._decoder.take_payload(view)
         if buffered == n:
+            if progress is not None:
+                progress(n)
             return crc32(view)
         self._decoder.skip_payload(n - buffered)
-        crc = await self.stream.recv_exactly_into(view[buffered:])
-        return crc if buffered == 0 else crc32(view)
+        if progress is None:
+            crc = await self.stream.recv_exactly_into(view[buffered:])
+            return crc if buffered == 0 else crc32(view)
+        got = buffered
+        if got:
+            progress(got)
+        stream = self.stream
+        while got < n:
+            received = await stream.recv_into(view[got:])
+            if received == 0:
+                raise asyncio.IncompleteReadError(b"", n)
+            got += received
+            progress(got)
+        return crc32(view)
 
     async def send(self, message: Message, stream_id: int = 0) -> None:
         await self.stream.send_all(encode_frame(message, stream_id))

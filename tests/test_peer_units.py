@@ -24,6 +24,22 @@ def test_defaults_follow_dragonfly_ports():
     assert (config.storage.disk_high_watermark, config.storage.disk_low_watermark) == (0.8, 0.6)
 
 
+@pytest.mark.parametrize(
+    ("download", "expected"),
+    [
+        ({}, True),  # d7y, the default policy, relays cut-through
+        ({"policy": "dragonfly"}, False),  # Dragonfly's client relays whole pieces
+        ({"cut_through": False}, False),
+        ({"policy": "dragonfly", "cut_through": True}, True),
+    ],
+)
+def test_cut_through_follows_the_policy_unless_set(tmp_path, download, expected):
+    path = tmp_path / "c.yaml"
+    path.write_text("{}\n")
+    config = load_peer_config(path, env={}, overrides={"download": download})
+    assert config.download_loop_config().cut_through is expected
+
+
 def test_yaml_then_env_then_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("download:\n  concurrency: 4\n  piece_timeout: 2m\nstorage:\n  quota: 1GiB\n")

@@ -93,12 +93,14 @@ SAMPLES: dict[type[m.Message], list[m.Message]] = {
             bitmap=b"\xa5\x40",  # pieces 0, 2, 5, 7, 9
             digests={0: "crc32:1", 2: "crc32:4294967295", 10: "crc32:42"},
             state=TaskState.RUNNING,
+            receiving=[1, 10],
         ),
     ],
     m.GetPiece: [m.GetPiece(task_id=TASK, number=0), m.GetPiece(task_id=TASK, number=2**32 - 1)],
     m.Piece: [
         m.Piece(task_id=TASK, number=0, offset=0, length=1, digest="crc32:3904355907"),
         m.Piece(task_id=TASK, number=3, offset=3 * 16, length=16, digest="crc32:0"),
+        m.Piece(task_id=TASK, number=4, offset=4 * 16, length=16, digest="crc32:7", receiving=True),
     ],
     m.CancelPiece: [m.CancelPiece(task_id=TASK, number=9)],
     m.Subscribe: [m.Subscribe(task_id=TASK)],
@@ -112,6 +114,7 @@ SAMPLES: dict[type[m.Message], list[m.Message]] = {
             content_length=100,
             piece_count=5,
         ),
+        m.HavePieces(task_id=TASK, numbers=[], receiving=[0, 2], not_receiving=[3]),
     ],
     m.AnnounceHost: [
         m.AnnounceHost(

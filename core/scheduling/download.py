@@ -218,8 +218,8 @@ class DownloadConfig:
     failure_limit: int = 3
     #: Request a straggling piece from a second parent once the rest is in flight.
     endgame: bool = True
-    #: Cut-through relaying (opt-in; the simulator models it, the daemons do not
-    #: implement it yet): parents announce a piece when they start receiving it
+    #: Cut-through relaying (opt-in; the simulator models it, dfdaemon runs it with
+    #: ``download.cut_through``): parents announce a piece when they start receiving it
     #: (:meth:`Download.parent_receiving`) and serve it while it arrives, so a child
     #: may request it from a parent still receiving it when no parent holds it whole;
     #: the child checks the piece's digest at the end as always (docs/simulation.md).

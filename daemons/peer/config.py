@@ -85,6 +85,14 @@ class DownloadConfig:
         "a piece request to a parent times out after this at the least (0: the policy's, "
         "30 s growing with the measured piece time / dragonfly 360 s)",
     )
+    cut_through: bool | None = field(
+        None,
+        "cut-through relaying: announce a piece to children as soon as it starts arriving "
+        "from a parent and stream it on as its bytes land (the child still checks the "
+        "whole piece's digest); children use such pieces only with this on too "
+        "(docs/protocol.md); null: the policy's, on for d7y, off for dragonfly (its "
+        "client relays whole pieces)",
+    )
     origin_retries: int = field(5, "attempts per origin request (connection errors, 5xx)")
     origin_backoff: Duration = field(Duration(0.1), "first retry delay; doubles per attempt")
     origin_backoff_max: Duration = field(Duration(5), "longest retry delay")
@@ -105,6 +113,12 @@ class UploadConfig:
     )
     piece_port: int = field(4005, "framed piece protocol for other peers")
     rate_limit: Size = field(Size(0), "upload bytes/s for the whole daemon (0 = unlimited)")
+    rate_chunk: Size = field(
+        Size(0),
+        "with rate_limit: a piece is sent in chunks of this many bytes, each paced by the "
+        "limit, like a link of that rate (0: each piece waits for its turn, then goes out "
+        "at once); a relay that receives pieces cut-through passes them on as they flow",
+    )
     max_concurrent: int = field(64, "pieces served at once; more get a 'busy' error")
     fair_window: Duration = field(
         Duration(0.1),
@@ -255,7 +269,10 @@ class PeerConfig:
             fields["piece_timeout"] = float(self.download.parent_piece_timeout)
         if self.scheduler.stall_timeout:
             fields["stall_timeout"] = float(self.scheduler.stall_timeout)
-        return LoopConfig(policy=self.download.policy, **fields)
+        cut_through = self.download.cut_through
+        if cut_through is None:
+            cut_through = self.download.policy == "d7y"
+        return LoopConfig(policy=self.download.policy, cut_through=cut_through, **fields)
 
     @property
     def upload_listen(self) -> str:

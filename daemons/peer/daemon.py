@@ -130,6 +130,7 @@ class PeerDaemon:
             max_concurrent=cfg.upload.max_concurrent,
             fair_window=float(cfg.upload.fair_window),
             max_frame=int(cfg.upload.max_frame),
+            rate_chunk=int(cfg.upload.rate_chunk),
             peer_id=self.peer_id,
             host_id=self.host_id,
             corrupt=cfg.testing.corrupt_uploads,

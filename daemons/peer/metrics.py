@@ -55,6 +55,22 @@ class PeerMetrics:
             "d7y_peer_have_pieces_pushed", "HavePieces frames pushed to subscribers", registry=r
         )
 
+        self.relayed_pieces = Counter(
+            "d7y_peer_relayed_pieces",
+            "Pieces served while still being received here (cut-through relaying)",
+            registry=r,
+        )
+        self.active_relays = Gauge(
+            "d7y_peer_active_relays",
+            "Pieces being served while still being received here (cut-through relaying)",
+            registry=r,
+        )
+        self.relays_aborted = Counter(
+            "d7y_peer_relays_aborted",
+            "Relayed pieces cut off because this daemon's own transfer of them failed",
+            registry=r,
+        )
+
     def render(self) -> bytes:
         """The text exposition format for GET /metrics."""
         return generate_latest(self.registry)

@@ -45,7 +45,8 @@ from d7y.core.scheduling.download import (
 )
 from d7y.daemons.peer.limits import TokenBucket
 from d7y.daemons.peer.metrics import PeerMetrics
-from d7y.daemons.peer.piece_client import PieceClient, PieceFetchError
+from d7y.daemons.peer.piece_client import Announcement, PieceClient, PieceFetchError
+from d7y.daemons.peer.receiving import Receiving
 from d7y.daemons.peer.scheduler_client import (
     DownloadStream,
     SchedulerClient,
@@ -66,6 +67,10 @@ DIGEST_REFRESH = 0.1  # at most this often the scheduler is asked for new digest
 #: scheduler at every hop (netns, 16 hosts at 4 MiB/s: ~0.15 s per hop).
 DIGEST_PREFETCH = 1.0
 RESUBSCRIBE_AFTER = 0.5  # a parent that does not hold the task yet: subscribe again then
+#: Relayed pieces a parent may break off (its own transfer failed: not its fault) in one
+#: download before the next counts as a connection failure: a parent that announces
+#: pieces it is "receiving" and cuts every one of them off is dropped.
+LOST_LIMIT = 8
 
 
 class P2PDownloader:
@@ -396,6 +401,10 @@ class _Run:
         self.watches: dict[str, asyncio.Task] = {}
         self.polled: set[str] = set()
         self.held_back: dict[str, set[int]] = {}
+        # Cut-through: pieces parents announced as being received whose digest is not
+        # known yet, and how many relayed pieces each parent broke off.
+        self.held_back_receiving: dict[str, set[int]] = {}
+        self.lost_count: dict[str, int] = {}
         self.news = asyncio.Event()
         stream.on_answer = self.news.set  # an answer (parents, digests) wakes the loop too
         # The loop's in-flight fetches and the actions waiting to be sent to the scheduler.
@@ -443,6 +452,7 @@ class _Run:
         self.known.pop(parent_id, None)
         self.polled.discard(parent_id)
         self.held_back.pop(parent_id, None)
+        self.held_back_receiving.pop(parent_id, None)
         watch = self.watches.pop(parent_id, None)
         if watch is not None:
             watch.cancel()
@@ -568,11 +578,11 @@ class _Run:
         parent_id = parent.peer_id
         while parent_id in self.parents:
             try:
-                async for numbers in self.owner.client.subscribe(
+                async for news in self.owner.client.subscribe(
                     _address(parent), self.task.id, self.count
                 ):
                     self.polled.discard(parent_id)
-                    if self.holds(parent_id, numbers):
+                    if self.announced(parent_id, news):
                         self.news.set()
                 return
             except PieceFetchError as exc:
@@ -588,6 +598,58 @@ class _Run:
                 if exc.kind != "not_found":
                     return
             await asyncio.sleep(RESUBSCRIBE_AFTER)
+
+    def announced(self, parent_id: str, news: Announcement) -> bool:
+        """A subscription's news: pieces received (cut-through), pieces no longer
+        received, pieces held, in that order (one push may carry a piece in several
+        lists: its last state is the one held). True if the loop learned something."""
+        learned = False
+        if news.receiving:
+            learned = self.receiving(parent_id, news.receiving)
+        if news.not_receiving:
+            learned = self.not_receiving(parent_id, news.not_receiving) or learned
+        if news.have:
+            held_back = self.held_back_receiving.get(parent_id)
+            if held_back:
+                held_back.difference_update(news.have)
+            learned = self.holds(parent_id, news.have) or learned
+        return learned
+
+    def receiving(self, parent_id: str, numbers) -> bool:
+        """Cut-through: a parent started receiving ``numbers``; the download loop
+        learns those with a known digest (the loop ignores them unless
+        ``cut_through`` is on), the rest wait in ``held_back_receiving``."""
+        seen = self.known.get(parent_id)
+        dl = self.dl
+        if seen is None or dl is None or not dl.config.cut_through:
+            return False
+        learned = False
+        stamp = time.monotonic()
+        for number in numbers:
+            if seen.test(number):
+                continue  # held whole there already
+            if number in self.digests:
+                learned = dl.parent_receiving(parent_id, number, stamp) or learned
+            else:
+                self.held_back_receiving.setdefault(parent_id, set()).add(number)
+        return learned
+
+    def not_receiving(self, parent_id: str, numbers) -> bool:
+        """Cut-through: a parent no longer receives ``numbers`` (without holding them):
+        a request there is cancelled and the piece asked again."""
+        held_back = self.held_back_receiving.get(parent_id)
+        if held_back:
+            held_back.difference_update(numbers)
+        seen = self.known.get(parent_id)
+        if seen is None or self.dl is None:
+            return False
+        stamp = time.monotonic()
+        for number in numbers:
+            if not seen.test(number):
+                log.info("parent no longer receives a piece task=%s piece=%d parent=%s",
+                         self.task.id, number, parent_id)  # fmt: skip
+                self.run(self.dl.parent_lost_piece(parent_id, number, stamp))
+        return True
 
     def holds(self, parent_id: str, numbers) -> bool:
         """A parent holds ``numbers``: the download loop learns those with a known
@@ -615,6 +677,12 @@ class _Run:
             ready = [n for n in numbers if n in self.digests]
             numbers.difference_update(ready)
             self.holds(parent_id, ready)
+            waiting = waiting or bool(numbers)
+        for parent_id, numbers in list(self.held_back_receiving.items()):
+            ready = [n for n in numbers if n in self.digests]
+            numbers.difference_update(ready)
+            if ready and self.receiving(parent_id, ready):
+                self.news.set()
             waiting = waiting or bool(numbers)
         if waiting:
             await self.ask_digests()
@@ -732,7 +800,10 @@ class _Run:
                     outcome = fut.result()
                     number, parent_id = key
                     if isinstance(outcome, PieceFetchError):
-                        self.buffers.append(outcome.buffer)  # type: ignore[attr-defined]
+                        self._recycle(outcome.buffer, outcome.relay)  # type: ignore[attr-defined]
+                        if outcome.kind == "lost":
+                            self.relay_lost(number, parent_id, outcome)
+                            continue
                         log.info(
                             "piece failed task=%s piece=%d parent=%s kind=%s error=%s",
                             task.id,
@@ -748,13 +819,18 @@ class _Run:
                             )
                         )
                         continue
-                    length, _digest, cost_ns, buffer = outcome
+                    length, _digest, cost_ns, buffer, relay = outcome
                     if task.bitmap.test(number):  # an endgame duplicate that lost
-                        self.buffers.append(buffer)
+                        self._end_relay(relay, stored=True)
+                        self._recycle(buffer, relay)
                         continue
                     piece = piece_at(number, task.content_length, task.piece_length)
-                    digest = await file.land(piece, memoryview(buffer)[:length], parent_id)
-                    self.buffers.append(buffer)
+                    try:
+                        digest = await file.land(piece, memoryview(buffer)[:length], parent_id)
+                    finally:
+                        # Stored: the store announces it; else the children are told.
+                        self._end_relay(relay, stored=task.bitmap.test(number))
+                    self._recycle(buffer, relay)
                     await self.owner.report_stored(task, piece, digest, parent_id, cost_ns)
                     self.run(self.dl.piece_done(number, parent_id, cost_ns / 1e9, time.monotonic()))
                 await self.flush()
@@ -770,17 +846,70 @@ class _Run:
                 watch.cancel()
             await asyncio.gather(*watches, return_exceptions=True)
 
+    def relay_lost(self, number: int, parent_id: str, error: PieceFetchError) -> None:
+        """A parent broke off a piece it relayed while receiving it (its own transfer
+        failed): the piece is asked again, elsewhere if possible; not a failure of the
+        parent, unless it does that more than ``LOST_LIMIT`` times."""
+        count = self.lost_count[parent_id] = self.lost_count.get(parent_id, 0) + 1
+        log.info("relayed piece broke off task=%s piece=%d parent=%s count=%d error=%s",
+                 self.task.id, number, parent_id, count, error)  # fmt: skip
+        now = time.monotonic()
+        if count > LOST_LIMIT:
+            self.run(self.dl.piece_failed(number, parent_id, "connection", now, str(error)))
+            return
+        self.run(self.dl.parent_lost_piece(parent_id, number, now))
+        # A request the loop did not count as relayed (the parent's news of the piece
+        # had not arrived) is a failure to find it there; a no-op if dropped above.
+        self.run(self.dl.piece_failed(number, parent_id, "not_found", now, str(error)))
+
+    def _recycle(self, buffer: bytearray, relay: Receiving | None) -> None:
+        """Reuse a fetch's buffer, unless a child read from it: a relay still sending
+        its tail must not see it overwritten."""
+        if relay is None or not relay.shared:
+            self.buffers.append(buffer)
+
+    def _end_relay(self, relay: Receiving | None, *, stored: bool, reason: str = "") -> None:
+        if relay is not None and not relay.ended:
+            # A piece another fetch stored meanwhile is announced held: no "lost" news.
+            held = self.task.bitmap is not None and self.task.bitmap.test(relay.number)
+            self.store.receiving.end(relay, stored=stored, reason=reason, announce=not held)
+
     async def _fetch(self, number: int, parent: m.ParentInfo, buffer: bytearray):
         started = time.monotonic_ns()
+        relay: Receiving | None = None
+        task_id = self.task.id
+        receiving = self.store.receiving
+
+        def start_relay(header: m.Piece):
+            # The header is in: children may be served the piece as it lands here.
+            nonlocal relay
+            relay = receiving.start(
+                task_id, number, header.offset, header.length, header.digest, memoryview(buffer)
+            )
+            return relay.progress if relay is not None else None
+
+        cut_through = self.owner.download_config.cut_through
         try:
             await self.owner.limiter.take(self.task.piece_length)
             length, digest = await self.owner.client.fetch(
-                _address(parent), self.task.id, number, memoryview(buffer), self.digests
+                _address(parent),
+                task_id,
+                number,
+                memoryview(buffer),
+                self.digests,
+                relay=start_relay if cut_through else None,
             )
         except PieceFetchError as exc:
+            self._end_relay(relay, stored=False, reason=str(exc))
             exc.buffer = buffer  # type: ignore[attr-defined]
+            exc.relay = relay  # type: ignore[attr-defined]
             return exc
-        return length, digest, time.monotonic_ns() - started, buffer
+        except BaseException:  # cancelled (the loop no longer wants it), or a bug
+            self._end_relay(relay, stored=False, reason="the request was cancelled")
+            raise
+        if relay is not None:
+            relay.verify()  # the digest matched: children may take the last bytes
+        return length, digest, time.monotonic_ns() - started, buffer, relay
 
 
 class _NothingType:

@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import NamedTuple
 
 from d7y.core.messages import (
     Error,
@@ -38,13 +39,28 @@ class PieceFetchError(Exception):
     """A piece could not be fetched from a parent.
 
     ``kind`` is ``corrupt`` (bytes did not match the expected digest: blocklist the
-    parent), ``not_found`` / ``busy`` (ask another parent), or ``connection`` /
-    ``protocol`` (the parent is unreachable or misbehaving).
+    parent), ``not_found`` / ``busy`` (ask another parent), ``connection`` /
+    ``protocol`` (the parent is unreachable or misbehaving), or ``lost`` (a piece the
+    parent relayed while receiving it broke off: its own transfer failed).
     """
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
+
+
+class Announcement(NamedTuple):
+    """What a subscription learned: pieces the parent holds, pieces it started receiving
+    and pieces it announced as receiving that it no longer receives (cut-through)."""
+
+    have: list[int]
+    receiving: tuple[int, ...] | list[int] = ()
+    not_receiving: tuple[int, ...] | list[int] = ()
+
+
+#: Called with a relayed piece's header before its payload is read; returns a callback
+#: for the count of bytes landed so far, or None (docs/protocol.md, cut-through).
+Relay = Callable[[Piece], Callable[[int], None] | None]
 
 
 #: A pooled connection unused this long is closed rather than reused: the parent closes
@@ -148,10 +164,11 @@ class PieceClient:
 
     async def subscribe(
         self, address: tuple[str, int], task_id: str, piece_count: int
-    ) -> AsyncIterator[list[int]]:
+    ) -> AsyncIterator[Announcement]:
         """Pieces a parent holds of a task of ``piece_count`` pieces: those of its
         snapshot first (possibly none), then each batch it pushes, for as long as the
-        caller iterates. Raises PieceFetchError: the parent's error code (``not_found``;
+        caller iterates; with the pieces it receives (cut-through relaying). Raises
+        PieceFetchError: the parent's error code (``not_found``;
         ``bad_request`` from a parent that does not take subscriptions), ``protocol``,
         or ``connection`` (unreachable, or it closed the subscription)."""
         conn = await self._connect(address)
@@ -162,9 +179,16 @@ class PieceClient:
                 if isinstance(message, TaskInfo):
                     usable = message.piece_count == piece_count and message.bitmap
                     held = Bitmap.from_bytes(message.bitmap, piece_count) if usable else None
-                    yield list(held.iter_set()) if held is not None else []
+                    yield Announcement(
+                        list(held.iter_set()) if held is not None else [],
+                        [n for n in message.receiving if n < piece_count],
+                    )
                 elif isinstance(message, HavePieces):
-                    yield [n for n in message.numbers if n < piece_count]
+                    yield Announcement(
+                        [n for n in message.numbers if n < piece_count],
+                        [n for n in message.receiving if n < piece_count],
+                        [n for n in message.not_receiving if n < piece_count],
+                    )
                 elif isinstance(message, Error):
                     raise PieceFetchError(message.code, message.message)
                 else:
@@ -183,15 +207,19 @@ class PieceClient:
         number: int,
         into: memoryview,
         expected_digests: Mapping[int, str] | None = None,
+        relay: Relay | None = None,
     ) -> tuple[int, str]:
         """Fetch piece ``number`` into ``into``; returns (length, digest).
 
         When ``expected_digests`` has the piece, the received CRC must equal it;
         otherwise (no recorded digest yet) the parent's header digest must match the
-        bytes. Raises :class:`PieceFetchError`.
+        bytes. ``relay`` (cut-through relaying) is told of the header and of every byte
+        that lands. Raises :class:`PieceFetchError`.
         """
         conn = None
         reusable = False
+        reply = None
+        landed = 0
         try:
             async with asyncio.timeout(self.timeout):
                 conn, reply = await self._ask(address, GetPiece(task_id=task_id, number=number))
@@ -204,9 +232,29 @@ class PieceClient:
                     raise PieceFetchError(
                         "protocol", f"piece {number} of {reply.length} bytes exceeds the buffer"
                     )
-                crc = await conn.read_payload(into, reply.length)
+                forward = relay(reply) if relay is not None else None
+                if forward is not None or reply.receiving:
+                    # Count what landed (a relayed piece that breaks off is "lost") and
+                    # pass it on to this daemon's own relay, if any.
+                    def progress(n: int) -> None:
+                        nonlocal landed
+                        landed = n
+                        if forward is not None:
+                            forward(n)
+
+                    crc = await conn.read_payload(into, reply.length, progress)
+                else:
+                    crc = await conn.read_payload(into, reply.length)
             reusable = True
         except (EOFError, OSError, ProtocolError, ssl.SSLError) as exc:
+            if isinstance(reply, Piece) and reply.receiving and landed < reply.length:
+                # The parent relayed a piece it was receiving and closed the connection
+                # before its end: its own transfer failed. Not the parent's fault.
+                raise PieceFetchError(
+                    "lost",
+                    f"parent {address[0]}:{address[1]} stopped relaying piece {number} "
+                    f"after {landed} of {reply.length} bytes: {exc!r}",
+                ) from None
             raise PieceFetchError("connection", f"parent {address}: {exc!r}") from None
         finally:
             if conn is not None:

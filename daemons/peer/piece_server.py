@@ -6,7 +6,8 @@ Speaks the framed protocol of docs/protocol.md on ``upload.piece_port``:
     Subscribe(task_id)         -> TaskInfo, then HavePieces as new pieces are stored,
                                   on the same stream, until Unsubscribe or disconnect
     GetPiece(task_id, number)  -> Piece header + ``length`` raw bytes (sendfile(2) on a
-                                  plain stream, the copy path under TLS)
+                                  plain stream, the copy path under TLS); a piece being
+                                  received here (cut-through) is streamed as it lands
     Hello / Ping               -> Hello / Pong
 
 Anything this peer cannot answer gets an explicit Error frame (``not_found`` for an
@@ -50,6 +51,7 @@ from d7y.daemons.framing import FramedStream, IdleTimeout, ReadTimeout
 from d7y.daemons.listener import Listener
 from d7y.daemons.peer.limits import TokenBucket
 from d7y.daemons.peer.metrics import PeerMetrics
+from d7y.daemons.peer.receiving import Receiving, ReceivingFailed
 from d7y.daemons.peer.storage import TASK_SUCCEEDED
 from d7y.daemons.peer.task_manager import TaskManager
 from d7y.daemons.stream import Stream
@@ -73,14 +75,21 @@ class _Connection:
 class _Subscription:
     """One Subscribe stream and the pieces stored since its last frame."""
 
-    __slots__ = ("conn", "flushing", "pending", "stream_id", "task_id")
+    __slots__ = ("conn", "flushing", "lost", "pending", "receiving", "stream_id", "task_id")
 
     def __init__(self, conn: _Connection, stream_id: int, task_id: str) -> None:
         self.conn = conn
         self.stream_id = stream_id
         self.task_id = task_id
         self.pending: dict[int, str] = {}  # piece number -> digest, not sent yet
+        # Cut-through news not sent yet: pieces that started arriving here, and pieces
+        # announced as arriving that are no longer received (their transfer failed).
+        self.receiving: set[int] = set()
+        self.lost: set[int] = set()
         self.flushing = False
+
+    def has_news(self) -> bool:
+        return bool(self.pending or self.receiving or self.lost)
 
 
 class PieceServer:
@@ -93,6 +102,7 @@ class PieceServer:
         max_concurrent: int = 64,
         fair_window: float = 0.0,
         max_frame: int = 1024 * 1024,
+        rate_chunk: int = 0,
         peer_id: str = "",
         host_id: str = "",
         corrupt: bool = False,
@@ -108,6 +118,9 @@ class PieceServer:
         self.metrics = metrics or PeerMetrics()
         self.max_concurrent = max_concurrent
         self.max_frame = max_frame
+        # With a rate limit: bytes of a piece sent per take of the bucket (0: the whole
+        # piece at once, after its turn); cut-through relays are paced per landed chunk.
+        self.rate_chunk = rate_chunk
         self.peer_id = peer_id
         self.host_id = host_id
         # Test-only fault switch (testing.corrupt_uploads): serve every piece with one
@@ -124,6 +137,10 @@ class PieceServer:
         self._subscriptions: dict[str, dict[_Subscription, None]] = {}  # task id -> subs
         self._flushes: set[asyncio.Task] = set()
         manager.piece_listeners.append(self._piece_stored)
+        # Pieces this daemon is receiving (download.cut_through): announced to
+        # subscribers and served as their bytes land.
+        self.receiving = manager.store.receiving
+        self.receiving.listeners.append(self._piece_receiving)
         self._listener = Listener(
             self._accept,
             name="piece port",
@@ -144,6 +161,8 @@ class PieceServer:
     async def stop(self) -> None:
         if self._piece_stored in self.manager.piece_listeners:
             self.manager.piece_listeners.remove(self._piece_stored)
+        if self._piece_receiving in self.receiving.listeners:
+            self.receiving.listeners.remove(self._piece_receiving)
         await self._listener.stop()
         for flush in list(self._flushes):
             flush.cancel()
@@ -265,23 +284,48 @@ class PieceServer:
     def _piece_stored(self, task_id: str, number: int, digest: str) -> None:
         for sub in self._subscriptions.get(task_id, ()):
             sub.pending[number] = digest
-            if not sub.flushing:
-                sub.flushing = True
-                flush = asyncio.get_running_loop().create_task(self._flush(sub))
-                self._flushes.add(flush)
-                flush.add_done_callback(self._flushes.discard)
+            sub.receiving.discard(number)  # held whole says more
+            sub.lost.discard(number)
+            self._schedule_flush(sub)
+
+    def _piece_receiving(self, task_id: str, number: int, started: bool) -> None:
+        for sub in self._subscriptions.get(task_id, ()):
+            if started:
+                sub.lost.discard(number)  # received again: the child's news is "receiving"
+                sub.receiving.add(number)
+            elif number in sub.receiving:
+                sub.receiving.discard(number)  # the child never heard of it
+                continue
+            else:
+                sub.lost.add(number)
+            self._schedule_flush(sub)
+
+    def _schedule_flush(self, sub: _Subscription) -> None:
+        if not sub.flushing:
+            sub.flushing = True
+            flush = asyncio.get_running_loop().create_task(self._flush(sub))
+            self._flushes.add(flush)
+            flush.add_done_callback(self._flushes.discard)
 
     async def _flush(self, sub: _Subscription) -> None:
         conn = sub.conn
         try:
             async with conn.write_lock:
                 sub.flushing = False  # pieces stored from now on start another flush
-                if not sub.pending or conn.subscriptions.get(sub.stream_id) is not sub:
+                if not sub.has_news() or conn.subscriptions.get(sub.stream_id) is not sub:
                     return
                 pending, sub.pending = sub.pending, {}
+                receiving, sub.receiving = sorted(sub.receiving), set()
+                lost, sub.lost = sorted(sub.lost), set()
                 numbers = sorted(pending)
                 await conn.framed.send(
-                    HavePieces(task_id=sub.task_id, numbers=numbers, digests=pending),
+                    HavePieces(
+                        task_id=sub.task_id,
+                        numbers=numbers,
+                        digests=pending,
+                        receiving=receiving,
+                        not_receiving=lost,
+                    ),
                     sub.stream_id,
                 )
                 self.metrics.pushes.inc()
@@ -317,6 +361,11 @@ class PieceServer:
         for number in digests:
             if number < count:
                 bitmap.set(number)
+        receiving = []
+        if state is TaskState.RUNNING:
+            receiving = [
+                n for n in self.receiving.numbers(task_id) if n < count and n not in digests
+            ]
         return TaskInfo(
             task_id=task_id,
             content_length=content_length,
@@ -325,6 +374,7 @@ class PieceServer:
             bitmap=bitmap.to_bytes(),
             digests={n: d for n, d in digests.items() if n < count},
             state=state,
+            receiving=receiving,
         )
 
     async def _send_corrupted(self, conn: FramedStream, fd: int, piece) -> None:
@@ -336,6 +386,12 @@ class PieceServer:
     async def _send_piece(self, conn: FramedStream, stream_id: int, request: GetPiece) -> None:
         held = await self._held_pieces(request.task_id)
         digest = held[3].get(request.number) if held else None
+        relayed = None
+        if digest is None:
+            relayed = self.receiving.get(request.task_id, request.number)
+        if relayed is not None:
+            await self._send_relayed(conn, stream_id, request, relayed)
+            return
         if held is None or digest is None:
             what = "task" if held is None else f"piece {request.number} of task"
             await conn.send(
@@ -373,6 +429,70 @@ class PieceServer:
             self._slots.release(child, time.monotonic())
             self.metrics.active_uploads.dec()
 
+    async def _send_relayed(
+        self, conn: FramedStream, stream_id: int, request: GetPiece, record: Receiving
+    ) -> None:
+        """Cut-through: serve a piece this daemon is still receiving, its bytes as they
+        land (the last one once it is verified), in an upload slot like any piece. If the
+        transfer it relays fails, the connection is closed mid-payload: the child's fetch
+        breaks off and it asks elsewhere."""
+        record.attach()  # before any wait: the buffer is not reused from here on
+        try:
+            child = id(conn)
+            if not self._slots.acquire(child, time.monotonic()):
+                await conn.send(
+                    Error(
+                        code=ErrorCode.BUSY,
+                        message=f"serving {self._slots.active} pieces already; retry elsewhere",
+                        task_id=request.task_id,
+                        piece_number=request.number,
+                    ),
+                    stream_id,
+                )
+                return
+            self.metrics.active_uploads.inc()
+            self.metrics.active_relays.inc()
+            self.metrics.relayed_pieces.inc()
+            log.debug("relaying a piece being received task=%s piece=%d landed=%d/%d",
+                      request.task_id, request.number, record.landed, record.length)  # fmt: skip
+            try:
+                await conn.send(
+                    Piece(
+                        task_id=request.task_id,
+                        number=request.number,
+                        offset=record.offset,
+                        length=record.length,
+                        digest=record.digest,
+                        receiving=True,
+                    ),
+                    stream_id,
+                )
+                sent = 0
+                while sent < record.length:
+                    try:
+                        upto = await record.wait_beyond(sent)
+                    except ReceivingFailed as exc:
+                        self.metrics.relays_aborted.inc()
+                        log.info("closing a relay: %s", exc)
+                        raise ConnectionAbortedError(str(exc)) from None
+                    if self.rate_chunk and not self.limiter.unlimited:
+                        upto = min(upto, sent + self.rate_chunk)
+                    await self.limiter.take(upto - sent)
+                    data = record.view[sent:upto]
+                    middle = record.length // 2
+                    if self.corrupt and sent <= middle < upto:
+                        data = bytearray(data)  # testing.corrupt_uploads: relays lie too
+                        data[middle - sent] ^= 0xFF
+                    await conn.stream.send_all(data)
+                    self.metrics.bytes_uploaded.inc(upto - sent)
+                    sent = upto
+            finally:
+                self._slots.release(child, time.monotonic())
+                self.metrics.active_uploads.dec()
+                self.metrics.active_relays.dec()
+        finally:
+            record.detach()
+
     async def _serve_piece(
         self, conn: FramedStream, stream_id: int, request: GetPiece, held, digest: str
     ) -> None:
@@ -409,7 +529,6 @@ class PieceServer:
                 )
                 return
             try:
-                await self.limiter.take(piece.length)
                 header = Piece(
                     task_id=request.task_id,
                     number=piece.number,
@@ -417,6 +536,17 @@ class PieceServer:
                     length=piece.length,
                     digest=digest,
                 )
+                chunk = self.rate_chunk
+                if chunk and not self.limiter.unlimited and not self.corrupt:
+                    # Paced like a link: a chunk at a time, each behind the bucket.
+                    await conn.send(header, stream_id)
+                    for start in range(0, piece.length, chunk):
+                        size = min(chunk, piece.length - start)
+                        await self.limiter.take(size)
+                        await conn.stream.send_file(fd, piece.offset + start, size)
+                        self.metrics.bytes_uploaded.inc(size)
+                    return
+                await self.limiter.take(piece.length)
                 await conn.send(header, stream_id)
                 if self.corrupt:
                     await self._send_corrupted(conn, fd, piece)

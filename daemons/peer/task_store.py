@@ -41,6 +41,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from d7y.core.digest import Digest, DigestMismatch
 from d7y.core.pieces import Piece, iter_pieces, piece_count
 from d7y.daemons.peer.metrics import PeerMetrics
+from d7y.daemons.peer.receiving import ReceivingPieces
 from d7y.daemons.peer.storage import (
     TASK_FAILED,
     TASK_SUCCEEDED,
@@ -91,6 +92,9 @@ class TaskStore:
         # Called as (task_id, piece number, digest) after each piece is stored and
         # recorded (the piece server pushes HavePieces to subscribed children).
         self.piece_listeners: list[PieceListener] = []
+        # Pieces being received from parents (cut-through relaying): the P2P path fills
+        # it, the piece server announces and serves from it.
+        self.receiving = ReceivingPieces()
         # Awaited with the task ID when a task stops being held here (the P2P path
         # tells the scheduler to stop sending children for it).
         self.withdrawn_listeners: list[WithdrawnListener] = []
