@@ -30,6 +30,7 @@ transfer relaying it is cancelled.
 
 from __future__ import annotations
 
+import gc
 import math
 import random
 import uuid
@@ -74,6 +75,19 @@ from d7y.sim.scenario import Policy, Scenario, TaskSpec
 from d7y.sim.topology import Topology
 
 ORIGIN_ID = "origin"  # the picker's name for the origin (a back-to-source "parent")
+
+#: While a run's event loop goes on, CPython's automatic cyclic collections are paused
+#: and one full collection is made every this many events (a power of two) instead.
+#: Why: a large run holds millions of long-lived containers (peers, pickers, their
+#: parent records, network pairs), and a full collection traverses all of them; CPython
+#: makes one whenever the objects that outlived two young collections reach a quarter of
+#: the long-lived ones, and at 10,000 hosts most of a run's requests, flows and queued
+#: events live that long, so full collections came every ~50,000 events and took 23 %
+#: of a BitTorrent run's CPU over its first 4 s (4 % of a whole 1,000-host run): the
+#: part of its cost that grew faster than the hosts (bench/RESULTS.md, fifth pass).
+#: A run makes next to no cyclic garbage (its objects are freed by reference
+#: counting), so the periodic collection only bounds what a scenario making some holds.
+GC_EVERY = 1 << 22
 
 # Peer states (plain ints: compared on every piece).
 PENDING, RUNNING, BTS, DONE, LEFT, FAILED = range(6)
@@ -481,43 +495,59 @@ class Simulation:
         until = self.scenario.until
         report = self.progress
         queue = getattr(env, "_queue", None)
-        if type(env) is not simpy.Environment or not isinstance(queue, list):
-            n = self._run_stepping(until)  # not the SimPy this loop was written against
-        else:
-            # Environment.step, inline: a run processes millions of events, and peek()
-            # plus step() are two calls per event (5-10 % of a run). The same queue,
-            # the same order: (time, priority, id, event) entries popped from SimPy's
-            # own heap, the callbacks called as step() calls them. No event of the
-            # simulator fails (an event that did would raise here as in step()).
-            n = 0
-            inf = math.inf
-            while not self.finished and queue:
-                entry = queue[0]
-                t = entry[0]
-                if t == inf or t > until:
-                    break
-                heappop(queue)
-                env._now = t
-                event = entry[3]
-                callbacks, event.callbacks = event.callbacks, None
-                for callback in callbacks:
-                    callback(event)
-                if not event._ok and not hasattr(event, "_defused"):
-                    # as step() does: a failed event nobody handled ends the run
-                    exc = type(event._value)(*event._value.args)
-                    exc.__cause__ = event._value
-                    raise exc
-                n += 1
-                if report is not None and not n & 4095:
-                    self.events = n
-                    report(self)
+        collect = gc.isenabled()  # (a caller that turned the collector off keeps it off)
+        gc.disable()  # see GC_EVERY
+        try:
+            if type(env) is not simpy.Environment or not isinstance(queue, list):
+                # not the SimPy this loop was written against
+                n = self._run_stepping(until, collect)
+            else:
+                n = self._run_inline(env, queue, until, collect)
+        finally:
+            if collect:
+                gc.enable()
         self.events = n
         self.end_time = min(env.now, until)
         if report is not None:
             report(self)
         return self
 
-    def _run_stepping(self, until: float) -> int:
+    def _run_inline(self, env: simpy.Environment, queue: list, until: float, collect: bool) -> int:
+        """The event loop (:meth:`run`); returns the events processed."""
+        report = self.progress
+        # Environment.step, inline: a run processes millions of events, and peek()
+        # plus step() are two calls per event (5-10 % of a run). The same queue,
+        # the same order: (time, priority, id, event) entries popped from SimPy's
+        # own heap, the callbacks called as step() calls them. No event of the
+        # simulator fails (an event that did would raise here as in step()).
+        n = 0
+        inf = math.inf
+        while not self.finished and queue:
+            entry = queue[0]
+            t = entry[0]
+            if t == inf or t > until:
+                break
+            heappop(queue)
+            env._now = t
+            event = entry[3]
+            callbacks, event.callbacks = event.callbacks, None
+            for callback in callbacks:
+                callback(event)
+            if not event._ok and not hasattr(event, "_defused"):
+                # as step() does: a failed event nobody handled ends the run
+                exc = type(event._value)(*event._value.args)
+                exc.__cause__ = event._value
+                raise exc
+            n += 1
+            if not n & 4095:
+                if report is not None:
+                    self.events = n
+                    report(self)
+                if collect and not n & (GC_EVERY - 1):
+                    gc.collect()
+        return n
+
+    def _run_stepping(self, until: float, collect: bool) -> int:
         """The event loop through SimPy's public peek() and step(); returns the events
         processed."""
         env = self.env
@@ -531,9 +561,12 @@ class Simulation:
                 break
             step()
             n += 1
-            if report is not None and not n & 4095:
-                self.events = n
-                report(self)
+            if not n & 4095:
+                if report is not None:
+                    self.events = n
+                    report(self)
+                if collect and not n & (GC_EVERY - 1):
+                    gc.collect()
         return n
 
     def _check_finished(self) -> None:
