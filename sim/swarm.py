@@ -514,7 +514,6 @@ class Simulation:
 
     def _run_inline(self, env: simpy.Environment, queue: list, until: float, collect: bool) -> int:
         """The event loop (:meth:`run`); returns the events processed."""
-        report = self.progress
         # Environment.step, inline: a run processes millions of events, and peek()
         # plus step() are two calls per event (5-10 % of a run). The same queue,
         # the same order: (time, priority, id, event) entries popped from SimPy's
@@ -540,12 +539,18 @@ class Simulation:
                 raise exc
             n += 1
             if not n & 4095:
-                if report is not None:
-                    self.events = n
-                    report(self)
-                if collect and not n & (GC_EVERY - 1):
-                    gc.collect()
+                self._checkpoint(n, collect)
         return n
+
+    def _checkpoint(self, n: int, collect: bool) -> None:
+        """Every 4,096 events: the progress report, and every GC_EVERY events a full
+        collection (while the collector is paused, see GC_EVERY)."""
+        report = self.progress
+        if report is not None:
+            self.events = n
+            report(self)
+        if collect and not n & (GC_EVERY - 1):
+            gc.collect()
 
     def _run_stepping(self, until: float, collect: bool) -> int:
         """The event loop through SimPy's public peek() and step(); returns the events
@@ -553,7 +558,6 @@ class Simulation:
         env = self.env
         step = env.step
         peek = env.peek
-        report = self.progress
         n = 0
         while not self.finished:
             t = peek()
@@ -562,11 +566,7 @@ class Simulation:
             step()
             n += 1
             if not n & 4095:
-                if report is not None:
-                    self.events = n
-                    report(self)
-                if collect and not n & (GC_EVERY - 1):
-                    gc.collect()
+                self._checkpoint(n, collect)
         return n
 
     def _check_finished(self) -> None:

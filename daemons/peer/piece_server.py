@@ -394,33 +394,12 @@ class PieceServer:
             return
         if held is None or digest is None:
             what = "task" if held is None else f"piece {request.number} of task"
-            await conn.send(
-                Error(
-                    code=ErrorCode.NOT_FOUND,
-                    message=f"{what} {request.task_id} is not held here",
-                    task_id=request.task_id,
-                    piece_number=request.number,
-                ),
-                stream_id,
-            )
+            message = f"{what} {request.task_id} is not held here"
+            await self._refuse(conn, stream_id, request, ErrorCode.NOT_FOUND, message)
             return
         child = id(conn)
         if not self._slots.acquire(child, time.monotonic()):
-            active = self._slots.active
-            message = (
-                f"serving {active} pieces already; retry elsewhere"
-                if self._slots.full
-                else f"serving {active} pieces; a child refused a moment ago goes first"
-            )
-            await conn.send(
-                Error(
-                    code=ErrorCode.BUSY,
-                    message=message,
-                    task_id=request.task_id,
-                    piece_number=request.number,
-                ),
-                stream_id,
-            )
+            await self._refuse(conn, stream_id, request, ErrorCode.BUSY, self._busy_message())
             return
         self.metrics.active_uploads.inc()
         try:
@@ -428,6 +407,22 @@ class PieceServer:
         finally:
             self._slots.release(child, time.monotonic())
             self.metrics.active_uploads.dec()
+
+    @staticmethod
+    async def _refuse(
+        conn: FramedStream, stream_id: int, request: GetPiece, code: str, message: str
+    ) -> None:
+        """Answer a GetPiece with an Error that names the piece."""
+        await conn.send(
+            Error(code=code, message=message, task_id=request.task_id, piece_number=request.number),
+            stream_id,
+        )
+
+    def _busy_message(self) -> str:
+        active = self._slots.active
+        if self._slots.full:
+            return f"serving {active} pieces already; retry elsewhere"
+        return f"serving {active} pieces; a child refused a moment ago goes first"
 
     async def _send_relayed(
         self, conn: FramedStream, stream_id: int, request: GetPiece, record: Receiving
@@ -440,15 +435,7 @@ class PieceServer:
         try:
             child = id(conn)
             if not self._slots.acquire(child, time.monotonic()):
-                await conn.send(
-                    Error(
-                        code=ErrorCode.BUSY,
-                        message=f"serving {self._slots.active} pieces already; retry elsewhere",
-                        task_id=request.task_id,
-                        piece_number=request.number,
-                    ),
-                    stream_id,
-                )
+                await self._refuse(conn, stream_id, request, ErrorCode.BUSY, self._busy_message())
                 return
             self.metrics.active_uploads.inc()
             self.metrics.active_relays.inc()
@@ -504,29 +491,14 @@ class PieceServer:
             request.task_id, piece.offset, piece.length, (content_length, piece_length, held[3])
         )
         if problem is not None:
-            await conn.send(
-                Error(
-                    code=ErrorCode.NOT_FOUND,
-                    message=problem,
-                    task_id=request.task_id,
-                    piece_number=request.number,
-                ),
-                stream_id,
-            )
+            await self._refuse(conn, stream_id, request, ErrorCode.NOT_FOUND, problem)
             return
         with self.manager.pin(request.task_id):
             try:
                 fd = os.open(self.storage.content_path(request.task_id), os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:  # deleted between the lookup and the open
-                await conn.send(
-                    Error(
-                        code=ErrorCode.NOT_FOUND,
-                        message=f"task {request.task_id} was just removed",
-                        task_id=request.task_id,
-                        piece_number=request.number,
-                    ),
-                    stream_id,
-                )
+                message = f"task {request.task_id} was just removed"
+                await self._refuse(conn, stream_id, request, ErrorCode.NOT_FOUND, message)
                 return
             try:
                 header = Piece(
