@@ -694,10 +694,7 @@ class Simulation:
         if (parent is not None and parent.state in (LEFT, FAILED)) or not src.slots.acquire(
             tr.peer.id, self.env.now
         ):
-            if tr.latency > 0:
-                self.later(tr.latency, self._busy, tr)
-            else:
-                self._busy(tr)
+            self._after_latency(tr, self._busy)
             return
         tr.slot = src
         tr.flow = self.net.start_flow(tr.pair, tr.size, self._flow_done, tr)
@@ -814,24 +811,31 @@ class Simulation:
         if parent is not None and not gone and not self._holds(parent, tr.piece):
             source = self._receiving(parent, tr.piece)
             if source is None:
-                self._answer_later(tr, self._not_there)
+                self._after_latency(tr, self._not_there)
                 return
         if gone or not tr.src.slots.acquire(tr.peer.id, self.env.now):
-            self._answer_later(tr, self._busy)
+            self._after_latency(tr, self._busy)
             return
         tr.slot = tr.src
         if source is not None:
-            tr.source = source
-            if source.feeding is None:
-                source.feeding = []
-            source.feeding.append(tr)
+            self._relay_from(source, tr)
         self._next_block(tr)
 
-    def _answer_later(self, tr: Transfer, answer: Callable[[Transfer], None]) -> None:
+    def _after_latency(self, tr: Transfer, then: Callable[[Transfer], None]) -> None:
+        """``then(tr)`` once the transfer's one-way latency has passed (at once if none)."""
         if tr.latency > 0:
-            self.later(tr.latency, answer, tr)
+            self.later(tr.latency, then, tr)
         else:
-            answer(tr)
+            then(tr)
+
+    @staticmethod
+    def _relay_from(source: Transfer, tr: Transfer) -> None:
+        """``tr`` sends the piece block by block behind ``source``, its parent's
+        transfer of it."""
+        tr.source = source
+        if source.feeding is None:
+            source.feeding = []
+        source.feeding.append(tr)
 
     @staticmethod
     def _holds(peer: Peer, piece: int) -> bool:
@@ -870,16 +874,10 @@ class Simulation:
         tr.src.uploaded += flow.size
         if tr.sent < self.blocks:
             self._next_block(tr)  # the sender streams on
-            if tr.latency > 0:
-                self.later(tr.latency, self._block_landed, tr)
-            else:
-                self._block_landed(tr)
+            self._after_latency(tr, self._block_landed)
             return
         self._free_slot(tr)
-        if tr.latency > 0:
-            self.later(tr.latency, self._deliver, tr)
-        else:
-            self._deliver(tr)
+        self._after_latency(tr, self._deliver)
 
     def _block_landed(self, tr: Transfer) -> None:
         if tr.cancelled:
@@ -919,11 +917,8 @@ class Simulation:
             return
         other = self._receiving(peer, tr.piece)
         if other is not None:  # the same bytes come by another of its transfers
-            if other.feeding is None:
-                other.feeding = []
             for child_tr in feeding:
-                child_tr.source = other
-                other.feeding.append(child_tr)
+                self._relay_from(other, child_tr)
                 if child_tr.flow is None and not child_tr.cancelled:
                     self._next_block(child_tr)
             return

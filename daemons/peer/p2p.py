@@ -673,17 +673,17 @@ class _Run:
     async def release_held_back(self) -> None:
         """Pieces whose digest arrived go to the download loop; ask for the others."""
         waiting = False
-        for parent_id, numbers in list(self.held_back.items()):
-            ready = [n for n in numbers if n in self.digests]
-            numbers.difference_update(ready)
-            self.holds(parent_id, ready)
-            waiting = waiting or bool(numbers)
-        for parent_id, numbers in list(self.held_back_receiving.items()):
-            ready = [n for n in numbers if n in self.digests]
-            numbers.difference_update(ready)
-            if ready and self.receiving(parent_id, ready):
-                self.news.set()
-            waiting = waiting or bool(numbers)
+        # (the loop's tick right after this pumps for what the download loop learns)
+        for held_back, learn in (
+            (self.held_back, self.holds),
+            (self.held_back_receiving, self.receiving),
+        ):
+            for parent_id, numbers in list(held_back.items()):
+                ready = [n for n in numbers if n in self.digests]
+                numbers.difference_update(ready)
+                if ready:
+                    learn(parent_id, ready)
+                waiting = waiting or bool(numbers)
         if waiting:
             await self.ask_digests()
 
