@@ -50,8 +50,67 @@ EXTENSIONS = {
         extra_compile_args=["-ffp-contract=off", "-fno-fast-math"],
     ),
 }
+# Python modules compiled as they are, by Cython's pure-Python mode, with the C types of a
+# .pxd beside them: <folder>/_<name>_py.py typed by <folder>/_<name>.pxd becomes
+# d7y.<package>._<name>. The Python module is the twin and the one source; a build
+# compiles a copy (pure_mode_source) that records the digest of what it was built from,
+# and at run time d7y.ext.load_backend takes the compiled one only if the digest is
+# that of the source beside it (an edit without a rebuild runs the edit, not the build).
+PURE_MODE = {
+    "core.scheduling._picker": "core/scheduling/_picker_py.py",
+    "core.scheduling._download": "core/scheduling/_download_py.py",
+}
+PURE_MODE_BUILD = os.path.join("build", "cython-pure")
 # D7Y_EXT_ONLY=_crc32,_bitmap builds a subset (handy while working on one kernel).
 only = {n for n in os.environ.get("D7Y_EXT_ONLY", "").split(",") if n}
+
+
+def source_digest(source: str) -> str:
+    """d7y.ext.source_digest, read from ext/__init__.py (the package is not importable
+    while it is being built)."""
+    import runpy
+
+    return runpy.run_path(os.path.join("ext", "__init__.py"))["source_digest"](source)
+
+
+def pxd_of(source: str) -> str:
+    """The .pxd typing a pure-mode source: _<name>.pxd beside _<name>_py.py."""
+    return source.removesuffix("_py.py") + ".pxd"
+
+
+def write_if_changed(path: str, content: str) -> None:
+    """Unchanged files keep their time stamps: no needless rebuild."""
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            if f.read() == content:
+                return
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(content)
+
+
+def pure_mode_source(name: str, source: str) -> str:
+    """Write the copy of ``source`` that Cython compiles as d7y.<name>, and its .pxd, under
+    build/cython-pure/d7y/...; return the copy's path. The copy imports its compiled
+    siblings (so their C types come from their .pxd) and records the source's digest."""
+    package, _, module = name.rpartition(".")
+    parts = ["d7y", *package.split(".")]
+    # Cython names the module after the packages it sits in (their __init__.py)
+    for depth in range(1, len(parts) + 1):
+        os.makedirs(os.path.join(PURE_MODE_BUILD, *parts[:depth]), exist_ok=True)
+        write_if_changed(os.path.join(PURE_MODE_BUILD, *parts[:depth], "__init__.py"), "")
+    with open(source, encoding="utf-8") as f:
+        text = f.read()
+    for other in PURE_MODE:
+        other_package, _, other_module = other.rpartition(".")
+        public = f"d7y.{other_package}.{other_module.lstrip('_')}"
+        text = text.replace(f"from {public} import", f"from d7y.{other} import")
+    text += f"\n_D7Y_SOURCE_DIGEST = {source_digest(source)!r}\n"
+    target = os.path.join(PURE_MODE_BUILD, *parts, module)
+    write_if_changed(target + ".py", text)
+    with open(pxd_of(source), encoding="utf-8") as f:
+        write_if_changed(target + ".pxd", f.read())
+    return target + ".py"
+
 
 ext_modules = []
 if not no_ext:
@@ -87,6 +146,29 @@ if not no_ext:
             include_path=[cy_include],
             compiler_directives={"language_level": "3", "embedsignature": True},
         )
+    pure = [
+        Extension(
+            f"d7y.{name}",
+            sources=[pure_mode_source(name, source)],
+            depends=[source, pxd_of(source)],
+            # the same results as the Python module bit for bit: no fused multiply-add,
+            # no fast-math reassociation
+            extra_compile_args=["-O3", "-ffp-contract=off", "-fno-fast-math"],
+        )
+        for name, source in PURE_MODE.items()
+        if not only or name in only
+    ]
+    if pure:
+        ext_modules += cythonize(
+            pure,
+            include_path=[PURE_MODE_BUILD],
+            compiler_directives={
+                "language_level": "3",
+                # the .pxd gives the C types; the annotations stay documentation (a
+                # parameter annotated ``int`` takes any int, as in Python)
+                "annotation_typing": False,
+            },
+        )
 
 
 class OptionalBuildExt(build_ext):
@@ -117,6 +199,8 @@ setup(
     package_data={
         "d7y.ext": ["*.pxd", "*.pyx"],
         "d7y.sim": ["*.pxd", "*.pyx", "scenarios/*.yaml"],
+        # the .pxd typing a pure-mode module: part of the digest load_backend checks
+        "d7y.core.scheduling": ["*.pxd"],
         # the manager's console: its Jinja2 templates and stylesheet
         "d7y.daemons.manager.console": ["templates/*.html", "static/*"],
     },

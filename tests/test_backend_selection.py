@@ -1,5 +1,6 @@
 """D7Y_NO_EXTENSIONS=1 selects the pure-Python twins; otherwise the compiled kernels (those
-of d7y.ext and the simulator's network model)."""
+of d7y.ext, the simulator's network model, and the pure-mode builds of the piece
+picker and the download loop)."""
 
 import os
 import subprocess
@@ -10,7 +11,14 @@ import pytest
 from tests.conftest import REQUIRE_EXTENSIONS
 
 # public module (under d7y) whose ``backend`` is _<last part> or _<last part>_py
-KERNELS = ["ext.crc32", "ext.bitmap", "ext.transfer", "sim.network"]
+KERNELS = [
+    "ext.crc32",
+    "ext.bitmap",
+    "ext.transfer",
+    "sim.network",
+    "core.scheduling.picker",
+    "core.scheduling.download",
+]
 
 
 def backend_file(module: str, no_extensions: bool) -> str:
