@@ -128,19 +128,19 @@ if not no_ext:
         for name, spec in EXTENSIONS.items()
         if (not only or name in only) and all(os.path.exists(p) for p in spec["sources"])
     ]
+    # Cython finds a module's own .pxd, and resolves `cimport d7y.ext.X`, through the
+    # package layout d7y/ext/X.pxd, which this tree lacks (ext/ is mapped to d7y.ext,
+    # sim/ to d7y.sim). Give it that layout: build/cython-include/d7y/ext -> ext/,
+    # and d7y/sim -> sim/.
+    cy_include = os.path.join("build", "cython-include")
+    for folder in ("ext", "sim"):
+        link = os.path.join(cy_include, "d7y", folder)
+        if os.path.realpath(link) != os.path.realpath(folder):  # missing or stale
+            os.makedirs(os.path.dirname(link), exist_ok=True)
+            if os.path.lexists(link):
+                os.remove(link)
+            os.symlink(os.path.abspath(folder), link)
     if wanted:
-        # Cython finds a module's own .pxd, and resolves `cimport d7y.ext.X`, through the
-        # package layout d7y/ext/X.pxd, which this tree lacks (ext/ is mapped to d7y.ext,
-        # sim/ to d7y.sim). Give it that layout: build/cython-include/d7y/ext -> ext/,
-        # and d7y/sim -> sim/.
-        cy_include = os.path.join("build", "cython-include")
-        for folder in ("ext", "sim"):
-            link = os.path.join(cy_include, "d7y", folder)
-            if os.path.realpath(link) != os.path.realpath(folder):  # missing or stale
-                os.makedirs(os.path.dirname(link), exist_ok=True)
-                if os.path.lexists(link):
-                    os.remove(link)
-                os.symlink(os.path.abspath(folder), link)
         ext_modules = cythonize(
             wanted,
             include_path=[cy_include],
@@ -161,7 +161,8 @@ if not no_ext:
     if pure:
         ext_modules += cythonize(
             pure,
-            include_path=[PURE_MODE_BUILD],
+            # their own .pxd (the copies') first, then the kernels' (d7y.ext._bitmap)
+            include_path=[PURE_MODE_BUILD, cy_include],
             compiler_directives={
                 "language_level": "3",
                 # the .pxd gives the C types; the annotations stay documentation (a

@@ -26,6 +26,15 @@ cdef class Bitmap:
     cdef Py_ssize_t _index(self, object index) except -1
     cdef Bitmap _peer(self, object other)
 
+    # The per-event Python API, as cpdef: typed callers (the compiled picker) call it
+    # in C, with the same checks.
+    cpdef set(self, index)
+    cpdef clear(self, index)
+    cpdef bint test(self, index) except -1
+    cpdef bint any(self) except -1
+    cpdef update(self, other)
+    cpdef Bitmap copy(self)
+
 
 cdef class RarityCounter:
     cdef uint32_t* _counts
@@ -36,3 +45,6 @@ cdef class RarityCounter:
     cdef Py_ssize_t c_rarest(self, Bitmap candidates, Py_ssize_t start) noexcept nogil
 
     cdef Bitmap _bitmap_arg(self, object bitmap, str what)
+
+    cpdef increment(self, index)
+    cpdef decrement(self, index)

@@ -274,15 +274,15 @@ cdef class Bitmap:
     def __len__(self):
         return self.size
 
-    def set(self, index):
+    cpdef set(self, index):
         """Mark piece ``index`` as present."""
         self.c_set(_check_index(index, self.size))
 
-    def clear(self, index):
+    cpdef clear(self, index):
         """Mark piece ``index`` as absent."""
         self.c_clear(_check_index(index, self.size))
 
-    def test(self, index):
+    cpdef bint test(self, index) except -1:
         """True if piece ``index`` is present."""
         return self.c_test(_check_index(index, self.size))
 
@@ -315,7 +315,7 @@ cdef class Bitmap:
                 return False
         return self._words[self._nwords - 1] == _last_mask(self.size)
 
-    def any(self):
+    cpdef bint any(self) except -1:
         """True if some bit is set (False for size 0)."""
         cdef Py_ssize_t k
         for k in range(self._nwords):
@@ -365,7 +365,7 @@ cdef class Bitmap:
             _or_words(out._words, self._words, o._words, self._nwords)
         return out
 
-    def update(self, other):
+    cpdef update(self, other):
         """In place: set every bit that ``other`` has (``self |= other``)."""
         cdef Bitmap o = self._peer(other)
         # Keeps the GIL: an in-place update is atomic, as in the twin.
@@ -426,7 +426,7 @@ cdef class Bitmap:
             )
         return out
 
-    def copy(self):
+    cpdef Bitmap copy(self):
         """An independent copy."""
         cdef Bitmap out = Bitmap.__new__(Bitmap, self.size)
         if self._nwords:
@@ -659,14 +659,14 @@ cdef class RarityCounter:
             )
         self._bitmaps -= 1
 
-    def increment(self, index):
+    cpdef increment(self, index):
         """Count piece ``index`` once more (a parent announced a new piece)."""
         cdef Py_ssize_t i = _check_index(index, self.size)
         if self._counts[i] == UINT32_MAX:
             raise OverflowError(f"count of piece {i} would exceed MAX_COUNT ({MAX_COUNT})")
         self._counts[i] += 1
 
-    def decrement(self, index):
+    cpdef decrement(self, index):
         """Undo one ``increment(index)``; ValueError if the count is already 0."""
         cdef Py_ssize_t i = _check_index(index, self.size)
         if self._counts[i] == 0:

@@ -48,6 +48,38 @@ bitmap_impl = make_backend_fixture("bitmap")
 transfer_impl = make_backend_fixture("transfer")
 
 
+def loop_backends(param: str, monkeypatch) -> tuple:
+    """The download loop and piece picker as they run, with the bitmaps they run on:
+    ``"c"`` the pure-mode builds on the compiled kernel (its fields are typed as the
+    kernel's Bitmap), ``"py"`` the Python modules on the Python twin. Returns (bitmaps,
+    picker module, download module). The Python loop is made to build Python pickers
+    (it builds whichever d7y.core.scheduling.picker chose)."""
+    from d7y.core.scheduling import _download_py, _picker_py
+
+    if param == "py":
+        monkeypatch.setattr(_download_py, "PiecePicker", _picker_py.PiecePicker)
+        return importlib.import_module("d7y.ext._bitmap_py"), _picker_py, _download_py
+    modules = []
+    for name in ("d7y.ext._bitmap", "d7y.core.scheduling._picker", "d7y.core.scheduling._download"):
+        try:
+            modules.append(importlib.import_module(name))
+        except ImportError as exc:
+            if REQUIRE_EXTENSIONS:
+                raise AssertionError(
+                    f"{name} is not built but D7Y_REQUIRE_EXTENSIONS is set: {exc}"
+                ) from exc
+            pytest.skip(f"{name} not built: {exc}")
+    return tuple(modules)
+
+
+def use_loop_backend(namespace: dict, module, monkeypatch) -> None:
+    """Point a test module's imported names (``namespace``: its globals()) that ``module``
+    exports (its ``__all__``) at ``module``'s objects, for one test."""
+    for name in module.__all__:
+        if name in namespace:
+            monkeypatch.setitem(namespace, name, getattr(module, name))
+
+
 # --- one daemon for a module ---------------------------------------------------------
 # For modules whose tests share one real dfdaemon and one origin (module scope); such a
 # module also marks its tests with ``pytest.mark.usefixtures("clean_origin")``. A module

@@ -36,6 +36,16 @@ def _compiled(name: str):
     return module
 
 
+def _compiled_bitmaps():
+    # the builds' fields are typed as the compiled kernel's Bitmap
+    try:
+        return importlib.import_module("d7y.ext._bitmap")
+    except ImportError as exc:
+        if REQUIRE_EXTENSIONS:
+            raise AssertionError("d7y.ext._bitmap is not built") from exc
+        pytest.skip(f"d7y.ext._bitmap is not built: {exc}")
+
+
 @pytest.fixture
 def python_download(monkeypatch):
     # The Python loop's picker is whichever d7y.core.scheduling.picker chose: make it
@@ -44,8 +54,8 @@ def python_download(monkeypatch):
     return _download_py
 
 
-def _bitmap(rng: random.Random, size: int, density: float):
-    bm = _bitmap_py.Bitmap(size)
+def _bitmap(bitmaps, rng: random.Random, size: int, density: float):
+    bm = bitmaps.Bitmap(size)
     for i in range(size):
         if rng.random() < density:
             bm.set(i)
@@ -73,7 +83,7 @@ def _mentions(record, name: str) -> bool:
 # -------------------------------------------------------------------- picker --
 
 
-def drive_picker(module, seed: int, size: int, order: str) -> list:
+def drive_picker(module, bitmaps, seed: int, size: int, order: str) -> list:
     """A random life of one picker: parents come, announce, answer, fail and go."""
     events = random.Random(seed)  # the script, the same for both backends
     picker = module.PiecePicker(
@@ -84,7 +94,7 @@ def drive_picker(module, seed: int, size: int, order: str) -> list:
         order=order,
         dispatch_wait=0.1 if order == "announced" else 0.0,
         piece_timeout=2.0,
-        bitmaps=_bitmap_py,
+        bitmaps=bitmaps,
     )
     out: list = []
     now = 0.0
@@ -98,7 +108,7 @@ def drive_picker(module, seed: int, size: int, order: str) -> list:
                 parents.append(pid)
             picker.parent_added(
                 pid,
-                _bitmap(events, size, events.random()),
+                _bitmap(bitmaps, events, size, events.random()),
                 tx=events.randrange(100),
                 max_tx=events.randrange(1, 200),
                 now=now,
@@ -138,8 +148,8 @@ def drive_picker(module, seed: int, size: int, order: str) -> list:
 def test_the_compiled_picker_answers_as_the_python_one(seed, order):
     compiled = _compiled("picker")
     size = 8 + seed * 7
-    want = drive_picker(_picker_py, seed, size, order)
-    got = drive_picker(compiled, seed, size, order)
+    want = drive_picker(_picker_py, _bitmap_py, seed, size, order)
+    got = drive_picker(compiled, _compiled_bitmaps(), seed, size, order)
     assert got == want
     # the comparison sees what happened: failures (and requests, which they follow)
     assert _mentions(want, "PieceFailure")
@@ -148,13 +158,13 @@ def test_the_compiled_picker_answers_as_the_python_one(seed, order):
 # ------------------------------------------------------------- download loop --
 
 
-def drive_download(module, seed: int, policy: str) -> list:
+def drive_download(module, bitmaps, seed: int, policy: str) -> list:
     """A random life of one download: parents offered, announcing, answering."""
     events = random.Random(seed)
     size = events.choice([1, 3, 16, 40])
     cfg = module.DownloadConfig(policy=policy, cut_through=events.random() < 0.3)
     dl = module.Download(
-        size, random.Random(seed + 1), cfg, now=0.0, origin="origin", bitmaps=_bitmap_py
+        size, random.Random(seed + 1), cfg, now=0.0, origin="origin", bitmaps=bitmaps
     )
     out: list = []
     now = 0.0
@@ -169,7 +179,7 @@ def drive_download(module, seed: int, policy: str) -> list:
             for _ in range(events.randrange(1, 4)):
                 pid = f"p{events.randrange(10)}"
                 parents.append(pid)
-                offers.append((pid, _bitmap(events, size, events.random()), 10, 100))
+                offers.append((pid, _bitmap(bitmaps, events, size, events.random()), 10, 100))
             out.append(dl.add_parents(offers, now))
         elif kind < 0.5:
             pid, piece = events.choice(parents), events.randrange(size)
@@ -205,8 +215,8 @@ def drive_download(module, seed: int, policy: str) -> list:
 @pytest.mark.parametrize("seed", range(12))
 def test_the_compiled_download_loop_answers_as_the_python_one(seed, policy, python_download):
     compiled = _compiled("download")
-    want = drive_download(python_download, seed, policy)
-    got = drive_download(compiled, seed, policy)
+    want = drive_download(python_download, _bitmap_py, seed, policy)
+    got = drive_download(compiled, _compiled_bitmaps(), seed, policy)
     assert got == want
     assert _mentions(want, "Fetch")
 
@@ -214,8 +224,10 @@ def test_the_compiled_download_loop_answers_as_the_python_one(seed, policy, pyth
 def test_the_twin_drivers_can_tell_a_difference(python_download):
     # The comparisons above would pass on drivers that record nothing: another seed
     # for the same script gives another record.
-    assert drive_picker(_picker_py, 1, 8, "rarest") != drive_picker(_picker_py, 2, 8, "rarest")
-    assert drive_download(python_download, 3, "d7y") != drive_download(python_download, 4, "d7y")
+    one, other = (drive_picker(_picker_py, _bitmap_py, s, 8, "rarest") for s in (1, 2))
+    assert one != other
+    one, other = (drive_download(python_download, _bitmap_py, s, "d7y") for s in (3, 4))
+    assert one != other
 
 
 # --------------------------------------------------------------- the digest --

@@ -118,6 +118,16 @@ class _Parent:
 _ORDER = attrgetter("order")
 
 
+def _union(parents: list[_Parent]) -> Any:
+    """The pieces any of ``parents`` holds (None if there is none)."""
+    if not parents:
+        return None
+    union = parents[0].bitmap.copy()
+    for p in parents[1:]:
+        union.update(p.bitmap)
+    return union
+
+
 def _check_int(name: str, value: object, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}: {value!r}")
@@ -721,19 +731,9 @@ class PiecePicker:
     def _reach_now(self) -> Any:
         """The pieces any able parent holds (None if no parent is able)."""
         if not self._reach_exact:
-            self._reach = self._union(self._able)
+            self._reach = _union(self._able)
             self._reach_exact = True
         return self._reach
-
-    @staticmethod
-    def _union(parents: list[_Parent]) -> Any:
-        """The pieces any of ``parents`` holds (None if there is none)."""
-        if not parents:
-            return None
-        union = parents[0].bitmap.copy()
-        for p in parents[1:]:
-            union.update(p.bitmap)
-        return union
 
     def _parent_limit(self) -> int:
         """Requests one parent may have outstanding (no per-parent limit: any number)."""
@@ -960,3 +960,6 @@ class PiecePicker:
         # time expires the request (no rounding gap that would re-arm the same timer).
         expired = [key for key, started in self._requests.items() if now >= started + limit]
         return [self.piece_failed(piece, parent, now) for piece, parent in expired]
+
+
+__all__ = ["PieceFailure", "PiecePicker"]
