@@ -1,11 +1,15 @@
-cimport cython
 # The C types of d7y.core.scheduling._picker: its Python source, _picker_py.py, compiled
 # by Cython's pure-Python mode (setup.py PURE_MODE). The fields mirror the classes'
 # __slots__ one for one; the methods declared here are the per-event ones (a swarm peer
-# is told of every piece its neighbours get), as cpdef so Python callers keep them.
-# Times are C doubles (Python floats are C doubles: the same operations give the same
-# bits), counts C integers; ids, bitmaps and containers stay Python objects (the bitmap
-# backend is chosen at run time).
+# is told of every piece its neighbours get), as cpdef so Python callers keep them, and
+# their hot loops' locals are typed (@cython.locals) so that a parent's fields and its
+# bitmap's methods are reached in C. Times are C doubles (Python floats are C doubles:
+# the same operations give the same bits), counts C integers. Bitmaps are the compiled
+# kernel's (d7y.ext._bitmap): the build runs on it only, as the Python module runs on
+# the kernel's Python twin (D7Y_NO_EXTENSIONS=1 selects both). Ids and containers stay
+# Python objects.
+
+cimport cython
 
 from d7y.ext._bitmap cimport Bitmap, RarityCounter
 
