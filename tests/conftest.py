@@ -80,6 +80,22 @@ def use_loop_backend(namespace: dict, module, monkeypatch) -> None:
             monkeypatch.setitem(namespace, name, getattr(module, name))
 
 
+def loop_fixture(which: str):
+    """A ``bitmap_impl`` fixture for the tests of the piece picker (``which="picker"``) or
+    the download loop (``"download"``): each test runs on both pairs that run
+    (:func:`loop_backends`), the module's imported picker or loop names pointing at the
+    pair's, and gets the pair's bitmaps."""
+
+    @pytest.fixture(params=["c", "py"])
+    def bitmap_impl(request, monkeypatch):
+        bitmaps, picker, download = loop_backends(request.param, monkeypatch)
+        chosen = picker if which == "picker" else download
+        use_loop_backend(vars(request.module), chosen, monkeypatch)
+        return bitmaps
+
+    return bitmap_impl
+
+
 # --- one daemon for a module ---------------------------------------------------------
 # For modules whose tests share one real dfdaemon and one origin (module scope); such a
 # module also marks its tests with ``pytest.mark.usefixtures("clean_origin")``. A module

@@ -11,16 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from d7y.core.scheduling import PieceFailure, PiecePicker
-from tests.conftest import loop_backends, use_loop_backend
+from tests.conftest import loop_fixture
 
-
-@pytest.fixture(params=["c", "py"])
-def bitmap_impl(request, monkeypatch):
-    """Each picker as it runs: the pure-mode build on the compiled bitmaps, the Python
-    module on the Python twin (tests/conftest.py loop_backends)."""
-    bitmaps, picker, _download = loop_backends(request.param, monkeypatch)
-    use_loop_backend(globals(), picker, monkeypatch)
-    return bitmaps
+bitmap_impl = loop_fixture("picker")  # both pairs that run: compiled and Python
 
 
 def make(bitmap_impl, size: int, seed: int = 1, **kw) -> PiecePicker:

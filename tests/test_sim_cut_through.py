@@ -21,16 +21,9 @@ from d7y.core.scheduling.download import Cancel, Download, DownloadConfig, Fetch
 from d7y.sim import scenario as sc
 from d7y.sim.runner import run_policy
 from d7y.sim.swarm import DONE, Simulation, Transfer
-from tests.conftest import loop_backends, use_loop_backend
+from tests.conftest import loop_fixture
 
-
-@pytest.fixture(params=["c", "py"])
-def bitmap_impl(request, monkeypatch):
-    """Each download loop as it runs: the pure-mode build on the compiled bitmaps, the
-    Python module on the Python twin (tests/conftest.py loop_backends)."""
-    bitmaps, _picker, download = loop_backends(request.param, monkeypatch)
-    use_loop_backend(globals(), download, monkeypatch)
-    return bitmaps
+bitmap_impl = loop_fixture("download")  # both pairs that run: compiled and Python
 
 
 SCENARIOS = Path(__file__).resolve().parents[1] / "sim" / "scenarios"
