@@ -373,11 +373,18 @@ class DAG:
 
     :meth:`add_edge` refuses (returns False, changes nothing) a self-loop, an edge that
     exists, and an edge that would close a cycle; it raises KeyError for an unknown
-    vertex. The cycle test walks the child's descendants, which is cheap for the common
-    case (a new peer has none) -- see :meth:`descendants` to test many parents at once.
+    vertex.
+
+    The DAG keeps a topological order: an integer per vertex, every parent's before its
+    children's (Pearce and Kelly's dynamic topological sort). A path only goes forward
+    in that order, so "can X be reached from V?" is no at once when X comes before V,
+    and otherwise a walk from V need not enter any vertex ordered after X: it covers the
+    part of the swarm between the two instead of all that V reaches; see
+    :meth:`reachable_among`. An edge that goes against the order moves vertices ordered
+    between its two ends (only those) so that the order holds again.
     """
 
-    __slots__ = ("_child_lists", "_children", "_parents")
+    __slots__ = ("_child_lists", "_children", "_next_order", "_order", "_parents")
 
     def __init__(self) -> None:
         self._parents: dict[str, dict[str, Any]] = {}
@@ -385,6 +392,11 @@ class DAG:
         # The children again, as lists: the descendant walk extends its stack from these
         # about 25 % faster than from dicts (it is the cost of a round in dense swarms).
         self._child_lists: dict[str, list[str]] = {}
+        # The topological order: _order[parent] < _order[child] for every edge. Values
+        # are distinct; a new vertex takes the next unused one (it has no edges, so any
+        # value would do, and the top needs no search for a free one).
+        self._order: dict[str, int] = {}
+        self._next_order = 0
 
     def __len__(self) -> int:
         return len(self._parents)
@@ -397,6 +409,8 @@ class DAG:
             self._parents[vertex] = {}
             self._children[vertex] = {}
             self._child_lists[vertex] = []
+            self._order[vertex] = self._next_order
+            self._next_order += 1
 
     def delete_vertex(self, vertex: str) -> list[tuple[str, str, Any]]:
         """Remove ``vertex`` and its edges; return the removed (parent, child, value)."""
@@ -404,6 +418,7 @@ class DAG:
         del self._parents[vertex]
         del self._children[vertex]
         del self._child_lists[vertex]
+        del self._order[vertex]
         return removed
 
     def _check(self, vertex: str) -> None:
@@ -411,7 +426,8 @@ class DAG:
             raise KeyError(f"vertex {vertex!r} is not in the DAG: add it first")
 
     def descendants(self, vertex: str) -> set[str]:
-        """Every vertex reachable from ``vertex`` (not including itself)."""
+        """Every vertex reachable from ``vertex`` (not including itself). A whole walk:
+        to test given vertices, :meth:`reachable_among` walks less."""
         self._check(vertex)
         children = self._child_lists
         seen: set[str] = set()
@@ -428,6 +444,48 @@ class DAG:
                     extend(kids)
         return seen
 
+    def reachable_among(self, source: str, targets: Iterable[str]) -> set[str]:
+        """The ``targets`` reachable from ``source`` (``source`` itself excluded): the
+        descendants of ``source`` among them. No walk for targets ordered before it; one
+        walk for the others that enters nothing ordered after the last of them and
+        stops as soon as every one is found."""
+        self._check(source)
+        order = self._order
+        start = order[source]
+        # A descendant comes after its ancestor in the order.
+        wanted = {t for t in targets if order[t] > start}
+        if not wanted:
+            return set()
+        return self._walk_up_to(source, wanted, max(order[t] for t in wanted))
+
+    def _walk_up_to(self, source: str, wanted: set[str], ceiling: int) -> set[str]:
+        """The vertices of ``wanted`` found by a walk from ``source`` that skips every
+        vertex ordered after ``ceiling`` (paths only go forward in the order: nothing
+        past it leads to one)."""
+        children = self._child_lists
+        order = self._order
+        seen: set[str] = set()
+        add = seen.add
+        found: set[str] = set()
+        missing = len(wanted)
+        stack = list(children[source])
+        pop = stack.pop
+        extend = stack.extend
+        while stack:
+            v = pop()
+            if v in seen or order[v] > ceiling:
+                continue
+            add(v)
+            if v in wanted:
+                found.add(v)
+                missing -= 1
+                if not missing:
+                    break
+            kids = children[v]
+            if kids:
+                extend(kids)
+        return found
+
     def can_add_edge(self, parent: str, child: str) -> bool:
         """Whether ``add_edge(parent, child)`` would succeed."""
         self._check(parent)
@@ -436,7 +494,7 @@ class DAG:
             return False
         if not self._children[child]:  # a leaf child cannot reach anything
             return True
-        return parent not in self.descendants(child)
+        return not self.reachable_among(child, (parent,))
 
     def add_edge(self, parent: str, child: str, value: Any = None) -> bool:
         """Add parent -> child; False (and no change) if it is a self-loop, a duplicate,
@@ -451,6 +509,42 @@ class DAG:
         self._children[parent][child] = value
         self._child_lists[parent].append(child)
         self._parents[child][parent] = value
+        if self._order[parent] > self._order[child]:
+            self._reorder(parent, child)
+
+    def _reorder(self, parent: str, child: str) -> None:
+        """Restore the order after adding parent -> child with the child ordered before
+        the parent (Pearce-Kelly). Only vertices ordered between the two can be out of
+        place now: the child and what it reaches, which must come after the parent, and
+        the parent and what reaches it, which must come before the child. The two groups
+        share out their own order values, the parent's group first, each keeping its
+        inner order: no other vertex moves, so no other edge can turn against the order.
+        """
+        order = self._order
+        low, high = order[child], order[parent]
+        reached = self._between(child, self._child_lists, low, high)
+        reaching = self._between(parent, self._parents, low, high)
+        by_order = order.__getitem__
+        moved = sorted(reaching, key=by_order) + sorted(reached, key=by_order)
+        values = sorted(order[v] for v in moved)
+        for vertex, value in zip(moved, values, strict=True):
+            order[vertex] = value
+
+    def _between(self, start: str, neighbours: Any, low: int, high: int) -> list[str]:
+        """``start`` and what it leads to through ``neighbours`` (the child lists, or the
+        parents for the other way) without leaving the order values from ``low`` to
+        ``high``: nothing outside them can be out of place (see :meth:`_reorder`)."""
+        order = self._order
+        region = [start]
+        seen = {start}
+        stack = [start]
+        while stack:
+            for v in neighbours[stack.pop()]:
+                if v not in seen and low <= order[v] <= high:
+                    seen.add(v)
+                    region.append(v)
+                    stack.append(v)
+        return region
 
     def delete_edge(self, parent: str, child: str) -> Any:
         """Remove parent -> child and return its value; KeyError if there is no such edge."""
@@ -510,13 +604,23 @@ class DAG:
     def edge_count(self) -> int:
         return sum(len(c) for c in self._children.values())
 
+    def order(self, vertex: str) -> int:
+        """The vertex's place in the topological order (for tests: it changes as edges
+        are added)."""
+        self._check(vertex)
+        return self._order[vertex]
+
     def is_consistent(self) -> bool:
-        """Parents, children and the walk's child lists describe the same edges."""
+        """Parents, children and the walk's child lists describe the same edges, and the
+        topological order gives every vertex a distinct value, before its children's."""
+        order = self._order
+        if order.keys() != self._parents.keys() or len(set(order.values())) != len(order):
+            return False
         for v, children in self._children.items():
             if sorted(self._child_lists[v]) != sorted(children):
                 return False
             for c, value in children.items():
-                if self._parents[c].get(v, self) is not value:
+                if self._parents[c].get(v, self) is not value or order[v] >= order[c]:
                     return False
         return sum(len(p) for p in self._parents.values()) == self.edge_count()
 
