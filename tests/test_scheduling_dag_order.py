@@ -10,6 +10,7 @@ same candidates, in the same order, as filtering by the whole descendant set.
 from __future__ import annotations
 
 from collections import deque
+from itertools import pairwise
 from types import SimpleNamespace
 
 import pytest
@@ -130,16 +131,20 @@ def test_otherwise_both_groups_share_their_order_values():
     assert not dag.can_add_edge("z", "a")
 
 
-def test_the_walk_stops_at_the_highest_target_yet_finds_what_lies_below_it():
-    # a -> b -> c -> d in order; asking about c walks a, b, c and never d, yet must
-    # still find c (a cut at the wrong side of the bound would lose it).
-    dag = dag_of("a", "b", "c", "d")
-    for parent, child in [("a", "b"), ("b", "c"), ("c", "d")]:
-        dag.add_edge(parent, child)
-    assert dag.reachable_among("a", ["c"]) == {"c"}
-    assert dag.reachable_among("a", ["d", "b"]) == {"b", "d"}
-    assert dag.reachable_among("b", ["a"]) == set()  # ordered before: no walk
-    assert dag.reachable_among("a", ["a"]) == set()  # not its own descendant
+def test_the_two_walks_meet_on_a_path_and_skip_what_lies_outside_the_span():
+    # In order: x, s, a1..a4, t, y. s -> y leads past t and x -> t comes from before s:
+    # neither walk may follow them (they cannot be on a path from s to t), and the
+    # chain s -> a1 -> ... -> t is found wherever the walks meet on it.
+    dag = dag_of("x", "s", "a1", "a2", "a3", "a4", "t", "y")
+    chain = ["s", "a1", "a2", "a3", "a4", "t"]
+    for parent, child in [("s", "y"), ("x", "t"), *pairwise(chain)]:
+        assert dag.add_edge(parent, child)
+    assert dag.reachable_among("s", ["t", "y", "x"]) == {"t", "y"}
+    assert dag.reachable_among("a2", ["t", "a1"]) == {"t"}
+    dag.delete_edge("a2", "a3")
+    assert dag.reachable_among("s", ["t", "a4"]) == set()
+    assert dag.reachable_among("a1", ["a1"]) == set()  # not its own descendant
+    assert dag.reachable_among("t", ["s"]) == set()  # ordered before: no walk
 
 
 def test_a_re_added_vertex_takes_a_fresh_place_and_edges_to_it_reorder():

@@ -146,10 +146,11 @@ class ParentSelector:
         A cycle needs a path peer -> ... -> cand, so cand must have a parent: roots
         (succeeded, back-to-source and seed peers, usually) are safe without a walk, and
         so is every candidate of a peer with no children. The others are asked of the
-        DAG at once (:meth:`DAG.reachable_among`): its topological order clears those
-        ordered before the peer without a walk and bounds the walk for the rest. In a
-        dense swarm the peer's whole descendants are most of the DAG (1,000 running
-        peers, 3 parents each), and walking them all was the largest cost of a round.
+        DAG (:meth:`DAG.reachable_among`): its topological order clears those ordered
+        before the peer without a walk, and bounds the walks for the rest (from the peer
+        and back from the candidate, whichever ends first). In a dense swarm the peer's
+        whole descendants are most of the DAG (1,000 running peers, 3 parents each), and
+        walking them all was the largest cost of a round.
         """
         dag = peer.task.dag
         in_edges = dag._parents
