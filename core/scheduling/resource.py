@@ -465,11 +465,11 @@ class DAG:
         span). They meet if there is a path; if either runs out first there is none.
         Each takes one step a turn, so the answer costs at most twice the smaller walk.
 
-        One walk alone is not enough in a dense swarm: 100,000 hosts, a peer near the top
-        of the DAG testing a few candidates reaches thousands of vertices before the last
-        candidate's order, while the candidate is reached from a few hundred after the
-        peer's; and the other way round for a peer near the bottom (5 times fewer steps
-        than the forward walk alone over the first 0.8 % of that run).
+        Either walk alone can be long in a dense swarm: with 100,000 hosts a peer near
+        the top of the DAG reaches thousands of vertices before a candidate's order,
+        while the candidate may be reached from a few hundred after the peer's, and the
+        other way round for a peer further down. Over the first 0.8 % of that run the
+        forward walks alone visited 35 M vertices, the smaller walk of each test 7 M.
         """
         order = self._order
         children = self._child_lists
