@@ -14,15 +14,21 @@ import pytest
 REQUIRE_EXTENSIONS = os.environ.get("D7Y_REQUIRE_EXTENSIONS", "") not in ("", "0")
 
 
-def _compiled(name: str):
+def import_built(module: str):
+    """Import a compiled module (a kernel, a pure-mode build); a test without it is
+    skipped, or fails under ``D7Y_REQUIRE_EXTENSIONS=1``."""
     try:
-        return importlib.import_module(f"d7y.ext._{name}")
+        return importlib.import_module(module)
     except ImportError as exc:
         if REQUIRE_EXTENSIONS:
             raise AssertionError(
-                f"d7y.ext._{name} is not built but D7Y_REQUIRE_EXTENSIONS is set: {exc}"
+                f"{module} is not built but D7Y_REQUIRE_EXTENSIONS is set: {exc}"
             ) from exc
-        pytest.skip(f"d7y.ext._{name} not built: {exc}")
+        pytest.skip(f"{module} not built: {exc}")
+
+
+def _compiled(name: str):
+    return import_built(f"d7y.ext._{name}")
 
 
 def kernel_backends(name: str) -> list:
@@ -59,17 +65,8 @@ def loop_backends(param: str, monkeypatch) -> tuple:
     if param == "py":
         monkeypatch.setattr(_download_py, "PiecePicker", _picker_py.PiecePicker)
         return importlib.import_module("d7y.ext._bitmap_py"), _picker_py, _download_py
-    modules = []
-    for name in ("d7y.ext._bitmap", "d7y.core.scheduling._picker", "d7y.core.scheduling._download"):
-        try:
-            modules.append(importlib.import_module(name))
-        except ImportError as exc:
-            if REQUIRE_EXTENSIONS:
-                raise AssertionError(
-                    f"{name} is not built but D7Y_REQUIRE_EXTENSIONS is set: {exc}"
-                ) from exc
-            pytest.skip(f"{name} not built: {exc}")
-    return tuple(modules)
+    built = ("d7y.ext._bitmap", "d7y.core.scheduling._picker", "d7y.core.scheduling._download")
+    return tuple(import_built(name) for name in built)
 
 
 def use_loop_backend(namespace: dict, module, monkeypatch) -> None:

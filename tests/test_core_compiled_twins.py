@@ -11,7 +11,6 @@ A build made from another version of the source is not used (the digest check).
 
 from __future__ import annotations
 
-import importlib
 import math
 import random
 import warnings
@@ -20,38 +19,20 @@ import pytest
 
 from d7y import ext
 from d7y.core.scheduling import _download_py, _picker_py
-from d7y.ext import _bitmap_py
-from tests.conftest import REQUIRE_EXTENSIONS
-
-
-def _compiled(name: str):
-    try:
-        module = importlib.import_module(f"d7y.core.scheduling._{name}")
-    except ImportError as exc:
-        if REQUIRE_EXTENSIONS:
-            raise AssertionError(
-                f"d7y.core.scheduling._{name} is not built but D7Y_REQUIRE_EXTENSIONS is set"
-            ) from exc
-        pytest.skip(f"d7y.core.scheduling._{name} is not built: {exc}")
-    return module
-
-
-def _compiled_bitmaps():
-    # the builds' fields are typed as the compiled kernel's Bitmap
-    try:
-        return importlib.import_module("d7y.ext._bitmap")
-    except ImportError as exc:
-        if REQUIRE_EXTENSIONS:
-            raise AssertionError("d7y.ext._bitmap is not built") from exc
-        pytest.skip(f"d7y.ext._bitmap is not built: {exc}")
+from tests.conftest import import_built, loop_backends
 
 
 @pytest.fixture
-def python_download(monkeypatch):
-    # The Python loop's picker is whichever d7y.core.scheduling.picker chose: make it
-    # the Python one too, so this side is Python throughout.
-    monkeypatch.setattr(_download_py, "PiecePicker", _picker_py.PiecePicker)
-    return _download_py
+def built(monkeypatch):
+    """(bitmaps, picker, download) as built: the builds' fields are typed as the
+    compiled kernel's Bitmap."""
+    return loop_backends("c", monkeypatch)
+
+
+@pytest.fixture
+def python(monkeypatch):
+    """(bitmaps, picker, download) in Python throughout."""
+    return loop_backends("py", monkeypatch)
 
 
 def _bitmap(bitmaps, rng: random.Random, size: int, density: float):
@@ -145,11 +126,10 @@ def drive_picker(module, bitmaps, seed: int, size: int, order: str) -> list:
 
 @pytest.mark.parametrize("order", ["rarest", "announced"])
 @pytest.mark.parametrize("seed", range(12))
-def test_the_compiled_picker_answers_as_the_python_one(seed, order):
-    compiled = _compiled("picker")
+def test_the_compiled_picker_answers_as_the_python_one(seed, order, built, python):
     size = 8 + seed * 7
-    want = drive_picker(_picker_py, _bitmap_py, seed, size, order)
-    got = drive_picker(compiled, _compiled_bitmaps(), seed, size, order)
+    want = drive_picker(python[1], python[0], seed, size, order)
+    got = drive_picker(built[1], built[0], seed, size, order)
     assert got == want
     # the comparison sees what happened: failures (and requests, which they follow)
     assert _mentions(want, "PieceFailure")
@@ -213,20 +193,20 @@ def drive_download(module, bitmaps, seed: int, policy: str) -> list:
 
 @pytest.mark.parametrize("policy", ["d7y", "dragonfly"])
 @pytest.mark.parametrize("seed", range(12))
-def test_the_compiled_download_loop_answers_as_the_python_one(seed, policy, python_download):
-    compiled = _compiled("download")
-    want = drive_download(python_download, _bitmap_py, seed, policy)
-    got = drive_download(compiled, _compiled_bitmaps(), seed, policy)
+def test_the_compiled_download_loop_answers_as_the_python_one(seed, policy, built, python):
+    want = drive_download(python[2], python[0], seed, policy)
+    got = drive_download(built[2], built[0], seed, policy)
     assert got == want
     assert _mentions(want, "Fetch")
 
 
-def test_the_twin_drivers_can_tell_a_difference(python_download):
+def test_the_twin_drivers_can_tell_a_difference(python):
     # The comparisons above would pass on drivers that record nothing: another seed
     # for the same script gives another record.
-    one, other = (drive_picker(_picker_py, _bitmap_py, s, 8, "rarest") for s in (1, 2))
+    bitmaps, picker, download = python
+    one, other = (drive_picker(picker, bitmaps, s, 8, "rarest") for s in (1, 2))
     assert one != other
-    one, other = (drive_download(python_download, _bitmap_py, s, "d7y") for s in (3, 4))
+    one, other = (drive_download(download, bitmaps, s, "d7y") for s in (3, 4))
     assert one != other
 
 
@@ -234,7 +214,7 @@ def test_the_twin_drivers_can_tell_a_difference(python_download):
 
 
 def test_a_build_from_another_version_of_the_source_is_not_used(monkeypatch):
-    compiled = _compiled("picker")
+    compiled = import_built("d7y.core.scheduling._picker")
     monkeypatch.setattr(ext, "NO_EXTENSIONS", False)  # (also in the twins' test pass)
     assert ext.load_backend("picker", "d7y.core.scheduling") is compiled
     monkeypatch.setattr(compiled, "_D7Y_SOURCE_DIGEST", "0" * 64)
@@ -254,8 +234,12 @@ def test_the_digest_covers_the_source_and_its_pxd(tmp_path):
 
 
 def test_the_compiled_modules_are_the_ones_the_public_names_give():
-    picker = _picker_py if ext.NO_EXTENSIONS else _compiled("picker")
-    download = _download_py if ext.NO_EXTENSIONS else _compiled("download")
+    if ext.NO_EXTENSIONS:
+        picker, download = _picker_py, _download_py
+    else:
+        picker, download = (
+            import_built(f"d7y.core.scheduling._{n}") for n in ("picker", "download")
+        )
     from d7y.core.scheduling import download as public_download
     from d7y.core.scheduling import picker as public_picker
 
