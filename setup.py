@@ -59,6 +59,7 @@ EXTENSIONS = {
 PURE_MODE = {
     "core.scheduling._picker": "core/scheduling/_picker_py.py",
     "core.scheduling._download": "core/scheduling/_download_py.py",
+    "sim._swarm": "sim/_swarm_py.py",
 }
 PURE_MODE_BUILD = os.path.join("build", "cython-pure")
 # D7Y_EXT_ONLY=_crc32,_bitmap builds a subset (handy while working on one kernel).
@@ -100,11 +101,16 @@ def pure_mode_source(name: str, source: str) -> str:
         write_if_changed(os.path.join(PURE_MODE_BUILD, *parts[:depth], "__init__.py"), "")
     with open(source, encoding="utf-8") as f:
         text = f.read()
+    compiled_imports = []
     for other in PURE_MODE:
         other_package, _, other_module = other.rpartition(".")
         public = f"d7y.{other_package}.{other_module.lstrip('_')}"
-        text = text.replace(f"from {public} import", f"from d7y.{other} import")
+        if f"from {public} import" in text:
+            text = text.replace(f"from {public} import", f"from d7y.{other} import")
+            compiled_imports.append(f"d7y.{other}")
     text += f"\n_D7Y_SOURCE_DIGEST = {source_digest(source)!r}\n"
+    # d7y.ext.load_backend takes this build only if these are current builds too
+    text += f"_D7Y_COMPILED_IMPORTS = {tuple(compiled_imports)!r}\n"
     target = os.path.join(PURE_MODE_BUILD, *parts, module)
     write_if_changed(target + ".py", text)
     with open(pxd_of(source), encoding="utf-8") as f:

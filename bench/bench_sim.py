@@ -47,7 +47,7 @@ def one(scenario_name: str, policy: str, network: str = "default") -> dict:
     if network == "py":
         from d7y.sim import _network_py as backend
 
-        swarm.Network = backend.Network  # the one name swarm builds its network with
+        swarm.backend.Network = backend.Network  # the one name swarm builds its network with
     s = sc.load(find_scenario(scenario_name))
     started = time.perf_counter()
     cpu_started = time.process_time()

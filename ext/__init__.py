@@ -7,10 +7,11 @@ not built; then it loads the twin (``_crc32_py``, ...). Each public module expos
 chosen implementation as ``backend`` so callers and tests can tell which one runs.
 
 The same loader serves the modules compiled from their Python source by Cython's pure
-mode (setup.py ``PURE_MODE``: the piece picker and the download loop): there the twin is
-the source, and a compiled module is taken only if it was built from the source beside
-it (:func:`source_digest`); one built from another version is passed over with a
-warning, so an edit without a rebuild runs the edit.
+mode (setup.py ``PURE_MODE``: the piece picker, the download loop and the simulator's
+driver): there the twin is the source, and a compiled module is taken only if it was
+built from the source beside it (:func:`source_digest`) and so were the compiled modules
+it imports; one built from another version is passed over with a warning, so an edit
+without a rebuild runs the edit.
 """
 
 import hashlib
@@ -47,17 +48,32 @@ def load_backend(name: str, package: str = "d7y.ext") -> ModuleType:
         except ImportError:
             pass
         else:
-            built_from = getattr(compiled, "_D7Y_SOURCE_DIGEST", None)
-            if built_from is None:
-                return compiled  # a .pyx kernel: its own source
-            source = importlib.util.find_spec(twin).origin
-            if built_from == source_digest(source):
+            stale = _stale_build(compiled)
+            if stale is None:
                 return compiled
             warnings.warn(
                 f"{compiled.__name__} ({compiled.__file__}) was built from another version "
-                f"of {source}: running the Python module; rebuild with "
+                f"of {stale}: running the Python module; rebuild with "
                 "`pip install -e .` to run the compiled one",
                 RuntimeWarning,
                 stacklevel=2,
             )
     return importlib.import_module(twin)
+
+
+def _stale_build(compiled: ModuleType) -> str | None:
+    """None if ``compiled`` is a .pyx kernel or a pure-mode build of the source beside it
+    whose compiled imports (the other pure-mode builds it calls in C) are current too;
+    else the source it does not match."""
+    built_from = getattr(compiled, "_D7Y_SOURCE_DIGEST", None)
+    if built_from is None:
+        return None  # a .pyx kernel: its own source
+    package, _, name = compiled.__name__.rpartition(".")
+    source = importlib.util.find_spec(f"{package}.{name}_py").origin
+    if built_from != source_digest(source):
+        return source
+    for dependency in getattr(compiled, "_D7Y_COMPILED_IMPORTS", ()):
+        stale = _stale_build(importlib.import_module(dependency))
+        if stale is not None:
+            return stale
+    return None

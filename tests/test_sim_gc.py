@@ -59,7 +59,7 @@ def test_periodic_full_collections_change_nothing(collector_on, monkeypatch):
         if phase == "start" and info["generation"] == 2:
             full.append(info)
 
-    monkeypatch.setattr(swarm, "GC_EVERY", 4096)
+    monkeypatch.setattr(swarm.backend, "GC_EVERY", 4096)
     gc.callbacks.append(count)
     try:
         sim = Simulation(s, s.policies[0]).run()
@@ -72,7 +72,7 @@ def test_periodic_full_collections_change_nothing(collector_on, monkeypatch):
 
 def test_a_caller_that_turned_the_collector_off_keeps_it_off(collector_on, monkeypatch):
     s = scenario()
-    monkeypatch.setattr(swarm, "GC_EVERY", 4096)
+    monkeypatch.setattr(swarm.backend, "GC_EVERY", 4096)
     collections = []
     gc.disable()
     gc.callbacks.append(lambda phase, info: collections.append(phase))

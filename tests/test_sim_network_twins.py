@@ -148,9 +148,9 @@ def test_the_traces_can_tell_a_difference():
 
 
 def run_with(backend: ModuleType, monkeypatch, scenario: str, policy: str) -> tuple:
-    # swarm builds its network with the module-level name Network: point it at one
+    # swarm builds its network with its backend's module-level name Network: point it at one
     # backend for this run (the rest of d7y.sim does not touch the model's classes).
-    monkeypatch.setattr(swarm, "Network", backend.Network)
+    monkeypatch.setattr(swarm.backend, "Network", backend.Network)
     sim, result, _bounds = run_policy(sc.load(find_scenario(scenario)), sc.parse_policy(policy))
     assert type(sim.net) is backend.Network
     summary = {

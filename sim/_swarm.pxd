@@ -1,0 +1,1 @@
+# The C types of d7y.sim._swarm (to come)
