@@ -2,12 +2,13 @@
 # compiled by Cython's pure-Python mode (setup.py PURE_MODE); see _picker.pxd.
 
 from d7y.core.scheduling._picker cimport PiecePicker
+from d7y.ext._bitmap cimport Bitmap
 
 cdef class Download:
     cdef public object _bitmaps
     cdef public set bad
     cdef public object config
-    cdef public object held
+    cdef public Bitmap held
     cdef public double last_progress
     cdef public double last_reschedule
     cdef public double mean_cost
@@ -27,6 +28,9 @@ cdef class Download:
 
     cpdef bint parent_has(self, object parent_id, Py_ssize_t piece, double now)
     cpdef list pump(self, double now)
+    cpdef list piece_done(self, Py_ssize_t piece, object parent, double cost, double now)
+    cpdef list tick(self, double now)
+    cpdef list piece_failed(self, Py_ssize_t piece, object parent, object kind, double now, object reason=*)
     cpdef double next_timer(self, double now)
     cpdef _pump(self, double now, list actions)
     cpdef _want_more(self, double now, list actions)
