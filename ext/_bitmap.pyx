@@ -17,6 +17,8 @@ invalid memory: arrays are allocated once per object and freed only when it dies
 cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.exc cimport PyErr_Clear, PyErr_Occurred
+from cpython.long cimport PyLong_CheckExact
 from cpython.number cimport PyNumber_Index
 from libc.stdint cimport UINT32_MAX, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
@@ -100,7 +102,27 @@ cdef object _index_error(object index, Py_ssize_t size):
     )
 
 
-cdef Py_ssize_t _check_index(object index, Py_ssize_t size) except -1:
+cdef extern from "Python.h":
+    # PyLong_AsSsize_t without Cython's error propagation: _check_index clears the
+    # OverflowError of a huge int and lets _check_index_slow report it as out of range.
+    Py_ssize_t _ssize_of_int "PyLong_AsSsize_t"(object value) noexcept
+
+
+cdef inline Py_ssize_t _check_index(object index, Py_ssize_t size) except -1:
+    # The common case, an int in range, in C: a swarm's pickers test bitmaps millions
+    # of times. Anything else (a bool, an int subclass, an index object, out of range)
+    # goes the general way, which gives the errors.
+    cdef Py_ssize_t i
+    if PyLong_CheckExact(index):
+        i = _ssize_of_int(index)
+        if 0 <= i < size:
+            return i
+        if i == -1 and PyErr_Occurred() != NULL:
+            PyErr_Clear()
+    return _check_index_slow(index, size)
+
+
+cdef Py_ssize_t _check_index_slow(object index, Py_ssize_t size) except -1:
     cdef object n = _as_int(index, "piece index")
     cdef Py_ssize_t i
     try:

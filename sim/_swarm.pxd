@@ -105,8 +105,10 @@ cdef class _Call:
 
 cdef class Simulation:
     cdef public bint _arm_idle_pumps
+    cdef public object _eid
     cdef public dict _links
     cdef public bint _news_timed
+    cdef public list _queue
     cdef public dict _route
     cdef public Py_ssize_t arrivals_pending
     cdef public Py_ssize_t blocks
@@ -143,7 +145,7 @@ cdef class Simulation:
     cdef public object topology
     cdef public object tracker_rng
 
-    @cython.locals(entry=tuple, t=double, n=Py_ssize_t, callbacks=object, event=object)
+    @cython.locals(entry=tuple, t=double, n=Py_ssize_t, callbacks=object, event=object, call=_Call)
     cpdef Py_ssize_t _run_inline(self, object env, list queue, double until, bint collect) except? -1
     cpdef _check_finished(self)
     cpdef tuple _path(self, Host src, Host dst)

@@ -39,7 +39,7 @@ import random
 import uuid
 from array import array
 from collections.abc import Callable
-from heapq import heappop
+from heapq import heappop, heappush
 from typing import Any
 
 import simpy
@@ -326,6 +326,13 @@ class Simulation:
         self.scenario = scenario
         self.policy = policy
         self.env = simpy.Environment()
+        # The SimPy this module's inline scheduling and event loop were written against
+        # (run, later): its queue is a heap list of (time, priority, id, event) and ids
+        # come from a counter. Otherwise they go through env.schedule and env.step.
+        queue = getattr(self.env, "_queue", None)
+        inline = type(self.env) is simpy.Environment and isinstance(queue, list)
+        self._queue = queue if inline else None
+        self._eid = getattr(self.env, "_eid", None) if inline else None
         self.net = Network(self.env, depth=scenario.depth, hub_slack=scenario.hub_slack)
         self.topology = topology if topology is not None else scenario.build_topology()
         self.progress = progress
@@ -407,7 +414,12 @@ class Simulation:
         """Run ``fn(*args)`` after ``delay`` simulated seconds (now if 0, in order)."""
         if delay < 0:
             raise ValueError(f"negative delay {delay}")
-        self.env.schedule(_Call(fn, args), NORMAL, delay)
+        env = self.env
+        if self._eid is not None:
+            # env.schedule(event, NORMAL, delay), inline (a run schedules millions)
+            heappush(self._queue, (env._now + delay, NORMAL, next(self._eid), _Call(fn, args)))
+        else:
+            env.schedule(_Call(fn, args), NORMAL, delay)
 
     def _path(self, src: Host, dst: Host) -> tuple[Any, float]:
         """The network pair from ``src`` to ``dst`` and the path's one-way latency."""
@@ -497,15 +509,14 @@ class Simulation:
         env = self.env
         until = self.scenario.until
         report = self.progress
-        queue = getattr(env, "_queue", None)
         collect = gc.isenabled()  # (a caller that turned the collector off keeps it off)
         gc.disable()  # see GC_EVERY
         try:
-            if type(env) is not simpy.Environment or not isinstance(queue, list):
+            if self._queue is None:
                 # not the SimPy this loop was written against
                 n = self._run_stepping(until, collect)
             else:
-                n = self._run_inline(env, queue, until, collect)
+                n = self._run_inline(env, self._queue, until, collect)
         finally:
             if collect:
                 gc.enable()
@@ -532,6 +543,16 @@ class Simulation:
             heappop(queue)
             env._now = t
             event = entry[3]
+            if type(event) is _Call:
+                # the simulator's own events: what step() does with their one callback
+                # (_run_call), and they never fail
+                call = event
+                call.callbacks = None
+                call.fn(*call.args)
+                n += 1
+                if not n & 4095:
+                    self._checkpoint(n, collect)
+                continue
             callbacks, event.callbacks = event.callbacks, None
             for callback in callbacks:
                 callback(event)

@@ -92,6 +92,7 @@ cdef class PiecePicker:
     @cython.locals(p=_Parent, heap=list, at=double)
     cpdef double wakeup(self, double now)
     cpdef Py_ssize_t _choose_piece(self, object candidates)
+    cpdef object _randbelow(self, object n)
     @cython.locals(p=_Parent, holders=list, total=double, point=double)
     cpdef _Parent _choose_parent(self, Py_ssize_t piece, object exclude, list able)
     @cython.locals(state=_Parent)
