@@ -34,6 +34,8 @@ cdef class Bitmap:
     cpdef bint any(self) except -1
     cpdef update(self, other)
     cpdef Bitmap copy(self)
+    cpdef Bitmap and_not(self, other)
+    cpdef Py_ssize_t count(self) except -1
 
 
 cdef class RarityCounter:
@@ -48,3 +50,4 @@ cdef class RarityCounter:
 
     cpdef increment(self, index)
     cpdef decrement(self, index)
+    cpdef Py_ssize_t rarest(self, candidates, start=*) except -2

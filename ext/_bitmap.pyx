@@ -84,7 +84,25 @@ cdef object _as_int(object value, str what):
         raise TypeError(f"{what} must be an int, not {type(value).__name__}") from None
 
 
-cdef Py_ssize_t _check_size(object size) except -1:
+cdef extern from "Python.h":
+    # PyLong_AsSsize_t without Cython's error propagation: the fast paths
+    # below clear the OverflowError of a huge int and let the slow path report it.
+    Py_ssize_t _ssize_of_int "PyLong_AsSsize_t"(object value) noexcept
+
+
+cdef inline Py_ssize_t _check_size(object size) except -1:
+    # An int in range, in C: bitmaps are made on every pump of a swarm's pickers.
+    cdef Py_ssize_t n
+    if PyLong_CheckExact(size):
+        n = _ssize_of_int(size)
+        if 0 <= n <= _MAX_SIZE:
+            return n
+        if n == -1 and PyErr_Occurred() != NULL:
+            PyErr_Clear()
+    return _check_size_slow(size)
+
+
+cdef Py_ssize_t _check_size_slow(object size) except -1:
     cdef object n = _as_int(size, "size")
     if n < 0:
         raise ValueError(f"size must be >= 0, got {n}")
@@ -100,12 +118,6 @@ cdef object _index_error(object index, Py_ssize_t size):
         f"piece index {index} is out of range for size {size}: valid indexes are 0 to "
         f"{size - 1} (negative indexes are not supported)"
     )
-
-
-cdef extern from "Python.h":
-    # PyLong_AsSsize_t without Cython's error propagation: _check_index clears the
-    # OverflowError of a huge int and lets _check_index_slow report it as out of range.
-    Py_ssize_t _ssize_of_int "PyLong_AsSsize_t"(object value) noexcept
 
 
 cdef inline Py_ssize_t _check_index(object index, Py_ssize_t size) except -1:
@@ -317,7 +329,7 @@ cdef class Bitmap:
     def __iter__(self):
         raise TypeError("Bitmap is not iterable: use iter_set() or iter_clear()")
 
-    def count(self):
+    cpdef Py_ssize_t count(self) except -1:
         """Number of set bits."""
         cdef Py_ssize_t n
         if self._nwords >= _NOGIL_WORDS:
@@ -361,7 +373,7 @@ cdef class Bitmap:
         """Iterator over the clear indexes, ascending, of the bits as they are now."""
         return _BitIterator._snapshot(self, True)
 
-    def and_not(self, other):
+    cpdef Bitmap and_not(self, other):
         """New Bitmap of the pieces ``other`` has and this one lacks: ``other & ~self``."""
         cdef Bitmap o = self._peer(other)
         cdef Bitmap out = Bitmap.__new__(Bitmap, self.size)
@@ -704,7 +716,7 @@ cdef class RarityCounter:
         cdef Py_ssize_t i
         return [self._counts[i] for i in range(self.size)]
 
-    def rarest(self, candidates, start=0):
+    cpdef Py_ssize_t rarest(self, candidates, start=0) except -2:
         """Set index of ``candidates`` with the smallest nonzero count, or -1.
 
         Ties go to the first such index at or after ``start`` (0 <= start <= size),

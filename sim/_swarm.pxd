@@ -127,6 +127,7 @@ cdef class Simulation:
     cdef public dict host_by_id
     cdef public dict hosts
     cdef public object net
+    cdef public double now
     cdef public list normal_hosts
     cdef public Host origin
     cdef public dict peers

@@ -326,6 +326,9 @@ class Simulation:
         self.scenario = scenario
         self.policy = policy
         self.env = simpy.Environment()
+        # env.now, as a plain attribute: both event loops below set it to the time of
+        # the event they process (as env.step sets env.now), before its callbacks run.
+        self.now = 0.0
         # The SimPy this module's inline scheduling and event loop were written against
         # (run, later): its queue is a heap list of (time, priority, id, event) and ids
         # come from a counter. Otherwise they go through env.schedule and env.step.
@@ -414,12 +417,11 @@ class Simulation:
         """Run ``fn(*args)`` after ``delay`` simulated seconds (now if 0, in order)."""
         if delay < 0:
             raise ValueError(f"negative delay {delay}")
-        env = self.env
         if self._eid is not None:
             # env.schedule(event, NORMAL, delay), inline (a run schedules millions)
-            heappush(self._queue, (env._now + delay, NORMAL, next(self._eid), _Call(fn, args)))
+            heappush(self._queue, (self.now + delay, NORMAL, next(self._eid), _Call(fn, args)))
         else:
-            env.schedule(_Call(fn, args), NORMAL, delay)
+            self.env.schedule(_Call(fn, args), NORMAL, delay)
 
     def _path(self, src: Host, dst: Host) -> tuple[Any, float]:
         """The network pair from ``src`` to ``dst`` and the path's one-way latency."""
@@ -483,14 +485,14 @@ class Simulation:
 
     def _arrivals(self, task: SimTask, plan):
         for t, host, life in plan:
-            if t > self.env.now:
-                yield self.env.timeout(t - self.env.now)
+            if t > self.now:
+                yield self.env.timeout(t - self.now)
             self.arrivals_pending -= 1
             if not host.alive or task.name in host.peers:
                 self._end_uncounted()
                 continue
             uid = uuid.UUID(int=self.rng.getrandbits(128), version=4)
-            peer = Peer(ids.peer_id(host.ip, host.name, uid), host, task, self.env.now)
+            peer = Peer(ids.peer_id(host.ip, host.name, uid), host, task, self.now)
             peer.lifetime = life
             self.peers[peer.id] = peer
             host.peers[task.name] = peer
@@ -542,6 +544,7 @@ class Simulation:
                 break
             heappop(queue)
             env._now = t
+            self.now = t
             event = entry[3]
             if type(event) is _Call:
                 # the simulator's own events: what step() does with their one callback
@@ -587,6 +590,7 @@ class Simulation:
             t = peek()
             if t == math.inf or t > until:
                 break
+            self.now = t
             step()
             n += 1
             if not n & 4095:
@@ -601,7 +605,7 @@ class Simulation:
 
     def run_actions(self, peer: Peer, actions: list) -> None:
         """Carry out what the peer's core download loop asked for, then arm its timer."""
-        now = self.env.now
+        now = self.now
         for action in actions:
             kind = type(action)
             if kind is Fetch:
@@ -642,7 +646,7 @@ class Simulation:
         dl = peer.dl
         if dl is None or peer.state not in (RUNNING, BTS):
             return
-        now = self.env.now
+        now = self.now
         at = dl.next_timer(now)
         if at == math.inf:
             return
@@ -657,13 +661,13 @@ class Simulation:
             return
         peer.timer_at = math.inf
         if peer.dl is not None and peer.state in (RUNNING, BTS):
-            self.run_actions(peer, peer.dl.tick(self.env.now))
+            self.run_actions(peer, peer.dl.tick(self.now))
 
     def pump(self, peer: Peer) -> None:
         """Start what the download loop can start now (a parent announced a piece)."""
         dl = peer.dl
         if dl is not None and peer.state in (RUNNING, BTS):
-            actions = dl.pump(self.env.now)
+            actions = dl.pump(self.now)
             if actions or self._arm_idle_pumps:
                 self.run_actions(peer, actions)
             # No action (rarest first): the loop's state is as it was after its last
@@ -680,7 +684,7 @@ class Simulation:
             return
         self.scheduler_calls += 1
         try:
-            result = self.scheduler.piece_failed(peer.id, action.piece, action.parent, self.env.now)
+            result = self.scheduler.piece_failed(peer.id, action.piece, action.parent, self.now)
         except SchedulerError:
             return
         if result.reschedule:
@@ -716,7 +720,7 @@ class Simulation:
         src = tr.src
         parent = tr.parent
         if (parent is not None and parent.state in (LEFT, FAILED)) or not src.slots.acquire(
-            tr.peer.id, self.env.now
+            tr.peer.id, self.now
         ):
             self._after_latency(tr, self._busy)
             return
@@ -732,12 +736,12 @@ class Simulation:
             return
         del peer.inflight[key]
         self.busy_answers += 1
-        self.run_actions(peer, peer.dl.piece_failed(tr.piece, tr.parent_id, BUSY, self.env.now))
+        self.run_actions(peer, peer.dl.piece_failed(tr.piece, tr.parent_id, BUSY, self.now))
 
     def _free_slot(self, tr: Transfer) -> None:
         host = tr.slot
         if host is not None:
-            host.slots.release(tr.peer.id, self.env.now)
+            host.slots.release(tr.peer.id, self.now)
             tr.slot = None
 
     def _flow_done(self, flow: Flow) -> None:
@@ -771,7 +775,7 @@ class Simulation:
         del peer.inflight[key]
         dl = peer.dl
         assert dl is not None
-        now = self.env.now
+        now = self.now
         piece = tr.piece
         size = tr.size
         src = tr.src
@@ -837,7 +841,7 @@ class Simulation:
             if source is None:
                 self._after_latency(tr, self._not_there)
                 return
-        if gone or not tr.src.slots.acquire(tr.peer.id, self.env.now):
+        if gone or not tr.src.slots.acquire(tr.peer.id, self.now):
             self._after_latency(tr, self._busy)
             return
         tr.slot = tr.src
@@ -953,7 +957,7 @@ class Simulation:
         self._lost_piece(peer, tr.piece, [child_tr.peer for child_tr in feeding])
 
     def _lost_piece(self, peer: Peer, piece: int, also: list[Peer]) -> None:
-        now = self.env.now
+        now = self.now
         told = dict.fromkeys(peer.children)
         told.update(dict.fromkeys(also))
         for child in told:
@@ -971,7 +975,7 @@ class Simulation:
         dl = peer.dl
         if peer.inflight.get(key) is not tr or dl is None:
             return
-        now = self.env.now
+        now = self.now
         actions = dl.parent_lost_piece(tr.parent_id, tr.piece, now)
         if Cancel(tr.piece, tr.parent_id) not in actions:
             # not taken back as a receiving announcement: a plain "not found"
@@ -987,7 +991,7 @@ class Simulation:
         dl = peer.dl
         if dl is None:
             return
-        now = self.env.now
+        now = self.now
         news = False
         for tr in list(parent.inflight.values()):
             if not tr.cancelled and (tr.flow is not None or tr.sent):
@@ -1001,7 +1005,7 @@ class Simulation:
         peer = tr.peer
         if not peer.children or peer.dl is None:
             return
-        now = self.env.now
+        now = self.now
         piece = tr.piece
         pid = peer.id
         max_in_flight = self.download_config.max_in_flight
@@ -1021,8 +1025,8 @@ class Simulation:
 
     def arrive(self, peer: Peer) -> None:
         task = peer.task
-        if not peer.is_seed and self.env.now < task.first_arrival:
-            task.first_arrival = self.env.now
+        if not peer.is_seed and self.now < task.first_arrival:
+            task.first_arrival = self.now
         if self.bt:
             self._bt_join(peer)
         else:
@@ -1041,7 +1045,7 @@ class Simulation:
         peer.timer_at = math.inf
 
     def finish(self, peer: Peer) -> None:
-        now = self.env.now
+        now = self.now
         peer.state = DONE
         peer.done_at = peer.end_at = now
         self._stop_fetching(peer)
@@ -1067,7 +1071,7 @@ class Simulation:
         if peer.state in (LEFT, FAILED):
             return
         was_active = peer.state in (PENDING, RUNNING, BTS)
-        now = self.env.now
+        now = self.now
         peer.state = LEFT
         peer.end_at = now
         self._stop_fetching(peer)
@@ -1106,7 +1110,7 @@ class Simulation:
         if self.scheduler is not None:
             self.scheduler_calls += 1
             try:
-                orphans = self.scheduler.leave_host(host.id, self.env.now).orphaned_children
+                orphans = self.scheduler.leave_host(host.id, self.now).orphaned_children
             except SchedulerError:
                 orphans = ()
         for peer in list(host.peers.values()):
@@ -1121,7 +1125,7 @@ class Simulation:
         if child.dl is None or child.state not in (RUNNING, BTS):
             child.parents.pop(parent.id, None)
             return
-        self.run_actions(child, child.dl.parent_gone(parent.id, self.env.now))
+        self.run_actions(child, child.dl.parent_gone(parent.id, self.now))
 
     # ------------------------------------------------------- scheduler policies --
 
@@ -1135,7 +1139,7 @@ class Simulation:
             task.id,
             peer.host.id,
             task.url,
-            self.env.now,
+            self.now,
             content_length=task.size,
             piece_length=task.piece_length,
             need_back_to_source=peer.is_seed or self.cs,
@@ -1159,7 +1163,7 @@ class Simulation:
         if peer.answer_token != token or peer.state not in (PENDING, RUNNING):
             return
         self.scheduler_calls += 1
-        step = answers.resume(self.scheduler, peer.id, self.env.now)  # type: ignore[arg-type]
+        step = answers.resume(self.scheduler, peer.id, self.now)  # type: ignore[arg-type]
         self._server_step(peer, step, token)
 
     def request_reschedule(self, peer: Peer, bad: list[str]) -> None:
@@ -1178,7 +1182,7 @@ class Simulation:
         peer.reschedules += 1
         self.scheduler_calls += 1
         try:
-            result = self.scheduler.reschedule(peer.id, bad, self.env.now)
+            result = self.scheduler.reschedule(peer.id, bad, self.now)
         except SchedulerError:
             return
         self._server_step(peer, answers.first_step(result), peer.answer_token)
@@ -1193,14 +1197,14 @@ class Simulation:
         if not host.alive or task.name in host.peers:
             return
         uid = uuid.UUID(int=self.rng.getrandbits(128), version=4)
-        peer = Peer(ids.peer_id(host.ip, host.name, uid, seed=True), host, task, self.env.now)
+        peer = Peer(ids.peer_id(host.ip, host.name, uid, seed=True), host, task, self.now)
         self.peers[peer.id] = peer
         host.peers[task.name] = peer
         self.arrive(peer)
 
     def _new_download(self, peer: Peer) -> Download:
         return Download(
-            peer.task.count, self.rng, self.download_config, now=self.env.now, origin=ORIGIN_ID
+            peer.task.count, self.rng, self.download_config, now=self.now, origin=ORIGIN_ID
         )
 
     def _answer(self, peer: Peer, result: Any) -> None:
@@ -1208,7 +1212,7 @@ class Simulation:
         state = peer.state
         if state not in (PENDING, RUNNING):
             return
-        now = self.env.now
+        now = self.now
         if isinstance(result, NormalTask | SmallTask):
             parents = result.parents if isinstance(result, NormalTask) else (result.parent,)
             if state == PENDING:
@@ -1243,7 +1247,7 @@ class Simulation:
             return
         if peer.dl is None:
             peer.dl = self._new_download(peer)
-        self.run_actions(peer, peer.dl.back_to_source(reason, self.env.now))
+        self.run_actions(peer, peer.dl.back_to_source(reason, self.now))
 
     def _went_to_origin(self, peer: Peer, reason: str) -> None:
         """The download loop went to the origin (told to, or on its own: ``stall``,
@@ -1259,7 +1263,7 @@ class Simulation:
             task = peer.task
             self.scheduler.download_started(
                 peer.id,
-                self.env.now,
+                self.now,
                 back_to_source=True,
                 content_length=task.size,
                 piece_length=task.piece_length,
@@ -1282,14 +1286,14 @@ class Simulation:
 
     def _bt_join(self, peer: Peer) -> None:
         peer.state = RUNNING
-        peer.dl = Download(peer.task.count, self.rng, self.download_config, now=self.env.now)
+        peer.dl = Download(peer.task.count, self.rng, self.download_config, now=self.now)
         self._swarm_add(peer.task, peer)
         self._bt_reannounce(peer)
 
     def _bt_reannounce(self, peer: Peer) -> None:
         """The download has nothing to request (or lost a neighbour): ask the tracker
         for more peers, at most once per ``reannounce``."""
-        now = self.env.now
+        now = self.now
         if now < peer.last_announce + self.scenario.bittorrent.reannounce:
             return
         peer.last_announce = now
@@ -1321,12 +1325,12 @@ class Simulation:
             y.children.pop(x, None)
             x.parents.pop(y.id, None)
             if x.dl is not None and x.state == RUNNING and y.id in x.dl.parents:
-                self.run_actions(x, x.dl.parent_gone(y.id, self.env.now, "disconnected"))
+                self.run_actions(x, x.dl.parent_gone(y.id, self.now, "disconnected"))
 
     def _bt_connect(self, a: Peer, b: Peer) -> None:
         a.neighbours[b] = None
         b.neighbours[a] = None
-        now = self.env.now
+        now = self.now
         for x, y in ((a, b), (b, a)):
             # x downloads from y if x still needs pieces. No announced load: the picker
             # then chooses uniformly among the neighbours holding a piece (a fast
