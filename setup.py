@@ -49,6 +49,8 @@ EXTENSIONS = {
         depends=["sim/_network.pxd"],
         extra_compile_args=["-ffp-contract=off", "-fno-fast-math"],
     ),
+    # The simulator's own event queue (its twin is sim/_events_py.py).
+    "sim._events": dict(sources=["sim/_events.pyx"], depends=["sim/_events.pxd"]),
 }
 # Python modules compiled as they are, by Cython's pure-Python mode, with the C types of a
 # .pxd beside them: <folder>/_<name>_py.py typed by <folder>/_<name>.pxd becomes

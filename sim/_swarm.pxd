@@ -11,6 +11,7 @@
 cimport cython
 
 from d7y.core.scheduling._download cimport Download
+from d7y.sim._events cimport EventHeap
 
 
 cdef class Host:
@@ -105,6 +106,7 @@ cdef class _Call:
 
 cdef class Simulation:
     cdef public bint _arm_idle_pumps
+    cdef public EventHeap _calls
     cdef public object _eid
     cdef public dict _links
     cdef public bint _news_timed
@@ -146,7 +148,7 @@ cdef class Simulation:
     cdef public object topology
     cdef public object tracker_rng
 
-    @cython.locals(entry=tuple, t=double, n=Py_ssize_t, callbacks=object, event=object, call=_Call)
+    @cython.locals(entry=tuple, t=double, n=Py_ssize_t, callbacks=object, event=object, call=_Call, calls=EventHeap)
     cpdef Py_ssize_t _run_inline(self, object env, list queue, double until, bint collect) except? -1
     cpdef _check_finished(self)
     cpdef tuple _path(self, Host src, Host dst)

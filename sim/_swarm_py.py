@@ -39,7 +39,7 @@ import random
 import uuid
 from array import array
 from collections.abc import Callable
-from heapq import heappop, heappush
+from heapq import heappop
 from typing import Any
 
 import simpy
@@ -73,6 +73,7 @@ from d7y.core.scheduling.download import (
 )
 from d7y.core.scheduling.upload_slots import UploadSlots
 from d7y.ext.bitmap import backend as bitmaps
+from d7y.sim import events
 from d7y.sim.network import Flow, Network, Resource
 from d7y.sim.scenario import Policy, Scenario, TaskSpec
 from d7y.sim.topology import Topology
@@ -336,6 +337,7 @@ class Simulation:
         inline = type(self.env) is simpy.Environment and isinstance(queue, list)
         self._queue = queue if inline else None
         self._eid = getattr(self.env, "_eid", None) if inline else None
+        self._calls = events.EventHeap() if inline else None  # the simulator's own events
         self.net = Network(self.env, depth=scenario.depth, hub_slack=scenario.hub_slack)
         self.topology = topology if topology is not None else scenario.build_topology()
         self.progress = progress
@@ -417,9 +419,10 @@ class Simulation:
         """Run ``fn(*args)`` after ``delay`` simulated seconds (now if 0, in order)."""
         if delay < 0:
             raise ValueError(f"negative delay {delay}")
-        if self._eid is not None:
-            # env.schedule(event, NORMAL, delay), inline (a run schedules millions)
-            heappush(self._queue, (self.now + delay, NORMAL, next(self._eid), _Call(fn, args)))
+        if self._calls is not None:
+            # env.schedule(event, NORMAL, delay), into the simulator's own queue (see
+            # _run_inline); a run schedules millions
+            self._calls.push(self.now + delay, NORMAL, next(self._eid), _Call(fn, args))
         else:
             self.env.schedule(_Call(fn, args), NORMAL, delay)
 
@@ -531,39 +534,45 @@ class Simulation:
     def _run_inline(self, env: simpy.Environment, queue: list, until: float, collect: bool) -> int:
         """The event loop (:meth:`run`); returns the events processed."""
         # Environment.step, inline: a run processes millions of events, and peek()
-        # plus step() are two calls per event (5-10 % of a run). The same queue,
-        # the same order: (time, priority, id, event) entries popped from SimPy's
-        # own heap, the callbacks called as step() calls them. No event of the
-        # simulator fails (an event that did would raise here as in step()).
+        # plus step() are two calls per event (5-10 % of a run). The simulator's own
+        # events (_Call) wait in self._calls, SimPy's (the arrival processes) in its
+        # queue; the next event is the earlier of the two first entries, by (time,
+        # priority, id), the ids from SimPy's one counter: the very order of SimPy's
+        # one queue. A _Call's one callback is called as step() would call it; SimPy's
+        # events are stepped as step() steps them. No event of the simulator fails (an
+        # event that did would raise here as in step()).
         n = 0
         inf = math.inf
-        while not self.finished and queue:
-            entry = queue[0]
-            t = entry[0]
-            if t == inf or t > until:
-                break
-            heappop(queue)
-            env._now = t
-            self.now = t
-            event = entry[3]
-            if type(event) is _Call:
-                # the simulator's own events: what step() does with their one callback
-                # (_run_call), and they never fail
-                call = event
+        calls = self._calls
+        while not self.finished:
+            if len(calls) and (not queue or calls.before(queue[0])):
+                t = calls.first_time()
+                if t == inf or t > until:
+                    break
+                call = calls.pop()
+                env._now = t
+                self.now = t
                 call.callbacks = None
                 call.fn(*call.args)
-                n += 1
-                if not n & 4095:
-                    self._checkpoint(n, collect)
-                continue
-            callbacks, event.callbacks = event.callbacks, None
-            for callback in callbacks:
-                callback(event)
-            if not event._ok and not hasattr(event, "_defused"):
-                # as step() does: a failed event nobody handled ends the run
-                exc = type(event._value)(*event._value.args)
-                exc.__cause__ = event._value
-                raise exc
+            elif queue:
+                entry = queue[0]
+                t = entry[0]
+                if t == inf or t > until:
+                    break
+                heappop(queue)
+                env._now = t
+                self.now = t
+                event = entry[3]
+                callbacks, event.callbacks = event.callbacks, None
+                for callback in callbacks:
+                    callback(event)
+                if not event._ok and not hasattr(event, "_defused"):
+                    # as step() does: a failed event nobody handled ends the run
+                    exc = type(event._value)(*event._value.args)
+                    exc.__cause__ = event._value
+                    raise exc
+            else:
+                break
             n += 1
             if not n & 4095:
                 self._checkpoint(n, collect)
