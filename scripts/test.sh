@@ -47,10 +47,10 @@ D7Y_NO_EXTENSIONS=1 .venv/bin/python -m pytest tests/test_dfdaemon_e2e.py \
 # the first pass ran them on the compiled one. (test_sim_network_twins.py compares the two
 # in one process; test_sim_sweep.py and test_sim_cli.py do not reach the model's code
 # paths any differently.)
-# The piece picker's and the download loop's tests likewise on their Python source (the
-# first pass ran their pure-mode builds, setup.py PURE_MODE).
+# The piece picker's, the download loop's and the simulator driver's tests likewise on
+# their Python source (the first pass ran their pure-mode builds, setup.py PURE_MODE).
 echo "--- the simulator's, picker's and download loop's tests on the Python twins ---"
 D7Y_NO_EXTENSIONS=1 .venv/bin/python -m pytest tests/test_sim_network.py \
     tests/test_sim_correctness.py tests/test_sim_unchanged.py tests/test_sim_determinism.py \
-    tests/test_sim_scenario.py tests/test_scheduling_picker.py tests/test_download_loop.py \
-    tests/test_core_compiled_twins.py
+    tests/test_sim_scenario.py tests/test_sim_gc.py tests/test_sim_cut_through.py \
+    tests/test_scheduling_picker.py tests/test_download_loop.py tests/test_core_compiled_twins.py

@@ -1,6 +1,6 @@
 """D7Y_NO_EXTENSIONS=1 selects the pure-Python twins; otherwise the compiled kernels (those
-of d7y.ext, the simulator's network model, and the pure-mode builds of the piece
-picker and the download loop)."""
+of d7y.ext, the simulator's network model and event queue, and the pure-mode builds of
+the piece picker, the download loop and the simulator's driver)."""
 
 import os
 import subprocess
@@ -16,6 +16,8 @@ KERNELS = [
     "ext.bitmap",
     "ext.transfer",
     "sim.network",
+    "sim.events",
+    "sim.swarm",
     "core.scheduling.picker",
     "core.scheduling.download",
 ]
