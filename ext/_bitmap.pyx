@@ -231,13 +231,16 @@ cdef class Bitmap:
         cdef Py_ssize_t n = _check_size(size)
         self.size = n
         self._nwords = _nwords_for(n)
-        if self._nwords:
+        if self._nwords <= sizeof(self._inline) // sizeof(uint64_t):
+            self._words = self._inline  # zeroed with the object (see _bitmap.pxd)
+        else:
             self._words = <uint64_t*>calloc(self._nwords, sizeof(uint64_t))
             if self._words == NULL:
                 raise MemoryError(f"cannot allocate a bitmap of {n} pieces")
 
     def __dealloc__(self):
-        free(self._words)
+        if self._words != self._inline:
+            free(self._words)
         self._words = NULL
 
     # -- unchecked kernels (declared in _bitmap.pxd)

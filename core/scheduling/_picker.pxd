@@ -38,6 +38,7 @@ cdef class PiecePicker:
     cdef public list _able
     cdef public Py_ssize_t _able_limit
     cdef public dict _announced
+    cdef public double _backoff_at
     cdef public list _backoffs
     cdef public object _bitmaps
     cdef public dict _by_piece

@@ -149,6 +149,7 @@ class PiecePicker:
         "_able",
         "_able_limit",
         "_announced",
+        "_backoff_at",
         "_backoffs",
         "_bitmaps",
         "_by_piece",
@@ -276,6 +277,9 @@ class PiecePicker:
         self._able_limit = self._parent_limit()
         self._clock = -math.inf
         self._backoffs: list[tuple[float, int, _Parent]] = []  # (.., unique ticket, ..)
+        # its first entry's time (inf: empty), kept beside it: _able_kept reads it on
+        # every pump, and reaching it in the heap's first tuple costs two more objects
+        self._backoff_at = math.inf
         self._tickets = 0
         # The pieces some able parent holds, while ``_reach_exact`` (else found again
         # when needed: a parent leaving the list cannot be taken out of a union).
@@ -667,8 +671,7 @@ class PiecePicker:
         """Whether :meth:`_able_now` would return the kept list as it is (time did not go
         back, the limit is the same, no back-off ends by ``now``); then the list's clock
         moves to ``now``, as it would have. Most calls are these."""
-        backoffs = self._backoffs
-        if now < self._clock or limit != self._able_limit or (backoffs and backoffs[0][0] <= now):
+        if now < self._clock or limit != self._able_limit or self._backoff_at <= now:
             return False
         self._clock = now
         return True
@@ -685,6 +688,7 @@ class PiecePicker:
             busy_until, _ticket, p = heappop(heap)
             if p.busy_until == busy_until and not p.able and self._parents.get(p.id) is p:
                 self._refresh(p)
+        self._backoff_at = heap[0][0] if heap else math.inf
         return self._able
 
     def _rebuild(self, now: float, limit: int) -> None:
@@ -703,6 +707,7 @@ class PiecePicker:
                 p.able = True
                 able.append(p)
         heapify(heap)
+        self._backoff_at = heap[0][0] if heap else math.inf
         self._able = able
         self._backoffs = heap
         self._reach_exact = False
@@ -772,6 +777,7 @@ class PiecePicker:
                 at = busy_until  # the first back-off to end (all left end after now)
                 break
             heappop(heap)  # stale: the parent's back-off changed, or it left
+        self._backoff_at = heap[0][0] if heap else math.inf
         if self.order == "announced" and self.dispatch_wait > 0:
             need = self._need
             for piece, first in self._announced.items():
@@ -918,6 +924,7 @@ class PiecePicker:
             state.busy_until = now + backoff
             self._tickets += 1  # unique: two entries never compare their parents
             heappush(self._backoffs, (state.busy_until, self._tickets, state))
+            self._backoff_at = self._backoffs[0][0]
             self._refresh(state)
         return True
 
