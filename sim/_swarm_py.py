@@ -185,7 +185,6 @@ class Peer:
     __slots__ = (
         "answer_token",
         "arrival",
-        "bad",
         "bts_reason",
         "children",
         "dl",

@@ -135,3 +135,19 @@ def test_a_build_whose_compiled_import_is_stale_is_not_used(monkeypatch):
     with pytest.warns(RuntimeWarning, match="built from another version of .*_download_py.py"):
         chosen = ext.load_backend("swarm", "d7y.sim")
     assert chosen is importlib.import_module("d7y.sim._swarm_py")
+
+
+@pytest.mark.parametrize("policy", ["bittorrent", "d7y"])
+def test_the_stepping_loop_runs_as_the_inline_one_does(policy):
+    # Against a SimPy whose queue is not the heap list the inline loop and the event
+    # queue were written for, the driver schedules through env.schedule and steps with
+    # env.step (Simulation._run_stepping): the same run.
+    from d7y.sim import swarm
+
+    scenario = small("multi-idc-churn", **dict(HARSH))
+    inline = swarm.Simulation(scenario, sc.parse_policy(policy))
+    stepping = swarm.Simulation(scenario, sc.parse_policy(policy))
+    stepping._queue = stepping._eid = stepping._calls = None  # as for another SimPy
+    runs = [inline.run(), stepping.run()]
+    assert outcome(runs[0]) == outcome(runs[1])
+    assert runs[1].events > 1000
