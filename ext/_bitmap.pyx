@@ -85,20 +85,28 @@ cdef object _as_int(object value, str what):
 
 
 cdef extern from "Python.h":
-    # PyLong_AsSsize_t without Cython's error propagation: the fast paths
-    # below clear the OverflowError of a huge int and let the slow path report it.
+    # PyLong_AsSsize_t without Cython's error propagation: _exact_int clears the
+    # OverflowError of a huge int and lets the slow path report it.
     Py_ssize_t _ssize_of_int "PyLong_AsSsize_t"(object value) noexcept
 
 
+cdef inline bint _exact_int(object value, Py_ssize_t* out) noexcept:
+    """True, with the value in ``*out``, for an int (not a subclass, not a bool) that
+    fits a Py_ssize_t; False (and no error set) for anything else. The fast paths of
+    the checks below: swarm pickers test and make bitmaps millions of times."""
+    if not PyLong_CheckExact(value):
+        return False
+    out[0] = _ssize_of_int(value)
+    if out[0] == -1 and PyErr_Occurred() != NULL:
+        PyErr_Clear()  # too large: the slow path reports it
+        return False
+    return True
+
+
 cdef inline Py_ssize_t _check_size(object size) except -1:
-    # An int in range, in C: bitmaps are made on every pump of a swarm's pickers.
     cdef Py_ssize_t n
-    if PyLong_CheckExact(size):
-        n = _ssize_of_int(size)
-        if 0 <= n <= _MAX_SIZE:
-            return n
-        if n == -1 and PyErr_Occurred() != NULL:
-            PyErr_Clear()
+    if _exact_int(size, &n) and 0 <= n <= _MAX_SIZE:
+        return n
     return _check_size_slow(size)
 
 
@@ -121,16 +129,11 @@ cdef object _index_error(object index, Py_ssize_t size):
 
 
 cdef inline Py_ssize_t _check_index(object index, Py_ssize_t size) except -1:
-    # The common case, an int in range, in C: a swarm's pickers test bitmaps millions
-    # of times. Anything else (a bool, an int subclass, an index object, out of range)
-    # goes the general way, which gives the errors.
+    # Anything but an int in range (a bool, an int subclass, an index object, out of
+    # range) goes the general way, which gives the errors.
     cdef Py_ssize_t i
-    if PyLong_CheckExact(index):
-        i = _ssize_of_int(index)
-        if 0 <= i < size:
-            return i
-        if i == -1 and PyErr_Occurred() != NULL:
-            PyErr_Clear()
+    if _exact_int(index, &i) and 0 <= i < size:
+        return i
     return _check_index_slow(index, size)
 
 
