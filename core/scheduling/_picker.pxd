@@ -83,6 +83,7 @@ cdef class PiecePicker:
     @cython.locals(reachable=Bitmap, need=Bitmap, candidates=Bitmap)
     cpdef Py_ssize_t _start_rarest(self, double now, Py_ssize_t slots, list started, list able, Py_ssize_t limit)
     cpdef bint _able_kept(self, double now, Py_ssize_t limit)
+    cdef _first_backoff_changed(self)
     @cython.locals(p=_Parent, heap=list)
     cpdef list _able_now(self, double now, Py_ssize_t limit)
     cpdef _refresh(self, _Parent p)

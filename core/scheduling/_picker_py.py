@@ -688,8 +688,13 @@ class PiecePicker:
             busy_until, _ticket, p = heappop(heap)
             if p.busy_until == busy_until and not p.able and self._parents.get(p.id) is p:
                 self._refresh(p)
-        self._backoff_at = heap[0][0] if heap else math.inf
+        self._first_backoff_changed()
         return self._able
+
+    def _first_backoff_changed(self) -> None:
+        """``_backoffs`` changed: keep ``_backoff_at``, its first entry's time, beside it."""
+        heap = self._backoffs
+        self._backoff_at = heap[0][0] if heap else math.inf
 
     def _rebuild(self, now: float, limit: int) -> None:
         """Find the able parents, the back-offs and the union again from scratch."""
@@ -707,9 +712,9 @@ class PiecePicker:
                 p.able = True
                 able.append(p)
         heapify(heap)
-        self._backoff_at = heap[0][0] if heap else math.inf
         self._able = able
         self._backoffs = heap
+        self._first_backoff_changed()
         self._reach_exact = False
         self._quiet = False
 
@@ -777,7 +782,7 @@ class PiecePicker:
                 at = busy_until  # the first back-off to end (all left end after now)
                 break
             heappop(heap)  # stale: the parent's back-off changed, or it left
-        self._backoff_at = heap[0][0] if heap else math.inf
+        self._first_backoff_changed()
         if self.order == "announced" and self.dispatch_wait > 0:
             need = self._need
             for piece, first in self._announced.items():
@@ -924,7 +929,7 @@ class PiecePicker:
             state.busy_until = now + backoff
             self._tickets += 1  # unique: two entries never compare their parents
             heappush(self._backoffs, (state.busy_until, self._tickets, state))
-            self._backoff_at = self._backoffs[0][0]
+            self._first_backoff_changed()
             self._refresh(state)
         return True
 
