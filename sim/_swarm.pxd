@@ -126,6 +126,7 @@ cdef class Simulation:
     cdef public Py_ssize_t expected
     cdef public dict fallbacks
     cdef public bint finished
+    cdef public bint _gc_freeze
     cdef public dict host_by_id
     cdef public dict hosts
     cdef public object net

@@ -12,11 +12,11 @@ from d7y.sim import swarm
 from d7y.sim.swarm import Simulation
 
 
-def scenario() -> sc.Scenario:
+def scenario(hosts: int = 24) -> sc.Scenario:
     return sc.parse(
         {
             "seed": 5,
-            "topology": {"kind": "flat", "hosts": 24, "upload": "1Gbit"},
+            "topology": {"kind": "flat", "hosts": hosts, "upload": "1Gbit"},
             "tasks": [{"name": "t", "size": "32MiB", "piece_length": "1MiB"}],
             "policies": ["bittorrent"],
         }
@@ -83,3 +83,49 @@ def test_a_caller_that_turned_the_collector_off_keeps_it_off(collector_on, monke
         gc.callbacks.pop()
     assert sim.events > 4096
     assert collections == []
+
+
+def test_collections_freeze_their_survivors_until_the_run_ends(collector_on, monkeypatch):
+    # Each periodic collection freezes what survived it, so the next traverses only the
+    # newer objects; the run unfreezes them at its end, so nothing stays frozen.
+    s = scenario(hosts=48)
+    baseline = Simulation(s, s.policies[0]).run()
+    frozen_at_start = []
+
+    def record(phase: str, info: dict) -> None:
+        if phase == "start":
+            frozen_at_start.append(gc.get_freeze_count())
+
+    monkeypatch.setattr(swarm.backend, "GC_EVERY", 4096)
+    assert gc.get_freeze_count() == 0
+    sim = Simulation(s, s.policies[0])
+    gc.callbacks.append(record)
+    try:
+        sim.run()
+    finally:
+        gc.callbacks.remove(record)
+    assert sim.events >= 2 * 4096
+    assert len(frozen_at_start) == sim.events // 4096
+    assert frozen_at_start[0] == 0 and min(frozen_at_start[1:]) > 1000
+    assert gc.get_freeze_count() == 0
+    assert outcome(sim) == outcome(baseline)
+
+
+def test_a_caller_that_froze_objects_keeps_them_frozen(collector_on, monkeypatch):
+    s = scenario()
+    baseline = Simulation(s, s.policies[0]).run()
+    monkeypatch.setattr(swarm.backend, "GC_EVERY", 4096)
+    mine = [[] for _ in range(100)]  # noqa: F841 (held: frozen below)
+    gc.freeze()
+    try:
+        before = gc.get_freeze_count()
+        counts = []
+        sim = Simulation(s, s.policies[0], progress=lambda _sim: counts.append(gc.get_freeze_count()))
+        sim.run()
+        # no freezing by the run (it could not tell its objects from the caller's when
+        # unfreezing), and the caller's stay frozen
+        assert counts and set(counts) == {before}
+        assert gc.get_freeze_count() == before
+    finally:
+        gc.unfreeze()
+    assert outcome(sim) == outcome(baseline)

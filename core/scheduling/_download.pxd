@@ -13,6 +13,7 @@ cdef class Download:
     cdef public double last_reschedule
     cdef public double mean_cost
     cdef public Py_ssize_t min_parents
+    cdef public bint news_timed
     cdef public object origin
     cdef public object origin_reason
     cdef public dict origin_tokens

@@ -295,6 +295,7 @@ class Download:
         "last_reschedule",
         "mean_cost",
         "min_parents",
+        "news_timed",
         "origin",
         "origin_reason",
         "origin_tokens",
@@ -349,7 +350,12 @@ class Download:
         self.state = DONE if self.picker.done else P2P
         #: The pieces held (the picker's bitmap, live; read only).
         self.held = self.picker.held
-        self.parents: dict[str, float] = {}  # parent -> last news from it (announce, piece)
+        #: parent -> when it was last heard from (an announcement, a piece). Kept up to
+        #: date only under a parent idle timeout (``news_timed``), the one rule that reads
+        #: it; else the time it was followed. A swarm announces every piece to every
+        #: neighbour: the store and its float were a tenth of a large swarm run.
+        self.parents: dict[str, float] = {}
+        self.news_timed = cfg.parent_idle_timeout < math.inf
         self.bad: set[str] = set()
         self.last_progress = now
         self.last_reschedule = -math.inf
@@ -397,7 +403,8 @@ class Download:
         driver may then :meth:`pump`). Hot path: no actions, no allocation."""
         if parent_id not in self.parents:
             return False
-        self.parents[parent_id] = now
+        if self.news_timed:
+            self.parents[parent_id] = now
         return self.picker.parent_has(parent_id, piece, now)
 
     def parent_receiving(self, parent_id: str, piece: int, now: float) -> bool:
@@ -406,7 +413,8 @@ class Download:
         Ignored unless ``config.cut_through``."""
         if not self.config.cut_through or parent_id not in self.parents:
             return False
-        self.parents[parent_id] = now
+        if self.news_timed:
+            self.parents[parent_id] = now
         return self.picker.parent_receiving(parent_id, piece, now)
 
     def parent_lost_piece(self, parent_id: str, piece: int, now: float) -> list:
@@ -448,7 +456,7 @@ class Download:
         if window is not None and parent == self.origin:
             token = self.origin_tokens.pop(piece, 0)
             picker.max_in_flight = window.done(token, 1, cost)
-        if parent in self.parents:
+        if self.news_timed and parent in self.parents:
             self.parents[parent] = now
         if cost > 0:
             mean = self.mean_cost
