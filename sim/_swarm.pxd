@@ -26,6 +26,7 @@ cdef class Host:
     cdef public object location
     cdef public object name
     cdef public dict peers
+    cdef public dict routes
     cdef public object slots
     cdef public object up
     cdef public double upload
@@ -111,7 +112,6 @@ cdef class Simulation:
     cdef public dict _links
     cdef public bint _news_timed
     cdef public list _queue
-    cdef public dict _route
     cdef public Py_ssize_t arrivals_pending
     cdef public Py_ssize_t blocks
     cdef public bint bt

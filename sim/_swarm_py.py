@@ -117,6 +117,7 @@ class Host:
         "location",
         "name",
         "peers",
+        "routes",
         "slots",
         "up",
         "upload",
@@ -139,6 +140,10 @@ class Host:
         self.down: Resource = net.resource(f"{name}.down", self.download)
         self.alive = True
         self.peers: dict[str, Peer] = {}  # task name -> peer on this host
+        #: source host index -> (network pair, latency) of the path to this host
+        #: (Simulation._path). Per destination, so a lookup touches a small dict of the
+        #: host receiving, not one table of every pair in the run.
+        self.routes: dict[int, tuple[Any, float]] = {}
         self.uploaded = 0.0
 
 
@@ -372,7 +377,6 @@ class Simulation:
         self.seed_hosts = [self.hosts[n] for n in self.topology.seeds]
         self.host_by_id = {h.id: h for h in self.hosts.values()}
         self._links: dict[str, Resource] = {}
-        self._route: dict[tuple[int, int], tuple[Any, float]] = {}
         self.tasks = [SimTask(t) for t in scenario.tasks]
         self.peers: dict[str, Peer] = {}
         # outcome
@@ -434,10 +438,10 @@ class Simulation:
 
     def _path(self, src: Host, dst: Host) -> tuple[Any, float]:
         """The network pair from ``src`` to ``dst`` and the path's one-way latency."""
-        key = (src.index, dst.index)
-        hit = self._route.get(key)
+        hit = dst.routes.get(src.index)
         if hit is not None:
             return hit
+        key = (src.index, dst.index)
         links, latency = self.topology.path(src.name, dst.name)
         res = [src.up]
         for link in links:
@@ -446,7 +450,7 @@ class Simulation:
                 r = self._links[link.name] = self.net.resource(link.name, link.capacity, hub=True)
             res.append(r)
         res.append(dst.down)
-        hit = self._route[key] = (self.net.pair(key, res), latency)
+        hit = dst.routes[src.index] = (self.net.pair(key, res), latency)
         return hit
 
     # ---------------------------------------------------------------- workload --

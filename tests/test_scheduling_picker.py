@@ -240,6 +240,20 @@ def test_parent_removed_and_parent_has(bitmap_impl):
     assert p.parent_has("c", 2) is False and p.parent_has("c", 5) is True
 
 
+def test_parent_has_if_known_ignores_news_from_unknown_parents(bitmap_impl):
+    p = make(bitmap_impl, 6, endgame=False)
+    assert p.parent_has_if_known("nobody", 1, 0.0) is False  # no KeyError, no record
+    assert p.next_requests(0) == []
+    p.parent_added("a")
+    assert p.parent_has_if_known("a", 1, 0.0) is True  # recorded as parent_has does
+    assert p.next_requests(0) == [(1, "a")]
+    p.piece_done(1, "a", 0.1, 1.0)
+    assert p.parent_has_if_known("a", 1, 1.0) is False  # held here already
+    p.parent_removed("a")
+    assert p.parent_has_if_known("a", 2, 2.0) is False  # forgotten: ignored
+    assert p.next_requests(2) == []
+
+
 def test_bitfield_bytes_and_have(bitmap_impl):
     p = make(bitmap_impl, 9, have=b"\xff\x00")  # pieces 0-7 held
     assert p.have_count == 8 and p.missing_count == 1 and not p.done

@@ -401,11 +401,14 @@ class Download:
     def parent_has(self, parent_id: str, piece: int, now: float) -> bool:
         """A followed parent announced ``piece``. True if the download lacks it (the
         driver may then :meth:`pump`). Hot path: no actions, no allocation."""
-        if parent_id not in self.parents:
-            return False
+        if self.state is not P2P:
+            return False  # (its parents, if any, were the old picker's)
         if self.news_timed:
+            if parent_id not in self.parents:
+                return False
             self.parents[parent_id] = now
-        return self.picker.parent_has(parent_id, piece, now)
+        # In P2P the picker's parents are exactly self.parents: one lookup, not two.
+        return self.picker.parent_has_if_known(parent_id, piece, now)
 
     def parent_receiving(self, parent_id: str, piece: int, now: float) -> bool:
         """Cut-through: a followed parent started receiving ``piece`` and will stream it

@@ -39,7 +39,7 @@ cdef class PiecePicker:
     cdef public Py_ssize_t _able_limit
     cdef public dict _announced
     cdef public double _backoff_at
-    cdef public list _backoffs
+    cdef public object _backoffs
     cdef public object _bitmaps
     cdef public dict _by_piece
     cdef public double _clock
@@ -60,7 +60,6 @@ cdef class PiecePicker:
     cdef public dict _requests
     cdef public dict _retry
     cdef public Bitmap _retry_set
-    cdef public Py_ssize_t _tickets
     cdef public double dispatch_wait
     cdef public bint endgame
     cdef public Py_ssize_t failure_limit
@@ -74,8 +73,12 @@ cdef class PiecePicker:
     cdef public bint streaming
     cdef public Py_ssize_t streaming_window
 
-    @cython.locals(state=_Parent, bitmap=Bitmap)
+    @cython.locals(state=_Parent)
     cpdef bint parent_has(self, object parent_id, Py_ssize_t piece, double now=*)
+    @cython.locals(state=_Parent)
+    cpdef bint parent_has_if_known(self, object parent_id, Py_ssize_t piece, double now)
+    @cython.locals(bitmap=Bitmap)
+    cdef bint _news(self, _Parent state, Py_ssize_t piece, double now)
     cdef _holds(self, _Parent state, Py_ssize_t piece, double now)
     @cython.locals(reach=Bitmap, retry_set=Bitmap, able=list, started=list, slots=Py_ssize_t, limit=Py_ssize_t)
     cpdef list next_requests(self, double now)
@@ -84,14 +87,14 @@ cdef class PiecePicker:
     cpdef Py_ssize_t _start_rarest(self, double now, Py_ssize_t slots, list started, list able, Py_ssize_t limit)
     cpdef bint _able_kept(self, double now, Py_ssize_t limit)
     cdef _first_backoff_changed(self)
-    @cython.locals(p=_Parent, heap=list)
+    @cython.locals(p=_Parent)
     cpdef list _able_now(self, double now, Py_ssize_t limit)
     cpdef _refresh(self, _Parent p)
     cpdef _leave(self, _Parent p)
     cpdef object _reach_now(self)
     cpdef Py_ssize_t _parent_limit(self)
     cpdef bint _try_start(self, Py_ssize_t piece, object exclude, double now, list started, list able, Py_ssize_t limit)
-    @cython.locals(p=_Parent, heap=list, at=double)
+    @cython.locals(p=_Parent, at=double)
     cpdef double wakeup(self, double now)
     cpdef Py_ssize_t _choose_piece(self, object candidates)
     cpdef object _randbelow(self, object n)

@@ -45,9 +45,9 @@ from __future__ import annotations
 import math
 import random
 from bisect import insort
+from collections import deque
 from collections.abc import Iterable
-from heapq import heapify, heappop, heappush
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from types import ModuleType
 from typing import Any, NamedTuple
 
@@ -116,6 +116,7 @@ class _Parent:
 
 
 _ORDER = attrgetter("order")
+_END = itemgetter(0)  # a back-off entry's end time
 
 
 def _union(parents: list[_Parent]) -> Any:
@@ -171,7 +172,6 @@ class PiecePicker:
         "_requests",
         "_retry",
         "_retry_set",
-        "_tickets",
         "dispatch_wait",
         "endgame",
         "failure_limit",
@@ -269,18 +269,21 @@ class PiecePicker:
         # The parents able to take a request (:meth:`_Parent.can_take`) at ``_clock``,
         # the latest time a call gave, in the parents' order: kept up to date as
         # requests start and end, parents answer busy, are reported, come and go, and
-        # as back-offs end (``_backoffs``: a heap of (busy_until, ticket, parent), stale
-        # entries skipped), instead of a scan of every parent on every call -- a swarm
+        # as back-offs end (``_backoffs``, stale entries skipped), instead of a scan of every parent on every call -- a swarm
         # peer has up to 50 parents and is pumped on every piece its neighbours announce.
         self._order = 0  # the next parent's ``order``
         self._able: list[_Parent] = []
         self._able_limit = self._parent_limit()
         self._clock = -math.inf
-        self._backoffs: list[tuple[float, int, _Parent]] = []  # (.., unique ticket, ..)
+        # The back-offs as (busy_until, parent), in the order they end; ties in the
+        # order they began. Not a heap: a download's back-offs all last busy_backoff,
+        # so each new one ends last and is appended, and the first to end is taken
+        # from the left, where a heap compared tuples of floats (a few percent of a
+        # large swarm run); one that ends sooner than the last is inserted in order.
+        self._backoffs: deque[tuple[float, _Parent]] = deque()
         # its first entry's time (inf: empty), kept beside it: _able_kept reads it on
-        # every pump, and reaching it in the heap's first tuple costs two more objects
+        # every pump, and reaching it in the first tuple costs two more objects
         self._backoff_at = math.inf
-        self._tickets = 0
         # The pieces some able parent holds, while ``_reach_exact`` (else found again
         # when needed: a parent leaving the list cannot be taken out of a union).
         self._reach: Any = None
@@ -424,6 +427,20 @@ class PiecePicker:
         state = self._parents.get(parent_id)
         if state is None:
             state = self._parent(parent_id)  # raises the KeyError naming it
+        return self._news(state, piece, now)
+
+    def parent_has_if_known(self, parent_id: str, piece: int, now: float) -> bool:
+        """:meth:`parent_has` for news that may come from a parent this picker does not
+        know (any more): False for it, and nothing recorded. The download loop's way in:
+        its parents are the picker's, and one dict lookup per announcement is a
+        measurable share of a large swarm run."""
+        state = self._parents.get(parent_id)
+        if state is None:
+            return False
+        return self._news(state, piece, now)
+
+    def _news(self, state: _Parent, piece: int, now: float) -> bool:
+        """:meth:`parent_has` once the parent's record is found."""
         if self._have.test(piece):
             return False
         bitmap = state.bitmap
@@ -433,7 +450,7 @@ class PiecePicker:
             # It was receiving the piece: now it holds it whole.
             partial = self._partial.get(piece)
             if partial is not None:
-                partial.discard(parent_id)
+                partial.discard(state.id)
                 if not partial:
                     del self._partial[piece]
         return True
@@ -683,9 +700,9 @@ class PiecePicker:
             self._rebuild(now, limit)  # time went back, or the limit changed
             return self._able
         self._clock = now
-        heap = self._backoffs
-        while heap and heap[0][0] <= now:
-            busy_until, _ticket, p = heappop(heap)
+        ends = self._backoffs
+        while ends and ends[0][0] <= now:
+            busy_until, p = ends.popleft()
             if p.busy_until == busy_until and not p.able and self._parents.get(p.id) is p:
                 self._refresh(p)
         self._first_backoff_changed()
@@ -693,8 +710,8 @@ class PiecePicker:
 
     def _first_backoff_changed(self) -> None:
         """``_backoffs`` changed: keep ``_backoff_at``, its first entry's time, beside it."""
-        heap = self._backoffs
-        self._backoff_at = heap[0][0] if heap else math.inf
+        ends = self._backoffs
+        self._backoff_at = ends[0][0] if ends else math.inf
 
     def _rebuild(self, now: float, limit: int) -> None:
         """Find the able parents, the back-offs and the union again from scratch."""
@@ -703,17 +720,16 @@ class PiecePicker:
         for p in self._able:
             p.able = False
         able = []
-        heap = []
+        ends = []
         for p in self._parents.values():
             if p.busy_until > now:
-                self._tickets += 1
-                heap.append((p.busy_until, self._tickets, p))
+                ends.append((p.busy_until, p))
             elif not p.reported and p.active < limit:
                 p.able = True
                 able.append(p)
-        heapify(heap)
+        ends.sort(key=_END)  # stable: ties in the parents' order
         self._able = able
-        self._backoffs = heap
+        self._backoffs = deque(ends)
         self._first_backoff_changed()
         self._reach_exact = False
         self._quiet = False
@@ -774,14 +790,14 @@ class PiecePicker:
         limit = self._parent_limit()
         if not self._able_kept(now, limit):
             self._able_now(now, limit)  # ends the back-offs due by now
-        heap = self._backoffs  # (after: a rebuild makes a new heap)
+        ends = self._backoffs  # (after: a rebuild makes a new one)
         at = math.inf
-        while heap:
-            busy_until, _ticket, p = heap[0]
+        while ends:
+            busy_until, p = ends[0]
             if p.busy_until == busy_until and self._parents.get(p.id) is p:
                 at = busy_until  # the first back-off to end (all left end after now)
                 break
-            heappop(heap)  # stale: the parent's back-off changed, or it left
+            ends.popleft()  # stale: the parent's back-off changed, or it left
         self._first_backoff_changed()
         if self.order == "announced" and self.dispatch_wait > 0:
             need = self._need
@@ -926,9 +942,12 @@ class PiecePicker:
             return False
         state = self._parents.get(parent)
         if state is not None:
-            state.busy_until = now + backoff
-            self._tickets += 1  # unique: two entries never compare their parents
-            heappush(self._backoffs, (state.busy_until, self._tickets, state))
+            until = state.busy_until = now + backoff
+            ends = self._backoffs
+            if not ends or ends[-1][0] <= until:
+                ends.append((until, state))  # ends last (the usual case, see __init__)
+            else:
+                insort(ends, (until, state), key=_END)  # after those ending as soon
             self._first_backoff_changed()
             self._refresh(state)
         return True
