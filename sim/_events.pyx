@@ -1,9 +1,9 @@
 # cython: boundscheck=False, wraparound=False, initializedcheck=False
 """The simulator's own event queue, compiled: the twin of :mod:`d7y.sim._events_py`,
 whose docstrings explain it. The entries live in one C array (a binary heap on
-(time, priority, eid)), each holding a strong reference to its item."""
+(time, priority, eid)); each names its item's slot in a Python list, which the cyclic
+collector traverses."""
 
-from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
 from libc.math cimport INFINITY
 from libc.stdlib cimport free, realloc
 
@@ -20,13 +20,16 @@ cdef inline bint _less(Entry* a, Entry* b) noexcept nogil:
 
 cdef class EventHeap:
 
+    def __cinit__(self):
+        self._items = []
+
     def __dealloc__(self):
-        cdef Py_ssize_t i
-        for i in range(self._len):
-            Py_DECREF(<object>self._entries[i].item)
         free(self._entries)
+        free(self._free_slots)
         self._entries = NULL
+        self._free_slots = NULL
         self._len = 0
+        self._free_len = 0
 
     def __len__(self):
         return self._len
@@ -34,19 +37,31 @@ cdef class EventHeap:
     cpdef push(self, double time, long long priority, long long eid, object item):
         cdef Py_ssize_t i, parent, cap
         cdef Entry* grown
+        cdef Py_ssize_t* grown_free
         cdef Entry entry
         if self._len == self._cap:
+            # (the free slots never outnumber the entries' capacity: every slot was
+            # an entry's once)
             cap = 1024 if self._cap == 0 else self._cap * 2
             grown = <Entry*>realloc(self._entries, <size_t>cap * sizeof(Entry))
             if grown == NULL:
                 raise MemoryError(f"cannot grow the event queue to {cap} entries")
             self._entries = grown
+            grown_free = <Py_ssize_t*>realloc(self._free_slots, <size_t>cap * sizeof(Py_ssize_t))
+            if grown_free == NULL:
+                raise MemoryError(f"cannot grow the event queue to {cap} entries")
+            self._free_slots = grown_free
             self._cap = cap
         entry.time = time
         entry.priority = priority
         entry.eid = eid
-        entry.item = <PyObject*>item
-        Py_INCREF(item)
+        if self._free_len:
+            self._free_len -= 1
+            entry.slot = self._free_slots[self._free_len]
+            self._items[entry.slot] = item
+        else:
+            entry.slot = len(self._items)
+            self._items.append(item)
         # sift up: move parents down until the new entry's place is found
         i = self._len
         self._len += 1
@@ -59,13 +74,16 @@ cdef class EventHeap:
         self._entries[i] = entry
 
     cpdef object pop(self):
-        cdef Py_ssize_t i, child, n
+        cdef Py_ssize_t i, child, n, slot
         cdef Entry last
         cdef object item
         if self._len == 0:
             raise IndexError("pop from an empty EventHeap")
-        item = <object>self._entries[0].item  # a new reference, taken over below
-        Py_DECREF(item)
+        slot = self._entries[0].slot
+        item = self._items[slot]
+        self._items[slot] = None
+        self._free_slots[self._free_len] = slot
+        self._free_len += 1
         self._len -= 1
         n = self._len
         if n:

@@ -110,3 +110,31 @@ def test_the_heap_holds_its_items_and_lets_them_go(heaps):
     del h
     gc.collect()
     assert all(r() is None for r in refs)  # the heap's own references went with it
+
+
+def test_a_cycle_through_the_heap_is_collected(heaps):
+    # A queued event refers back to its simulation, which holds the heap: the collector
+    # must see the heap's references, or the cycle (a whole simulation) is never freed.
+    class Owner:
+        pass
+
+    owner = Owner()
+    owner.heap = heaps.EventHeap()
+    for k in range(5):
+        owner.heap.push(float(k), 1, k, (owner, k))  # an item referring to its owner
+    owner.heap.pop()  # and a freed slot, handed out again below
+    owner.heap.push(9.0, 1, 9, (owner, 9))
+    ref = weakref.ref(owner)
+    del owner
+    gc.collect()
+    assert ref() is None
+
+
+def test_slots_are_reused_in_heap_order(heaps):
+    h = heaps.EventHeap()
+    for round_ in range(3):  # pops free slots, pushes take them again
+        for k in range(50):
+            h.push(float((k * 7) % 50), 1, round_ * 100 + k, (round_, k))
+        got = [h.pop() for _ in range(25)]
+        assert got == sorted(got, key=lambda item: ((item[1] * 7) % 50, item))
+    assert len(h) == 75

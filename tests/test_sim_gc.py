@@ -129,3 +129,16 @@ def test_a_caller_that_froze_objects_keeps_them_frozen(collector_on, monkeypatch
     finally:
         gc.unfreeze()
     assert outcome(sim) == outcome(baseline)
+
+
+def test_a_finished_run_is_freed_with_events_still_queued(collector_on):
+    # Timers outlive a run's last download; their queued events refer back to the
+    # simulation. Once dropped, the simulation and its peers must be collectable (a
+    # sweep runs many simulations in one worker process).
+    s = scenario()
+    sim = Simulation(s, s.policies[0]).run()
+    assert len(sim._calls) > 0
+    kinds = (type(sim), type(next(iter(sim.peers.values()))))
+    del sim
+    gc.collect()
+    assert not [o for o in gc.get_objects() if type(o) in kinds]
