@@ -11,6 +11,7 @@
 cimport cython
 
 from d7y.core.scheduling._download cimport Download
+from d7y.ext._bitmap cimport Bitmap
 from d7y.sim._events cimport EventHeap
 
 
@@ -171,7 +172,7 @@ cdef class Simulation:
     @cython.locals(tr=Transfer)
     cpdef _flow_done(self, object flow)
     cpdef _cancel(self, Transfer tr)
-    @cython.locals(peer=Peer, dl=Download, cdl=Download, child=Peer, src=Host, now=double, piece=Py_ssize_t, size=Py_ssize_t, cost=double, max_in_flight=Py_ssize_t, wake=list, timed=bint, arm_idle=bint)
+    @cython.locals(peer=Peer, dl=Download, cdl=Download, child=Peer, held=Bitmap, src=Host, now=double, piece=Py_ssize_t, size=Py_ssize_t, cost=double, max_in_flight=Py_ssize_t, wake=list, timed=bint, arm_idle=bint)
     cpdef _deliver(self, Transfer tr)
     cpdef _after_latency(self, Transfer tr, object then)
     cpdef finish(self, Peer peer)

@@ -226,7 +226,9 @@ class Peer:
         self.state = PENDING
         self.dl: Download | None = None  # the core download loop, from the first answer
         self.parents: dict[str, Peer | None] = {}  # parent id -> parent (None: origin)
-        self.children: dict[Peer, None] = {}  # downloads that have this peer as parent
+        # the peers whose downloads follow this one, each with its download's ``held``
+        # bitmap as it was when it began to follow (see _deliver)
+        self.children: dict[Peer, Any] = {}
         self.neighbours: dict[Peer, None] = {}  # bittorrent connections
         self.inflight: dict[tuple[int, str], Transfer] = {}
         self.is_seed = host.kind == "seed"
@@ -645,7 +647,7 @@ class Simulation:
                 if parent is not None:
                     peer.parents[action.parent] = parent
                     if parent.state != DONE:
-                        parent.children[peer] = None
+                        parent.children[peer] = peer.dl.held
                         if self.cut_through:
                             self._receiving_news(peer, parent)
             elif kind is Unfollow:
@@ -830,13 +832,19 @@ class Simulation:
             wake = []
             pid = peer.id
             timed = self._news_timed
-            for child in peer.children:
+            for child, held in peer.children.items():
+                # ``held``: the child's bitmap of held pieces, kept here so that the
+                # children holding the piece (half of them) are passed over without a
+                # look at the child or its download. Its download's own (``cdl.held``)
+                # is another only after it went to the origin, which unfollowed every
+                # parent; and held pieces stay held, so "held" is never wrong.
+                if not timed and held.test(piece):
+                    continue
                 cdl = child.dl
                 # parent_has True: the child lacks the piece, so a free slot may now
                 # start it.
                 if (
                     cdl is not None
-                    and (timed or not cdl.held.test(piece))
                     and cdl.parent_has(pid, piece, now)
                     and len(child.inflight) < max_in_flight
                 ):

@@ -700,12 +700,13 @@ class PiecePicker:
             self._rebuild(now, limit)  # time went back, or the limit changed
             return self._able
         self._clock = now
-        ends = self._backoffs
-        while ends and ends[0][0] <= now:
-            busy_until, p = ends.popleft()
-            if p.busy_until == busy_until and not p.able and self._parents.get(p.id) is p:
-                self._refresh(p)
-        self._first_backoff_changed()
+        if self._backoff_at <= now:  # (most calls: no back-off ended)
+            ends = self._backoffs
+            while ends and ends[0][0] <= now:
+                busy_until, p = ends.popleft()
+                if p.busy_until == busy_until and not p.able and self._parents.get(p.id) is p:
+                    self._refresh(p)
+            self._first_backoff_changed()
         return self._able
 
     def _first_backoff_changed(self) -> None:
