@@ -54,11 +54,22 @@ cdef class SimTask:
     cpdef Py_ssize_t length(self, Py_ssize_t piece)
 
 
+cdef class Followers:
+    cdef public list held
+    cdef public list peers
+
+    cpdef add(self, object child, object held)
+    cpdef discard(self, object child)
+    cpdef clear(self)
+    @cython.locals(peers=list, i=Py_ssize_t)
+    cdef Py_ssize_t _find(self, object child)
+
+
 cdef class Peer:
     cdef public Py_ssize_t answer_token
     cdef public double arrival
     cdef public object bts_reason
-    cdef public dict children
+    cdef public Followers children
     cdef public Download dl
     cdef public double done_at
     cdef public double end_at
@@ -172,7 +183,7 @@ cdef class Simulation:
     @cython.locals(tr=Transfer)
     cpdef _flow_done(self, object flow)
     cpdef _cancel(self, Transfer tr)
-    @cython.locals(peer=Peer, dl=Download, cdl=Download, child=Peer, held=Bitmap, src=Host, now=double, piece=Py_ssize_t, size=Py_ssize_t, cost=double, max_in_flight=Py_ssize_t, wake=list, timed=bint, arm_idle=bint)
+    @cython.locals(peer=Peer, dl=Download, cdl=Download, child=Peer, followers=Followers, held_by=list, i=Py_ssize_t, held=Bitmap, src=Host, now=double, piece=Py_ssize_t, size=Py_ssize_t, cost=double, max_in_flight=Py_ssize_t, wake=list, timed=bint, arm_idle=bint)
     cpdef _deliver(self, Transfer tr)
     cpdef _after_latency(self, Transfer tr, object then)
     cpdef finish(self, Peer peer)

@@ -190,6 +190,58 @@ class SimTask:
         return self.last_length if piece == self.count - 1 else self.piece_length
 
 
+class Followers:
+    """A peer's children: the peers whose downloads follow it, in the order they began
+    to (as a dict's keys would be), each with its download's ``held`` bitmap.
+
+    Two lists, not a dict: an announcement (:meth:`Simulation._deliver`) reads the
+    bitmaps and passes over the children that hold the piece already (half of them)
+    without touching the child itself; a dict's iteration takes a reference to every
+    key, one cache miss per child in a large run. The download's own ``held`` is
+    another bitmap only after it went to the origin, which unfollowed every parent; and
+    held pieces stay held, so a bitmap here is never wrong to say "held"."""
+
+    __slots__ = ("held", "peers")
+
+    def __init__(self) -> None:
+        self.peers: list[Peer] = []
+        self.held: list[Any] = []
+
+    def __len__(self) -> int:
+        return len(self.peers)
+
+    def __iter__(self):
+        return iter(self.peers)
+
+    def add(self, child: Peer, held: Any) -> None:
+        """``child`` follows (again: it keeps its place, as a dict key would)."""
+        i = self._find(child)
+        if i < 0:
+            self.peers.append(child)
+            self.held.append(held)
+        else:
+            self.held[i] = held
+
+    def discard(self, child: Peer) -> None:
+        i = self._find(child)
+        if i >= 0:
+            del self.peers[i]
+            del self.held[i]
+
+    def clear(self) -> None:
+        self.peers.clear()
+        self.held.clear()
+
+    def _find(self, child: Peer) -> int:
+        # by identity, without looking at the other children (list.index would compare
+        # each with ==, reading every child's type)
+        peers = self.peers
+        for i in range(len(peers)):
+            if peers[i] is child:
+                return i
+        return -1
+
+
 class Peer:
     """One download (of one task on one host), with the daemon's per-download state."""
 
@@ -226,9 +278,7 @@ class Peer:
         self.state = PENDING
         self.dl: Download | None = None  # the core download loop, from the first answer
         self.parents: dict[str, Peer | None] = {}  # parent id -> parent (None: origin)
-        # the peers whose downloads follow this one, each with its download's ``held``
-        # bitmap as it was when it began to follow (see _deliver)
-        self.children: dict[Peer, Any] = {}
+        self.children = Followers()  # the downloads that have this peer as a parent
         self.neighbours: dict[Peer, None] = {}  # bittorrent connections
         self.inflight: dict[tuple[int, str], Transfer] = {}
         self.is_seed = host.kind == "seed"
@@ -647,13 +697,13 @@ class Simulation:
                 if parent is not None:
                     peer.parents[action.parent] = parent
                     if parent.state != DONE:
-                        parent.children[peer] = peer.dl.held
+                        parent.children.add(peer, peer.dl.held)
                         if self.cut_through:
                             self._receiving_news(peer, parent)
             elif kind is Unfollow:
                 parent = peer.parents.pop(action.parent, None)
                 if parent is not None:
-                    parent.children.pop(peer, None)
+                    parent.children.discard(peer)
                     if self.bt:
                         self._bt_disconnect(peer, parent)
             elif kind is AskParents:
@@ -832,14 +882,14 @@ class Simulation:
             wake = []
             pid = peer.id
             timed = self._news_timed
-            for child, held in peer.children.items():
-                # ``held``: the child's bitmap of held pieces, kept here so that the
-                # children holding the piece (half of them) are passed over without a
-                # look at the child or its download. Its download's own (``cdl.held``)
-                # is another only after it went to the origin, which unfollowed every
-                # parent; and held pieces stay held, so "held" is never wrong.
+            followers = peer.children
+            held_by = followers.held
+            for i in range(len(held_by)):
+                # (the children holding the piece are passed over untouched: Followers)
+                held = held_by[i]
                 if not timed and held.test(piece):
                     continue
+                child = followers.peers[i]
                 cdl = child.dl
                 # parent_has True: the child lacks the piece, so a free slot may now
                 # start it.
@@ -1072,7 +1122,7 @@ class Simulation:
         peer.inflight.clear()
         for parent in peer.parents.values():
             if parent is not None:
-                parent.children.pop(peer, None)
+                parent.children.discard(peer)
         peer.parents.clear()
         peer.timer_at = math.inf
 
@@ -1083,7 +1133,7 @@ class Simulation:
         self._stop_fetching(peer)
         peer.dl = None
         for nb in peer.neighbours:
-            nb.children.pop(peer, None)
+            nb.children.discard(peer)
         if self.scheduler is not None:
             self.scheduler_calls += 1
             self.scheduler.download_finished(peer.id, now)
@@ -1153,7 +1203,7 @@ class Simulation:
     def _parent_lost(self, child: Peer, parent: Peer) -> None:
         """``parent`` is gone: the child's download loop drops it (its fetches from it
         fail; dfdaemon's subscription to it ends)."""
-        parent.children.pop(child, None)
+        parent.children.discard(child)
         if child.dl is None or child.state not in (RUNNING, BTS):
             child.parents.pop(parent.id, None)
             return
@@ -1354,7 +1404,7 @@ class Simulation:
         a.neighbours.pop(b, None)
         b.neighbours.pop(a, None)
         for x, y in ((a, b), (b, a)):
-            y.children.pop(x, None)
+            y.children.discard(x)
             x.parents.pop(y.id, None)
             if x.dl is not None and x.state == RUNNING and y.id in x.dl.parents:
                 self.run_actions(x, x.dl.parent_gone(y.id, self.now, "disconnected"))
