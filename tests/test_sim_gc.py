@@ -120,7 +120,9 @@ def test_a_caller_that_froze_objects_keeps_them_frozen(collector_on, monkeypatch
     try:
         before = gc.get_freeze_count()
         counts = []
-        sim = Simulation(s, s.policies[0], progress=lambda _sim: counts.append(gc.get_freeze_count()))
+        sim = Simulation(
+            s, s.policies[0], progress=lambda _sim: counts.append(gc.get_freeze_count())
+        )
         sim.run()
         # no freezing by the run (it could not tell its objects from the caller's when
         # unfreezing), and the caller's stay frozen

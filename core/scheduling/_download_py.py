@@ -353,7 +353,7 @@ class Download:
         #: parent -> when it was last heard from (an announcement, a piece). Kept up to
         #: date only under a parent idle timeout (``news_timed``), the one rule that reads
         #: it; else the time it was followed. A swarm announces every piece to every
-        #: neighbour: the store and its float were a tenth of a large swarm run.
+        #: neighbour: the store and its float were 4 % of a large swarm run.
         self.parents: dict[str, float] = {}
         self.news_timed = cfg.parent_idle_timeout < math.inf
         self.bad: set[str] = set()

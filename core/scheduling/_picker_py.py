@@ -269,8 +269,9 @@ class PiecePicker:
         # The parents able to take a request (:meth:`_Parent.can_take`) at ``_clock``,
         # the latest time a call gave, in the parents' order: kept up to date as
         # requests start and end, parents answer busy, are reported, come and go, and
-        # as back-offs end (``_backoffs``, stale entries skipped), instead of a scan of every parent on every call -- a swarm
-        # peer has up to 50 parents and is pumped on every piece its neighbours announce.
+        # as back-offs end (``_backoffs``, stale entries skipped), instead of a scan of
+        # every parent on every call -- a swarm peer has up to 50 parents and is pumped
+        # on every piece its neighbours announce.
         self._order = 0  # the next parent's ``order``
         self._able: list[_Parent] = []
         self._able_limit = self._parent_limit()
