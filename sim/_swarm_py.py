@@ -885,10 +885,12 @@ class Simulation:
             followers = peer.children
             held_by = followers.held
             for i in range(len(held_by)):
-                # (the children holding the piece are passed over untouched: Followers)
-                held = held_by[i]
-                if not timed and held.test(piece):
-                    continue
+                if not timed:
+                    # (the children holding the piece are passed over untouched:
+                    # Followers; with a parent idle timeout every child hears the news)
+                    held = held_by[i]
+                    if held.test(piece):
+                        continue
                 child = followers.peers[i]
                 cdl = child.dl
                 # parent_has True: the child lacks the piece, so a free slot may now
